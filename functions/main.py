@@ -1,0 +1,43 @@
+"""Cloud Functions entry points. Each is thin: parse the event, call a service, and map
+errors to retry (raise) or acknowledge (return)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import functions_framework
+import orjson
+from batchline import entrypoints
+from cloudevents.http import CloudEvent
+from flask import Request, Response
+
+
+@functions_framework.cloud_event
+def submit(event: CloudEvent) -> None:
+    """Eventarc `google.cloud.storage.object.v1.finalized` on the input bucket."""
+    entrypoints.run_event("submit", lambda deps: entrypoints.submit(deps, event.data))
+
+
+@functions_framework.cloud_event
+def poll(event: CloudEvent) -> None:
+    """Pub/Sub message from Cloud Scheduler on the poll topic."""
+    entrypoints.run_event("poll", entrypoints.poll)
+
+
+@functions_framework.cloud_event
+def collect(event: CloudEvent) -> None:
+    """Pub/Sub message `{"job_id": ...}` on the collect topic."""
+    message = _pubsub_json(event.data)
+    entrypoints.run_event("collect", lambda deps: entrypoints.collect(deps, message))
+
+
+@functions_framework.http
+def api(request: Request) -> Response:
+    """HTTP API: POST /v1/jobs, GET /v1/jobs/{job_id}."""
+    return entrypoints.api(request)
+
+
+def _pubsub_json(data: Any) -> Any:
+    raw = base64.b64decode(((data or {}).get("message") or {}).get("data") or b"")
+    return orjson.loads(raw) if raw else {}

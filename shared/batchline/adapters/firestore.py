@@ -1,0 +1,116 @@
+"""JobStore on Firestore (native mode; the emulator via FIRESTORE_EMULATOR_HOST).
+
+`jobs/{job_id}` holds the job; `jobs/{job_id}/chunks/{nnnnn}` its chunks. Every update is
+a transaction, so two invocations racing on one record see one winner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from batchline.domain.models import Chunk, Job, JobState
+from batchline.ports import ChunkChange, JobChange
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
+
+JOBS = "jobs"
+CHUNKS = "chunks"
+ACTIVE_STATES = [
+    str(s) for s in (JobState.ACCEPTED, JobState.SUBMITTING, JobState.RUNNING, JobState.COLLECTING)
+]
+
+
+def make_client(project: str, database: str | None = None) -> firestore.Client:
+    from google.cloud import firestore
+
+    return firestore.Client(project=project, database=database or "(default)")
+
+
+def chunk_doc_id(index: int) -> str:
+    return f"{index:05d}"
+
+
+class FirestoreJobStore:
+    def __init__(self, client: firestore.Client) -> None:
+        self._db = client
+
+    def _job_ref(self, job_id: str) -> Any:
+        return self._db.collection(JOBS).document(job_id)
+
+    def _chunk_ref(self, job_id: str, index: int) -> Any:
+        return self._job_ref(job_id).collection(CHUNKS).document(chunk_doc_id(index))
+
+    def create_job(self, job: Job) -> bool:
+        from google.api_core.exceptions import AlreadyExists, Conflict
+
+        try:
+            self._job_ref(job.job_id).create(job.to_dict())
+        except (AlreadyExists, Conflict):
+            return False
+        return True
+
+    def get_job(self, job_id: str) -> Job | None:
+        snapshot = self._job_ref(job_id).get()
+        return Job.from_dict(snapshot.to_dict()) if snapshot.exists else None
+
+    def update_job(
+        self, job_id: str, change: JobChange, new_chunks: Sequence[Chunk] = ()
+    ) -> Job | None:
+        from google.cloud import firestore
+
+        ref = self._job_ref(job_id)
+
+        @firestore.transactional  # type: ignore[misc]
+        def run(transaction: Any) -> Job | None:
+            snapshot = ref.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            current = Job.from_dict(snapshot.to_dict())
+            updated = change(current)
+            if updated is None:
+                return None
+            updated = _bump(updated, current.version)
+            transaction.set(ref, updated.to_dict())
+            for chunk in new_chunks:
+                transaction.set(self._chunk_ref(job_id, chunk.index), chunk.to_dict())
+            return updated
+
+        result: Job | None = run(self._db.transaction())
+        return result
+
+    def get_chunks(self, job_id: str) -> list[Chunk]:
+        docs = self._job_ref(job_id).collection(CHUNKS).stream()
+        chunks = [Chunk.from_dict(doc.to_dict()) for doc in docs]
+        return sorted(chunks, key=lambda c: c.index)
+
+    def update_chunk(self, job_id: str, index: int, change: ChunkChange) -> Chunk | None:
+        from google.cloud import firestore
+
+        ref = self._chunk_ref(job_id, index)
+
+        @firestore.transactional  # type: ignore[misc]
+        def run(transaction: Any) -> Chunk | None:
+            snapshot = ref.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            updated = change(Chunk.from_dict(snapshot.to_dict()))
+            if updated is not None:
+                transaction.set(ref, updated.to_dict())
+            return updated
+
+        result: Chunk | None = run(self._db.transaction())
+        return result
+
+    def active_jobs(self) -> list[Job]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self._db.collection(JOBS).where(filter=FieldFilter("state", "in", ACTIVE_STATES))
+        return [Job.from_dict(doc.to_dict()) for doc in query.stream()]
+
+
+def _bump(job: Job, version: int) -> Job:
+    from dataclasses import replace
+
+    return replace(job, version=version + 1)

@@ -1,0 +1,151 @@
+"""ProviderClient for the OpenAI Batch API, through the official `openai` SDK.
+
+The SDK is imported on first use, not at module load: cold start matters more than the
+first call's latency. Creation is not idempotent at OpenAI, so every batch carries its
+job and chunk in `metadata`, and `find_batch` looks for it before a second submit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import orjson
+
+from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
+from batchline.domain.providers import openai as wire
+from batchline.errors import ProviderError
+
+if TYPE_CHECKING:
+    import openai
+
+JOB_KEY = "batchline_job"
+CHUNK_KEY = "batchline_chunk"
+LIST_PAGE = 100
+
+
+class OpenAIProvider:
+    name = wire.NAME
+
+    def __init__(self, api_key: str | None, base_url: str | None = None, max_retries: int = 4):
+        self._api_key = api_key
+        self._base_url = base_url
+        self._max_retries = max_retries
+        self._sdk_client: openai.OpenAI | None = None
+
+    @property
+    def _client(self) -> openai.OpenAI:
+        if self._sdk_client is None:
+            import openai
+
+            if not self._api_key:
+                raise ProviderError("OPENAI_API_KEY is not set", retryable=False)
+            self._sdk_client = openai.OpenAI(
+                api_key=self._api_key, base_url=self._base_url, max_retries=self._max_retries
+            )
+        return self._sdk_client
+
+    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+        with _errors("submitting"):
+            file = self._client.files.create(
+                file=(f"{tag.job_id}-{tag.chunk:05d}.jsonl", payload, "application/jsonl"),
+                purpose="batch",
+            )
+            batch = self._client.batches.create(
+                input_file_id=file.id,
+                endpoint=wire.ENDPOINT,
+                completion_window="24h",
+                metadata={JOB_KEY: tag.job_id, CHUNK_KEY: str(tag.chunk)},
+            )
+        return _to_batch(batch)
+
+    def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
+        with _errors("listing batches"):
+            # Newest first: stop at the first batch older than the window.
+            for batch in self._client.batches.list(limit=LIST_PAGE):
+                if batch.created_at < created_after:
+                    return None
+                found = _to_batch(batch)
+                if found.tag == tag:
+                    return found
+        return None
+
+    def get_batch(self, batch_id: str) -> ProviderBatch:
+        with _errors(f"retrieving batch {batch_id}"):
+            return _to_batch(self._client.batches.retrieve(batch_id))
+
+    def iter_results(self, batch: ProviderBatch) -> Iterator[ProviderResult]:
+        for key in ("output_file_id", "error_file_id"):
+            file_id = batch.native.get(key)
+            if not file_id:  # null and "" both mean "no such file"
+                continue
+            for line in self._file_lines(file_id):
+                yield wire.normalise(orjson.loads(line))
+
+    def _file_lines(self, file_id: str) -> Iterator[bytes]:
+        with (
+            _errors(f"downloading file {file_id}"),
+            self._client.files.with_streaming_response.content(file_id) as response,
+        ):
+            pending = b""
+            for part in response.iter_bytes():
+                pending += part
+                *lines, pending = pending.split(b"\n")
+                yield from (line for line in lines if line.strip())
+            if pending.strip():
+                yield pending
+
+    def cancel(self, batch_id: str) -> None:
+        with _errors(f"cancelling batch {batch_id}"):
+            self._client.batches.cancel(batch_id)
+
+
+def _to_batch(batch: Any) -> ProviderBatch:
+    native: dict[str, Any] = batch.model_dump(mode="json")
+    metadata = native.get("metadata") or {}
+    tag = None
+    if JOB_KEY in metadata and CHUNK_KEY in metadata:
+        try:
+            tag = BatchTag(metadata[JOB_KEY], int(metadata[CHUNK_KEY]))
+        except ValueError:
+            tag = None
+    counts = native.get("request_counts") or {}
+    errors = tuple(
+        f"{e.get('code')}: {e.get('message')}" + (f" (line {e['line']})" if e.get("line") else "")
+        for e in ((native.get("errors") or {}).get("data") or [])
+    )
+    return ProviderBatch(
+        batch_id=native["id"],
+        state=wire.BATCH_STATES.get(native["status"], wire.BATCH_STATES["in_progress"]),
+        counts={k: int(counts.get(k) or 0) for k in ("total", "completed", "failed")},
+        tag=tag,
+        created_at=float(native.get("created_at") or 0),
+        errors=errors,
+        native=native,
+    )
+
+
+class _errors:
+    """Translate SDK exceptions into ProviderError, retryable or not."""
+
+    def __init__(self, doing: str) -> None:
+        self._doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or isinstance(exc, ProviderError):
+            return
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            retryable = status in (408, 409, 429) or status >= 500
+            raise ProviderError(
+                f"OpenAI {self._doing}: HTTP {status}: {exc.message}",
+                retryable=retryable,
+                status=status,
+            ) from exc
+        if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError):
+            raise ProviderError(f"OpenAI {self._doing}: {exc}", retryable=True) from exc

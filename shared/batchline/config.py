@@ -1,0 +1,100 @@
+"""Settings, read once from the environment.
+
+Every setting has one environment variable; Terraform sets the same names in production
+and the local stack sets them for the functions it runs. The Google clients read their
+own emulator variables (FIRESTORE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST,
+STORAGE_EMULATOR_HOST) directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from batchline.errors import ConfigError
+
+# OpenAI's own limits are 50,000 requests and 200 MB per input file; we stay under them
+# with a margin so that an encoding detail never tips a chunk over.
+OPENAI_MAX_REQUESTS = 50_000
+OPENAI_MAX_BYTES = 200 * 1000 * 1000
+SAFETY_MARGIN = 0.95
+
+
+@dataclass(frozen=True)
+class ChunkLimits:
+    max_requests: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    input_bucket: str
+    output_bucket: str
+    work_bucket: str
+    poll_topic: str = "batchline-poll"
+    collect_topic: str = "batchline-collect"
+    events_topic: str = "batchline-events"
+    default_model: str | None = None
+    openai_base_url: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_limits: ChunkLimits = ChunkLimits(
+        int(OPENAI_MAX_REQUESTS * SAFETY_MARGIN), int(OPENAI_MAX_BYTES * SAFETY_MARGIN)
+    )
+    max_input_bytes: int = 2 * 1024**3
+    max_line_bytes: int = 1024 * 1024
+    lease_seconds: float = 300.0
+    # Time a submit or poll invocation allows itself before leaving work for the next tick.
+    work_budget_seconds: float = 420.0
+    # A job stuck in "collecting" for this long gets its collect message published again.
+    collect_retry_seconds: float = 600.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def required(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"environment variable {name} is required")
+            return value
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is not a number") from exc
+
+        defaults = cls(project="", input_bucket="", output_bucket="", work_bucket="")
+        project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or ""
+        if not project:
+            raise ConfigError("environment variable GOOGLE_CLOUD_PROJECT is required")
+        return cls(
+            project=project,
+            input_bucket=required("BATCHLINE_INPUT_BUCKET"),
+            output_bucket=required("BATCHLINE_OUTPUT_BUCKET"),
+            work_bucket=required("BATCHLINE_WORK_BUCKET"),
+            poll_topic=env.get("BATCHLINE_POLL_TOPIC") or defaults.poll_topic,
+            collect_topic=env.get("BATCHLINE_COLLECT_TOPIC") or defaults.collect_topic,
+            events_topic=env.get("BATCHLINE_EVENTS_TOPIC") or defaults.events_topic,
+            default_model=env.get("BATCHLINE_DEFAULT_MODEL") or None,
+            openai_base_url=env.get("BATCHLINE_OPENAI_BASE_URL") or None,
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai_limits=ChunkLimits(
+                int(number("BATCHLINE_OPENAI_MAX_REQUESTS", defaults.openai_limits.max_requests)),
+                int(number("BATCHLINE_OPENAI_MAX_BYTES", defaults.openai_limits.max_bytes)),
+            ),
+            max_input_bytes=int(number("BATCHLINE_MAX_INPUT_BYTES", defaults.max_input_bytes)),
+            max_line_bytes=int(number("BATCHLINE_MAX_LINE_BYTES", defaults.max_line_bytes)),
+            lease_seconds=number("BATCHLINE_LEASE_SECONDS", defaults.lease_seconds),
+            work_budget_seconds=number(
+                "BATCHLINE_WORK_BUDGET_SECONDS", defaults.work_budget_seconds
+            ),
+            collect_retry_seconds=number(
+                "BATCHLINE_COLLECT_RETRY_SECONDS", defaults.collect_retry_seconds
+            ),
+        )

@@ -1,0 +1,252 @@
+"""The domain's nouns: jobs, chunks, provider batches and result lines.
+
+Plain dataclasses with explicit `to_dict`/`from_dict` so that Firestore documents, JSON
+files and logs all use the same field names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from batchline.errors import InvalidTransition
+
+
+class JobState(StrEnum):
+    ACCEPTED = "accepted"
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    COLLECTING = "collecting"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL_JOB_STATES
+
+
+_TERMINAL_JOB_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELED, JobState.REJECTED}
+)
+
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.ACCEPTED: frozenset({JobState.SUBMITTING, JobState.REJECTED, JobState.COLLECTING}),
+    JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.COLLECTING, JobState.CANCELED}),
+    JobState.RUNNING: frozenset({JobState.COLLECTING, JobState.CANCELED}),
+    JobState.COLLECTING: frozenset(
+        {JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELED}
+    ),
+}
+
+
+def check_job_transition(current: JobState, target: JobState) -> None:
+    if target not in JOB_TRANSITIONS.get(current, frozenset()):
+        raise InvalidTransition(f"job cannot go from {current} to {target}")
+
+
+class ChunkState(StrEnum):
+    PENDING = "pending"  # staged in the work bucket, not yet at the provider
+    SUBMITTING = "submitting"  # leased by one invocation that is creating the provider batch
+    RUNNING = "running"  # the provider batch exists and has not ended
+    ENDED = "ended"  # the provider batch ended (or could not be created): ready to collect
+
+
+CHUNK_TRANSITIONS: dict[ChunkState, frozenset[ChunkState]] = {
+    ChunkState.PENDING: frozenset({ChunkState.SUBMITTING, ChunkState.ENDED}),
+    ChunkState.SUBMITTING: frozenset({ChunkState.SUBMITTING, ChunkState.RUNNING, ChunkState.ENDED}),
+    ChunkState.RUNNING: frozenset({ChunkState.RUNNING, ChunkState.ENDED}),
+    ChunkState.ENDED: frozenset(),
+}
+
+
+def check_chunk_transition(current: ChunkState, target: ChunkState) -> None:
+    if target not in CHUNK_TRANSITIONS[current]:
+        raise InvalidTransition(f"chunk cannot go from {current} to {target}")
+
+
+class BatchState(StrEnum):
+    """A provider batch's state, normalised across providers."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELING = "canceling"
+    CANCELED = "canceled"
+
+    @property
+    def ended(self) -> bool:
+        return self in {
+            BatchState.COMPLETED,
+            BatchState.FAILED,
+            BatchState.EXPIRED,
+            BatchState.CANCELED,
+        }
+
+
+class ResultStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a job's input lives: a GCS object pinned to one generation."""
+
+    bucket: str
+    name: str
+    generation: str
+    size: int
+    md5: str | None = None
+    content_encoding: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{self.bucket}/{self.name}"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    model: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Lease:
+    owner: str
+    until: float
+
+    def held_by_other(self, owner: str, now: float) -> bool:
+        return self.owner != owner and self.until > now
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    source: Source
+    options: JobOptions
+    output_prefix: str  # gs://OUT/<path>/<job_id>/
+    origin: str = "gcs"  # "gcs" (bucket trigger) or "api"
+    idempotency_key: str | None = None
+    state: JobState = JobState.ACCEPTED
+    lease: Lease | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    chunk_count: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+    cost_usd: float | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    submitted_at: float | None = None
+    collect_requested_at: float | None = None
+    ended_at: float | None = None
+    event_published: bool = False
+    version: int = 0
+
+    @property
+    def results_uri(self) -> str:
+        return self.output_prefix + "results.jsonl"
+
+    @property
+    def summary_uri(self) -> str:
+        return self.output_prefix + "summary.json"
+
+    def to(self, target: JobState, now: float, **changes: Any) -> Job:
+        check_job_transition(self.state, target)
+        return replace(self, state=target, updated_at=now, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        data = dict(data)
+        data["source"] = Source(**data["source"])
+        data["options"] = JobOptions(**data["options"])
+        data["state"] = JobState(data["state"])
+        data["lease"] = Lease(**data["lease"]) if data.get("lease") else None
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    job_id: str
+    index: int
+    provider: str
+    model: str
+    request_count: int
+    payload_bytes: int
+    payload_uri: str  # gs://WORK/jobs/<job>/chunks/<n>/input.jsonl
+    manifest_uri: str  # line number and custom_id of each request, in payload order
+    state: ChunkState = ChunkState.PENDING
+    lease: Lease | None = None
+    submit_started_at: float | None = None
+    attempts: int = 0
+    batch_id: str | None = None
+    batch_state: BatchState | None = None
+    batch_counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    updated_at: float = 0.0
+
+    def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
+        check_chunk_transition(self.state, target)
+        return replace(self, state=target, updated_at=now, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        data["batch_state"] = str(self.batch_state) if self.batch_state else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Chunk:
+        data = dict(data)
+        data["state"] = ChunkState(data["state"])
+        data["batch_state"] = BatchState(data["batch_state"]) if data.get("batch_state") else None
+        data["lease"] = Lease(**data["lease"]) if data.get("lease") else None
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BatchTag:
+    """What identifies a provider batch as ours: the job and chunk it was made for."""
+
+    job_id: str
+    chunk: int
+
+
+@dataclass(frozen=True)
+class ProviderBatch:
+    """A provider batch as batchline sees it, whatever the provider."""
+
+    batch_id: str
+    state: BatchState
+    counts: dict[str, int]
+    tag: BatchTag | None = None
+    created_at: float | None = None
+    errors: tuple[str, ...] = ()
+    native: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    """One request's outcome at the provider, normalised; `request_id` is batchline's id."""
+
+    request_id: str
+    status: ResultStatus
+    text: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    error: dict[str, Any] | None = None
+    response: Any = None

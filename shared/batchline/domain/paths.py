@@ -1,0 +1,41 @@
+"""Where a job's intermediate files live in the work bucket. Deterministic names make
+every write idempotent (`if_generation_match=0`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkPaths:
+    work_bucket: str
+    job_id: str
+
+    @property
+    def root(self) -> str:
+        return f"gs://{self.work_bucket}/jobs/{self.job_id}/"
+
+    @property
+    def plan(self) -> str:
+        return self.root + "plan.json"
+
+    @property
+    def invalid(self) -> str:
+        return self.root + "invalid.tsv"
+
+    def chunk(self, index: int) -> str:
+        return f"{self.root}chunks/{index:05d}/"
+
+    def payload(self, index: int) -> str:
+        return self.chunk(index) + "input.jsonl"
+
+    def manifest(self, index: int) -> str:
+        return self.chunk(index) + "manifest.jsonl"
+
+    def results(self, index: int) -> str:
+        """Normalised result lines of one chunk, sorted by line: `<line>\\t<json>`."""
+        return self.chunk(index) + "results.tsv"
+
+    def tally(self, index: int) -> str:
+        """Written after `results`: its presence marks the chunk as collected."""
+        return self.chunk(index) + "tally.json"

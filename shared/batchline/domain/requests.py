@@ -1,0 +1,269 @@
+"""Parsing one input line into a provider-bound `Request` or an `InvalidLine`.
+
+Four line formats exist (DESIGN.md "Input"); the format is detected per line. Every
+rejection names the line, the field and the reason, so a user can fix the file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchline.domain.lines import LineTooLong
+
+# Providers batchline knows of, and the ones this deployment can run.
+KNOWN_PROVIDERS = frozenset({"openai", "anthropic", "vertex"})
+ENABLED_PROVIDERS = frozenset({"openai"})
+
+OPENAI_CHAT_URL = "/v1/chat/completions"
+MAX_CUSTOM_ID_CHARS = 512
+
+_BATCHLINE_FIELDS = frozenset(
+    {
+        "custom_id",
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "temperature",
+        "metadata",
+        "stop",
+        "response_schema",
+        "schema",
+    }
+)
+_OPENAI_NATIVE_FIELDS = frozenset({"custom_id", "method", "url", "body"})
+_ROLES = frozenset({"user", "assistant", "system", "developer", "tool"})
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A valid request, bound to one provider and model.
+
+    `params` holds the provider-neutral fields of a batchline line; `native` the body of a
+    provider-native line, passed to the provider untouched.
+    """
+
+    line: int
+    custom_id: str | None  # None: none given, one is generated (`line-<n>`)
+    provider: str
+    model: str
+    params: dict[str, Any] | None = None
+    native: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidLine:
+    line: int
+    custom_id: str | None
+    field: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"line {self.line}: {self.field}: {self.reason}"
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def parse_line(
+    number: int,
+    raw: bytes | LineTooLong,
+    *,
+    default_model: str | None,
+    max_line_bytes: int,
+) -> Request | InvalidLine:
+    if isinstance(raw, LineTooLong):
+        return InvalidLine(
+            number, None, "line", f"{raw.size} bytes exceeds the limit of {max_line_bytes} bytes"
+        )
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = "not valid UTF-8" if "utf-8" in str(exc).lower() else f"not valid JSON ({exc})"
+        return InvalidLine(number, None, "line", reason)
+    if not isinstance(obj, dict):
+        return InvalidLine(number, None, "line", f"expected a JSON object, got {_kind(obj)}")
+    custom_id = obj.get("custom_id")
+    shown_id = custom_id if isinstance(custom_id, str) else None
+    try:
+        custom_id = _custom_id(custom_id)
+        if "body" in obj or "method" in obj or "url" in obj:
+            return _openai_native(number, custom_id, obj, default_model)
+        if "params" in obj:
+            raise _Invalid(
+                "params",
+                "Anthropic native lines need the anthropic provider, "
+                "which is not enabled in this deployment",
+            )
+        if "request" in obj:
+            raise _Invalid(
+                "request",
+                "Vertex native lines need the vertex provider, "
+                "which is not enabled in this deployment",
+            )
+        return _batchline(number, custom_id, obj, default_model)
+    except _Invalid as exc:
+        return InvalidLine(number, shown_id, exc.field, exc.reason)
+
+
+def _custom_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid("custom_id", f"expected a string, got {_kind(value)}")
+    if not value:
+        raise _Invalid("custom_id", "must not be empty")
+    if len(value) > MAX_CUSTOM_ID_CHARS:
+        raise _Invalid("custom_id", f"longer than {MAX_CUSTOM_ID_CHARS} characters")
+    return value
+
+
+def split_model(value: Any, field: str = "model") -> tuple[str, str]:
+    if not isinstance(value, str):
+        raise _Invalid(field, f"expected a string like 'openai/gpt-4.1-mini', got {_kind(value)}")
+    provider, sep, model = value.partition("/")
+    if not sep or not provider or not model:
+        raise _Invalid(
+            field, f"expected 'provider/model' (e.g. 'openai/gpt-4.1-mini'), got {value!r}"
+        )
+    if provider not in KNOWN_PROVIDERS:
+        raise _Invalid(
+            field, f"unknown provider {provider!r} (known: {', '.join(sorted(KNOWN_PROVIDERS))})"
+        )
+    if provider not in ENABLED_PROVIDERS:
+        raise _Invalid(field, f"provider {provider!r} is not enabled in this deployment")
+    return provider, model
+
+
+def _batchline(
+    number: int, custom_id: str | None, obj: dict[str, Any], default_model: str | None
+) -> Request:
+    for key in obj:
+        if key not in _BATCHLINE_FIELDS:
+            raise _Invalid(key, "unknown field")
+    if "model" in obj:
+        provider, model = split_model(obj["model"])
+    elif default_model:
+        provider, model = split_model(default_model, "model (job default)")
+    else:
+        raise _Invalid("model", "missing, and the job has no default model")
+    messages = obj.get("messages")
+    if messages is None:
+        raise _Invalid("messages", "missing")
+    _check_messages(messages)
+    params: dict[str, Any] = {"messages": messages}
+    system = obj.get("system")
+    if system is not None:
+        if not isinstance(system, str):
+            raise _Invalid("system", f"expected a string, got {_kind(system)}")
+        params["system"] = system
+    max_tokens = obj.get("max_tokens")
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise _Invalid("max_tokens", f"expected a positive integer, got {max_tokens!r}")
+        params["max_tokens"] = max_tokens
+    temperature = obj.get("temperature")
+    if temperature is not None:
+        if (
+            not isinstance(temperature, int | float)
+            or isinstance(temperature, bool)
+            or not math.isfinite(temperature)
+            or not 0 <= temperature <= 2
+        ):
+            raise _Invalid("temperature", f"expected a number from 0 to 2, got {temperature!r}")
+        params["temperature"] = temperature
+    stop = obj.get("stop")
+    if stop is not None:
+        if not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+            raise _Invalid("stop", "expected a list of strings")
+        params["stop"] = stop
+    metadata = obj.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _Invalid("metadata", f"expected an object, got {_kind(metadata)}")
+    for key in ("response_schema", "schema"):
+        if key in obj:
+            raise _Invalid(key, "structured outputs are not supported by this version yet")
+    return Request(number, custom_id, provider, model, params=params)
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list):
+        raise _Invalid("messages", f"expected a list, got {_kind(messages)}")
+    if not messages:
+        raise _Invalid("messages", "must not be empty")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _Invalid(where, f"expected an object, got {_kind(message)}")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise _Invalid(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
+        content = message.get("content")
+        if not isinstance(content, str | list):
+            raise _Invalid(
+                f"{where}.content", f"expected a string or a list of parts, got {_kind(content)}"
+            )
+
+
+def _openai_native(
+    number: int, custom_id: str | None, obj: dict[str, Any], default_model: str | None
+) -> Request:
+    for key in obj:
+        if key not in _OPENAI_NATIVE_FIELDS:
+            raise _Invalid(key, "unknown field in an OpenAI batch line")
+    if obj.get("method") != "POST":
+        raise _Invalid("method", f"expected 'POST', got {obj.get('method')!r}")
+    if obj.get("url") != OPENAI_CHAT_URL:
+        raise _Invalid("url", f"expected {OPENAI_CHAT_URL!r}, got {obj.get('url')!r}")
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise _Invalid("body", f"expected an object, got {_kind(body)}")
+    model = body.get("model")
+    if model is None:
+        if not default_model:
+            raise _Invalid("body.model", "missing, and the job has no default model")
+        provider, model = split_model(default_model, "model (job default)")
+        if provider != "openai":
+            raise _Invalid(
+                "body.model",
+                f"missing, and the job default {default_model!r} is not an OpenAI model",
+            )
+        body = {**body, "model": model}
+    elif not isinstance(model, str) or not model:
+        raise _Invalid("body.model", f"expected a non-empty string, got {_kind(model)}")
+    _check_messages_field(body)
+    return Request(number, custom_id, "openai", model, native=body)
+
+
+def _check_messages_field(body: dict[str, Any]) -> None:
+    if "messages" not in body:
+        raise _Invalid("body.messages", "missing")
+    try:
+        _check_messages(body["messages"])
+    except _Invalid as exc:
+        raise _Invalid(f"body.{exc.field}", exc.reason) from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,0 +1,1 @@
+"""Local emulators of the providers' batch APIs, for development and tests."""

@@ -1,0 +1,164 @@
+"""HTTP plumbing shared by the provider emulators.
+
+JSON responses, an exception that carries a ready-made error response, a threaded
+werkzeug server that is quiet unless asked (`serve`, `start_in_thread`) and the common
+command line (`--host`, `--port`, `--config-json`, `--verbose`).
+
+Every provider formats its error bodies differently, so `HTTPError` takes the body as
+is; the emulator modules build it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from types import FrameType
+from typing import Any
+
+import orjson
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+WSGIApp = Callable[..., Iterable[bytes]]
+
+
+class HTTPError(Exception):
+    """Raised inside a handler; the app turns it into `response()`."""
+
+    def __init__(
+        self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+
+    def response(self) -> Response:
+        return json_response(self.body, self.status, self.headers)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A JSON response serialised with orjson (UTF-8, compact)."""
+    resp = Response(orjson.dumps(data), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        resp.headers[name] = value
+    return resp
+
+
+def read_json(request: Request) -> Any:
+    """The request body parsed as JSON; `ValueError` when it is not valid JSON."""
+    data = request.get_data(cache=True)
+    if not data:
+        raise ValueError("empty body")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request handler that logs requests only when the server is verbose."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' connection pools expect
+    verbose = False
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if self.verbose:
+            super().log_request(code, size)
+
+
+def _handler(verbose: bool) -> type[WSGIRequestHandler]:
+    return type("EmulatorRequestHandler", (_QuietHandler,), {"verbose": verbose})
+
+
+def make_threaded_server(
+    app: WSGIApp, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False
+) -> BaseWSGIServer:
+    """A threaded werkzeug server bound to (host, port); port 0 picks a free port."""
+    return make_server(host, port, app, threaded=True, request_handler=_handler(verbose))
+
+
+def server_url(server: BaseWSGIServer) -> str:
+    host, port = server.socket.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def serve(app: WSGIApp, host: str, port: int, *, verbose: bool = False) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then return."""
+    server = make_threaded_server(app, host, port, verbose=verbose)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever() to return, so it must not run on the
+        # thread that is inside serve_forever() (this one, where signals arrive).
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def start_in_thread(
+    app: WSGIApp, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False
+) -> tuple[str, Callable[[], None]]:
+    """Serve `app` on a daemon thread; returns (root URL without path, shutdown)."""
+    server = make_threaded_server(app, host, port, verbose=verbose)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    stopped = False
+
+    def shutdown() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return server_url(server), shutdown
+
+
+def cli_main(
+    description: str,
+    build_app: Callable[[dict[str, Any] | None], WSGIApp],
+    argv: list[str] | None = None,
+    *,
+    default_port: int | None = None,
+) -> int:
+    """Common `python -m ...` entry point: parse the options, build the app, serve."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=default_port, required=default_port is None)
+    parser.add_argument(
+        "--config-json", default=None, help="JSON object overriding the emulator's config"
+    )
+    parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] | None = None
+    if args.config_json:
+        try:
+            overrides = orjson.loads(args.config_json)
+        except orjson.JSONDecodeError as exc:
+            parser.error(f"--config-json is not valid JSON: {exc}")
+        if not isinstance(overrides, dict):
+            parser.error("--config-json must be a JSON object")
+    try:
+        app = build_app(overrides)
+    except (TypeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serve(app, args.host, args.port, verbose=args.verbose)
+    return 0

@@ -1,0 +1,1441 @@
+"""OpenAI Batch API emulator: a real HTTP server the official `openai` SDK can talk to.
+
+Point the SDK at it with ``OpenAI(api_key="anything", base_url="http://127.0.0.1:PORT/v1")``.
+Object shapes follow OpenAI's OpenAPI spec (`Batch`, `OpenAIFile`, `ListBatchesResponse`,
+`CreateChatCompletionResponse`, `CreateEmbeddingResponse`); optional fields the real API
+sends as ``null`` are sent as ``null`` here too.
+
+API (all under ``/v1``, ``Authorization: Bearer <non-empty>`` required, else 401):
+
+- ``POST /files`` (multipart ``purpose``, ``file``; ``purpose=batch`` needs a ``.jsonl``
+  name), ``GET /files`` (``after``, ``limit``, ``order``, ``purpose``), ``GET /files/{id}``,
+  ``GET /files/{id}/content``, ``DELETE /files/{id}``.
+- ``POST /batches``, ``GET /batches`` (``after``, ``limit`` 1..100, newest first),
+  ``GET /batches/{id}``, ``POST /batches/{id}/cancel``.
+
+Batch endpoints: ``/v1/chat/completions`` and ``/v1/embeddings`` are emulated. The other
+endpoints the SDK knows (``/v1/responses``, ``/v1/completions``, ...) are refused at
+create with a 400 ``unsupported_endpoint`` error, so nothing silently pretends to work.
+
+Lifecycle, computed lazily from timestamps on every request (no background thread):
+``validating`` (``validating_seconds``) -> ``in_progress`` (one line per
+``1/lines_per_second``, counts grow live) -> ``finalizing`` (``finalizing_seconds``) ->
+``completed``. The input is validated as a whole; any problem makes the batch ``failed``
+at the end of validating with ``errors.data[{code, message, param, line}]`` (1-based
+line numbers, at most 1000 entries). Codes: ``empty_file``, ``file_too_large``,
+``request_limit_exceeded``, ``invalid_json_line``, ``missing_required_parameter``,
+``invalid_type``, ``invalid_value`` (method not POST), ``invalid_url`` (line url is not the
+batch endpoint), ``duplicate_custom_id``, ``mismatched_model``. OpenAI does not document
+all of its codes; ``invalid_json_line`` and ``duplicate_custom_id`` are the ones it is
+known to return, the rest are the emulator's names.
+
+Results are processed, and written, in a shuffled order (seeded by ``seed`` and the
+custom_ids, so reproducible). Output and error files share the envelope
+``{"id","custom_id","response":{"status_code","request_id","body"}|null,"error":...}``;
+lines that got an HTTP error (status >= 400, error in ``response.body.error``) go to the
+error file. ``output_file_id`` is null when no line succeeded, ``error_file_id`` null when
+none failed.
+
+Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``):
+
+- ``line_fail_rate``: that fraction of lines (picked by a seeded hash of the custom_id)
+  fail with HTTP 500 ``server_error``.
+- marker ``[emulator:fail=NNN]`` (400 <= NNN <= 599) in the last user message (chat) or in
+  the input (embeddings): that line fails with status NNN.
+- ``expire_after_seconds``: the completion window (default 24 h). A batch whose lines are
+  not all done by then becomes ``expired``: finished lines are in the output/error files
+  as usual, the unfinished ones in the error file with ``response: null`` and
+  ``error: {"code": "batch_expired", ...}``; they count as failed.
+- ``api_error_rate`` / ``api_error_next`` with ``api_error_status`` (429 or 5xx): that
+  fraction of ``/v1`` calls (a seeded sequence), or the next N calls, answer with that
+  error. The answer carries ``retry-after: 0`` and ``retry-after-ms`` (so the SDK retries
+  at once instead of backing off for half a second).
+
+Cancel: ``cancelling`` for ``cancel_seconds``, then ``cancelled``. The API reference says
+a cancelled batch "will have partial results (if any) available in the output file", and
+says nothing about the rest; so lines finished before the cancel request are in the
+output/error files and the unfinished ones are in neither (``completed + failed <
+total``). Cancelling a batch that already ended answers 409 (as OpenAI does), with
+``x-should-retry: false`` so that the SDK does not retry it.
+
+A batch keeps the config that was current when it was created (timings, fault rates,
+limits); runtime config changes apply to batches created afterwards, and the API error
+faults apply at once.
+
+Admin endpoints (no auth, never faulted): ``GET|POST /_emulator/config`` (POST merges a
+JSON object into the config, returns the config), ``POST /_emulator/reset`` (drops all
+files and batches, restores the startup config), ``GET /_emulator/batches`` (every
+batch, newest first, with its metadata), ``GET /_emulator/stats``.
+
+Every response carries ``x-emulator: batchline-openai``; every chat answer starts with
+``[batchline openai emulator]``.
+
+Command line: ``python -m batchline.local.emulators.openai --host 127.0.0.1 --port P
+[--config-json '{...}'] [--verbose]``; serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import math
+import random
+import re
+import secrets
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from batchline.local.emulators._wsgi import HTTPError, cli_main, json_response, read_json
+
+EMULATOR_HEADER = ("x-emulator", "batchline-openai")
+CONTENT_PREFIX = "[batchline openai emulator]"
+
+COMPLETION_WINDOW_SECONDS = 24 * 3600
+BATCH_FILE_TTL_SECONDS = 30 * 24 * 3600  # files with purpose batch expire after 30 days
+MAX_REPORTED_ERRORS = 1000
+MAX_LIST_BATCHES = 100
+MAX_LIST_FILES = 10_000
+
+#: Endpoints the SDK lets a batch target.
+KNOWN_ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+#: Endpoints the emulator answers.
+SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+CREATE_BATCH_KEYS = frozenset(
+    {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
+)
+
+FAIL_MARKER = re.compile(r"\[emulator:fail=(\d{3})\]")
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Behaviour of the emulator. Times in seconds, rates are fractions in [0, 1]."""
+
+    seed: int = 0
+    validating_seconds: float = 0.1
+    lines_per_second: float = 5000.0
+    finalizing_seconds: float = 0.1
+    cancel_seconds: float = 0.1
+    #: None means OpenAI's 24 h completion window.
+    expire_after_seconds: float | None = None
+    line_fail_rate: float = 0.0
+    api_error_rate: float = 0.0
+    api_error_status: int = 429
+    #: Fail the next N /v1 calls with api_error_status (decremented by each).
+    api_error_next: int = 0
+    #: `retry-after-ms` on injected errors; None leaves it out (the SDK then backs off).
+    api_error_retry_after_ms: int | None = 1
+    max_requests: int = 50_000
+    #: OpenAI says 200 MB; 200,000,000 is the stricter reading (batchline's own constant).
+    max_bytes: int = 200_000_000
+    #: Vector length for /v1/embeddings when the request has no `dimensions`.
+    embedding_dimensions: int = 8
+
+    def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
+        """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
+        if not isinstance(overrides, Mapping):
+            raise ValueError("config overrides must be a JSON object")
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        values = {name: _check_config_value(name, value) for name, value in overrides.items()}
+        return dataclasses.replace(self, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# name -> (type, nullable, minimum, maximum)
+_CONFIG_RULES: dict[str, tuple[type, bool, float | None, float | None]] = {
+    "seed": (int, False, None, None),
+    "validating_seconds": (float, False, 0, None),
+    "lines_per_second": (float, False, 1e-9, None),
+    "finalizing_seconds": (float, False, 0, None),
+    "cancel_seconds": (float, False, 0, None),
+    "expire_after_seconds": (float, True, 0, None),
+    "line_fail_rate": (float, False, 0, 1),
+    "api_error_rate": (float, False, 0, 1),
+    "api_error_status": (int, False, 400, 599),
+    "api_error_next": (int, False, 0, None),
+    "api_error_retry_after_ms": (int, True, 1, None),
+    "max_requests": (int, False, 1, None),
+    "max_bytes": (int, False, 1, None),
+    "embedding_dimensions": (int, False, 1, 65536),
+}
+
+
+def _check_config_value(name: str, value: Any) -> Any:
+    kind, nullable, lo, hi = _CONFIG_RULES[name]
+    if value is None:
+        if nullable:
+            return None
+        raise ValueError(f"config {name} must not be null")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"config {name} must be a number")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"config {name} must be an integer")
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"config {name} must be finite")
+    if lo is not None and value < lo:
+        raise ValueError(f"config {name} must be >= {lo}")
+    if hi is not None and value > hi:
+        raise ValueError(f"config {name} must be <= {hi}")
+    return value
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _hex(*parts: object, n: int = 32) -> str:
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return digest[:n]
+
+
+def _fraction(*parts: object) -> float:
+    """A deterministic number in [0, 1) from the parts."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _tokens(chars: int) -> int:
+    """~4 characters per token, at least 1."""
+    return max(1, (chars + 3) // 4)
+
+
+def _file_id() -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    return "file-" + "".join(secrets.choice(alphabet) for _ in range(22))
+
+
+def _error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def api_error(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> HTTPError:
+    """An HTTPError with OpenAI's error body ``{"error": {message, type, param, code}}``."""
+    return HTTPError(status, _error_body(message, type_, param, code), headers)
+
+
+def _http_error_type(status: int) -> tuple[str, str | None]:
+    """OpenAI's error `type` and `code` for an HTTP status."""
+    if status == 401:
+        return "invalid_request_error", "invalid_api_key"
+    if status == 429:
+        return "requests", "rate_limit_exceeded"
+    if status >= 500:
+        return "server_error", None
+    return "invalid_request_error", None
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class StoredFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: int
+    expires_at: int | None
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+
+
+@dataclass
+class LinePlan:
+    """One input line, with its outcome decided at create time."""
+
+    custom_id: str
+    status_code: int
+    body: dict[str, Any]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A batch as seen at one instant."""
+
+    status: str
+    processed: int = 0  # lines finished (in processing order)
+    expired_lines: int = 0  # unfinished lines failed by expiry
+    validated: bool = False
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
+    completed_at: float | None = None
+    failed_at: float | None = None
+    expired_at: float | None = None
+    cancelling_at: float | None = None
+    cancelled_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def ended_at(self) -> float | None:
+        for t in (self.completed_at, self.failed_at, self.expired_at, self.cancelled_at):
+            if t is not None:
+                return t
+        return None
+
+
+@dataclass
+class BatchRecord:
+    id: str
+    seq: int
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    created: float
+    config: EmulatorConfig  # snapshot at create
+    output_ttl: int
+    errors: list[dict[str, Any]]
+    model: str | None
+    lines: list[LinePlan]  # processing (shuffled) order
+    ok_prefix: list[int] = field(default_factory=list)
+    in_prefix: list[int] = field(default_factory=list)
+    out_prefix: list[int] = field(default_factory=list)
+    cancel_requested_at: float | None = None
+    materialized: bool = False
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+    def __post_init__(self) -> None:
+        ok, tin, tout = [0], [0], [0]
+        for line in self.lines:
+            good = line.ok
+            ok.append(ok[-1] + good)
+            tin.append(tin[-1] + (line.prompt_tokens if good else 0))
+            tout.append(tout[-1] + (line.completion_tokens if good else 0))
+        self.ok_prefix, self.in_prefix, self.out_prefix = ok, tin, tout
+
+    # ---- timeline
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    @property
+    def validated_at(self) -> float:
+        return self.created + self.config.validating_seconds
+
+    @property
+    def lines_end(self) -> float:
+        if not self.valid:
+            return self.validated_at
+        return self.validated_at + len(self.lines) / self.config.lines_per_second
+
+    @property
+    def deadline(self) -> float:
+        window = self.config.expire_after_seconds
+        return self.created + (COMPLETION_WINDOW_SECONDS if window is None else window)
+
+    def line_done_at(self, index: int) -> float:
+        """When the line at processing position `index` (0-based) finishes."""
+        return self.validated_at + (index + 1) / self.config.lines_per_second
+
+    def lines_done(self, t: float) -> int:
+        if not self.valid or t < self.validated_at:
+            return 0
+        done = math.floor((t - self.validated_at) * self.config.lines_per_second + 1e-9)
+        return min(len(self.lines), max(0, done))
+
+    def phase(self, now: float) -> Phase:
+        tv, t_end = self.validated_at, self.lines_end
+        n = len(self.lines)
+        tc = self.cancel_requested_at
+        if tc is not None:
+            # Cancel is only accepted while the batch is running, so it wins over expiry.
+            validated = self.valid and tc >= tv
+            cs = tc + self.config.cancel_seconds
+            return Phase(
+                status="cancelled" if now >= cs else "cancelling",
+                processed=self.lines_done(tc),
+                validated=validated,
+                in_progress_at=tv if validated else None,
+                finalizing_at=t_end if validated and tc >= t_end else None,
+                cancelling_at=tc,
+                cancelled_at=cs if now >= cs else None,
+            )
+        dl = self.deadline
+        if dl < t_end and now >= dl:
+            validated = self.valid and dl >= tv
+            done = self.lines_done(dl)
+            return Phase(
+                status="expired",
+                processed=done,
+                expired_lines=n - done if validated else 0,
+                validated=validated,
+                in_progress_at=tv if validated else None,
+                expired_at=dl,
+            )
+        if now < tv:
+            return Phase(status="validating")
+        if not self.valid:
+            return Phase(status="failed", failed_at=tv)
+        if now < t_end:
+            return Phase(
+                status="in_progress", processed=self.lines_done(now), validated=True,
+                in_progress_at=tv,
+            )  # fmt: skip
+        t_done = t_end + self.config.finalizing_seconds
+        if now < t_done:
+            return Phase(
+                status="finalizing", processed=n, validated=True, in_progress_at=tv,
+                finalizing_at=t_end,
+            )  # fmt: skip
+        return Phase(
+            status="completed", processed=n, validated=True, in_progress_at=tv,
+            finalizing_at=t_end, completed_at=t_done,
+        )  # fmt: skip
+
+    def to_api(self, now: float) -> dict[str, Any]:
+        ph = self.phase(now)
+        k = ph.processed
+        completed = self.ok_prefix[k]
+
+        def ts(t: float | None) -> int | None:
+            return None if t is None else int(t)
+
+        input_tokens, output_tokens = self.in_prefix[k], self.out_prefix[k]
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "model": self.model if ph.validated else None,
+            "errors": ({"object": "list", "data": self.errors} if ph.status == "failed" else None),
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": ph.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": int(self.created),
+            "in_progress_at": ts(ph.in_progress_at),
+            "expires_at": int(self.deadline),
+            "finalizing_at": ts(ph.finalizing_at),
+            "completed_at": ts(ph.completed_at),
+            "failed_at": ts(ph.failed_at),
+            "expired_at": ts(ph.expired_at),
+            "cancelling_at": ts(ph.cancelling_at),
+            "cancelled_at": ts(ph.cancelled_at),
+            "request_counts": {
+                "total": len(self.lines) if ph.validated else 0,
+                "completed": completed,
+                "failed": (k - completed) + ph.expired_lines,
+            },
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": input_tokens + output_tokens,
+            },
+            "metadata": self.metadata,
+        }
+
+    # ---- results
+    def envelope(self, index: int, line: LinePlan) -> dict[str, Any]:
+        body = dict(line.body)
+        if "created" in body:
+            body["created"] = int(self.line_done_at(index))
+        return {
+            "id": "batch_req_" + _hex(self.id, line.custom_id),
+            "custom_id": line.custom_id,
+            "response": {
+                "status_code": line.status_code,
+                "request_id": _hex("request", self.id, line.custom_id),
+                "body": body,
+            },
+            "error": None,
+        }
+
+    def result_files(self, ph: Phase) -> tuple[bytes, bytes]:
+        """(output JSONL, error JSONL) for a batch that reached a terminal phase."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        for index, line in enumerate(self.lines[: ph.processed]):
+            (out if line.ok else err).append(orjson.dumps(self.envelope(index, line)))
+        if ph.expired_lines:
+            for line in self.lines[ph.processed :]:
+                err.append(
+                    orjson.dumps(
+                        {
+                            "id": "batch_req_" + _hex(self.id, line.custom_id),
+                            "custom_id": line.custom_id,
+                            "response": None,
+                            "error": {
+                                "code": "batch_expired",
+                                "message": "This request could not be executed before the "
+                                "completion window expired.",
+                            },
+                        }
+                    )
+                )
+        return (
+            b"".join(x + b"\n" for x in out),
+            b"".join(x + b"\n" for x in err),
+        )
+
+
+@dataclass
+class EmulatorState:
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    batches: dict[str, BatchRecord] = field(default_factory=dict)
+    active: set[str] = field(default_factory=set)  # batches not yet materialized
+    next_seq: int = 0
+    api_requests: int = 0
+    injected_errors: int = 0
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def _text_of(content: Any) -> str:
+    """The text of a chat message `content` (string or list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(part, str):
+                texts.append(part)
+        return "\n".join(texts)
+    return ""
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def _marker_status(text: str) -> int | None:
+    for match in FAIL_MARKER.finditer(text):
+        status = int(match.group(1))
+        if 400 <= status <= 599:
+            return status
+    return None
+
+
+def _line_error(status: int, message: str, param: str | None = None) -> LinePlan:
+    type_, code = _http_error_type(status)
+    return LinePlan(custom_id="", status_code=status, body=_error_body(message, type_, param, code))
+
+
+def _chat_answer(body: dict[str, Any], custom_id: str) -> LinePlan:
+    messages = body["messages"]
+    last_user = _last_user_text(messages)
+    limit_param = next(
+        (p for p in ("max_completion_tokens", "max_tokens") if body.get(p) is not None), None
+    )
+    limit: int | None = None
+    if limit_param is not None:
+        value = body[limit_param]
+        if isinstance(value, bool) or not isinstance(value, int):
+            return _line_error(
+                400, f"Invalid type for '{limit_param}': expected an integer.", limit_param
+            )
+        if value < 1:
+            return _line_error(
+                400,
+                f"Invalid '{limit_param}': integer below minimum value. Expected a value >= 1, "
+                f"but got {value} instead.",
+                limit_param,
+            )
+        limit = value
+    n = body.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        n = 1
+    snippet = " ".join(last_user.split())
+    if len(snippet) > 60:
+        snippet = snippet[:60] + "..."
+    digest = _hex(orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(), n=8)
+    content = f"{CONTENT_PREFIX} answer to: {snippet} (#{digest})"
+    finish_reason = "stop"
+    completion_tokens = _tokens(len(content))
+    if limit is not None and completion_tokens > limit:
+        content = content[: limit * 4]
+        completion_tokens = limit
+        finish_reason = "length"
+    prompt_chars = sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
+    prompt_tokens = _tokens(prompt_chars)
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+        "logprobs": None,
+        "finish_reason": finish_reason,
+    }
+    answer = {
+        "id": "chatcmpl-" + _hex("chatcmpl", custom_id, digest, n=29),
+        "object": "chat.completion",
+        "created": 0,  # set to the line's completion time when the results are written
+        "model": body["model"],
+        "choices": [dict(choice, index=i) for i in range(n)],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens * n,
+            "total_tokens": prompt_tokens + completion_tokens * n,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_batchline_emulator",
+    }
+    return LinePlan(custom_id, 200, answer, prompt_tokens, completion_tokens * n)
+
+
+def _embedding_inputs(value: Any) -> list[str | list[int]] | None:
+    if isinstance(value, str):
+        return [value] if value else None
+    if not isinstance(value, list) or not value or len(value) > 2048:
+        return None
+    if all(isinstance(x, str) and x for x in value):
+        return list(value)
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        return [list(value)]
+    if all(
+        isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+        for x in value
+    ):
+        return list(value)
+    return None
+
+
+def _embedding_answer(body: dict[str, Any], custom_id: str, default_dims: int) -> LinePlan:
+    inputs = _embedding_inputs(body["input"])
+    if inputs is None:
+        return _line_error(400, "Invalid 'input': expected a non-empty string or array.", "input")
+    dims = body.get("dimensions", default_dims)
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= 65536:
+        return _line_error(400, "Invalid 'dimensions': expected a positive integer.", "dimensions")
+    fmt = body.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        return _line_error(
+            400, "Invalid 'encoding_format': expected 'float' or 'base64'.", "encoding_format"
+        )
+    data = []
+    prompt_tokens = 0
+    for index, item in enumerate(inputs):
+        prompt_tokens += _tokens(len(item)) if isinstance(item, str) else len(item)
+        seed = hashlib.sha256(orjson.dumps(item)).digest()
+        rng = random.Random(seed)
+        vector = [rng.uniform(-1.0, 1.0) for _ in range(dims)]
+        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        vector = [round(x / norm, 8) for x in vector]
+        embedding: list[float] | str = vector
+        if fmt == "base64":
+            embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    answer = {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+    return LinePlan(custom_id, 200, answer, prompt_tokens, 0)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _verror(code: str, message: str, param: str | None = None, line: int | None = None) -> dict:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def _missing(param: str, line: int) -> dict[str, Any]:
+    return _verror(
+        "missing_required_parameter", f"Missing required parameter: '{param}'.", param, line
+    )
+
+
+_BODY_REQUIRED = {
+    "/v1/chat/completions": ("model", "messages"),
+    "/v1/embeddings": ("model", "input"),
+}
+
+
+def plan_batch(
+    content: bytes, endpoint: str, config: EmulatorConfig
+) -> tuple[list[dict[str, Any]], str | None, list[LinePlan]]:
+    """Validate an input file; (errors, model, lines in processing order)."""
+    if len(content) > config.max_bytes:
+        return (
+            [
+                _verror(
+                    "file_too_large",
+                    f"The batch input file is larger than the {config.max_bytes} byte maximum.",
+                )
+            ],
+            None,
+            [],
+        )
+    raw_lines = content.split(b"\n")
+    if raw_lines and not raw_lines[-1].strip():
+        raw_lines.pop()  # the trailing newline
+    if not raw_lines:
+        return [_verror("empty_file", "The batch input file is empty.")], None, []
+    if len(raw_lines) > config.max_requests:
+        return (
+            [
+                _verror(
+                    "request_limit_exceeded",
+                    f"The batch input file has {len(raw_lines)} requests; a batch may have at "
+                    f"most {config.max_requests}.",
+                )
+            ],
+            None,
+            [],
+        )
+
+    errors: list[dict[str, Any]] = []
+    parsed: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    model: str | None = None
+    for number, raw in enumerate(raw_lines, start=1):
+        if len(errors) >= MAX_REPORTED_ERRORS:
+            break
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            errors.append(
+                _verror(
+                    "invalid_json_line", "This line is not parseable as valid JSON.", None, number
+                )
+            )
+            continue
+        line_errors: list[dict[str, Any]] = []
+        for key in ("custom_id", "method", "url", "body"):
+            if obj.get(key) is None:
+                line_errors.append(_missing(key, number))
+        custom_id = obj.get("custom_id")
+        if custom_id is not None and (not isinstance(custom_id, str) or not custom_id):
+            line_errors.append(
+                _verror(
+                    "invalid_type",
+                    "Invalid 'custom_id': expected a non-empty string.",
+                    "custom_id",
+                    number,
+                )
+            )
+        method = obj.get("method")
+        if method is not None and method != "POST":
+            line_errors.append(
+                _verror(
+                    "invalid_value",
+                    f"Invalid 'method': {method!r}. Batch requests must use POST.",
+                    "method",
+                    number,
+                )
+            )
+        url = obj.get("url")
+        if url is not None and url != endpoint:
+            line_errors.append(
+                _verror(
+                    "invalid_url",
+                    f"The URL provided for this request ({url!r}) does not match the batch "
+                    f"endpoint {endpoint!r}.",
+                    "url",
+                    number,
+                )
+            )
+        body = obj.get("body")
+        if body is not None and not isinstance(body, dict):
+            line_errors.append(
+                _verror("invalid_type", "Invalid 'body': expected an object.", "body", number)
+            )
+        if isinstance(body, dict):
+            for key in _BODY_REQUIRED.get(endpoint, ()):
+                value = body.get(key)
+                if value is None or value == "" or value == []:
+                    line_errors.append(_missing(f"body.{key}", number))
+            if "messages" in _BODY_REQUIRED.get(endpoint, ()) and not isinstance(
+                body.get("messages", []), list
+            ):
+                line_errors.append(
+                    _verror(
+                        "invalid_type",
+                        "Invalid 'body.messages': expected an array.",
+                        "body.messages",
+                        number,
+                    )
+                )
+            body_model = body.get("model")
+            if isinstance(body_model, str) and body_model:
+                if model is None:
+                    model = body_model
+                elif body_model != model:
+                    line_errors.append(
+                        _verror(
+                            "mismatched_model",
+                            f"The provided model {body_model!r} does not match the model "
+                            f"{model!r} used by the other requests in this batch.",
+                            "body.model",
+                            number,
+                        )
+                    )
+            elif body_model is not None:
+                line_errors.append(
+                    _verror(
+                        "invalid_type", "Invalid 'body.model': expected a string.", "body.model",
+                        number,
+                    )
+                )  # fmt: skip
+        if isinstance(custom_id, str) and custom_id:
+            if custom_id in seen:
+                line_errors.append(
+                    _verror(
+                        "duplicate_custom_id",
+                        "The custom_id for this request is a duplicate of another request. The "
+                        "custom_id parameter must be unique for each request in a batch.",
+                        "custom_id",
+                        number,
+                    )
+                )
+            seen.add(custom_id)
+        if line_errors:
+            errors.extend(line_errors)
+            continue
+        assert isinstance(custom_id, str) and isinstance(body, dict)
+        parsed.append((custom_id, body))
+    if errors:
+        return errors[:MAX_REPORTED_ERRORS], None, []
+
+    lines: list[LinePlan] = []
+    for custom_id, body in parsed:
+        text = (
+            _last_user_text(body["messages"])
+            if endpoint == "/v1/chat/completions"
+            else orjson.dumps(body.get("input")).decode()
+        )
+        status = _marker_status(text)
+        if status is not None:
+            plan = _line_error(
+                status, f"Emulated failure with status {status} (marker in the request)."
+            )
+        elif config.line_fail_rate > 0 and _fraction(config.seed, "line", custom_id) < (
+            config.line_fail_rate
+        ):
+            plan = _line_error(
+                500,
+                "The server had an error while processing your request. Sorry about that! "
+                "(emulated line_fail_rate)",
+            )
+        elif endpoint == "/v1/chat/completions":
+            plan = _chat_answer(body, custom_id)
+        else:
+            plan = _embedding_answer(body, custom_id, config.embedding_dimensions)
+        plan.custom_id = custom_id
+        lines.append(plan)
+    order_seed = _hex(config.seed, "order", *(line.custom_id for line in lines))
+    random.Random(order_seed).shuffle(lines)
+    return [], model, lines
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def _url_map() -> Map:
+    return Map(
+        [
+            Rule("/v1/files", endpoint="create_file", methods=["POST"]),
+            Rule("/v1/files", endpoint="list_files", methods=["GET"]),
+            Rule("/v1/files/<file_id>", endpoint="retrieve_file", methods=["GET"]),
+            Rule("/v1/files/<file_id>", endpoint="delete_file", methods=["DELETE"]),
+            Rule("/v1/files/<file_id>/content", endpoint="file_content", methods=["GET"]),
+            Rule("/v1/batches", endpoint="create_batch", methods=["POST"]),
+            Rule("/v1/batches", endpoint="list_batches", methods=["GET"]),
+            Rule("/v1/batches/<batch_id>", endpoint="retrieve_batch", methods=["GET"]),
+            Rule("/v1/batches/<batch_id>/cancel", endpoint="cancel_batch", methods=["POST"]),
+            Rule("/_emulator/config", endpoint="admin_get_config", methods=["GET"]),
+            Rule("/_emulator/config", endpoint="admin_set_config", methods=["POST"]),
+            Rule("/_emulator/reset", endpoint="admin_reset", methods=["POST"]),
+            Rule("/_emulator/batches", endpoint="admin_batches", methods=["GET"]),
+            Rule("/_emulator/stats", endpoint="admin_stats", methods=["GET"]),
+        ],
+        strict_slashes=False,
+        merge_slashes=False,
+    )
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise api_error(
+            400, f"Invalid '{name}': expected an integer, but got {raw!r} instead.", param=name,
+            code="invalid_type",
+        ) from None  # fmt: skip
+    if not lo <= value <= hi:
+        raise api_error(
+            400,
+            f"Invalid '{name}': expected a value between {lo} and {hi}, but got {value} instead.",
+            param=name,
+            code="invalid_value",
+        )
+    return value
+
+
+def _page(items: list[Any], after: str | None, limit: int) -> tuple[list[Any], bool]:
+    """Cursor pagination over objects with an `id`; an unknown cursor gives an empty page."""
+    if after:
+        ids = [item.id for item in items]
+        if after not in ids:
+            return [], False
+        items = items[ids.index(after) + 1 :]
+    return items[:limit], len(items) > limit
+
+
+class OpenAIBatchEmulator:
+    """The WSGI app. `config` and `state` may be read (and config replaced) by tests."""
+
+    def __init__(self, config: EmulatorConfig, clock: Callable[[], float] = time.time) -> None:
+        self.startup_config = config
+        self.config = config
+        self.clock = clock
+        self.state = EmulatorState()
+        self.lock = threading.RLock()
+        self.url_map = _url_map()
+
+    # ---- WSGI
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            response = self.dispatch(request)
+        except HTTPError as exc:
+            response = exc.response()
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            response = api_error(
+                500, "The emulator failed while handling the request.", "server_error"
+            ).response()
+        response.headers[EMULATOR_HEADER[0]] = EMULATOR_HEADER[1]
+        response.headers.setdefault("x-request-id", "req_" + secrets.token_hex(16))
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        adapter = self.url_map.bind_to_environ(request.environ)
+        is_api = request.path.startswith("/v1/") or request.path == "/v1"
+        if is_api:
+            self._authenticate(request)
+            with self.lock:
+                self._maybe_inject_fault()
+        try:
+            endpoint, args = adapter.match()
+        except MethodNotAllowed:
+            raise api_error(405, f"Method not allowed ({request.method} {request.path}).") from None
+        except HTTPException:
+            raise api_error(404, f"Invalid URL ({request.method} {request.path})") from None
+        handler: Callable[..., Response] = getattr(self, f"h_{endpoint}")
+        return handler(request, **args)
+
+    def _authenticate(self, request: Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise api_error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+
+    def _maybe_inject_fault(self) -> None:
+        cfg = self.config
+        n = self.state.api_requests
+        self.state.api_requests += 1
+        inject = False
+        if cfg.api_error_next > 0:
+            self.config = dataclasses.replace(cfg, api_error_next=cfg.api_error_next - 1)
+            inject = True
+        elif cfg.api_error_rate > 0 and _fraction(cfg.seed, "api", n) < cfg.api_error_rate:
+            inject = True
+        if not inject:
+            return
+        self.state.injected_errors += 1
+        status = cfg.api_error_status
+        headers = {"retry-after": "0"}
+        if cfg.api_error_retry_after_ms is not None:
+            headers["retry-after-ms"] = str(cfg.api_error_retry_after_ms)
+        if status == 429:
+            raise api_error(
+                429,
+                "Rate limit reached for requests (emulated).",
+                "requests",
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
+        type_, code = _http_error_type(status)
+        raise api_error(
+            status,
+            "The server had an error while processing your request. Sorry about that! (emulated)",
+            type_,
+            code=code,
+            headers=headers,
+        )
+
+    # ---- state helpers (call with the lock held)
+    def _advance_all(self, now: float) -> None:
+        for batch_id in list(self.state.active):
+            self._advance(self.state.batches[batch_id], now)
+
+    def _advance(self, batch: BatchRecord, now: float) -> None:
+        if batch.materialized:
+            return
+        ph = batch.phase(now)
+        if not ph.terminal:
+            return
+        batch.materialized = True
+        self.state.active.discard(batch.id)
+        if ph.status == "failed":
+            return
+        output, errors = batch.result_files(ph)
+        ended = ph.ended_at
+        created = int(now if ended is None else ended)
+        for content, kind in ((output, "output"), (errors, "error")):
+            if not content:
+                continue
+            stored = StoredFile(
+                id=_file_id(),
+                filename=f"{batch.id}_{kind}.jsonl",
+                purpose="batch_output",
+                content=content,
+                created_at=created,
+                expires_at=created + batch.output_ttl,
+            )
+            self.state.files[stored.id] = stored
+            if kind == "output":
+                batch.output_file_id = stored.id
+            else:
+                batch.error_file_id = stored.id
+
+    def _file(self, file_id: str) -> StoredFile:
+        stored = self.state.files.get(file_id)
+        if stored is None:
+            raise api_error(404, f"No such File object: {file_id}", param="id")
+        return stored
+
+    def _batch(self, batch_id: str) -> BatchRecord:
+        batch = self.state.batches.get(batch_id)
+        if batch is None:
+            raise api_error(404, f"No batch found with id '{batch_id}'.", param="batch_id")
+        return batch
+
+    # ---- files
+    def h_create_file(self, request: Request) -> Response:
+        purpose = request.form.get("purpose")
+        upload = request.files.get("file")
+        if not purpose:
+            raise api_error(
+                400, "Missing required parameter: 'purpose'.", param="purpose",
+                code="missing_required_parameter",
+            )  # fmt: skip
+        if purpose not in UPLOAD_PURPOSES:
+            raise api_error(
+                400,
+                f"Invalid value: {purpose!r}. Supported values are: "
+                + ", ".join(repr(p) for p in UPLOAD_PURPOSES)
+                + ".",
+                param="purpose",
+                code="invalid_value",
+            )
+        if upload is None:
+            raise api_error(
+                400, "Missing required parameter: 'file'.", param="file",
+                code="missing_required_parameter",
+            )  # fmt: skip
+        filename = upload.filename or "upload"
+        if purpose == "batch" and not filename.endswith(".jsonl"):
+            raise api_error(
+                400,
+                f"Invalid file format for Batch API. Must be .jsonl (got {filename!r}).",
+                param="file",
+            )
+        content = upload.read()
+        ttl: int | None = BATCH_FILE_TTL_SECONDS if purpose == "batch" else None
+        anchor = request.form.get("expires_after[anchor]")
+        seconds = request.form.get("expires_after[seconds]")
+        if anchor is not None or seconds is not None:
+            ttl = _expires_after_seconds(anchor, seconds, "expires_after")
+        with self.lock:
+            now = int(self.clock())
+            stored = StoredFile(
+                id=_file_id(),
+                filename=filename,
+                purpose=purpose,
+                content=content,
+                created_at=now,
+                expires_at=None if ttl is None else now + ttl,
+            )
+            self.state.files[stored.id] = stored
+            return json_response(stored.to_api())
+
+    def h_list_files(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", MAX_LIST_FILES, 1, MAX_LIST_FILES)
+        order = request.args.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise api_error(
+                400, f"Invalid 'order': {order!r}.", param="order", code="invalid_value"
+            )
+        purpose = request.args.get("purpose")
+        with self.lock:
+            self._advance_all(self.clock())
+            files = list(self.state.files.values())
+            if order == "desc":
+                files.reverse()
+            if purpose:
+                files = [f for f in files if f.purpose == purpose]
+            page, has_more = _page(files, request.args.get("after"), limit)
+            return json_response(
+                {
+                    "object": "list",
+                    "data": [f.to_api() for f in page],
+                    "first_id": page[0].id if page else None,
+                    "last_id": page[-1].id if page else None,
+                    "has_more": has_more,
+                }
+            )
+
+    def h_retrieve_file(self, request: Request, file_id: str) -> Response:
+        with self.lock:
+            self._advance_all(self.clock())
+            return json_response(self._file(file_id).to_api())
+
+    def h_delete_file(self, request: Request, file_id: str) -> Response:
+        with self.lock:
+            self._advance_all(self.clock())
+            self._file(file_id)
+            del self.state.files[file_id]
+            return json_response({"id": file_id, "object": "file", "deleted": True})
+
+    def h_file_content(self, request: Request, file_id: str) -> Response:
+        with self.lock:
+            self._advance_all(self.clock())
+            stored = self._file(file_id)
+        return Response(stored.content, mimetype="application/octet-stream")
+
+    # ---- batches
+    def h_create_batch(self, request: Request) -> Response:
+        try:
+            body = read_json(request)
+        except ValueError:
+            raise api_error(400, "The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise api_error(400, "The request body must be a JSON object.")
+        unknown = sorted(set(body) - CREATE_BATCH_KEYS)
+        if unknown:
+            raise api_error(
+                400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0]
+            )
+        for key in ("input_file_id", "endpoint", "completion_window"):
+            if not body.get(key):
+                raise api_error(
+                    400, f"Missing required parameter: '{key}'.", param=key,
+                    code="missing_required_parameter",
+                )  # fmt: skip
+        endpoint = body["endpoint"]
+        if endpoint not in KNOWN_ENDPOINTS:
+            raise api_error(
+                400,
+                f"Invalid value: {endpoint!r}. Supported values are: "
+                + ", ".join(repr(e) for e in KNOWN_ENDPOINTS)
+                + ".",
+                param="endpoint",
+                code="invalid_value",
+            )
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise api_error(
+                400,
+                f"The batchline OpenAI emulator does not support endpoint {endpoint!r}; it "
+                f"supports {', '.join(SUPPORTED_ENDPOINTS)}.",
+                param="endpoint",
+                code="unsupported_endpoint",
+            )
+        if body["completion_window"] != "24h":
+            raise api_error(
+                400,
+                f"Invalid value: {body['completion_window']!r}. Supported values are: '24h'.",
+                param="completion_window",
+                code="invalid_value",
+            )
+        metadata = _check_metadata(body.get("metadata"))
+        output_ttl = BATCH_FILE_TTL_SECONDS
+        oea = body.get("output_expires_after")
+        if oea is not None:
+            if not isinstance(oea, dict):
+                raise api_error(
+                    400, "Invalid 'output_expires_after': expected an object.",
+                    param="output_expires_after", code="invalid_type",
+                )  # fmt: skip
+            output_ttl = _expires_after_seconds(
+                oea.get("anchor"), oea.get("seconds"), "output_expires_after"
+            )
+        input_file_id = body["input_file_id"]
+        with self.lock:
+            stored = self.state.files.get(input_file_id)
+            if stored is None:
+                raise api_error(404, f"No such File object: {input_file_id}", param="input_file_id")
+            if stored.purpose != "batch":
+                raise api_error(
+                    400,
+                    f"Invalid 'input_file_id': {input_file_id!r} has purpose "
+                    f"{stored.purpose!r}; a batch needs a file with purpose 'batch'.",
+                    param="input_file_id",
+                    code="invalid_value",
+                )
+            content, config = stored.content, self.config
+        # The file is immutable and the config a frozen snapshot: plan without the lock.
+        errors, model, lines = plan_batch(content, endpoint, config)
+        with self.lock:
+            seq = self.state.next_seq
+            self.state.next_seq += 1
+            batch = BatchRecord(
+                id="batch_" + secrets.token_hex(16),
+                seq=seq,
+                input_file_id=input_file_id,
+                endpoint=endpoint,
+                completion_window="24h",
+                metadata=metadata,
+                created=self.clock(),
+                config=config,
+                output_ttl=output_ttl,
+                errors=errors,
+                model=model,
+                lines=lines,
+            )
+            self.state.batches[batch.id] = batch
+            self.state.active.add(batch.id)
+            return json_response(batch.to_api(batch.created))
+
+    def h_list_batches(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 20, 1, MAX_LIST_BATCHES)
+        with self.lock:
+            now = self.clock()
+            self._advance_all(now)
+            batches = sorted(self.state.batches.values(), key=lambda b: b.seq, reverse=True)
+            page, has_more = _page(batches, request.args.get("after"), limit)
+            return json_response(
+                {
+                    "object": "list",
+                    "data": [b.to_api(now) for b in page],
+                    "first_id": page[0].id if page else None,
+                    "last_id": page[-1].id if page else None,
+                    "has_more": has_more,
+                }
+            )
+
+    def h_retrieve_batch(self, request: Request, batch_id: str) -> Response:
+        with self.lock:
+            now = self.clock()
+            self._advance_all(now)
+            return json_response(self._batch(batch_id).to_api(now))
+
+    def h_cancel_batch(self, request: Request, batch_id: str) -> Response:
+        with self.lock:
+            now = self.clock()
+            self._advance_all(now)
+            batch = self._batch(batch_id)
+            status = batch.phase(now).status
+            if status in TERMINAL:
+                raise api_error(
+                    409,
+                    f"Cannot cancel a batch with status '{status}'.",
+                    headers={"x-should-retry": "false"},
+                )
+            if status != "cancelling":
+                batch.cancel_requested_at = now
+            self._advance(batch, now)  # cancel_seconds may be 0
+            return json_response(batch.to_api(now))
+
+    # ---- admin
+    def h_admin_get_config(self, request: Request) -> Response:
+        with self.lock:
+            return json_response(self.config.to_dict())
+
+    def h_admin_set_config(self, request: Request) -> Response:
+        try:
+            overrides = read_json(request)
+            with self.lock:
+                self.config = self.config.merged(overrides)
+                return json_response(self.config.to_dict())
+        except ValueError as exc:
+            raise api_error(400, str(exc)) from None
+
+    def h_admin_reset(self, request: Request) -> Response:
+        self.reset()
+        return json_response({"ok": True, "config": self.config.to_dict()})
+
+    def h_admin_batches(self, request: Request) -> Response:
+        with self.lock:
+            now = self.clock()
+            self._advance_all(now)
+            batches = sorted(self.state.batches.values(), key=lambda b: b.seq, reverse=True)
+            return json_response({"object": "list", "data": [b.to_api(now) for b in batches]})
+
+    def h_admin_stats(self, request: Request) -> Response:
+        with self.lock:
+            return json_response(
+                {
+                    "api_requests": self.state.api_requests,
+                    "injected_errors": self.state.injected_errors,
+                    "files": len(self.state.files),
+                    "batches": len(self.state.batches),
+                }
+            )
+
+    def reset(self) -> None:
+        """Drop all files and batches and restore the startup config."""
+        with self.lock:
+            self.state = EmulatorState()
+            self.config = self.startup_config
+
+
+def _expires_after_seconds(anchor: Any, seconds: Any, param: str) -> int:
+    if anchor != "created_at":
+        raise api_error(
+            400, f"Invalid '{param}.anchor': expected 'created_at'.", param=f"{param}.anchor",
+            code="invalid_value",
+        )  # fmt: skip
+    try:
+        value = int(seconds)
+    except (TypeError, ValueError):
+        value = -1
+    if not 3600 <= value <= 2_592_000:
+        raise api_error(
+            400,
+            f"Invalid '{param}.seconds': expected an integer between 3600 and 2592000.",
+            param=f"{param}.seconds",
+            code="invalid_value",
+        )
+    return value
+
+
+def _check_metadata(metadata: Any) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise api_error(
+            400, "Invalid 'metadata': expected an object.", param="metadata", code="invalid_type"
+        )
+    if len(metadata) > 16:
+        raise api_error(
+            400,
+            "Invalid 'metadata': too many properties. Expected an object with at most 16 "
+            f"properties, but got an object with {len(metadata)} properties instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise api_error(
+                400,
+                f"Invalid 'metadata': key {key[:20]!r}... is longer than 64 characters.",
+                param="metadata",
+                code="string_above_max_length",
+            )
+        if not isinstance(value, str):
+            raise api_error(
+                400,
+                f"Invalid 'metadata.{key}': expected a string.",
+                param=f"metadata.{key}",
+                code="invalid_type",
+            )
+        if len(value) > 512:
+            raise api_error(
+                400,
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
+                f"length 512, but got a string with length {len(value)} instead.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
+            )
+    return dict(metadata)
+
+
+def make_app(
+    config: EmulatorConfig | None = None, *, clock: Callable[[], float] = time.time
+) -> OpenAIBatchEmulator:
+    """The emulator as a WSGI app (`app.config`, `app.state`, `app.reset()`)."""
+    return OpenAIBatchEmulator(config or EmulatorConfig(), clock)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(
+        "OpenAI Batch API emulator (batchline)",
+        lambda overrides: make_app(EmulatorConfig().merged(overrides or {})),
+        argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The seams between batchline's services and the systems they use.
+
+Adapters in `batchline.adapters` implement these against Google Cloud and the providers;
+unit tests implement them in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO, Protocol
+
+from batchline.domain.models import BatchTag, Chunk, Job, ProviderBatch, ProviderResult
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Objects addressed by `gs://bucket/name` URIs."""
+
+    def open_read(
+        self, uri: str, generation: str | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        """A streaming reader; `generation` pins the version. Raises NotFound."""
+        ...
+
+    def read_bytes(self, uri: str) -> bytes: ...
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str) -> bool:
+        """Create the object only if absent; False when it already existed (412)."""
+        ...
+
+    def open_write(self, uri: str, content_type: str) -> AbstractContextManager[BinaryIO]:
+        """A streaming writer that creates the object only if absent.
+
+        Raises PreconditionFailed (on open or on close) when it already existed.
+        """
+        ...
+
+    def exists(self, uri: str) -> bool: ...
+
+    def stat(self, uri: str) -> tuple[str, int]:
+        """(generation, size) of the live object. Raises NotFound."""
+        ...
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, message: dict[str, Any], **attributes: str) -> None:
+        """Publish and wait for the server's acknowledgement."""
+        ...
+
+
+JobChange = Callable[[Job], Job | None]
+ChunkChange = Callable[[Chunk], Chunk | None]
+
+
+class JobStore(Protocol):
+    """Jobs and their chunks. Every update is a read-modify-write in one transaction:
+    `change` sees the current record and returns the new one, or None to leave it."""
+
+    def create_job(self, job: Job) -> bool:
+        """False when a job with that id exists already (a duplicate trigger)."""
+        ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def update_job(
+        self, job_id: str, change: JobChange, new_chunks: Sequence[Chunk] = ()
+    ) -> Job | None:
+        """Apply `change`; when it returns a job, also create `new_chunks`, atomically."""
+        ...
+
+    def get_chunks(self, job_id: str) -> list[Chunk]: ...
+
+    def update_chunk(self, job_id: str, index: int, change: ChunkChange) -> Chunk | None: ...
+
+    def active_jobs(self) -> list[Job]:
+        """Jobs not yet in a terminal state."""
+        ...
+
+
+class ProviderClient(Protocol):
+    """One provider's batch API, as batchline uses it."""
+
+    name: str
+
+    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+        """Create a batch from a staged payload, tagged so it can be found again."""
+        ...
+
+    def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
+        """The batch carrying `tag` created after the given time, if any."""
+        ...
+
+    def get_batch(self, batch_id: str) -> ProviderBatch: ...
+
+    def iter_results(self, batch: ProviderBatch) -> Iterator[ProviderResult]:
+        """Every result the provider holds for an ended batch, in any order."""
+        ...
+
+    def cancel(self, batch_id: str) -> None: ...

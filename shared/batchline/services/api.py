@@ -1,0 +1,120 @@
+"""The HTTP API's operations: submit a job (inline requests or a gs:// URI), read one.
+
+Idempotent by the `Idempotency-Key` header: the job id derives from it, so a retried
+POST finds the job the first one made.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchline.bootstrap import Deps
+from batchline.domain.ids import job_id_for_key, output_prefix
+from batchline.domain.models import Job, JobOptions, Source
+from batchline.errors import NotFound, PermanentError
+from batchline.services.submit import start_job
+
+MAX_INLINE_REQUESTS = 10_000
+
+
+class BadRequest(PermanentError):
+    """The API call itself is malformed (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class SubmitJob:
+    idempotency_key: str
+    requests: list[Any] | None
+    input_uri: str | None
+    options: JobOptions
+
+    @classmethod
+    def from_http(cls, body: Any, idempotency_key: str | None) -> SubmitJob:
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        requests = body.get("requests")
+        input_uri = body.get("input_uri")
+        if (requests is None) == (input_uri is None):
+            raise BadRequest("give exactly one of 'requests' (a list) or 'input_uri' (gs://...)")
+        if requests is not None and (not isinstance(requests, list) or not requests):
+            raise BadRequest("'requests' must be a non-empty list")
+        if requests is not None and len(requests) > MAX_INLINE_REQUESTS:
+            raise BadRequest(f"at most {MAX_INLINE_REQUESTS} inline requests; use 'input_uri'")
+        if input_uri is not None and (
+            not isinstance(input_uri, str) or not input_uri.startswith("gs://")
+        ):
+            raise BadRequest("'input_uri' must be a gs:// URI")
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise BadRequest("'options' must be an object")
+        model = options.get("model")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest("'options.model' must be a string like 'openai/gpt-4.1-mini'")
+        labels = options.get("labels") or {}
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise BadRequest("'options.labels' must be an object of strings")
+        key = (idempotency_key or "").strip() or uuid.uuid4().hex
+        if len(key) > 256:
+            raise BadRequest("Idempotency-Key is longer than 256 characters")
+        return cls(key, requests, input_uri, JobOptions(model=model, labels=labels))
+
+
+def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
+    """(job, created): created is False when the key was seen before."""
+    job_id = job_id_for_key(command.idempotency_key)
+    existing = deps.store.get_job(job_id)
+    if existing is not None:
+        return existing, False
+    if command.requests is not None:
+        uri = f"gs://{deps.settings.work_bucket}/inline/{job_id}.jsonl"
+        data = b"".join(orjson.dumps(r) + b"\n" for r in command.requests)
+        deps.blobs.write_bytes(uri, data, "application/jsonl")  # same key ⇒ same bytes
+        out_name = "api/inline.jsonl"
+    else:
+        assert command.input_uri is not None
+        uri = command.input_uri
+        out_name = uri[5:].partition("/")[2]
+    try:
+        generation, size = deps.blobs.stat(uri)
+    except (NotFound, ValueError) as exc:
+        raise BadRequest(f"cannot read {uri}: {exc}") from exc
+    bucket, _, name = uri[5:].partition("/")
+    now = deps.clock.now()
+    job = Job(
+        job_id=job_id,
+        source=Source(bucket=bucket, name=name, generation=generation, size=size),
+        options=command.options,
+        output_prefix=output_prefix(deps.settings.output_bucket, out_name, job_id),
+        origin="api",
+        idempotency_key=command.idempotency_key,
+        created_at=now,
+        updated_at=now,
+    )
+    started = start_job(deps, job)
+    return started or job, True
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The public shape of a job (no leases, no internals)."""
+    return {
+        "job_id": job.job_id,
+        "state": str(job.state),
+        "origin": job.origin,
+        "source": job.source.uri,
+        "options": {"model": job.options.model, "labels": job.options.labels},
+        "counts": job.counts,
+        "chunks": job.chunk_count,
+        "usage": job.usage,
+        "cost_usd": job.cost_usd,
+        "results_uri": job.results_uri
+        if job.state.terminal and job.state.value != "rejected"
+        else None,
+        "summary_uri": job.summary_uri if job.state.terminal else None,
+        "error": job.error,
+        "created_at": job.created_at,
+        "ended_at": job.ended_at,
+    }

@@ -1,0 +1,142 @@
+"""Getting chunks to their provider exactly once, and following them until they end.
+
+A chunk is leased in a transaction before its batch is created. If the holder dies
+between the provider accepting the batch and Firestore recording it, the lease expires;
+whoever takes it over first looks for the batch by its tag and adopts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from batchline.bootstrap import Deps
+from batchline.domain.models import BatchTag, Chunk, ChunkState, Lease, ProviderBatch
+from batchline.errors import ProviderError
+from batchline.log import fields, get_logger
+
+log = get_logger(__name__)
+
+# Provider clocks and ours differ; look a little further back than the lease says.
+CLOCK_SKEW_SECONDS = 120.0
+
+
+def needs_submit(chunk: Chunk, now: float) -> bool:
+    if chunk.state is ChunkState.PENDING:
+        return True
+    return chunk.state is ChunkState.SUBMITTING and (
+        chunk.lease is None or chunk.lease.until <= now
+    )
+
+
+def dispatch(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
+    """Submit `chunk` unless another invocation holds it; returns the updated chunk."""
+    now = deps.clock.now()
+    lease = Lease(owner, now + deps.settings.lease_seconds)
+
+    def take(current: Chunk) -> Chunk | None:
+        if not needs_submit(current, now):
+            return None
+        return current.to(
+            ChunkState.SUBMITTING,
+            now,
+            lease=lease,
+            attempts=current.attempts + 1,
+            # Keep the first attempt's start: the batch we may have to find is that old.
+            submit_started_at=current.submit_started_at or now,
+        )
+
+    leased = deps.store.update_chunk(chunk.job_id, chunk.index, take)
+    if leased is None:
+        return None
+    provider = deps.providers.get(leased.provider)
+    tag = BatchTag(leased.job_id, leased.index)
+    try:
+        batch = None
+        if leased.attempts > 1:
+            since = (leased.submit_started_at or now) - CLOCK_SKEW_SECONDS
+            batch = provider.find_batch(tag, since)
+            if batch is not None:
+                log.info(
+                    "adopted batch",
+                    extra=fields(job_id=tag.job_id, chunk=tag.chunk, batch_id=batch.batch_id),
+                )
+        if batch is None:
+            with deps.blobs.open_read(leased.payload_uri) as payload:
+                batch = provider.submit(payload, tag, leased.model)
+            log.info(
+                "submitted",
+                extra=fields(
+                    job_id=tag.job_id,
+                    chunk=tag.chunk,
+                    batch_id=batch.batch_id,
+                    requests=leased.request_count,
+                ),
+            )
+    except ProviderError as exc:
+        if exc.retryable:
+            # Give the lease back now; the next try reconciles first, in case the
+            # provider did create the batch before the error reached us.
+            deps.store.update_chunk(
+                leased.job_id, leased.index, lambda c: _release(c, owner, deps.clock.now())
+            )
+            raise
+        reason = str(exc)
+        log.error("submit failed", extra=fields(job_id=tag.job_id, chunk=tag.chunk, error=reason))
+        return deps.store.update_chunk(
+            leased.job_id, leased.index, lambda c: _fail(c, owner, reason, deps.clock.now())
+        )
+    return deps.store.update_chunk(
+        leased.job_id, leased.index, lambda c: _record(c, owner, batch, deps.clock.now())
+    )
+
+
+def _release(chunk: Chunk, owner: str, now: float) -> Chunk | None:
+    if (
+        chunk.state is not ChunkState.SUBMITTING
+        or chunk.lease is None
+        or chunk.lease.owner != owner
+    ):
+        return None
+    return replace(chunk, lease=Lease(owner, now), updated_at=now)
+
+
+def _fail(chunk: Chunk, owner: str, error: str, now: float) -> Chunk | None:
+    if (
+        chunk.state is not ChunkState.SUBMITTING
+        or chunk.lease is None
+        or chunk.lease.owner != owner
+    ):
+        return None
+    return chunk.to(ChunkState.ENDED, now, lease=None, error=error)
+
+
+def _record(chunk: Chunk, owner: str, batch: ProviderBatch, now: float) -> Chunk | None:
+    if chunk.state is not ChunkState.SUBMITTING:
+        return None
+    target = ChunkState.ENDED if batch.state.ended else ChunkState.RUNNING
+    return chunk.to(
+        target,
+        now,
+        lease=None,
+        batch_id=batch.batch_id,
+        batch_state=batch.state,
+        batch_counts=batch.counts,
+    )
+
+
+def refresh(deps: Deps, chunk: Chunk) -> Chunk | None:
+    """Ask the provider how a running chunk's batch is doing; record it."""
+    if chunk.state is not ChunkState.RUNNING or chunk.batch_id is None:
+        return None
+    batch = deps.providers.get(chunk.provider).get_batch(chunk.batch_id)
+    if batch.state == chunk.batch_state and batch.counts == chunk.batch_counts:
+        return chunk
+    now = deps.clock.now()
+
+    def update(current: Chunk) -> Chunk | None:
+        if current.state is not ChunkState.RUNNING or current.batch_id != batch.batch_id:
+            return None
+        target = ChunkState.ENDED if batch.state.ended else ChunkState.RUNNING
+        return current.to(target, now, batch_state=batch.state, batch_counts=batch.counts)
+
+    return deps.store.update_chunk(chunk.job_id, chunk.index, update)

@@ -1,0 +1,240 @@
+"""Planning a job: read its input once, stage chunks and invalid lines in the work bucket.
+
+Planning runs under the job's lease. Every file it writes has a deterministic name and
+content, so a planner that takes over an expired lease redoes the same work harmlessly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+import zlib
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from typing import Any, BinaryIO
+
+import orjson
+
+from batchline.bootstrap import Deps, encoder
+from batchline.domain.ids import generated_custom_id
+from batchline.domain.lines import UnreadableInput, iter_lines
+from batchline.domain.models import Chunk, Job, JobState, Lease
+from batchline.domain.paths import WorkPaths
+from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestTooLarge
+from batchline.domain.requests import InvalidLine, Request, parse_line
+from batchline.domain.results import Tally, invalid_result_line
+from batchline.errors import NotFound, RetryableError
+from batchline.log import fields, get_logger
+from batchline.services import reporting
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Plan:
+    chunks: list[Chunk]
+    lines: int = 0
+    blank_lines: int = 0
+    invalid: int = 0
+    requests: int = 0
+    id_collisions: dict[int, str] = field(default_factory=dict)
+    invalid_tally: Tally = field(default_factory=Tally)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "blank_lines": self.blank_lines,
+            "invalid": self.invalid,
+            "requests": self.requests,
+            "chunks": len(self.chunks),
+            "id_collisions": {str(k): v for k, v in self.id_collisions.items()},
+            "invalid_tally": self.invalid_tally.to_dict(),
+        }
+
+
+def new_owner() -> str:
+    return uuid.uuid4().hex
+
+
+def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
+    """Take the planning lease and plan; None when there is nothing (left) to plan.
+
+    Raises RetryableError while another live invocation holds the lease, so that the
+    trigger comes back rather than losing the job if that invocation dies.
+    """
+    now = deps.clock.now()
+    lease = Lease(owner, now + deps.settings.lease_seconds)
+
+    def take(job: Job) -> Job | None:
+        if job.state is not JobState.ACCEPTED:
+            return None
+        if job.lease is not None and job.lease.held_by_other(owner, now):
+            return None
+        return replace(job, lease=lease, updated_at=now)
+
+    job = deps.store.update_job(job_id, take)
+    if job is None:
+        current = deps.store.get_job(job_id)
+        if current is not None and current.state is JobState.ACCEPTED:
+            raise RetryableError(f"job {job_id} is being planned by another invocation")
+        return None
+    log.info("planning", extra=fields(job_id=job_id, source=job.source.uri))
+    try:
+        plan = build_plan(deps, job)
+    except UnreadableInput as exc:
+        return reporting.reject(deps, job, str(exc))
+    return _commit(deps, job, plan, owner)
+
+
+def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:
+    now = deps.clock.now()
+    counts = {
+        "lines": plan.lines,
+        "blank_lines": plan.blank_lines,
+        "invalid": plan.invalid,
+        "requests": plan.requests,
+    }
+    target = JobState.SUBMITTING if plan.chunks else JobState.COLLECTING
+
+    def commit(current: Job) -> Job | None:
+        if current.state is not JobState.ACCEPTED or current.lease is None:
+            return None
+        if current.lease.owner != owner:
+            return None
+        return current.to(
+            target,
+            now,
+            lease=None,
+            counts=counts,
+            chunk_count=len(plan.chunks),
+            collect_requested_at=now if target is JobState.COLLECTING else None,
+        )
+
+    committed = deps.store.update_job(job.job_id, commit, new_chunks=plan.chunks)
+    if committed is None:
+        log.warning("lost the planning lease", extra=fields(job_id=job.job_id))
+        return None
+    log.info(
+        "planned",
+        extra=fields(job_id=job.job_id, chunks=len(plan.chunks), **counts),
+    )
+    if target is JobState.COLLECTING:
+        reporting.request_collect(deps, committed)
+    return committed
+
+
+def build_plan(deps: Deps, job: Job) -> Plan:
+    settings = deps.settings
+    source = job.source
+    if source.size > settings.max_input_bytes:
+        raise UnreadableInput(
+            f"the file is {source.size} bytes; the limit is {settings.max_input_bytes} bytes"
+        )
+    if source.size == 0:
+        raise UnreadableInput("the file is empty")
+    paths = WorkPaths(settings.work_bucket, job.job_id)
+    planner = ChunkPlanner(deps.limits, encoder)
+    plan = Plan(chunks=[])
+    explicit_ids: dict[str, int] = {}
+    generated: list[int] = []
+    invalid: list[tuple[InvalidLine, str | None]] = []
+
+    def stage(planned: PlannedChunk) -> None:
+        plan.chunks.append(_stage_chunk(deps, job, paths, len(plan.chunks), planned))
+
+    try:
+        with ExitStack() as stack:
+            raw = stack.enter_context(deps.blobs.open_read(source.uri, source.generation))
+            stream: BinaryIO = raw
+            if _is_gzip(source):
+                stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+            for number, line in iter_lines(stream, settings.max_line_bytes):
+                if isinstance(line, bytes) and not line.strip():
+                    plan.blank_lines += 1
+                    continue
+                plan.lines += 1
+                parsed = parse_line(
+                    number,
+                    line,
+                    default_model=job.options.model or settings.default_model,
+                    max_line_bytes=settings.max_line_bytes,
+                )
+                if isinstance(parsed, Request):
+                    parsed = _check_id(parsed, explicit_ids, generated)
+                if isinstance(parsed, Request):
+                    try:
+                        full = planner.add(parsed)
+                    except RequestTooLarge as exc:
+                        parsed = InvalidLine(number, parsed.custom_id, "line", str(exc))
+                    else:
+                        plan.requests += 1
+                        if full is not None:
+                            stage(full)
+                        continue
+                if parsed.custom_id is None:
+                    generated.append(number)
+                else:
+                    explicit_ids.setdefault(parsed.custom_id, number)
+                invalid.append((parsed, parsed.custom_id))
+            for planned in planner.finish():
+                stage(planned)
+    except NotFound as exc:
+        raise UnreadableInput(f"the input object is gone: {exc}") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableInput(f"the file cannot be decompressed: {exc}") from exc
+    if plan.lines == 0:
+        raise UnreadableInput("the file has no requests (only blank lines)")
+
+    taken = set(explicit_ids)
+    plan.id_collisions = {
+        n: generated_custom_id(n, taken) for n in generated if f"line-{n}" in taken
+    }
+    plan.invalid = len(invalid)
+    buffer = bytearray()
+    for bad, custom_id in invalid:
+        resolved = custom_id or plan.id_collisions.get(bad.line) or f"line-{bad.line}"
+        record = invalid_result_line(bad, resolved)
+        plan.invalid_tally.add(record)
+        buffer += b"%d\t" % bad.line + orjson.dumps(record) + b"\n"
+    deps.blobs.write_bytes(paths.invalid, bytes(buffer), "text/tab-separated-values")
+    deps.blobs.write_bytes(paths.plan, orjson.dumps(plan.to_dict()), "application/json")
+    return plan
+
+
+def _check_id(
+    request: Request, explicit_ids: dict[str, int], generated: list[int]
+) -> Request | InvalidLine:
+    if request.custom_id is None:
+        generated.append(request.line)
+        return request
+    first = explicit_ids.setdefault(request.custom_id, request.line)
+    if first != request.line:
+        return InvalidLine(
+            request.line, request.custom_id, "custom_id", f"duplicate of line {first}"
+        )
+    return request
+
+
+def _stage_chunk(
+    deps: Deps, job: Job, paths: WorkPaths, index: int, planned: PlannedChunk
+) -> Chunk:
+    payload_uri = paths.payload(index)
+    manifest_uri = paths.manifest(index)
+    # False means a planner before us wrote the same bytes: nothing to do.
+    deps.blobs.write_bytes(payload_uri, planned.payload.getvalue(), "application/jsonl")
+    deps.blobs.write_bytes(manifest_uri, planned.manifest.getvalue(), "application/jsonl")
+    return Chunk(
+        job_id=job.job_id,
+        index=index,
+        provider=planned.provider,
+        model=planned.model,
+        request_count=planned.request_count,
+        payload_bytes=planned.payload_bytes,
+        payload_uri=payload_uri,
+        manifest_uri=manifest_uri,
+        updated_at=deps.clock.now(),
+    )
+
+
+def _is_gzip(source: Any) -> bool:
+    return bool(source.name.endswith(".gz") or source.content_encoding == "gzip")

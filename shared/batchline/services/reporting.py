@@ -1,0 +1,113 @@
+"""Telling the rest of the system about a job: collect requests, summaries, events.
+
+Order matters for exactly-once: summary.json is written last of the outputs, then the
+job's terminal state, then the `job.completed` event, then `event_published`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from batchline.bootstrap import Deps
+from batchline.domain.models import Job, JobState
+from batchline.domain.pricing import PRICES_AS_OF
+from batchline.domain.results import Tally
+from batchline.log import fields, get_logger
+
+log = get_logger(__name__)
+
+COMPLETED_EVENT = "job.completed"
+
+
+def request_collect(deps: Deps, job: Job) -> None:
+    deps.publisher.publish(deps.settings.collect_topic, {"job_id": job.job_id}, job_id=job.job_id)
+    log.info("collect requested", extra=fields(job_id=job.job_id))
+
+
+def summary(
+    deps: Deps,
+    job: Job,
+    state: JobState,
+    tally: Tally | None,
+    *,
+    provider_batches: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    now = deps.clock.now()
+    tally = tally or Tally()
+    counts = dict(sorted(tally.counts.items()))
+    return {
+        "job_id": job.job_id,
+        "state": str(state),
+        "source": {"uri": job.source.uri, "generation": job.source.generation},
+        "output": {"results": job.results_uri, "summary": job.summary_uri},
+        "lines": tally.total,
+        "blank_lines": job.counts.get("blank_lines", 0),
+        "counts": counts,
+        "usage": {"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
+        "cost": {
+            "batch_usd": round(tally.cost_usd, 6),
+            "realtime_usd": round(tally.realtime_cost_usd, 6),
+            "saving_usd": round(tally.realtime_cost_usd - tally.cost_usd, 6),
+            "prices_as_of": PRICES_AS_OF,
+            "unpriced_models": tally.unpriced,
+        },
+        "by_model": tally.by_model,
+        "provider_batches": provider_batches or [],
+        "timings": {
+            "created_at": job.created_at,
+            "submitted_at": job.submitted_at,
+            "collect_requested_at": job.collect_requested_at,
+            "finished_at": now,
+            "duration_s": round(now - job.created_at, 3),
+        },
+        "error": error,
+    }
+
+
+def reject(deps: Deps, job: Job, reason: str) -> Job | None:
+    """The file cannot be read at all: summary.json says why; nothing reaches a provider."""
+    log.warning("rejected", extra=fields(job_id=job.job_id, reason=reason))
+    body = summary(deps, job, JobState.REJECTED, None, error=reason)
+    deps.blobs.write_bytes(
+        job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
+    )
+    now = deps.clock.now()
+
+    def finish(current: Job) -> Job | None:
+        if current.state is not JobState.ACCEPTED:
+            return None
+        return current.to(JobState.REJECTED, now, lease=None, error=reason, ended_at=now)
+
+    done = deps.store.update_job(job.job_id, finish)
+    if done is not None:
+        publish_completed(deps, done)
+    return done
+
+
+def publish_completed(deps: Deps, job: Job) -> None:
+    """Publish `job.completed` for a terminal job, at least once."""
+    if job.event_published:
+        return
+    deps.publisher.publish(
+        deps.settings.events_topic,
+        {
+            "type": COMPLETED_EVENT,
+            "job_id": job.job_id,
+            "state": str(job.state),
+            "counts": job.counts,
+            "results_uri": job.results_uri if job.state is not JobState.REJECTED else None,
+            "summary_uri": job.summary_uri,
+            "error": job.error,
+        },
+        type=COMPLETED_EVENT,
+        job_id=job.job_id,
+        state=str(job.state),
+    )
+    deps.store.update_job(
+        job.job_id, lambda j: None if j.event_published else replace(j, event_published=True)
+    )
+    log.info("job completed", extra=fields(job_id=job.job_id, state=str(job.state)))

@@ -1,0 +1,81 @@
+"""A new input object: create its job (the claim), plan it, and submit what time allows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from batchline.bootstrap import Deps
+from batchline.domain.ids import job_id_for_object, output_prefix
+from batchline.domain.models import Job, JobOptions, JobState, Source
+from batchline.log import fields, get_logger
+from batchline.services import advance
+from batchline.services.plan import new_owner, plan_job
+
+log = get_logger(__name__)
+
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+@dataclass(frozen=True)
+class ObjectFinalized:
+    """What we need of a `google.cloud.storage.object.v1.finalized` event."""
+
+    bucket: str
+    name: str
+    generation: str
+    size: int
+    md5: str | None = None
+    content_encoding: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def options_from_metadata(metadata: dict[str, str]) -> JobOptions:
+    labels = {k[len("label-") :]: v for k, v in metadata.items() if k.startswith("label-")}
+    return JobOptions(model=metadata.get("model") or None, labels=labels)
+
+
+def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
+    if event.bucket != deps.settings.input_bucket:
+        log.warning(
+            "event for another bucket ignored", extra=fields(bucket=event.bucket, name=event.name)
+        )
+        return None
+    if not event.name.endswith(INPUT_SUFFIXES):
+        log.info("not a JSONL file; ignored", extra=fields(name=event.name))
+        return None
+    job_id = job_id_for_object(event.bucket, event.name, event.generation)
+    now = deps.clock.now()
+    job = Job(
+        job_id=job_id,
+        source=Source(
+            bucket=event.bucket,
+            name=event.name,
+            generation=event.generation,
+            size=event.size,
+            md5=event.md5,
+            content_encoding=event.content_encoding,
+            metadata=dict(event.metadata),
+        ),
+        options=options_from_metadata(event.metadata),
+        output_prefix=output_prefix(deps.settings.output_bucket, event.name, job_id),
+        created_at=now,
+        updated_at=now,
+    )
+    return start_job(deps, job)
+
+
+def start_job(deps: Deps, job: Job) -> Job | None:
+    """Claim the job by creating it; a duplicate trigger finds it and carries on or stops."""
+    if deps.store.create_job(job):
+        log.info("job accepted", extra=fields(job_id=job.job_id, source=job.source.uri))
+    else:
+        existing = deps.store.get_job(job.job_id)
+        if existing is None or existing.state is not JobState.ACCEPTED:
+            log.info("duplicate trigger", extra=fields(job_id=job.job_id))
+            return existing
+    owner = new_owner()
+    planned = plan_job(deps, job.job_id, owner)
+    if planned is not None and planned.state is JobState.SUBMITTING:
+        deadline = deps.clock.now() + deps.settings.work_budget_seconds
+        advance.advance_job(deps, planned, owner, deadline)
+    return deps.store.get_job(job.job_id)
