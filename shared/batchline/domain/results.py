@@ -123,8 +123,8 @@ class Tally:
             "counts": dict(sorted(self.counts.items())),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
-            "cost_usd": round(self.cost_usd, 6),
-            "realtime_cost_usd": round(self.realtime_cost_usd, 6),
+            "cost_usd": round(self.cost_usd, 10),
+            "realtime_cost_usd": round(self.realtime_cost_usd, 10),
             "unpriced": self.unpriced,
             "by_model": self.by_model,
         }

@@ -109,7 +109,7 @@ def collect(deps: Deps, job_id: str) -> Job | None:
             now,
             counts=counts,
             usage={"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
-            cost_usd=round(tally.cost_usd, 6),
+            cost_usd=round(tally.cost_usd, 10),
             ended_at=now,
         )
 

@@ -49,9 +49,9 @@ def summary(
         "counts": counts,
         "usage": {"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
         "cost": {
-            "batch_usd": round(tally.cost_usd, 6),
-            "realtime_usd": round(tally.realtime_cost_usd, 6),
-            "saving_usd": round(tally.realtime_cost_usd - tally.cost_usd, 6),
+            "batch_usd": round(tally.cost_usd, 10),
+            "realtime_usd": round(tally.realtime_cost_usd, 10),
+            "saving_usd": round(tally.realtime_cost_usd - tally.cost_usd, 10),
             "prices_as_of": PRICES_AS_OF,
             "unpriced_models": tally.unpriced,
         },

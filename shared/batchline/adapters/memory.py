@@ -1,0 +1,138 @@
+"""In-memory implementations of the storage ports, for unit tests and benchmarks.
+
+They keep the semantics that matter (create-if-absent, transactional updates under one
+lock, generation pinning) so that service logic tested on them means something. Never
+used by the deployed functions or by integration tests.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, BinaryIO
+
+from batchline.domain.models import Chunk, Job
+from batchline.errors import NotFound, PreconditionFailed
+from batchline.ports import ChunkChange, JobChange
+
+
+class MemoryJobStore:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.jobs: dict[str, Job] = {}
+        self.chunks: dict[str, dict[int, Chunk]] = {}
+
+    def create_job(self, job: Job) -> bool:
+        with self._lock:
+            if job.job_id in self.jobs:
+                return False
+            self.jobs[job.job_id] = job
+            return True
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self.jobs.get(job_id)
+
+    def update_job(
+        self, job_id: str, change: JobChange, new_chunks: Sequence[Chunk] = ()
+    ) -> Job | None:
+        with self._lock:
+            current = self.jobs.get(job_id)
+            if current is None:
+                return None
+            updated = change(current)
+            if updated is None:
+                return None
+            updated = replace(updated, version=current.version + 1)
+            self.jobs[job_id] = updated
+            for chunk in new_chunks:
+                self.chunks.setdefault(job_id, {})[chunk.index] = chunk
+            return updated
+
+    def get_chunks(self, job_id: str) -> list[Chunk]:
+        with self._lock:
+            return [c for _, c in sorted(self.chunks.get(job_id, {}).items())]
+
+    def update_chunk(self, job_id: str, index: int, change: ChunkChange) -> Chunk | None:
+        with self._lock:
+            current = self.chunks.get(job_id, {}).get(index)
+            if current is None:
+                return None
+            updated = change(current)
+            if updated is not None:
+                self.chunks[job_id][index] = updated
+            return updated
+
+    def active_jobs(self) -> list[Job]:
+        with self._lock:
+            return [j for j in self.jobs.values() if not j.state.terminal]
+
+
+class MemoryBlobStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.objects: dict[str, tuple[int, bytes]] = {}
+        self._generation = 1000
+
+    def put(self, uri: str, data: bytes) -> str:
+        """Create or overwrite (as a user's upload does); returns the new generation."""
+        with self._lock:
+            self._generation += 1
+            self.objects[uri] = (self._generation, data)
+            return str(self._generation)
+
+    def _get(self, uri: str, generation: str | None = None) -> bytes:
+        with self._lock:
+            found = self.objects.get(uri)
+        if found is None or (generation is not None and str(found[0]) != str(generation)):
+            raise NotFound(f"{uri} (generation {generation}) does not exist")
+        return found[1]
+
+    @contextmanager
+    def open_read(self, uri: str, generation: str | None = None) -> Iterator[BinaryIO]:
+        yield io.BytesIO(self._get(uri, generation))
+
+    def read_bytes(self, uri: str) -> bytes:
+        return self._get(uri)
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str) -> bool:
+        with self._lock:
+            if uri in self.objects:
+                return False
+            self._generation += 1
+            self.objects[uri] = (self._generation, bytes(data))
+            return True
+
+    @contextmanager
+    def open_write(self, uri: str, content_type: str) -> Iterator[BinaryIO]:
+        if uri in self.objects:
+            raise PreconditionFailed(f"{uri} already exists")
+        buffer = io.BytesIO()
+        yield buffer
+        if not self.write_bytes(uri, buffer.getvalue(), content_type):
+            raise PreconditionFailed(f"{uri} already exists")
+
+    def exists(self, uri: str) -> bool:
+        with self._lock:
+            return uri in self.objects
+
+    def stat(self, uri: str) -> tuple[str, int]:
+        with self._lock:
+            found = self.objects.get(uri)
+        if found is None:
+            raise NotFound(f"{uri} does not exist")
+        return str(found[0]), len(found[1])
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+
+    def publish(self, topic: str, message: dict[str, Any], **attributes: str) -> None:
+        self.messages.append((topic, message, attributes))
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [m for t, m, _ in self.messages if t == topic]

@@ -1,0 +1,127 @@
+"""In-memory fakes of the provider and clock ports for unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import BinaryIO
+
+import orjson
+from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
+from batchline.bootstrap import Deps, Providers
+from batchline.config import ChunkLimits, Settings
+from batchline.domain.models import (
+    BatchState,
+    BatchTag,
+    ProviderBatch,
+    ProviderResult,
+    ResultStatus,
+)
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@dataclass
+class FakeBatch:
+    batch: ProviderBatch
+    request_ids: list[str]
+    finished: set[str] = field(default_factory=set)  # for expiry: which ran
+
+
+class CrashAfterSubmit(BaseException):
+    """Stands for the process dying: not an Exception, so nothing catches it."""
+
+
+class FakeProvider:
+    name = "openai"
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.batches: dict[str, FakeBatch] = {}
+        self.fail_ids: set[str] = set()
+        self.crash_after_submit = False
+
+    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+        ids = [orjson.loads(line)["custom_id"] for line in payload.read().splitlines()]
+        batch = ProviderBatch(
+            f"batch_{len(self.batches)}",
+            BatchState.RUNNING,
+            {"total": len(ids)},
+            tag,
+            self.clock.now(),
+        )
+        self.batches[batch.batch_id] = FakeBatch(batch, ids, set(ids))
+        if self.crash_after_submit:
+            self.crash_after_submit = False
+            raise CrashAfterSubmit
+        return batch
+
+    def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
+        for fake in self.batches.values():
+            if fake.batch.tag == tag and (fake.batch.created_at or 0) >= created_after:
+                return fake.batch
+        return None
+
+    def get_batch(self, batch_id: str) -> ProviderBatch:
+        return self.batches[batch_id].batch
+
+    def end(self, state: BatchState = BatchState.COMPLETED, finished: int | None = None) -> None:
+        for fake in self.batches.values():
+            fake.batch = replace(fake.batch, state=state)
+            if finished is not None:
+                fake.finished = set(fake.request_ids[:finished])
+
+    def iter_results(self, batch: ProviderBatch) -> Iterator[ProviderResult]:
+        fake = self.batches[batch.batch_id]
+        for rid in reversed(fake.request_ids):  # providers do not keep order
+            if rid not in fake.finished:
+                continue
+            if rid in self.fail_ids:
+                yield ProviderResult(
+                    rid,
+                    ResultStatus.FAILED,
+                    error={"type": "server_error", "message": "x", "retryable": True},
+                )
+            else:
+                yield ProviderResult(
+                    rid,
+                    ResultStatus.SUCCEEDED,
+                    text=f"ok {rid}",
+                    finish_reason="stop",
+                    usage={"input_tokens": 10, "output_tokens": 5},
+                    response={"id": rid},
+                )
+
+    def cancel(self, batch_id: str) -> None:
+        self.end(BatchState.CANCELED)
+
+
+def make_deps(max_requests: int = 1000) -> tuple[Deps, FakeProvider, FakeClock]:
+    clock = FakeClock()
+    provider = FakeProvider(clock)
+    settings = Settings(
+        project="p",
+        input_bucket="in",
+        output_bucket="out",
+        work_bucket="work",
+        openai_limits=ChunkLimits(max_requests, 10_000_000),
+        lease_seconds=60,
+    )
+    deps = Deps(
+        settings=settings,
+        store=MemoryJobStore(),
+        blobs=MemoryBlobStore(),
+        publisher=RecordingPublisher(),
+        providers=Providers({"openai": lambda: provider}),
+        clock=clock,
+    )
+    return deps, provider, clock

@@ -1,0 +1,177 @@
+"""The services end to end on in-memory ports: submit → poll → collect."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
+from batchline.bootstrap import Deps
+from batchline.domain.models import BatchState, ChunkState, JobState
+from batchline.services.collect import collect
+from batchline.services.poll import poll
+from batchline.services.submit import ObjectFinalized, handle_object_finalized
+
+from .fakes import CrashAfterSubmit, FakeProvider, make_deps
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def line(**fields: object) -> bytes:
+    return orjson.dumps({"model": "openai/gpt-4o-mini", "messages": MSG, **fields})
+
+
+def upload(
+    deps: Deps, data: bytes, name: str = "dir/in.jsonl", metadata: dict[str, str] | None = None
+) -> ObjectFinalized:
+    blobs = deps.blobs
+    assert isinstance(blobs, MemoryBlobStore)
+    generation = blobs.put(f"gs://in/{name}", data)
+    return ObjectFinalized("in", name, generation, len(data), metadata=metadata or {})
+
+
+def run_to_end(
+    deps: Deps, provider: FakeProvider, event: ObjectFinalized
+) -> list[dict[str, object]]:
+    job = handle_object_finalized(deps, event)
+    assert job is not None
+    provider.end()
+    poll(deps)
+    publisher = deps.publisher
+    assert isinstance(publisher, RecordingPublisher)
+    for message in publisher.on("batchline-collect"):
+        collect(deps, message["job_id"])
+    final = deps.store.get_job(job.job_id)
+    assert final is not None and final.state.terminal
+    return [orjson.loads(x) for x in deps.blobs.read_bytes(final.results_uri).splitlines()]
+
+
+def test_one_result_per_line_in_order_with_invalid_and_generated_ids() -> None:
+    deps, provider, _ = make_deps(max_requests=3)
+    data = (
+        b"\n".join(
+            [
+                line(custom_id="a"),
+                b"",
+                line(),  # gets line-3
+                b"not json",
+                line(custom_id="line-3"),  # explicit id wins; line 3 becomes line-3-2
+                line(custom_id="a"),  # duplicate
+                line(custom_id="z"),
+                line(custom_id="y"),
+            ]
+        )
+        + b"\n"
+    )
+    results = run_to_end(deps, provider, upload(deps, data))
+    assert [(r["line"], r["custom_id"], r["status"]) for r in results] == [
+        (1, "a", "succeeded"),
+        (3, "line-3-2", "succeeded"),
+        (4, "line-4", "invalid"),
+        (5, "line-3", "succeeded"),
+        (6, "a", "invalid"),
+        (7, "z", "succeeded"),
+        (8, "y", "succeeded"),
+    ]
+    assert "duplicate of line 1" in results[4]["error"]["message"]
+    assert len(provider.batches) == 2  # 5 valid requests, 3 per chunk
+    job = next(iter(deps.store.jobs.values()))
+    summary = orjson.loads(deps.blobs.read_bytes(job.summary_uri))
+    assert summary["counts"] == {"invalid": 2, "succeeded": 5}
+    assert summary["blank_lines"] == 1 and summary["lines"] == 7
+    assert summary["state"] == job.state == JobState.PARTIAL
+    assert summary["usage"] == {"input_tokens": 50, "output_tokens": 25}
+    assert summary["cost"]["batch_usd"] == pytest.approx(5 * (10 * 0.075 + 5 * 0.30) / 1e6)
+    events = deps.publisher.on("batchline-events")
+    assert [e["job_id"] for e in events] == [job.job_id] and events[0]["state"] == "partial"
+
+
+def test_duplicate_events_make_one_job_and_one_batch_per_chunk() -> None:
+    deps, provider, _ = make_deps(max_requests=2)
+    event = upload(deps, b"\n".join(line(custom_id=str(i)) for i in range(5)))
+    for _ in range(3):
+        handle_object_finalized(deps, event)
+    assert len(deps.store.jobs) == 1
+    assert len(provider.batches) == 3
+
+
+def test_crash_after_provider_accepted_is_adopted_not_resubmitted() -> None:
+    deps, provider, clock = make_deps()
+    provider.crash_after_submit = True
+    event = upload(deps, line(custom_id="x") + b"\n")
+    with pytest.raises(CrashAfterSubmit):
+        handle_object_finalized(deps, event)
+    job_id = next(iter(deps.store.jobs))
+    [chunk] = deps.store.get_chunks(job_id)
+    assert chunk.state is ChunkState.SUBMITTING and chunk.batch_id is None
+    poll(deps)  # lease still live: nobody touches the chunk
+    assert len(provider.batches) == 1 and deps.store.get_chunks(job_id)[0].batch_id is None
+    clock.advance(61)
+    poll(deps)
+    [chunk] = deps.store.get_chunks(job_id)
+    assert chunk.state is ChunkState.RUNNING and chunk.batch_id == "batch_0"
+    assert len(provider.batches) == 1
+
+
+def test_expired_batch_keeps_finished_lines_and_expires_the_rest() -> None:
+    deps, provider, _ = make_deps()
+    event = upload(deps, b"\n".join(line(custom_id=str(i)) for i in range(4)))
+    job = handle_object_finalized(deps, event)
+    assert job is not None
+    provider.end(BatchState.EXPIRED, finished=3)
+    poll(deps)
+    collect(deps, job.job_id)
+    results = [orjson.loads(x) for x in deps.blobs.read_bytes(job.results_uri).splitlines()]
+    assert [r["status"] for r in results] == ["succeeded"] * 3 + ["expired"]
+    assert results[3]["error"]["type"] == "batch_expired"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"\n\n", "no requests"),
+        (gzip.compress(b"{}")[:-6] + b"xxxxxx", "decompress"),
+    ],
+)
+def test_unreadable_files_become_rejected_jobs_with_a_reason(data: bytes, reason: str) -> None:
+    deps, provider, _ = make_deps()
+    name = "f.jsonl.gz" if data.startswith(b"\x1f\x8b") else "f.jsonl"
+    job = handle_object_finalized(deps, upload(deps, data, name=name))
+    assert job is not None and job.state is JobState.REJECTED
+    summary = orjson.loads(deps.blobs.read_bytes(job.summary_uri))
+    assert reason in summary["error"] and summary["state"] == "rejected"
+    assert provider.batches == {}
+    assert deps.publisher.on("batchline-events")[0]["state"] == "rejected"
+
+
+def test_over_size_file_is_rejected_before_reading() -> None:
+    deps, provider, _ = make_deps()
+    event = upload(deps, line() + b"\n")
+    event = ObjectFinalized(event.bucket, event.name, event.generation, size=10**12)
+    job = handle_object_finalized(deps, event)
+    assert job is not None and job.state is JobState.REJECTED and "limit" in (job.error or "")
+
+
+def test_collect_run_twice_writes_once_and_publishes_once() -> None:
+    deps, provider, _ = make_deps()
+    job = handle_object_finalized(deps, upload(deps, line(custom_id="a") + b"\n"))
+    assert job is not None
+    provider.end()
+    poll(deps)
+    collect(deps, job.job_id)
+    collect(deps, job.job_id)
+    assert len(deps.publisher.on("batchline-events")) == 1
+
+
+def test_job_default_model_from_object_metadata() -> None:
+    deps, provider, _ = make_deps()
+    data = orjson.dumps({"custom_id": "q", "messages": MSG}) + b"\n"
+    results = run_to_end(deps, provider, upload(deps, data, metadata={"model": "openai/gpt-4.1"}))
+    assert results[0]["model"] == "gpt-4.1" and results[0]["status"] == "succeeded"
+
+
+def test_store_is_memory() -> None:
+    deps, _, _ = make_deps()
+    assert isinstance(deps.store, MemoryJobStore)

@@ -1,0 +1,115 @@
+import orjson
+import pytest
+from batchline.domain.lines import LineTooLong
+from batchline.domain.requests import InvalidLine, Request, parse_line
+
+
+def parse(obj: object, default_model: str | None = None) -> Request | InvalidLine:
+    raw = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return parse_line(7, raw, default_model=default_model, max_line_bytes=1000)
+
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_batchline_line() -> None:
+    got = parse(
+        {
+            "custom_id": "a",
+            "model": "openai/gpt-4.1-mini",
+            "messages": MSG,
+            "system": "be brief",
+            "max_tokens": 5,
+            "temperature": 0.5,
+        }
+    )
+    assert isinstance(got, Request)
+    assert (got.line, got.custom_id, got.provider, got.model) == (7, "a", "openai", "gpt-4.1-mini")
+    assert got.params == {
+        "messages": MSG,
+        "system": "be brief",
+        "max_tokens": 5,
+        "temperature": 0.5,
+    }
+
+
+def test_default_model_applies_when_line_has_none() -> None:
+    got = parse({"messages": MSG}, default_model="openai/gpt-4o-mini")
+    assert isinstance(got, Request) and got.model == "gpt-4o-mini" and got.custom_id is None
+
+
+def test_openai_native_line_keeps_body_untouched() -> None:
+    body = {"model": "gpt-4.1", "messages": MSG, "logprobs": True}
+    got = parse({"custom_id": "n", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    assert isinstance(got, Request) and got.native == body and got.model == "gpt-4.1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "reason"),
+    [
+        (b"{not json", "line", "not valid JSON"),
+        (b"[1,2]", "line", "expected a JSON object, got a list"),
+        (b'{"model":"openai/x","messages":[{"role":"user","content":"\xff"}]}', "line", "UTF-8"),
+        ({"custom_id": 5, "model": "openai/x", "messages": MSG}, "custom_id", "expected a string"),
+        ({"model": "gpt-4", "messages": MSG}, "model", "expected 'provider/model'"),
+        ({"model": "acme/x", "messages": MSG}, "model", "unknown provider 'acme'"),
+        ({"messages": MSG}, "model", "missing, and the job has no default model"),
+        ({"model": "openai/x"}, "messages", "missing"),
+        ({"model": "openai/x", "messages": []}, "messages", "must not be empty"),
+        (
+            {"model": "openai/x", "messages": [{"role": "robot", "content": "a"}]},
+            "messages[0].role",
+            "expected one of",
+        ),
+        (
+            {"model": "openai/x", "messages": [{"role": "user", "content": 3}]},
+            "messages[0].content",
+            "expected a string",
+        ),
+        ({"model": "openai/x", "messages": MSG, "max_tokens": 0}, "max_tokens", "positive integer"),
+        (
+            {"model": "openai/x", "messages": MSG, "max_tokens": True},
+            "max_tokens",
+            "positive integer",
+        ),
+        ({"model": "openai/x", "messages": MSG, "temperature": 3}, "temperature", "from 0 to 2"),
+        ({"model": "openai/x", "messages": MSG, "max_token": 3}, "max_token", "unknown field"),
+        (
+            {"custom_id": "z", "method": "GET", "url": "/v1/chat/completions", "body": {}},
+            "method",
+            "expected 'POST'",
+        ),
+        (
+            {"method": "POST", "url": "/v1/embeddings", "body": {}},
+            "url",
+            "expected '/v1/chat/completions'",
+        ),
+        (
+            {"method": "POST", "url": "/v1/chat/completions", "body": {"messages": MSG}},
+            "body.model",
+            "missing",
+        ),
+        (
+            {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}},
+            "body.messages",
+            "missing",
+        ),
+        ({"params": {}}, "params", "not enabled"),
+    ],
+)
+def test_invalid_lines_name_field_and_reason(raw: object, field: str, reason: str) -> None:
+    got = parse(raw)
+    assert isinstance(got, InvalidLine), got
+    assert got.field == field
+    assert reason in got.reason
+    assert got.message.startswith(f"line 7: {field}: ")
+
+
+def test_invalid_line_keeps_the_custom_id_it_had() -> None:
+    got = parse({"custom_id": "keep-me", "model": "nope"})
+    assert isinstance(got, InvalidLine) and got.custom_id == "keep-me"
+
+
+def test_line_too_long() -> None:
+    got = parse_line(3, LineTooLong(5000), default_model=None, max_line_bytes=1000)
+    assert isinstance(got, InvalidLine) and "5000 bytes exceeds the limit of 1000" in got.reason
