@@ -44,7 +44,9 @@ class Settings:
     )
     max_input_bytes: int = 2 * 1024**3
     max_line_bytes: int = 1024 * 1024
-    lease_seconds: float = 300.0
+    # Longer than the slowest provider call can take (SDK timeout × retries), so a live
+    # submit is never taken over; planning renews its lease as it goes.
+    lease_seconds: float = 900.0
     # Time a submit or poll invocation allows itself before leaving work for the next tick.
     work_budget_seconds: float = 420.0
     # A job stuck in "collecting" for this long gets its collect message published again.

@@ -103,7 +103,7 @@ class Bridge:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         response = self.handle(request)
-        return response(environ, start_response)  # type: ignore[no-any-return]
+        return response(environ, start_response)
 
     def handle(self, request: Request) -> Response:
         if request.method == "GET":

@@ -288,8 +288,10 @@ def start_gcs(
     pubsub_host: str | None = None,
     project: str | None = None,
     notification_topic: str | None = None,
+    notification_bucket: str | None = None,
 ) -> Component:
-    """Start fake-gcs-server in memory; with `pubsub_host` it publishes finalize notifications.
+    """Start fake-gcs-server in memory; with `pubsub_host` it publishes finalize notifications
+    (of `notification_bucket` only, when given: the Eventarc trigger filters on the bucket).
 
     The notification topic must exist before this starts, or the events are silently lost.
     """
@@ -322,6 +324,8 @@ def start_gcs(
             "-event.list",
             "finalize",
         ]
+        if notification_bucket:
+            argv += ["-event.bucket", notification_bucket]
         extra["PUBSUB_EMULATOR_HOST"] = pubsub_host
     proc = processes.start_process("gcs", argv, log_path=log_dir / "gcs.log", env=child_env(extra))
     return Component("gcs", proc, port, url, health_url=url + "/storage/v1/b")
@@ -438,6 +442,8 @@ class StackConfig:
     # Command that starts the OpenAI emulator; --host/--port/--config-json are appended.
     openai_emulator_command: list[str] | None = None
     openai_api_key: str = LOCAL_OPENAI_API_KEY
+    # Where the event bridge POSTs storage CloudEvents (default: the submit function).
+    bridge_target: str | None = None
     start_timeout: float = 60.0
     stop_grace: float = 5.0
 
@@ -607,6 +613,7 @@ class LocalStack:
                 pubsub_host=self.pubsub_host,
                 project=cfg.project,
                 notification_topic=cfg.notifications_topic,
+                notification_bucket=cfg.input_bucket,
             )
         )
         self._add(self._start_ticker())
@@ -734,7 +741,7 @@ class LocalStack:
             "--port",
             str(port),
             "--target",
-            self.function_url("submit"),
+            self.config.bridge_target or self.function_url("submit"),
         ]
         proc = processes.start_process(
             "bridge", argv, log_path=self.log_path("bridge"), env=child_env()
@@ -768,10 +775,14 @@ class LocalStack:
             self._remove_state()
             self._unregister_atexit()
 
+    def _ordered(self) -> list[tuple[str, Component]]:
+        """Components in COMPONENTS order (then any others)."""
+        known = [(n, self.components[n]) for n in COMPONENTS if n in self.components]
+        return known + [(n, c) for n, c in self.components.items() if n not in COMPONENTS]
+
     def _stop_components(self) -> None:
-        ordered = [self.components[n] for n in reversed(COMPONENTS) if n in self.components]
-        ordered += [c for n, c in self.components.items() if n not in COMPONENTS]
-        processes.stop_all([c.process for c in ordered], grace=self.config.stop_grace)
+        ordered = [c.process for _, c in reversed(self._ordered())]
+        processes.stop_all(ordered, grace=self.config.stop_grace)
         self.components = {}
 
     def detach(self) -> None:
@@ -813,7 +824,7 @@ class LocalStack:
             "running": bool(self.components),
             "components": {},
         }
-        for name, component in self.components.items():
+        for name, component in self._ordered():
             running = component.process.is_running()
             result["components"][name] = {
                 "running": running,
@@ -870,7 +881,7 @@ class LocalStack:
             "supervisor_pid": os.getpid(),
             "config": self.config.to_dict(),
             "ports": dict(self._ports),
-            "components": {name: c.to_dict() for name, c in self.components.items()},
+            "components": {name: c.to_dict() for name, c in self._ordered()},
             "env": self.client_env() if self._ports else {},
         }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import uuid
 import zlib
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
@@ -23,11 +24,13 @@ from batchline.domain.paths import WorkPaths
 from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestTooLarge
 from batchline.domain.requests import InvalidLine, Request, parse_line
 from batchline.domain.results import Tally, invalid_result_line
-from batchline.errors import NotFound, RetryableError
+from batchline.errors import BatchlineError, NotFound, RetryableError
 from batchline.log import fields, get_logger
 from batchline.services import reporting
 
 log = get_logger(__name__)
+
+HEARTBEAT_LINES = 2000
 
 
 @dataclass
@@ -80,10 +83,44 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
         return None
     log.info("planning", extra=fields(job_id=job_id, source=job.source.uri))
     try:
-        plan = build_plan(deps, job)
+        plan = build_plan(deps, job, heartbeat=_Heartbeat(deps, job_id, owner))
     except UnreadableInput as exc:
         return reporting.reject(deps, job, str(exc))
+    except LeaseLost:
+        log.warning("lost the planning lease; the new holder carries on", extra=fields(job_id=job_id))
+        return None
     return _commit(deps, job, plan, owner)
+
+
+class LeaseLost(BatchlineError):
+    """Another invocation took over an expired lease: stop, it carries on."""
+
+
+class _Heartbeat:
+    """Renews the planning lease while a long file is read, so that nobody takes over a
+    planner that is alive; raises LeaseLost if somebody did."""
+
+    def __init__(self, deps: Deps, job_id: str, owner: str) -> None:
+        self._deps = deps
+        self._job_id = job_id
+        self._owner = owner
+        self._renewed = deps.clock.now()
+
+    def __call__(self) -> None:
+        now = self._deps.clock.now()
+        seconds = self._deps.settings.lease_seconds
+        if now - self._renewed < seconds / 3:
+            return
+        owner = self._owner
+
+        def renew(job: Job) -> Job | None:
+            if job.state is not JobState.ACCEPTED or job.lease is None or job.lease.owner != owner:
+                return None
+            return replace(job, lease=Lease(owner, now + seconds), updated_at=now)
+
+        if self._deps.store.update_job(self._job_id, renew) is None:
+            raise LeaseLost(f"job {self._job_id}: planning lease lost")
+        self._renewed = now
 
 
 def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:
@@ -123,7 +160,7 @@ def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:
     return committed
 
 
-def build_plan(deps: Deps, job: Job) -> Plan:
+def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: None) -> Plan:
     settings = deps.settings
     source = job.source
     if source.size > settings.max_input_bytes:
@@ -140,6 +177,7 @@ def build_plan(deps: Deps, job: Job) -> Plan:
     invalid: list[tuple[InvalidLine, str | None]] = []
 
     def stage(planned: PlannedChunk) -> None:
+        heartbeat()
         plan.chunks.append(_stage_chunk(deps, job, paths, len(plan.chunks), planned))
 
     try:
@@ -153,6 +191,8 @@ def build_plan(deps: Deps, job: Job) -> Plan:
                     plan.blank_lines += 1
                     continue
                 plan.lines += 1
+                if plan.lines % HEARTBEAT_LINES == 0:
+                    heartbeat()
                 parsed = parse_line(
                     number,
                     line,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from batchline.bootstrap import Deps
 from batchline.domain.ids import job_id_for_object, output_prefix
-from batchline.domain.models import Job, JobOptions, JobState, Source
+from batchline.domain.models import Job, JobOptions, JobState, Lease, Source
 from batchline.log import fields, get_logger
 from batchline.services import advance
 from batchline.services.plan import new_owner, plan_job
@@ -65,7 +65,13 @@ def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
 
 
 def start_job(deps: Deps, job: Job) -> Job | None:
-    """Claim the job by creating it; a duplicate trigger finds it and carries on or stops."""
+    """Claim the job by creating it; a duplicate trigger finds it and carries on or stops.
+
+    The job is created holding our planning lease, so a poll tick that sees it before we
+    plan does not take it for abandoned.
+    """
+    owner = new_owner()
+    job = replace(job, lease=Lease(owner, deps.clock.now() + deps.settings.lease_seconds))
     if deps.store.create_job(job):
         log.info("job accepted", extra=fields(job_id=job.job_id, source=job.source.uri))
     else:
@@ -73,7 +79,6 @@ def start_job(deps: Deps, job: Job) -> Job | None:
         if existing is None or existing.state is not JobState.ACCEPTED:
             log.info("duplicate trigger", extra=fields(job_id=job.job_id))
             return existing
-    owner = new_owner()
     planned = plan_job(deps, job.job_id, owner)
     if planned is not None and planned.state is JobState.SUBMITTING:
         deadline = deps.clock.now() + deps.settings.work_budget_seconds

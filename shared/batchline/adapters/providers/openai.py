@@ -22,12 +22,21 @@ if TYPE_CHECKING:
 JOB_KEY = "batchline_job"
 CHUNK_KEY = "batchline_chunk"
 LIST_PAGE = 100
+# Per HTTP request; with the SDK's retries a call stays well inside a chunk's lease.
+REQUEST_TIMEOUT_SECONDS = 120.0
 
 
 class OpenAIProvider:
     name = wire.NAME
 
-    def __init__(self, api_key: str | None, base_url: str | None = None, max_retries: int = 4):
+    def __init__(
+        self,
+        api_key: str | None,
+        base_url: str | None = None,
+        max_retries: int = 4,
+        timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+    ):
+        self._timeout = timeout_seconds
         self._api_key = api_key
         self._base_url = base_url
         self._max_retries = max_retries
@@ -41,7 +50,10 @@ class OpenAIProvider:
             if not self._api_key:
                 raise ProviderError("OPENAI_API_KEY is not set", retryable=False)
             self._sdk_client = openai.OpenAI(
-                api_key=self._api_key, base_url=self._base_url, max_retries=self._max_retries
+                api_key=self._api_key,
+                base_url=self._base_url,
+                max_retries=self._max_retries,
+                timeout=self._timeout,
             )
         return self._sdk_client
 

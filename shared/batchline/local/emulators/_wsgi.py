@@ -69,7 +69,8 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if self.verbose:
-            super().log_request(code, size)
+            line = getattr(self, "requestline", "")
+            sys.stderr.write(f"{self.address_string()} {line!r} {code} {size}\n")
 
 
 def _handler(verbose: bool) -> type[WSGIRequestHandler]:

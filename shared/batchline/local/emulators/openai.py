@@ -26,8 +26,8 @@ line numbers, at most 1000 entries). Codes: ``empty_file``, ``file_too_large``,
 ``request_limit_exceeded``, ``invalid_json_line``, ``missing_required_parameter``,
 ``invalid_type``, ``invalid_value`` (method not POST), ``invalid_url`` (line url is not the
 batch endpoint), ``duplicate_custom_id``, ``mismatched_model``. OpenAI does not document
-all of its codes; ``invalid_json_line`` and ``duplicate_custom_id`` are the ones it is
-known to return, the rest are the emulator's names.
+these codes: ``invalid_json_line`` and ``duplicate_custom_id`` follow payloads seen from
+the real API, the other names are the emulator's own.
 
 Results are processed, and written, in a shuffled order (seeded by ``seed`` and the
 custom_ids, so reproducible). Output and error files share the envelope
@@ -55,17 +55,19 @@ Cancel: ``cancelling`` for ``cancel_seconds``, then ``cancelled``. The API refer
 a cancelled batch "will have partial results (if any) available in the output file", and
 says nothing about the rest; so lines finished before the cancel request are in the
 output/error files and the unfinished ones are in neither (``completed + failed <
-total``). Cancelling a batch that already ended answers 409 (as OpenAI does), with
+total``). Cancelling a batch that already ended answers 409 ``Cannot cancel a batch with
+status '...'`` (OpenAI's answer as far as we know; not in the spec), with
 ``x-should-retry: false`` so that the SDK does not retry it.
 
 A batch keeps the config that was current when it was created (timings, fault rates,
 limits); runtime config changes apply to batches created afterwards, and the API error
 faults apply at once.
 
-Admin endpoints (no auth, never faulted): ``GET|POST /_emulator/config`` (POST merges a
-JSON object into the config, returns the config), ``POST /_emulator/reset`` (drops all
-files and batches, restores the startup config), ``GET /_emulator/batches`` (every
-batch, newest first, with its metadata), ``GET /_emulator/stats``.
+Admin endpoints (no auth, never faulted): ``GET /`` (health check),
+``GET|POST /_emulator/config`` (POST merges a JSON object into the config and returns
+the config), ``POST /_emulator/reset`` (drops all files and batches, restores the
+startup config), ``GET /_emulator/batches`` (every batch, newest first, with its
+metadata), ``GET /_emulator/stats`` (API calls seen, errors injected, counts).
 
 Every response carries ``x-emulator: batchline-openai``; every chat answer starts with
 ``[batchline openai emulator]``.
@@ -433,19 +435,28 @@ class BatchRecord:
             return Phase(status="failed", failed_at=tv)
         if now < t_end:
             return Phase(
-                status="in_progress", processed=self.lines_done(now), validated=True,
+                status="in_progress",
+                processed=self.lines_done(now),
+                validated=True,
                 in_progress_at=tv,
-            )  # fmt: skip
+            )
         t_done = t_end + self.config.finalizing_seconds
         if now < t_done:
             return Phase(
-                status="finalizing", processed=n, validated=True, in_progress_at=tv,
+                status="finalizing",
+                processed=n,
+                validated=True,
+                in_progress_at=tv,
                 finalizing_at=t_end,
-            )  # fmt: skip
+            )
         return Phase(
-            status="completed", processed=n, validated=True, in_progress_at=tv,
-            finalizing_at=t_end, completed_at=t_done,
-        )  # fmt: skip
+            status="completed",
+            processed=n,
+            validated=True,
+            in_progress_at=tv,
+            finalizing_at=t_end,
+            completed_at=t_done,
+        )
 
     def to_api(self, now: float) -> dict[str, Any]:
         ph = self.phase(now)
@@ -704,7 +715,9 @@ def _embedding_answer(body: dict[str, Any], custom_id: str, default_dims: int) -
 # --------------------------------------------------------------------------- validation
 
 
-def _verror(code: str, message: str, param: str | None = None, line: int | None = None) -> dict:
+def _verror(
+    code: str, message: str, param: str | None = None, line: int | None = None
+) -> dict[str, Any]:
     return {"code": code, "message": message, "param": param, "line": line}
 
 
@@ -844,10 +857,12 @@ def plan_batch(
             elif body_model is not None:
                 line_errors.append(
                     _verror(
-                        "invalid_type", "Invalid 'body.model': expected a string.", "body.model",
+                        "invalid_type",
+                        "Invalid 'body.model': expected a string.",
+                        "body.model",
                         number,
                     )
-                )  # fmt: skip
+                )
         if isinstance(custom_id, str) and custom_id:
             if custom_id in seen:
                 line_errors.append(
@@ -914,6 +929,7 @@ def _url_map() -> Map:
             Rule("/v1/batches", endpoint="list_batches", methods=["GET"]),
             Rule("/v1/batches/<batch_id>", endpoint="retrieve_batch", methods=["GET"]),
             Rule("/v1/batches/<batch_id>/cancel", endpoint="cancel_batch", methods=["POST"]),
+            Rule("/", endpoint="root", methods=["GET"]),
             Rule("/_emulator/config", endpoint="admin_get_config", methods=["GET"]),
             Rule("/_emulator/config", endpoint="admin_set_config", methods=["POST"]),
             Rule("/_emulator/reset", endpoint="admin_reset", methods=["POST"]),
@@ -933,9 +949,11 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
         value = int(raw)
     except ValueError:
         raise api_error(
-            400, f"Invalid '{name}': expected an integer, but got {raw!r} instead.", param=name,
+            400,
+            f"Invalid '{name}': expected an integer, but got {raw!r} instead.",
+            param=name,
             code="invalid_type",
-        ) from None  # fmt: skip
+        ) from None
     if not lo <= value <= hi:
         raise api_error(
             400,
@@ -1098,9 +1116,11 @@ class OpenAIBatchEmulator:
         upload = request.files.get("file")
         if not purpose:
             raise api_error(
-                400, "Missing required parameter: 'purpose'.", param="purpose",
+                400,
+                "Missing required parameter: 'purpose'.",
+                param="purpose",
                 code="missing_required_parameter",
-            )  # fmt: skip
+            )
         if purpose not in UPLOAD_PURPOSES:
             raise api_error(
                 400,
@@ -1112,9 +1132,11 @@ class OpenAIBatchEmulator:
             )
         if upload is None:
             raise api_error(
-                400, "Missing required parameter: 'file'.", param="file",
+                400,
+                "Missing required parameter: 'file'.",
+                param="file",
                 code="missing_required_parameter",
-            )  # fmt: skip
+            )
         filename = upload.filename or "upload"
         if purpose == "batch" and not filename.endswith(".jsonl"):
             raise api_error(
@@ -1201,9 +1223,11 @@ class OpenAIBatchEmulator:
         for key in ("input_file_id", "endpoint", "completion_window"):
             if not body.get(key):
                 raise api_error(
-                    400, f"Missing required parameter: '{key}'.", param=key,
+                    400,
+                    f"Missing required parameter: '{key}'.",
+                    param=key,
                     code="missing_required_parameter",
-                )  # fmt: skip
+                )
         endpoint = body["endpoint"]
         if endpoint not in KNOWN_ENDPOINTS:
             raise api_error(
@@ -1235,9 +1259,11 @@ class OpenAIBatchEmulator:
         if oea is not None:
             if not isinstance(oea, dict):
                 raise api_error(
-                    400, "Invalid 'output_expires_after': expected an object.",
-                    param="output_expires_after", code="invalid_type",
-                )  # fmt: skip
+                    400,
+                    "Invalid 'output_expires_after': expected an object.",
+                    param="output_expires_after",
+                    code="invalid_type",
+                )
             output_ttl = _expires_after_seconds(
                 oea.get("anchor"), oea.get("seconds"), "output_expires_after"
             )
@@ -1319,6 +1345,10 @@ class OpenAIBatchEmulator:
             return json_response(batch.to_api(now))
 
     # ---- admin
+    def h_root(self, request: Request) -> Response:
+        """Health check: answers 200 without auth."""
+        return json_response({"emulator": EMULATOR_HEADER[1], "ok": True})
+
     def h_admin_get_config(self, request: Request) -> Response:
         with self.lock:
             return json_response(self.config.to_dict())
@@ -1364,9 +1394,11 @@ class OpenAIBatchEmulator:
 def _expires_after_seconds(anchor: Any, seconds: Any, param: str) -> int:
     if anchor != "created_at":
         raise api_error(
-            400, f"Invalid '{param}.anchor': expected 'created_at'.", param=f"{param}.anchor",
+            400,
+            f"Invalid '{param}.anchor': expected 'created_at'.",
+            param=f"{param}.anchor",
             code="invalid_value",
-        )  # fmt: skip
+        )
     try:
         value = int(seconds)
     except (TypeError, ValueError):

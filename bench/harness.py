@@ -1,0 +1,312 @@
+"""What the benchmark runs batchline on: stores, a fake OpenAI, jobs, and the two phases.
+
+- `DiskBlobStore`: a BlobStore on local files, so that a phase's peak RSS measures the
+  pipeline and not an in-memory fake holding every object it was given.
+- `BenchOpenAI`: a ProviderClient serving pre-generated OpenAI output/error files. Its
+  `iter_results` does what the real adapter does after the download: split the streamed
+  bytes into lines and `normalise(orjson.loads(line))` each one.
+- `submit_phase` runs `build_plan` (parse, validate, encode, chunk, stage);
+  `collect_phase` runs `collect` (every `collect_chunk`, the ordered merge, the summary).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
+from batchline.bootstrap import Deps, Providers
+from batchline.config import Settings
+from batchline.domain.ids import output_prefix
+from batchline.domain.models import (
+    BatchState,
+    BatchTag,
+    Chunk,
+    ChunkState,
+    Job,
+    JobOptions,
+    JobState,
+    ProviderBatch,
+    ProviderResult,
+    Source,
+)
+from batchline.domain.providers import openai as wire
+from batchline.errors import NotFound, PreconditionFailed
+from batchline.ports import BlobStore
+from batchline.services.collect import collect
+from batchline.services.plan import Plan, build_plan
+
+from generate import InputMeta, ProviderCounts
+
+INPUT_BUCKET, OUTPUT_BUCKET, WORK_BUCKET = "bench-in", "bench-out", "bench-work"
+INPUT_NAME = "bench/input.jsonl"
+JOB_ID = "job-bench"
+# httpx hands the SDK's `iter_bytes` the body in pieces of about this size.
+DOWNLOAD_PART = 64 * 1024
+
+
+def settings() -> Settings:
+    """Default limits: the OpenAI chunk limit is 47,500 requests / 190 MB."""
+    return Settings(
+        project="bench", input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, work_bucket=WORK_BUCKET
+    )
+
+
+class FixedClock:
+    def now(self) -> float:
+        return 1_800_000_000.0
+
+
+# --- storage ------------------------------------------------------------------------------
+
+
+class DiskBlobStore:
+    """BlobStore on a directory: gs://bucket/name -> root/bucket/name. Create-if-absent."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = itertools.count()
+
+    def path(self, uri: str) -> Path:
+        assert uri.startswith("gs://"), uri
+        return self.root / uri[5:]
+
+    def _generation(self, path: Path) -> str:
+        return str(path.stat().st_mtime_ns)
+
+    def put_file(self, uri: str, source: Path) -> str:
+        """Place an existing file as an object (a hard link: no copy); its generation."""
+        target = self.path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+        return self._generation(target)
+
+    @contextmanager
+    def open_read(self, uri: str, generation: str | None = None) -> Iterator[BinaryIO]:
+        path = self.path(uri)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError as exc:
+            raise NotFound(uri) from exc
+        with f:
+            if generation is not None and self._generation(path) != str(generation):
+                raise NotFound(f"{uri} (generation {generation}) does not exist")
+            yield f
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            return self.path(uri).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound(uri) from exc
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str) -> bool:
+        path = self.path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+
+    @contextmanager
+    def open_write(self, uri: str, content_type: str) -> Iterator[BinaryIO]:
+        path = self.path(uri)
+        if path.exists():
+            raise PreconditionFailed(f"{uri} already exists")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(self._tmp)}")
+        with tmp.open("wb") as f:
+            yield f
+        try:
+            os.link(tmp, path)  # fails if it appeared meanwhile, like ifGenerationMatch=0
+        except FileExistsError as exc:
+            raise PreconditionFailed(f"{uri} already exists") from exc
+        finally:
+            tmp.unlink()
+
+    def exists(self, uri: str) -> bool:
+        return self.path(uri).exists()
+
+    def stat(self, uri: str) -> tuple[str, int]:
+        path = self.path(uri)
+        if not path.exists():
+            raise NotFound(uri)
+        return self._generation(path), path.stat().st_size
+
+
+# --- the provider ---------------------------------------------------------------------------
+
+
+class BenchOpenAI:
+    """ProviderClient over pre-generated OpenAI files (bytes in memory, or paths on disk)."""
+
+    name = wire.NAME
+
+    def __init__(self) -> None:
+        self.batches: dict[str, ProviderBatch] = {}
+        self.files: dict[str, bytes | Path] = {}
+
+    def add(self, batch_id: str, tag: BatchTag, output: bytes | Path, errors: bytes | Path) -> None:
+        native = {
+            "id": batch_id,
+            "status": "completed",
+            "output_file_id": f"file-{batch_id}-out",
+            "error_file_id": f"file-{batch_id}-err",
+        }
+        self.files[native["output_file_id"]] = output
+        self.files[native["error_file_id"]] = errors
+        self.batches[batch_id] = ProviderBatch(
+            batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
+        )
+
+    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+        raise NotImplementedError("the benchmark serves ended batches only")
+
+    def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
+        return next((b for b in self.batches.values() if b.tag == tag), None)
+
+    def get_batch(self, batch_id: str) -> ProviderBatch:
+        return self.batches[batch_id]
+
+    def iter_results(self, batch: ProviderBatch) -> Iterator[ProviderResult]:
+        # As adapters/providers/openai.py: output file, then error file, line by line.
+        for key in ("output_file_id", "error_file_id"):
+            file_id = batch.native.get(key)
+            if not file_id:
+                continue
+            for line in self._file_lines(file_id):
+                yield wire.normalise(orjson.loads(line))
+
+    def _file_lines(self, file_id: str) -> Iterator[bytes]:
+        # The adapter's own splitting of the streamed download, on parts of DOWNLOAD_PART.
+        pending = b""
+        for part in self._download(file_id):
+            pending += part
+            *lines, pending = pending.split(b"\n")
+            yield from (line for line in lines if line.strip())
+        if pending.strip():
+            yield pending
+
+    def _download(self, file_id: str) -> Iterator[bytes]:
+        source = self.files[file_id]
+        stream: BinaryIO = source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
+        with stream:
+            while part := stream.read(DOWNLOAD_PART):
+                yield part
+
+    def cancel(self, batch_id: str) -> None:
+        raise NotImplementedError
+
+
+# --- jobs and phases -----------------------------------------------------------------------
+
+
+def make_deps(blobs: BlobStore | None = None, provider: BenchOpenAI | None = None) -> Deps:
+    bench_provider = provider or BenchOpenAI()
+    return Deps(
+        settings=settings(),
+        store=MemoryJobStore(),
+        blobs=blobs if blobs is not None else MemoryBlobStore(),
+        publisher=RecordingPublisher(),
+        providers=Providers({"openai": lambda: bench_provider}),
+        clock=FixedClock(),
+    )
+
+
+def make_job(generation: str, size: int) -> Job:
+    return Job(
+        job_id=JOB_ID,
+        source=Source(INPUT_BUCKET, INPUT_NAME, generation, size),
+        options=JobOptions(),
+        output_prefix=output_prefix(OUTPUT_BUCKET, INPUT_NAME, JOB_ID),
+        created_at=1_800_000_000.0,
+    )
+
+
+def input_uri() -> str:
+    return f"gs://{INPUT_BUCKET}/{INPUT_NAME}"
+
+
+def submit_phase(deps: Deps, job: Job) -> Plan:
+    """The submit hot path: read, parse, validate, encode, chunk and stage the file."""
+    return build_plan(deps, job)
+
+
+def ready_for_collect(
+    deps: Deps, job: Job, chunks: list[Chunk], provider: BenchOpenAI, files: list[tuple[bytes | Path, bytes | Path]]
+) -> Job:
+    """Put the job in `collecting` with every chunk's batch completed at the provider."""
+    ended = []
+    for chunk, (output, errors) in zip(chunks, files, strict=True):
+        batch_id = f"batch_bench_{chunk.index:05d}"
+        provider.add(batch_id, BatchTag(job.job_id, chunk.index), output, errors)
+        ended.append(
+            replace(
+                chunk, state=ChunkState.ENDED, batch_id=batch_id, batch_state=BatchState.COMPLETED
+            )
+        )
+    collecting = replace(job, state=JobState.COLLECTING, chunk_count=len(chunks))
+    if not deps.store.create_job(collecting):
+        raise RuntimeError("job exists")
+    deps.store.update_job(job.job_id, lambda j: j, new_chunks=ended)
+    return collecting
+
+
+def collect_phase(deps: Deps, job: Job) -> Job:
+    """The collect step: parse + normalise every result, ordered merge, summary."""
+    done = collect(deps, job.job_id)
+    if done is None or not done.state.terminal:
+        raise RuntimeError(f"collect did not finish the job: {done}")
+    return done
+
+
+# --- checking the output -------------------------------------------------------------------
+
+
+def verify_results(lines: Iterator[bytes], meta: InputMeta, counts: ProviderCounts) -> dict[str, int]:
+    """Every non-blank input line once, in order, with its custom_id and the right status."""
+    blank = set(meta.blank)
+    expected = (n for n in range(1, meta.lines + 1) if n not in blank)
+    seen: dict[str, int] = {}
+    n_out = 0
+    for raw in lines:
+        if not raw.strip():
+            continue
+        record = orjson.loads(raw)
+        want = next(expected, None)
+        if record["line"] != want:
+            raise AssertionError(f"result {n_out + 1}: line {record['line']}, expected {want}")
+        if record["custom_id"] != meta.expected_id(want):
+            raise AssertionError(
+                f"line {want}: custom_id {record['custom_id']!r}, expected {meta.expected_id(want)!r}"
+            )
+        status = record["status"]
+        if (status == "invalid") != (want in meta.invalid):
+            raise AssertionError(f"line {want}: status {status}, invalid={want in meta.invalid}")
+        seen[status] = seen.get(status, 0) + 1
+        n_out += 1
+    if (left := next(expected, None)) is not None:
+        raise AssertionError(f"the output stops before line {left}")
+    want_counts = {
+        "succeeded": counts.ok,
+        "failed": counts.http_error + counts.missing,
+        "expired": counts.expired,
+        "invalid": len(meta.invalid),
+    }
+    if {k: v for k, v in seen.items() if v} != {k: v for k, v in want_counts.items() if v}:
+        raise AssertionError(f"status counts {seen}, expected {want_counts}")
+    return seen

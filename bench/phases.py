@@ -1,0 +1,108 @@
+"""One benchmark phase in a fresh process, for its peak RSS: `python bench/phases.py PHASE ...`.
+
+PHASE is `baseline` (import what the phases import, load nothing), `submit` (build_plan
+on the input file) or `collect` (collect the job `submit` staged, from provider files the
+parent generated). Storage is `DiskBlobStore` under WORKDIR, so the fakes hold nothing in
+memory. Prints one JSON object: seconds, ru_maxrss and what the phase produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+# Import everything both phases use before anything is measured: the baseline process
+# imports exactly this and stops.
+import harness
+from batchline.domain.models import Chunk
+
+
+def maxrss_bytes() -> int:
+    """This process's peak RSS: VmHWM, the high-water mark of its own address space.
+
+    Not `getrusage(RUSAGE_SELF).ru_maxrss`: on Linux that one carries the parent's RSS at
+    fork over the exec, so a phase started from the (large) benchmark process would
+    report the parent's size. ru_maxrss is the fallback where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("phase", choices=("baseline", "submit", "collect"))
+    parser.add_argument("--input", type=Path)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    logging.getLogger("batchline").setLevel(logging.WARNING)
+    gc.collect()
+    report: dict[str, object] = {"phase": args.phase}
+    if args.phase == "submit":
+        report.update(_submit(args.input, args.workdir))
+    elif args.phase == "collect":
+        report.update(_collect(args.workdir))
+    report["maxrss"] = maxrss_bytes()
+    sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
+
+
+def _submit(input_path: Path, workdir: Path) -> dict[str, object]:
+    blobs = harness.DiskBlobStore(workdir / "blobs")
+    generation = blobs.put_file(harness.input_uri(), input_path)
+    deps = harness.make_deps(blobs)
+    job = harness.make_job(generation, input_path.stat().st_size)
+    started = time.perf_counter()
+    plan = harness.submit_phase(deps, job)
+    seconds = time.perf_counter() - started
+    (workdir / "job.json").write_bytes(
+        orjson.dumps(
+            {"job": job.to_dict(), "chunks": [c.to_dict() for c in plan.chunks], "plan": plan.to_dict()}
+        )
+    )
+    return {
+        "seconds": seconds,
+        "plan": plan.to_dict(),
+        "chunks": [
+            {"index": c.index, "requests": c.request_count, "payload_bytes": c.payload_bytes, "payload_uri": c.payload_uri}
+            for c in plan.chunks
+        ],
+    }
+
+
+def _collect(workdir: Path) -> dict[str, object]:
+    from batchline.domain.models import Job
+
+    state = orjson.loads((workdir / "job.json").read_bytes())
+    job = Job.from_dict(state["job"])
+    chunks = [Chunk.from_dict(c) for c in state["chunks"]]
+    files = [(Path(out), Path(err)) for out, err in orjson.loads((workdir / "provider.json").read_bytes())]
+    blobs = harness.DiskBlobStore(workdir / "blobs")
+    provider = harness.BenchOpenAI()
+    deps = harness.make_deps(blobs, provider)
+    job = harness.ready_for_collect(deps, job, chunks, provider, files)
+    started = time.perf_counter()
+    done = harness.collect_phase(deps, job)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "state": str(done.state),
+        "counts": done.counts,
+        "results_path": str(blobs.path(done.results_uri)),
+        "results_bytes": blobs.stat(done.results_uri)[1],
+    }
+
+
+if __name__ == "__main__":
+    main()

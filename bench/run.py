@@ -1,0 +1,490 @@
+"""batchline's benchmark: `make bench` runs `.venv/bin/python bench/run.py`.
+
+1. Throughput, in this process, on the same bytes: a raw pass (orjson loads + dumps of
+   every line) against submit (`build_plan`: parse, validate, encode, chunk, stage) on the
+   input file, and a raw pass against collect (`collect`: parse + normalise every provider
+   line, sort, ordered merge, summary) on the provider's output files. In-memory stores.
+2. Peak RSS of submit and of collect, each in its own process on on-disk stores, net of a
+   process that imports the same modules and does nothing; against the largest chunk.
+3. A real-size run (120,000 lines, default limits): several OpenAI batches, one merged
+   output checked line by line.
+4. Cold import of each Cloud Functions entry point against the bare Google clients.
+
+Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import io
+import logging
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import harness
+from generate import ProviderCounts, ensure_input, ensure_provider_files
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+DATA = BENCH / ".data"
+FUNCTIONS = ROOT / "functions"
+
+SUBMIT_RATIO_TARGET = 0.25
+COLLECT_RATIO_TARGET = 0.25
+RSS_TARGET = 2.5  # times the largest chunk payload
+IMPORT_TARGET = 1.2  # times importing functions-framework + the three Google clients
+PROVIDER_SDKS = ("openai", "anthropic", "google.cloud.aiplatform", "vertexai", "google.genai")
+
+
+@dataclass
+class Target:
+    name: str
+    figure: str
+    goal: str
+    ok: bool
+    margin: str = ""
+
+
+@dataclass
+class Report:
+    args: argparse.Namespace
+    started: dt.datetime
+    sections: list[tuple[str, list[list[str]]]] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self, title: str, header: list[str], rows: list[list[str]]) -> None:
+        self.sections.append((title, [header, *rows]))
+        print(f"\n{title}")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def fmt_rate(lines: int, seconds: float) -> str:
+    return f"{lines / seconds:,.0f}"
+
+
+# --- 1. throughput ---------------------------------------------------------------------------
+
+
+def raw_pass(data: bytes) -> int:
+    """orjson loads + dumps of every line: the floor of any JSONL pipeline in Python."""
+    n = 0
+    loads, dumps = orjson.loads, orjson.dumps
+    for line in io.BytesIO(data):
+        if not line.strip():
+            continue
+        n += 1
+        try:
+            dumps(loads(line))
+        except orjson.JSONDecodeError:
+            pass
+    return n
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    gc.collect()
+    started = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - started, result
+
+
+def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[str, Any]:
+    data = input_path.read_bytes()
+    times: dict[str, list[float]] = {"raw_in": [], "submit": [], "raw_out": [], "collect": []}
+    provider_bytes: list[tuple[bytes, bytes]] = []
+    counts = ProviderCounts()
+    chunks_info: list[tuple[int, int]] = []
+    raw_out_lines = 0
+    for rep in range(reps):
+        t, _ = timed(raw_pass, data)
+        times["raw_in"].append(t)
+        provider = harness.BenchOpenAI()
+        deps = harness.make_deps(provider=provider)
+        generation = deps.blobs.put(harness.input_uri(), data)  # type: ignore[attr-defined]
+        job = harness.make_job(generation, len(data))
+        t, plan = timed(harness.submit_phase, deps, job)
+        times["submit"].append(t)
+        if rep == 0:
+            for chunk in plan.chunks:
+                payload = deps.blobs.read_bytes(chunk.payload_uri)
+                out, err, c = ensure_provider_files(DATA, payload)
+                counts.add(c)
+                provider_bytes.append((out.read_bytes(), err.read_bytes()))
+                chunks_info.append((chunk.request_count, chunk.payload_bytes))
+            del payload
+        job = harness.ready_for_collect(deps, job, plan.chunks, provider, provider_bytes)
+        every_result = b"".join(out + err for out, err in provider_bytes)
+        t, raw_out_lines = timed(raw_pass, every_result)
+        times["raw_out"].append(t)
+        del every_result
+        t, done = timed(harness.collect_phase, deps, job)
+        times["collect"].append(t)
+        if rep == 0:
+            results = deps.blobs.read_bytes(done.results_uri)
+            harness.verify_results(iter(results.splitlines()), meta, counts)
+            del results
+        print(
+            f"  rep {rep + 1}/{reps}: raw(in) {times['raw_in'][-1]:.2f}s  submit {times['submit'][-1]:.2f}s  "
+            f"raw(out) {times['raw_out'][-1]:.2f}s  collect {times['collect'][-1]:.2f}s",
+            flush=True,
+        )
+        del deps, provider, plan, job, done
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = meta.lines
+    results = lines - len(meta.blank)
+    out_size = sum(len(o) + len(e) for o, e in provider_bytes)
+    rows = [
+        ["raw pass on the input", mb(len(data)), f"{lines:,}", f"{med['raw_in']:.3f}", fmt_rate(lines, med["raw_in"]), ""],
+        ["submit (build_plan)", mb(len(data)), f"{lines:,}", f"{med['submit']:.3f}", fmt_rate(lines, med["submit"]), f"{med['raw_in'] / med['submit']:.0%}"],
+        ["raw pass on the provider files", mb(out_size), f"{raw_out_lines:,}", f"{med['raw_out']:.3f}", fmt_rate(raw_out_lines, med["raw_out"]), ""],
+        ["collect (collect)", mb(out_size), f"{results:,}", f"{med['collect']:.3f}", fmt_rate(results, med["collect"]), f"{med['raw_out'] / med['collect']:.0%}"],
+    ]
+    report.table(
+        f"Throughput ({lines:,}-line input, median of {reps}, same process, in-memory stores)",
+        ["pass", "bytes", "lines", "seconds", "lines/s", "vs raw pass"],
+        rows,
+    )
+    submit_ratio = med["raw_in"] / med["submit"]
+    collect_ratio = med["raw_out"] / med["collect"]
+    report.targets.append(
+        Target("submit speed vs raw pass", f"{submit_ratio:.0%}", f">= {SUBMIT_RATIO_TARGET:.0%}", submit_ratio >= SUBMIT_RATIO_TARGET, f"{submit_ratio / SUBMIT_RATIO_TARGET:.2f}x the target")
+    )
+    report.targets.append(
+        Target("collect speed vs raw pass", f"{collect_ratio:.0%}", f">= {COLLECT_RATIO_TARGET:.0%}", collect_ratio >= COLLECT_RATIO_TARGET, f"{collect_ratio / COLLECT_RATIO_TARGET:.2f}x the target")
+    )
+    report.notes.append(
+        f"Throughput chunks: {len(chunks_info)} ("
+        + ", ".join(f"{n:,} requests / {mb(b)}" for n, b in chunks_info)
+        + "); every run's merged output checked line by line (first repetition)."
+    )
+    return {"times": times, "chunks": chunks_info}
+
+
+# --- 2 and 3. peak RSS, real-size run ----------------------------------------------------------
+
+
+def phase(name: str, *args: str) -> dict[str, Any]:
+    cmd = [sys.executable, str(BENCH / "phases.py"), name, *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.buffer.write(done.stderr)
+        raise SystemExit(f"{' '.join(cmd)} failed with {done.returncode}")
+    return orjson.loads(done.stdout.splitlines()[-1])
+
+
+def on_disk(input_path: Path, meta: Any, label: str) -> dict[str, Any]:
+    """Submit, then collect, each in its own process on DiskBlobStore; check the output."""
+    workdir = DATA / f"work-{label}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    submit = phase("submit", "--input", str(input_path), "--workdir", str(workdir))
+    blobs = harness.DiskBlobStore(workdir / "blobs")
+    files, counts = [], ProviderCounts()
+    for chunk in submit["chunks"]:
+        out, err, c = ensure_provider_files(DATA, blobs.read_bytes(chunk["payload_uri"]))
+        files.append((str(out), str(err)))
+        counts.add(c)
+    (workdir / "provider.json").write_bytes(orjson.dumps(files))
+    collect = phase("collect", "--workdir", str(workdir))
+    with open(collect["results_path"], "rb") as results:
+        seen = harness.verify_results(iter(results), meta, counts)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {"submit": submit, "collect": collect, "statuses": seen}
+
+
+def memory(report: Report, input_path: Path, meta: Any) -> dict[str, Any]:
+    baseline = min(phase("baseline")["maxrss"] for _ in range(3))
+    run = on_disk(input_path, meta, "rss")
+    largest = max(c["payload_bytes"] for c in run["submit"]["chunks"])
+    rows = []
+    for name in ("submit", "collect"):
+        peak = run[name]["maxrss"]
+        net = peak - baseline
+        rows.append([name, mb(peak), mb(net), mb(largest), f"{net / largest:.2f}x"])
+        report.targets.append(
+            Target(
+                f"{name} peak RSS ({meta.lines:,} lines)",
+                f"{net / largest:.2f}x largest chunk",
+                f"<= {RSS_TARGET}x",
+                net <= RSS_TARGET * largest,
+                f"{mb(net)} of {mb(RSS_TARGET * largest)} allowed",
+            )
+        )
+    report.table(
+        f"Peak RSS ({meta.lines:,}-line input; own process per phase, on-disk stores; baseline {mb(baseline)})",
+        ["phase", "peak RSS", "net of baseline", "largest chunk payload", "net / chunk"],
+        rows,
+    )
+    return {"baseline": baseline, **run}
+
+
+def real_size(report: Report, lines: int, seed: int, baseline: int) -> None:
+    path, meta = ensure_input(DATA, lines, seed)
+    run = on_disk(path, meta, "real")
+    chunks = run["submit"]["chunks"]
+    largest = max(c["payload_bytes"] for c in chunks)
+    limit = harness.settings().openai_limits
+    rows = [
+        ["input", f"{lines:,} lines, {mb(meta.size)}"],
+        ["OpenAI chunk limit (default)", f"{limit.max_requests:,} requests / {mb(limit.max_bytes)}"],
+        ["batches", f"{len(chunks)}: " + ", ".join(f"{c['requests']:,}" for c in chunks)],
+        ["submit", f"{run['submit']['seconds']:.2f} s, {fmt_rate(lines, run['submit']['seconds'])} lines/s, peak RSS {mb(run['submit']['maxrss'])} ({(run['submit']['maxrss'] - baseline) / largest:.2f}x largest chunk net)"],
+        ["collect", f"{run['collect']['seconds']:.2f} s, {fmt_rate(lines, run['collect']['seconds'])} lines/s, peak RSS {mb(run['collect']['maxrss'])} ({(run['collect']['maxrss'] - baseline) / largest:.2f}x largest chunk net)"],
+        ["merged output", f"{mb(run['collect']['results_bytes'])}, {sum(run['statuses'].values()):,} lines in input order; " + ", ".join(f"{k} {v:,}" for k, v in sorted(run["statuses"].items()))],
+    ]
+    report.table(f"Real-size run ({lines:,} lines, default limits, on-disk stores)", ["", ""], rows)
+    several = len(chunks) >= 2 and all(c["requests"] <= limit.max_requests for c in chunks)
+    report.targets.append(
+        Target(
+            f"real-size run ({lines:,} lines)",
+            f"{len(chunks)} batches, 1 merged ordered output",
+            "several batches, every line once, in order",
+            several,
+            "checked line by line",
+        )
+    )
+    for name in ("submit", "collect"):
+        net = run[name]["maxrss"] - baseline
+        report.targets.append(
+            Target(
+                f"{name} peak RSS ({lines:,} lines)",
+                f"{net / largest:.2f}x largest chunk",
+                f"<= {RSS_TARGET}x",
+                net <= RSS_TARGET * largest,
+                f"{mb(net)} of {mb(RSS_TARGET * largest)} allowed",
+            )
+        )
+
+
+# --- 4. cold import -------------------------------------------------------------------------
+
+_BASELINE_IMPORTS = "import functions_framework, google.cloud.storage, google.cloud.firestore, google.cloud.pubsub"
+# What an entry point's first invocation imports before any network call: main, the
+# service it runs and the clients `bootstrap.build()` makes (the provider SDK comes later,
+# on the first provider call).
+_CLIENTS = (
+    "import batchline.bootstrap, batchline.adapters.gcs, batchline.adapters.firestore, "
+    "batchline.adapters.pubsub; from google.cloud import storage, firestore, pubsub_v1"
+)
+IMPORT_CASES = {
+    "bare clients (reference)": _BASELINE_IMPORTS,
+    "main (module load only)": "import main",
+    "submit": f"import main; {_CLIENTS}; import batchline.services.submit",
+    "poll": f"import main; {_CLIENTS}; import batchline.services.poll",
+    "collect": f"import main; {_CLIENTS}; import batchline.services.collect",
+    "api": f"import main; {_CLIENTS}; import batchline.services.api",
+}
+
+
+def _import_once(code: str) -> tuple[float, float, list[str]]:
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(FUNCTIONS)!r})\n"
+        "t0 = time.perf_counter()\n"
+        f"{code}\n"
+        "t1 = time.perf_counter()\n"
+        f"print(repr((t1 - t0, sorted(m for m in {PROVIDER_SDKS!r} if m in sys.modules))))\n"
+    )
+    # Compiled bytecode as a deployed function has it: the environment may forbid writing
+    # .pyc files (PYTHONDONTWRITEBYTECODE), so they go to a cache under bench/.data for
+    # every case alike; the warm-up run fills it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(DATA / "pycache")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    wall = time.perf_counter() - started
+    seconds, sdks = eval(done.stdout.strip().splitlines()[-1])  # our own repr
+    return seconds, wall, sdks
+
+
+def cold_imports(report: Report, runs: int) -> None:
+    for code in IMPORT_CASES.values():  # warm the .pyc files and the page cache
+        _import_once(code)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in IMPORT_CASES}
+    sdks: dict[str, set[str]] = {name: set() for name in IMPORT_CASES}
+    for _ in range(runs):  # round robin, so that drift hits every case alike
+        for name, code in IMPORT_CASES.items():
+            seconds, wall, loaded = _import_once(code)
+            samples[name].append((seconds, wall))
+            sdks[name].update(loaded)
+    med = {n: (statistics.median(s for s, _ in v), statistics.median(w for _, w in v)) for n, v in samples.items()}
+    base_import, base_wall = med["bare clients (reference)"]
+    rows = []
+    for name, (imp, wall) in med.items():
+        ratio = imp / base_import
+        rows.append([name, f"{imp * 1000:.0f}", f"{wall * 1000:.0f}", f"{ratio:.2f}x", ", ".join(sorted(sdks[name])) or "none"])
+        if name == "bare clients (reference)":
+            continue
+        report.targets.append(
+            Target(
+                f"cold import: {name}",
+                f"{ratio:.2f}x",
+                f"<= {IMPORT_TARGET}x",
+                ratio <= IMPORT_TARGET,
+                f"{imp * 1000:.0f} ms vs {base_import * 1000:.0f} ms",
+            )
+        )
+    loaded = sorted(set().union(*(sdks[n] for n in IMPORT_CASES if n != "bare clients (reference)")))
+    report.targets.append(
+        Target("no provider SDK at module load", ", ".join(loaded) or "none loaded", "none", not loaded)
+    )
+    report.table(
+        f"Cold import (fresh interpreter each, median of {runs}, .pyc warm)",
+        ["entry point", "import ms", "process wall ms", "import vs reference", "provider SDKs loaded"],
+        rows,
+    )
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def machine() -> list[list[str]]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return [
+        ["CPU", f"{cpu}, {os.cpu_count()} logical CPUs"],
+        ["OS", platform.platform()],
+        ["Python", f"{platform.python_implementation()} {platform.python_version()}"],
+        ["orjson", orjson.__version__],
+        ["commit", f"{commit or 'unknown'}{' + uncommitted changes' if dirty else ''}"],
+    ]
+
+
+def write_results(report: Report, path: Path, elapsed: float) -> None:
+    args = report.args
+    command = ".venv/bin/python bench/run.py" + "".join(f" {a}" for a in args.argv)
+    lines = [
+        "# batchline benchmark results",
+        "",
+        "Generated by `bench/run.py`; do not edit by hand. Re-run with:",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        f"Run on {report.started:%Y-%m-%d %H:%M} UTC, took {elapsed:.0f} s.",
+        "",
+        "## Targets",
+        "",
+        "| target | figure | goal | result | margin |",
+        "|---|---|---|---|---|",
+    ]
+    for t in report.targets:
+        lines.append(f"| {t.name} | {t.figure} | {t.goal} | {'PASS' if t.ok else '**FAIL**'} | {t.margin} |")
+    for title, (header, *rows) in report.sections:
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+    lines += ["", METHOD.strip(), ""]
+    path.write_text("\n".join(lines))
+
+
+METHOD = """
+## Method
+
+- **Input**: `bench/generate.py`, seeded: batchline-format lines (`custom_id`, `model`
+  `openai/gpt-4.1-mini`, `messages`, `max_tokens`, sometimes `system`, `temperature`,
+  `stop`, `metadata`; log-normal content lengths with non-ASCII text and escapes; ~2 KB a
+  line), 0.02% blank lines, 0.2% invalid lines of eight kinds, 5% without `custom_id`, a
+  few CRLF line ends. Cached under `bench/.data/` (git-ignored).
+- **Provider files**: generated from each staged chunk payload, the way OpenAI answers it:
+  the real output/error envelope (`chat.completion` bodies with usage details), shuffled;
+  2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no result at all.
+- **Submit** = `services.plan.build_plan` on a `Deps` of the memory adapters and default
+  `Settings` (OpenAI chunk limit 47,500 requests / 190 MB): read, parse, validate, encode,
+  chunk, stage payload + manifest + invalid lines + plan.
+- **Collect** = `services.collect.collect` for the job in `collecting` with every batch
+  completed: per chunk `collect_chunk` (manifest, `BenchOpenAI.iter_results` = the real
+  adapter's line splitting of a download streamed in 64 KiB parts + `orjson.loads` +
+  `domain.providers.openai.normalise`, sort, result lines), the k-way `_merge` into
+  `results.jsonl`, `summary.json`, the job update and the event.
+- **Raw pass** = `orjson.dumps(orjson.loads(line))` for every line of the same bytes, in
+  the same process, interleaved with the batchline runs: the input file for submit, the
+  provider output + error files for collect. Ratio = raw seconds / batchline seconds
+  (medians). `gc` is on for every pass, and `gc.collect()` runs before each.
+- **Peak RSS** = `ru_maxrss` of a fresh process that runs one phase on `DiskBlobStore`
+  (files under `bench/.data/`, so no store holds objects in memory), minus the `ru_maxrss`
+  of a process that imports the same modules and does nothing (min of 3). Compared with
+  the largest chunk payload (`input.jsonl` of one OpenAI batch).
+- **Cold import** = `time.perf_counter()` around the imports in a fresh interpreter
+  (`functions/` on `sys.path`), median of the runs, cases run round-robin after a warm-up
+  (so `.pyc` files exist, as in a deployed function). An entry point's figure covers `main`,
+  the service module it calls and the Google clients `bootstrap.build()` imports on the
+  first invocation; the reference imports `functions_framework`, `google.cloud.storage`,
+  `google.cloud.firestore` and `google.cloud.pubsub` alone.
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="batchline benchmark")
+    parser.add_argument("--lines", type=int, default=50_000, help="lines of the main input (default 50,000)")
+    parser.add_argument("--real-lines", type=int, default=120_000, help="lines of the real-size run; 0 skips it")
+    parser.add_argument("--reps", type=int, default=3, help="throughput repetitions (median)")
+    parser.add_argument("--import-runs", type=int, default=7, help="cold-import runs per case (median)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md", help="where to write the results ('-' for nowhere)")
+    argv = sys.argv[1:]
+    args = parser.parse_args(argv)
+    args.argv = [shlex.quote(a) for a in argv]
+    logging.getLogger("batchline").setLevel(logging.WARNING)
+    report = Report(args, dt.datetime.now(dt.UTC))
+    started = time.perf_counter()
+
+    print(f"input: {args.lines:,} lines (generated once, cached in {DATA})", flush=True)
+    input_path, meta = ensure_input(DATA, args.lines, args.seed)
+    print(f"  {input_path.name}: {mb(meta.size)}, {len(meta.invalid)} invalid, {len(meta.blank)} blank", flush=True)
+    print("throughput:", flush=True)
+    throughput(report, input_path, meta, args.reps)
+    print("\npeak RSS (one process per phase)...", flush=True)
+    mem = memory(report, input_path, meta)
+    if args.real_lines:
+        print(f"\nreal-size run: {args.real_lines:,} lines...", flush=True)
+        real_size(report, args.real_lines, args.seed, mem["baseline"])
+    print("\ncold imports...", flush=True)
+    cold_imports(report, args.import_runs)
+    report.table("Machine", ["", ""], machine())
+
+    elapsed = time.perf_counter() - started
+    failed = [t for t in report.targets if not t.ok]
+    print("\nTargets")
+    for t in report.targets:
+        print(f"  {'PASS' if t.ok else 'FAIL'}  {t.name}: {t.figure} (goal {t.goal}; {t.margin})")
+    if str(args.output) != "-":
+        write_results(report, args.output, elapsed)
+        print(f"\nwrote {args.output}")
+    print(f"took {elapsed:.0f} s; {len(failed)} of {len(report.targets)} targets missed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

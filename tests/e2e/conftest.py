@@ -1,0 +1,120 @@
+"""The whole local stack, with limits small enough that modest files make many batches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from batchline.adapters.firestore import FirestoreJobStore
+from batchline.adapters.firestore import make_client as firestore_client
+from batchline.adapters.gcs import GcsBlobStore
+from batchline.adapters.gcs import make_client as gcs_client
+from batchline.config import Settings
+from batchline.domain.ids import job_id_for_object
+from batchline.domain.models import Job
+from batchline.local.stack import LocalStack, StackConfig
+
+pytestmark = pytest.mark.e2e
+
+CHUNK_REQUESTS = 400
+LEASE_SECONDS = 5
+
+
+@pytest.fixture(scope="session")
+def local_stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
+    return StackConfig(
+        run_dir=tmp_path_factory.mktemp("e2e-stack"),
+        tick_seconds=0.5,
+        function_env={
+            "BATCHLINE_OPENAI_MAX_REQUESTS": str(CHUNK_REQUESTS),
+            "BATCHLINE_LEASE_SECONDS": str(LEASE_SECONDS),
+            "BATCHLINE_COLLECT_RETRY_SECONDS": "20",
+        },
+    )
+
+
+class Pipeline:
+    """What a test does with the running stack: upload, wait, read, poke the emulator."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.settings = Settings.from_env(stack.client_env())
+        self.store = FirestoreJobStore(firestore_client(self.settings.project))
+        self.gcs = gcs_client(self.settings.project)
+        self.blobs = GcsBlobStore(self.gcs)
+        self.emulator = stack.openai_base_url.removesuffix("/v1")
+
+    def upload(self, name: str, data: bytes, metadata: dict[str, str] | None = None,
+               bucket: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Upload; returns the job id and the object resource an Eventarc event carries."""
+        bucket = bucket or self.settings.input_bucket
+        blob = self.gcs.bucket(bucket).blob(name)
+        if metadata:
+            blob.metadata = metadata
+        blob.upload_from_string(data, content_type="application/jsonl")
+        resource = {
+            "bucket": bucket, "name": name, "generation": str(blob.generation),
+            "size": str(blob.size), "md5Hash": blob.md5_hash, "metadata": metadata or {},
+        }
+        return job_id_for_object(bucket, name, str(blob.generation)), resource
+
+    def wait(self, job_id: str, timeout: float = 90.0) -> Job:
+        deadline = time.monotonic() + timeout
+        job = None
+        while time.monotonic() < deadline:
+            job = self.store.get_job(job_id)
+            if job is not None and job.state.terminal:
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} not finished in {timeout}s: {job}")
+
+    def results(self, job: Job) -> list[dict[str, Any]]:
+        return [orjson.loads(x) for x in self.blobs.read_bytes(job.results_uri).splitlines()]
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        result: dict[str, Any] = orjson.loads(self.blobs.read_bytes(job.summary_uri))
+        return result
+
+    def emulator_config(self, **values: Any) -> None:
+        requests.post(f"{self.emulator}/_emulator/config", json=values, timeout=10).raise_for_status()
+
+    def emulator_batches(self, job_id: str) -> list[dict[str, Any]]:
+        data = requests.get(f"{self.emulator}/_emulator/batches", timeout=10).json()
+        batches = data["data"] if isinstance(data, dict) else data
+        return [b for b in batches if (b.get("metadata") or {}).get("batchline_job") == job_id]
+
+    def post_cloudevent(self, resource: Mapping[str, Any], event_id: str) -> int:
+        """Deliver a storage finalized CloudEvent to submit, as Eventarc would."""
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": event_id,
+            "ce-type": "google.cloud.storage.object.v1.finalized",
+            "ce-source": f"//storage.googleapis.com/projects/_/buckets/{resource['bucket']}",
+            "ce-subject": f"objects/{resource['name']}",
+            "content-type": "application/json",
+        }
+        reply = requests.post(self.stack.function_url("submit"), data=orjson.dumps(dict(resource)),
+                              headers=headers, timeout=120)
+        return reply.status_code
+
+
+@pytest.fixture(scope="session")
+def pipeline(local_stack: LocalStack) -> Iterator[Pipeline]:
+    # The Google clients read their emulator hosts from the process environment.
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in local_stack.client_env().items():
+            patch.setenv(key, value)
+        yield Pipeline(local_stack)
+
+
+@pytest.fixture
+def emulator_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
+    """Change the emulator's behaviour for one test; restored afterwards."""
+    before = requests.get(f"{pipeline.emulator}/_emulator/config", timeout=10).json()
+    yield pipeline.emulator_config
+    requests.post(f"{pipeline.emulator}/_emulator/config", json=before, timeout=10).raise_for_status()

@@ -1,0 +1,809 @@
+"""The OpenAI Batch API emulator, driven through the official `openai` SDK over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+from batchline.local.emulators._wsgi import start_in_thread
+from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
+from openai import OpenAI
+from openapi_schema_validator import OAS31Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+pytestmark = pytest.mark.integration
+
+SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "openai" / "openapi.yaml"
+CHAT = "/v1/chat/completions"
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def chat_line(custom_id: str, text: str, model: str = "gpt-4o-mini", **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
+    }
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    return b"".join(
+        (line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines
+    )
+
+
+def upload(client: OpenAI, lines: list[Any], name: str = "input.jsonl") -> str:
+    return client.files.create(file=(name, jsonl(lines)), purpose="batch").id
+
+
+def create(client: OpenAI, file_id: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("endpoint", CHAT)
+    return client.batches.create(input_file_id=file_id, completion_window="24h", **kwargs)
+
+
+def wait(
+    client: OpenAI, batch_id: str, until: set[str] = TERMINAL, timeout: float = 10.0
+) -> tuple[Any, list[Any]]:
+    """Poll until the batch reaches a status in `until`; (batch, every batch seen)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        seen.append(batch)
+        if batch.status in until:
+            return batch, seen
+        assert time.monotonic() < deadline, f"batch stuck in {batch.status}"
+        time.sleep(0.02)
+
+
+def read_jsonl(client: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if not file_id:
+        return []
+    text = client.files.content(file_id).text
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def run(client: OpenAI, lines: list[Any], **kwargs: Any) -> tuple[Any, list[dict], list[dict]]:
+    batch, _ = wait(client, create(client, upload(client, lines), **kwargs).id)
+    return batch, read_jsonl(client, batch.output_file_id), read_jsonl(client, batch.error_file_id)
+
+
+def raw_request(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+class ManualClock:
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def _clean(openai_emulator: Any) -> Iterator[None]:
+    openai_emulator.reset()
+    yield
+
+
+@pytest.fixture
+def client(openai_emulator: Any) -> OpenAI:
+    c: OpenAI = openai_emulator.client()
+    return c
+
+
+@pytest.fixture
+def manual() -> Iterator[Callable[..., tuple[OpenAI, ManualClock]]]:
+    """Start an emulator whose clock only moves when the test moves it."""
+    stops = []
+
+    def start(**config: Any) -> tuple[OpenAI, ManualClock]:
+        clock = ManualClock()
+        app = make_app(EmulatorConfig(**config), clock=clock)
+        root, stop = start_in_thread(app)
+        stops.append(stop)
+        return OpenAI(api_key="k", base_url=f"{root}/v1", max_retries=0, timeout=10.0), clock
+
+    yield start
+    for stop in stops:
+        stop()
+
+
+# --------------------------------------------------------------------------- happy path
+
+
+def test_happy_path(client: OpenAI) -> None:
+    lines = [
+        chat_line(f"req-{i:03d}", f"Question number {i}: what is {i} + {i}?") for i in range(30)
+    ]
+    lines[7]["body"]["max_tokens"] = 3
+    file_id = upload(client, lines)
+    stored = client.files.retrieve(file_id)
+    assert (stored.purpose, stored.status, stored.filename) == ("batch", "processed", "input.jsonl")
+    assert stored.bytes == len(jsonl(lines))
+
+    created = create(client, file_id, metadata={"job": "happy", "chunk": "3"})
+    assert created.status == "validating"
+    assert created.request_counts.total == 0
+    assert created.metadata == {"job": "happy", "chunk": "3"}
+    batch, seen = wait(client, created.id)
+
+    assert batch.status == "completed"
+    assert batch.model == "gpt-4o-mini"
+    assert (batch.request_counts.total, batch.request_counts.completed) == (30, 30)
+    assert batch.request_counts.failed == 0
+    assert batch.error_file_id is None and batch.output_file_id
+    assert batch.errors is None
+    assert batch.created_at <= batch.in_progress_at <= batch.finalizing_at <= batch.completed_at
+    assert batch.failed_at is batch.expired_at is batch.cancelled_at is None
+    assert batch.metadata == {"job": "happy", "chunk": "3"}
+    done = [b.request_counts.completed for b in seen]
+    assert done == sorted(done), "completed count went backwards"
+
+    out_file = client.files.retrieve(batch.output_file_id)
+    assert out_file.purpose == "batch_output"
+    content = client.files.content(batch.output_file_id).content
+    assert out_file.bytes == len(content)
+
+    results = read_jsonl(client, batch.output_file_id)
+    ids = [r["custom_id"] for r in results]
+    assert Counter(ids) == Counter(line["custom_id"] for line in lines)
+    assert ids != [line["custom_id"] for line in lines], "results must not be in input order"
+    by_id = {r["custom_id"]: r for r in results}
+    for line in lines:
+        result = by_id[line["custom_id"]]
+        assert result["id"].startswith("batch_req_") and result["error"] is None
+        assert result["response"]["status_code"] == 200
+        assert result["response"]["request_id"]
+        body = result["response"]["body"]
+        assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+        assert body["model"] == "gpt-4o-mini"
+        message = body["choices"][0]["message"]
+        assert message["role"] == "assistant" and message["refusal"] is None
+        usage = body["usage"]
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        if line["custom_id"] == "req-007":
+            assert body["choices"][0]["finish_reason"] == "length"
+            assert usage["completion_tokens"] == 3 and len(message["content"]) <= 12
+        else:
+            assert body["choices"][0]["finish_reason"] == "stop"
+            assert message["content"].startswith(f"{CONTENT_PREFIX} answer to: Question number")
+            assert line["body"]["messages"][0]["content"][:30] in message["content"]
+    assert batch.usage.input_tokens == sum(
+        r["response"]["body"]["usage"]["prompt_tokens"] for r in results
+    )
+    assert batch.usage.output_tokens == sum(
+        r["response"]["body"]["usage"]["completion_tokens"] for r in results
+    )
+
+    # Same input, same answers in the same (shuffled) order.
+    again, _ = wait(client, create(client, file_id).id)
+    results_again = read_jsonl(client, again.output_file_id)
+    assert [r["custom_id"] for r in results_again] == ids
+    assert [r["response"]["body"]["choices"] for r in results_again] == [
+        r["response"]["body"]["choices"] for r in results
+    ]
+
+    listed = {f.id for f in client.files.list()}
+    assert {file_id, batch.output_file_id, again.output_file_id} <= listed
+    assert client.files.delete(file_id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(file_id)
+
+
+def test_live_counts_follow_the_clock(manual: Callable[..., tuple[OpenAI, ManualClock]]) -> None:
+    client, clock = manual(validating_seconds=1.0, lines_per_second=10.0, finalizing_seconds=1.0)
+    lines = [chat_line(f"c{i}", f"line {i}") for i in range(20)]
+    lines[5]["body"]["messages"][0]["content"] += " [emulator:fail=500]"
+    t0 = clock.now
+    batch = create(client, upload(client, lines))
+
+    def at(offset: float) -> Any:
+        clock.now = t0 + offset
+        return client.batches.retrieve(batch.id)
+
+    b = at(0.5)
+    assert b.status == "validating" and b.request_counts.total == 0 and b.in_progress_at is None
+    b = at(1.55)
+    assert b.status == "in_progress" and b.in_progress_at == int(t0 + 1)
+    assert b.request_counts.total == 20
+    assert b.request_counts.completed + b.request_counts.failed == 5
+    b = at(2.25)
+    assert b.request_counts.completed + b.request_counts.failed == 12
+    assert b.output_file_id is None
+    b = at(3.0)
+    assert b.status == "finalizing" and b.finalizing_at == int(t0 + 3)
+    assert (b.request_counts.completed, b.request_counts.failed) == (19, 1)
+    b = at(3.9)
+    assert b.status == "finalizing" and b.output_file_id is None
+    b = at(4.0)
+    assert b.status == "completed" and b.completed_at == int(t0 + 4)
+    outputs = read_jsonl(client, b.output_file_id)
+    errors = read_jsonl(client, b.error_file_id)
+    assert len(outputs) == 19 and [e["custom_id"] for e in errors] == ["c5"]
+    for r in outputs:
+        assert t0 + 1 <= r["response"]["body"]["created"] <= t0 + 3
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _bad_json(lines: list[Any]) -> None:
+    lines[1] = b'{"custom_id": "x", "method": "POST",'
+
+
+def _drop(key: str, index: int) -> Callable[[list[Any]], None]:
+    return lambda lines: lines[index].pop(key)
+
+
+def _set(path: tuple[str, ...], value: Any, index: int) -> Callable[[list[Any]], None]:
+    def mutate(lines: list[Any]) -> None:
+        target = lines[index]
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return mutate
+
+
+def _drop_body(key: str, index: int) -> Callable[[list[Any]], None]:
+    return lambda lines: lines[index]["body"].pop(key)
+
+
+VALIDATION_CASES: dict[str, tuple[Callable[[list[Any]], None], dict, str, int | None]] = {
+    # name: (mutation of 5 good lines, admin config, expected code, expected line)
+    "bad_json": (_bad_json, {}, "invalid_json_line", 2),
+    "missing_custom_id": (_drop("custom_id", 0), {}, "missing_required_parameter", 1),
+    "missing_method": (_drop("method", 2), {}, "missing_required_parameter", 3),
+    "missing_url": (_drop("url", 3), {}, "missing_required_parameter", 4),
+    "missing_body": (_drop("body", 4), {}, "missing_required_parameter", 5),
+    "url_not_endpoint": (_set(("url",), "/v1/embeddings", 2), {}, "invalid_url", 3),
+    "duplicate_custom_id": (_set(("custom_id",), "v0", 3), {}, "duplicate_custom_id", 4),
+    "two_models": (_set(("body", "model"), "gpt-4o", 1), {}, "mismatched_model", 2),
+    "missing_model": (_drop_body("model", 0), {}, "missing_required_parameter", 1),
+    "missing_messages": (_drop_body("messages", 4), {}, "missing_required_parameter", 5),
+    "too_many_requests": (lambda lines: None, {"max_requests": 4}, "request_limit_exceeded", None),
+    "too_many_bytes": (lambda lines: None, {"max_bytes": 300}, "file_too_large", None),
+    "empty_file": (lambda lines: lines.clear(), {}, "empty_file", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALIDATION_CASES))
+def test_validation_failure(case: str, client: OpenAI, openai_emulator: Any) -> None:
+    mutate, config, code, line = VALIDATION_CASES[case]
+    if config:
+        openai_emulator.admin(config)
+    lines: list[Any] = [chat_line(f"v{i}", f"valid line {i}") for i in range(5)]
+    mutate(lines)
+    batch, _ = wait(client, create(client, upload(client, lines)).id)
+    assert batch.status == "failed"
+    assert batch.failed_at is not None and batch.completed_at is None
+    assert batch.output_file_id is None and batch.error_file_id is None
+    assert batch.request_counts.total == 0
+    assert batch.errors is not None and batch.errors.object == "list"
+    assert [(e.code, e.line) for e in batch.errors.data] == [(code, line)]
+    assert batch.errors.data[0].message
+
+
+def test_validation_reports_every_bad_line(client: OpenAI) -> None:
+    lines: list[Any] = [chat_line(f"v{i}", f"line {i}") for i in range(6)]
+    lines[1] = b"not json"
+    lines[3]["custom_id"] = "v0"
+    lines[5]["body"].pop("messages")
+    batch, _ = wait(client, create(client, upload(client, lines)).id)
+    assert batch.status == "failed"
+    got = [(e.code, e.line, e.param) for e in batch.errors.data]
+    assert got == [
+        ("invalid_json_line", 2, None),
+        ("duplicate_custom_id", 4, "custom_id"),
+        ("missing_required_parameter", 6, "body.messages"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"completion_window": "48h"}, "completion_window"),
+        ({"endpoint": "/v1/responses"}, "endpoint"),
+        ({"endpoint": "/v1/nope"}, "endpoint"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata.k"),
+    ],
+)
+def test_create_rejects_bad_arguments(client: OpenAI, kwargs: dict, param: str) -> None:
+    file_id = upload(client, [chat_line("a", "hi")])
+    args = {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h", **kwargs}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.create(**args)
+    assert info.value.status_code == 400
+    assert info.value.body["param"] == param  # type: ignore[index]
+    assert client.batches.list().data == []
+
+
+def test_create_accepts_limits_of_metadata(client: OpenAI) -> None:
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    batch = create(client, upload(client, [chat_line("a", "hi")]), metadata=metadata)
+    assert batch.metadata == metadata
+
+
+def test_create_checks_the_input_file(client: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        create(client, "file-doesnotexist")
+    other = client.files.create(file=("notes.jsonl", b"{}\n"), purpose="user_data").id
+    with pytest.raises(openai.BadRequestError) as info:
+        create(client, other)
+    assert info.value.body["param"] == "input_file_id"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        client.files.create(file=("input.csv", b"a,b\n"), purpose="batch")
+
+
+# --------------------------------------------------------------------------- line faults
+
+
+def test_line_faults_go_to_the_error_file(client: OpenAI, openai_emulator: Any) -> None:
+    openai_emulator.admin({"line_fail_rate": 0.25, "seed": 7})
+    lines = [chat_line(f"f{i:02d}", f"line {i}") for i in range(60)]
+    markers = {"f00": 500, "f01": 400, "f02": 404, "f03": 429}
+    for custom_id, status in markers.items():
+        lines[int(custom_id[1:])]["body"]["messages"][0]["content"] += f" [emulator:fail={status}]"
+    lines[4]["body"]["messages"][0]["content"] += " [emulator:fail=200]"  # not an error code
+    file_id = upload(client, lines)
+    batch, outputs, errors = run(client, lines)
+
+    assert batch.status == "completed"
+    assert batch.request_counts.completed == len(outputs)
+    assert batch.request_counts.failed == len(errors)
+    assert len(outputs) + len(errors) == 60
+    assert {r["custom_id"] for r in outputs}.isdisjoint(r["custom_id"] for r in errors)
+    by_id = {e["custom_id"]: e for e in errors}
+    for custom_id, status in markers.items():
+        assert by_id[custom_id]["response"]["status_code"] == status
+    assert "f04" not in by_id
+    for entry in errors:
+        assert set(entry) == {"id", "custom_id", "response", "error"}
+        assert entry["id"].startswith("batch_req_") and entry["error"] is None
+        response = entry["response"]
+        assert set(response) == {"status_code", "request_id", "body"}
+        error = response["body"]["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        status = response["status_code"]
+        expected_type = {429: "requests"}.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
+        assert error["type"] == expected_type
+    rate_failed = {cid for cid in by_id if cid not in markers}
+    assert all(by_id[cid]["response"]["status_code"] == 500 for cid in rate_failed)
+    assert 4 <= len(rate_failed) <= 26, len(rate_failed)  # 25% of 56 lines, seeded
+
+    # The fail-rate picks depend only on the seed and the custom_ids.
+    again, _ = wait(client, create(client, file_id).id)
+    assert {e["custom_id"] for e in read_jsonl(client, again.error_file_id)} == set(by_id)
+    openai_emulator.admin({"seed": 8})
+    other_seed, _ = wait(client, create(client, file_id).id)
+    assert {e["custom_id"] for e in read_jsonl(client, other_seed.error_file_id)} != set(by_id)
+
+
+def test_all_lines_failed_means_no_output_file(client: OpenAI) -> None:
+    lines = [chat_line(f"x{i}", f"doomed {i} [emulator:fail=503]") for i in range(8)]
+    batch, outputs, errors = run(client, lines)
+    assert batch.status == "completed"
+    assert batch.output_file_id is None and batch.error_file_id
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 8)
+    assert batch.usage.total_tokens == 0
+    assert outputs == [] and sorted(e["custom_id"] for e in errors) == [f"x{i}" for i in range(8)]
+    assert {e["response"]["status_code"] for e in errors} == {503}
+
+
+# --------------------------------------------------------------------------- expiry, cancel
+
+
+def test_expiry_keeps_partial_results(manual: Callable[..., tuple[OpenAI, ManualClock]]) -> None:
+    client, clock = manual(validating_seconds=1.0, lines_per_second=10.0, expire_after_seconds=2.0)
+    lines = [chat_line(f"e{i:02d}", f"line {i}") for i in range(20)]
+    t0 = clock.now
+    batch = create(client, upload(client, lines))
+    assert batch.expires_at == int(t0 + 2)
+    clock.now = t0 + 1.5
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    clock.now = t0 + 60
+    b = client.batches.retrieve(batch.id)
+    assert b.status == "expired" and b.expired_at == int(t0 + 2)
+    assert b.completed_at is None and b.finalizing_at is None
+    assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (
+        20,
+        10,
+        10,
+    )
+    outputs = read_jsonl(client, b.output_file_id)
+    errors = read_jsonl(client, b.error_file_id)
+    assert len(outputs) == 10 and len(errors) == 10
+    assert Counter(r["custom_id"] for r in outputs + errors) == Counter(
+        line["custom_id"] for line in lines
+    )
+    for entry in errors:
+        assert entry["response"] is None
+        assert entry["error"] == {
+            "code": "batch_expired",
+            "message": "This request could not be executed before the completion window expired.",
+        }
+    # Cancelling an expired batch is a conflict, which the SDK must not retry.
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(batch.id)
+
+
+def test_expiry_on_the_shared_emulator(client: OpenAI, openai_emulator: Any) -> None:
+    openai_emulator.admin({"lines_per_second": 40.0, "expire_after_seconds": 0.3})
+    lines = [chat_line(f"s{i:02d}", f"line {i}") for i in range(40)]
+    batch, outputs, errors = run(client, lines)
+    assert batch.status == "expired"
+    assert 0 < len(outputs) < 40
+    assert len(outputs) + len(errors) == 40
+    assert batch.request_counts.completed == len(outputs)
+
+
+def test_cancel_keeps_lines_finished_before(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(validating_seconds=1.0, lines_per_second=10.0, cancel_seconds=1.0)
+    lines = [chat_line(f"k{i:02d}", f"line {i}") for i in range(20)]
+    t0 = clock.now
+    batch = create(client, upload(client, lines))
+    clock.now = t0 + 1.75
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at == int(t0 + 1.75)
+    assert cancelling.request_counts.completed == 7
+    clock.now = t0 + 2.5
+    b = client.batches.retrieve(batch.id)
+    assert b.status == "cancelling" and b.request_counts.completed == 7
+    assert client.batches.cancel(batch.id).status == "cancelling"  # idempotent
+    clock.now = t0 + 2.75
+    b = client.batches.retrieve(batch.id)
+    assert b.status == "cancelled" and b.cancelled_at == int(t0 + 2.75)
+    assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (
+        20,
+        7,
+        0,
+    )
+    assert b.completed_at is None and b.error_file_id is None
+    assert len(read_jsonl(client, b.output_file_id)) == 7
+    with pytest.raises(openai.ConflictError) as info:
+        client.batches.cancel(batch.id)
+    assert info.value.response.headers["x-should-retry"] == "false"
+
+    early = create(client, upload(client, lines))
+    clock.now += 0.5
+    client.batches.cancel(early.id)
+    clock.now += 5
+    b = client.batches.retrieve(early.id)
+    assert b.status == "cancelled" and b.in_progress_at is None
+    assert b.request_counts.total == 0 and b.output_file_id is None
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_list_batches_paginates_newest_first(client: OpenAI, openai_emulator: Any) -> None:
+    file_id = upload(client, [chat_line("a", "hi")])
+    ids = [create(client, file_id, metadata={"n": str(i)}).id for i in range(5)]
+    newest_first = ids[::-1]
+
+    assert [b.id for b in client.batches.list(limit=2)] == newest_first  # auto-pagination
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == newest_first[:2] and first.has_more is True
+    page = client.batches.list(after=newest_first[1], limit=2)
+    assert [b.id for b in page.data] == newest_first[2:4] and page.has_more is True
+    last = client.batches.list(after=newest_first[3], limit=2)
+    assert [b.id for b in last.data] == newest_first[4:] and last.has_more is False
+    raw = client.batches.with_raw_response.list(limit=2).http_response.json()
+    assert (raw["object"], raw["first_id"], raw["last_id"]) == (
+        "list",
+        newest_first[0],
+        newest_first[1],
+    )
+    for bad in (0, 101):
+        with pytest.raises(openai.BadRequestError):
+            client.batches.list(limit=bad)
+
+    admin = openai_emulator.batches()
+    assert [(b["id"], b["metadata"]) for b in admin] == [
+        (batch_id, {"n": str(4 - i)}) for i, batch_id in enumerate(newest_first)
+    ]
+
+
+# --------------------------------------------------------------------------- HTTP faults
+
+
+def test_requests_without_a_key_get_401(client: OpenAI, openai_emulator: Any) -> None:
+    url = f"{openai_emulator.base_url}/batches"
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Basic abc"}):
+        status, response_headers, body = raw_request(url, headers)
+        assert status == 401
+        assert response_headers["x-emulator"] == "batchline-openai"
+        assert set(body) == {"error"}
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    status, _, body = raw_request(url, {"Authorization": "Bearer sk-x"})
+    assert status == 200 and body["object"] == "list"
+    with pytest.raises(openai.AuthenticationError):
+        client.batches.list(extra_headers={"Authorization": "Token sk-x"})
+
+
+def test_429_is_retried_by_the_sdk(client: OpenAI, openai_emulator: Any) -> None:
+    openai_emulator.admin({"api_error_next": 2, "api_error_status": 429})
+    before = openai_emulator.stats()
+    assert client.batches.list().data == []  # two 429s, then success, all inside the SDK
+    after = openai_emulator.stats()
+    assert after["injected_errors"] - before["injected_errors"] == 2
+    assert after["api_requests"] - before["api_requests"] == 3
+
+    openai_emulator.admin({"api_error_next": 1})
+    with pytest.raises(openai.RateLimitError) as info:
+        openai_emulator.client(max_retries=0).batches.list()
+    assert info.value.response.headers["retry-after"] == "0"
+    assert info.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+
+    openai_emulator.admin({"api_error_rate": 0.4, "api_error_status": 500})
+    patient = openai_emulator.client(max_retries=12)
+    file_id = upload(patient, [chat_line("a", "hi")])
+    for _ in range(8):
+        assert patient.files.retrieve(file_id).id == file_id
+    assert openai_emulator.stats()["injected_errors"] > after["injected_errors"]
+
+
+def test_admin_config_rejects_unknown_keys(openai_emulator: Any) -> None:
+    with pytest.raises(urllib.error.HTTPError) as info:
+        openai_emulator.admin({"no_such_knob": 1})
+    assert info.value.code == 400
+    with pytest.raises(urllib.error.HTTPError):
+        openai_emulator.admin({"line_fail_rate": 2})
+    assert openai_emulator.admin({"line_fail_rate": 0.5})["line_fail_rate"] == 0.5
+    openai_emulator.reset()
+    assert openai_emulator.admin({})["line_fail_rate"] == 0.0
+
+
+# --------------------------------------------------------------------------- schema
+
+
+# Fields the spec lists as plain strings/integers but that the real API (and the spec's
+# own `Batch` example, and the SDK's Optional[...] types) sends as null when unset.
+NULLABLE = {
+    "Batch": [
+        "errors", "model", "output_file_id", "error_file_id", "in_progress_at",
+        "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
+        "cancelled_at",
+    ],
+    "OpenAIFile": ["expires_at", "status_details"],
+    "ListBatchesResponse": ["first_id", "last_id"],
+}  # fmt: skip
+SPEC_URI = "urn:openai:openapi"
+
+
+def _strict(node: Any) -> Any:
+    """Objects with declared properties may carry no other keys."""
+    if isinstance(node, dict):
+        node = {k: _strict(v) for k, v in node.items()}
+        if (
+            "properties" in node
+            and "additionalProperties" not in node
+            and "unevaluatedProperties" not in node
+        ):
+            node["unevaluatedProperties"] = False
+        return node
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+@cache
+def _registry() -> Registry:
+    with SPEC_PATH.open() as fh:
+        spec = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert spec["openapi"].startswith("3.1")
+    spec = copy.deepcopy(spec)
+    schemas = spec["components"]["schemas"]
+    for name, props in NULLABLE.items():
+        for prop in props:
+            original = schemas[name]["properties"][prop]
+            schemas[name]["properties"][prop] = {"anyOf": [original, {"type": "null"}]}
+    spec["components"]["schemas"] = _strict(schemas)
+    return Registry().with_resource(
+        SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012)
+    )
+
+
+def validator(name: str) -> OAS31Validator:
+    return OAS31Validator({"$ref": f"{SPEC_URI}#/components/schemas/{name}"}, registry=_registry())
+
+
+def assert_valid(name: str, obj: Any) -> None:
+    errors = sorted(validator(name).iter_errors(obj), key=lambda e: list(e.path))
+    assert not errors, f"{name}: " + "; ".join(
+        f"{list(e.path)}: {e.message[:200]}" for e in errors[:5]
+    )
+
+
+def assert_invalid(name: str, obj: Any) -> None:
+    assert not validator(name).is_valid(obj), f"{name} accepted a mutated object"
+
+
+def test_responses_match_the_openapi_spec(
+    client: OpenAI, openai_emulator: Any, manual: Callable[..., tuple[OpenAI, ManualClock]]
+) -> None:
+    batches: list[dict] = []
+    files: list[dict] = []
+    lists: list[dict] = []
+    bodies: dict[str, list[dict]] = {
+        "CreateChatCompletionResponse": [],
+        "CreateEmbeddingResponse": [],
+        "ErrorResponse": [],
+    }
+
+    def raw(response: Any) -> dict:
+        data: dict = response.http_response.json()
+        return data
+
+    # completed, with output and error files; chat answers with finish_reason stop/length
+    lines = [chat_line(f"s{i}", f"schema {i}", max_completion_tokens=50 + i) for i in range(6)]
+    lines[0]["body"]["max_completion_tokens"] = 2
+    lines[1]["body"]["messages"][0]["content"] += " [emulator:fail=422]"
+    upload_raw = client.files.with_raw_response.create(
+        file=("s.jsonl", jsonl(lines)), purpose="batch"
+    )
+    files.append(raw(upload_raw))
+    file_id = files[-1]["id"]
+    created = raw(
+        client.batches.with_raw_response.create(
+            input_file_id=file_id, endpoint=CHAT, completion_window="24h", metadata={"k": "v"}
+        )
+    )
+    batches.append(created)
+    done, _ = wait(client, created["id"])
+    batches.append(raw(client.batches.with_raw_response.retrieve(done.id)))
+    for fid in (done.output_file_id, done.error_file_id):
+        files.append(raw(client.files.with_raw_response.retrieve(fid)))
+    bodies["CreateChatCompletionResponse"] += [
+        r["response"]["body"] for r in read_jsonl(client, done.output_file_id)
+    ]
+    bodies["ErrorResponse"] += [
+        r["response"]["body"] for r in read_jsonl(client, done.error_file_id)
+    ]
+    assert {b["choices"][0]["finish_reason"] for b in bodies["CreateChatCompletionResponse"]} == {
+        "stop",
+        "length",
+    }
+
+    # failed validation
+    bad = upload(client, [b"nope"])
+    failed, _ = wait(client, create(client, bad).id)
+    batches.append(raw(client.batches.with_raw_response.retrieve(failed.id)))
+    assert batches[-1]["status"] == "failed"
+
+    # embeddings, float and base64
+    emb_lines = [
+        {
+            "custom_id": "e1",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": "hello", "dimensions": 4},
+        },
+        {
+            "custom_id": "e2",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {
+                "model": "text-embedding-3-small",
+                "input": ["a", "b"],
+                "encoding_format": "base64",
+            },
+        },
+    ]
+    emb, _ = wait(client, create(client, upload(client, emb_lines), endpoint="/v1/embeddings").id)
+    assert emb.status == "completed" and emb.error_file_id is None
+    emb_results = {r["custom_id"]: r for r in read_jsonl(client, emb.output_file_id)}
+    assert len(emb_results["e1"]["response"]["body"]["data"][0]["embedding"]) == 4
+    bodies["CreateEmbeddingResponse"].append(emb_results["e1"]["response"]["body"])
+    # base64 vectors are strings, which the spec's `Embedding` (array of floats) does not
+    # describe; check them by decoding instead.
+    b64 = emb_results["e2"]["response"]["body"]["data"]
+    assert [len(base64.b64decode(d["embedding"])) for d in b64] == [8 * 4, 8 * 4]
+
+    # in_progress, cancelling, cancelled, expired (manual clock)
+    mclient, clock = manual(
+        validating_seconds=1.0, lines_per_second=2.0, cancel_seconds=1.0, expire_after_seconds=30.0
+    )
+    mfile = upload(mclient, [chat_line(f"m{i}", "x") for i in range(100)])
+    t0 = clock.now
+    to_cancel = create(mclient, mfile).id
+    to_expire = create(mclient, mfile).id
+    clock.now = t0 + 3
+    batches.append(raw(mclient.batches.with_raw_response.retrieve(to_cancel)))
+    batches.append(raw(mclient.batches.with_raw_response.cancel(to_cancel)))
+    clock.now = t0 + 100
+    batches.append(raw(mclient.batches.with_raw_response.retrieve(to_cancel)))
+    batches.append(raw(mclient.batches.with_raw_response.retrieve(to_expire)))
+    lists.append(raw(mclient.batches.with_raw_response.list(limit=1)))
+    assert [b["status"] for b in batches[-4:]] == [
+        "in_progress",
+        "cancelling",
+        "cancelled",
+        "expired",
+    ]
+    lists.append(raw(client.batches.with_raw_response.list(limit=3)))
+    lists.append(raw(client.batches.with_raw_response.list(after="batch_unknown")))
+    statuses = {b["status"] for b in batches}
+    assert {"validating", "completed", "failed", "in_progress", "expired", "cancelled"} <= statuses
+
+    # API errors
+    status, _, body = raw_request(f"{openai_emulator.base_url}/batches")
+    assert status == 401
+    bodies["ErrorResponse"].append(body)
+    status, _, body = raw_request(
+        f"{openai_emulator.base_url}/batches/batch_nope", {"Authorization": "Bearer k"}
+    )
+    assert status == 404
+    bodies["ErrorResponse"].append(body)
+
+    for b in batches:
+        assert_valid("Batch", b)
+    for f in files:
+        assert_valid("OpenAIFile", f)
+    for page in lists:
+        assert_valid("ListBatchesResponse", page)
+    for name, items in bodies.items():
+        assert items, name
+        for item in items:
+            assert_valid(name, item)
+
+    # The validator is not vacuous: mutated objects fail.
+    good_batch, good_file = batches[1], files[0]
+    good_chat = bodies["CreateChatCompletionResponse"][0]
+    assert_invalid("Batch", {**good_batch, "status": "done"})
+    assert_invalid("Batch", {**good_batch, "surprise": 1})
+    assert_invalid("Batch", {k: v for k, v in good_batch.items() if k != "input_file_id"})
+    assert_invalid("Batch", {**good_batch, "request_counts": {"total": 1, "completed": 1}})
+    assert_invalid("Batch", {**good_batch, "created_at": "yesterday"})
+    assert_invalid("OpenAIFile", {**good_file, "purpose": "batch-output"})
+    assert_invalid("OpenAIFile", {k: v for k, v in good_file.items() if k != "bytes"})
+    assert_invalid("ListBatchesResponse", {**lists[0], "data": [{**good_batch, "object": "x"}]})
+    mutated_chat = copy.deepcopy(good_chat)
+    mutated_chat["choices"][0]["message"]["role"] = "user"
+    assert_invalid("CreateChatCompletionResponse", mutated_chat)
+    mutated_chat = copy.deepcopy(good_chat)
+    del mutated_chat["usage"]["total_tokens"]
+    assert_invalid("CreateChatCompletionResponse", mutated_chat)
+    assert_invalid("ErrorResponse", {"error": {"message": "m"}})
+
+
+def test_every_response_is_marked(client: OpenAI, openai_emulator: Any) -> None:
+    response = client.batches.with_raw_response.list()
+    assert response.headers["x-emulator"] == "batchline-openai"
+    status, headers, body = raw_request(
+        f"{openai_emulator.root_url}/v1/unknown", {"Authorization": "Bearer k"}
+    )
+    assert status == 404 and headers["x-emulator"] == "batchline-openai"
+    assert body["error"]["type"] == "invalid_request_error"
+    status, headers, body = raw_request(f"{openai_emulator.root_url}/")  # health, no auth
+    assert status == 200 and headers["x-emulator"] == "batchline-openai" and body["ok"] is True
