@@ -8,9 +8,10 @@ from typing import Any
 
 import functions_framework
 import orjson
-from batchline import entrypoints
 from cloudevents.http import CloudEvent
 from flask import Request, Response
+
+from batchline import entrypoints
 
 
 @functions_framework.cloud_event

@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser("submit", help="upload a JSONL file to the input bucket")
     submit.add_argument("file", type=Path)
-    submit.add_argument("--model", help="default model for lines without one, e.g. openai/gpt-4.1-mini")
+    submit.add_argument(
+        "--model", help="default model for lines without one, e.g. openai/gpt-4.1-mini"
+    )
     submit.add_argument("--name", help="object name in the input bucket (default: the file name)")
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")

@@ -44,7 +44,7 @@ class Settings:
     )
     max_input_bytes: int = 2 * 1024**3
     max_line_bytes: int = 1024 * 1024
-    # Longer than the slowest provider call can take (SDK timeout × retries), so a live
+    # Longer than the slowest provider call can take (SDK timeout times retries), so a live
     # submit is never taken over; planning renews its lease as it goes.
     lease_seconds: float = 900.0
     # Time a submit or poll invocation allows itself before leaving work for the next tick.

@@ -49,8 +49,13 @@ class Pipeline:
         self.blobs = GcsBlobStore(self.gcs)
         self.emulator = stack.openai_base_url.removesuffix("/v1")
 
-    def upload(self, name: str, data: bytes, metadata: dict[str, str] | None = None,
-               bucket: str | None = None) -> tuple[str, dict[str, Any]]:
+    def upload(
+        self,
+        name: str,
+        data: bytes,
+        metadata: dict[str, str] | None = None,
+        bucket: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
         """Upload; returns the job id and the object resource an Eventarc event carries."""
         bucket = bucket or self.settings.input_bucket
         blob = self.gcs.bucket(bucket).blob(name)
@@ -58,8 +63,12 @@ class Pipeline:
             blob.metadata = metadata
         blob.upload_from_string(data, content_type="application/jsonl")
         resource = {
-            "bucket": bucket, "name": name, "generation": str(blob.generation),
-            "size": str(blob.size), "md5Hash": blob.md5_hash, "metadata": metadata or {},
+            "bucket": bucket,
+            "name": name,
+            "generation": str(blob.generation),
+            "size": str(blob.size),
+            "md5Hash": blob.md5_hash,
+            "metadata": metadata or {},
         }
         return job_id_for_object(bucket, name, str(blob.generation)), resource
 
@@ -81,7 +90,9 @@ class Pipeline:
         return result
 
     def emulator_config(self, **values: Any) -> None:
-        requests.post(f"{self.emulator}/_emulator/config", json=values, timeout=10).raise_for_status()
+        requests.post(
+            f"{self.emulator}/_emulator/config", json=values, timeout=10
+        ).raise_for_status()
 
     def emulator_batches(self, job_id: str) -> list[dict[str, Any]]:
         data = requests.get(f"{self.emulator}/_emulator/batches", timeout=10).json()
@@ -98,8 +109,12 @@ class Pipeline:
             "ce-subject": f"objects/{resource['name']}",
             "content-type": "application/json",
         }
-        reply = requests.post(self.stack.function_url("submit"), data=orjson.dumps(dict(resource)),
-                              headers=headers, timeout=120)
+        reply = requests.post(
+            self.stack.function_url("submit"),
+            data=orjson.dumps(dict(resource)),
+            headers=headers,
+            timeout=120,
+        )
         return reply.status_code
 
 
@@ -117,4 +132,6 @@ def emulator_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
     """Change the emulator's behaviour for one test; restored afterwards."""
     before = requests.get(f"{pipeline.emulator}/_emulator/config", timeout=10).json()
     yield pipeline.emulator_config
-    requests.post(f"{pipeline.emulator}/_emulator/config", json=before, timeout=10).raise_for_status()
+    requests.post(
+        f"{pipeline.emulator}/_emulator/config", json=before, timeout=10
+    ).raise_for_status()

@@ -24,8 +24,10 @@ MSG = [{"role": "user", "content": "Say something."}]
 
 
 def ok_line(i: int, custom_id: str | None = None, text: str = "Say something.") -> bytes:
-    obj: dict[str, object] = {"model": "openai/gpt-4o-mini",
-                              "messages": [{"role": "user", "content": f"{text} #{i}"}]}
+    obj: dict[str, object] = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": f"{text} #{i}"}],
+    }
     if custom_id is not None:
         obj["custom_id"] = custom_id
     return orjson.dumps(obj)
@@ -40,17 +42,38 @@ BAD_LINES: list[tuple[bytes, str]] = [
     (orjson.dumps({"model": "acme/llm-1", "messages": MSG}), "model"),
     (orjson.dumps({"model": "openai/gpt-4o-mini"}), "messages"),
     (orjson.dumps({"model": "openai/gpt-4o-mini", "messages": []}), "messages"),
-    (orjson.dumps({"model": "openai/gpt-4o-mini", "messages": [{"role": "robot", "content": "x"}]}), "messages[0].role"),
-    (orjson.dumps({"model": "openai/gpt-4o-mini", "messages": MSG, "temperature": 9}), "temperature"),
+    (
+        orjson.dumps(
+            {"model": "openai/gpt-4o-mini", "messages": [{"role": "robot", "content": "x"}]}
+        ),
+        "messages[0].role",
+    ),
+    (
+        orjson.dumps({"model": "openai/gpt-4o-mini", "messages": MSG, "temperature": 9}),
+        "temperature",
+    ),
     (orjson.dumps({"model": "openai/gpt-4o-mini", "messages": MSG, "max_tokenz": 5}), "max_tokenz"),
     (orjson.dumps({"method": "POST", "url": "/v1/embeddings", "body": {"model": "m"}}), "url"),
-    (b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "line"),
-    (orjson.dumps({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x" * (1024 * 1024)}]}), "line"),
+    (
+        b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+        "line",
+    ),
+    (
+        orjson.dumps(
+            {
+                "model": "openai/gpt-4o-mini",
+                "messages": [{"role": "user", "content": "x" * (1024 * 1024)}],
+            }
+        ),
+        "line",
+    ),
     (b"DUPLICATE", "custom_id"),  # replaced below by a line repeating an earlier custom_id
 ]
 
 
-def test_2000_lines_with_invalid_and_failing_lines_come_back_whole_and_in_order(pipeline: Pipeline) -> None:
+def test_2000_lines_with_invalid_and_failing_lines_come_back_whole_and_in_order(
+    pipeline: Pipeline,
+) -> None:
     lines: list[bytes] = []
     expected: list[tuple[str, str | None, str | None]] = []  # status, custom_id, field
     bad_every, fail_every = 20, 33  # 5% invalid, ~3% failed by the emulator
@@ -109,7 +132,9 @@ def test_2000_lines_with_invalid_and_failing_lines_come_back_whole_and_in_order(
     assert summary["cost"]["realtime_usd"] == pytest.approx(2 * summary["cost"]["batch_usd"])
 
 
-def test_same_event_three_times_then_twice_concurrently_makes_one_batch_per_chunk(pipeline: Pipeline) -> None:
+def test_same_event_three_times_then_twice_concurrently_makes_one_batch_per_chunk(
+    pipeline: Pipeline,
+) -> None:
     data = b"\n".join(ok_line(i, custom_id=f"d-{i}") for i in range(CHUNK_REQUESTS * 2 + 10))
     job_id, resource = pipeline.upload("e2e/dup-sequential.jsonl", data)  # the bridge delivers once
     statuses = [pipeline.post_cloudevent(resource, f"dup-{n}") for n in range(3)]
@@ -121,8 +146,12 @@ def test_same_event_three_times_then_twice_concurrently_makes_one_batch_per_chun
 
     job_id, resource = pipeline.upload("e2e/dup-concurrent.jsonl", data)
     statuses = []
-    threads = [threading.Thread(target=lambda: statuses.append(pipeline.post_cloudevent(resource, "same-id")))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=lambda: statuses.append(pipeline.post_cloudevent(resource, "same-id"))
+        )
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -153,7 +182,9 @@ handle_object_finalized(build(), ObjectFinalized(bucket, name, generation, int(s
 """
 
 
-def test_submit_killed_after_provider_accepted_is_adopted_by_the_retry(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_submit_killed_after_provider_accepted_is_adopted_by_the_retry(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     # An input bucket of its own, so the stack's submit function ignores the upload and
     # only the crashing process below submits.
     bucket = "e2e-crash-input"
@@ -165,8 +196,18 @@ def test_submit_killed_after_provider_accepted_is_adopted_by_the_retry(pipeline:
     script = tmp_path / "crash.py"
     script.write_text(CRASHING_SUBMIT)
     done = subprocess.run(
-        [sys.executable, str(script), bucket, resource["name"], resource["generation"], resource["size"]],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(script),
+            bucket,
+            resource["name"],
+            resource["generation"],
+            resource["size"],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 137, done.stderr
     assert "provider accepted" in done.stdout

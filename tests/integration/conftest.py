@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from openai import OpenAI
+
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.openai import EmulatorConfig, OpenAIBatchEmulator, make_app
-from openai import OpenAI
 
 #: Fast timings so that a small batch finishes in a fraction of a second.
 FAST_OPENAI_CONFIG: dict[str, Any] = {

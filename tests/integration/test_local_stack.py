@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from batchline.local import processes, stack
 from batchline.local.stack import LocalStack, LocalStackError, StackConfig
 

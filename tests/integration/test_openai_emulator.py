@@ -17,12 +17,13 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
 from openai import OpenAI
 from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+
+from batchline.local.emulators._wsgi import start_in_thread
+from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 import orjson
+
 from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.bootstrap import Deps, Providers
 from batchline.config import ChunkLimits, Settings

@@ -2,6 +2,7 @@ import gzip
 import io
 
 import pytest
+
 from batchline.domain.lines import LineTooLong, UnreadableInput, iter_lines
 
 

@@ -6,6 +6,7 @@ import gzip
 
 import orjson
 import pytest
+
 from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.bootstrap import Deps
 from batchline.domain.models import BatchState, ChunkState, JobState
@@ -147,7 +148,7 @@ def test_unreadable_files_become_rejected_jobs_with_a_reason(data: bytes, reason
 
 
 def test_over_size_file_is_rejected_before_reading() -> None:
-    deps, provider, _ = make_deps()
+    deps, _, _ = make_deps()
     event = upload(deps, line() + b"\n")
     event = ObjectFinalized(event.bucket, event.name, event.generation, size=10**12)
     job = handle_object_finalized(deps, event)

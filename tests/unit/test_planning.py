@@ -1,5 +1,6 @@
 import orjson
 import pytest
+
 from batchline.config import ChunkLimits
 from batchline.domain.planning import ChunkPlanner, RequestTooLarge
 from batchline.domain.providers import openai

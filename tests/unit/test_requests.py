@@ -1,5 +1,6 @@
 import orjson
 import pytest
+
 from batchline.domain.lines import LineTooLong
 from batchline.domain.requests import InvalidLine, Request, parse_line
 

@@ -62,7 +62,7 @@ class FirestoreJobStore:
 
         ref = self._job_ref(job_id)
 
-        @firestore.transactional  # type: ignore[misc]
+        @firestore.transactional
         def run(transaction: Any) -> Job | None:
             snapshot = ref.get(transaction=transaction)
             if not snapshot.exists:
@@ -90,7 +90,7 @@ class FirestoreJobStore:
 
         ref = self._chunk_ref(job_id, index)
 
-        @firestore.transactional  # type: ignore[misc]
+        @firestore.transactional
         def run(transaction: Any) -> Chunk | None:
             snapshot = ref.get(transaction=transaction)
             if not snapshot.exists:
@@ -107,7 +107,7 @@ class FirestoreJobStore:
         from google.cloud.firestore_v1.base_query import FieldFilter
 
         query = self._db.collection(JOBS).where(filter=FieldFilter("state", "in", ACTIVE_STATES))
-        return [Job.from_dict(doc.to_dict()) for doc in query.stream()]
+        return [Job.from_dict(doc.to_dict() or {}) for doc in query.stream()]
 
 
 def _bump(job: Job, version: int) -> Job:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from batchline.errors import NotFound, PreconditionFailed, RetryableError
 
 if TYPE_CHECKING:
-    from google.cloud import storage
+    from google.cloud.storage import Blob, Client
 
 # Streaming writes upload in parts of this size (GCS needs a multiple of 256 KiB).
 WRITE_CHUNK_BYTES = 16 * 1024 * 1024
@@ -26,21 +26,22 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, name
 
 
-def make_client(project: str) -> storage.Client:
-    from google.cloud import storage
+def make_client(project: str) -> Client:
+    from google.cloud.storage import Client
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=project, credentials=AnonymousCredentials())
-    return storage.Client(project=project)
+        anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        return Client(project=project, credentials=anonymous)
+    return Client(project=project)
 
 
 class GcsBlobStore:
-    def __init__(self, client: storage.Client) -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
 
-    def _blob(self, uri: str, generation: str | None = None) -> storage.Blob:
+    def _blob(self, uri: str, generation: str | None = None) -> Blob:
         bucket, name = split_uri(uri)
         gen = int(generation) if generation else None
         return self._client.bucket(bucket).blob(name, generation=gen, chunk_size=WRITE_CHUNK_BYTES)
@@ -57,7 +58,7 @@ class GcsBlobStore:
         except (exceptions.ServerError, exceptions.TooManyRequests) as exc:
             raise RetryableError(f"reading {uri}: {exc}") from exc
         with reader:
-            yield reader  # type: ignore[misc]
+            yield reader
 
     def read_bytes(self, uri: str) -> bytes:
         from google.api_core import exceptions
@@ -88,7 +89,7 @@ class GcsBlobStore:
             with blob.open(
                 "wb", content_type=content_type, if_generation_match=0, ignore_flush=True
             ) as writer:
-                yield writer  # type: ignore[misc]
+                yield writer
         except exceptions.PreconditionFailed as exc:
             raise PreconditionFailed(f"{uri} already exists") from exc
 

@@ -9,17 +9,17 @@ import orjson
 from batchline.errors import RetryableError
 
 if TYPE_CHECKING:
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import PublisherClient
 
 PUBLISH_TIMEOUT_SECONDS = 30.0
 
 
 class PubSubPublisher:
-    def __init__(self, project: str, client: pubsub_v1.PublisherClient | None = None) -> None:
+    def __init__(self, project: str, client: PublisherClient | None = None) -> None:
         if client is None:
-            from google.cloud import pubsub_v1
+            from google.cloud.pubsub_v1 import PublisherClient
 
-            client = pubsub_v1.PublisherClient()
+            client = PublisherClient()
         self._client = client
         self._project = project
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 from batchline.errors import PermanentError
 
@@ -21,12 +21,16 @@ class UnreadableInput(PermanentError):
     """The file as a whole cannot be read (bad encoding, corrupt compression, empty)."""
 
 
+class Readable(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LineTooLong:
     size: int
 
 
-def iter_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
+def iter_lines(stream: Readable, max_line_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
     """Yield (line number from 1, line without its terminator) or a `LineTooLong` marker.
 
     A line longer than `max_line_bytes` is skipped over in pieces, never held whole.

@@ -60,19 +60,27 @@ def _input_lines(file: Path) -> list[tuple[int, dict[str, Any] | None]]:
     return out
 
 
-def check(run: ExampleRun, results: list[dict[str, Any]], summary: dict[str, Any],
-          expected: dict[str, Any] | None) -> None:
+def check(
+    run: ExampleRun,
+    results: list[dict[str, Any]],
+    summary: dict[str, Any],
+    expected: dict[str, Any] | None,
+) -> None:
     inputs = _input_lines(run.file)
     problems = run.problems
     if len(results) != len(inputs):
         problems.append(f"{len(results)} result lines for {len(inputs)} input lines")
     for (number, obj), result in zip(inputs, results, strict=False):
         if result.get("line") != number:
-            problems.append(f"result for line {result.get('line')} where line {number} was expected")
+            problems.append(
+                f"result for line {result.get('line')} where line {number} was expected"
+            )
             break
         given = obj.get("custom_id") if obj else None
         if isinstance(given, str) and result.get("custom_id") != given:
-            problems.append(f"line {number}: custom_id {result.get('custom_id')!r}, expected {given!r}")
+            problems.append(
+                f"line {number}: custom_id {result.get('custom_id')!r}, expected {given!r}"
+            )
     counts: dict[str, int] = {}
     for result in results:
         counts[result["status"]] = counts.get(result["status"], 0) + 1
@@ -119,7 +127,9 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
         for run in runs:
             job = wait_for(store, run.job_id, max(1.0, deadline - time.monotonic()), show=True)
             if job is None or not job.state.terminal:
-                run.problems.append(f"not finished within {timeout:.0f}s (state {job.state if job else 'unknown'})")
+                run.problems.append(
+                    f"not finished within {timeout:.0f}s (state {job.state if job else 'unknown'})"
+                )
                 continue
             if job.state.value == "rejected":
                 run.problems.append(f"rejected: {job.error}")
@@ -131,8 +141,10 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
             check(run, results, summary, expected.get(run.file.name))
         ok = _report(runs)
         if stay:
-            print("\nThe stack stays up: drop more files with `batchline submit FILE --wait`. "
-                  "Ctrl-C stops it.")
+            print(
+                "\nThe stack stays up: drop more files with `batchline submit FILE --wait`. "
+                "Ctrl-C stops it."
+            )
             _wait_for_interrupt()
         return 0 if ok else 1
     finally:
@@ -155,7 +167,9 @@ def _report(runs: list[ExampleRun]) -> bool:
         for result in run.preview:
             text = ((result.get("output") or {}).get("text") or "")[:70]
             shown = text or (result.get("error") or {}).get("message", "")[:70]
-            print(f"       {result['line']:>3} {result['custom_id']:<14} {result['status']:<9} {shown}")
+            print(
+                f"       {result['line']:>3} {result['custom_id']:<14} {result['status']:<9} {shown}"
+            )
     print("\nall examples complete and correct" if ok else "\nsome examples are wrong", flush=True)
     return ok
 

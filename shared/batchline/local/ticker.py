@@ -26,9 +26,9 @@ def run(project: str, topic: str, every: float, *, stop: threading.Event, count:
 
     `count` > 0 stops after that many ticks. Returns the number of ticks published.
     """
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import PublisherClient
 
-    publisher = pubsub_v1.PublisherClient()
+    publisher = PublisherClient()
     topic_path = publisher.topic_path(project, topic)
     data = json.dumps(TICK_MESSAGE).encode()
     published = 0

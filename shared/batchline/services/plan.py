@@ -87,7 +87,9 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
     except UnreadableInput as exc:
         return reporting.reject(deps, job, str(exc))
     except LeaseLost:
-        log.warning("lost the planning lease; the new holder carries on", extra=fields(job_id=job_id))
+        log.warning(
+            "lost the planning lease; the new holder carries on", extra=fields(job_id=job_id)
+        )
         return None
     return _commit(deps, job, plan, owner)
 
@@ -183,7 +185,7 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
     try:
         with ExitStack() as stack:
             raw = stack.enter_context(deps.blobs.open_read(source.uri, source.generation))
-            stream: BinaryIO = raw
+            stream: BinaryIO | gzip.GzipFile = raw
             if _is_gzip(source):
                 stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
             for number, line in iter_lines(stream, settings.max_line_bytes):

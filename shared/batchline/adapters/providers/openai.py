@@ -65,7 +65,7 @@ class OpenAIProvider:
             )
             batch = self._client.batches.create(
                 input_file_id=file.id,
-                endpoint=wire.ENDPOINT,
+                endpoint="/v1/chat/completions",
                 completion_window="24h",
                 metadata={JOB_KEY: tag.job_id, CHUNK_KEY: str(tag.chunk)},
             )
