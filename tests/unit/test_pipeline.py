@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 
 import orjson
 import pytest
 
 from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.bootstrap import Deps
-from batchline.domain.models import BatchState, ChunkState, JobState
+from batchline.domain.models import BatchState, ChunkState, Job, JobOptions, JobState, Lease, Source
 from batchline.services.collect import collect
+from batchline.services.plan import LeaseLost, _Heartbeat
 from batchline.services.poll import poll
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
 
@@ -176,3 +178,56 @@ def test_job_default_model_from_object_metadata() -> None:
 def test_store_is_memory() -> None:
     deps, _, _ = make_deps()
     assert isinstance(deps.store, MemoryJobStore)
+
+
+def test_a_bad_utf8_line_after_good_ones_is_only_that_line_invalid() -> None:
+    deps, provider, _ = make_deps()
+    data = line(custom_id="a") + b"\n" + b'{"custom_id": "b", "x": "\xff"}\n'
+    results = run_to_end(deps, provider, upload(deps, data))
+    assert [(r["custom_id"], r["status"]) for r in results] == [
+        ("a", "succeeded"),
+        ("line-2", "invalid"),
+    ]
+    assert "UTF-8" in results[1]["error"]["message"]
+
+
+def test_submit_out_of_time_leaves_chunks_pending_for_poll() -> None:
+    deps, provider, _ = make_deps(max_requests=2)
+    deps.settings = replace(deps.settings, work_budget_seconds=0)
+    job = handle_object_finalized(
+        deps, upload(deps, b"\n".join(line(custom_id=str(i)) for i in range(5)))
+    )
+    assert job is not None and job.state is JobState.SUBMITTING
+    assert [c.state for c in deps.store.get_chunks(job.job_id)] == [ChunkState.PENDING] * 3
+    assert provider.batches == {}
+    deps.settings = replace(deps.settings, work_budget_seconds=60)
+    poll(deps)
+    assert [c.state for c in deps.store.get_chunks(job.job_id)] == [ChunkState.RUNNING] * 3
+    assert len(provider.batches) == 3
+    current = deps.store.get_job(job.job_id)
+    assert current is not None and current.state is JobState.RUNNING
+
+
+def test_planning_heartbeat_renews_its_lease_and_notices_a_takeover() -> None:
+    deps, _, clock = make_deps()
+    event = upload(deps, line() + b"\n")
+    job = Job(
+        job_id="j",
+        source=Source(event.bucket, event.name, event.generation, event.size),
+        options=JobOptions(),
+        output_prefix="gs://out/x/j/",
+        lease=Lease("me", clock.now() + 60),
+    )
+    assert deps.store.create_job(job)
+    beat = _Heartbeat(deps, "j", "me")
+    clock.advance(10)
+    beat()  # too soon to renew: nothing written
+    assert deps.store.get_job("j") == job
+    clock.advance(15)
+    beat()
+    renewed = deps.store.get_job("j")
+    assert renewed is not None and renewed.lease == Lease("me", clock.now() + 60)
+    deps.store.update_job("j", lambda j: replace(j, lease=Lease("other", clock.now() + 60)))
+    clock.advance(25)
+    with pytest.raises(LeaseLost):
+        beat()

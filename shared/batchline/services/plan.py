@@ -193,6 +193,10 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
                     plan.blank_lines += 1
                     continue
                 plan.lines += 1
+                if plan.lines == 1 and isinstance(line, bytes) and not _is_utf8(line):
+                    # One bad line among good ones is that line's problem; a file whose
+                    # first line is not UTF-8 is in another encoding (or not text at all).
+                    raise UnreadableInput(f"the file is not UTF-8 text (line {number})")
                 if plan.lines % HEARTBEAT_LINES == 0:
                     heartbeat()
                 parsed = parse_line(
@@ -276,6 +280,14 @@ def _stage_chunk(
         manifest_uri=manifest_uri,
         updated_at=deps.clock.now(),
     )
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _is_gzip(source: Any) -> bool:
