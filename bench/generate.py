@@ -35,21 +35,23 @@ HTTP_ERROR_SHARE = 0.025
 EXPIRED_SHARE = 0.004
 MISSING_SHARE = 0.001
 
-_WORDS = (
-    "the of and to in is that for it as was with be by on not he this are or his from at "
-    "which but have an they you were her she there been one all we their has would when "
-    "what will more if no out so said can who its them time about than into only some "
-    "could these two may first then do any like my now over such our man me even most "
-    "made after also did many before must through back years where much your way well "
-    "down should because each just those people how too little state good very make "
-    "world still own see men work long get here between both life being under never day "
-    "same another know while last might us great old year off come since against go "
-    "came right used take three summarise classify translate extract invoice customer "
-    "contract refund shipment latency throughput regression pipeline embedding token "
-    "café naïve Zürich résumé façade Ångström 東京 数据 批处理 résultat größe über "
-    "«quoted» “smart” — – … ½ 42 3.14 1,000 2026-06-01 #12345 user@example.com "
-    'JSON {"key": "value"} <div> C:\\path\\file.txt \\n\\t tab\tseparated 🙂 🚀 ✅'
-).split(" ")
+_WORD_TEXT = (
+    "the of and to in is that for it as was with be by on not he this are or his "
+    "from at which but have an they you were her she there been one all we their "
+    "has would when what will more if no out so said can who its them time about "
+    "than into only some could these two may first then do any like my now over "
+    "such our man me even most made after also did many before must through back "
+    "years where much your way well down should because each just those people "
+    "how too little state good very make world still own see men work long get "
+    "here between both life being under never day same another know while last "
+    "might us great old year off come since against go came right used take three "
+    "summarise classify translate extract invoice customer contract refund "
+    "shipment latency throughput regression pipeline embedding token café naïve "
+    "Zürich résumé façade Ångström 東京 数据 批处理 résultat größe über «quoted» “smart” "
+    '— \u2013 … ½ 42 3.14 1,000 2026-06-01 #12345 user@example.com JSON {"key": '
+    '"value"} <div> C:\\path\\file.txt \\n\\t tab\tseparated 🙂 🚀 ✅'
+)
+_WORDS = _WORD_TEXT.split(" ")
 
 
 def _corpus(rng: random.Random, size: int) -> str:
@@ -302,7 +304,12 @@ def _success(rng: random.Random, corpus: str, rid: str, body: dict[str, Any]) ->
 
 
 _HTTP_ERRORS = (
-    (400, "invalid_request_error", "context_length_exceeded", "This model's maximum context length is 1047576 tokens."),
+    (
+        400,
+        "invalid_request_error",
+        "context_length_exceeded",
+        "This model's maximum context length is 1047576 tokens.",
+    ),
     (429, "rate_limit_error", "rate_limit_exceeded", "Rate limit reached for requests."),
     (500, "server_error", None, "The server had an error while processing your request."),
 )
@@ -327,7 +334,10 @@ def _expired(rng: random.Random, rid: str) -> dict[str, Any]:
         "id": f"batch_req_{_hex(rng, 32)}",
         "custom_id": rid,
         "response": None,
-        "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."},
+        "error": {
+            "code": "batch_expired",
+            "message": "This request could not be executed before the completion window expired.",
+        },
     }
 
 
@@ -358,13 +368,14 @@ def provider_files(payload: bytes, seed: int) -> tuple[bytes, bytes, ProviderCou
     return b"\n".join(ok) + b"\n", (b"\n".join(errors) + b"\n") if errors else b"", counts
 
 
-
 def ensure_provider_files(
     data_dir: Path, payload: bytes, seed: int = 42
 ) -> tuple[Path, Path, ProviderCounts]:
     """The cached (output file, error file, counts) for one chunk payload."""
     key = hashlib.sha256(payload).hexdigest()[:20]
-    out, err, meta = (data_dir / f"provider-{key}-s{seed}.{ext}" for ext in ("out.jsonl", "err.jsonl", "json"))
+    out, err, meta = (
+        data_dir / f"provider-{key}-s{seed}.{ext}" for ext in ("out.jsonl", "err.jsonl", "json")
+    )
     if not (out.exists() and err.exists() and meta.exists()):
         data_dir.mkdir(parents=True, exist_ok=True)
         output, errors, counts = provider_files(payload, seed)
@@ -372,6 +383,13 @@ def ensure_provider_files(
         err.write_bytes(errors)
         meta.write_bytes(orjson.dumps(counts.__dict__))
     return out, err, ProviderCounts(**orjson.loads(meta.read_bytes()))
+
+
+def sample_input_lines(n: int, seed: int = 7) -> list[bytes]:
+    """`n` valid input lines, as `write_input` makes them (for micro-benchmarks)."""
+    rng = random.Random(seed)
+    corpus = _corpus(rng, 300_000)
+    return [orjson.dumps(_valid_line(rng, corpus, f"req-{seed}-{i:07d}")) for i in range(1, n + 1)]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
+from generate import InputMeta, ProviderCounts
 
 from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.bootstrap import Deps, Providers
@@ -45,8 +46,6 @@ from batchline.ports import BlobStore
 from batchline.services.collect import collect
 from batchline.services.plan import Plan, build_plan
 
-from generate import InputMeta, ProviderCounts
-
 INPUT_BUCKET, OUTPUT_BUCKET, WORK_BUCKET = "bench-in", "bench-out", "bench-work"
 INPUT_NAME = "bench/input.jsonl"
 JOB_ID = "job-bench"
@@ -57,7 +56,10 @@ DOWNLOAD_PART = 64 * 1024
 def settings() -> Settings:
     """Default limits: the OpenAI chunk limit is 47,500 requests / 190 MB."""
     return Settings(
-        project="bench", input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, work_bucket=WORK_BUCKET
+        project="bench",
+        input_bucket=INPUT_BUCKET,
+        output_bucket=OUTPUT_BUCKET,
+        work_bucket=WORK_BUCKET,
     )
 
 
@@ -247,7 +249,11 @@ def submit_phase(deps: Deps, job: Job) -> Plan:
 
 
 def ready_for_collect(
-    deps: Deps, job: Job, chunks: list[Chunk], provider: BenchOpenAI, files: list[tuple[bytes | Path, bytes | Path]]
+    deps: Deps,
+    job: Job,
+    chunks: list[Chunk],
+    provider: BenchOpenAI,
+    files: list[tuple[bytes | Path, bytes | Path]],
 ) -> Job:
     """Put the job in `collecting` with every chunk's batch completed at the provider."""
     ended = []
@@ -277,7 +283,9 @@ def collect_phase(deps: Deps, job: Job) -> Job:
 # --- checking the output -------------------------------------------------------------------
 
 
-def verify_results(lines: Iterator[bytes], meta: InputMeta, counts: ProviderCounts) -> dict[str, int]:
+def verify_results(
+    lines: Iterator[bytes], meta: InputMeta, counts: ProviderCounts
+) -> dict[str, int]:
     """Every non-blank input line once, in order, with its custom_id and the right status."""
     blank = set(meta.blank)
     expected = (n for n in range(1, meta.lines + 1) if n not in blank)

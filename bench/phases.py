@@ -3,7 +3,7 @@
 PHASE is `baseline` (import what the phases import, load nothing), `submit` (build_plan
 on the input file) or `collect` (collect the job `submit` staged, from provider files the
 parent generated). Storage is `DiskBlobStore` under WORKDIR, so the fakes hold nothing in
-memory. Prints one JSON object: seconds, ru_maxrss and what the phase produced.
+memory. Prints one JSON object: wall and CPU seconds, peak RSS and what the phase produced.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
-
 # Import everything both phases use before anything is measured: the baseline process
 # imports exactly this and stops.
 import harness
+import orjson
+
 from batchline.domain.models import Chunk
 
 
@@ -63,19 +63,29 @@ def _submit(input_path: Path, workdir: Path) -> dict[str, object]:
     generation = blobs.put_file(harness.input_uri(), input_path)
     deps = harness.make_deps(blobs)
     job = harness.make_job(generation, input_path.stat().st_size)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     plan = harness.submit_phase(deps, job)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     (workdir / "job.json").write_bytes(
         orjson.dumps(
-            {"job": job.to_dict(), "chunks": [c.to_dict() for c in plan.chunks], "plan": plan.to_dict()}
+            {
+                "job": job.to_dict(),
+                "chunks": [c.to_dict() for c in plan.chunks],
+                "plan": plan.to_dict(),
+            }
         )
     )
     return {
         "seconds": seconds,
+        "cpu": cpu,
         "plan": plan.to_dict(),
         "chunks": [
-            {"index": c.index, "requests": c.request_count, "payload_bytes": c.payload_bytes, "payload_uri": c.payload_uri}
+            {
+                "index": c.index,
+                "requests": c.request_count,
+                "payload_bytes": c.payload_bytes,
+                "payload_uri": c.payload_uri,
+            }
             for c in plan.chunks
         ],
     }
@@ -87,16 +97,20 @@ def _collect(workdir: Path) -> dict[str, object]:
     state = orjson.loads((workdir / "job.json").read_bytes())
     job = Job.from_dict(state["job"])
     chunks = [Chunk.from_dict(c) for c in state["chunks"]]
-    files = [(Path(out), Path(err)) for out, err in orjson.loads((workdir / "provider.json").read_bytes())]
+    files = [
+        (Path(out), Path(err))
+        for out, err in orjson.loads((workdir / "provider.json").read_bytes())
+    ]
     blobs = harness.DiskBlobStore(workdir / "blobs")
     provider = harness.BenchOpenAI()
     deps = harness.make_deps(blobs, provider)
     job = harness.ready_for_collect(deps, job, chunks, provider, files)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     done = harness.collect_phase(deps, job)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     return {
         "seconds": seconds,
+        "cpu": cpu,
         "state": str(done.state),
         "counts": done.counts,
         "results_path": str(blobs.path(done.results_uri)),

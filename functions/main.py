@@ -40,5 +40,12 @@ def api(request: Request) -> Response:
 
 
 def _pubsub_json(data: Any) -> Any:
-    raw = base64.b64decode(((data or {}).get("message") or {}).get("data") or b"")
-    return orjson.loads(raw) if raw else {}
+    """The JSON payload of a Pub/Sub CloudEvent, or None when it has none we can read
+    (acknowledged downstream: redelivering a malformed message cannot help)."""
+    try:
+        raw = base64.b64decode(
+            ((data or {}).get("message") or {}).get("data") or b"", validate=True
+        )
+        return orjson.loads(raw) if raw else None
+    except (ValueError, AttributeError):
+        return None

@@ -112,6 +112,8 @@ def api(request: Request) -> Response:
         )
     except service.BadRequest as exc:
         return reply(400, {"error": {"type": "bad_request", "message": str(exc)}})
+    except service.KeyReused as exc:
+        return reply(409, {"error": {"type": "idempotency_key_reused", "message": str(exc)}})
     except (RetryableError, ProviderError) as exc:
         log.warning("api: transient failure", extra=fields(error=str(exc)))
         return reply(503, {"error": {"type": "unavailable", "message": str(exc)}})

@@ -231,3 +231,27 @@ def test_planning_heartbeat_renews_its_lease_and_notices_a_takeover() -> None:
     clock.advance(25)
     with pytest.raises(LeaseLost):
         beat()
+
+
+def test_collect_in_many_small_runs_still_merges_in_order_and_first_result_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchline.services import collect as collect_module
+
+    monkeypatch.setattr(collect_module, "RUN_BYTES", 300)  # a few records per run
+    deps, provider, _ = make_deps(max_requests=40)
+    data = b"\n".join(line(custom_id=f"m{i}") for i in range(100))
+    job = handle_object_finalized(deps, upload(deps, data))
+    assert job is not None
+    fake = provider.batches["batch_0"]
+    fake.request_ids.append(fake.request_ids[0])  # the provider repeats a result
+    provider.end()
+    poll(deps)
+    collect(deps, job.job_id)
+    done = deps.store.get_job(job.job_id)
+    assert done is not None and done.state is JobState.SUCCEEDED
+    results = [orjson.loads(x) for x in deps.blobs.read_bytes(done.results_uri).splitlines()]
+    assert [r["custom_id"] for r in results] == [f"m{i}" for i in range(100)]
+    blobs = deps.blobs
+    assert isinstance(blobs, MemoryBlobStore)
+    assert sum("/run-" in uri for uri in blobs.objects) > 10

@@ -51,14 +51,15 @@ class GcsBlobStore:
         from google.api_core import exceptions
 
         blob = self._blob(uri, generation)
+        # Opening fetches nothing: a missing object shows on the first read, so the
+        # translation covers the whole read.
         try:
-            reader = blob.open("rb", chunk_size=READ_CHUNK_BYTES, raw_download=True)
+            with blob.open("rb", chunk_size=READ_CHUNK_BYTES, raw_download=True) as reader:
+                yield reader
         except exceptions.NotFound as exc:
             raise NotFound(f"{uri} (generation {generation}) does not exist") from exc
         except (exceptions.ServerError, exceptions.TooManyRequests) as exc:
             raise RetryableError(f"reading {uri}: {exc}") from exc
-        with reader:
-            yield reader
 
     def read_bytes(self, uri: str) -> bytes:
         from google.api_core import exceptions

@@ -137,6 +137,7 @@ class Job:
     output_prefix: str  # gs://OUT/<path>/<job_id>/
     origin: str = "gcs"  # "gcs" (bucket trigger) or "api"
     idempotency_key: str | None = None
+    request_digest: str | None = None  # API jobs: what the Idempotency-Key was first used for
     state: JobState = JobState.ACCEPTED
     lease: Lease | None = None
     counts: dict[str, int] = field(default_factory=dict)

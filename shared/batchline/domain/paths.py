@@ -32,10 +32,10 @@ class WorkPaths:
     def manifest(self, index: int) -> str:
         return self.chunk(index) + "manifest.jsonl"
 
-    def results(self, index: int) -> str:
-        """Normalised result lines of one chunk, sorted by line: `<line>\\t<json>`."""
-        return self.chunk(index) + "results.tsv"
+    def results_run(self, index: int, attempt: str, run: int) -> str:
+        """One sorted run of a chunk's normalised result lines: `<line>\\t<json>`."""
+        return f"{self.chunk(index)}collect-{attempt}/run-{run:04d}.tsv"
 
-    def tally(self, index: int) -> str:
-        """Written after `results`: its presence marks the chunk as collected."""
-        return self.chunk(index) + "tally.json"
+    def collected(self, index: int) -> str:
+        """Written last: the chunk's tally and the runs it was collected into."""
+        return self.chunk(index) + "collected.json"

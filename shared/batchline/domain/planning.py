@@ -44,12 +44,17 @@ class ChunkPlanner:
         self._limits = limits
         self._encoders = encoders
         self._open: dict[tuple[str, str], PlannedChunk] = {}
+        self._per_provider: dict[str, tuple[ChunkLimits, Encoder]] = {}
 
     def add(self, request: Request) -> PlannedChunk | None:
         """Buffer `request`; return the chunk it displaced when that chunk was full."""
         key = (request.provider, request.model)
-        limits = self._limits(request.provider)
-        encoded = self._encoders(request.provider)(request)
+        known = self._per_provider.get(request.provider)
+        if known is None:
+            known = (self._limits(request.provider), self._encoders(request.provider))
+            self._per_provider[request.provider] = known
+        limits, encode = known
+        encoded = encode(request)
         if len(encoded) > limits.max_bytes:
             raise RequestTooLarge(
                 f"{len(encoded)} bytes once encoded; a {request.provider} batch takes at most "

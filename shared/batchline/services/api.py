@@ -6,6 +6,7 @@ POST finds the job the first one made.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +26,26 @@ class BadRequest(PermanentError):
     """The API call itself is malformed (HTTP 400)."""
 
 
+class KeyReused(PermanentError):
+    """The Idempotency-Key was first used with a different request (HTTP 409)."""
+
+
 @dataclass(frozen=True)
 class SubmitJob:
     idempotency_key: str
     requests: list[Any] | None
     input_uri: str | None
     options: JobOptions
+
+    @property
+    def digest(self) -> str:
+        """What the request asks for, so a reused key with another body is caught."""
+        body = {
+            "requests": self.requests,
+            "input_uri": self.input_uri,
+            "options": {"model": self.options.model, "labels": self.options.labels},
+        }
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     @classmethod
     def from_http(cls, body: Any, idempotency_key: str | None) -> SubmitJob:
@@ -66,8 +81,14 @@ class SubmitJob:
 def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
     """(job, created): created is False when the key was seen before."""
     job_id = job_id_for_key(command.idempotency_key)
+    digest = command.digest
     existing = deps.store.get_job(job_id)
     if existing is not None:
+        if existing.request_digest not in (None, digest):
+            raise KeyReused(
+                "this Idempotency-Key was already used for a different request "
+                f"(job {job_id}); use a new key for a new job"
+            )
         return existing, False
     if command.requests is not None:
         uri = f"gs://{deps.settings.work_bucket}/inline/{job_id}.jsonl"
@@ -91,6 +112,7 @@ def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
         output_prefix=output_prefix(deps.settings.output_bucket, out_name, job_id),
         origin="api",
         idempotency_key=command.idempotency_key,
+        request_digest=digest,
         created_at=now,
         updated_at=now,
     )

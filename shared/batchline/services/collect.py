@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -33,6 +35,9 @@ from batchline.log import fields, get_logger
 from batchline.services import reporting
 
 log = get_logger(__name__)
+
+# Size of one sorted run of result lines held in memory while collecting a chunk.
+RUN_BYTES = 16 * 1024 * 1024
 
 _MISSING = {
     BatchState.EXPIRED: (
@@ -76,11 +81,14 @@ def collect(deps: Deps, job_id: str) -> Job | None:
     collisions = {int(k): v for k, v in plan["id_collisions"].items()}
     chunks = deps.store.get_chunks(job_id)
     tally = Tally.from_dict(plan["invalid_tally"])
+    runs = [paths.invalid]
     for chunk in chunks:
-        tally.merge(collect_chunk(deps, paths, chunk, collisions))
+        collected = collect_chunk(deps, paths, chunk, collisions)
+        tally.merge(collected.tally)
+        runs.extend(collected.runs)
     if not deps.blobs.exists(job.results_uri):
         with contextlib.suppress(PreconditionFailed):  # a concurrent collect wrote it
-            _merge(deps, paths, job, chunks)
+            _merge(deps, job, runs)
     state = _final_state(tally)
     batches = [
         {
@@ -128,10 +136,26 @@ def _final_state(tally: Tally) -> JobState:
     return JobState.PARTIAL
 
 
-def collect_chunk(deps: Deps, paths: WorkPaths, chunk: Chunk, collisions: dict[int, str]) -> Tally:
-    """Normalise one chunk into `results.tsv` + `tally.json`; reuse them when present."""
+@dataclass(frozen=True)
+class CollectedChunk:
+    tally: Tally
+    runs: list[str]  # sorted result files, to be merged
+
+
+def collect_chunk(
+    deps: Deps, paths: WorkPaths, chunk: Chunk, collisions: dict[int, str]
+) -> CollectedChunk:
+    """Normalise one chunk into sorted runs of result lines, then `collected.json`.
+
+    Results arrive in any order. They are normalised and serialised as they stream in,
+    buffered up to RUN_BYTES, and written as sorted runs; the merge does the rest. Memory
+    stays near one run, not the chunk's parsed results. Each attempt writes its runs under
+    a name of its own and `collected.json` (create-if-absent) commits exactly one attempt,
+    so a collect that dies half-way, or two racing, can never mix their runs.
+    """
     try:
-        return Tally.from_dict(orjson.loads(deps.blobs.read_bytes(paths.tally(chunk.index))))
+        done = orjson.loads(deps.blobs.read_bytes(paths.collected(chunk.index)))
+        return CollectedChunk(Tally.from_dict(done["tally"]), list(done["runs"]))
     except NotFound:
         pass
     manifest: dict[int, str] = {}
@@ -139,28 +163,10 @@ def collect_chunk(deps: Deps, paths: WorkPaths, chunk: Chunk, collisions: dict[i
         entry = orjson.loads(raw)
         line = entry["line"]
         manifest[line] = entry["custom_id"] or collisions.get(line) or f"line-{line}"
-    results: dict[int, ProviderResult] = {}
-    batch_state = chunk.batch_state
-    batch_errors: tuple[str, ...] = ()
-    if chunk.batch_id is not None:
-        provider = deps.providers.get(chunk.provider)
-        batch = provider.get_batch(chunk.batch_id)
-        batch_state, batch_errors = batch.state, batch.errors
-        for result in provider.iter_results(batch):
-            line = line_of(result.request_id)
-            if line in manifest:
-                results[line] = result
-            else:
-                log.warning(
-                    "result for an unknown request",
-                    extra=fields(
-                        job_id=chunk.job_id, chunk=chunk.index, request_id=result.request_id
-                    ),
-                )
+    writer = _RunWriter(deps, paths, chunk.index)
     tally = Tally()
-    out = bytearray()
-    for line in sorted(manifest):
-        result = results.get(line) or _missing(line, chunk, batch_state, batch_errors)
+
+    def emit(line: int, result: ProviderResult) -> None:
         record = provider_result_line(
             custom_id=manifest[line],
             line=line,
@@ -170,15 +176,77 @@ def collect_chunk(deps: Deps, paths: WorkPaths, chunk: Chunk, collisions: dict[i
             prices=deps.prices,
         )
         tally.add(record)
-        out += b"%d\t" % line + orjson.dumps(record) + b"\n"
-    deps.blobs.write_bytes(paths.results(chunk.index), bytes(out), "text/tab-separated-values")
-    deps.blobs.write_bytes(
-        paths.tally(chunk.index), orjson.dumps(tally.to_dict()), "application/json"
-    )
+        writer.add(line, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    seen: set[int] = set()
+    batch_state = chunk.batch_state
+    batch_errors: tuple[str, ...] = ()
+    if chunk.batch_id is not None:
+        provider = deps.providers.get(chunk.provider)
+        batch = provider.get_batch(chunk.batch_id)
+        batch_state, batch_errors = batch.state, batch.errors
+        for result in provider.iter_results(batch):
+            line = line_of(result.request_id)
+            if line is None or line not in manifest or line in seen:
+                log.warning(
+                    "result for an unknown or repeated request",
+                    extra=fields(
+                        job_id=chunk.job_id, chunk=chunk.index, request_id=result.request_id
+                    ),
+                )
+                continue
+            seen.add(line)
+            emit(line, result)
+    for line in sorted(manifest.keys() - seen):
+        emit(line, _missing(line, chunk, batch_state, batch_errors))
+    runs = writer.finish()
+    committed = {"tally": tally.to_dict(), "runs": runs}
+    if not deps.blobs.write_bytes(
+        paths.collected(chunk.index), orjson.dumps(committed), "application/json"
+    ):
+        # Another attempt committed first: use its runs, never a mix.
+        done = orjson.loads(deps.blobs.read_bytes(paths.collected(chunk.index)))
+        return CollectedChunk(Tally.from_dict(done["tally"]), list(done["runs"]))
     log.info(
-        "chunk collected", extra=fields(job_id=chunk.job_id, chunk=chunk.index, counts=tally.counts)
+        "chunk collected",
+        extra=fields(job_id=chunk.job_id, chunk=chunk.index, counts=tally.counts, runs=len(runs)),
     )
-    return tally
+    return CollectedChunk(tally, runs)
+
+
+class _RunWriter:
+    """Buffers (line, record) pairs and writes them out as sorted runs."""
+
+    def __init__(self, deps: Deps, paths: WorkPaths, index: int) -> None:
+        self._deps = deps
+        self._paths = paths
+        self._index = index
+        self._attempt = uuid.uuid4().hex[:12]
+        self._buffer: list[tuple[int, bytes]] = []
+        self._size = 0
+        self.runs: list[str] = []
+
+    def add(self, line: int, record: bytes) -> None:
+        entry = b"%d\t%b" % (line, record)
+        self._buffer.append((line, entry))
+        self._size += len(entry)
+        if self._size >= RUN_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        self._buffer.sort(key=lambda pair: pair[0])
+        data = b"".join([entry for _, entry in self._buffer])
+        self._buffer = []
+        self._size = 0
+        uri = self._paths.results_run(self._index, self._attempt, len(self.runs))
+        self._deps.blobs.write_bytes(uri, data, "text/tab-separated-values")
+        self.runs.append(uri)
+
+    def finish(self) -> list[str]:
+        self._flush()
+        return self.runs
 
 
 def _missing(
@@ -203,10 +271,10 @@ def _missing(
     )
 
 
-def _merge(deps: Deps, paths: WorkPaths, job: Job, chunks: list[Chunk]) -> None:
-    sources = [paths.invalid] + [paths.results(c.index) for c in chunks]
+def _merge(deps: Deps, job: Job, runs: list[str]) -> None:
+    """k-way merge of sorted runs into results.jsonl, streamed in and out."""
     with ExitStack() as stack:
-        readers = [_records(stack.enter_context(deps.blobs.open_read(uri))) for uri in sources]
+        readers = [_records(stack.enter_context(deps.blobs.open_read(uri))) for uri in runs]
         out = stack.enter_context(deps.blobs.open_write(job.results_uri, "application/jsonl"))
         for _, record in heapq.merge(*readers):
             out.write(record)

@@ -36,4 +36,8 @@ def poll(deps: Deps) -> PollReport:
                 "job not advanced this tick", extra=fields(job_id=job.job_id, error=str(exc))
             )
             report.errors.append(f"{job.job_id}: {exc}")
+        except Exception as exc:
+            # One broken job must not starve the others; the next tick tries it again.
+            log.exception("job failed to advance", extra=fields(job_id=job.job_id))
+            report.errors.append(f"{job.job_id}: {exc!r}")
     return report

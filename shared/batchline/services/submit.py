@@ -78,9 +78,18 @@ def start_job(deps: Deps, job: Job) -> Job | None:
         existing = deps.store.get_job(job.job_id)
         if existing is None or existing.state is not JobState.ACCEPTED:
             log.info("duplicate trigger", extra=fields(job_id=job.job_id))
+            if existing is not None and existing.state is JobState.SUBMITTING:
+                # Typically the retry of a delivery that failed mid-submit: carry on now
+                # rather than wait for the next poll tick (chunk leases keep it single).
+                _submit_pending(deps, existing, owner)
+                return deps.store.get_job(job.job_id)
             return existing
     planned = plan_job(deps, job.job_id, owner)
     if planned is not None and planned.state is JobState.SUBMITTING:
-        deadline = deps.clock.now() + deps.settings.work_budget_seconds
-        advance.advance_job(deps, planned, owner, deadline)
+        _submit_pending(deps, planned, owner)
     return deps.store.get_job(job.job_id)
+
+
+def _submit_pending(deps: Deps, job: Job, owner: str) -> None:
+    deadline = deps.clock.now() + deps.settings.work_budget_seconds
+    advance.advance_job(deps, job, owner, deadline)

@@ -147,8 +147,8 @@ class _errors:
         return None
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is None or isinstance(exc, ProviderError):
-            return
+        if not isinstance(exc, Exception) or isinstance(exc, ProviderError):
+            return  # success, ours already, or GeneratorExit/KeyboardInterrupt: not the SDK's
         import openai
 
         if isinstance(exc, openai.APIStatusError):

@@ -49,7 +49,7 @@ def encode(request: Request) -> bytes:
         "url": ENDPOINT,
         "body": body,
     }
-    return orjson.dumps(line) + b"\n"
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def normalise(line: dict[str, Any]) -> ProviderResult:
