@@ -730,6 +730,17 @@ def test_api_inline_requests_are_idempotent_by_key_and_readable(
     assert [r["custom_id"] for r in results_of(cloud, done)] == ["inline-0", "inline-1", "inline-2"]
 
 
+def test_api_key_reused_for_a_different_request_is_409(functions: Functions, cloud: Cloud) -> None:
+    key = f"reuse-{uuid.uuid4().hex}"
+    status, view = api_post(functions, {"requests": [request_line(0, "first")]}, key)
+    assert status == 202, view
+    status, reply = api_post(functions, {"requests": [request_line(0, "second")]}, key)
+    assert status == 409
+    assert reply["error"]["type"] == "idempotency_key_reused"
+    assert view["job_id"] in reply["error"]["message"]
+    assert len(cloud.emulator_batches(view["job_id"])) == 1
+
+
 def test_api_get_of_an_unknown_job_is_404(functions: Functions) -> None:
     reply = functions.api.get("/v1/jobs/job-000000000000000000000000")
     assert reply.status_code == 404
