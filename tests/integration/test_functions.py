@@ -450,8 +450,6 @@ def _gone(cloud: Cloud, name: str) -> dict[str, Any]:
     return resource
 
 
-
-
 @pytest.mark.parametrize(
     ("make", "name", "reason"),
     [

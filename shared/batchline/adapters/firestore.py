@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from batchline.domain.models import Chunk, Job, JobState
+from batchline.errors import RetryableError
 from batchline.ports import ChunkChange, JobChange
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class FirestoreJobStore:
                 transaction.set(self._chunk_ref(job_id, chunk.index), chunk.to_dict())
             return updated
 
-        result: Job | None = run(self._db.transaction())
+        result: Job | None = _committed(run, self._db.transaction())
         return result
 
     def get_chunks(self, job_id: str) -> list[Chunk]:
@@ -100,7 +101,7 @@ class FirestoreJobStore:
                 transaction.set(ref, updated.to_dict())
             return updated
 
-        result: Chunk | None = run(self._db.transaction())
+        result: Chunk | None = _committed(run, self._db.transaction())
         return result
 
     def active_jobs(self) -> list[Job]:
@@ -108,6 +109,19 @@ class FirestoreJobStore:
 
         query = self._db.collection(JOBS).where(filter=FieldFilter("state", "in", ACTIVE_STATES))
         return [Job.from_dict(doc.to_dict() or {}) for doc in query.stream()]
+
+
+def _committed(run: Any, transaction: Any) -> Any:
+    """Run a transactional function; contention that outlasts the client's own retries is
+    a retryable failure (the client raises a bare ValueError from Aborted for it)."""
+    from google.api_core.exceptions import Aborted
+
+    try:
+        return run(transaction)
+    except ValueError as exc:
+        if isinstance(exc.__cause__, Aborted):
+            raise RetryableError(f"Firestore transaction did not commit: {exc}") from exc
+        raise
 
 
 def _bump(job: Job, version: int) -> Job:

@@ -19,6 +19,7 @@ KNOWN_PROVIDERS = frozenset({"openai", "anthropic", "vertex"})
 ENABLED_PROVIDERS = frozenset({"openai"})
 
 OPENAI_CHAT_URL = "/v1/chat/completions"
+OPENAI_MAX_STOP = 4
 MAX_CUSTOM_ID_CHARS = 512
 
 _BATCHLINE_FIELDS = frozenset(
@@ -183,8 +184,10 @@ def _batchline(
         params["temperature"] = temperature
     stop = obj.get("stop")
     if stop is not None:
-        if not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-            raise _Invalid("stop", "expected a list of strings")
+        if not (isinstance(stop, list) and stop and all(isinstance(s, str) for s in stop)):
+            raise _Invalid("stop", "expected a non-empty list of strings")
+        if provider == "openai" and len(stop) > OPENAI_MAX_STOP:
+            raise _Invalid("stop", f"OpenAI takes at most {OPENAI_MAX_STOP} stop sequences")
         params["stop"] = stop
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -208,10 +211,16 @@ def _check_messages(messages: Any) -> None:
         if role not in _ROLES:
             raise _Invalid(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
         content = message.get("content")
+        if content is None and role == "assistant" and message.get("tool_calls"):
+            continue  # an assistant turn that only calls tools has no content
         if not isinstance(content, str | list):
             raise _Invalid(
                 f"{where}.content", f"expected a string or a list of parts, got {_kind(content)}"
             )
+        if isinstance(content, list) and not content:
+            raise _Invalid(f"{where}.content", "must not be an empty list")
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise _Invalid(f"{where}.tool_call_id", "required on a tool message")
 
 
 def _openai_native(

@@ -118,27 +118,31 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         except KeyboardInterrupt:
             print("interrupted; stopped", file=sys.stderr)
             return EXIT_FAILED
-        _print_status(stack.status(), out)
-        if args.detach:
-            stack.detach()
-            print(
-                f"\nrunning in the background; stop with: batchline local down --run-dir "
-                f"{shlex.quote(str(config.run_dir))}",
-                file=out,
-            )
-            return EXIT_OK
-        print("\nCtrl-C stops everything.", file=out, flush=True)
+        detached = False
         try:
+            # From here on a Ctrl-C, even during the status print, stops what started.
+            _print_status(stack.status(), out)
+            if args.detach:
+                stack.detach()
+                detached = True
+                print(
+                    f"\nrunning in the background; stop with: batchline local down --run-dir "
+                    f"{shlex.quote(str(config.run_dir))}",
+                    file=out,
+                )
+                return EXIT_OK
+            print("\nCtrl-C stops everything.", file=out, flush=True)
             stack.wait(on_exit=lambda name: print(f"warning: {name} exited", file=sys.stderr))
         except KeyboardInterrupt:
             pass
         finally:
-            # A second Ctrl-C must not cut the cleanup short and leave orphans.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            print("stopping ...", file=out, flush=True)
-            stack.stop()
-            print("stopped", file=out, flush=True)
+            if not detached:
+                # A second Ctrl-C must not cut the cleanup short and leave orphans.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                print("stopping ...", file=out, flush=True)
+                stack.stop()
+                print("stopped", file=out, flush=True)
         return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous_term)

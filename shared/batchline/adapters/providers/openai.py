@@ -7,6 +7,7 @@ job and chunk in `metadata`, and `find_batch` looks for it before a second submi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -74,8 +75,10 @@ class OpenAIProvider:
     def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
         with _errors("listing batches"):
             # Newest first: stop at the first batch older than the window.
+            # created_at is in whole seconds: compare at that precision.
+            floor = math.floor(created_after)
             for batch in self._client.batches.list(limit=LIST_PAGE):
-                if batch.created_at < created_after:
+                if batch.created_at < floor:
                     return None
                 found = _to_batch(batch)
                 if found.tag == tag:
@@ -108,8 +111,13 @@ class OpenAIProvider:
                 yield pending
 
     def cancel(self, batch_id: str) -> None:
-        with _errors(f"cancelling batch {batch_id}"):
-            self._client.batches.cancel(batch_id)
+        try:
+            with _errors(f"cancelling batch {batch_id}"):
+                self._client.batches.cancel(batch_id)
+        except ProviderError as exc:
+            if exc.status == 409:  # already ended: nothing left to cancel
+                return
+            raise
 
 
 def _to_batch(batch: Any) -> ProviderBatch:
@@ -154,6 +162,8 @@ class _errors:
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             retryable = status in (408, 409, 429) or status >= 500
+            if exc.response.headers.get("x-should-retry") == "false":
+                retryable = False
             raise ProviderError(
                 f"OpenAI {self._doing}: HTTP {status}: {exc.message}",
                 retryable=retryable,
