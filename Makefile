@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: setup run demo test test-unit test-integration test-e2e lint format bench clean
+.PHONY: setup run demo test test-unit test-integration test-e2e lint format bench clean \
+	package deploy destroy lint-infra test-infra
 
 ## setup: create .venv and install batchline with the local stack and dev tools
 setup: $(VENV)/.installed
@@ -36,8 +37,8 @@ test-integration: setup
 test-e2e: setup
 	$(PY) -m pytest tests/e2e
 
-## lint: ruff (lint + format check) and mypy --strict on the package
-lint: setup
+## lint: ruff (lint + format check), mypy --strict on the package, and the infra checks
+lint: setup lint-infra
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -52,3 +53,36 @@ bench: setup
 
 clean:
 	rm -rf .batchline .pytest_cache .mypy_cache .ruff_cache bench/.data
+
+## package: the functions' source zip, dist/batchline-functions-<md5>.zip
+package: setup
+	$(PY) scripts/package.py
+
+## deploy: package, terraform init, secrets, terraform apply with infra/terraform.tfvars
+deploy: setup
+	$(PY) infra/deploy.py apply
+
+## destroy: terraform destroy with the same variables
+destroy: setup
+	$(PY) infra/deploy.py destroy
+
+# checkov has its own venv: its dependencies conflict with the app's.
+TOOLS           ?= .venv-tools
+CHECKOV_VERSION := 3.3.30
+
+$(TOOLS)/.installed-checkov-$(CHECKOV_VERSION):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	@rm -f $(TOOLS)/.installed-checkov-*
+	@touch $@
+
+## lint-infra: terraform fmt -check and checkov (no failed check; skips are inline, with reasons)
+lint-infra: $(TOOLS)/.installed-checkov-$(CHECKOV_VERSION)
+	@command -v terraform >/dev/null || { echo "terraform is not installed" >&2; exit 1; }
+	terraform fmt -check -recursive -diff infra/
+	$(TOOLS)/bin/checkov --skip-download --framework terraform -d infra/ --compact --quiet
+
+## test-infra: infra against the code, the package in a clean venv, the deploy script
+test-infra: setup
+	$(PY) -m pytest tests/infra

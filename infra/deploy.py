@@ -1,0 +1,157 @@
+"""`make deploy` and `make destroy`.
+
+deploy: build the package (scripts/package.py), `terraform init`, create the API key
+secrets first, make sure each has a value, then `terraform apply` everything. Cloud
+Functions refuses to deploy a function whose secret has no version, hence the order.
+A secret without a value gets one from the environment variable of the same name
+(OPENAI_API_KEY), piped to `gcloud secrets versions add` on stdin: the key never appears
+in a command line, in Terraform's variables or in its state. With no such variable the
+deploy stops and says which command to run.
+
+destroy: `terraform destroy` with the same variables.
+
+Environment: TFVARS (default infra/terraform.tfvars), AUTO_APPROVE=1 to skip Terraform's
+prompts, and the provider keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+INFRA = Path(__file__).resolve().parent
+ROOT = INFRA.parent
+SECRETS = "google_secret_manager_secret.api_key"
+ENV_LABEL = "batchline-env"
+
+
+class DeployError(Exception):
+    pass
+
+
+def run(*command: str, stdin: str | None = None, capture: bool = False) -> str:
+    """Run a command from the repository root; raise DeployError if it fails."""
+    print("+ " + " ".join(command), file=sys.stderr, flush=True)
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        input=stdin,
+        text=True,
+        check=False,
+        stdout=subprocess.PIPE if capture else None,
+    )
+    if result.returncode != 0:
+        raise DeployError(f"{command[0]} {command[1]} failed (exit {result.returncode})")
+    return result.stdout or ""
+
+
+def terraform(*args: str, capture: bool = False) -> str:
+    return run("terraform", f"-chdir={INFRA}", *args, capture=capture)
+
+
+def package() -> Path:
+    out = run(sys.executable, str(ROOT / "scripts" / "package.py"), capture=True).strip()
+    return Path(out.splitlines()[-1])
+
+
+def secrets_in_state() -> list[dict[str, Any]]:
+    """The API key secrets Terraform manages: secret_id, project and the env variable."""
+    state = json.loads(terraform("show", "-json", capture=True) or "{}")
+    found = []
+    for resource in (state.get("values") or {}).get("root_module", {}).get("resources", []):
+        if resource.get("address", "").startswith(SECRETS + "["):
+            values = resource["values"]
+            found.append(
+                {
+                    "secret_id": values["secret_id"],
+                    "project": values["project"],
+                    "env": (values.get("labels") or {}).get(ENV_LABEL, "").upper(),
+                }
+            )
+    return found
+
+
+def has_version(secret: dict[str, Any]) -> bool:
+    listed = run(
+        "gcloud",
+        "secrets",
+        "versions",
+        "list",
+        secret["secret_id"],
+        f"--project={secret['project']}",
+        "--filter=state:ENABLED",
+        "--limit=1",
+        "--format=value(name)",
+        capture=True,
+    )
+    return bool(listed.strip())
+
+
+def fill_secrets() -> None:
+    missing = []
+    for secret in secrets_in_state():
+        if has_version(secret):
+            continue
+        value = os.environ.get(secret["env"], "")
+        if not value:
+            missing.append(secret)
+            continue
+        run(
+            "gcloud",
+            "secrets",
+            "versions",
+            "add",
+            secret["secret_id"],
+            f"--project={secret['project']}",
+            "--data-file=-",
+            stdin=value,
+        )
+    if missing:
+        lines = [
+            f'  printf %s "${s["env"]}" | gcloud secrets versions add {s["secret_id"]} '
+            f"--project={s['project']} --data-file=-"
+            for s in missing
+        ]
+        raise DeployError(
+            "these secrets have no value yet; set the variable and run `make deploy` again, "
+            "or add it yourself:\n" + "\n".join(lines)
+        )
+
+
+def main(argv: list[str]) -> int:
+    action = argv[1] if len(argv) > 1 else "apply"
+    try:
+        if action not in ("apply", "destroy"):
+            raise DeployError(f"usage: {argv[0]} apply|destroy")
+        for tool in ("terraform", "gcloud"):
+            if shutil.which(tool) is None:
+                raise DeployError(f"{tool} is not installed (see the README's Deploy section)")
+        tfvars = Path(os.environ.get("TFVARS") or INFRA / "terraform.tfvars").resolve()
+        if not tfvars.is_file():
+            raise DeployError(
+                f"no {tfvars}: copy infra/terraform.tfvars.example there and set project_id"
+            )
+        bundle = package()
+        variables = ["-input=false", f"-var-file={tfvars}", f"-var=bundle_path={bundle}"]
+        approve = ["-auto-approve"] if os.environ.get("AUTO_APPROVE") == "1" else []
+        terraform("init", "-input=false")
+        if action == "destroy":
+            terraform("destroy", *variables, *approve)
+            return 0
+        terraform("apply", *variables, *approve, f"-target={SECRETS}")
+        fill_secrets()
+        terraform("apply", *variables, *approve)
+        terraform("output")
+    except DeployError as exc:
+        print(f"deploy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

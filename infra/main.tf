@@ -1,0 +1,96 @@
+# Names, the functions' table, their settings, and the APIs everything else needs.
+
+locals {
+  labels          = merge({ app = "batchline" }, var.labels)
+  bucket_prefix   = coalesce(var.buckets.name_prefix, "${var.project_id}-${var.prefix}")
+  bucket_location = upper(coalesce(var.buckets.location, var.region))
+
+  # The four functions: the entry point in functions/main.py and what triggers it.
+  # tests/infra checks every entry point exists with the signature its trigger needs
+  # (storage and pubsub: @functions_framework.cloud_event; http: @functions_framework.http).
+  functions = {
+    submit  = { entry_point = "submit", trigger = "storage", topic = null }
+    poll    = { entry_point = "poll", trigger = "pubsub", topic = "poll" }
+    collect = { entry_point = "collect", trigger = "pubsub", topic = "collect" }
+    api     = { entry_point = "api", trigger = "http", topic = null }
+  }
+  function_config = {
+    submit  = var.functions.submit
+    poll    = var.functions.poll
+    collect = var.functions.collect
+    api     = merge(var.functions.api, { retry = null })
+  }
+
+  # What each function's code reads, creates and publishes to, and nothing more. Every
+  # write is create-only (if_generation_match=0), so no function can overwrite or delete.
+  # submit, poll and api plan jobs (read input, stage in work, may reject into output);
+  # collect merges chunk results from work into output; all four reach a provider client.
+  # tests/infra derives the topics and the provider use from the code's call graph and
+  # fails if this table grants more or fewer.
+  access = {
+    submit  = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true }
+    poll    = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true }
+    collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events"], provider_keys = true }
+    api     = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true }
+  }
+
+  # Settings, under the names shared/batchline/config.py reads (tests/infra checks both ways).
+  environment = {
+    GOOGLE_CLOUD_PROJECT            = var.project_id
+    BATCHLINE_INPUT_BUCKET          = google_storage_bucket.input.name
+    BATCHLINE_OUTPUT_BUCKET         = google_storage_bucket.output.name
+    BATCHLINE_WORK_BUCKET           = google_storage_bucket.work.name
+    BATCHLINE_POLL_TOPIC            = google_pubsub_topic.poll.name
+    BATCHLINE_COLLECT_TOPIC         = google_pubsub_topic.collect.name
+    BATCHLINE_EVENTS_TOPIC          = google_pubsub_topic.events.name
+    BATCHLINE_LEASE_SECONDS         = var.settings.lease_seconds
+    BATCHLINE_WORK_BUDGET_SECONDS   = var.settings.work_budget_seconds
+    BATCHLINE_COLLECT_RETRY_SECONDS = var.settings.collect_retry_seconds
+  }
+  # Set only when given; otherwise the code's default applies.
+  optional_environment = {
+    BATCHLINE_DEFAULT_MODEL       = var.settings.default_model
+    BATCHLINE_OPENAI_BASE_URL     = var.settings.openai_base_url
+    BATCHLINE_OPENAI_MAX_REQUESTS = var.settings.openai_max_requests
+    BATCHLINE_OPENAI_MAX_BYTES    = var.settings.openai_max_bytes
+    BATCHLINE_MAX_INPUT_BYTES     = var.settings.max_input_bytes
+    BATCHLINE_MAX_LINE_BYTES      = var.settings.max_line_bytes
+  }
+  function_environment = merge(
+    { for k, v in local.environment : k => tostring(v) },
+    { for k, v in local.optional_environment : k => tostring(v) if v != null },
+  )
+
+  # Provider API keys: Secret Manager secret per provider, mounted as this variable.
+  provider_api_keys = {
+    openai = { env = "OPENAI_API_KEY", enabled = var.provider_api_keys.openai }
+  }
+  api_key_secrets = { for k, v in local.provider_api_keys : k => v if v.enabled }
+
+  services = concat([
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "eventarc.googleapis.com",
+    "firestore.googleapis.com",
+    "iam.googleapis.com",
+    "logging.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+  ], var.kms_key == null ? [] : ["cloudkms.googleapis.com"])
+}
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+resource "google_project_service" "enabled" {
+  for_each           = var.enable_apis ? toset(local.services) : toset([])
+  project            = var.project_id
+  service            = each.key
+  disable_on_destroy = false
+}

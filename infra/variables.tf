@@ -1,0 +1,314 @@
+# Inputs. Only `project_id` and `bundle_path` have no default; `make deploy` passes
+# `bundle_path` and reads the rest from infra/terraform.tfvars.
+
+variable "project_id" {
+  description = "Google Cloud project that receives everything."
+  type        = string
+  nullable    = false
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project id (6-30 lowercase letters, digits and hyphens), not a name or number."
+  }
+}
+
+variable "region" {
+  description = "Region of the functions, buckets, triggers, scheduler job and (by default) Firestore."
+  type        = string
+  default     = "us-central1"
+  nullable    = false
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a Google Cloud region such as us-central1 or europe-west1."
+  }
+}
+
+variable "prefix" {
+  description = "Prefix of every resource name (functions, topics, service accounts, secrets). The default makes the topic names equal to the code's defaults."
+  type        = string
+  default     = "batchline"
+  nullable    = false
+  validation {
+    # 15 characters leaves room for the longest service account id, "<prefix>-collect-trigger" (30 max).
+    condition     = can(regex("^[a-z][a-z0-9-]{1,13}[a-z0-9]$", var.prefix))
+    error_message = "prefix must be 3-15 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "labels" {
+  description = "Labels added to every resource that takes them (the provider's default_labels)."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+  validation {
+    condition = alltrue([
+      for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))
+    ])
+    error_message = "Label keys and values must be lowercase letters, digits, '_' or '-' (keys start with a letter)."
+  }
+}
+
+variable "bundle_path" {
+  description = "The functions' source: the zip `make package` writes (dist/batchline-functions-<md5>.zip) or a directory laid out like it (main.py, requirements.txt, batchline/), which Terraform zips itself."
+  type        = string
+  nullable    = false
+  validation {
+    condition = (
+      endswith(var.bundle_path, ".zip")
+      ? try(strcontains(basename(var.bundle_path), filemd5(var.bundle_path)), false)
+      : fileexists("${var.bundle_path}/main.py") && fileexists("${var.bundle_path}/requirements.txt")
+    )
+    error_message = "bundle_path must be a zip named by its own MD5 (run `make package`) or a directory holding main.py and requirements.txt."
+  }
+}
+
+variable "enable_apis" {
+  description = "Enable the Google APIs batchline needs. Turn off where a platform team enables APIs for you."
+  type        = bool
+  default     = true
+  nullable    = false
+}
+
+variable "kms_key" {
+  description = "Customer-managed key (projects/P/locations/L/keyRings/R/cryptoKeys/K) for the buckets, topics and secrets. It must be in the region (or a multi-region covering the buckets' location). Null keeps Google-managed encryption."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.kms_key == null || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.kms_key))
+    error_message = "kms_key must be a full crypto key id: projects/P/locations/L/keyRings/R/cryptoKeys/K."
+  }
+}
+
+variable "buckets" {
+  description = <<-EOT
+    The input, output and work buckets.
+    - location: bucket location, default the region. Eventarc's trigger on the input bucket is created in this location.
+    - name_prefix: bucket names are "<name_prefix>-input|output|work"; default "<project_id>-<prefix>".
+    - noncurrent_days: how long input and output keep overwritten or deleted versions.
+    - work_retention_days: staged payloads, manifests and chunk results in the work bucket are deleted after this many days (an OpenAI batch ends within 24 hours, collect soon after).
+    - force_destroy: let `make destroy` delete buckets that still hold objects.
+  EOT
+  type = object({
+    location            = optional(string)
+    name_prefix         = optional(string)
+    noncurrent_days     = optional(number, 30)
+    work_retention_days = optional(number, 14)
+    force_destroy       = optional(bool, false)
+  })
+  default  = {}
+  nullable = false
+  validation {
+    condition     = var.buckets.noncurrent_days >= 1 && var.buckets.work_retention_days >= 3
+    error_message = "noncurrent_days must be at least 1 and work_retention_days at least 3 (work files must outlive the longest job)."
+  }
+  validation {
+    condition     = var.buckets.name_prefix == null || can(regex("^[a-z0-9][a-z0-9_.-]{1,55}$", var.buckets.name_prefix))
+    error_message = "buckets.name_prefix must be a valid start of a bucket name (at most 56 characters)."
+  }
+}
+
+variable "firestore" {
+  description = <<-EOT
+    The Firestore database. The code uses the "(default)" database in native mode.
+    - create: false when the project already has a (default) database (import it or leave it unmanaged).
+    - location: Firestore location, default the region (nam5 or eur3 for multi-region).
+    - point_in_time_recovery: keep 7 days of versions.
+    - delete_protection: refuse deletion, even by Terraform.
+    - deletion_policy: "ABANDON" leaves the database (and its jobs) in place on `make destroy`; "DELETE" deletes it.
+  EOT
+  type = object({
+    create                 = optional(bool, true)
+    location               = optional(string)
+    point_in_time_recovery = optional(bool, true)
+    delete_protection      = optional(bool, false)
+    deletion_policy        = optional(string, "ABANDON")
+  })
+  default  = {}
+  nullable = false
+  validation {
+    condition     = contains(["ABANDON", "DELETE"], var.firestore.deletion_policy)
+    error_message = "firestore.deletion_policy must be ABANDON or DELETE."
+  }
+}
+
+variable "pubsub" {
+  description = <<-EOT
+    Topics and subscriptions.
+    - message_retention: how long the collect, events and dead-letter topics and the subscriptions keep messages (600s to 604800s).
+    - dead_letter_attempts: deliveries of a job.completed event before it moves to the dead-letter topic (5-100).
+    - events_subscription: create a pull subscription on the events topic (read job.completed with `gcloud pubsub subscriptions pull`).
+  EOT
+  type = object({
+    message_retention    = optional(string, "604800s")
+    dead_letter_attempts = optional(number, 10)
+    events_subscription  = optional(bool, true)
+  })
+  default  = {}
+  nullable = false
+  validation {
+    condition = (
+      can(regex("^[0-9]+s$", var.pubsub.message_retention))
+      && tonumber(trimsuffix(var.pubsub.message_retention, "s")) >= 600
+      && tonumber(trimsuffix(var.pubsub.message_retention, "s")) <= 604800
+    )
+    error_message = "pubsub.message_retention must be between \"600s\" and \"604800s\"."
+  }
+  validation {
+    condition     = var.pubsub.dead_letter_attempts >= 5 && var.pubsub.dead_letter_attempts <= 100
+    error_message = "pubsub.dead_letter_attempts must be between 5 and 100 (Pub/Sub's limits)."
+  }
+}
+
+variable "poll_schedule" {
+  description = "Cloud Scheduler job that publishes a tick to the poll topic: cron schedule, time zone, paused."
+  type = object({
+    cron      = optional(string, "*/2 * * * *")
+    time_zone = optional(string, "Etc/UTC")
+    paused    = optional(bool, false)
+  })
+  default  = {}
+  nullable = false
+  validation {
+    condition     = length(split(" ", trimspace(var.poll_schedule.cron))) == 5
+    error_message = "poll_schedule.cron must be a five-field cron expression, e.g. \"*/2 * * * *\"."
+  }
+}
+
+variable "functions" {
+  description = <<-EOT
+    Runtime and per-function sizing. For each function:
+    - memory: "512M", "1Gi", ...; cpu: "0.583", "1", "2", ... (concurrency above 1 needs cpu of at least 1).
+    - timeout: seconds; at most 540 for the event functions (submit, poll, collect), 3600 for api.
+    - max_instances, min_instances, concurrency (requests per instance).
+    - retry: event functions only; true retries a failed invocation (the code raises only for retryable failures).
+  EOT
+  type = object({
+    runtime = optional(string, "python311")
+    submit = optional(object({
+      memory        = optional(string, "1Gi")
+      cpu           = optional(string, "1")
+      timeout       = optional(number, 540)
+      max_instances = optional(number, 20)
+      min_instances = optional(number, 0)
+      concurrency   = optional(number, 1)
+      retry         = optional(bool, true)
+    }), {})
+    poll = optional(object({
+      memory        = optional(string, "1Gi")
+      cpu           = optional(string, "1")
+      timeout       = optional(number, 540)
+      max_instances = optional(number, 1)
+      min_instances = optional(number, 0)
+      concurrency   = optional(number, 1)
+      retry         = optional(bool, false)
+    }), {})
+    collect = optional(object({
+      memory        = optional(string, "1Gi")
+      cpu           = optional(string, "1")
+      timeout       = optional(number, 540)
+      max_instances = optional(number, 10)
+      min_instances = optional(number, 0)
+      concurrency   = optional(number, 1)
+      retry         = optional(bool, true)
+    }), {})
+    api = optional(object({
+      memory        = optional(string, "1Gi")
+      cpu           = optional(string, "1")
+      timeout       = optional(number, 540)
+      max_instances = optional(number, 10)
+      min_instances = optional(number, 0)
+      concurrency   = optional(number, 8)
+    }), {})
+  })
+  default  = {}
+  nullable = false
+  validation {
+    # CI builds and tests the package on Python 3.11 only.
+    condition     = contains(["python311", "python312"], var.functions.runtime)
+    error_message = "functions.runtime must be python311 or python312."
+  }
+  validation {
+    condition = alltrue([
+      for f in [var.functions.submit, var.functions.poll, var.functions.collect] : f.timeout >= 60 && f.timeout <= 540
+    ]) && var.functions.api.timeout >= 10 && var.functions.api.timeout <= 3600
+    error_message = "Timeouts: 60-540 s for submit, poll and collect (event functions); 10-3600 s for api."
+  }
+  validation {
+    condition = alltrue([
+      for f in [var.functions.submit, var.functions.poll, var.functions.collect, var.functions.api] :
+      can(regex("^[0-9]+(M|Mi|G|Gi)$", f.memory))
+      && f.max_instances >= 1 && f.min_instances >= 0 && f.min_instances <= f.max_instances
+      && f.concurrency >= 1 && f.concurrency <= 1000
+      && (f.concurrency == 1 || tonumber(f.cpu) >= 1)
+    ])
+    error_message = "Each function needs memory like \"1Gi\", 1 <= max_instances, 0 <= min_instances <= max_instances, 1 <= concurrency <= 1000, and cpu >= 1 when concurrency > 1."
+  }
+}
+
+variable "settings" {
+  description = <<-EOT
+    The functions' settings, passed as the environment variables `shared/batchline/config.py` reads. Null leaves a
+    setting to the code's default (see the README's Configuration table).
+    - default_model (BATCHLINE_DEFAULT_MODEL): model for lines and jobs without one, "provider/model".
+    - openai_base_url (BATCHLINE_OPENAI_BASE_URL): another OpenAI-compatible endpoint.
+    - openai_max_requests, openai_max_bytes: chunk limits; max_input_bytes, max_line_bytes: file and line limits.
+    - lease_seconds: planning and submit leases; must outlive any invocation (longer than every event timeout).
+    - work_budget_seconds: time submit, poll and api spend planning and submitting before leaving work to the next tick; at least 60 s under their timeouts.
+    - collect_retry_seconds: re-request a collect that has not finished after this long.
+  EOT
+  type = object({
+    default_model         = optional(string)
+    openai_base_url       = optional(string)
+    openai_max_requests   = optional(number)
+    openai_max_bytes      = optional(number)
+    max_input_bytes       = optional(number)
+    max_line_bytes        = optional(number)
+    lease_seconds         = optional(number, 900)
+    work_budget_seconds   = optional(number, 420)
+    collect_retry_seconds = optional(number, 600)
+  })
+  default  = {}
+  nullable = false
+  validation {
+    condition     = var.settings.default_model == null || can(regex("^[a-z]+/.+$", var.settings.default_model))
+    error_message = "settings.default_model must look like provider/model, e.g. openai/gpt-4.1-mini."
+  }
+  validation {
+    condition = (
+      var.settings.work_budget_seconds >= 30
+      && var.settings.work_budget_seconds + 60 <= min(var.functions.submit.timeout, var.functions.poll.timeout, var.functions.api.timeout)
+    )
+    error_message = "settings.work_budget_seconds must leave at least 60 s of the submit, poll and api timeouts for the work in flight."
+  }
+  validation {
+    condition = var.settings.lease_seconds > max(
+      var.functions.submit.timeout, var.functions.poll.timeout, var.functions.collect.timeout, var.functions.api.timeout
+    )
+    error_message = "settings.lease_seconds must be longer than every function's timeout, or a live invocation's lease could be taken over."
+  }
+  validation {
+    condition     = var.settings.collect_retry_seconds > var.functions.collect.timeout
+    error_message = "settings.collect_retry_seconds must be longer than the collect timeout, or a running collect is requested again."
+  }
+}
+
+variable "provider_api_keys" {
+  description = "Provider API keys to keep in Secret Manager and mount into the functions. Terraform creates the secret only; add its value with `gcloud secrets versions add` (or let `make deploy` do it from the environment)."
+  type = object({
+    openai = optional(bool, true)
+  })
+  default  = {}
+  nullable = false
+}
+
+variable "api_invokers" {
+  description = "Principals allowed to call the api function, e.g. [\"user:me@example.com\", \"serviceAccount:app@p.iam.gserviceaccount.com\", \"group:team@example.com\"]. Nobody else can."
+  type        = list(string)
+  default     = []
+  nullable    = false
+  validation {
+    condition = alltrue([
+      for m in var.api_invokers : can(regex("^(user|serviceAccount|group|domain|principal|principalSet):.+$", m))
+    ])
+    error_message = "api_invokers must be IAM principals such as user:EMAIL, serviceAccount:EMAIL or group:EMAIL; allUsers and allAuthenticatedUsers are refused."
+  }
+}

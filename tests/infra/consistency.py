@@ -1,0 +1,994 @@
+"""Facts about `infra/` and about the code, and the checks that they agree.
+
+`infra_facts()` parses infra/*.tf with python-hcl2; `code_facts()` reads functions/main.py
+and the deployed package with `ast` (nothing is imported). `check(infra, code)` returns
+every disagreement as a sentence; the tests assert it returns none, and feed it mutated
+copies of either side to show that it notices.
+
+What is checked:
+- every function's entry point exists in functions/main.py, with the signature its trigger
+  needs, and every entry point there is deployed;
+- every environment variable infra sets is one the code reads, every required one is set,
+  and each bucket and topic variable names the resource that plays that part;
+- triggers: submit on the input bucket, poll and collect on their topics, the scheduler on
+  the poll topic, an explicit retry policy on each event function;
+- per function, the topics its code publishes to and whether it calls a provider equal
+  what infra grants (publisher on the topic, the API key secrets), and the blob operations
+  it performs are ones the granted roles allow;
+- each Firestore query in the code is served by an automatic single-field index or by a
+  composite index declared in infra;
+- the work bucket's lifecycle covers every prefix the code writes there;
+- no IAM grant uses a primitive role or allUsers/allAuthenticatedUsers, and invoker is
+  granted on single services only;
+- timeouts: at most 540 s for event functions; the work budget fits in the timeout of
+  every function whose code uses it; leases outlive them all.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hcl2
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+MAIN = ROOT / "functions" / "main.py"
+PACKAGE = ROOT / "shared" / "batchline"
+# Not deployed (scripts/package.py leaves them out of the zip).
+NOT_DEPLOYED = ("local/", "cli.py")
+
+PRIMITIVE_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
+PUBLIC_MEMBERS = {"allUsers", "allAuthenticatedUsers"}
+EVENT_TIMEOUT_LIMIT = 540
+HTTP_TIMEOUT_LIMIT = 3600
+ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
+
+# BlobStore operations and the role each needs on the bucket (infra grants objectViewer
+# for "read" and objectCreator for "create"; nothing can overwrite or delete).
+BLOB_OPERATIONS = {
+    "open_read": "read",
+    "read_bytes": "read",
+    "exists": "read",
+    "stat": "read",
+    "write_bytes": "create",
+    "open_write": "create",
+}
+EQUALITY_OPS = {
+    "==",
+    "in",
+    "array_contains",
+    "array-contains",
+    "array_contains_any",
+    "array-contains-any",
+}
+
+
+# --------------------------------------------------------------------------- HCL helpers
+
+
+def unquote(value: Any) -> Any:
+    """python-hcl2 keeps string literals quoted ('"x"'); expressions come as '${...}'."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def expression(value: Any) -> str:
+    """The text of an HCL expression or literal, without python-hcl2's ${ }."""
+    text = unquote(value) if isinstance(value, str) else str(value)
+    if text.startswith("${") and text.endswith("}"):
+        return text[2:-1]
+    return text
+
+
+def _plain(value: Any) -> Any:
+    """A parsed HCL value with its quotes removed and python-hcl2's markers dropped."""
+    if isinstance(value, dict):
+        return {
+            unquote(k): _plain(v)
+            for k, v in value.items()
+            if k not in ("__is_block__", "__comments__", "__inline_comments__")
+        }
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return unquote(value)
+
+
+@dataclass
+class InfraFacts:
+    """infra/*.tf, merged: resources by (type, name), locals, variables."""
+
+    resources: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    locals: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def resource(self, kind: str, name: str) -> dict[str, Any]:
+        return self.resources.get((kind, name), {})
+
+    def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {name: body for (k, name), body in self.resources.items() if k == kind}
+
+
+def parse_hcl(text: str) -> dict[str, Any]:
+    return dict(hcl2.loads(text))
+
+
+def infra_facts(directory: Path = INFRA) -> InfraFacts:
+    return infra_facts_from({p.name: p.read_text() for p in sorted(directory.glob("*.tf"))})
+
+
+def infra_facts_from(files: dict[str, str]) -> InfraFacts:
+    facts = InfraFacts()
+    for name, text in files.items():
+        try:
+            parsed = parse_hcl(text)
+        except Exception as exc:  # python-hcl2 raises lark's exceptions
+            raise ValueError(f"infra/{name} does not parse: {exc}") from exc
+        for block in parsed.get("resource", []):
+            for kind, named in block.items():
+                for rname, body in named.items():
+                    if isinstance(body, dict):
+                        facts.resources[(unquote(kind), unquote(rname))] = _plain(body)
+        for block in parsed.get("locals", []):
+            facts.locals.update(_plain(block))
+        for block in parsed.get("variable", []):
+            for vname, body in block.items():
+                facts.variables[unquote(vname)] = body
+    return facts
+
+
+# ---------------------------------------------------------------- HCL type expressions
+
+
+@dataclass(frozen=True)
+class Optional_:
+    type: Any
+    default: Any
+
+
+class _TypeParser:
+    """Parses a variable's `type` (object/optional/map/list and literals) enough to read
+    the optional() defaults: object({...}) -> dict, optional(T, d) -> Optional_."""
+
+    TOKEN = re.compile(
+        r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+(?:\.\d+)?)|(?P<id>[A-Za-z_][A-Za-z0-9_-]*)|(?P<p>[{}()\[\],=:]))'
+    )
+
+    def __init__(self, text: str) -> None:
+        self.tokens: list[tuple[str, str]] = []
+        pos = 0
+        text = text.strip()
+        while pos < len(text):
+            match = self.TOKEN.match(text, pos)
+            if not match:
+                if text[pos:].strip() == "":
+                    break
+                raise ValueError(f"cannot read type expression at: {text[pos : pos + 30]!r}")
+            kind = match.lastgroup or ""
+            self.tokens.append((kind, match.group(kind)))
+            pos = match.end()
+        self.i = 0
+
+    def peek(self) -> tuple[str, str]:
+        return self.tokens[self.i] if self.i < len(self.tokens) else ("eof", "")
+
+    def take(self, expected: str | None = None) -> tuple[str, str]:
+        token = self.peek()
+        if expected is not None and token[1] != expected:
+            raise ValueError(f"expected {expected!r}, got {token[1]!r}")
+        self.i += 1
+        return token
+
+    def value(self) -> Any:
+        kind, text = self.take()
+        if kind == "str":
+            return text[1:-1]
+        if kind == "num":
+            return float(text) if "." in text else int(text)
+        if text == "{":
+            result: dict[str, Any] = {}
+            while self.peek()[1] != "}":
+                key = self.take()[1].strip('"')
+                self.take("=") if self.peek()[1] == "=" else self.take(":")
+                result[key] = self.value()
+                if self.peek()[1] == ",":
+                    self.take()
+            self.take("}")
+            return result
+        if text == "[":
+            items = []
+            while self.peek()[1] != "]":
+                items.append(self.value())
+                if self.peek()[1] == ",":
+                    self.take()
+            self.take("]")
+            return items
+        if kind == "id":
+            if text in ("true", "false"):
+                return text == "true"
+            if text == "null":
+                return None
+            if self.peek()[1] != "(":
+                return text  # string, number, bool, any
+            self.take("(")
+            args = [self.value()]
+            while self.peek()[1] == ",":
+                self.take()
+                args.append(self.value())
+            self.take(")")
+            if text == "optional":
+                return Optional_(args[0], args[1] if len(args) > 1 else None)
+            if text == "object":
+                return args[0]
+            return (text, args[0])  # map(T), list(T), set(T)
+        raise ValueError(f"unexpected {text!r} in type expression")
+
+
+def parse_type(text: str) -> Any:
+    return _TypeParser(expression(text)).value()
+
+
+def type_defaults(parsed: Any) -> Any:
+    """The value an empty `{}` takes under `parsed`: optional() defaults, recursively."""
+    if isinstance(parsed, Optional_):
+        if isinstance(parsed.type, dict) and isinstance(parsed.default, dict):
+            merged = type_defaults(parsed.type)
+            merged.update(parsed.default)
+            return merged
+        return parsed.default
+    if isinstance(parsed, dict):
+        return {k: type_defaults(v) for k, v in parsed.items()}
+    return None
+
+
+def variable_defaults(infra: InfraFacts, name: str) -> dict[str, Any]:
+    variable = infra.variables.get(name) or {}
+    if "type" not in variable:
+        return {}
+    defaults = type_defaults(parse_type(variable["type"]))
+    return defaults if isinstance(defaults, dict) else {}
+
+
+# ---------------------------------------------------------------------------- code facts
+
+
+@dataclass(frozen=True)
+class Query:
+    module: str
+    collection: str
+    scope: str  # COLLECTION or COLLECTION_GROUP
+    filters: tuple[tuple[str, str], ...]  # (field, op)
+    orders: tuple[tuple[str, str], ...]  # (field, ASCENDING|DESCENDING)
+
+    def needs_composite(self) -> bool:
+        ranged = {f for f, op in self.filters if op not in EQUALITY_OPS} | {
+            f for f, _ in self.orders
+        }
+        fields = {f for f, _ in self.filters} | {f for f, _ in self.orders}
+        if not ranged:
+            return False  # equality filters only: single-field indexes (merged) serve it
+        return len(fields) > 1
+
+
+@dataclass(frozen=True)
+class FunctionUse:
+    """What the code reachable from one entry point does."""
+
+    settings: frozenset[str]  # Settings fields it reads
+    published: frozenset[str]  # Settings fields used as the topic of a publish
+    blob_operations: frozenset[str]  # BlobStore methods it calls
+    uses_providers: bool
+
+
+@dataclass
+class CodeFacts:
+    entry_points: dict[str, str]  # name -> "cloudevent" | "http"
+    env_read: frozenset[str]  # every environment variable the deployed code reads
+    required_env: list[frozenset[str]]  # each group: at least one must be set
+    numeric_env: frozenset[str]
+    settings_env: dict[str, frozenset[str]]  # Settings field -> variables it comes from
+    uses: dict[str, FunctionUse]  # by entry point
+    queries: list[Query]
+    work_prefixes: frozenset[str]  # first path segments the code writes in the work bucket
+
+
+def deployed_sources(package: Path = PACKAGE, main: Path = MAIN) -> dict[str, str]:
+    """Module name -> source, for what the zip holds: main.py and the batchline package."""
+    sources = {"main": main.read_text()}
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if "__pycache__" in relative or relative.startswith(NOT_DEPLOYED):
+            continue
+        parts = ["batchline", *relative[: -len(".py")].split("/")]
+        if parts[-1] == "__init__":
+            parts.pop()
+        sources[".".join(parts)] = path.read_text()
+    return sources
+
+
+def _decorator_kind(node: ast.expr) -> str | None:
+    target = node.func if isinstance(node, ast.Call) else node
+    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+    return {"cloud_event": "cloudevent", "http": "http"}.get(name)
+
+
+def entry_points(main_source: str) -> dict[str, str]:
+    found = {}
+    for node in ast.parse(main_source).body:
+        if isinstance(node, ast.FunctionDef):
+            kinds = [k for k in map(_decorator_kind, node.decorator_list) if k]
+            if kinds:
+                found[node.name] = kinds[0]
+    return found
+
+
+def _constant_str(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def env_reads(sources: dict[str, str]) -> frozenset[str]:
+    """Names passed to env.get/os.getenv/os.environ[...]/required()/number()."""
+    names: set[str] = set()
+    for source in sources.values():
+        for node in ast.walk(ast.parse(source)):
+            candidate = None
+            if isinstance(node, ast.Call) and node.args:
+                func = node.func
+                fname = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if fname in ("get", "getenv", "required", "number", "pop", "setdefault"):
+                    candidate = _constant_str(node.args[0])
+            elif isinstance(node, ast.Subscript) and "environ" in ast.unparse(node.value):
+                candidate = _constant_str(node.slice)
+            if candidate and ENV_NAME.match(candidate):
+                names.add(candidate)
+    return frozenset(names)
+
+
+def _from_env(config_source: str) -> ast.FunctionDef:
+    for node in ast.walk(ast.parse(config_source)):
+        if isinstance(node, ast.FunctionDef) and node.name == "from_env":
+            return node
+    raise ValueError("config.py has no Settings.from_env")
+
+
+def _names_in(node: ast.AST) -> frozenset[str]:
+    return frozenset(
+        c for n in ast.walk(node) if (c := _constant_str(n)) is not None and ENV_NAME.match(c)
+    )
+
+
+def settings_from_config(
+    config_source: str,
+) -> tuple[dict[str, frozenset[str]], list[frozenset[str]], frozenset[str]]:
+    """(Settings field -> env names, required groups, numeric names) from from_env."""
+    function = _from_env(config_source)
+    assigned: dict[str, ast.AST] = {}
+    for node in ast.walk(function):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            assigned[node.targets[0].id] = node.value
+    fields: dict[str, frozenset[str]] = {}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "cls":
+            for keyword in node.keywords:
+                value = keyword.value
+                if isinstance(value, ast.Name) and value.id in assigned:
+                    value = assigned[value.id]
+                if keyword.arg and _names_in(value):
+                    fields[keyword.arg] = _names_in(value)
+    required: list[frozenset[str]] = []
+    numeric: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
+            name = _constant_str(node.args[0])
+            if name and node.func.id == "required":
+                required.append(frozenset({name}))
+            if name and node.func.id == "number":
+                numeric.add(name)
+        # `if not x: raise ...` where x was read from the environment
+        if (
+            isinstance(node, ast.If)
+            and isinstance(node.test, ast.UnaryOp)
+            and isinstance(node.test.op, ast.Not)
+            and isinstance(node.test.operand, ast.Name)
+            and node.test.operand.id in assigned
+            and any(isinstance(s, ast.Raise) for s in node.body)
+        ):
+            names = _names_in(assigned[node.test.operand.id])
+            if names:
+                required.append(names)
+    return fields, required, frozenset(numeric)
+
+
+class _Module:
+    """One module's top-level functions and classes, and what its names import."""
+
+    def __init__(self, name: str, source: str, modules: set[str]) -> None:
+        self.name = name
+        self.tree = ast.parse(source)
+        self.defs: dict[str, ast.AST] = {}
+        for node in self.tree.body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                self.defs[node.name] = node
+        # Imports anywhere in the module (the code imports lazily inside functions).
+        self.imports: dict[str, str] = {}
+        package = name if self._is_package(name, modules) else name.rpartition(".")[0]
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*parent, base] if base else parent)
+                for alias in node.names:
+                    self.imports[alias.asname or alias.name] = f"{base}.{alias.name}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    self.imports[alias.asname or alias.name.split(".")[0]] = (
+                        alias.name if alias.asname else alias.name.split(".")[0]
+                    )
+
+    @staticmethod
+    def _is_package(name: str, modules: set[str]) -> bool:
+        return any(m.startswith(name + ".") for m in modules)
+
+
+class CallGraph:
+    """Which functions the code reachable from an entry point consists of, by name
+    resolution over imports (lazy ones included) and references (calls, and functions
+    passed as values). Methods called on objects (deps.store.x) are adapters behind ports
+    and are not followed; the services call ports through `deps`, which is what is read."""
+
+    def __init__(self, sources: dict[str, str]) -> None:
+        names = set(sources)
+        self.modules = {name: _Module(name, source, names) for name, source in sources.items()}
+
+    def _resolve(self, module: _Module, dotted: list[str]) -> tuple[str, str] | None:
+        head, rest = dotted[0], dotted[1:]
+        if head in module.defs:
+            return module.name, head
+        target = module.imports.get(head)
+        if target is None:
+            return None
+        parts = target.split(".") + rest
+        for cut in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in self.modules:
+                remaining = parts[cut:]
+                if not remaining:
+                    return None
+                if remaining[0] in self.modules[prefix].defs:
+                    return prefix, remaining[0]
+                return (
+                    self._resolve(self.modules[prefix], remaining)
+                    if remaining[0] in self.modules[prefix].imports
+                    else None
+                )
+        return None
+
+    def reachable(self, module: str, name: str) -> list[tuple[_Module, ast.AST]]:
+        seen: set[tuple[str, str]] = set()
+        order: list[tuple[_Module, ast.AST]] = []
+        stack = [(module, name)]
+        while stack:
+            key = stack.pop()
+            if key in seen or key[0] not in self.modules or key[1] not in self.modules[key[0]].defs:
+                continue
+            seen.add(key)
+            mod = self.modules[key[0]]
+            node = mod.defs[key[1]]
+            order.append((mod, node))
+            for child in ast.walk(node):
+                dotted = _dotted(child)
+                if dotted:
+                    target = self._resolve(mod, dotted)
+                    if target:
+                        stack.append(target)
+        return order
+
+
+def _dotted(node: ast.AST) -> list[str] | None:
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        parts = []
+        current: ast.AST = node
+        while isinstance(current, ast.Attribute):
+            parts.append(current.attr)
+            current = current.value
+        if isinstance(current, ast.Name):
+            return [current.id, *reversed(parts)]
+    return None
+
+
+def _settings_field(node: ast.AST) -> str | None:
+    """`x.settings.FIELD` or `settings.FIELD` -> FIELD."""
+    if isinstance(node, ast.Attribute):
+        owner = node.value
+        if (isinstance(owner, ast.Attribute) and owner.attr == "settings") or (
+            isinstance(owner, ast.Name) and owner.id == "settings"
+        ):
+            return node.attr
+    return None
+
+
+def function_use(graph: CallGraph, entry: str) -> FunctionUse:
+    settings: set[str] = set()
+    published: set[str] = set()
+    blobs: set[str] = set()
+    providers = False
+    for _module, node in graph.reachable("main", entry):
+        for child in ast.walk(node):
+            if (name := _settings_field(child)) is not None:
+                settings.add(name)
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute):
+                owner = child.func.value
+                owner_name = (
+                    owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                )
+                if (
+                    child.func.attr == "publish"
+                    and child.args
+                    and (topic := _settings_field(child.args[0]))
+                ):
+                    published.add(topic)
+                if owner_name == "blobs":
+                    blobs.add(child.func.attr)
+                if owner_name == "providers" and child.func.attr == "get":
+                    providers = True
+    return FunctionUse(frozenset(settings), frozenset(published), frozenset(blobs), providers)
+
+
+def firestore_queries(sources: dict[str, str]) -> list[Query]:
+    queries = []
+    for name, source in sources.items():
+        tree = ast.parse(source)
+        constants = {
+            n.targets[0].id: n.value.value
+            for n in tree.body
+            if isinstance(n, ast.Assign)
+            and len(n.targets) == 1
+            and isinstance(n.targets[0], ast.Name)
+            and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str)
+        }
+        inner: set[int] = set()
+        calls = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr in ("where", "order_by")
+        ]
+        for call in calls:
+            receiver = call.func.value  # type: ignore[attr-defined]
+            if isinstance(receiver, ast.Call):
+                inner.add(id(receiver))
+        for call in calls:
+            if id(call) in inner:
+                continue
+            queries.append(_query(name, call, constants))
+    return queries
+
+
+def _query(module: str, outer: ast.Call, constants: dict[str, str]) -> Query:
+    filters: list[tuple[str, str]] = []
+    orders: list[tuple[str, str]] = []
+    collection, scope = "?", "COLLECTION"
+
+    def text(node: ast.AST | None) -> str:
+        if node is None:
+            return "?"
+        if isinstance(node, ast.Name) and node.id in constants:
+            return constants[node.id]
+        return _constant_str(node) or ast.unparse(node)
+
+    current: ast.AST = outer
+    while isinstance(current, ast.Call) and isinstance(current.func, ast.Attribute):
+        method = current.func.attr
+        if method == "where":
+            spec = next((k.value for k in current.keywords if k.arg == "filter"), None)
+            args = spec.args if isinstance(spec, ast.Call) else current.args
+            if len(args) >= 2:
+                filters.append((text(args[0]), text(args[1])))
+        elif method == "order_by":
+            direction = next((k.value for k in current.keywords if k.arg == "direction"), None)
+            if direction is None and len(current.args) > 1:
+                direction = current.args[1]
+            descending = direction is not None and "DESC" in ast.unparse(direction).upper()
+            orders.append(
+                (
+                    text(current.args[0]) if current.args else "?",
+                    "DESCENDING" if descending else "ASCENDING",
+                )
+            )
+        elif method in ("collection", "collection_group"):
+            collection = text(current.args[0]) if current.args else "?"
+            scope = "COLLECTION_GROUP" if method == "collection_group" else "COLLECTION"
+            break
+        current = current.func.value
+    return Query(module, collection, scope, tuple(reversed(filters)), tuple(reversed(orders)))
+
+
+def work_prefixes(sources: dict[str, str]) -> frozenset[str]:
+    """First path segment after `gs://{...work_bucket}/` in the code's f-strings."""
+    prefixes: set[str] = set()
+    for source in sources.values():
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.JoinedStr):
+                continue
+            values = node.values
+            for i, part in enumerate(values[:-1]):
+                if (
+                    isinstance(part, ast.FormattedValue)
+                    and isinstance(part.value, ast.Attribute)
+                    and part.value.attr == "work_bucket"
+                    and (after := _constant_str(values[i + 1]))
+                ):
+                    segment = after.lstrip("/").split("/")[0]
+                    if segment:
+                        prefixes.add(segment + "/")
+    return frozenset(prefixes)
+
+
+def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
+    sources = deployed_sources() if sources is None else sources
+    fields, required, numeric = settings_from_config(sources["batchline.config"])
+    graph = CallGraph(sources)
+    points = entry_points(sources["main"])
+    return CodeFacts(
+        entry_points=points,
+        env_read=env_reads(sources),
+        required_env=required,
+        numeric_env=numeric,
+        settings_env=fields,
+        uses={name: function_use(graph, name) for name in points},
+        queries=firestore_queries(sources),
+        work_prefixes=work_prefixes(sources),
+    )
+
+
+# -------------------------------------------------------------------------------- checks
+
+FUNCTION = ("google_cloudfunctions2_function", "function")
+
+
+def _ref(value: Any) -> str:
+    return expression(value).strip()
+
+
+def check_entry_points(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    functions = infra.locals.get("functions", {})
+    if not functions:
+        yield "infra: local.functions (the functions' table) is missing"
+        return
+    body = infra.resource(*FUNCTION)
+    if _ref(body.get("for_each", "")) != "local.functions":
+        yield "infra: google_cloudfunctions2_function.function must iterate over local.functions"
+    build = (body.get("build_config") or [{}])[0]
+    if _ref(build.get("entry_point", "")) != "each.value.entry_point":
+        yield "infra: the functions' build_config.entry_point must be each.value.entry_point"
+    deployed = set()
+    for name, spec in functions.items():
+        entry, trigger = spec.get("entry_point"), spec.get("trigger")
+        deployed.add(entry)
+        wanted = "http" if trigger == "http" else "cloudevent"
+        if trigger not in ("http", "storage", "pubsub"):
+            yield f"infra: function {name} has unknown trigger {trigger!r}"
+        if entry not in code.entry_points:
+            yield f"function {name}: entry point {entry!r} is not a decorated function in functions/main.py (found: {sorted(code.entry_points)})"
+        elif code.entry_points[entry] != wanted:
+            yield f"function {name}: entry point {entry!r} is {code.entry_points[entry]} in functions/main.py but its {trigger} trigger needs {wanted}"
+    for entry in sorted(set(code.entry_points) - deployed):
+        yield f"functions/main.py defines entry point {entry!r} that infra does not deploy"
+
+
+def _environment(infra: InfraFacts) -> dict[str, str]:
+    env = dict(infra.locals.get("environment", {}))
+    env.update(infra.locals.get("optional_environment", {}))
+    return env
+
+
+def _secret_env(infra: InfraFacts) -> dict[str, str]:
+    """Provider key -> environment variable it is mounted as."""
+    return {k: v.get("env") for k, v in infra.locals.get("provider_api_keys", {}).items()}
+
+
+def check_environment(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    body = infra.resource(*FUNCTION)
+    service = (body.get("service_config") or [{}])[0]
+    if _ref(service.get("environment_variables", "")) != "local.function_environment":
+        yield "infra: the functions' environment_variables must be local.function_environment"
+    env = _environment(infra)
+    names = set(env) | set(_secret_env(infra).values())
+    for name in sorted(names - code.env_read):
+        yield f"infra sets environment variable {name} but the code never reads it"
+    for group in code.required_env:
+        if not group & names:
+            yield f"the code requires {' or '.join(sorted(group))} but infra does not set it"
+    always = set(infra.locals.get("environment", {}))
+    for group in code.required_env:
+        if group & names and not group & (always | set(_secret_env(infra).values())):
+            yield f"{' or '.join(sorted(group))} is required but infra sets it only optionally"
+    # Bucket and topic variables must name the resource that plays that part.
+    for fieldname, variables in code.settings_env.items():
+        for kind, resource in (
+            ("_bucket", "google_storage_bucket"),
+            ("_topic", "google_pubsub_topic"),
+        ):
+            if not fieldname.endswith(kind):
+                continue
+            role = fieldname[: -len(kind)]
+            for variable in sorted(variables & set(env)):
+                wanted = f"{resource}.{role}.name"
+                if _ref(env[variable]) != wanted:
+                    yield f"{variable} (Settings.{fieldname}) is {_ref(env[variable])!r} in infra, expected {wanted}"
+                if (resource, role) not in infra.resources:
+                    yield f"infra has no {resource}.{role} for {variable}"
+
+
+def check_triggers(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    functions = infra.locals.get("functions", {})
+    body = infra.resource(*FUNCTION)
+    dynamic = {k: v for d in body.get("dynamic", []) for k, v in d.items()}
+    trigger = dynamic.get("event_trigger", {})
+    content = (trigger.get("content") or [{}])[0]
+    text = " ".join(str(v) for v in content.values())
+    if "google.cloud.storage.object.v1.finalized" not in text:
+        yield "infra: the storage trigger must use google.cloud.storage.object.v1.finalized"
+    if "google.cloud.pubsub.topic.v1.messagePublished" not in text:
+        yield "infra: the Pub/Sub triggers must use google.cloud.pubsub.topic.v1.messagePublished"
+    retry = _ref(content.get("retry_policy", ""))
+    if "RETRY_POLICY_RETRY" not in retry or "RETRY_POLICY_DO_NOT_RETRY" not in retry:
+        yield "infra: every event function needs an explicit retry_policy (RETRY or DO_NOT_RETRY)"
+    filters = {k: v for d in content.get("dynamic", []) for k, v in d.items()}.get(
+        "event_filters", {}
+    )
+    if "google_storage_bucket.input.name" not in _ref(filters.get("for_each", "")):
+        yield "infra: submit's storage trigger must filter on google_storage_bucket.input"
+    topic_ids = infra.locals.get("topic_ids", {})
+    for name, spec in functions.items():
+        if spec.get("trigger") == "pubsub":
+            topic = spec.get("topic")
+            if _ref(topic_ids.get(topic, "")) != f"google_pubsub_topic.{topic}.id":
+                yield f"function {name} is triggered by topic {topic!r}, which local.topic_ids does not map to google_pubsub_topic.{topic}"
+        if spec.get("trigger") == "storage" and spec.get("entry_point") != "submit":
+            yield f"function {name}: only submit handles object-finalized events"
+    # The poll topic is fed by the scheduler and triggers the function whose code polls.
+    scheduler = infra.resource("google_cloud_scheduler_job", "poll")
+    target = (scheduler.get("pubsub_target") or [{}])[0]
+    if _ref(target.get("topic_name", "")) != "google_pubsub_topic.poll.id":
+        yield "infra: the scheduler job must publish to google_pubsub_topic.poll"
+    consumers = {
+        spec.get("topic"): spec.get("entry_point")
+        for spec in functions.values()
+        if spec.get("trigger") == "pubsub"
+    }
+    for topic in ("poll", "collect"):
+        if consumers.get(topic) != topic:
+            yield f"infra: the {topic} topic must trigger the {topic} entry point (it triggers {consumers.get(topic)!r})"
+    defaults = variable_defaults(infra, "functions")
+    for name, spec in functions.items():
+        if spec.get("trigger") != "http" and "retry" not in (defaults.get(name) or {}):
+            yield f"infra: var.functions.{name} has no explicit retry setting"
+
+
+def check_access(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    functions = infra.locals.get("functions", {})
+    access = infra.locals.get("access", {})
+    for name, spec in functions.items():
+        entry = spec.get("entry_point")
+        use = code.uses.get(entry)
+        grant = access.get(name)
+        if use is None:
+            continue
+        if grant is None:
+            yield f"infra: local.access has no entry for function {name}"
+            continue
+        published = {f[: -len("_topic")] for f in use.published}
+        granted = set(grant.get("publish", []))
+        for topic in sorted(published - granted):
+            yield f"function {name}: its code publishes to the {topic} topic but infra does not let it"
+        for topic in sorted(granted - published):
+            yield f"function {name}: infra lets it publish to the {topic} topic, which its code never does"
+        if bool(grant.get("provider_keys")) != use.uses_providers:
+            yield (
+                f"function {name}: its code {'calls' if use.uses_providers else 'never calls'} a provider "
+                f"but infra {'does not mount' if use.uses_providers else 'mounts'} the API keys"
+            )
+        read, create = set(grant.get("read", [])), set(grant.get("create", []))
+        for bucket in sorted(
+            {f[: -len("_bucket")] for f in use.settings if f.endswith("_bucket")} - read - create
+        ):
+            yield f"function {name}: its code uses the {bucket} bucket but infra grants it nothing there"
+        for operation in sorted(use.blob_operations):
+            need = BLOB_OPERATIONS.get(operation)
+            if need is None:
+                yield f"function {name}: its code calls BlobStore.{operation}, which the granted roles (objectViewer, objectCreator) may not allow"
+            elif need == "read" and not read:
+                yield f"function {name}: its code reads blobs ({operation}) but infra grants it no read access"
+            elif need == "create" and not create:
+                yield f"function {name}: its code writes blobs ({operation}) but infra grants it no create access"
+    body = infra.resource(*FUNCTION)
+    service = (body.get("service_config") or [{}])[0]
+    dynamic = {k: v for d in service.get("dynamic", []) for k, v in d.items()}
+    secret = dynamic.get("secret_environment_variables", {})
+    content = (secret.get("content") or [{}])[0]
+    if _ref(content.get("key", "")) != "secret_environment_variables.value.env":
+        yield "infra: secret environment variables must be named by local.provider_api_keys[*].env"
+
+
+def _index_fields(index: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(str(f[0]), str(f[1])) for f in index.get("fields", [])]
+
+
+def check_indexes(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    indexes = infra.locals.get("firestore_indexes", {})
+    for field_override in infra.of_type("google_firestore_field").values():
+        if "index_config" in field_override:
+            yield f"infra overrides single-field indexes of {field_override.get('field')}: check the code's queries still work"
+    for query in code.queries:
+        if not query.needs_composite():
+            continue
+        equality = {f for f, op in query.filters if op in EQUALITY_OPS}
+        ordered = [
+            *[
+                (f, "ASCENDING")
+                for f, op in query.filters
+                if op not in EQUALITY_OPS and f not in dict(query.orders)
+            ],
+            *query.orders,
+        ]
+        served = False
+        for index in indexes.values():
+            if (
+                index.get("collection") != query.collection
+                or index.get("scope", "COLLECTION") != query.scope
+            ):
+                continue
+            fields = _index_fields(index)
+            head = {f for f, _ in fields[: len(equality)]}
+            tail = [(f, d) for f, d in fields[len(equality) :]]
+            if head == equality and tail[: len(ordered)] == ordered:
+                served = True
+        if not served:
+            wanted = [*[(f, "ASCENDING") for f in sorted(equality)], *ordered]
+            yield f"{query.module}: the query on {query.collection} ({query.filters}, order {query.orders}) needs a composite index {wanted} that infra does not declare"
+    resource = infra.resource("google_firestore_index", "composite")
+    if indexes and _ref(resource.get("for_each", "")) != "local.firestore_indexes":
+        yield "infra: google_firestore_index.composite must iterate over local.firestore_indexes"
+
+
+def check_work_lifecycle(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    work = infra.resource("google_storage_bucket", "work")
+    covered: set[str] = set()
+    for rule in work.get("lifecycle_rule", []):
+        action = (rule.get("action") or [{}])[0]
+        condition = (rule.get("condition") or [{}])[0]
+        if action.get("type") == "Delete":
+            covered.update(condition.get("matches_prefix", []))
+    for prefix in sorted(code.work_prefixes - covered):
+        yield f"the code writes under {prefix} in the work bucket but no lifecycle rule deletes it"
+    bundle = expression(infra.locals.get("bundle", {}).get("name", ""))
+    for prefix in code.work_prefixes:
+        if f'"{prefix}' in bundle or bundle.startswith(prefix):
+            yield f"the function sources share the {prefix} prefix with job data (the lifecycle would delete them)"
+
+
+def _literal_members(body: dict[str, Any]) -> list[str]:
+    members = body.get("members")
+    values = members if isinstance(members, list) else [body.get("member", "")]
+    return [str(v) for v in values]
+
+
+def check_iam(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    for (kind, name), body in infra.resources.items():
+        if "_iam_" not in kind:
+            continue
+        role = body.get("role", "")
+        if not isinstance(role, str) or role.startswith("${") or not role.startswith("roles/"):
+            yield f"{kind}.{name}: role must be a literal roles/... (got {role!r})"
+        elif role in PRIMITIVE_ROLES:
+            yield f"{kind}.{name}: grants the primitive role {role}"
+        if kind == "google_project_iam_member" and role in (
+            "roles/run.invoker",
+            "roles/cloudfunctions.invoker",
+        ):
+            yield f"{kind}.{name}: grants {role} on the whole project instead of one service"
+        for member in _literal_members(body):
+            for public in PUBLIC_MEMBERS:
+                if public in member:
+                    yield f"{kind}.{name}: grants {role} to {public}"
+            source = re.fullmatch(r"\$\{each\.(value|key)\}", member)
+            if source:
+                variable = re.fullmatch(r"\$\{toset\(var\.(\w+)\)\}", str(body.get("for_each", "")))
+                if not variable:
+                    yield f"{kind}.{name}: members come from {body.get('for_each')!r}, which the check cannot vouch for"
+                    continue
+                yield from _variable_refuses_public(infra, variable.group(1), f"{kind}.{name}")
+    api = infra.resource("google_cloud_run_v2_service_iam_member", "api_invoker")
+    if api and '["api"]' not in _ref(api.get("name", "")).replace("'", '"'):
+        yield "infra: the api invokers must be granted on the api service only"
+
+
+def _variable_refuses_public(infra: InfraFacts, name: str, where: str) -> Iterator[str]:
+    variable = infra.variables.get(name, {})
+    patterns = []
+    for validation in variable.get("validation", []):
+        patterns += re.findall(r'regex\("((?:[^"\\]|\\.)*)"', str(validation.get("condition", "")))
+    if not patterns:
+        yield f"{where}: var.{name} has no validation that refuses allUsers/allAuthenticatedUsers"
+        return
+    for public in PUBLIC_MEMBERS:
+        if all(re.search(p.replace("\\\\", "\\"), public) for p in patterns):
+            yield f"{where}: var.{name} accepts {public}"
+
+
+def check_timeouts(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    functions = infra.locals.get("functions", {})
+    defaults = variable_defaults(infra, "functions")
+    settings = variable_defaults(infra, "settings")
+    timeouts = {}
+    for name, spec in functions.items():
+        config = defaults.get(name) or {}
+        timeout = config.get("timeout")
+        if timeout is None:
+            yield f"infra: var.functions.{name} has no default timeout"
+            continue
+        timeouts[name] = timeout
+        limit = HTTP_TIMEOUT_LIMIT if spec.get("trigger") == "http" else EVENT_TIMEOUT_LIMIT
+        if timeout > limit:
+            yield f"function {name}: default timeout {timeout} s is over the {limit} s limit"
+    budget, lease = settings.get("work_budget_seconds"), settings.get("lease_seconds")
+    # Functions whose code works against the budget (submit, poll, and api, which plans
+    # and submits a job it accepts) must outlast it.
+    planners = [
+        timeouts[name]
+        for name, spec in functions.items()
+        if name in timeouts
+        and "work_budget_seconds" in getattr(code.uses.get(spec.get("entry_point")), "settings", ())
+    ]
+    if budget is None or lease is None:
+        yield "infra: var.settings must default work_budget_seconds and lease_seconds"
+        return
+    if planners and budget + 60 > min(planners):
+        yield f"work budget {budget} s does not leave 60 s of the shortest timeout of the functions that use it ({min(planners)} s)"
+    if timeouts and lease <= max(timeouts.values()):
+        yield f"lease {lease} s does not outlive the longest function timeout ({max(timeouts.values())} s)"
+    for name in ("functions", "settings"):
+        if not infra.variables.get(name, {}).get("validation"):
+            yield f"infra: var.{name} has no validation blocks"
+
+
+CHECKS = (
+    check_entry_points,
+    check_environment,
+    check_triggers,
+    check_access,
+    check_indexes,
+    check_work_lifecycle,
+    check_iam,
+    check_timeouts,
+)
+
+
+def check(infra: InfraFacts, code: CodeFacts) -> list[str]:
+    return [problem for run in CHECKS for problem in run(infra, code)]
+
+
+def sample_environment(infra: InfraFacts, numeric: Iterable[str]) -> dict[str, str]:
+    """What the functions' environment looks like, with made-up values of the right kind."""
+    numbers = set(numeric)
+    env = {
+        name: ("60" if name in numbers else f"sample-{name.lower()}")
+        for name in _environment(infra)
+    }
+    env.update({name: "sk-sample" for name in _secret_env(infra).values()})
+    return env

@@ -1,0 +1,437 @@
+"""infra/ against the code: the checks in consistency.py pass on the repository, and each
+one fails on a copy of infra/ or of the code with one thing changed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from batchline.config import Settings
+
+from . import consistency as c
+
+README = c.ROOT / "README.md"
+
+
+@pytest.fixture(scope="module")
+def infra_files() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(c.INFRA.glob("*.tf"))}
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict[str, str]:
+    return c.deployed_sources()
+
+
+@pytest.fixture(scope="module")
+def infra(infra_files: dict[str, str]) -> c.InfraFacts:
+    return c.infra_facts_from(infra_files)
+
+
+@pytest.fixture(scope="module")
+def code(sources: dict[str, str]) -> c.CodeFacts:
+    return c.code_facts(sources)
+
+
+def changed(files: dict[str, str], name: str, old: str, new: str) -> dict[str, str]:
+    """A copy of `files` with `old` replaced by `new` in files[name] (which must hold it)."""
+    assert old in files[name], f"{old!r} not in {name}: update the test with the code"
+    return {**files, name: files[name].replace(old, new)}
+
+
+def problems_with_infra(files: dict[str, str], code: c.CodeFacts) -> list[str]:
+    return c.check(c.infra_facts_from(files), code)
+
+
+def problems_with_code(infra: c.InfraFacts, sources: dict[str, str]) -> list[str]:
+    return c.check(infra, c.code_facts(sources))
+
+
+def assert_reported(problems: list[str], *fragments: str) -> None:
+    for fragment in fragments:
+        assert any(fragment in p for p in problems), f"no problem mentions {fragment!r}: {problems}"
+
+
+# ----------------------------------------------------------------- the repository agrees
+
+
+def test_infra_and_code_agree(infra: c.InfraFacts, code: c.CodeFacts) -> None:
+    assert c.check(infra, code) == []
+
+
+def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
+    # If the extraction silently found nothing, every check would pass vacuously.
+    assert code.entry_points == {
+        "submit": "cloudevent",
+        "poll": "cloudevent",
+        "collect": "cloudevent",
+        "api": "http",
+    }
+    assert {"BATCHLINE_INPUT_BUCKET", "OPENAI_API_KEY", "GOOGLE_CLOUD_PROJECT"} <= code.env_read
+    assert frozenset({"BATCHLINE_WORK_BUCKET"}) in code.required_env
+    assert code.uses["collect"].published == {"events_topic"}
+    assert code.uses["poll"].published == {"collect_topic", "events_topic"}
+    assert all(use.uses_providers for use in code.uses.values())
+    assert code.queries, "no Firestore query found in the code"
+    assert "jobs/" in code.work_prefixes
+
+
+def test_settings_load_from_the_environment_infra_sets(
+    infra: c.InfraFacts, code: c.CodeFacts
+) -> None:
+    """The real Settings.from_env accepts what the functions get, and each bucket and topic
+    setting comes from the variable infra sets for it."""
+    env = c.sample_environment(infra, code.numeric_env)
+    settings = Settings.from_env(env)
+    assert settings.input_bucket == env["BATCHLINE_INPUT_BUCKET"]
+    assert settings.work_bucket == env["BATCHLINE_WORK_BUCKET"]
+    assert settings.collect_topic == env["BATCHLINE_COLLECT_TOPIC"]
+    assert settings.events_topic == env["BATCHLINE_EVENTS_TOPIC"]
+    assert settings.openai_api_key == env["OPENAI_API_KEY"]
+
+
+def test_every_variable_is_typed_and_described(infra: c.InfraFacts) -> None:
+    for name, variable in infra.variables.items():
+        assert "type" in variable and variable.get("description"), f"var.{name}"
+
+
+def test_tfvars_example_sets_only_declared_variables(infra: c.InfraFacts) -> None:
+    text = (c.INFRA / "terraform.tfvars.example").read_text()
+    example = {k for k in c.parse_hcl(text) if not k.startswith("__")}
+    optional = set(re.findall(r"^# (\w+)\s+=", text, flags=re.MULTILINE))
+    assert "project_id" in example
+    assert example | optional <= set(infra.variables), (example | optional) - set(infra.variables)
+
+
+def test_readme_lists_every_api_infra_enables(infra: c.InfraFacts) -> None:
+    readme = README.read_text()
+    assert "\n## Deploy to Google Cloud\n" in readme
+    section = readme.split("\n## Deploy to Google Cloud\n", 1)[1].split("\n## ", 1)[0]
+    services = re.findall(r"[a-z]+\.googleapis\.com", str(infra.locals["services"]))
+    assert services
+    for service in services:
+        assert service in section, f"README's deploy section does not list {service}"
+
+
+# ------------------------------------------------------------ entry points and signatures
+
+
+def test_renamed_entry_point_in_infra_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(infra_files, "main.tf", 'entry_point = "poll"', 'entry_point = "poll_tick"')
+    assert_reported(
+        problems_with_infra(files, code),
+        "entry point 'poll_tick' is not a decorated function",
+        "defines entry point 'poll' that infra does not deploy",
+    )
+
+
+def test_renamed_entry_point_in_code_is_reported(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    mutated = {**sources, "main": sources["main"].replace("def collect(", "def collect_job(")}
+    assert mutated != sources
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "entry point 'collect' is not a decorated function",
+        "defines entry point 'collect_job' that infra does not deploy",
+    )
+
+
+def test_wrong_signature_is_reported(infra: c.InfraFacts, sources: dict[str, str]) -> None:
+    mutated = {
+        **sources,
+        "main": sources["main"].replace(
+            "@functions_framework.http\ndef api", "@functions_framework.cloud_event\ndef api"
+        ),
+    }
+    assert mutated != sources
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "'api' is cloudevent in functions/main.py but its http trigger needs http",
+    )
+
+
+# ---------------------------------------------------------------- environment variables
+
+
+def test_renamed_env_var_in_infra_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(infra_files, "main.tf", "BATCHLINE_WORK_BUCKET ", "BATCHLINE_WORKBUCKET ")
+    assert_reported(
+        problems_with_infra(files, code),
+        "infra sets environment variable BATCHLINE_WORKBUCKET but the code never reads it",
+        "the code requires BATCHLINE_WORK_BUCKET but infra does not set it",
+    )
+
+
+def test_renamed_env_var_in_code_is_reported(infra: c.InfraFacts, sources: dict[str, str]) -> None:
+    config = sources["batchline.config"]
+    assert '"BATCHLINE_EVENTS_TOPIC"' in config
+    mutated = {
+        **sources,
+        "batchline.config": config.replace('"BATCHLINE_EVENTS_TOPIC"', '"BATCHLINE_EVENT_TOPIC"'),
+    }
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "infra sets environment variable BATCHLINE_EVENTS_TOPIC but the code never reads it",
+    )
+
+
+def test_new_required_setting_in_code_is_reported(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    config = sources["batchline.config"]
+    old = 'work_bucket=required("BATCHLINE_WORK_BUCKET"),'
+    assert old in config
+    mutated = {
+        **sources,
+        "batchline.config": config.replace(
+            old, old + '\n            default_model=required("BATCHLINE_MODEL"),'
+        ),
+    }
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "the code requires BATCHLINE_MODEL but infra does not set it",
+    )
+
+
+def test_bucket_variable_naming_the_wrong_bucket_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        "BATCHLINE_INPUT_BUCKET          = google_storage_bucket.input.name",
+        "BATCHLINE_INPUT_BUCKET          = google_storage_bucket.output.name",
+    )
+    assert_reported(
+        problems_with_infra(files, code), "BATCHLINE_INPUT_BUCKET (Settings.input_bucket)"
+    )
+
+
+def test_secret_for_a_key_the_code_does_not_read_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(infra_files, "main.tf", 'env = "OPENAI_API_KEY"', 'env = "OPENAI_KEY"')
+    assert_reported(problems_with_infra(files, code), "infra sets environment variable OPENAI_KEY")
+
+
+# ------------------------------------------------------------------ triggers and access
+
+
+def test_trigger_on_the_wrong_topic_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        'trigger = "pubsub", topic = "collect"',
+        'trigger = "pubsub", topic = "events"',
+    )
+    assert_reported(
+        problems_with_infra(files, code), "topic 'events', which local.topic_ids does not map"
+    )
+
+
+def test_scheduler_on_the_wrong_topic_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "scheduler.tf",
+        "topic_name = google_pubsub_topic.poll.id",
+        "topic_name = google_pubsub_topic.collect.id",
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "the scheduler job must publish to google_pubsub_topic.poll",
+    )
+
+
+def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.CodeFacts) -> None:
+    narrower = changed(
+        infra_files,
+        "main.tf",
+        'collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], publish = []',
+    )
+    assert_reported(
+        problems_with_infra(narrower, code),
+        "function collect: its code publishes to the events topic",
+    )
+    wider = changed(
+        infra_files,
+        "main.tf",
+        'collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events", "collect"]',
+    )
+    assert_reported(problems_with_infra(wider, code), "infra lets it publish to the collect topic")
+
+
+def test_blob_operation_the_roles_do_not_allow_is_reported(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    module = "batchline.services.reporting"
+    old = "def request_collect(deps: Deps, job: Job) -> None:\n"
+    assert old in sources[module]
+    mutated = {
+        **sources,
+        module: sources[module].replace(old, old + "    deps.blobs.delete(job.summary_uri)\n"),
+    }
+    assert_reported(problems_with_code(infra, mutated), "calls BlobStore.delete")
+
+
+def test_missing_retry_policy_is_reported(infra_files: dict[str, str], code: c.CodeFacts) -> None:
+    files = changed(
+        infra_files, "variables.tf", "      retry         = optional(bool, false)\n", ""
+    )
+    assert_reported(
+        problems_with_infra(files, code), "var.functions.poll has no explicit retry setting"
+    )
+
+
+# --------------------------------------------------------------------------- Firestore
+
+
+def test_query_needing_a_composite_index_is_reported_until_declared(
+    infra_files: dict[str, str], sources: dict[str, str]
+) -> None:
+    module = "batchline.adapters.firestore"
+    old = 'FieldFilter("state", "in", ACTIVE_STATES))'
+    assert old in sources[module]
+    mutated = {
+        **sources,
+        module: sources[module].replace(
+            old, old + '.order_by("updated_at", direction="DESCENDING")'
+        ),
+    }
+    code = c.code_facts(mutated)
+    assert_reported(problems_with_infra(infra_files, code), "needs a composite index")
+    declared = changed(
+        infra_files,
+        "firestore.tf",
+        "firestore_indexes = {}",
+        'firestore_indexes = {\n    active = { collection = "jobs", scope = "COLLECTION", fields = [["state", "ASCENDING"], ["updated_at", "DESCENDING"]] }\n  }',
+    )
+    assert c.check(c.infra_facts_from(declared), code) == []
+
+
+# ---------------------------------------------------------------------- buckets and IAM
+
+
+def test_work_prefix_without_lifecycle_is_reported(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    module = "batchline.services.api"
+    old = 'f"gs://{deps.settings.work_bucket}/inline/{job_id}.jsonl"'
+    assert old in sources[module]
+    mutated = {
+        **sources,
+        module: sources[module].replace(
+            old, 'f"gs://{deps.settings.work_bucket}/uploads/{job_id}.jsonl"'
+        ),
+    }
+    assert_reported(problems_with_code(infra, mutated), "writes under uploads/ in the work bucket")
+
+
+@pytest.mark.parametrize(
+    ("resource", "fragment"),
+    [
+        (
+            'resource "google_project_iam_member" "x" {\n  project = "p"\n  role = "roles/editor"\n  member = "user:a@b.c"\n}\n',
+            "primitive role roles/editor",
+        ),
+        (
+            'resource "google_cloud_run_v2_service_iam_member" "x" {\n  name = "s"\n  role = "roles/run.invoker"\n  member = "allUsers"\n}\n',
+            "to allUsers",
+        ),
+        (
+            'resource "google_storage_bucket_iam_binding" "x" {\n  bucket = "b"\n  role = "roles/storage.objectViewer"\n  members = ["user:a@b.c", "allAuthenticatedUsers"]\n}\n',
+            "to allAuthenticatedUsers",
+        ),
+        (
+            'resource "google_project_iam_member" "x" {\n  project = "p"\n  role = "roles/run.invoker"\n  member = "user:a@b.c"\n}\n',
+            "on the whole project instead of one service",
+        ),
+        (
+            'resource "google_project_iam_member" "x" {\n  project = "p"\n  role = local.role\n  member = "user:a@b.c"\n}\n',
+            "role must be a literal",
+        ),
+    ],
+)
+def test_unsafe_grants_are_reported(
+    infra_files: dict[str, str], code: c.CodeFacts, resource: str, fragment: str
+) -> None:
+    files = {**infra_files, "extra.tf": resource}
+    assert_reported(problems_with_infra(files, code), fragment)
+
+
+def test_invoker_variable_that_accepts_everyone_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "variables.tf",
+        '"^(user|serviceAccount|group|domain|principal|principalSet):.+$"',
+        '"^.+$"',
+    )
+    assert_reported(problems_with_infra(files, code), "var.api_invokers accepts allUsers")
+
+
+# ------------------------------------------------------------------------------ timeouts
+
+
+def test_event_timeout_over_the_limit_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "variables.tf",
+        "      timeout       = optional(number, 540)\n      max_instances = optional(number, 1)",
+        "      timeout       = optional(number, 600)\n      max_instances = optional(number, 1)",
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "function poll: default timeout 600 s is over the 540 s limit",
+    )
+
+
+def test_work_budget_that_does_not_fit_the_timeout_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "variables.tf",
+        "work_budget_seconds   = optional(number, 420)",
+        "work_budget_seconds   = optional(number, 500)",
+    )
+    assert_reported(problems_with_infra(files, code), "work budget 500 s does not leave 60 s")
+
+
+def test_checkov_skips_are_inline_and_give_a_reason() -> None:
+    skips = []
+    for path in sorted(c.INFRA.glob("*.tf")):
+        for match in re.finditer(r"checkov:skip=([A-Z0-9_]+)(:[^\n]*)?", path.read_text()):
+            reason = (match.group(2) or "").lstrip(":").strip()
+            assert len(reason) >= 40, f"{path.name}: {match.group(1)} is skipped without a reason"
+            skips.append(match.group(1))
+    # The README's deploy section counts them; change both together.
+    assert sorted(skips) == ["CKV_GCP_62", "CKV_GCP_62", "CKV_GCP_62", "CKV_GCP_78"]
+
+
+def test_api_timeout_shorter_than_the_work_budget_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    """api plans and submits the jobs it accepts (start_job), so it needs the budget too."""
+    assert "work_budget_seconds" in code.uses["api"].settings
+    files = changed(
+        infra_files,
+        "variables.tf",
+        "      timeout       = optional(number, 540)\n      max_instances = optional(number, 10)\n      min_instances = optional(number, 0)\n      concurrency   = optional(number, 8)",
+        "      timeout       = optional(number, 300)\n      max_instances = optional(number, 10)\n      min_instances = optional(number, 0)\n      concurrency   = optional(number, 8)",
+    )
+    assert_reported(problems_with_infra(files, code), "work budget 420 s does not leave 60 s")
