@@ -35,6 +35,10 @@ class NotFound(BatchlineError):
     """The object, document or provider batch does not exist."""
 
 
+class AccessDenied(PermanentError):
+    """Our service account may not read or write that object."""
+
+
 class ProviderError(BatchlineError):
     """A provider call failed; `retryable` says whether to try again."""
 

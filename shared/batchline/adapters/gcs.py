@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO
 
-from batchline.errors import NotFound, PreconditionFailed, RetryableError
+from batchline.errors import AccessDenied, NotFound, PreconditionFailed, RetryableError
 
 if TYPE_CHECKING:
     from google.cloud.storage import Blob, Client
@@ -58,6 +58,8 @@ class GcsBlobStore:
                 yield reader
         except exceptions.NotFound as exc:
             raise NotFound(f"{uri} (generation {generation}) does not exist") from exc
+        except exceptions.Forbidden as exc:
+            raise AccessDenied(f"no permission to read {uri}") from exc
         except (exceptions.ServerError, exceptions.TooManyRequests) as exc:
             raise RetryableError(f"reading {uri}: {exc}") from exc
 
@@ -99,8 +101,13 @@ class GcsBlobStore:
         return bool(self._blob(uri).exists())
 
     def stat(self, uri: str) -> tuple[str, int]:
+        from google.api_core import exceptions
+
         bucket, name = split_uri(uri)
-        blob = self._client.bucket(bucket).get_blob(name)
+        try:
+            blob = self._client.bucket(bucket).get_blob(name)
+        except exceptions.Forbidden as exc:
+            raise AccessDenied(f"no permission to read {uri}") from exc
         if blob is None:
             raise NotFound(f"{uri} does not exist")
         return str(blob.generation), int(blob.size or 0)

@@ -19,10 +19,13 @@ log = get_logger(__name__)
 def advance_job(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None:
     now = deps.clock.now()
     if job.state is JobState.ACCEPTED:
-        if job.lease is None or job.lease.until <= now:
-            log.info("resuming planning", extra=fields(job_id=job.job_id))
-            return plan_job(deps, job.job_id, owner)
-        return job
+        if job.lease is not None and job.lease.until > now:
+            return job  # a live planner holds it
+        log.info("planning in poll", extra=fields(job_id=job.job_id))
+        planned = plan_job(deps, job.job_id, owner)
+        if planned is None:
+            return None
+        job = planned  # and go on submitting in this same tick
     if job.state in (JobState.SUBMITTING, JobState.RUNNING):
         return _advance_chunks(deps, job, owner, deadline)
     if job.state is JobState.COLLECTING:

@@ -16,10 +16,11 @@ import orjson
 from batchline.bootstrap import Deps
 from batchline.domain.ids import job_id_for_key, output_prefix
 from batchline.domain.models import Job, JobOptions, Source
-from batchline.errors import NotFound, PermanentError
-from batchline.services.submit import start_job
+from batchline.errors import AccessDenied, NotFound, PermanentError
+from batchline.services.submit import claim_job, start_job
 
 MAX_INLINE_REQUESTS = 10_000
+INLINE_SUBMIT_BUDGET_SECONDS = 20.0
 
 
 class BadRequest(PermanentError):
@@ -101,7 +102,7 @@ def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
         out_name = uri[5:].partition("/")[2]
     try:
         generation, size = deps.blobs.stat(uri)
-    except (NotFound, ValueError) as exc:
+    except (NotFound, AccessDenied, ValueError) as exc:
         raise BadRequest(f"cannot read {uri}: {exc}") from exc
     bucket, _, name = uri[5:].partition("/")
     now = deps.clock.now()
@@ -116,7 +117,13 @@ def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
         created_at=now,
         updated_at=now,
     )
-    started = start_job(deps, job)
+    # Inline requests are small: plan and start submitting within the request, briefly.
+    # A gs:// file may be large: the job is only claimed here and the next poll tick plans
+    # it, so the HTTP call never waits on a big read.
+    if command.requests is not None:
+        started = start_job(deps, job, submit_budget=INLINE_SUBMIT_BUDGET_SECONDS)
+    else:
+        started = claim_job(deps, job)
     return started or job, True
 
 

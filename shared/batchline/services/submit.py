@@ -64,7 +64,15 @@ def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
     return start_job(deps, job)
 
 
-def start_job(deps: Deps, job: Job) -> Job | None:
+def claim_job(deps: Deps, job: Job) -> Job | None:
+    """Create the job without planning it: the next poll tick plans and submits it."""
+    if deps.store.create_job(job):
+        log.info("job accepted", extra=fields(job_id=job.job_id, source=job.source.uri))
+        return job
+    return deps.store.get_job(job.job_id)
+
+
+def start_job(deps: Deps, job: Job, submit_budget: float | None = None) -> Job | None:
     """Claim the job by creating it; a duplicate trigger finds it and carries on or stops.
 
     The job is created holding our planning lease, so a poll tick that sees it before we
@@ -81,15 +89,15 @@ def start_job(deps: Deps, job: Job) -> Job | None:
             if existing is not None and existing.state is JobState.SUBMITTING:
                 # Typically the retry of a delivery that failed mid-submit: carry on now
                 # rather than wait for the next poll tick (chunk leases keep it single).
-                _submit_pending(deps, existing, owner)
+                _submit_pending(deps, existing, owner, submit_budget)
                 return deps.store.get_job(job.job_id)
             return existing
     planned = plan_job(deps, job.job_id, owner)
     if planned is not None and planned.state is JobState.SUBMITTING:
-        _submit_pending(deps, planned, owner)
+        _submit_pending(deps, planned, owner, submit_budget)
     return deps.store.get_job(job.job_id)
 
 
-def _submit_pending(deps: Deps, job: Job, owner: str) -> None:
-    deadline = deps.clock.now() + deps.settings.work_budget_seconds
+def _submit_pending(deps: Deps, job: Job, owner: str, budget: float | None) -> None:
+    deadline = deps.clock.now() + (deps.settings.work_budget_seconds if budget is None else budget)
     advance.advance_job(deps, job, owner, deadline)
