@@ -2,9 +2,10 @@
 
 - `DiskBlobStore`: a BlobStore on local files, so that a phase's peak RSS measures the
   pipeline and not an in-memory fake holding every object it was given.
-- `BenchOpenAI`: a ProviderClient serving pre-generated OpenAI output/error files. Its
-  `iter_results` does what the real adapter does after the download: split the streamed
-  bytes into lines and `normalise(orjson.loads(line))` each one.
+- `BenchOpenAI`, `BenchAnthropic`: ProviderClients serving pre-generated provider files
+  (OpenAI's output/error files, Anthropic's results file). Their `iter_results` do what
+  the real adapters do after the download: split the streamed bytes into lines (the
+  adapters' own `jsonl_lines`) and `normalise(orjson.loads(line))` each one.
 - `submit_phase` runs `build_plan` (parse, validate, encode, chunk, stage);
   `collect_phase` runs `collect` (every `collect_chunk`, the ordered merge, the summary).
 """
@@ -25,6 +26,7 @@ import orjson
 from generate import InputMeta, ProviderCounts
 
 from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
+from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.bootstrap import Deps, Providers
 from batchline.config import Settings
 from batchline.domain.ids import output_prefix
@@ -40,6 +42,7 @@ from batchline.domain.models import (
     ProviderResult,
     Source,
 )
+from batchline.domain.providers import anthropic as anthropic_wire
 from batchline.domain.providers import openai as wire
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.ports import BlobStore
@@ -54,7 +57,7 @@ DOWNLOAD_PART = 64 * 1024
 
 
 def settings() -> Settings:
-    """Default limits: the OpenAI chunk limit is 47,500 requests / 190 MB."""
+    """Default limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 / 243.2 MB."""
     return Settings(
         project="bench",
         input_bucket=INPUT_BUCKET,
@@ -178,8 +181,10 @@ class BenchOpenAI:
     def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
 
-    def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
-        return next((b for b in self.batches.values() if b.tag == tag), None)
+    def find_batches(
+        self, tag: BatchTag, created_after: float, created_before: float, request_count: int
+    ) -> list[ProviderBatch]:
+        return [b for b in self.batches.values() if b.tag == tag][:1]
 
     def get_batch(self, batch_id: str) -> ProviderBatch:
         return self.batches[batch_id]
@@ -195,36 +200,74 @@ class BenchOpenAI:
 
     def _file_lines(self, file_id: str) -> Iterator[bytes]:
         # The adapter's own splitting of the streamed download, on parts of DOWNLOAD_PART.
-        pending = b""
-        for part in self._download(file_id):
-            pending += part
-            *lines, pending = pending.split(b"\n")
-            yield from (line for line in lines if line.strip())
-        if pending.strip():
-            yield pending
-
-    def _download(self, file_id: str) -> Iterator[bytes]:
-        source = self.files[file_id]
-        stream: BinaryIO = source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
-        with stream:
-            while part := stream.read(DOWNLOAD_PART):
-                yield part
+        return jsonl_lines(_download(self.files[file_id]))
 
     def cancel(self, batch_id: str) -> None:
         raise NotImplementedError
 
 
+class BenchAnthropic:
+    """ProviderClient over pre-generated Anthropic results files (bytes, or paths)."""
+
+    name = anthropic_wire.NAME
+
+    def __init__(self) -> None:
+        self.batches: dict[str, ProviderBatch] = {}
+        self.files: dict[str, bytes | Path] = {}
+
+    def add(self, batch_id: str, tag: BatchTag, results: bytes | Path) -> None:
+        self.files[batch_id] = results
+        native = {"id": batch_id, "processing_status": "ended"}
+        self.batches[batch_id] = ProviderBatch(
+            batch_id, BatchState.COMPLETED, {}, tag=None, created_at=0.0, native=native
+        )
+
+    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+        raise NotImplementedError("the benchmark serves ended batches only")
+
+    def find_batches(
+        self, tag: BatchTag, created_after: float, created_before: float, request_count: int
+    ) -> list[ProviderBatch]:
+        return []
+
+    def get_batch(self, batch_id: str) -> ProviderBatch:
+        return self.batches[batch_id]
+
+    def iter_results(self, batch: ProviderBatch) -> Iterator[ProviderResult]:
+        # As adapters/providers/anthropic.py: the streamed results, line by line.
+        for line in jsonl_lines(_download(self.files[batch.batch_id])):
+            yield anthropic_wire.normalise(orjson.loads(line))
+
+    def cancel(self, batch_id: str) -> None:
+        raise NotImplementedError
+
+
+BenchProvider = BenchOpenAI | BenchAnthropic
+BENCH_PROVIDERS: dict[str, type[BenchOpenAI] | type[BenchAnthropic]] = {
+    "openai": BenchOpenAI,
+    "anthropic": BenchAnthropic,
+}
+
+
+def _download(source: bytes | Path) -> Iterator[bytes]:
+    """A file as the SDK's streamed download hands it over: in parts of DOWNLOAD_PART."""
+    stream: BinaryIO = source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
+    with stream:
+        while part := stream.read(DOWNLOAD_PART):
+            yield part
+
+
 # --- jobs and phases -----------------------------------------------------------------------
 
 
-def make_deps(blobs: BlobStore | None = None, provider: BenchOpenAI | None = None) -> Deps:
+def make_deps(blobs: BlobStore | None = None, provider: BenchProvider | None = None) -> Deps:
     bench_provider = provider or BenchOpenAI()
     return Deps(
         settings=settings(),
         store=MemoryJobStore(),
         blobs=blobs if blobs is not None else MemoryBlobStore(),
         publisher=RecordingPublisher(),
-        providers=Providers({"openai": lambda: bench_provider}),
+        providers=Providers({bench_provider.name: lambda: bench_provider}),
         clock=FixedClock(),
     )
 
@@ -252,14 +295,15 @@ def ready_for_collect(
     deps: Deps,
     job: Job,
     chunks: list[Chunk],
-    provider: BenchOpenAI,
-    files: list[tuple[bytes | Path, bytes | Path]],
+    provider: BenchProvider,
+    files: list[tuple[bytes | Path, ...]],
 ) -> Job:
-    """Put the job in `collecting` with every chunk's batch completed at the provider."""
+    """Put the job in `collecting` with every chunk's batch completed at the provider;
+    `files` are each chunk's provider files (OpenAI: output, errors; Anthropic: results)."""
     ended = []
-    for chunk, (output, errors) in zip(chunks, files, strict=True):
+    for chunk, chunk_files in zip(chunks, files, strict=True):
         batch_id = f"batch_bench_{chunk.index:05d}"
-        provider.add(batch_id, BatchTag(job.job_id, chunk.index), output, errors)
+        provider.add(batch_id, BatchTag(job.job_id, chunk.index), *chunk_files)  # type: ignore[arg-type]
         ended.append(
             replace(
                 chunk, state=ChunkState.ENDED, batch_id=batch_id, batch_state=BatchState.COMPLETED

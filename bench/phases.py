@@ -2,7 +2,7 @@
 
 PHASE is `baseline` (import what the phases import, load nothing), `submit` (build_plan
 on the input file) or `collect` (collect the job `submit` staged, from provider files the
-parent generated). Storage is `DiskBlobStore` under WORKDIR, so the fakes hold nothing in
+parent generated), for the `--provider` the input's lines go to. Storage is `DiskBlobStore` under WORKDIR, so the fakes hold nothing in
 memory. Prints one JSON object: wall and CPU seconds, peak RSS and what the phase produced.
 """
 
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("phase", choices=("baseline", "submit", "collect"))
     parser.add_argument("--input", type=Path)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--provider", choices=sorted(harness.BENCH_PROVIDERS), default="openai")
     args = parser.parse_args()
     logging.getLogger("batchline").setLevel(logging.WARNING)
     gc.collect()
@@ -53,7 +54,7 @@ def main() -> None:
     if args.phase == "submit":
         report.update(_submit(args.input, args.workdir))
     elif args.phase == "collect":
-        report.update(_collect(args.workdir))
+        report.update(_collect(args.workdir, args.provider))
     report["maxrss"] = maxrss_bytes()
     sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
 
@@ -91,18 +92,18 @@ def _submit(input_path: Path, workdir: Path) -> dict[str, object]:
     }
 
 
-def _collect(workdir: Path) -> dict[str, object]:
+def _collect(workdir: Path, provider_name: str) -> dict[str, object]:
     from batchline.domain.models import Job
 
     state = orjson.loads((workdir / "job.json").read_bytes())
     job = Job.from_dict(state["job"])
     chunks = [Chunk.from_dict(c) for c in state["chunks"]]
     files = [
-        (Path(out), Path(err))
-        for out, err in orjson.loads((workdir / "provider.json").read_bytes())
+        tuple(Path(name) for name in chunk_files)
+        for chunk_files in orjson.loads((workdir / "provider.json").read_bytes())
     ]
     blobs = harness.DiskBlobStore(workdir / "blobs")
-    provider = harness.BenchOpenAI()
+    provider = harness.BENCH_PROVIDERS[provider_name]()
     deps = harness.make_deps(blobs, provider)
     job = harness.ready_for_collect(deps, job, chunks, provider, files)
     started, started_cpu = time.perf_counter(), time.process_time()

@@ -1,16 +1,19 @@
 """batchline's benchmark: `make bench` runs `.venv/bin/python bench/run.py`.
 
-1. Throughput, in this process, on the same bytes: a raw pass (orjson loads + dumps of
-   every line) against submit (`build_plan`: parse, validate, encode, chunk, stage) on the
-   input file, and a raw pass against collect (`collect`: parse + normalise every provider
-   line, sort, ordered merge, summary) on the provider's output files. In-memory stores.
-2. Peak RSS of submit and of collect, each in its own process on on-disk stores, net of a
-   process that imports the same modules and does nothing; against the largest chunk.
+1. Throughput, in this process, on the same bytes, for each provider (OpenAI, Anthropic):
+   a raw pass (orjson loads + dumps of every line) against submit (`build_plan`: parse,
+   validate, encode, chunk, stage) on the input file, and a raw pass against collect
+   (`collect`: parse + normalise every provider line, sort, ordered merge, summary) on the
+   provider's result files. In-memory stores.
+2. Peak RSS of submit and of collect, for each provider, each in its own process on
+   on-disk stores, net of a process that imports the same modules and does nothing;
+   against the largest chunk.
 3. A real-size run (120,000 lines, default limits): several OpenAI batches, one merged
    output checked line by line.
 4. Cold import of each Cloud Functions entry point against the bare Google clients.
 
-Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs.
+Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs,
+`--providers openai` for one provider.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 import harness
 import orjson
-from generate import ProviderCounts, ensure_input, ensure_provider_files
+from generate import ProviderCounts, ensure_anthropic_results, ensure_input, ensure_provider_files
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -48,6 +51,17 @@ COLLECT_RATIO_TARGET = 0.25
 RSS_TARGET = 2.5  # times the largest chunk payload
 IMPORT_TARGET = 1.2  # times importing functions-framework + the three Google clients
 PROVIDER_SDKS = ("openai", "anthropic", "google.cloud.aiplatform", "vertexai", "google.genai")
+#: The providers the throughput and memory figures are made for, with their names in tables.
+PROVIDERS = {"openai": "OpenAI", "anthropic": "Anthropic"}
+
+
+def provider_files(provider: str, payload: bytes) -> tuple[tuple[Path, ...], ProviderCounts]:
+    """The provider's result files for one chunk payload (generated once, cached)."""
+    if provider == "anthropic":
+        results, counts = ensure_anthropic_results(DATA, payload)
+        return (results,), counts
+    out, err, counts = ensure_provider_files(DATA, payload)
+    return (out, err), counts
 
 
 @dataclass
@@ -114,17 +128,20 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[Timing, Any]:
     return Timing(time.process_time() - cpu, time.perf_counter() - wall), result
 
 
-def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[str, Any]:
+def throughput(
+    report: Report, provider_name: str, input_path: Path, meta: Any, reps: int
+) -> dict[str, Any]:
+    label = PROVIDERS[provider_name]
     data = input_path.read_bytes()
     times: dict[str, list[Timing]] = {"raw_in": [], "submit": [], "raw_out": [], "collect": []}
-    provider_bytes: list[tuple[bytes, bytes]] = []
+    provider_bytes: list[tuple[bytes, ...]] = []
     counts = ProviderCounts()
     chunks_info: list[tuple[int, int]] = []
     raw_out_lines = 0
     for rep in range(reps):
         t, _ = timed(raw_pass, data)
         times["raw_in"].append(t)
-        provider = harness.BenchOpenAI()
+        provider = harness.BENCH_PROVIDERS[provider_name]()
         deps = harness.make_deps(provider=provider)
         generation = deps.blobs.put(harness.input_uri(), data)  # type: ignore[attr-defined]
         job = harness.make_job(generation, len(data))
@@ -133,13 +150,13 @@ def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[s
         if rep == 0:
             for chunk in plan.chunks:
                 payload = deps.blobs.read_bytes(chunk.payload_uri)
-                out, err, c = ensure_provider_files(DATA, payload)
+                files, c = provider_files(provider_name, payload)
                 counts.add(c)
-                provider_bytes.append((out.read_bytes(), err.read_bytes()))
+                provider_bytes.append(tuple(f.read_bytes() for f in files))
                 chunks_info.append((chunk.request_count, chunk.payload_bytes))
             payload = b""
         job = harness.ready_for_collect(deps, job, plan.chunks, provider, provider_bytes)
-        every_result = b"".join(out + err for out, err in provider_bytes)
+        every_result = b"".join(part for files in provider_bytes for part in files)
         t, raw_out_lines = timed(raw_pass, every_result)
         times["raw_out"].append(t)
         del every_result
@@ -178,7 +195,7 @@ def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[s
     }
     lines = meta.lines
     results = lines - len(meta.blank)
-    out_size = sum(len(o) + len(e) for o, e in provider_bytes)
+    out_size = sum(len(part) for files in provider_bytes for part in files)
 
     def row(name: str, key: str, size: int, n: int) -> list[str]:
         ratio = ratios.get(key)
@@ -195,7 +212,8 @@ def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[s
         ]
 
     report.table(
-        f"Throughput ({lines:,}-line input, {reps} repetitions, same process, in-memory stores)",
+        f"Throughput, {label} ({lines:,}-line input, {reps} repetitions, same process, "
+        "in-memory stores)",
         [
             "pass",
             "bytes",
@@ -210,7 +228,7 @@ def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[s
         [
             row("raw pass on the input", "raw_in", len(data), lines),
             row("submit (build_plan)", "submit", len(data), lines),
-            row("raw pass on the provider files", "raw_out", out_size, raw_out_lines),
+            row(f"raw pass on the {label} result files", "raw_out", out_size, raw_out_lines),
             row("collect (collect)", "collect", out_size, results),
         ],
     )
@@ -218,7 +236,7 @@ def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[s
         ratio, pairs = ratios[name]
         report.targets.append(
             Target(
-                f"{name} speed vs raw pass",
+                f"{label} {name} speed vs raw pass",
                 f"{ratio:.0%}",
                 f">= {goal:.0%}",
                 ratio >= goal,
@@ -227,7 +245,7 @@ def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[s
         )
     spread = {k: (min(t.cpu for t in v), max(t.cpu for t in v)) for k, v in times.items()}
     report.notes.append(
-        "Throughput CPU seconds, min-max over the repetitions: "
+        f"{label} throughput CPU seconds, min-max over the repetitions: "
         + ", ".join(f"{k} {lo:.2f}-{hi:.2f}" for k, (lo, hi) in spread.items())
         + "; per-repetition ratios: submit "
         + ", ".join(
@@ -240,7 +258,7 @@ def throughput(report: Report, input_path: Path, meta: Any, reps: int) -> dict[s
         + "."
     )
     report.notes.append(
-        f"Throughput chunks: {len(chunks_info)} ("
+        f"{label} throughput chunks: {len(chunks_info)} ("
         + ", ".join(f"{n:,} requests / {mb(b)}" for n, b in chunks_info)
         + "); the merged output of the first repetition is checked line by line."
     )
@@ -259,7 +277,7 @@ def phase(name: str, *args: str) -> dict[str, Any]:
     return orjson.loads(done.stdout.splitlines()[-1])
 
 
-def on_disk(input_path: Path, meta: Any, label: str) -> dict[str, Any]:
+def on_disk(input_path: Path, meta: Any, label: str, provider_name: str) -> dict[str, Any]:
     """Submit, then collect, each in its own process on DiskBlobStore; check the output."""
     workdir = DATA / f"work-{label}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -268,20 +286,26 @@ def on_disk(input_path: Path, meta: Any, label: str) -> dict[str, Any]:
     blobs = harness.DiskBlobStore(workdir / "blobs")
     files, counts = [], ProviderCounts()
     for chunk in submit["chunks"]:
-        out, err, c = ensure_provider_files(DATA, blobs.read_bytes(chunk["payload_uri"]))
-        files.append((str(out), str(err)))
+        chunk_files, c = provider_files(provider_name, blobs.read_bytes(chunk["payload_uri"]))
+        files.append([str(f) for f in chunk_files])
         counts.add(c)
     (workdir / "provider.json").write_bytes(orjson.dumps(files))
-    collect = phase("collect", "--workdir", str(workdir))
+    collect = phase("collect", "--workdir", str(workdir), "--provider", provider_name)
     with open(collect["results_path"], "rb") as results:
         seen = harness.verify_results(iter(results), meta, counts)
     shutil.rmtree(workdir, ignore_errors=True)
     return {"submit": submit, "collect": collect, "statuses": seen}
 
 
-def memory(report: Report, input_path: Path, meta: Any) -> dict[str, Any]:
-    baseline = min(phase("baseline")["maxrss"] for _ in range(3))
-    run = on_disk(input_path, meta, "rss")
+def baseline_rss() -> int:
+    return int(min(phase("baseline")["maxrss"] for _ in range(3)))
+
+
+def memory(
+    report: Report, provider_name: str, input_path: Path, meta: Any, baseline: int
+) -> dict[str, Any]:
+    label = PROVIDERS[provider_name]
+    run = on_disk(input_path, meta, f"rss-{provider_name}", provider_name)
     largest = max(c["payload_bytes"] for c in run["submit"]["chunks"])
     rows = []
     for name in ("submit", "collect"):
@@ -290,7 +314,7 @@ def memory(report: Report, input_path: Path, meta: Any) -> dict[str, Any]:
         rows.append([name, mb(peak), mb(net), mb(largest), f"{net / largest:.2f}x"])
         report.targets.append(
             Target(
-                f"{name} peak RSS ({meta.lines:,} lines)",
+                f"{label} {name} peak RSS ({meta.lines:,} lines)",
                 f"{net / largest:.2f}x largest chunk",
                 f"<= {RSS_TARGET}x",
                 net <= RSS_TARGET * largest,
@@ -298,7 +322,8 @@ def memory(report: Report, input_path: Path, meta: Any) -> dict[str, Any]:
             )
         )
     report.table(
-        f"Peak RSS ({meta.lines:,}-line input; own process per phase, on-disk stores; baseline {mb(baseline)})",
+        f"Peak RSS, {label} ({meta.lines:,}-line input; own process per phase, on-disk stores; "
+        f"baseline {mb(baseline)})",
         ["phase", "peak RSS", "net of baseline", "largest chunk payload", "net / chunk"],
         rows,
     )
@@ -307,7 +332,7 @@ def memory(report: Report, input_path: Path, meta: Any) -> dict[str, Any]:
 
 def real_size(report: Report, lines: int, seed: int, baseline: int) -> None:
     path, meta = ensure_input(DATA, lines, seed)
-    run = on_disk(path, meta, "real")
+    run = on_disk(path, meta, "real", "openai")
     chunks = run["submit"]["chunks"]
     largest = max(c["payload_bytes"] for c in chunks)
     limit = harness.settings().openai_limits
@@ -334,11 +359,13 @@ def real_size(report: Report, lines: int, seed: int, baseline: int) -> None:
             + ", ".join(f"{k} {v:,}" for k, v in sorted(run["statuses"].items())),
         ],
     ]
-    report.table(f"Real-size run ({lines:,} lines, default limits, on-disk stores)", ["", ""], rows)
+    report.table(
+        f"Real-size run, OpenAI ({lines:,} lines, default limits, on-disk stores)", ["", ""], rows
+    )
     several = len(chunks) >= 2 and all(c["requests"] <= limit.max_requests for c in chunks)
     report.targets.append(
         Target(
-            f"real-size run ({lines:,} lines)",
+            f"OpenAI real-size run ({lines:,} lines)",
             f"{len(chunks)} batches, 1 merged ordered output",
             "several batches, every line once, in order",
             several,
@@ -349,7 +376,7 @@ def real_size(report: Report, lines: int, seed: int, baseline: int) -> None:
         net = run[name]["maxrss"] - baseline
         report.targets.append(
             Target(
-                f"{name} peak RSS ({lines:,} lines)",
+                f"OpenAI {name} peak RSS ({lines:,} lines)",
                 f"{net / largest:.2f}x largest chunk",
                 f"<= {RSS_TARGET}x",
                 net <= RSS_TARGET * largest,
@@ -557,26 +584,31 @@ def write_results(report: Report, path: Path, elapsed: float) -> None:
 METHOD = """
 ## Method
 
-- **Input**: `bench/generate.py`, seeded: batchline-format lines (`custom_id`, `model`
-  `openai/gpt-4.1-mini`, `messages`, `max_tokens`, sometimes `system`, `temperature`,
-  `stop`, `metadata`; log-normal content lengths with non-ASCII text and escapes; ~2 KB a
-  line), 0.02% blank lines, 0.2% invalid lines of eight kinds, 5% without `custom_id`, a
-  few CRLF line ends. Cached under `bench/.data/` (git-ignored).
-- **Provider files**: generated from each staged chunk payload, the way OpenAI answers it:
-  the real output/error envelope (`chat.completion` bodies with usage details), shuffled;
-  2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no result at all.
+- **Input**: `bench/generate.py`, seeded, one file per provider: batchline-format lines
+  (`custom_id`, `model` `openai/gpt-4.1-mini` or `anthropic/claude-haiku-4-5`,
+  `messages`, `max_tokens`, sometimes `system`, `temperature` (OpenAI only: Anthropic's
+  API takes none), `stop`, `metadata`; log-normal content lengths with non-ASCII text and
+  escapes; ~2 KB a line), 0.02% blank lines, 0.2% invalid lines of eight kinds, 5%
+  without `custom_id`, a few CRLF line ends. Cached under `bench/.data/` (git-ignored).
+- **Provider files**: generated from each staged chunk payload, the way the provider
+  answers it, shuffled. OpenAI: the real output/error envelope (`chat.completion` bodies
+  with usage details); 2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no
+  result at all. Anthropic: one results file of `{"custom_id", "result"}` lines (`message`
+  bodies with every usage field); the same shares of `errored` (invalid request,
+  overloaded, API error), `expired` and missing results.
 - **Submit** = `services.plan.build_plan` on a `Deps` of the memory adapters and default
-  `Settings` (OpenAI chunk limit 47,500 requests / 190 MB): read, parse, validate, encode,
-  chunk, stage payload + manifest + invalid lines + plan.
+  `Settings` (chunk limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 requests /
+  243.2 MB of request body): read, parse, validate, encode, chunk, stage payload +
+  manifest + invalid lines + plan.
 - **Collect** = `services.collect.collect` for the job in `collecting` with every batch
-  completed: per chunk `collect_chunk` (manifest, `BenchOpenAI.iter_results` = the real
-  adapter's line splitting of a download streamed in 64 KiB parts + `orjson.loads` +
-  `domain.providers.openai.normalise`, sort, result lines), the k-way `_merge` into
-  `results.jsonl`, `summary.json`, the job update and the event.
+  completed: per chunk `collect_chunk` (manifest, the bench provider's `iter_results` =
+  the real adapters' line splitting (`jsonl_lines`) of a download streamed in 64 KiB
+  parts + `orjson.loads` + the provider's `normalise`, sort, result lines), the k-way
+  `_merge` into `results.jsonl`, `summary.json`, the job update and the event.
 - **Raw pass** = `orjson.dumps(orjson.loads(line))` for every line of the same bytes, in
   the same process, interleaved with the batchline runs: the input file for submit, the
-  provider output + error files for collect. `gc` is on for every pass, and
-  `gc.collect()` runs before each.
+  provider's result files for collect. `gc` is on for every pass, and `gc.collect()` runs
+  before each.
 - **Time** is process CPU time (`time.process_time()`); wall time is shown beside it. The
   passes are single-threaded and CPU-bound, so on an idle machine the two agree; CPU time
   stays closer to the truth when other work shares the machine (the load average is in
@@ -590,8 +622,7 @@ METHOD = """
   store holds objects in memory), minus the same of a process that imports the same
   modules and does nothing (min of 3). Not `ru_maxrss`: on Linux it carries the parent's
   RSS at fork over the exec, so a child of the benchmark process would report the
-  parent's size. Compared with the largest chunk payload (`input.jsonl` of one OpenAI
-  batch).
+  parent's size. Compared with the largest chunk payload (`input.jsonl` of one batch).
 - **Cold import** = CPU time (and wall time) around the imports in a fresh interpreter
   (`functions/` on `sys.path`), cases run round-robin after a warm-up that fills a `.pyc`
   cache under `bench/.data/pycache` (as a deployed function has compiled bytecode); ratio
@@ -618,6 +649,11 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
+        "--providers",
+        default=",".join(PROVIDERS),
+        help="comma-separated providers for the throughput and memory figures",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=BENCH / "RESULTS.md",
@@ -631,19 +667,29 @@ def main() -> int:
     load_at_start = load_average()
     started = time.perf_counter()
 
-    print(f"input: {args.lines:,} lines (generated once, cached in {DATA})", flush=True)
-    input_path, meta = ensure_input(DATA, args.lines, args.seed)
-    print(
-        f"  {input_path.name}: {mb(meta.size)}, {len(meta.invalid)} invalid, {len(meta.blank)} blank",
-        flush=True,
-    )
-    print("throughput:", flush=True)
-    throughput(report, input_path, meta, args.reps)
-    print("\npeak RSS (one process per phase)...", flush=True)
-    mem = memory(report, input_path, meta)
+    providers = [p for p in args.providers.split(",") if p]
+    unknown = sorted(set(providers) - set(PROVIDERS))
+    if unknown:
+        parser.error(f"unknown providers: {', '.join(unknown)}")
+    inputs = {}
+    for provider in providers:
+        print(f"{provider} input: {args.lines:,} lines (cached in {DATA})", flush=True)
+        inputs[provider] = ensure_input(DATA, args.lines, args.seed, provider)
+        path, meta = inputs[provider]
+        print(
+            f"  {path.name}: {mb(meta.size)}, {len(meta.invalid)} invalid, {len(meta.blank)} blank",
+            flush=True,
+        )
+    for provider, (path, meta) in inputs.items():
+        print(f"\n{provider} throughput:", flush=True)
+        throughput(report, provider, path, meta, args.reps)
+    baseline = baseline_rss()
+    for provider, (path, meta) in inputs.items():
+        print(f"\n{provider} peak RSS (one process per phase)...", flush=True)
+        memory(report, provider, path, meta, baseline)
     if args.real_lines:
         print(f"\nreal-size run: {args.real_lines:,} lines...", flush=True)
-        real_size(report, args.real_lines, args.seed, mem["baseline"])
+        real_size(report, args.real_lines, args.seed, baseline)
     print("\ncold imports...", flush=True)
     cold_imports(report, args.import_runs)
     report.table("Machine", ["", ""], machine(load_at_start))

@@ -13,11 +13,12 @@ from typing import Any
 
 import orjson
 import pytest
-from generate import provider_files, sample_input_lines
+from generate import anthropic_results, provider_files, sample_input_lines
 
 from batchline.domain.lines import iter_lines
 from batchline.domain.models import ProviderResult
 from batchline.domain.pricing import BATCH_PRICES
+from batchline.domain.providers import anthropic as anthropic_wire
 from batchline.domain.providers import openai as wire
 from batchline.domain.requests import Request, parse_line
 from batchline.domain.results import Tally, provider_result_line
@@ -117,5 +118,42 @@ def test_result_line(benchmark: Any, results: list[ProviderResult]) -> None:
             )
             tally.add(record)
             orjson.dumps(record)
+
+    benchmark(run)
+
+
+@pytest.fixture(scope="module")
+def anthropic_requests() -> list[Request]:
+    parsed = [
+        parse_line(i, raw, default_model=None, max_line_bytes=MAX_LINE)
+        for i, raw in enumerate(sample_input_lines(N, provider="anthropic"), 1)
+    ]
+    assert all(isinstance(p, Request) for p in parsed)
+    return parsed  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def anthropic_result_lines(anthropic_requests: list[Request]) -> list[bytes]:
+    payload = b"".join(anthropic_wire.encode(r, 1024) for r in anthropic_requests)
+    results, _ = anthropic_results(payload, seed=7)
+    return [line for line in results.splitlines() if line]
+
+
+def test_encode_anthropic(benchmark: Any, anthropic_requests: list[Request]) -> None:
+    encode = anthropic_wire.make_encoder(1024)
+
+    def run() -> None:
+        for request in anthropic_requests:
+            encode(request)
+
+    benchmark(run)
+
+
+def test_normalise_anthropic(benchmark: Any, anthropic_result_lines: list[bytes]) -> None:
+    """orjson.loads + normalise of Anthropic result lines."""
+
+    def run() -> None:
+        for line in anthropic_result_lines:
+            anthropic_wire.normalise(orjson.loads(line))
 
     benchmark(run)

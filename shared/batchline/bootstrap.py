@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from batchline.config import ChunkLimits, Settings
 from batchline.domain.planning import Encoder
@@ -33,12 +34,64 @@ class Providers:
         return self._clients[name]
 
 
-def encoder(provider: str) -> Encoder:
-    if provider == "openai":
-        from batchline.domain.providers import openai
+@dataclass(frozen=True)
+class ProviderSpec:
+    """Everything batchline needs to run one provider, built from the settings.
 
-        return openai.encode
-    raise ConfigError(f"provider {provider!r} has no encoder")
+    Each callable imports what it needs when called: the wire formats are cheap, the
+    SDK behind `client` is not (cold start).
+    """
+
+    encoder: Callable[[Settings], Encoder]
+    limits: Callable[[Settings], ChunkLimits]
+    client: Callable[[Settings], ProviderClient]
+
+
+def _openai_encoder(settings: Settings) -> Encoder:
+    from batchline.domain.providers import openai
+
+    return openai.encode
+
+
+def _openai_client(settings: Settings) -> ProviderClient:
+    from batchline.adapters.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(api_key=settings.openai_api_key, base_url=settings.openai_base_url)
+
+
+def _anthropic_encoder(settings: Settings) -> Encoder:
+    from batchline.domain.providers import anthropic
+
+    return anthropic.make_encoder(settings.anthropic_max_tokens)
+
+
+def _anthropic_limits(settings: Settings) -> ChunkLimits:
+    from batchline.domain.providers import anthropic
+
+    # The limit is on the request body, which wraps the payload in {"requests":[...]}.
+    return replace(settings.anthropic_limits, envelope_bytes=anthropic.ENVELOPE_BYTES)
+
+
+def _anthropic_client(settings: Settings) -> ProviderClient:
+    from batchline.adapters.providers.anthropic import AnthropicProvider
+
+    return AnthropicProvider(
+        api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url
+    )
+
+
+#: The providers this deployment runs (the same names as `domain.requests.ENABLED_PROVIDERS`).
+PROVIDERS: dict[str, ProviderSpec] = {
+    "openai": ProviderSpec(_openai_encoder, lambda s: s.openai_limits, _openai_client),
+    "anthropic": ProviderSpec(_anthropic_encoder, _anthropic_limits, _anthropic_client),
+}
+
+
+def provider_spec(provider: str) -> ProviderSpec:
+    try:
+        return PROVIDERS[provider]
+    except KeyError:
+        raise ConfigError(f"provider {provider!r} is not configured") from None
 
 
 @dataclass
@@ -52,18 +105,16 @@ class Deps:
     prices: dict[str, Price] = field(default_factory=lambda: dict(BATCH_PRICES))
 
     def limits(self, provider: str) -> ChunkLimits:
-        if provider == "openai":
-            return self.settings.openai_limits
-        raise ConfigError(f"provider {provider!r} has no limits configured")
+        return provider_spec(provider).limits(self.settings)
+
+    def encoder(self, provider: str) -> Encoder:
+        return provider_spec(provider).encoder(self.settings)
 
 
 def default_providers(settings: Settings) -> Providers:
-    def openai_client() -> ProviderClient:
-        from batchline.adapters.providers.openai import OpenAIProvider
-
-        return OpenAIProvider(api_key=settings.openai_api_key, base_url=settings.openai_base_url)
-
-    return Providers({"openai": openai_client})
+    return Providers(
+        {name: functools.partial(spec.client, settings) for name, spec in PROVIDERS.items()}
+    )
 
 
 def build(settings: Settings | None = None) -> Deps:

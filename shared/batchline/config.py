@@ -18,13 +18,22 @@ from batchline.errors import ConfigError
 # with a margin so that an encoding detail never tips a chunk over.
 OPENAI_MAX_REQUESTS = 50_000
 OPENAI_MAX_BYTES = 200 * 1000 * 1000
+# Anthropic's are 100,000 requests and 256 MB of request body per Message Batch.
+ANTHROPIC_MAX_REQUESTS = 100_000
+ANTHROPIC_MAX_BYTES = 256 * 1000 * 1000
+# Anthropic requires max_tokens on every request: lines that give none get this.
+ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
 SAFETY_MARGIN = 0.95
 
 
 @dataclass(frozen=True)
 class ChunkLimits:
+    """How much one provider batch may hold. `max_bytes` limits what is sent: the chunk's
+    payload plus `envelope_bytes`, the fixed bytes a provider's request wraps around it."""
+
     max_requests: int
     max_bytes: int
+    envelope_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,12 @@ class Settings:
     openai_limits: ChunkLimits = ChunkLimits(
         int(OPENAI_MAX_REQUESTS * SAFETY_MARGIN), int(OPENAI_MAX_BYTES * SAFETY_MARGIN)
     )
+    anthropic_base_url: str | None = None
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_limits: ChunkLimits = ChunkLimits(
+        int(ANTHROPIC_MAX_REQUESTS * SAFETY_MARGIN), int(ANTHROPIC_MAX_BYTES * SAFETY_MARGIN)
+    )
+    anthropic_max_tokens: int = ANTHROPIC_DEFAULT_MAX_TOKENS
     max_input_bytes: int = 2 * 1024**3
     max_line_bytes: int = 1024 * 1024
     # Longer than the slowest provider call can take (SDK timeout times retries), so a live
@@ -72,6 +87,11 @@ class Settings:
                 raise ConfigError(f"{name}={raw!r} is not a number") from exc
 
         defaults = cls(project="", input_bucket="", output_bucket="", work_bucket="")
+        anthropic_max_tokens = int(
+            number("BATCHLINE_ANTHROPIC_MAX_TOKENS", defaults.anthropic_max_tokens)
+        )
+        if anthropic_max_tokens < 1:
+            raise ConfigError("BATCHLINE_ANTHROPIC_MAX_TOKENS must be a positive integer")
         project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or ""
         if not project:
             raise ConfigError("environment variable GOOGLE_CLOUD_PROJECT is required")
@@ -90,6 +110,17 @@ class Settings:
                 int(number("BATCHLINE_OPENAI_MAX_REQUESTS", defaults.openai_limits.max_requests)),
                 int(number("BATCHLINE_OPENAI_MAX_BYTES", defaults.openai_limits.max_bytes)),
             ),
+            anthropic_base_url=env.get("BATCHLINE_ANTHROPIC_BASE_URL") or None,
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+            anthropic_limits=ChunkLimits(
+                int(
+                    number(
+                        "BATCHLINE_ANTHROPIC_MAX_REQUESTS", defaults.anthropic_limits.max_requests
+                    )
+                ),
+                int(number("BATCHLINE_ANTHROPIC_MAX_BYTES", defaults.anthropic_limits.max_bytes)),
+            ),
+            anthropic_max_tokens=anthropic_max_tokens,
             max_input_bytes=int(number("BATCHLINE_MAX_INPUT_BYTES", defaults.max_input_bytes)),
             max_line_bytes=int(number("BATCHLINE_MAX_LINE_BYTES", defaults.max_line_bytes)),
             lease_seconds=number("BATCHLINE_LEASE_SECONDS", defaults.lease_seconds),

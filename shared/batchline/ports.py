@@ -82,6 +82,10 @@ class JobStore(Protocol):
         """Jobs not yet in a terminal state."""
         ...
 
+    def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
+        """The job and chunk that recorded provider batch `batch_id`, if any does."""
+        ...
+
 
 class ProviderClient(Protocol):
     """One provider's batch API, as batchline uses it."""
@@ -92,8 +96,15 @@ class ProviderClient(Protocol):
         """Create a batch from a staged payload, tagged so it can be found again."""
         ...
 
-    def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
-        """The batch carrying `tag` created after the given time, if any."""
+    def find_batches(
+        self, tag: BatchTag, created_after: float, created_before: float, request_count: int
+    ) -> list[ProviderBatch]:
+        """Batches that may be the one a submit for `tag` created, newest first.
+
+        Where the provider keeps batch metadata, the batch carrying `tag` (at most one).
+        Where it does not, every batch created between the two times (epoch seconds) with
+        `request_count` requests: candidates, which the caller must tell apart.
+        """
         ...
 
     def get_batch(self, batch_id: str) -> ProviderBatch: ...

@@ -22,6 +22,10 @@ from batchline.local.stack import LocalStack, StackConfig
 pytestmark = pytest.mark.e2e
 
 CHUNK_REQUESTS = 400
+#: Anthropic chunks: at most this many requests and bytes of request body, so that a
+#: modest file is "bigger than the Anthropic limit" and makes several batches.
+ANTHROPIC_CHUNK_REQUESTS = 300
+ANTHROPIC_CHUNK_BYTES = 200_000
 LEASE_SECONDS = 5
 
 
@@ -32,6 +36,8 @@ def local_stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
         tick_seconds=0.5,
         function_env={
             "BATCHLINE_OPENAI_MAX_REQUESTS": str(CHUNK_REQUESTS),
+            "BATCHLINE_ANTHROPIC_MAX_REQUESTS": str(ANTHROPIC_CHUNK_REQUESTS),
+            "BATCHLINE_ANTHROPIC_MAX_BYTES": str(ANTHROPIC_CHUNK_BYTES),
             "BATCHLINE_LEASE_SECONDS": str(LEASE_SECONDS),
             "BATCHLINE_COLLECT_RETRY_SECONDS": "20",
         },
@@ -48,6 +54,7 @@ class Pipeline:
         self.gcs = gcs_client(self.settings.project)
         self.blobs = GcsBlobStore(self.gcs)
         self.emulator = stack.openai_base_url.removesuffix("/v1")
+        self.anthropic_emulator = stack.anthropic_base_url
 
     def upload(
         self,
@@ -99,6 +106,24 @@ class Pipeline:
         batches = data["data"] if isinstance(data, dict) else data
         return [b for b in batches if (b.get("metadata") or {}).get("batchline_job") == job_id]
 
+    def anthropic_config(self, **values: Any) -> None:
+        requests.post(
+            f"{self.anthropic_emulator}/_emulator/config", json=values, timeout=10
+        ).raise_for_status()
+
+    def anthropic_batches(self) -> list[dict[str, Any]]:
+        """Every batch the Anthropic emulator has created, newest first (it keeps no tag:
+        tell a job's batches by the ids its chunks recorded, or by what was new)."""
+        reply = requests.get(f"{self.anthropic_emulator}/_emulator/batches", timeout=10)
+        batches: list[dict[str, Any]] = reply.json()["data"]
+        return batches
+
+    def anthropic_requests(self, batch_id: str) -> list[dict[str, Any]]:
+        """The requests of an Anthropic batch, as the emulator received them."""
+        url = f"{self.anthropic_emulator}/_emulator/batches/{batch_id}/requests"
+        received: list[dict[str, Any]] = requests.get(url, timeout=10).json()["data"]
+        return received
+
     def post_cloudevent(self, resource: Mapping[str, Any], event_id: str) -> int:
         """Deliver a storage finalized CloudEvent to submit, as Eventarc would."""
         headers = {
@@ -135,3 +160,12 @@ def emulator_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
     requests.post(
         f"{pipeline.emulator}/_emulator/config", json=before, timeout=10
     ).raise_for_status()
+
+
+@pytest.fixture
+def anthropic_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
+    """Change the Anthropic emulator's behaviour for one test; restored afterwards."""
+    url = f"{pipeline.anthropic_emulator}/_emulator/config"
+    before = requests.get(url, timeout=10).json()
+    yield pipeline.anthropic_config
+    requests.post(url, json=before, timeout=10).raise_for_status()

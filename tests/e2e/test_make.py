@@ -73,8 +73,8 @@ def batchline() -> str:
 #: Left out of the commands' environment: a user's shell has none of the settings that
 #: other tests (or an outer `make test`) put in this process's environment.
 NOT_INHERITED = re.compile(
-    r"BATCHLINE_.*|.*_EMULATOR_HOST|GOOGLE_CLOUD_PROJECT|GCP_PROJECT|OPENAI_.*|MAKEFLAGS|MFLAGS"
-    r"|MAKELEVEL"
+    r"BATCHLINE_.*|.*_EMULATOR_HOST|GOOGLE_CLOUD_PROJECT|GCP_PROJECT|OPENAI_.*|ANTHROPIC_.*"
+    r"|MAKEFLAGS|MFLAGS|MAKELEVEL"
 )
 
 
@@ -273,6 +273,8 @@ def test_make_run_stays_up_with_results_until_ctrl_c(run_dir: Path) -> None:
             "quickstart.jsonl",
             "openai-native.jsonl",
             "messy.jsonl.gz",
+            "anthropic.jsonl",
+            "mixed-providers.jsonl",
         }
         assert len(printed) == len(jobs)
         status = run([batchline(), "status", dict(jobs)["quickstart.jsonl"], "--json"], run_dir)

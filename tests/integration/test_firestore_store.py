@@ -16,6 +16,7 @@ import pytest
 from batchline.adapters.firestore import FirestoreJobStore, chunk_doc_id, make_client
 from batchline.domain.models import (
     BatchState,
+    BatchTag,
     Chunk,
     ChunkState,
     Job,
@@ -429,3 +430,19 @@ def test_active_jobs_are_the_non_terminal_ones(store: FirestoreJobStore) -> None
     assert all(not job.state.terminal for job in active)
     assert by_id["job-collecting"].error == "x"  # whole records, the current version
     assert by_id["job-collecting"].version == 1
+
+
+def test_batch_recorded_by_finds_the_chunk_across_jobs(store: FirestoreJobStore) -> None:
+    for job_id in ("job-a", "job-b"):
+        store.create_job(make_job(job_id))
+        chunks = [
+            make_chunk(job_id, i, provider="anthropic", batch_id=f"msgbatch_{job_id}_{i}")
+            for i in range(3)
+        ]
+        chunks.append(make_chunk(job_id, 3, provider="anthropic"))  # not submitted yet
+        store.update_job(job_id, lambda j: j, new_chunks=chunks)
+    assert store.batch_recorded_by("msgbatch_job-b_2") == BatchTag("job-b", 2)
+    assert store.batch_recorded_by("msgbatch_job-a_0") == BatchTag("job-a", 0)
+    assert store.batch_recorded_by("msgbatch_unknown") is None
+    store.update_chunk("job-a", 3, lambda c: replace(c, batch_id="msgbatch_late"))
+    assert store.batch_recorded_by("msgbatch_late") == BatchTag("job-a", 3)

@@ -176,6 +176,8 @@ def test_up_brings_every_component_healthy(bridged_stack: LocalStack) -> None:
     assert env["FIRESTORE_EMULATOR_HOST"] == f"127.0.0.1:{state['ports']['firestore']}"
     assert env["STORAGE_EMULATOR_HOST"] == f"http://127.0.0.1:{state['ports']['gcs']}"
     assert env["BATCHLINE_OPENAI_BASE_URL"].endswith("/v1")
+    assert env["BATCHLINE_ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{state['ports']['anthropic']}"
+    assert env["ANTHROPIC_API_KEY"] and env["OPENAI_API_KEY"]
     assert state["env"] == env
 
 

@@ -190,10 +190,18 @@ def test_iter_results_of_a_batch_that_never_ran(
     assert list(provider.iter_results(batch)) == []
 
 
-# --------------------------------------------------------------------------- find_batch
+# --------------------------------------------------------------------------- find_batches
 
 
-def test_find_batch_by_tag(provider: OpenAIProvider, openai_emulator: Any) -> None:
+def find(provider: OpenAIProvider, tag: BatchTag, created_after: float) -> ProviderBatch | None:
+    """The tagged batch: OpenAI's tag is exact, so neither the end of the window nor the
+    request count (both given wrong here on purpose) may matter."""
+    found = provider.find_batches(tag, created_after, created_before=0.0, request_count=-1)
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def test_find_batches_by_tag(provider: OpenAIProvider, openai_emulator: Any) -> None:
     client = openai_emulator.client()
     tags = [BatchTag("job-a", 0), BatchTag("job-a", 1), BatchTag("job-b", 0)]
     submitted = {}
@@ -212,15 +220,15 @@ def test_find_batch_by_tag(provider: OpenAIProvider, openai_emulator: Any) -> No
     assert oldest.created_at is not None
 
     for tag, batch in submitted.items():
-        found = provider.find_batch(tag, created_after=oldest.created_at)
+        found = find(provider, tag, created_after=oldest.created_at)
         assert found is not None and found.batch_id == batch.batch_id and found.tag == tag
-    assert provider.find_batch(BatchTag("job-a", 2), created_after=0) is None
-    assert provider.find_batch(BatchTag("job-c", 0), created_after=0) is None
+    assert find(provider, BatchTag("job-a", 2), created_after=0) is None
+    assert find(provider, BatchTag("job-c", 0), created_after=0) is None
     newest = max(b.created_at or 0 for b in submitted.values())
-    assert provider.find_batch(tags[0], created_after=newest + 1) is None
+    assert find(provider, tags[0], created_after=newest + 1) is None
 
 
-def test_find_batch_beyond_the_first_page(provider: OpenAIProvider, openai_emulator: Any) -> None:
+def test_find_batches_beyond_the_first_page(provider: OpenAIProvider, openai_emulator: Any) -> None:
     target = BatchTag("job-old", 7)
     first = provider.submit(payload(simple_requests(1)), target, MODEL)
     client = openai_emulator.client()
@@ -233,9 +241,9 @@ def test_find_batch_beyond_the_first_page(provider: OpenAIProvider, openai_emula
             metadata={"batchline_job": "job-new", "batchline_chunk": str(n)},
         )
     assert first.batch_id not in {b.id for b in client.batches.list(limit=100).data}
-    found = provider.find_batch(target, created_after=(first.created_at or 0) - 60)
+    found = find(provider, target, created_after=(first.created_at or 0) - 60)
     assert found is not None and found.batch_id == first.batch_id
-    found = provider.find_batch(BatchTag("job-new", 3), created_after=0)
+    found = find(provider, BatchTag("job-new", 3), created_after=0)
     assert found is not None and found.tag == BatchTag("job-new", 3)
 
 
@@ -247,7 +255,7 @@ class ManualClock:
         return self.now
 
 
-def test_find_batch_created_in_the_same_second() -> None:
+def test_find_batches_created_in_the_same_second() -> None:
     clock = ManualClock(1_800_000_000.25)
     root, stop = start_in_thread(make_app(EmulatorConfig(), clock=clock))
     try:
@@ -256,7 +264,7 @@ def test_find_batch_created_in_the_same_second() -> None:
         clock.now += 0.5  # the batch is created half a second after `started`
         batch = provider.submit(payload(simple_requests(1)), BatchTag("job-s", 0), MODEL)
         assert batch.created_at == 1_800_000_000  # whole seconds, as at OpenAI
-        found = provider.find_batch(BatchTag("job-s", 0), created_after=started)
+        found = find(provider, BatchTag("job-s", 0), created_after=started)
         assert found is not None and found.batch_id == batch.batch_id
     finally:
         stop()
@@ -342,7 +350,7 @@ def test_persistent_server_errors_are_retryable(openai_emulator: Any, status: in
     calls = [
         lambda: provider.submit(payload(simple_requests(1)), BatchTag("j", 0), MODEL),
         lambda: provider.get_batch("batch_x"),
-        lambda: provider.find_batch(BatchTag("j", 0), 0),
+        lambda: provider.find_batches(BatchTag("j", 0), 0, 0, 1),
         lambda: provider.cancel("batch_x"),
     ]
     for call in calls:

@@ -43,10 +43,14 @@ class CrashAfterSubmit(BaseException):
 
 
 class FakeProvider:
+    """A provider batch API in memory. `tags=False` plays a provider without batch
+    metadata (Anthropic): batches are found by creation time and request count only."""
+
     name = "openai"
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, *, tags: bool = True) -> None:
         self.clock = clock
+        self.tags = tags
         self.batches: dict[str, FakeBatch] = {}
         self.fail_ids: set[str] = set()
         self.crash_after_submit = False
@@ -57,7 +61,7 @@ class FakeProvider:
             f"batch_{len(self.batches)}",
             BatchState.RUNNING,
             {"total": len(ids)},
-            tag,
+            tag if self.tags else None,
             self.clock.now(),
         )
         self.batches[batch.batch_id] = FakeBatch(batch, ids, set(ids))
@@ -66,11 +70,21 @@ class FakeProvider:
             raise CrashAfterSubmit
         return batch
 
-    def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
-        for fake in self.batches.values():
-            if fake.batch.tag == tag and (fake.batch.created_at or 0) >= created_after:
-                return fake.batch
-        return None
+    def find_batches(
+        self, tag: BatchTag, created_after: float, created_before: float, request_count: int
+    ) -> list[ProviderBatch]:
+        found = []
+        for fake in reversed(self.batches.values()):  # newest first
+            batch = fake.batch
+            created = batch.created_at or 0
+            if self.tags:
+                if batch.tag == tag and created >= created_after:
+                    return [batch]
+            elif created_after <= created <= created_before and (
+                len(fake.request_ids) == request_count
+            ):
+                found.append(batch)
+        return found
 
     def get_batch(self, batch_id: str) -> ProviderBatch:
         return self.batches[batch_id].batch
@@ -106,9 +120,11 @@ class FakeProvider:
         self.end(BatchState.CANCELED)
 
 
-def make_deps(max_requests: int = 1000) -> tuple[Deps, FakeProvider, FakeClock]:
+def make_deps(
+    max_requests: int = 1000, *, tags: bool = True
+) -> tuple[Deps, FakeProvider, FakeClock]:
     clock = FakeClock()
-    provider = FakeProvider(clock)
+    provider = FakeProvider(clock, tags=tags)
     settings = Settings(
         project="p",
         input_bucket="in",

@@ -3,7 +3,7 @@ import pytest
 
 from batchline.config import ChunkLimits
 from batchline.domain.planning import ChunkPlanner, RequestTooLarge
-from batchline.domain.providers import openai
+from batchline.domain.providers import anthropic, openai
 from batchline.domain.requests import Request
 
 
@@ -69,3 +69,33 @@ def test_encoded_line_uses_batchline_id_and_chat_endpoint() -> None:
             "temperature": 0,
         },
     }
+
+
+def test_the_byte_limit_counts_the_provider_envelope() -> None:
+    """Anthropic's limit is on the request body: the payload plus its {"requests":[...]}."""
+    encode = anthropic.make_encoder(100)
+
+    def anthropic_request(line: int) -> Request:
+        messages = [{"role": "user", "content": "hello"}]
+        return Request(line, None, "anthropic", "claude-haiku-4-5", params={"messages": messages})
+
+    size = len(encode(anthropic_request(1)))
+    body_limit = 3 * size + anthropic.ENVELOPE_BYTES
+    limits = ChunkLimits(100, body_limit, envelope_bytes=anthropic.ENVELOPE_BYTES)
+    p = ChunkPlanner(lambda _: limits, lambda _: encode)
+    done = [c for n in range(1, 8) if (c := p.add(anthropic_request(n))) is not None] + p.finish()
+    assert [c.request_count for c in done] == [3, 3, 1]
+    for chunk in done:
+        body = b"".join(anthropic.request_body(chunk.payload.getvalue()))
+        assert len(body) <= body_limit
+    tight = ChunkLimits(100, body_limit - 1, envelope_bytes=anthropic.ENVELOPE_BYTES)
+    p = ChunkPlanner(lambda _: tight, lambda _: encode)
+    done = [c for n in range(1, 8) if (c := p.add(anthropic_request(n))) is not None] + p.finish()
+    assert [c.request_count for c in done] == [2, 2, 2, 1]
+    with pytest.raises(RequestTooLarge):
+        ChunkPlanner(
+            lambda _: ChunkLimits(
+                100, size + anthropic.ENVELOPE_BYTES - 1, anthropic.ENVELOPE_BYTES
+            ),
+            lambda _: encode,
+        ).add(anthropic_request(1))

@@ -95,7 +95,53 @@ def test_openai_native_line_keeps_body_untouched() -> None:
             "body.messages",
             "missing",
         ),
-        ({"params": {}}, "params", "not enabled"),
+        ({"params": {}}, "params.model", "missing, and the job has no default model"),
+        ({"custom_id": "x", "params": []}, "params", "expected an object"),
+        (
+            {"params": {"model": "claude-x", "messages": MSG}, "model": "anthropic/claude-x"},
+            "model",
+            "unknown field in an Anthropic batch line",
+        ),
+        (
+            {"params": {"model": "claude-x", "messages": MSG, "stream": True}},
+            "params.stream",
+            "cannot stream",
+        ),
+        (
+            {"params": {"model": "claude-x", "messages": [{"role": "tool", "content": "a"}]}},
+            "params.messages[0].role",
+            "Anthropic takes one of ['assistant', 'system', 'user']",
+        ),
+        ({"params": {"model": "claude-x"}}, "params.messages", "missing"),
+        (
+            {"model": "anthropic/claude-x", "messages": [{"role": "developer", "content": "a"}]},
+            "messages[0].role",
+            "Anthropic takes one of",
+        ),
+        (
+            {
+                "model": "anthropic/claude-x",
+                "messages": [{"role": "user", "content": "a", "name": "bob"}],
+            },
+            "messages[0].name",
+            "not a field of an Anthropic message",
+        ),
+        (
+            {"model": "anthropic/claude-x", "messages": [{"role": "user", "content": ["a"]}]},
+            "messages[0].content[0]",
+            "expected a content block",
+        ),
+        (
+            {"model": "anthropic/claude-x", "messages": [{"role": "user", "content": []}]},
+            "messages[0].content",
+            "must not be an empty list",
+        ),
+        (
+            {"model": "anthropic/claude-x", "messages": MSG, "temperature": 0.5},
+            "temperature",
+            "Anthropic's Messages API takes no temperature",
+        ),
+        ({"model": "vertex/gemini-2.5-flash", "messages": MSG}, "model", "not enabled"),
     ],
 )
 def test_invalid_lines_name_field_and_reason(raw: object, field: str, reason: str) -> None:
@@ -104,6 +150,60 @@ def test_invalid_lines_name_field_and_reason(raw: object, field: str, reason: st
     assert got.field == field
     assert reason in got.reason
     assert got.message.startswith(f"line 7: {field}: ")
+
+
+def test_anthropic_batchline_line() -> None:
+    blocks = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
+    ]
+    got = parse(
+        {
+            "custom_id": "a/b ü",
+            "model": "anthropic/claude-haiku-4-5",
+            "system": "be brief",
+            "messages": [
+                {"role": "user", "content": blocks},
+                {"role": "assistant", "content": "a picture"},
+                {"role": "system", "content": "answer in French"},
+            ],
+            "stop": ["\n\n"],
+            "metadata": {"team": "x"},
+        }
+    )
+    assert isinstance(got, Request), got
+    assert (got.provider, got.model, got.custom_id) == ("anthropic", "claude-haiku-4-5", "a/b ü")
+    assert got.params is not None and got.params["messages"][0]["content"] == blocks
+
+
+def test_anthropic_native_line_keeps_params_untouched() -> None:
+    params = {"model": "claude-sonnet-4-5", "max_tokens": 9, "messages": MSG, "top_k": 3}
+    got = parse({"custom_id": "n", "params": params})
+    assert isinstance(got, Request) and got.native == params
+    assert (got.provider, got.model) == ("anthropic", "claude-sonnet-4-5")
+
+
+def test_anthropic_native_line_takes_the_job_default_model() -> None:
+    got = parse({"params": {"messages": MSG}}, default_model="anthropic/claude-haiku-4-5")
+    assert isinstance(got, Request) and got.native == {
+        "messages": MSG,
+        "model": "claude-haiku-4-5",
+    }
+    got = parse({"params": {"messages": MSG}}, default_model="openai/gpt-4o-mini")
+    assert isinstance(got, InvalidLine) and got.field == "params.model"
+    assert "not an Anthropic model" in got.reason
+
+
+def test_openai_lines_keep_openai_roles_and_temperature() -> None:
+    got = parse(
+        {
+            "model": "openai/gpt-4o-mini",
+            "messages": [{"role": "developer", "content": "x"}, *MSG],
+            "temperature": 1.5,
+        }
+    )
+    assert isinstance(got, Request) and got.params is not None
+    assert got.params["temperature"] == 1.5
 
 
 def test_invalid_line_keeps_the_custom_id_it_had() -> None:

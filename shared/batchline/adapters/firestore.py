@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from batchline.domain.models import Chunk, Job, JobState
+from batchline.domain.models import BatchTag, Chunk, Job, JobState
 from batchline.errors import RetryableError
 from batchline.ports import ChunkChange, JobChange
 
@@ -109,6 +109,22 @@ class FirestoreJobStore:
 
         query = self._db.collection(JOBS).where(filter=FieldFilter("state", "in", ACTIVE_STATES))
         return [Job.from_dict(doc.to_dict() or {}) for doc in query.stream()]
+
+    def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
+        """A collection-group query over every job's chunks. It needs the single-field
+        index on `batch_id` with collection-group scope, which Firestore does not keep by
+        default: infra/ must declare it. The emulator needs none."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = (
+            self._db.collection_group(CHUNKS)
+            .where(filter=FieldFilter("batch_id", "==", batch_id))
+            .limit(1)
+        )
+        for doc in query.stream():
+            data = doc.to_dict() or {}
+            return BatchTag(str(data["job_id"]), int(data["index"]))
+        return None
 
 
 def _committed(run: Any, transaction: Any) -> Any:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from batchline.domain.models import Chunk, Job
+from batchline.domain.models import BatchTag, Chunk, Job
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.ports import ChunkChange, JobChange
 
@@ -69,6 +69,14 @@ class MemoryJobStore:
     def active_jobs(self) -> list[Job]:
         with self._lock:
             return [j for j in self.jobs.values() if not j.state.terminal]
+
+    def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
+        with self._lock:
+            for job_id, chunks in self.chunks.items():
+                for index, chunk in sorted(chunks.items()):
+                    if chunk.batch_id == batch_id:
+                        return BatchTag(job_id, index)
+            return None
 
 
 class MemoryBlobStore:

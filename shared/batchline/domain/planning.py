@@ -55,16 +55,17 @@ class ChunkPlanner:
             self._per_provider[request.provider] = known
         limits, encode = known
         encoded = encode(request)
-        if len(encoded) > limits.max_bytes:
+        room = limits.max_bytes - limits.envelope_bytes
+        if len(encoded) > room:
             raise RequestTooLarge(
-                f"{len(encoded)} bytes once encoded; a {request.provider} batch takes at most "
-                f"{limits.max_bytes}"
+                f"{len(encoded)} bytes once encoded; one {request.provider} batch takes at most "
+                f"{room}"
             )
         full: PlannedChunk | None = None
         current = self._open.get(key)
         if current is not None and (
             current.request_count + 1 > limits.max_requests
-            or current.payload_bytes + len(encoded) > limits.max_bytes
+            or current.payload_bytes + len(encoded) > room
         ):
             full = current
             current = None

@@ -16,7 +16,7 @@ from batchline.domain.lines import LineTooLong
 
 # Providers batchline knows of, and the ones this deployment can run.
 KNOWN_PROVIDERS = frozenset({"openai", "anthropic", "vertex"})
-ENABLED_PROVIDERS = frozenset({"openai"})
+ENABLED_PROVIDERS = frozenset({"openai", "anthropic"})
 
 OPENAI_CHAT_URL = "/v1/chat/completions"
 OPENAI_MAX_STOP = 4
@@ -37,7 +37,11 @@ _BATCHLINE_FIELDS = frozenset(
     }
 )
 _OPENAI_NATIVE_FIELDS = frozenset({"custom_id", "method", "url", "body"})
+_ANTHROPIC_NATIVE_FIELDS = frozenset({"custom_id", "params"})
 _ROLES = frozenset({"user", "assistant", "system", "developer", "tool"})
+# Anthropic's messages are {role, content}; its SDK's MessageParam takes these roles.
+_ANTHROPIC_ROLES = frozenset({"user", "assistant", "system"})
+_ANTHROPIC_MESSAGE_FIELDS = frozenset({"role", "content"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +104,7 @@ def parse_line(
         if "body" in obj or "method" in obj or "url" in obj:
             return _openai_native(number, custom_id, obj, default_model)
         if "params" in obj:
-            raise _Invalid(
-                "params",
-                "Anthropic native lines need the anthropic provider, "
-                "which is not enabled in this deployment",
-            )
+            return _anthropic_native(number, custom_id, obj, default_model)
         if "request" in obj:
             raise _Invalid(
                 "request",
@@ -160,7 +160,7 @@ def _batchline(
     messages = obj.get("messages")
     if messages is None:
         raise _Invalid("messages", "missing")
-    _check_messages(messages)
+    _check_messages(messages, provider)
     params: dict[str, Any] = {"messages": messages}
     system = obj.get("system")
     if system is not None:
@@ -173,6 +173,14 @@ def _batchline(
             raise _Invalid("max_tokens", f"expected a positive integer, got {max_tokens!r}")
         params["max_tokens"] = max_tokens
     temperature = obj.get("temperature")
+    if temperature is not None and provider == "anthropic":
+        # The SDK's MessageCreateParams has no temperature, and models from Claude Opus 4.7
+        # on answer 400 to it: a value batchline cannot deliver is an error, not a no-op.
+        raise _Invalid(
+            "temperature",
+            "Anthropic's Messages API takes no temperature (deprecated; newer models reject "
+            "it): remove it, or send it in an Anthropic native line",
+        )
     if temperature is not None:
         if (
             not isinstance(temperature, int | float)
@@ -198,16 +206,20 @@ def _batchline(
     return Request(number, custom_id, provider, model, params=params)
 
 
-def _check_messages(messages: Any) -> None:
+def _check_messages(messages: Any, provider: str) -> None:
     if not isinstance(messages, list):
         raise _Invalid("messages", f"expected a list, got {_kind(messages)}")
     if not messages:
         raise _Invalid("messages", "must not be empty")
+    anthropic = provider == "anthropic"
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise _Invalid(where, f"expected an object, got {_kind(message)}")
         role = message.get("role")
+        if anthropic:
+            _check_anthropic_message(where, message)
+            continue
         if role not in _ROLES:
             raise _Invalid(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
         content = message.get("content")
@@ -221,6 +233,33 @@ def _check_messages(messages: Any) -> None:
             raise _Invalid(f"{where}.content", "must not be an empty list")
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise _Invalid(f"{where}.tool_call_id", "required on a tool message")
+
+
+def _check_anthropic_message(where: str, message: dict[str, Any]) -> None:
+    role = message.get("role")
+    if role not in _ANTHROPIC_ROLES:
+        raise _Invalid(
+            f"{where}.role",
+            f"Anthropic takes one of {sorted(_ANTHROPIC_ROLES)}, got {role!r}",
+        )
+    for key in message:
+        if key not in _ANTHROPIC_MESSAGE_FIELDS:
+            raise _Invalid(f"{where}.{key}", "not a field of an Anthropic message")
+    content = message.get("content")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _Invalid(
+            f"{where}.content", f"expected a string or a list of blocks, got {_kind(content)}"
+        )
+    if not content:
+        raise _Invalid(f"{where}.content", "must not be an empty list")
+    for j, block in enumerate(content):
+        # Blocks pass through as given (text, image, document, ...): Anthropic checks them.
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise _Invalid(
+                f"{where}.content[{j}]", "expected a content block (an object with a 'type')"
+            )
 
 
 def _openai_native(
@@ -249,17 +288,45 @@ def _openai_native(
         body = {**body, "model": model}
     elif not isinstance(model, str) or not model:
         raise _Invalid("body.model", f"expected a non-empty string, got {_kind(model)}")
-    _check_messages_field(body)
+    _check_messages_field(body, "body", "openai")
     return Request(number, custom_id, "openai", model, native=body)
 
 
-def _check_messages_field(body: dict[str, Any]) -> None:
+def _anthropic_native(
+    number: int, custom_id: str | None, obj: dict[str, Any], default_model: str | None
+) -> Request:
+    for key in obj:
+        if key not in _ANTHROPIC_NATIVE_FIELDS:
+            raise _Invalid(key, "unknown field in an Anthropic batch line")
+    params = obj.get("params")
+    if not isinstance(params, dict):
+        raise _Invalid("params", f"expected an object, got {_kind(params)}")
+    model = params.get("model")
+    if model is None:
+        if not default_model:
+            raise _Invalid("params.model", "missing, and the job has no default model")
+        provider, model = split_model(default_model, "model (job default)")
+        if provider != "anthropic":
+            raise _Invalid(
+                "params.model",
+                f"missing, and the job default {default_model!r} is not an Anthropic model",
+            )
+        params = {**params, "model": model}
+    elif not isinstance(model, str) or not model:
+        raise _Invalid("params.model", f"expected a non-empty string, got {_kind(model)}")
+    if params.get("stream"):
+        raise _Invalid("params.stream", "a batch request cannot stream")
+    _check_messages_field(params, "params", "anthropic")
+    return Request(number, custom_id, "anthropic", model, native=params)
+
+
+def _check_messages_field(body: dict[str, Any], name: str, provider: str) -> None:
     if "messages" not in body:
-        raise _Invalid("body.messages", "missing")
+        raise _Invalid(f"{name}.messages", "missing")
     try:
-        _check_messages(body["messages"])
+        _check_messages(body["messages"], provider)
     except _Invalid as exc:
-        raise _Invalid(f"body.{exc.field}", exc.reason) from None
+        raise _Invalid(f"{name}.{exc.field}", exc.reason) from None
 
 
 def _kind(value: Any) -> str:

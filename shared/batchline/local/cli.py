@@ -56,6 +56,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument(
         "--openai-config", default=None, metavar="JSON", help="OpenAI emulator configuration"
     )
+    up.add_argument(
+        "--anthropic-config",
+        default=None,
+        metavar="JSON",
+        help="Anthropic emulator configuration",
+    )
     up.set_defaults(run=cmd_up, func=cmd_up)
 
     down = commands.add_parser("down", help="stop the local stack")
@@ -83,17 +89,21 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             print(f"--env expects KEY=VALUE, got {item!r}", file=sys.stderr)
             return EXIT_FAILED
         function_env[key] = value
-    openai_config: dict[str, Any] = {}
-    if args.openai_config:
+    emulator_configs: dict[str, dict[str, Any]] = {}
+    for option, given in (
+        ("--openai-config", args.openai_config),
+        ("--anthropic-config", args.anthropic_config),
+    ):
         try:
-            openai_config = json.loads(args.openai_config)
+            emulator_configs[option] = json.loads(given) if given else {}
         except ValueError as exc:
-            print(f"--openai-config is not JSON: {exc}", file=sys.stderr)
+            print(f"{option} is not JSON: {exc}", file=sys.stderr)
             return EXIT_FAILED
     config = StackConfig(
         run_dir=args.run_dir or default_run_dir(),
         function_env=function_env,
-        openai_emulator_config=openai_config,
+        openai_emulator_config=emulator_configs["--openai-config"],
+        anthropic_emulator_config=emulator_configs["--anthropic-config"],
     )
     if args.tick is not None:
         if args.tick <= 0:

@@ -109,7 +109,10 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
         print(f"using the local stack running in {stack.run_dir}")
     else:
         config = StackConfig(run_dir=Path(run_dir)) if run_dir else StackConfig()
-        print("starting the local stack (Firestore, Pub/Sub, GCS, OpenAI emulator, functions)…")
+        print(
+            "starting the local stack (Firestore, Pub/Sub, GCS, OpenAI and Anthropic emulators, "
+            "functions)…"
+        )
         started = time.monotonic()
         owned = stack = LocalStack(config).start()
         print(f"up in {time.monotonic() - started:.1f}s; logs in {stack.log_dir}")

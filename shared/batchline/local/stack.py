@@ -4,7 +4,7 @@
 
 - the Firestore and Pub/Sub emulators (Google's jars, started with `java` directly),
 - fake-gcs-server publishing GCS notifications to the Pub/Sub emulator,
-- the OpenAI batch emulator,
+- the OpenAI and Anthropic batch emulators,
 - the four functions under functions-framework,
 - the event bridge (GCS notification → Eventarc storage CloudEvent → `submit`),
 - the scheduler ticker (publishes to the poll topic),
@@ -45,6 +45,7 @@ STATE_VERSION = 1
 HOST = "127.0.0.1"
 DEFAULT_SDK_ROOT = "/usr/lib/google-cloud-sdk"
 LOCAL_OPENAI_API_KEY = "sk-batchline-local-emulator"
+LOCAL_ANTHROPIC_API_KEY = "sk-ant-batchline-local-emulator"
 
 # Start order; `stop()` goes the other way so that producers stop before what they feed.
 COMPONENTS = (
@@ -52,6 +53,7 @@ COMPONENTS = (
     "pubsub",
     "gcs",
     "openai",
+    "anthropic",
     "submit",
     "poll",
     "collect",
@@ -60,6 +62,12 @@ COMPONENTS = (
     "ticker",
 )
 FUNCTIONS = {"submit": "cloudevent", "poll": "cloudevent", "collect": "cloudevent", "api": "http"}
+#: Provider emulators: component name -> (module run with `python -m`, the path its SDK's
+#: base URL ends with: OpenAI's paths start after /v1, Anthropic's include it).
+PROVIDER_EMULATORS = {
+    "openai": ("batchline.local.emulators.openai", "/v1"),
+    "anthropic": ("batchline.local.emulators.anthropic", ""),
+}
 
 
 class LocalStackError(RuntimeError):
@@ -442,6 +450,10 @@ class StackConfig:
     # Command that starts the OpenAI emulator; --host/--port/--config-json are appended.
     openai_emulator_command: list[str] | None = None
     openai_api_key: str = LOCAL_OPENAI_API_KEY
+    # The same for the Anthropic emulator.
+    anthropic_emulator_config: dict[str, Any] = field(default_factory=dict)
+    anthropic_emulator_command: list[str] | None = None
+    anthropic_api_key: str = LOCAL_ANTHROPIC_API_KEY
     # Where the event bridge POSTs storage CloudEvents (default: the submit function).
     bridge_target: str | None = None
     start_timeout: float = 60.0
@@ -509,9 +521,17 @@ class LocalStack:
     def gcs_url(self) -> str:
         return f"http://{HOST}:{self.port('gcs')}"
 
+    def emulator_base_url(self, provider: str) -> str:
+        """The base URL the provider's SDK is given to reach its emulator."""
+        return f"http://{HOST}:{self.port(provider)}{PROVIDER_EMULATORS[provider][1]}"
+
     @property
     def openai_base_url(self) -> str:
-        return f"http://{HOST}:{self.port('openai')}/v1"
+        return self.emulator_base_url("openai")
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.emulator_base_url("anthropic")
 
     def function_url(self, name: str) -> str:
         return f"http://{HOST}:{self.port(name)}/"
@@ -542,6 +562,8 @@ class LocalStack:
             "BATCHLINE_EVENTS_SUBSCRIPTION": cfg.events_subscription,
             "BATCHLINE_OPENAI_BASE_URL": self.openai_base_url,
             "OPENAI_API_KEY": cfg.openai_api_key,
+            "BATCHLINE_ANTHROPIC_BASE_URL": self.anthropic_base_url,
+            "ANTHROPIC_API_KEY": cfg.anthropic_api_key,
             "BATCHLINE_API_URL": f"http://{HOST}:{self.port('api')}",
         }
         env.update(cfg.function_env)
@@ -552,8 +574,9 @@ class LocalStack:
         extra = self.client_env()
         extra.pop("BATCHLINE_EVENTS_SUBSCRIPTION", None)
         extra.pop("BATCHLINE_API_URL", None)
-        # The openai SDK falls back to these when no base URL is passed: keep them local too.
+        # The SDKs fall back to these when no base URL is passed: keep them local too.
         extra["OPENAI_BASE_URL"] = self.openai_base_url
+        extra["ANTHROPIC_BASE_URL"] = self.anthropic_base_url
         extra["K_SERVICE"] = name
         extra["FUNCTION_TARGET"] = name
         extra["FUNCTION_SIGNATURE_TYPE"] = FUNCTIONS[name]
@@ -598,7 +621,8 @@ class LocalStack:
         # Processes with nothing to wait for start together; the JVMs take the longest.
         self._add(start_pubsub(self.log_dir, port=self._ports["pubsub"]))
         self._add(start_firestore(self.log_dir, port=self._ports["firestore"]))
-        self._add(self._start_openai())
+        for name in PROVIDER_EMULATORS:
+            self._add(self._start_provider_emulator(name))
         for name in FUNCTIONS:
             self._add(self._start_function(name))
         self._add(self._start_bridge())
@@ -620,7 +644,7 @@ class LocalStack:
 
         self._wait("gcs", timeout)
         self._guard("gcs", self._setup_buckets)
-        for name in ("firestore", "openai", *FUNCTIONS, "bridge", "ticker"):
+        for name in ("firestore", *PROVIDER_EMULATORS, *FUNCTIONS, "bridge", "ticker"):
             self._wait(name, timeout)
 
     def _add(self, component: Component) -> None:
@@ -685,21 +709,18 @@ class LocalStack:
         for bucket in (cfg.input_bucket, cfg.output_bucket, cfg.work_bucket):
             create_bucket(self.gcs_url, cfg.project, bucket)
 
-    def _start_openai(self) -> Component:
+    def _start_provider_emulator(self, name: str) -> Component:
         cfg = self.config
-        port = self._ports["openai"]
-        argv = list(
-            cfg.openai_emulator_command
-            or [sys.executable, "-m", "batchline.local.emulators.openai"]
-        )
+        port = self._ports[name]
+        command: list[str] | None = getattr(cfg, f"{name}_emulator_command")
+        emulator_config: dict[str, Any] = getattr(cfg, f"{name}_emulator_config")
+        argv = list(command or [sys.executable, "-m", PROVIDER_EMULATORS[name][0]])
         argv += ["--host", HOST, "--port", str(port)]
-        if cfg.openai_emulator_config:
-            argv += ["--config-json", json.dumps(cfg.openai_emulator_config)]
-        proc = processes.start_process(
-            "openai", argv, log_path=self.log_path("openai"), env=child_env()
-        )
-        url = f"http://{HOST}:{port}"
-        return Component("openai", proc, port, url + "/v1", health_url=url + "/")
+        if emulator_config:
+            argv += ["--config-json", json.dumps(emulator_config)]
+        proc = processes.start_process(name, argv, log_path=self.log_path(name), env=child_env())
+        url = f"http://{HOST}:{port}/"
+        return Component(name, proc, port, self.emulator_base_url(name), health_url=url)
 
     def _start_function(self, name: str) -> Component:
         port = self._ports[name]

@@ -1,8 +1,11 @@
 """Getting chunks to their provider exactly once, and following them until they end.
 
-A chunk is leased in a transaction before its batch is created. If the holder dies
-between the provider accepting the batch and Firestore recording it, the lease expires;
-whoever takes it over first looks for the batch by its tag and adopts it.
+A chunk is leased in a transaction before its batch is created; the lease records the
+submit intent: when the first attempt started (`submit_started_at`), until when the
+holder may act (`lease.until`) and how many requests it sends (`request_count`). If the
+holder dies between the provider accepting the batch and Firestore recording it, the lease
+expires; whoever takes it over first looks for that batch at the provider and adopts it
+(`reconcile`), and submits again only when it cannot be found.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from batchline.bootstrap import Deps
 from batchline.domain.models import BatchTag, Chunk, ChunkState, Lease, ProviderBatch
 from batchline.errors import ProviderError
 from batchline.log import fields, get_logger
+from batchline.ports import ProviderClient
 
 log = get_logger(__name__)
 
@@ -33,9 +37,13 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
     now = deps.clock.now()
     lease = Lease(owner, now + deps.settings.lease_seconds)
 
+    lease_ended: float | None = None
+
     def take(current: Chunk) -> Chunk | None:
+        nonlocal lease_ended
         if not needs_submit(current, now):
             return None
+        lease_ended = current.lease.until if current.lease is not None else None
         return current.to(
             ChunkState.SUBMITTING,
             now,
@@ -53,13 +61,7 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
     try:
         batch = None
         if leased.attempts > 1:
-            since = (leased.submit_started_at or now) - CLOCK_SKEW_SECONDS
-            batch = provider.find_batch(tag, since)
-            if batch is not None:
-                log.info(
-                    "adopted batch",
-                    extra=fields(job_id=tag.job_id, chunk=tag.chunk, batch_id=batch.batch_id),
-                )
+            batch = reconcile(deps, provider, leased, lease_ended or now)
         if batch is None:
             with deps.blobs.open_read(leased.payload_uri) as payload:
                 batch = provider.submit(payload, tag, leased.model)
@@ -88,6 +90,44 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
     return deps.store.update_chunk(
         leased.job_id, leased.index, lambda c: _record(c, owner, batch, deps.clock.now())
     )
+
+
+def reconcile(
+    deps: Deps, provider: ProviderClient, chunk: Chunk, lease_ended: float
+) -> ProviderBatch | None:
+    """The batch an earlier attempt at `chunk` created, if it can be told apart; None
+    means that no attempt got a batch created (or that it cannot be found): submit again.
+
+    Candidates were created inside the earlier attempts' window, from the first attempt's
+    start to the end of the last expired lease (`lease_ended`), widened by the clock skew,
+    and hold the chunk's request count. Where the provider tags batches (OpenAI metadata)
+    there is at most one, and it is ours. Where it does not (Anthropic), a candidate that
+    another chunk has recorded as its batch is not ours; the chunk adopts the one that is
+    left, and only if exactly one is.
+
+    Residual risk without tags: a batch of the same size that something else created in
+    the window with the same API key (another job's chunk whose own record is not written
+    yet, or another program) and that is the only candidate left when ours was never
+    created, is adopted by mistake; two chunks of one job, both crashed mid-submit in one
+    window with equal counts, leave two candidates, so both are submitted again (the
+    orphans run and are billed, unread). Besides, for every provider: a submit call that
+    outlives its lease can race a second submitter.
+    """
+    tag = BatchTag(chunk.job_id, chunk.index)
+    since = (chunk.submit_started_at or lease_ended) - CLOCK_SKEW_SECONDS
+    until = lease_ended + CLOCK_SKEW_SECONDS
+    candidates = provider.find_batches(tag, since, until, chunk.request_count)
+    ours = [b for b in candidates if deps.store.batch_recorded_by(b.batch_id) in (None, tag)]
+    context = {"job_id": tag.job_id, "chunk": tag.chunk, "candidates": len(candidates)}
+    if len(ours) == 1:
+        log.info("adopted batch", extra=fields(**context, batch_id=ours[0].batch_id))
+        return ours[0]
+    if ours:
+        log.warning(
+            "several unclaimed batches match the submit window and count; submitting again",
+            extra=fields(**context, batch_ids=[b.batch_id for b in ours]),
+        )
+    return None
 
 
 def _release(chunk: Chunk, owner: str, now: float) -> Chunk | None:

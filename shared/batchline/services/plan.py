@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from batchline.bootstrap import Deps, encoder
+from batchline.bootstrap import Deps
 from batchline.domain.ids import generated_custom_id
 from batchline.domain.lines import UnreadableInput, iter_lines
 from batchline.domain.models import Chunk, Job, JobState, Lease
@@ -172,7 +172,7 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
     if source.size == 0:
         raise UnreadableInput("the file is empty")
     paths = WorkPaths(settings.work_bucket, job.job_id)
-    planner = ChunkPlanner(deps.limits, encoder)
+    planner = ChunkPlanner(deps.limits, deps.encoder)
     plan = Plan(chunks=[])
     explicit_ids: dict[str, int] = {}
     generated: list[int] = []

@@ -2,7 +2,7 @@
 
 The SDK is imported on first use, not at module load: cold start matters more than the
 first call's latency. Creation is not idempotent at OpenAI, so every batch carries its
-job and chunk in `metadata`, and `find_batch` looks for it before a second submit.
+job and chunk in `metadata`, and `find_batches` looks for it before a second submit.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
+from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import openai as wire
 from batchline.errors import ProviderError
@@ -72,18 +73,22 @@ class OpenAIProvider:
             )
         return _to_batch(batch)
 
-    def find_batch(self, tag: BatchTag, created_after: float) -> ProviderBatch | None:
+    def find_batches(
+        self, tag: BatchTag, created_after: float, created_before: float, request_count: int
+    ) -> list[ProviderBatch]:
+        """The batch tagged `tag` created after `created_after`, if any: the tag is exact,
+        so neither the end of the window nor the count is needed to tell it apart."""
         with _errors("listing batches"):
             # Newest first: stop at the first batch older than the window.
             # created_at is in whole seconds: compare at that precision.
             floor = math.floor(created_after)
             for batch in self._client.batches.list(limit=LIST_PAGE):
                 if batch.created_at < floor:
-                    return None
+                    return []
                 found = _to_batch(batch)
                 if found.tag == tag:
-                    return found
-        return None
+                    return [found]
+        return []
 
     def get_batch(self, batch_id: str) -> ProviderBatch:
         with _errors(f"retrieving batch {batch_id}"):
@@ -102,13 +107,7 @@ class OpenAIProvider:
             _errors(f"downloading file {file_id}"),
             self._client.files.with_streaming_response.content(file_id) as response,
         ):
-            pending = b""
-            for part in response.iter_bytes():
-                pending += part
-                *lines, pending = pending.split(b"\n")
-                yield from (line for line in lines if line.strip())
-            if pending.strip():
-                yield pending
+            yield from jsonl_lines(response.iter_bytes())
 
     def cancel(self, batch_id: str) -> None:
         try:

@@ -99,6 +99,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from batchline.local.emulators._common import (
+    ConfigRules,
+    fraction,
+    hex_digest,
+    merged_config,
+    tokens,
+)
 from batchline.local.emulators._wsgi import HTTPError, cli_main, json_response, read_json
 
 EMULATOR_HEADER = ("x-emulator", "batchline-openai")
@@ -162,21 +169,14 @@ class EmulatorConfig:
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
-        if not isinstance(overrides, Mapping):
-            raise ValueError("config overrides must be a JSON object")
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        values = {name: _check_config_value(name, value) for name, value in overrides.items()}
-        return dataclasses.replace(self, **values)
+        return merged_config(self, overrides, _CONFIG_RULES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 # name -> (type, nullable, minimum, maximum)
-_CONFIG_RULES: dict[str, tuple[type, bool, float | None, float | None]] = {
+_CONFIG_RULES: ConfigRules = {
     "seed": (int, False, None, None),
     "validating_seconds": (float, False, 0, None),
     "lines_per_second": (float, False, 1e-9, None),
@@ -192,48 +192,6 @@ _CONFIG_RULES: dict[str, tuple[type, bool, float | None, float | None]] = {
     "max_bytes": (int, False, 1, None),
     "embedding_dimensions": (int, False, 1, 65536),
 }
-
-
-def _check_config_value(name: str, value: Any) -> Any:
-    kind, nullable, lo, hi = _CONFIG_RULES[name]
-    if value is None:
-        if nullable:
-            return None
-        raise ValueError(f"config {name} must not be null")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"config {name} must be a number")
-    if kind is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"config {name} must be an integer")
-        value = int(value)
-    else:
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"config {name} must be finite")
-    if lo is not None and value < lo:
-        raise ValueError(f"config {name} must be >= {lo}")
-    if hi is not None and value > hi:
-        raise ValueError(f"config {name} must be <= {hi}")
-    return value
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _hex(*parts: object, n: int = 32) -> str:
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
-    return digest[:n]
-
-
-def _fraction(*parts: object) -> float:
-    """A deterministic number in [0, 1) from the parts."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def _tokens(chars: int) -> int:
-    """~4 characters per token, at least 1."""
-    return max(1, (chars + 3) // 4)
 
 
 def _file_id() -> str:
@@ -508,11 +466,11 @@ class BatchRecord:
         if "created" in body:
             body["created"] = int(self.line_done_at(index))
         return {
-            "id": "batch_req_" + _hex(self.id, line.custom_id),
+            "id": "batch_req_" + hex_digest(self.id, line.custom_id),
             "custom_id": line.custom_id,
             "response": {
                 "status_code": line.status_code,
-                "request_id": _hex("request", self.id, line.custom_id),
+                "request_id": hex_digest("request", self.id, line.custom_id),
                 "body": body,
             },
             "error": None,
@@ -529,7 +487,7 @@ class BatchRecord:
                 err.append(
                     orjson.dumps(
                         {
-                            "id": "batch_req_" + _hex(self.id, line.custom_id),
+                            "id": "batch_req_" + hex_digest(self.id, line.custom_id),
                             "custom_id": line.custom_id,
                             "response": None,
                             "error": {
@@ -621,16 +579,16 @@ def _chat_answer(body: dict[str, Any], custom_id: str) -> LinePlan:
     snippet = " ".join(last_user.split())
     if len(snippet) > 60:
         snippet = snippet[:60] + "..."
-    digest = _hex(orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(), n=8)
+    digest = hex_digest(orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(), n=8)
     content = f"{CONTENT_PREFIX} answer to: {snippet} (#{digest})"
     finish_reason = "stop"
-    completion_tokens = _tokens(len(content))
+    completion_tokens = tokens(len(content))
     if limit is not None and completion_tokens > limit:
         content = content[: limit * 4]
         completion_tokens = limit
         finish_reason = "length"
     prompt_chars = sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
-    prompt_tokens = _tokens(prompt_chars)
+    prompt_tokens = tokens(prompt_chars)
     choice = {
         "index": 0,
         "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
@@ -638,7 +596,7 @@ def _chat_answer(body: dict[str, Any], custom_id: str) -> LinePlan:
         "finish_reason": finish_reason,
     }
     answer = {
-        "id": "chatcmpl-" + _hex("chatcmpl", custom_id, digest, n=29),
+        "id": "chatcmpl-" + hex_digest("chatcmpl", custom_id, digest, n=29),
         "object": "chat.completion",
         "created": 0,  # set to the line's completion time when the results are written
         "model": body["model"],
@@ -693,7 +651,7 @@ def _embedding_answer(body: dict[str, Any], custom_id: str, default_dims: int) -
     data = []
     prompt_tokens = 0
     for index, item in enumerate(inputs):
-        prompt_tokens += _tokens(len(item)) if isinstance(item, str) else len(item)
+        prompt_tokens += tokens(len(item)) if isinstance(item, str) else len(item)
         seed = hashlib.sha256(orjson.dumps(item)).digest()
         rng = random.Random(seed)
         vector = [rng.uniform(-1.0, 1.0) for _ in range(dims)]
@@ -895,7 +853,7 @@ def plan_batch(
             plan = _line_error(
                 status, f"Emulated failure with status {status} (marker in the request)."
             )
-        elif config.line_fail_rate > 0 and _fraction(config.seed, "line", custom_id) < (
+        elif config.line_fail_rate > 0 and fraction(config.seed, "line", custom_id) < (
             config.line_fail_rate
         ):
             plan = _line_error(
@@ -909,7 +867,7 @@ def plan_batch(
             plan = _embedding_answer(body, custom_id, config.embedding_dimensions)
         plan.custom_id = custom_id
         lines.append(plan)
-    order_seed = _hex(config.seed, "order", *(line.custom_id for line in lines))
+    order_seed = hex_digest(config.seed, "order", *(line.custom_id for line in lines))
     random.Random(order_seed).shuffle(lines)
     return [], model, lines
 
@@ -1037,7 +995,7 @@ class OpenAIBatchEmulator:
         if cfg.api_error_next > 0:
             self.config = dataclasses.replace(cfg, api_error_next=cfg.api_error_next - 1)
             inject = True
-        elif cfg.api_error_rate > 0 and _fraction(cfg.seed, "api", n) < cfg.api_error_rate:
+        elif cfg.api_error_rate > 0 and fraction(cfg.seed, "api", n) < cfg.api_error_rate:
             inject = True
         if not inject:
             return

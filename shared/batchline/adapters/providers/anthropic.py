@@ -1,0 +1,198 @@
+"""ProviderClient for Anthropic Message Batches, through the official `anthropic` SDK.
+
+The SDK is imported on first use, not at module load (cold start). Three differences from
+OpenAI shape this adapter:
+
+- A batch is created from a JSON body, not an uploaded file. The staged payload (JSONL)
+  becomes that body as it is sent (`domain.providers.anthropic.request_body`), through the
+  SDK's low-level `post` with raw content: memory stays near one payload, where
+  `messages.batches.create(requests=...)` would hold the parsed requests and their
+  re-serialised copy besides.
+- Counts other than `processing` stay 0 until the batch has ended.
+- Batches carry no metadata, so a batch cannot be found by its tag: `find_batches` returns
+  the batches created in a time window with the chunk's request count, and the dispatcher
+  tells them apart (`services.dispatch.reconcile`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import orjson
+
+from batchline.adapters.providers._jsonl import jsonl_lines
+from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
+from batchline.domain.providers import anthropic as wire
+from batchline.errors import ProviderError
+
+if TYPE_CHECKING:
+    import anthropic
+
+BATCHES_PATH = "/v1/messages/batches"
+LIST_PAGE = 1000  # the most Anthropic returns per page
+READ_PART = 1024 * 1024
+# Per HTTP request; with the SDK's retries a call stays well inside a chunk's lease.
+REQUEST_TIMEOUT_SECONDS = 120.0
+
+
+class AnthropicProvider:
+    name = wire.NAME
+
+    def __init__(
+        self,
+        api_key: str | None,
+        base_url: str | None = None,
+        max_retries: int = 4,
+        timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+    ):
+        self._api_key = api_key
+        self._base_url = base_url
+        self._max_retries = max_retries
+        self._timeout = timeout_seconds
+        self._sdk_client: anthropic.Anthropic | None = None
+
+    @property
+    def _client(self) -> anthropic.Anthropic:
+        if self._sdk_client is None:
+            import anthropic
+
+            if not self._api_key:
+                raise ProviderError("ANTHROPIC_API_KEY is not set", retryable=False)
+            self._sdk_client = anthropic.Anthropic(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                max_retries=self._max_retries,
+                timeout=self._timeout,
+            )
+        return self._sdk_client
+
+    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+        from anthropic.types.messages import MessageBatch
+
+        body = RequestBody(_read_all(payload))
+        with _errors("submitting"):
+            batch = self._client.post(
+                BATCHES_PATH,
+                cast_to=MessageBatch,
+                content=body,
+                options={
+                    "headers": {
+                        "Content-Type": "application/json",
+                        "Content-Length": str(len(body)),
+                    }
+                },
+            )
+        return _to_batch(batch)
+
+    def find_batches(
+        self, tag: BatchTag, created_after: float, created_before: float, request_count: int
+    ) -> list[ProviderBatch]:
+        """Every batch created in the window whose counts add up to `request_count`."""
+        found: list[ProviderBatch] = []
+        with _errors("listing batches"):
+            # Newest first (the SDK pages on with after_id): stop at the first older one.
+            for batch in self._client.messages.batches.list(limit=LIST_PAGE):
+                created = batch.created_at.timestamp()
+                if created < created_after:
+                    break
+                if created > created_before:
+                    continue
+                candidate = _to_batch(batch)
+                if wire.request_total(candidate.native) == request_count:
+                    found.append(candidate)
+        return found
+
+    def get_batch(self, batch_id: str) -> ProviderBatch:
+        with _errors(f"retrieving batch {batch_id}"):
+            return _to_batch(self._client.messages.batches.retrieve(batch_id))
+
+    def iter_results(self, batch: ProviderBatch) -> Iterator[ProviderResult]:
+        """The batch's results, streamed from its `results_url` and parsed line by line
+        (not through the SDK's models: `response` keeps Anthropic's message as sent)."""
+        batch_id = batch.batch_id
+        with (
+            _errors(f"downloading the results of batch {batch_id}"),
+            self._client.messages.batches.with_streaming_response.results(batch_id) as response,
+        ):
+            for line in jsonl_lines(response.iter_bytes()):
+                yield wire.normalise(orjson.loads(line))
+
+    def cancel(self, batch_id: str) -> None:
+        try:
+            with _errors(f"cancelling batch {batch_id}"):
+                self._client.messages.batches.cancel(batch_id)
+        except ProviderError as exc:
+            # Refused because the batch has ended already: nothing left to cancel.
+            if exc.status in (400, 409) and self.get_batch(batch_id).state.ended:
+                return
+            raise
+
+
+class RequestBody:
+    """The create-batch body, made from the staged payload while it is sent.
+
+    Iterable again for each attempt (the SDK retries 429 and 5xx with the same content),
+    and of known length, so that it is sent with a Content-Length, not chunked.
+    """
+
+    def __init__(self, payload: bytes | bytearray) -> None:
+        self._payload = payload
+
+    def __len__(self) -> int:
+        return wire.request_body_size(len(self._payload))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return wire.request_body(self._payload)
+
+
+def _read_all(payload: BinaryIO) -> bytearray:
+    """The payload in one buffer, read in parts (no second copy of it while reading)."""
+    data = bytearray()
+    while part := payload.read(READ_PART):
+        data += part
+    return data
+
+
+def _to_batch(batch: Any) -> ProviderBatch:
+    native: dict[str, Any] = batch.model_dump(mode="json")
+    return ProviderBatch(
+        batch_id=native["id"],
+        state=wire.batch_state(native),
+        counts=wire.batch_counts(native),
+        tag=None,  # Anthropic batches carry no metadata
+        created_at=wire.timestamp(native.get("created_at")),
+        native=native,
+    )
+
+
+class _errors:
+    """Translate SDK (and mid-stream transport) exceptions into ProviderError."""
+
+    def __init__(self, doing: str) -> None:
+        self._doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if not isinstance(exc, Exception) or isinstance(exc, ProviderError):
+            return  # success, ours already, or GeneratorExit/KeyboardInterrupt: not the SDK's
+        import anthropic
+        import httpx2
+
+        if isinstance(exc, anthropic.APIStatusError):
+            status = exc.status_code
+            # 529 is Anthropic's "overloaded": a 5xx like the others.
+            retryable = status in (408, 409, 429) or status >= 500
+            if exc.response.headers.get("x-should-retry") == "false":
+                retryable = False
+            raise ProviderError(
+                f"Anthropic {self._doing}: HTTP {status}: {exc.message}",
+                retryable=retryable,
+                status=status,
+            ) from exc
+        if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
+            raise ProviderError(f"Anthropic {self._doing}: {exc}", retryable=True) from exc
+        if isinstance(exc, anthropic.AnthropicError):
+            raise ProviderError(f"Anthropic {self._doing}: {exc}", retryable=False) from exc
