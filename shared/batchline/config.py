@@ -66,6 +66,9 @@ class Settings:
     work_budget_seconds: float = 420.0
     # A job stuck in "collecting" for this long gets its collect message published again.
     collect_retry_seconds: float = 600.0
+    # Finished jobs' Firestore records get `expire_at` this many days after they end, for
+    # a TTL policy to delete them; None keeps them forever.
+    retention_days: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -130,4 +133,18 @@ class Settings:
             collect_retry_seconds=number(
                 "BATCHLINE_COLLECT_RETRY_SECONDS", defaults.collect_retry_seconds
             ),
+            retention_days=_optional_positive(env, "BATCHLINE_RETENTION_DAYS"),
         )
+
+
+def _optional_positive(env: Mapping[str, str], name: str) -> float | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive (unset it to keep records forever)")
+    return value

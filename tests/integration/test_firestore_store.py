@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -67,6 +68,10 @@ def make_job(job_id: str = "job-1", state: JobState = JobState.ACCEPTED, **chang
     return replace(job, **changes)
 
 
+# Firestore keeps microseconds: a TTL timestamp round-trips exactly at that precision.
+EXPIRE_AT = datetime(2027, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
 def full_job(job_id: str = "job-full") -> Job:
     """A job with every field set to a non-default value."""
     return Job(
@@ -98,6 +103,7 @@ def full_job(job_id: str = "job-full") -> Job:
         collect_requested_at=NOW + 2.0,
         ended_at=NOW + 3.0,
         event_published=True,
+        expire_at=EXPIRE_AT,
         version=7,
     )
 
@@ -208,6 +214,7 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         batch_counts={"total": 13, "completed": 11, "failed": 2},
         error="expired",
         updated_at=NOW + 1,
+        expire_at=EXPIRE_AT,
     )
     bare = Chunk("job-c", 3, "", "", 0, 0, "", "")
     assert defaulted(chunk, bare) == ["job_id", "index"]  # every other field is set

@@ -255,3 +255,24 @@ def test_collect_in_many_small_runs_still_merges_in_order_and_first_result_wins(
     blobs = deps.blobs
     assert isinstance(blobs, MemoryBlobStore)
     assert sum("/run-" in uri for uri in blobs.objects) > 10
+
+
+def test_retention_sets_expire_at_on_finished_jobs_and_their_chunks() -> None:
+    from datetime import UTC, datetime
+
+    deps, provider, clock = make_deps(max_requests=1)
+    deps.settings = replace(deps.settings, retention_days=7)
+    results = run_to_end(deps, provider, upload(deps, line(custom_id="a") + b"\n" + line() + b"\n"))
+    assert len(results) == 2
+    job = next(iter(deps.store.jobs.values()))
+    expected = datetime.fromtimestamp(clock.now() + 7 * 86400, tz=UTC)
+    assert job.expire_at == expected
+    assert [c.expire_at for c in deps.store.get_chunks(job.job_id)] == [expected, expected]
+
+
+def test_without_retention_records_never_expire() -> None:
+    deps, provider, _ = make_deps()
+    run_to_end(deps, provider, upload(deps, line(custom_id="a") + b"\n"))
+    job = next(iter(deps.store.jobs.values()))
+    assert job.expire_at is None
+    assert all(c.expire_at is None for c in deps.store.get_chunks(job.job_id))

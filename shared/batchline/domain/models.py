@@ -7,6 +7,7 @@ files and logs all use the same field names.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -151,6 +152,7 @@ class Job:
     collect_requested_at: float | None = None
     ended_at: float | None = None
     event_published: bool = False
+    expire_at: datetime | None = None  # for a Firestore TTL policy, once the job has ended
     version: int = 0
 
     @property
@@ -199,6 +201,7 @@ class Chunk:
     batch_counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     updated_at: float = 0.0
+    expire_at: datetime | None = None  # set with the job's, once the job has ended
 
     def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
         check_chunk_transition(self.state, target)

@@ -13,7 +13,7 @@ import heapq
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -119,9 +119,16 @@ def collect(deps: Deps, job_id: str) -> Job | None:
             usage={"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
             cost_usd=round(tally.cost_usd, 10),
             ended_at=now,
+            expire_at=expiry,
         )
 
+    expiry = reporting.expire_at(deps, now)
     done = deps.store.update_job(job_id, finish) or deps.store.get_job(job_id)
+    if expiry is not None:
+        for chunk in chunks:
+            deps.store.update_chunk(
+                job_id, chunk.index, lambda c: None if c.expire_at else replace(c, expire_at=expiry)
+            )
     if done is not None and done.state.terminal:
         reporting.publish_completed(deps, done)
     return done

@@ -7,6 +7,7 @@ job's terminal state, then the `job.completed` event, then `event_published`.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,6 +21,14 @@ from batchline.log import fields, get_logger
 log = get_logger(__name__)
 
 COMPLETED_EVENT = "job.completed"
+
+
+def expire_at(deps: Deps, now: float) -> datetime | None:
+    """When a job that ends now may be deleted by the TTL policy (None: never)."""
+    days = deps.settings.retention_days
+    if days is None:
+        return None
+    return datetime.fromtimestamp(now + days * 86400, tz=UTC)
 
 
 def request_collect(deps: Deps, job: Job) -> None:
@@ -80,7 +89,14 @@ def reject(deps: Deps, job: Job, reason: str) -> Job | None:
     def finish(current: Job) -> Job | None:
         if current.state is not JobState.ACCEPTED:
             return None
-        return current.to(JobState.REJECTED, now, lease=None, error=reason, ended_at=now)
+        return current.to(
+            JobState.REJECTED,
+            now,
+            lease=None,
+            error=reason,
+            ended_at=now,
+            expire_at=expire_at(deps, now),
+        )
 
     done = deps.store.update_job(job.job_id, finish)
     if done is not None:
