@@ -5,7 +5,9 @@ Each test runs in a project of its own, so documents never leak between tests.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
@@ -127,6 +129,9 @@ def make_chunk(job_id: str, index: int, **changes: Any) -> Chunk:
     return replace(chunk, **changes)
 
 
+TRIGGER_RETRIES = 5
+
+
 def race(n: int, action: Callable[[int], Any]) -> list[Any]:
     """Run `action(i)` for i in range(n) on n threads released together; each racer's
     result, or the exception it raised.
@@ -140,16 +145,24 @@ def race(n: int, action: Callable[[int], Any]) -> list[Any]:
 
     def run(i: int) -> None:
         barrier.wait()
-        try:
-            outcomes[i] = action(i)
-        except Exception as exc:
-            outcomes[i] = exc
+        # A racer whose transaction could not commit is retried later, as its trigger
+        # would retry it; otherwise every racer can lose in a bad round and none win.
+        for _ in range(TRIGGER_RETRIES):
+            try:
+                outcomes[i] = action(i)
+                return
+            except RetryableError as exc:
+                outcomes[i] = exc
+                time.sleep(random.uniform(0.05, 0.5))
+            except Exception as exc:
+                outcomes[i] = exc
+                return
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=120)
     assert not any(t.is_alive() for t in threads), "a racer hung"
     return outcomes
 
@@ -160,7 +173,6 @@ def split_outcomes(outcomes: list[Any]) -> list[tuple[int, Any]]:
     for outcome in outcomes:
         if isinstance(outcome, Exception):
             assert isinstance(outcome, RetryableError), repr(outcome)
-            assert isinstance(outcome, RetryableError) or "attempts" in str(outcome)
     return [
         (i, o) for i, o in enumerate(outcomes) if o is not None and not isinstance(o, Exception)
     ]
