@@ -3,10 +3,13 @@
 deploy: build the package (scripts/package.py), `terraform init`, create the API key
 secrets first, make sure each has a value, then `terraform apply` everything. Cloud
 Functions refuses to deploy a function whose secret has no version, hence the order.
-A secret without a value gets one from the environment variable of the same name
-(OPENAI_API_KEY), piped to `gcloud secrets versions add` on stdin: the key never appears
-in a command line, in Terraform's variables or in its state. With no such variable the
-deploy stops and says which command to run.
+There is one secret per provider in `enabled_providers` (default: openai only). A secret
+without a value gets one from the environment variable of the same name (OPENAI_API_KEY,
+ANTHROPIC_API_KEY), piped to `gcloud secrets versions add` on stdin: the key never
+appears in a command line, in Terraform's variables or in its state. With no such
+variable the deploy stops and says which command to run (or to take the provider out of
+`enabled_providers`). A key set for a provider that is not enabled is not deployed; the
+deploy goes on and says so.
 
 destroy: `terraform destroy` with the same variables.
 
@@ -28,6 +31,9 @@ INFRA = Path(__file__).resolve().parent
 ROOT = INFRA.parent
 SECRETS = "google_secret_manager_secret.api_key"
 ENV_LABEL = "batchline-env"
+# Provider -> the variable holding its API key: infra's local.provider_api_keys (main.tf),
+# which tests/infra checks this equals.
+API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 class DeployError(Exception):
@@ -92,9 +98,23 @@ def has_version(secret: dict[str, Any]) -> bool:
     return bool(listed.strip())
 
 
+def warn_unused_keys(secrets: list[dict[str, Any]]) -> None:
+    deployed = {s["env"] for s in secrets}
+    for provider, env in API_KEY_ENV.items():
+        if os.environ.get(env) and env not in deployed:
+            print(
+                f"deploy: warning: {env} is set, but {provider} is not in enabled_providers, so "
+                f"its key is not deployed and {provider} lines will fail; add {provider!r} to "
+                "enabled_providers in your tfvars to run it",
+                file=sys.stderr,
+            )
+
+
 def fill_secrets() -> None:
     missing = []
-    for secret in secrets_in_state():
+    secrets = secrets_in_state()
+    warn_unused_keys(secrets)
+    for secret in secrets:
         if has_version(secret):
             continue
         value = os.environ.get(secret["env"], "")
@@ -119,7 +139,7 @@ def fill_secrets() -> None:
         ]
         raise DeployError(
             "these secrets have no value yet; set the variable and run `make deploy` again, "
-            "or add it yourself:\n" + "\n".join(lines)
+            "add it yourself, or take the provider out of enabled_providers:\n" + "\n".join(lines)
         )
 
 

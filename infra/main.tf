@@ -47,25 +47,36 @@ locals {
     BATCHLINE_WORK_BUDGET_SECONDS   = var.settings.work_budget_seconds
     BATCHLINE_COLLECT_RETRY_SECONDS = var.settings.collect_retry_seconds
   }
-  # Set only when given; otherwise the code's default applies.
+  # Set only when given; otherwise the code's default applies. BATCHLINE_RETENTION_DAYS is
+  # set exactly when the TTL policies exist (firestore.tf, local.ttl; tests/infra checks it).
   optional_environment = {
-    BATCHLINE_DEFAULT_MODEL       = var.settings.default_model
-    BATCHLINE_OPENAI_BASE_URL     = var.settings.openai_base_url
-    BATCHLINE_OPENAI_MAX_REQUESTS = var.settings.openai_max_requests
-    BATCHLINE_OPENAI_MAX_BYTES    = var.settings.openai_max_bytes
-    BATCHLINE_MAX_INPUT_BYTES     = var.settings.max_input_bytes
-    BATCHLINE_MAX_LINE_BYTES      = var.settings.max_line_bytes
+    BATCHLINE_DEFAULT_MODEL          = var.settings.default_model
+    BATCHLINE_OPENAI_BASE_URL        = var.settings.openai_base_url
+    BATCHLINE_OPENAI_MAX_REQUESTS    = var.settings.openai_max_requests
+    BATCHLINE_OPENAI_MAX_BYTES       = var.settings.openai_max_bytes
+    BATCHLINE_ANTHROPIC_BASE_URL     = var.settings.anthropic_base_url
+    BATCHLINE_ANTHROPIC_MAX_REQUESTS = var.settings.anthropic_max_requests
+    BATCHLINE_ANTHROPIC_MAX_BYTES    = var.settings.anthropic_max_bytes
+    BATCHLINE_ANTHROPIC_MAX_TOKENS   = var.settings.anthropic_max_tokens
+    BATCHLINE_MAX_INPUT_BYTES        = var.settings.max_input_bytes
+    BATCHLINE_MAX_LINE_BYTES         = var.settings.max_line_bytes
+    BATCHLINE_RETENTION_DAYS         = var.firestore.retention_days
   }
   function_environment = merge(
     { for k, v in local.environment : k => tostring(v) },
     { for k, v in local.optional_environment : k => tostring(v) if v != null },
   )
 
-  # Provider API keys: Secret Manager secret per provider, mounted as this variable.
+  # Provider API keys, by provider: each provider in var.enabled_providers gets a Secret
+  # Manager secret, mounted as this variable into the functions whose code calls a provider
+  # (local.access). A provider left out has no secret: its lines fail with "<env> is not
+  # set", and nothing else does. tests/infra checks these are the providers and variables
+  # the code knows.
   provider_api_keys = {
-    openai = { env = "OPENAI_API_KEY", enabled = var.provider_api_keys.openai }
+    openai    = { env = "OPENAI_API_KEY" }
+    anthropic = { env = "ANTHROPIC_API_KEY" }
   }
-  api_key_secrets = { for k, v in local.provider_api_keys : k => v if v.enabled }
+  api_key_secrets = { for k, v in local.provider_api_keys : k => v if contains(var.enabled_providers, k) }
 
   services = concat([
     "artifactregistry.googleapis.com",

@@ -114,6 +114,7 @@ variable "firestore" {
     - point_in_time_recovery: keep 7 days of versions.
     - delete_protection: refuse deletion, even by Terraform.
     - deletion_policy: "ABANDON" leaves the database (and its jobs) in place on `make destroy`; "DELETE" deletes it.
+    - retention_days (BATCHLINE_RETENTION_DAYS): keep a finished job's records (the job and its chunks) this many days, then let a Firestore TTL policy delete them (typically within a day after). Null keeps them forever. Results in the output bucket are not affected; an Idempotency-Key is remembered only as long as its job's records.
   EOT
   type = object({
     create                 = optional(bool, true)
@@ -121,12 +122,19 @@ variable "firestore" {
     point_in_time_recovery = optional(bool, true)
     delete_protection      = optional(bool, false)
     deletion_policy        = optional(string, "ABANDON")
+    retention_days         = optional(number)
   })
   default  = {}
   nullable = false
   validation {
     condition     = contains(["ABANDON", "DELETE"], var.firestore.deletion_policy)
     error_message = "firestore.deletion_policy must be ABANDON or DELETE."
+  }
+  validation {
+    # A day at least: a storage event can be redelivered for up to a day, and a job id is
+    # recognised as already done only while its record exists.
+    condition     = var.firestore.retention_days == null || try(var.firestore.retention_days >= 1, false)
+    error_message = "firestore.retention_days must be at least 1 (or null to keep finished jobs forever)."
   }
 }
 
@@ -248,29 +256,53 @@ variable "settings" {
   description = <<-EOT
     The functions' settings, passed as the environment variables `shared/batchline/config.py` reads. Null leaves a
     setting to the code's default (see the README's Configuration table).
-    - default_model (BATCHLINE_DEFAULT_MODEL): model for lines and jobs without one, "provider/model".
+    - default_model (BATCHLINE_DEFAULT_MODEL): model for lines and jobs without one, "provider/model"; its provider must be in enabled_providers.
     - openai_base_url (BATCHLINE_OPENAI_BASE_URL): another OpenAI-compatible endpoint.
-    - openai_max_requests, openai_max_bytes: chunk limits; max_input_bytes, max_line_bytes: file and line limits.
+    - openai_max_requests, openai_max_bytes: OpenAI chunk limits.
+    - anthropic_base_url (BATCHLINE_ANTHROPIC_BASE_URL): another Anthropic endpoint.
+    - anthropic_max_requests, anthropic_max_bytes: Anthropic chunk limits (bytes of request body).
+    - anthropic_max_tokens (BATCHLINE_ANTHROPIC_MAX_TOKENS): max_tokens for Anthropic requests that give none.
+    - max_input_bytes, max_line_bytes: file and line limits.
     - lease_seconds: planning and submit leases; must outlive any invocation (longer than every event timeout).
     - work_budget_seconds: time submit, poll and api spend planning and submitting before leaving work to the next tick; at least 60 s under their timeouts.
     - collect_retry_seconds: re-request a collect that has not finished after this long.
   EOT
   type = object({
-    default_model         = optional(string)
-    openai_base_url       = optional(string)
-    openai_max_requests   = optional(number)
-    openai_max_bytes      = optional(number)
-    max_input_bytes       = optional(number)
-    max_line_bytes        = optional(number)
-    lease_seconds         = optional(number, 900)
-    work_budget_seconds   = optional(number, 420)
-    collect_retry_seconds = optional(number, 600)
+    default_model          = optional(string)
+    openai_base_url        = optional(string)
+    openai_max_requests    = optional(number)
+    openai_max_bytes       = optional(number)
+    anthropic_base_url     = optional(string)
+    anthropic_max_requests = optional(number)
+    anthropic_max_bytes    = optional(number)
+    anthropic_max_tokens   = optional(number)
+    max_input_bytes        = optional(number)
+    max_line_bytes         = optional(number)
+    lease_seconds          = optional(number, 900)
+    work_budget_seconds    = optional(number, 420)
+    collect_retry_seconds  = optional(number, 600)
   })
   default  = {}
   nullable = false
   validation {
     condition     = var.settings.default_model == null || can(regex("^[a-z]+/.+$", var.settings.default_model))
     error_message = "settings.default_model must look like provider/model, e.g. openai/gpt-4.1-mini."
+  }
+  validation {
+    condition = var.settings.default_model == null || try(
+      contains(var.enabled_providers, split("/", var.settings.default_model)[0]), false
+    )
+    error_message = "settings.default_model names a provider that is not in enabled_providers (it would have no API key)."
+  }
+  validation {
+    condition = alltrue([
+      for v in [
+        var.settings.openai_max_requests, var.settings.openai_max_bytes,
+        var.settings.anthropic_max_requests, var.settings.anthropic_max_bytes, var.settings.anthropic_max_tokens,
+        var.settings.max_input_bytes, var.settings.max_line_bytes,
+      ] : v == null || try(v >= 1 && floor(v) == v, false)
+    ])
+    error_message = "The settings' request, byte and token limits must be whole numbers of at least 1."
   }
   validation {
     condition = (
@@ -291,13 +323,15 @@ variable "settings" {
   }
 }
 
-variable "provider_api_keys" {
-  description = "Provider API keys to keep in Secret Manager and mount into the functions. Terraform creates the secret only; add its value with `gcloud secrets versions add` (or let `make deploy` do it from the environment)."
-  type = object({
-    openai = optional(bool, true)
-  })
-  default  = {}
-  nullable = false
+variable "enabled_providers" {
+  description = "Providers this deployment runs, e.g. [\"openai\", \"anthropic\"]. Each gets a Secret Manager secret for its API key (OPENAI_API_KEY, ANTHROPIC_API_KEY), mounted into the functions that call providers; `make deploy` fills an empty one from the variable of that name and stops if it is not set. Terraform creates the secret only, never its value. Lines for a provider left out fail with \"<KEY> is not set\"; nothing else is affected."
+  type        = set(string)
+  default     = ["openai"]
+  nullable    = false
+  validation {
+    condition     = length(var.enabled_providers) > 0 && alltrue([for p in var.enabled_providers : contains(["openai", "anthropic"], p)])
+    error_message = "enabled_providers must list at least one of \"openai\" and \"anthropic\", and nothing else."
+  }
 }
 
 variable "api_invokers" {

@@ -9,14 +9,22 @@ What is checked:
 - every function's entry point exists in functions/main.py, with the signature its trigger
   needs, and every entry point there is deployed;
 - every environment variable infra sets is one the code reads, every required one is set,
-  and each bucket and topic variable names the resource that plays that part;
+  every other one the code reads can be set (a setting or a secret), and each bucket and
+  topic variable names the resource that plays that part;
+- providers: infra can enable exactly the providers the code runs, each with a secret
+  mounted as the API key variable the code reads, and var.enabled_providers accepts them;
 - triggers: submit on the input bucket, poll and collect on their topics, the scheduler on
   the poll topic, an explicit retry policy on each event function;
 - per function, the topics its code publishes to and whether it calls a provider equal
   what infra grants (publisher on the topic, the API key secrets), and the blob operations
   it performs are ones the granted roles allow;
-- each Firestore query in the code is served by an automatic single-field index or by a
-  composite index declared in infra;
+- each Firestore query in the code is served by an index: a composite index declared in
+  infra, or single-field indexes, which Firestore keeps automatically for collection
+  scope only (unless infra overrides the field); a collection-group query needs a
+  collection-group single-field index declared in infra for every field it uses;
+- retention: the TTL policies are on the timestamp field the code stamps, on every
+  collection group whose documents get it, and exist exactly when infra sets the
+  retention variable that makes the code stamp it;
 - the work bucket's lifecycle covers every prefix the code writes there;
 - no IAM grant uses a primitive role or allUsers/allAuthenticatedUsers, and invoker is
   granted on single services only;
@@ -66,6 +74,19 @@ EQUALITY_OPS = {
     "array_contains_any",
     "array-contains-any",
 }
+ARRAY_OPS = {"array_contains", "array-contains", "array_contains_any", "array-contains-any"}
+SCOPES = ("COLLECTION", "COLLECTION_GROUP")
+INDEX_MODES = ("ASCENDING", "DESCENDING", "CONTAINS")
+# The single-field indexes Firestore keeps for a field nobody overrides: collection scope
+# only. Collection-group scope must be asked for (google_firestore_field index_config).
+AUTOMATIC_INDEXES = frozenset(("COLLECTION", mode) for mode in INDEX_MODES)
+# Which model each Firestore collection holds: the collection's constant in
+# adapters/firestore.py and the dataclass in domain/models.py.
+STORED_MODELS = {"JOBS": "Job", "CHUNKS": "Chunk"}
+# The Settings field whose variable makes the code stamp expiry timestamps.
+RETENTION_SETTING = "retention_days"
+# Variables the deployed code reads that only the local stack sets.
+LOCAL_ONLY_ENV = re.compile(r"_EMULATOR_HOST$")
 
 
 # --------------------------------------------------------------------------- HCL helpers
@@ -274,6 +295,23 @@ class Query:
             return False  # equality filters only: single-field indexes (merged) serve it
         return len(fields) > 1
 
+    def single_field_needs(self) -> list[tuple[str, tuple[str, ...]]]:
+        """For a query single-field indexes serve: each field, with the index modes (any one
+        of them, in the query's scope) that serve what the query does with it."""
+        ordered = dict(self.orders)
+        needs: list[tuple[str, tuple[str, ...]]] = []
+        for name, op in self.filters:
+            if op in ARRAY_OPS:
+                needs.append((name, ("CONTAINS",)))
+            elif name in ordered:
+                continue  # the order below says which direction
+            elif op in EQUALITY_OPS:
+                needs.append((name, ("ASCENDING", "DESCENDING")))
+            else:
+                needs.append((name, ("ASCENDING",)))
+        needs += [(name, (direction,)) for name, direction in self.orders]
+        return needs
+
 
 @dataclass(frozen=True)
 class FunctionUse:
@@ -295,6 +333,9 @@ class CodeFacts:
     uses: dict[str, FunctionUse]  # by entry point
     queries: list[Query]
     work_prefixes: frozenset[str]  # first path segments the code writes in the work bucket
+    providers: frozenset[str] = frozenset()  # the providers the code runs
+    # Firestore collection -> the timestamp fields the code stamps on its documents
+    expiry_fields: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 def deployed_sources(package: Path = PACKAGE, main: Path = MAIN) -> dict[str, str]:
@@ -386,13 +427,16 @@ def settings_from_config(
                     fields[keyword.arg] = _names_in(value)
     required: list[frozenset[str]] = []
     numeric: set[str] = set()
+    parsers = _number_parsers(config_source)
     for node in ast.walk(function):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
             name = _constant_str(node.args[0])
             if name and node.func.id == "required":
                 required.append(frozenset({name}))
-            if name and node.func.id == "number":
-                numeric.add(name)
+            if node.func.id in parsers:
+                numeric.update(
+                    c for a in node.args if (c := _constant_str(a)) and ENV_NAME.match(c)
+                )
         # `if not x: raise ...` where x was read from the environment
         if (
             isinstance(node, ast.If)
@@ -406,6 +450,18 @@ def settings_from_config(
             if names:
                 required.append(names)
     return fields, required, frozenset(numeric)
+
+
+def _number_parsers(config_source: str) -> frozenset[str]:
+    """Functions in config.py (nested ones too) that turn a value into a number."""
+    found = set()
+    for node in ast.walk(ast.parse(config_source)):
+        if isinstance(node, ast.FunctionDef) and any(
+            isinstance(n, ast.Call) and getattr(n.func, "id", "") in ("float", "int")
+            for n in ast.walk(node)
+        ):
+            found.add(node.name)
+    return frozenset(found)
 
 
 class _Module:
@@ -638,6 +694,56 @@ def work_prefixes(sources: dict[str, str]) -> frozenset[str]:
     return frozenset(prefixes)
 
 
+def _module_constants(source: str) -> dict[str, ast.expr]:
+    return {
+        node.targets[0].id: node.value
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+    }
+
+
+def enabled_providers(sources: dict[str, str]) -> frozenset[str]:
+    """The string literals in domain/requests.py's ENABLED_PROVIDERS."""
+    value = _module_constants(sources.get("batchline.domain.requests", "")).get("ENABLED_PROVIDERS")
+    if value is None:
+        return frozenset()
+    return frozenset(c for n in ast.walk(value) if (c := _constant_str(n)) is not None)
+
+
+def expiry_fields(sources: dict[str, str]) -> dict[str, frozenset[str]]:
+    """Firestore collection -> the `datetime` fields of the model stored there that the code
+    sets somewhere (a keyword argument of that name outside the models module)."""
+    adapter = _module_constants(sources.get("batchline.adapters.firestore", ""))
+    models = ast.parse(sources.get("batchline.domain.models", ""))
+    timestamps: dict[str, set[str]] = {}
+    for node in models.body:
+        if isinstance(node, ast.ClassDef) and node.name in STORED_MODELS.values():
+            timestamps[node.name] = {
+                item.target.id
+                for item in node.body
+                if isinstance(item, ast.AnnAssign)
+                and isinstance(item.target, ast.Name)
+                and re.search(r"\bdatetime\b", ast.unparse(item.annotation))
+            }
+    written = {
+        keyword.arg
+        for name, source in sources.items()
+        if name != "batchline.domain.models"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        for keyword in node.keywords
+        if keyword.arg
+    }
+    found = {}
+    for constant, model in STORED_MODELS.items():
+        collection = _constant_str(adapter.get(constant))
+        if collection is not None:
+            found[collection] = frozenset(timestamps.get(model, set()) & written)
+    return found
+
+
 def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
     sources = deployed_sources() if sources is None else sources
     fields, required, numeric = settings_from_config(sources["batchline.config"])
@@ -645,13 +751,16 @@ def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
     points = entry_points(sources["main"])
     return CodeFacts(
         entry_points=points,
-        env_read=env_reads(sources),
+        # Names read through a helper (an optional number, say) are found as settings.
+        env_read=env_reads(sources).union(*fields.values()),
         required_env=required,
         numeric_env=numeric,
         settings_env=fields,
         uses={name: function_use(graph, name) for name in points},
         queries=firestore_queries(sources),
         work_prefixes=work_prefixes(sources),
+        providers=enabled_providers(sources),
+        expiry_fields=expiry_fields(sources),
     )
 
 
@@ -710,6 +819,10 @@ def check_environment(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
     names = set(env) | set(_secret_env(infra).values())
     for name in sorted(names - code.env_read):
         yield f"infra sets environment variable {name} but the code never reads it"
+    for name in sorted(code.env_read - names):
+        aliases = [g for g in code.settings_env.values() if name in g and g & names]
+        if not LOCAL_ONLY_ENV.search(name) and not aliases:
+            yield f"the code reads {name} but infra cannot set it (add it to var.settings and local.optional_environment, or as a secret)"
     for group in code.required_env:
         if not group & names:
             yield f"the code requires {' or '.join(sorted(group))} but infra does not set it"
@@ -829,13 +942,65 @@ def _index_fields(index: dict[str, Any]) -> list[tuple[str, str]]:
     return [(str(f[0]), str(f[1])) for f in index.get("fields", [])]
 
 
+def _field_overrides(
+    infra: InfraFacts,
+) -> tuple[dict[tuple[str, str], frozenset[tuple[str, str]]], list[str]]:
+    """(collection group, field) -> the (scope, mode) single-field indexes it keeps, for
+    every field infra overrides (TTL fields as if retention were on); and what the check
+    cannot read."""
+    overrides: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}
+    problems = []
+    for name, entry in infra.locals.get("firestore_field_indexes", {}).items():
+        kept = frozenset((str(i[0]), str(i[1])) for i in entry.get("indexes", []))
+        for scope, mode in sorted(kept):
+            if scope not in SCOPES or mode not in INDEX_MODES:
+                problems.append(
+                    f"infra: local.firestore_field_indexes.{name} has index [{scope}, {mode}]; scopes are {SCOPES}, modes {INDEX_MODES}"
+                )
+        overrides[(str(entry.get("collection")), str(entry.get("field")))] = kept
+    ttl = infra.resource("google_firestore_field", "ttl")
+    if ttl and "index_config" in ttl:
+        if ttl["index_config"] != [{}]:
+            problems.append(
+                "infra: google_firestore_field.ttl may only turn indexing off (index_config {})"
+            )
+        ttl_field, collections, _ = _ttl_policies(infra)
+        for collection in collections:
+            if (collection, ttl_field) in overrides:
+                problems.append(
+                    f"infra: {collection}.{ttl_field} is both a TTL field and in local.firestore_field_indexes; one google_firestore_field would undo the other"
+                )
+            overrides[(collection, ttl_field)] = frozenset()
+    for name in infra.of_type("google_firestore_field"):
+        if name not in ("index", "ttl"):
+            problems.append(
+                f"infra: google_firestore_field.{name} is neither the index overrides nor the TTL policies, which are all the check can read"
+            )
+    index = infra.resource("google_firestore_field", "index")
+    if overrides and index and _ref(index.get("for_each", "")) != "local.firestore_field_indexes":
+        problems.append(
+            "infra: google_firestore_field.index must iterate over local.firestore_field_indexes"
+        )
+    return overrides, problems
+
+
 def check_indexes(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
     indexes = infra.locals.get("firestore_indexes", {})
-    for field_override in infra.of_type("google_firestore_field").values():
-        if "index_config" in field_override:
-            yield f"infra overrides single-field indexes of {field_override.get('field')}: check the code's queries still work"
+    overrides, problems = _field_overrides(infra)
+    yield from problems
     for query in code.queries:
         if not query.needs_composite():
+            # Single-field indexes serve it: Firestore keeps them for collection scope unless
+            # the field is overridden, and for collection-group scope only when declared.
+            for name, modes in query.single_field_needs():
+                kept = overrides.get((query.collection, name), AUTOMATIC_INDEXES)
+                if any((query.scope, mode) in kept for mode in modes):
+                    continue
+                wanted = f"a {query.scope} {' or '.join(modes)} single-field index on {query.collection}.{name}"
+                if (query.collection, name) in overrides:
+                    yield f"{query.module}: the query on {query.collection} ({query.filters}) needs {wanted}, which infra's override of that field does not keep"
+                else:
+                    yield f"{query.module}: the collection-group query on {query.collection} ({query.filters}) needs {wanted}, which Firestore does not keep by default and infra does not declare (local.firestore_field_indexes)"
             continue
         equality = {f for f, op in query.filters if op in EQUALITY_OPS}
         ordered = [
@@ -859,11 +1024,83 @@ def check_indexes(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
             if head == equality and tail[: len(ordered)] == ordered:
                 served = True
         if not served:
-            wanted = [*[(f, "ASCENDING") for f in sorted(equality)], *ordered]
-            yield f"{query.module}: the query on {query.collection} ({query.filters}, order {query.orders}) needs a composite index {wanted} that infra does not declare"
+            wanted_fields = [*[(f, "ASCENDING") for f in sorted(equality)], *ordered]
+            yield f"{query.module}: the query on {query.collection} ({query.filters}, order {query.orders}) needs a composite index {wanted_fields} that infra does not declare"
     resource = infra.resource("google_firestore_index", "composite")
     if indexes and _ref(resource.get("for_each", "")) != "local.firestore_indexes":
         yield "infra: google_firestore_index.composite must iterate over local.firestore_indexes"
+
+
+TTL_SWITCH = re.compile(r"(?P<switch>\S+) == null \? \[\] : \[(?P<names>[^\]]*)\]")
+
+
+def _ttl_policies(infra: InfraFacts) -> tuple[str, list[str], str | None]:
+    """local.ttl as (field, collections it puts policies on, the expression that turns
+    them on when not null); the expression is None if it is not of that form."""
+    ttl = infra.locals.get("ttl") or {}
+    match = TTL_SWITCH.fullmatch(_ref(ttl.get("collections", "")))
+    if not match:
+        return str(ttl.get("field")), [], None
+    return str(ttl.get("field")), re.findall(r'"([^"]+)"', match["names"]), match["switch"]
+
+
+def check_retention(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    stamped = {c: fields for c, fields in code.expiry_fields.items() if fields}
+    variables = code.settings_env.get(RETENTION_SETTING, frozenset())
+    if "ttl" not in infra.locals:
+        if stamped:
+            yield f"the code stamps expiry timestamps ({stamped}) but infra declares no TTL policy (local.ttl)"
+        return
+    ttl_field, collections, switch = _ttl_policies(infra)
+    if switch is None:
+        yield "infra: local.ttl.collections must be `<retention> == null ? [] : [collections]`, so that the TTL policies follow the retention setting"
+        return
+    for collection in collections:
+        fields = code.expiry_fields.get(collection)
+        if fields is None:
+            yield f"infra puts a TTL policy on the {collection} collection group, which the code does not store"
+        elif ttl_field not in fields:
+            yield f"infra's TTL policy on {collection} is on {ttl_field}, but the code stamps {sorted(fields) or 'no timestamp'} on {collection} documents"
+    for collection, fields in sorted(stamped.items()):
+        if collection not in collections:
+            yield f"the code stamps {sorted(fields)} on {collection} documents but infra puts no TTL policy on {collection}"
+    # The code stamps expiry only when its retention variable is set: exactly when the
+    # policies exist, or finished jobs are kept (or stamped) with nothing to delete them.
+    always = infra.locals.get("environment", {})
+    optional = infra.locals.get("optional_environment", {})
+    set_by_infra = sorted(variables & (set(always) | set(optional)))
+    if not variables:
+        yield f"infra has TTL policies but the code has no Settings.{RETENTION_SETTING} to stamp {ttl_field}"
+    elif not set_by_infra:
+        yield f"infra never sets {' or '.join(sorted(variables))}, so the code stamps no {ttl_field} for the TTL policies to act on"
+    for name in set_by_infra:
+        if name in always:
+            yield f"{name} is always set, but the TTL policies exist only when {switch} is not null"
+        elif _ref(optional[name]) != switch:
+            yield f"{name} is set from {_ref(optional[name])} but the TTL policies exist when {switch} is not null: both must follow one variable"
+    resource = infra.resource("google_firestore_field", "ttl")
+    if _ref(resource.get("for_each", "")) != "toset(local.ttl.collections)":
+        yield "infra: google_firestore_field.ttl must iterate over toset(local.ttl.collections)"
+    if _ref(resource.get("field", "")) != "local.ttl.field":
+        yield "infra: google_firestore_field.ttl must configure local.ttl.field"
+    if resource.get("ttl_config") != [{}]:
+        yield "infra: google_firestore_field.ttl needs an empty ttl_config block (the TTL policy)"
+
+
+def check_providers(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    known = set(infra.locals.get("provider_api_keys", {}))
+    for provider in sorted(code.providers - known):
+        yield f"the code runs provider {provider} but infra cannot enable it (local.provider_api_keys)"
+    for provider in sorted(known - code.providers):
+        yield f"infra can enable provider {provider}, which the code does not run"
+    accepted: set[str] = set()
+    for validation in infra.variables.get("enabled_providers", {}).get("validation", []):
+        for listed in re.findall(r"contains\(\[([^\]]*)\]", str(validation.get("condition", ""))):
+            accepted |= set(re.findall(r'"([^"]+)"', listed))
+    if accepted != known:
+        yield f"var.enabled_providers accepts {sorted(accepted)}, but infra knows the providers {sorted(known)}"
+    if "var.enabled_providers" not in _ref(infra.locals.get("api_key_secrets", "")):
+        yield "infra: local.api_key_secrets must hold the providers in var.enabled_providers"
 
 
 def check_work_lifecycle(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
@@ -972,7 +1209,9 @@ CHECKS = (
     check_environment,
     check_triggers,
     check_access,
+    check_providers,
     check_indexes,
+    check_retention,
     check_work_lifecycle,
     check_iam,
     check_timeouts,

@@ -68,12 +68,22 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
         "collect": "cloudevent",
         "api": "http",
     }
-    assert {"BATCHLINE_INPUT_BUCKET", "OPENAI_API_KEY", "GOOGLE_CLOUD_PROJECT"} <= code.env_read
+    assert {
+        "BATCHLINE_INPUT_BUCKET",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GOOGLE_CLOUD_PROJECT",
+        "BATCHLINE_RETENTION_DAYS",
+    } <= code.env_read
     assert frozenset({"BATCHLINE_WORK_BUCKET"}) in code.required_env
+    assert {"BATCHLINE_RETENTION_DAYS", "BATCHLINE_ANTHROPIC_MAX_TOKENS"} <= code.numeric_env
     assert code.uses["collect"].published == {"events_topic"}
     assert code.uses["poll"].published == {"collect_topic", "events_topic"}
     assert all(use.uses_providers for use in code.uses.values())
+    assert {"openai", "anthropic"} <= code.providers
     assert code.queries, "no Firestore query found in the code"
+    assert any(q.scope == "COLLECTION_GROUP" and q.collection == "chunks" for q in code.queries)
+    assert code.expiry_fields == {"jobs": {"expire_at"}, "chunks": {"expire_at"}}
     assert "jobs/" in code.work_prefixes
 
 
@@ -89,6 +99,9 @@ def test_settings_load_from_the_environment_infra_sets(
     assert settings.collect_topic == env["BATCHLINE_COLLECT_TOPIC"]
     assert settings.events_topic == env["BATCHLINE_EVENTS_TOPIC"]
     assert settings.openai_api_key == env["OPENAI_API_KEY"]
+    assert settings.anthropic_api_key == env["ANTHROPIC_API_KEY"]
+    assert settings.anthropic_max_tokens == int(env["BATCHLINE_ANTHROPIC_MAX_TOKENS"])
+    assert settings.retention_days == float(env["BATCHLINE_RETENTION_DAYS"])
 
 
 def test_every_variable_is_typed_and_described(infra: c.InfraFacts) -> None:
@@ -220,6 +233,73 @@ def test_secret_for_a_key_the_code_does_not_read_is_reported(
     assert_reported(problems_with_infra(files, code), "infra sets environment variable OPENAI_KEY")
 
 
+def test_setting_infra_cannot_set_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        "    BATCHLINE_ANTHROPIC_MAX_TOKENS   = var.settings.anthropic_max_tokens\n",
+        "",
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "the code reads BATCHLINE_ANTHROPIC_MAX_TOKENS but infra cannot set it",
+    )
+
+
+# -------------------------------------------------------------- providers and their keys
+
+
+def test_provider_infra_cannot_enable_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(infra_files, "main.tf", '    anthropic = { env = "ANTHROPIC_API_KEY" }\n', "")
+    assert_reported(
+        problems_with_infra(files, code),
+        "the code reads ANTHROPIC_API_KEY but infra cannot set it",
+        "the code runs provider anthropic but infra cannot enable it",
+        "var.enabled_providers accepts ['anthropic', 'openai'], but infra knows the providers ['openai']",
+    )
+
+
+def test_new_provider_in_code_is_reported(infra: c.InfraFacts, sources: dict[str, str]) -> None:
+    module = "batchline.domain.requests"
+    old = "ENABLED_PROVIDERS = frozenset({"
+    mutated = {**sources, module: sources[module].replace(old, old + '"mistral", ')}
+    assert mutated != sources
+    assert_reported(
+        problems_with_code(infra, mutated), "the code runs provider mistral but infra cannot"
+    )
+
+
+def test_enabled_providers_accepting_an_unknown_provider_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "variables.tf",
+        'contains(["openai", "anthropic"], p)',
+        'contains(["openai", "anthropic", "mistral"], p)',
+    )
+    assert_reported(problems_with_infra(files, code), "var.enabled_providers accepts")
+
+
+def test_keys_not_mounted_where_the_code_calls_a_provider_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        'publish = ["events"], provider_keys = true',
+        'publish = ["events"], provider_keys = false',
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "function collect: its code calls a provider but infra does not mount the API keys",
+    )
+
+
 # ------------------------------------------------------------------ triggers and access
 
 
@@ -320,6 +400,160 @@ def test_query_needing_a_composite_index_is_reported_until_declared(
     assert c.check(c.infra_facts_from(declared), code) == []
 
 
+CG_INDEX = '        ["COLLECTION_GROUP", "ASCENDING"],\n'
+
+
+def test_collection_group_query_needs_its_declared_index(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    """batch_recorded_by's equality-only query over every job's chunks: Firestore keeps no
+    collection-group single-field index by default, so without infra's it fails."""
+    without = changed(infra_files, "firestore.tf", CG_INDEX, "")
+    assert_reported(
+        problems_with_infra(without, code),
+        "needs a COLLECTION_GROUP ASCENDING or DESCENDING single-field index on chunks.batch_id, which infra's override",
+    )
+    text = infra_files["firestore.tf"]
+    start = text.index("    chunks_batch_id = {")
+    end = text.index("\n    }\n", start) + len("\n    }\n")
+    undeclared = {**infra_files, "firestore.tf": text[:start] + text[end:]}
+    assert_reported(
+        problems_with_infra(undeclared, code),
+        "the collection-group query on chunks",
+        "which Firestore does not keep by default and infra does not declare",
+    )
+
+
+def test_new_collection_group_query_is_reported(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    module = "batchline.adapters.firestore"
+    old = 'FieldFilter("batch_id", "==", batch_id)'
+    assert old in sources[module]
+    mutated = {
+        **sources,
+        module: sources[module].replace(old, 'FieldFilter("model", "==", batch_id)'),
+    }
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "COLLECTION_GROUP ASCENDING or DESCENDING single-field index on chunks.model",
+    )
+
+
+def test_override_that_drops_an_automatic_index_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "firestore.tf",
+        "  firestore_field_indexes = {\n",
+        '  firestore_field_indexes = {\n    jobs_state = { collection = "jobs", field = "state", indexes = [["COLLECTION_GROUP", "ASCENDING"]] }\n',
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "COLLECTION ASCENDING or DESCENDING single-field index on jobs.state, which infra's override of that field does not keep",
+    )
+
+
+def test_query_on_the_unindexed_ttl_field_is_reported(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    module = "batchline.adapters.firestore"
+    old = 'FieldFilter("state", "in", ACTIVE_STATES)'
+    assert old in sources[module]
+    mutated = {
+        **sources,
+        module: sources[module].replace(old, 'FieldFilter("expire_at", "<", ACTIVE_STATES)'),
+    }
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "single-field index on jobs.expire_at, which infra's override of that field does not keep",
+    )
+
+
+def test_ttl_field_also_in_the_index_overrides_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "firestore.tf",
+        "  firestore_field_indexes = {\n",
+        '  firestore_field_indexes = {\n    chunks_expire_at = { collection = "chunks", field = "expire_at", indexes = [["COLLECTION", "ASCENDING"]] }\n',
+    )
+    assert_reported(problems_with_infra(files, code), "chunks.expire_at is both a TTL field")
+
+
+def test_unknown_field_override_is_reported(infra_files: dict[str, str], code: c.CodeFacts) -> None:
+    extra = 'resource "google_firestore_field" "other" {\n  collection = "jobs"\n  field = "state"\n  index_config {}\n}\n'
+    files = {**infra_files, "extra.tf": extra}
+    assert_reported(problems_with_infra(files, code), "google_firestore_field.other is neither")
+
+
+# ----------------------------------------------------------------------------- retention
+
+
+def test_ttl_on_a_field_the_code_does_not_stamp_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files, "firestore.tf", 'field       = "expire_at"', 'field       = "expires_at"'
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "TTL policy on jobs is on expires_at, but the code stamps ['expire_at']",
+        "TTL policy on chunks is on expires_at",
+    )
+
+
+def test_renamed_expiry_field_in_code_is_reported(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    mutated = {name: source.replace("expire_at", "delete_at") for name, source in sources.items()}
+    assert mutated != sources
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "TTL policy on jobs is on expire_at, but the code stamps ['delete_at']",
+    )
+
+
+def test_collection_the_code_stamps_without_a_policy_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(infra_files, "firestore.tf", '? [] : ["jobs", "chunks"]', '? [] : ["jobs"]')
+    assert_reported(
+        problems_with_infra(files, code),
+        "the code stamps ['expire_at'] on chunks documents but infra puts no TTL policy on chunks",
+    )
+
+
+def test_retention_variable_and_ttl_policies_must_go_together(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    env_line = "    BATCHLINE_RETENTION_DAYS         = var.firestore.retention_days\n"
+    unset = changed(infra_files, "main.tf", env_line, "")
+    assert_reported(
+        problems_with_infra(unset, code),
+        "infra never sets BATCHLINE_RETENTION_DAYS, so the code stamps no expire_at",
+    )
+    other = changed(
+        infra_files,
+        "firestore.tf",
+        "collections = var.firestore.retention_days == null",
+        "collections = var.firestore.location == null",
+    )
+    assert_reported(
+        problems_with_infra(other, code),
+        "BATCHLINE_RETENTION_DAYS is set from var.firestore.retention_days but the TTL policies exist when var.firestore.location is not null",
+    )
+    always = changed(
+        infra_files,
+        "firestore.tf",
+        'collections = var.firestore.retention_days == null ? [] : ["jobs", "chunks"]',
+        'collections = ["jobs", "chunks"]',
+    )
+    assert_reported(problems_with_infra(always, code), "local.ttl.collections must be")
+
+
 # ---------------------------------------------------------------------- buckets and IAM
 
 
@@ -406,8 +640,8 @@ def test_work_budget_that_does_not_fit_the_timeout_is_reported(
     files = changed(
         infra_files,
         "variables.tf",
-        "work_budget_seconds   = optional(number, 420)",
-        "work_budget_seconds   = optional(number, 500)",
+        "work_budget_seconds    = optional(number, 420)",
+        "work_budget_seconds    = optional(number, 500)",
     )
     assert_reported(problems_with_infra(files, code), "work budget 500 s does not leave 60 s")
 

@@ -4,6 +4,8 @@ only through stdin, and stopping with instructions when a key is missing."""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import itertools
 import json
 import os
@@ -49,6 +51,23 @@ STATE = {
         }
     }
 }
+
+
+ANTHROPIC_SECRET = {
+    "address": 'google_secret_manager_secret.api_key["anthropic"]',
+    "values": {
+        "secret_id": "batchline-anthropic-api-key",
+        "project": "my-project",
+        "labels": {"batchline-env": "anthropic_api_key"},
+    },
+}
+
+
+def with_anthropic() -> dict[str, Any]:
+    """The state after the secrets' apply with enabled_providers = ["openai", "anthropic"]."""
+    state = copy.deepcopy(STATE)
+    state["values"]["root_module"]["resources"].append(ANTHROPIC_SECRET)
+    return state
 
 
 @pytest.fixture
@@ -143,6 +162,49 @@ def test_deploy_stops_and_explains_when_a_key_is_missing(stubs: dict[str, Any]) 
     assert "gcloud secrets versions add batchline-openai-api-key" in result.stderr
     assert "OPENAI_API_KEY" in result.stderr
     assert steps(calls).count("terraform apply") == 1  # only the secrets were applied
+
+
+def test_deploy_fills_every_enabled_providers_secret(stubs: dict[str, Any]) -> None:
+    (stubs["dir"] / "state.json").write_text(json.dumps(with_anthropic()))
+    result, calls = deploy(stubs, "apply", OPENAI_API_KEY="sk-o", ANTHROPIC_API_KEY="sk-a")
+    assert result.returncode == 0, result.stderr
+    added = {
+        c["args"][3]: c["stdin"] for c in calls if steps([c])[0] == "gcloud secrets versions add"
+    }
+    assert added == {"batchline-openai-api-key": "sk-o", "batchline-anthropic-api-key": "sk-a"}
+    assert steps(calls)[-2:] == ["terraform apply", "terraform output"]
+
+
+def test_deploy_stops_when_an_enabled_provider_has_no_key(stubs: dict[str, Any]) -> None:
+    """Anthropic enabled but ANTHROPIC_API_KEY not set: the OpenAI key is still added, then
+    the deploy stops before the functions would be deployed with an empty secret."""
+    (stubs["dir"] / "state.json").write_text(json.dumps(with_anthropic()))
+    result, calls = deploy(stubs, "apply", OPENAI_API_KEY="sk-o")
+    assert result.returncode == 1
+    assert "gcloud secrets versions add batchline-anthropic-api-key" in result.stderr
+    assert "enabled_providers" in result.stderr
+    assert steps(calls).count("gcloud secrets versions add") == 1
+    assert steps(calls).count("terraform apply") == 1
+
+
+def test_a_key_for_a_provider_not_enabled_is_not_deployed(stubs: dict[str, Any]) -> None:
+    """Only OpenAI enabled (the default): an ANTHROPIC_API_KEY in the environment is left
+    alone, and the deploy goes on, saying so."""
+    result, calls = deploy(stubs, "apply", OPENAI_API_KEY="sk-o", ANTHROPIC_API_KEY="sk-a")
+    assert result.returncode == 0, result.stderr
+    assert "ANTHROPIC_API_KEY is set, but anthropic is not in enabled_providers" in result.stderr
+    assert not any(c["stdin"] == "sk-a" or "sk-a" in " ".join(c["args"]) for c in calls)
+    assert steps(calls)[-2:] == ["terraform apply", "terraform output"]
+
+
+def test_deploy_knows_the_key_variables_infra_mounts() -> None:
+    spec = importlib.util.spec_from_file_location("deploy", DEPLOY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keys = c.infra_facts().locals["provider_api_keys"]
+    infra_keys = {name: key["env"] for name, key in keys.items()}
+    assert infra_keys == module.API_KEY_ENV
 
 
 def test_deploy_needs_tfvars(stubs: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ output "values" {
     pubsub        = var.pubsub
     firestore     = var.firestore
     poll_schedule = var.poll_schedule
+    providers     = var.enabled_providers
   }
 }
 """
@@ -131,6 +132,9 @@ def test_defaults_are_what_the_consistency_check_reads(terraform: str, probe: Pa
     assert values["settings"] == c.variable_defaults(infra, "settings")
     assert values["functions"]["poll"]["retry"] is False
     assert values["functions"]["submit"]["timeout"] <= 540
+    # Only OpenAI's secret unless asked for more; finished jobs kept unless asked otherwise.
+    assert values["providers"] == ["openai"]
+    assert values["firestore"]["retention_days"] is None
 
 
 def test_a_partial_override_keeps_the_other_defaults(terraform: str, probe: Path) -> None:
@@ -138,6 +142,19 @@ def test_a_partial_override_keeps_the_other_defaults(terraform: str, probe: Path
     assert values["functions"]["submit"]["memory"] == "2Gi"
     assert values["functions"]["submit"]["timeout"] == 540
     assert values["functions"]["collect"]["retry"] is True
+
+
+def test_anthropic_settings_and_retention_are_accepted(terraform: str, probe: Path) -> None:
+    values = outputs(
+        terraform,
+        probe,
+        enabled_providers=["openai", "anthropic"],
+        settings={"default_model": "anthropic/claude-sonnet-4-5", "anthropic_max_tokens": 4096},
+        firestore={"retention_days": 30},
+    )
+    assert sorted(values["providers"]) == ["anthropic", "openai"]
+    assert values["settings"]["anthropic_max_tokens"] == 4096
+    assert values["firestore"]["retention_days"] == 30
 
 
 def test_a_directory_bundle_is_accepted(terraform: str, probe: Path) -> None:
@@ -166,6 +183,15 @@ def test_a_directory_bundle_is_accepted(terraform: str, probe: Path) -> None:
             "lease_seconds must be longer than every function's timeout",
         ),
         ({"settings": {"default_model": "gpt-4o"}}, "provider/model"),
+        (
+            {"settings": {"default_model": "anthropic/claude-sonnet-4-5"}},
+            "names a provider that is not in enabled_providers",
+        ),
+        ({"settings": {"anthropic_max_tokens": 0}}, "whole numbers of at least 1"),
+        ({"settings": {"openai_max_bytes": 1.5}}, "whole numbers of at least 1"),
+        ({"enabled_providers": []}, "enabled_providers must list at least one of"),
+        ({"enabled_providers": ["openai", "vertex"]}, "enabled_providers must list at least one"),
+        ({"firestore": {"retention_days": 0}}, "firestore.retention_days must be at least 1"),
         ({"api_invokers": ["allUsers"]}, "allUsers and allAuthenticatedUsers are refused"),
         (
             {"api_invokers": ["allAuthenticatedUsers"]},
