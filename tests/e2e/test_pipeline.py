@@ -156,8 +156,10 @@ def test_same_event_three_times_then_twice_concurrently_makes_one_batch_per_chun
         t.start()
     for t in threads:
         t.join()
-    # The loser of the race asks to be retried (500) rather than being acknowledged.
-    assert set(statuses) <= {200, 500} and 200 in statuses, statuses
+    # The upload's own delivery (through the bridge) races these two as well: whoever
+    # finds another invocation planning asks to be retried (500) rather than being
+    # acknowledged, so every status may be 500; what matters is one batch per chunk.
+    assert set(statuses) <= {200, 500}, statuses
     job = pipeline.wait(job_id)
     assert job.state is JobState.SUCCEEDED and len(pipeline.results(job)) == len(data.splitlines())
     batches = pipeline.emulator_batches(job_id)
