@@ -27,6 +27,7 @@ from generate import InputMeta, ProviderCounts
 
 from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.adapters.providers._jsonl import jsonl_lines
+from batchline.adapters.providers.vertex import VertexProvider
 from batchline.bootstrap import Deps, Providers
 from batchline.config import Settings
 from batchline.domain.ids import output_prefix
@@ -42,10 +43,11 @@ from batchline.domain.models import (
     ProviderResult,
     Source,
 )
+from batchline.domain.paths import WorkPaths
 from batchline.domain.providers import anthropic as anthropic_wire
 from batchline.domain.providers import openai as wire
 from batchline.errors import NotFound, PreconditionFailed
-from batchline.ports import BlobStore
+from batchline.ports import BlobStore, StagedPayload
 from batchline.services.collect import collect
 from batchline.services.plan import Plan, build_plan
 
@@ -57,7 +59,8 @@ DOWNLOAD_PART = 64 * 1024
 
 
 def settings() -> Settings:
-    """Default limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 / 243.2 MB."""
+    """Default limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 / 243.2 MB,
+    Vertex 190,000 / 950 MB."""
     return Settings(
         project="bench",
         input_bucket=INPUT_BUCKET,
@@ -152,6 +155,16 @@ class DiskBlobStore:
             raise NotFound(uri)
         return self._generation(path), path.stat().st_size
 
+    def list_prefix(self, prefix: str) -> Iterator[str]:
+        base = self.path(prefix)
+        folder = base if prefix.endswith("/") else base.parent
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.rglob("*")):
+            uri = "gs://" + path.relative_to(self.root).as_posix()
+            if path.is_file() and not path.name.startswith(".") and uri.startswith(prefix):
+                yield uri
+
 
 # --- the provider ---------------------------------------------------------------------------
 
@@ -178,7 +191,7 @@ class BenchOpenAI:
             batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
         )
 
-    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
 
     def find_batches(
@@ -222,7 +235,7 @@ class BenchAnthropic:
             batch_id, BatchState.COMPLETED, {}, tag=None, created_at=0.0, native=native
         )
 
-    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
 
     def find_batches(
@@ -242,10 +255,59 @@ class BenchAnthropic:
         raise NotImplementedError
 
 
-BenchProvider = BenchOpenAI | BenchAnthropic
-BENCH_PROVIDERS: dict[str, type[BenchOpenAI] | type[BenchAnthropic]] = {
+class BenchVertex:
+    """ProviderClient over pre-generated Vertex prediction files, placed in the BlobStore
+    where a job writes them; results are read by the real adapter's `iter_results` (list
+    the output directory, stream each `predictions*.jsonl`, split lines, normalise)."""
+
+    name = "vertex"
+
+    def __init__(self) -> None:
+        self.batches: dict[str, ProviderBatch] = {}
+        self.blobs: BlobStore = MemoryBlobStore()
+        self.reader = VertexProvider("bench", "us-central1", self.blobs, "http://unused")
+
+    def bind(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self.reader = VertexProvider("bench", "us-central1", blobs, "http://unused")
+
+    def add(self, batch_id: str, tag: BatchTag, *files: bytes | Path) -> None:
+        directory = WorkPaths(WORK_BUCKET, tag.job_id).chunk(tag.chunk) + "prediction-model-bench"
+        for n, source in enumerate(files, start=1):
+            uri = f"{directory}/predictions_{n:05d}.jsonl"
+            if isinstance(source, Path) and isinstance(self.blobs, DiskBlobStore):
+                self.blobs.put_file(uri, source)
+            else:
+                data = source.read_bytes() if isinstance(source, Path) else source
+                self.blobs.write_bytes(uri, data, "application/jsonl")
+        native = {"name": batch_id, "outputInfo": {"gcsOutputDirectory": directory}}
+        self.batches[batch_id] = ProviderBatch(
+            batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
+        )
+
+    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+        raise NotImplementedError("the benchmark serves ended batches only")
+
+    def find_batches(
+        self, tag: BatchTag, created_after: float, created_before: float, request_count: int
+    ) -> list[ProviderBatch]:
+        return [b for b in self.batches.values() if b.tag == tag][:1]
+
+    def get_batch(self, batch_id: str) -> ProviderBatch:
+        return self.batches[batch_id]
+
+    def iter_results(self, batch: ProviderBatch) -> Iterator[ProviderResult]:
+        return self.reader.iter_results(batch)
+
+    def cancel(self, batch_id: str) -> None:
+        raise NotImplementedError
+
+
+BenchProvider = BenchOpenAI | BenchAnthropic | BenchVertex
+BENCH_PROVIDERS: dict[str, type[BenchOpenAI] | type[BenchAnthropic] | type[BenchVertex]] = {
     "openai": BenchOpenAI,
     "anthropic": BenchAnthropic,
+    "vertex": BenchVertex,
 }
 
 
@@ -262,10 +324,13 @@ def _download(source: bytes | Path) -> Iterator[bytes]:
 
 def make_deps(blobs: BlobStore | None = None, provider: BenchProvider | None = None) -> Deps:
     bench_provider = provider or BenchOpenAI()
+    blobs = blobs if blobs is not None else MemoryBlobStore()
+    if isinstance(bench_provider, BenchVertex):
+        bench_provider.bind(blobs)
     return Deps(
         settings=settings(),
         store=MemoryJobStore(),
-        blobs=blobs if blobs is not None else MemoryBlobStore(),
+        blobs=blobs,
         publisher=RecordingPublisher(),
         providers=Providers({bench_provider.name: lambda: bench_provider}),
         clock=FixedClock(),

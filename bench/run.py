@@ -1,6 +1,7 @@
 """batchline's benchmark: `make bench` runs `.venv/bin/python bench/run.py`.
 
-1. Throughput, in this process, on the same bytes, for each provider (OpenAI, Anthropic):
+1. Throughput, in this process, on the same bytes, for each provider (OpenAI, Anthropic,
+   Vertex AI):
    a raw pass (orjson loads + dumps of every line) against submit (`build_plan`: parse,
    validate, encode, chunk, stage) on the input file, and a raw pass against collect
    (`collect`: parse + normalise every provider line, sort, ordered merge, summary) on the
@@ -39,7 +40,13 @@ from typing import Any
 
 import harness
 import orjson
-from generate import ProviderCounts, ensure_anthropic_results, ensure_input, ensure_provider_files
+from generate import (
+    ProviderCounts,
+    ensure_anthropic_results,
+    ensure_input,
+    ensure_provider_files,
+    ensure_vertex_results,
+)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -52,7 +59,7 @@ RSS_TARGET = 2.5  # times the largest chunk payload
 IMPORT_TARGET = 1.2  # times importing functions-framework + the three Google clients
 PROVIDER_SDKS = ("openai", "anthropic", "google.cloud.aiplatform", "vertexai", "google.genai")
 #: The providers the throughput and memory figures are made for, with their names in tables.
-PROVIDERS = {"openai": "OpenAI", "anthropic": "Anthropic"}
+PROVIDERS = {"openai": "OpenAI", "anthropic": "Anthropic", "vertex": "Vertex AI"}
 
 
 def provider_files(provider: str, payload: bytes) -> tuple[tuple[Path, ...], ProviderCounts]:
@@ -60,6 +67,8 @@ def provider_files(provider: str, payload: bytes) -> tuple[tuple[Path, ...], Pro
     if provider == "anthropic":
         results, counts = ensure_anthropic_results(DATA, payload)
         return (results,), counts
+    if provider == "vertex":
+        return ensure_vertex_results(DATA, payload)
     out, err, counts = ensure_provider_files(DATA, payload)
     return (out, err), counts
 
@@ -585,7 +594,8 @@ METHOD = """
 ## Method
 
 - **Input**: `bench/generate.py`, seeded, one file per provider: batchline-format lines
-  (`custom_id`, `model` `openai/gpt-4.1-mini` or `anthropic/claude-haiku-4-5`,
+  (`custom_id`, `model` `openai/gpt-4.1-mini`, `anthropic/claude-haiku-4-5` or
+  `vertex/gemini-2.5-flash`,
   `messages`, `max_tokens`, sometimes `system`, `temperature` (OpenAI only: Anthropic's
   API takes none), `stop`, `metadata`; log-normal content lengths with non-ASCII text and
   escapes; ~2 KB a line), 0.02% blank lines, 0.2% invalid lines of eight kinds, 5%
@@ -595,15 +605,21 @@ METHOD = """
   with usage details); 2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no
   result at all. Anthropic: one results file of `{"custom_id", "result"}` lines (`message`
   bodies with every usage field); the same shares of `errored` (invalid request,
-  overloaded, API error), `expired` and missing results.
+  overloaded, API error), `expired` and missing results. Vertex AI: prediction rows as a
+  job writes them (`status`, `processed_time`, the echoed request with its id label, the
+  `GenerateContentResponse` with usage details), split into files of 10,000 rows; 2.5%
+  failed rows (a status, no response: 400/429/500), and the expired and missing shares
+  left out of the output (an ended job writes only the rows that ran).
 - **Submit** = `services.plan.build_plan` on a `Deps` of the memory adapters and default
   `Settings` (chunk limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 requests /
-  243.2 MB of request body): read, parse, validate, encode, chunk, stage payload +
+  243.2 MB of request body, Vertex 190,000 requests / 950 MB): read, parse, validate, encode, chunk, stage payload +
   manifest + invalid lines + plan.
 - **Collect** = `services.collect.collect` for the job in `collecting` with every batch
   completed: per chunk `collect_chunk` (manifest, the bench provider's `iter_results` =
   the real adapters' line splitting (`jsonl_lines`) of a download streamed in 64 KiB
-  parts + `orjson.loads` + the provider's `normalise`, sort, result lines), the k-way
+  parts + `orjson.loads` + the provider's `normalise`; for Vertex the real adapter's
+  `iter_results` itself, listing and streaming the prediction files from the store; sort,
+  result lines), the k-way
   `_merge` into `results.jsonl`, `summary.json`, the job update and the event.
 - **Raw pass** = `orjson.dumps(orjson.loads(line))` for every line of the same bytes, in
   the same process, interleaved with the batchline runs: the input file for submit, the

@@ -13,13 +13,14 @@ from typing import Any
 
 import orjson
 import pytest
-from generate import anthropic_results, provider_files, sample_input_lines
+from generate import anthropic_results, provider_files, sample_input_lines, vertex_results
 
 from batchline.domain.lines import iter_lines
 from batchline.domain.models import ProviderResult
 from batchline.domain.pricing import BATCH_PRICES
 from batchline.domain.providers import anthropic as anthropic_wire
 from batchline.domain.providers import openai as wire
+from batchline.domain.providers import vertex as vertex_wire
 from batchline.domain.requests import Request, parse_line
 from batchline.domain.results import Tally, provider_result_line
 
@@ -155,5 +156,44 @@ def test_normalise_anthropic(benchmark: Any, anthropic_result_lines: list[bytes]
     def run() -> None:
         for line in anthropic_result_lines:
             anthropic_wire.normalise(orjson.loads(line))
+
+    benchmark(run)
+
+
+@pytest.fixture(scope="module")
+def vertex_requests() -> list[Request]:
+    parsed = [
+        parse_line(i, raw, default_model=None, max_line_bytes=MAX_LINE)
+        for i, raw in enumerate(sample_input_lines(N, provider="vertex"), 1)
+    ]
+    assert all(isinstance(p, Request) for p in parsed)
+    return parsed  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def vertex_rows(vertex_requests: list[Request]) -> list[bytes]:
+    payload = b"".join(vertex_wire.encode(r) for r in vertex_requests)
+    files, _ = vertex_results(payload, seed=7)
+    return [line for data in files for line in data.splitlines() if line]
+
+
+def test_encode_vertex(benchmark: Any, vertex_requests: list[Request]) -> None:
+    def run() -> None:
+        for request in vertex_requests:
+            vertex_wire.encode(request)
+
+    benchmark(run)
+
+
+def test_raw_pass_vertex_rows(benchmark: Any, vertex_rows: list[bytes]) -> None:
+    benchmark(_raw, vertex_rows)
+
+
+def test_normalise_vertex(benchmark: Any, vertex_rows: list[bytes]) -> None:
+    """orjson.loads + normalise of Vertex prediction rows (each echoes its request)."""
+
+    def run() -> None:
+        for line in vertex_rows:
+            vertex_wire.normalise(orjson.loads(line))
 
     benchmark(run)

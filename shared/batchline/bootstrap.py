@@ -44,7 +44,8 @@ class ProviderSpec:
 
     encoder: Callable[[Settings], Encoder]
     limits: Callable[[Settings], ChunkLimits]
-    client: Callable[[Settings], ProviderClient]
+    #: Built from the settings and the deployment's BlobStore (Vertex reads GCS through it).
+    client: Callable[[Settings, BlobStore], ProviderClient]
 
 
 def _openai_encoder(settings: Settings) -> Encoder:
@@ -53,7 +54,7 @@ def _openai_encoder(settings: Settings) -> Encoder:
     return openai.encode
 
 
-def _openai_client(settings: Settings) -> ProviderClient:
+def _openai_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
     from batchline.adapters.providers.openai import OpenAIProvider
 
     return OpenAIProvider(api_key=settings.openai_api_key, base_url=settings.openai_base_url)
@@ -72,7 +73,7 @@ def _anthropic_limits(settings: Settings) -> ChunkLimits:
     return replace(settings.anthropic_limits, envelope_bytes=anthropic.ENVELOPE_BYTES)
 
 
-def _anthropic_client(settings: Settings) -> ProviderClient:
+def _anthropic_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
     from batchline.adapters.providers.anthropic import AnthropicProvider
 
     return AnthropicProvider(
@@ -80,10 +81,28 @@ def _anthropic_client(settings: Settings) -> ProviderClient:
     )
 
 
+def _vertex_encoder(settings: Settings) -> Encoder:
+    from batchline.domain.providers import vertex
+
+    return vertex.encode
+
+
+def _vertex_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
+    from batchline.adapters.providers.vertex import VertexProvider
+
+    return VertexProvider(
+        project=settings.vertex_project or settings.project,
+        location=settings.vertex_location,
+        blobs=blobs,
+        api_endpoint=settings.vertex_api_endpoint,
+    )
+
+
 #: The providers this deployment runs (the same names as `domain.requests.ENABLED_PROVIDERS`).
 PROVIDERS: dict[str, ProviderSpec] = {
     "openai": ProviderSpec(_openai_encoder, lambda s: s.openai_limits, _openai_client),
     "anthropic": ProviderSpec(_anthropic_encoder, _anthropic_limits, _anthropic_client),
+    "vertex": ProviderSpec(_vertex_encoder, lambda s: s.vertex_limits, _vertex_client),
 }
 
 
@@ -111,9 +130,9 @@ class Deps:
         return provider_spec(provider).encoder(self.settings)
 
 
-def default_providers(settings: Settings) -> Providers:
+def default_providers(settings: Settings, blobs: BlobStore) -> Providers:
     return Providers(
-        {name: functools.partial(spec.client, settings) for name, spec in PROVIDERS.items()}
+        {name: functools.partial(spec.client, settings, blobs) for name, spec in PROVIDERS.items()}
     )
 
 
@@ -122,12 +141,13 @@ def build(settings: Settings | None = None) -> Deps:
     from batchline.adapters.pubsub import PubSubPublisher
 
     settings = settings or Settings.from_env()
+    blobs = gcs.GcsBlobStore(gcs.make_client(settings.project))
     return Deps(
         settings=settings,
         store=firestore.FirestoreJobStore(firestore.make_client(settings.project)),
-        blobs=gcs.GcsBlobStore(gcs.make_client(settings.project)),
+        blobs=blobs,
         publisher=PubSubPublisher(settings.project),
-        providers=default_providers(settings),
+        providers=default_providers(settings, blobs),
     )
 
 

@@ -23,6 +23,10 @@ ANTHROPIC_MAX_REQUESTS = 100_000
 ANTHROPIC_MAX_BYTES = 256 * 1000 * 1000
 # Anthropic requires max_tokens on every request: lines that give none get this.
 ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
+# Vertex AI's are 200,000 requests and a 1 GB input file per batch prediction job.
+VERTEX_MAX_REQUESTS = 200_000
+VERTEX_MAX_BYTES = 1000 * 1000 * 1000
+VERTEX_DEFAULT_LOCATION = "us-central1"
 SAFETY_MARGIN = 0.95
 
 
@@ -57,6 +61,15 @@ class Settings:
         int(ANTHROPIC_MAX_REQUESTS * SAFETY_MARGIN), int(ANTHROPIC_MAX_BYTES * SAFETY_MARGIN)
     )
     anthropic_max_tokens: int = ANTHROPIC_DEFAULT_MAX_TOKENS
+    # None: the deployment's own project.
+    vertex_project: str | None = None
+    vertex_location: str = VERTEX_DEFAULT_LOCATION
+    # An http:// endpoint is an emulator (REST, no credentials); None is Google's regional
+    # endpoint for `vertex_location`, with the default transport and credentials.
+    vertex_api_endpoint: str | None = None
+    vertex_limits: ChunkLimits = ChunkLimits(
+        int(VERTEX_MAX_REQUESTS * SAFETY_MARGIN), int(VERTEX_MAX_BYTES * SAFETY_MARGIN)
+    )
     max_input_bytes: int = 2 * 1024**3
     max_line_bytes: int = 1024 * 1024
     # Longer than the slowest provider call can take (SDK timeout times retries), so a live
@@ -124,6 +137,13 @@ class Settings:
                 int(number("BATCHLINE_ANTHROPIC_MAX_BYTES", defaults.anthropic_limits.max_bytes)),
             ),
             anthropic_max_tokens=anthropic_max_tokens,
+            vertex_project=env.get("BATCHLINE_VERTEX_PROJECT") or None,
+            vertex_location=env.get("BATCHLINE_VERTEX_LOCATION") or defaults.vertex_location,
+            vertex_api_endpoint=env.get("BATCHLINE_VERTEX_API_ENDPOINT") or None,
+            vertex_limits=ChunkLimits(
+                int(number("BATCHLINE_VERTEX_MAX_REQUESTS", defaults.vertex_limits.max_requests)),
+                int(number("BATCHLINE_VERTEX_MAX_BYTES", defaults.vertex_limits.max_bytes)),
+            ),
             max_input_bytes=int(number("BATCHLINE_MAX_INPUT_BYTES", defaults.max_input_bytes)),
             max_line_bytes=int(number("BATCHLINE_MAX_LINE_BYTES", defaults.max_line_bytes)),
             lease_seconds=number("BATCHLINE_LEASE_SECONDS", defaults.lease_seconds),

@@ -6,8 +6,11 @@ unit tests implement them in memory.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 from batchline.domain.models import BatchTag, Chunk, Job, ProviderBatch, ProviderResult
@@ -45,6 +48,10 @@ class BlobStore(Protocol):
 
     def stat(self, uri: str) -> tuple[str, int]:
         """(generation, size) of the live object. Raises NotFound."""
+        ...
+
+    def list_prefix(self, prefix: str) -> Iterator[str]:
+        """The URIs of the objects whose URI starts with `prefix` (gs://bucket/...), by name."""
         ...
 
 
@@ -87,12 +94,30 @@ class JobStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StagedPayload:
+    """A chunk's payload (its encoded requests, JSONL) as staged in the work bucket.
+
+    Providers that take an upload or a request body read it through `open`; Vertex AI
+    reads the object at `uri` itself, so nothing is downloaded or written twice.
+    """
+
+    uri: str
+    size: int
+    open: Callable[[], AbstractContextManager[BinaryIO]]
+
+    @classmethod
+    def of_bytes(cls, data: bytes, uri: str = "memory://payload.jsonl") -> StagedPayload:
+        """A payload held in memory (tests and benchmarks)."""
+        return cls(uri, len(data), lambda: contextlib.nullcontext(io.BytesIO(data)))
+
+
 class ProviderClient(Protocol):
     """One provider's batch API, as batchline uses it."""
 
     name: str
 
-    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         """Create a batch from a staged payload, tagged so it can be found again."""
         ...
 

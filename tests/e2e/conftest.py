@@ -26,6 +26,10 @@ CHUNK_REQUESTS = 400
 #: modest file is "bigger than the Anthropic limit" and makes several batches.
 ANTHROPIC_CHUNK_REQUESTS = 300
 ANTHROPIC_CHUNK_BYTES = 200_000
+#: Vertex chunks: at most this many requests; its output is split into files of at most
+#: VERTEX_ROWS_PER_FILE rows, so that every job's results span several prediction files.
+VERTEX_CHUNK_REQUESTS = 350
+VERTEX_ROWS_PER_FILE = 90
 LEASE_SECONDS = 5
 
 
@@ -38,9 +42,11 @@ def local_stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
             "BATCHLINE_OPENAI_MAX_REQUESTS": str(CHUNK_REQUESTS),
             "BATCHLINE_ANTHROPIC_MAX_REQUESTS": str(ANTHROPIC_CHUNK_REQUESTS),
             "BATCHLINE_ANTHROPIC_MAX_BYTES": str(ANTHROPIC_CHUNK_BYTES),
+            "BATCHLINE_VERTEX_MAX_REQUESTS": str(VERTEX_CHUNK_REQUESTS),
             "BATCHLINE_LEASE_SECONDS": str(LEASE_SECONDS),
             "BATCHLINE_COLLECT_RETRY_SECONDS": "20",
         },
+        vertex_emulator_config={"rows_per_file": VERTEX_ROWS_PER_FILE},
     )
 
 
@@ -55,6 +61,7 @@ class Pipeline:
         self.blobs = GcsBlobStore(self.gcs)
         self.emulator = stack.openai_base_url.removesuffix("/v1")
         self.anthropic_emulator = stack.anthropic_base_url
+        self.vertex_emulator = stack.vertex_api_endpoint
 
     def upload(
         self,
@@ -121,6 +128,26 @@ class Pipeline:
     def anthropic_requests(self, batch_id: str) -> list[dict[str, Any]]:
         """The requests of an Anthropic batch, as the emulator received them."""
         url = f"{self.anthropic_emulator}/_emulator/batches/{batch_id}/requests"
+        received: list[dict[str, Any]] = requests.get(url, timeout=10).json()["data"]
+        return received
+
+    def vertex_config(self, **values: Any) -> None:
+        requests.post(
+            f"{self.vertex_emulator}/_emulator/config", json=values, timeout=10
+        ).raise_for_status()
+
+    def vertex_jobs(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """Every batch prediction job the Vertex emulator has created (newest first), or
+        those labelled with batchline job `job_id`."""
+        reply = requests.get(f"{self.vertex_emulator}/_emulator/batches", timeout=10)
+        jobs: list[dict[str, Any]] = reply.json()["data"]
+        if job_id is None:
+            return jobs
+        return [j for j in jobs if (j.get("labels") or {}).get("batchline_job") == job_id]
+
+    def vertex_requests(self, job_name: str) -> list[dict[str, Any]]:
+        """The requests of a Vertex job's input, as the emulator read them from GCS."""
+        url = f"{self.vertex_emulator}/_emulator/batches/{job_name.rsplit('/', 1)[-1]}/requests"
         received: list[dict[str, Any]] = requests.get(url, timeout=10).json()["data"]
         return received
 

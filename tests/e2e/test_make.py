@@ -275,6 +275,8 @@ def test_make_run_stays_up_with_results_until_ctrl_c(run_dir: Path) -> None:
             "messy.jsonl.gz",
             "anthropic.jsonl",
             "mixed-providers.jsonl",
+            "vertex.jsonl",
+            "three-providers.jsonl",
         }
         assert len(printed) == len(jobs)
         status = run([batchline(), "status", dict(jobs)["quickstart.jsonl"], "--json"], run_dir)

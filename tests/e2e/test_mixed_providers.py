@@ -74,7 +74,7 @@ BAD_LINES: list[tuple[bytes, str]] = [
         "messages[0].role",
     ),
     (b"{not json at all", "line"),
-    (orjson.dumps({"model": "vertex/gemini-2.5-flash", "messages": user("x")}), "model"),
+    (orjson.dumps({"model": "mistral/large-2", "messages": user("x")}), "model"),
     (orjson.dumps({**anthropic_native("x", None), "url": "/v1/messages"}), "params"),
     (
         orjson.dumps(

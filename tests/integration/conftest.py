@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import pytest
 from openai import OpenAI
 
+from batchline.adapters.gcs import GcsBlobStore
 from batchline.local.emulators import anthropic as anthropic_emulator_module
+from batchline.local.emulators import vertex as vertex_emulator_module
+from batchline.local.stack import create_bucket
+from batchline.ports import StagedPayload
+
+if TYPE_CHECKING:
+    from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.openai import EmulatorConfig, OpenAIBatchEmulator, make_app
 
@@ -28,6 +36,15 @@ FAST_ANTHROPIC_CONFIG: dict[str, Any] = {
     "lines_per_second": 2000.0,
     "cancel_seconds": 0.05,
 }
+FAST_VERTEX_CONFIG: dict[str, Any] = {
+    "queued_seconds": 0.03,
+    "pending_seconds": 0.02,
+    "lines_per_second": 2000.0,
+    "cancel_seconds": 0.05,
+}
+VERTEX_PROJECT = "bl-vertex"
+VERTEX_LOCATION = "us-central1"
+VERTEX_WORK_BUCKET = "bl-vertex-work"
 
 
 def _http_json(method: str, url: str, payload: Any = None) -> Any:
@@ -129,5 +146,96 @@ def anthropic_emulator() -> Iterator[AnthropicEmulatorHandle]:
     root_url, shutdown = start_in_thread(app)
     try:
         yield AnthropicEmulatorHandle(app=app, root_url=root_url)
+    finally:
+        shutdown()
+
+
+@dataclass
+class VertexEmulatorHandle:
+    app: vertex_emulator_module.VertexBatchEmulator
+    root_url: str  # http://127.0.0.1:P, also the client's api_endpoint
+    gcs_url: str  # the fake-gcs-server it reads and writes
+    blobs: GcsBlobStore  # on that server
+    project: str = VERTEX_PROJECT
+    location: str = VERTEX_LOCATION
+    work_bucket: str = VERTEX_WORK_BUCKET
+
+    @property
+    def api_endpoint(self) -> str:
+        return self.root_url
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}"
+
+    def admin(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Merge `config` into the emulator's config (POST /_emulator/config)."""
+        result: dict[str, Any] = _http_json("POST", f"{self.root_url}/_emulator/config", config)
+        return result
+
+    def reset(self) -> None:
+        _http_json("POST", f"{self.root_url}/_emulator/reset", {})
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every job ever created (deleted ones too), newest first; `id` is its name."""
+        result: list[dict[str, Any]] = _http_json("GET", f"{self.root_url}/_emulator/batches")[
+            "data"
+        ]
+        return result
+
+    def requests(self, job_name: str) -> list[dict[str, Any]]:
+        """The requests of a job's input, as the emulator read them."""
+        job_id = job_name.rsplit("/", 1)[-1]
+        url = f"{self.root_url}/_emulator/batches/{job_id}/requests"
+        result: list[dict[str, Any]] = _http_json("GET", url)["data"]
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = _http_json("GET", f"{self.root_url}/_emulator/stats")
+        return result
+
+    def stage(self, data: bytes, name: str | None = None) -> StagedPayload:
+        """`data` written to the work bucket as a chunk's payload, where Vertex reads it."""
+        uri = f"gs://{self.work_bucket}/{name or f'jobs/t-{uuid.uuid4().hex[:12]}/chunks/00000'}"
+        uri += "/input.jsonl"
+        assert self.blobs.write_bytes(uri, data, "application/jsonl")
+        return StagedPayload(uri, len(data), lambda: self.blobs.open_read(uri))
+
+    def client(self) -> JobServiceClient:
+        """The SDK's own JobServiceClient (REST transport, no credentials)."""
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
+
+        return JobServiceClient(
+            transport="rest",
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options=ClientOptions(api_endpoint=self.root_url),
+        )
+
+
+def gcs_blobs(gcs_url: str, project: str = VERTEX_PROJECT) -> GcsBlobStore:
+    """A GcsBlobStore on the fake-gcs-server at `gcs_url` (no environment needed)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(
+        project=project,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": gcs_url},
+    )
+    return GcsBlobStore(client)
+
+
+@pytest.fixture(scope="session")
+def vertex_emulator(gcs_server: str) -> Iterator[VertexEmulatorHandle]:
+    """The Vertex AI batch prediction emulator on a free loopback port, over the session's
+    fake-gcs-server (with a work bucket), for the whole session."""
+    create_bucket(gcs_server, VERTEX_PROJECT, VERTEX_WORK_BUCKET)
+    config = vertex_emulator_module.EmulatorConfig().merged(FAST_VERTEX_CONFIG)
+    app = vertex_emulator_module.make_app(config, storage_url=gcs_server)
+    root_url, shutdown = start_in_thread(app)
+    try:
+        yield VertexEmulatorHandle(app, root_url, gcs_server, gcs_blobs(gcs_server))
     finally:
         shutdown()

@@ -8,7 +8,6 @@ without metadata, the streamed results, and the error mapping.
 
 from __future__ import annotations
 
-import io
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +25,7 @@ from batchline.errors import ProviderError
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.anthropic import EmulatorConfig, make_app
 from batchline.local.processes import free_port
+from batchline.ports import StagedPayload
 
 from .anthropic_types import params_problems
 from .conftest import AnthropicEmulatorHandle
@@ -60,8 +60,8 @@ def native_line(text: str, **params: Any) -> dict[str, Any]:
     }
 
 
-def payload(requests: Iterable[Request]) -> io.BytesIO:
-    return io.BytesIO(b"".join(encode(r, DEFAULT_MAX_TOKENS) for r in requests))
+def payload(requests: Iterable[Request]) -> StagedPayload:
+    return StagedPayload.of_bytes(b"".join(encode(r, DEFAULT_MAX_TOKENS) for r in requests))
 
 
 def simple_requests(n: int, first_line: int = 1) -> list[Request]:
@@ -119,9 +119,9 @@ def test_submit_sends_the_payload_as_one_body_with_its_length() -> None:
     try:
         provider = AnthropicProvider("k", base_url=root)
         requests = simple_requests(50)
-        data = payload(requests).getvalue()
+        data = b"".join(encode(r, DEFAULT_MAX_TOKENS) for r in requests)
         started = time.time()
-        batch = provider.submit(io.BytesIO(data), BatchTag("job-x", 3), MODEL)
+        batch = provider.submit(StagedPayload.of_bytes(data), BatchTag("job-x", 3), MODEL)
         # Two overloaded answers, then the SDK's third attempt sent the same body again.
         assert len(recorder.creates) == 3 and emulator.state.creates == 1
         for create in recorder.creates:

@@ -178,6 +178,8 @@ def test_up_brings_every_component_healthy(bridged_stack: LocalStack) -> None:
     assert env["BATCHLINE_OPENAI_BASE_URL"].endswith("/v1")
     assert env["BATCHLINE_ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{state['ports']['anthropic']}"
     assert env["ANTHROPIC_API_KEY"] and env["OPENAI_API_KEY"]
+    # An http:// endpoint: the Vertex adapter talks REST to the emulator, without credentials.
+    assert env["BATCHLINE_VERTEX_API_ENDPOINT"] == f"http://127.0.0.1:{state['ports']['vertex']}"
     assert state["env"] == env
 
 

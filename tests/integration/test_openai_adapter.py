@@ -7,7 +7,6 @@ OpenAI's OpenAPI spec (tests/data/openai/openapi.yaml).
 
 from __future__ import annotations
 
-import io
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from batchline.errors import ProviderError
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
 from batchline.local.processes import free_port
+from batchline.ports import StagedPayload
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,8 @@ def native_line(text: str, **body: Any) -> dict[str, Any]:
     }
 
 
-def payload(requests: list[Request]) -> io.BytesIO:
-    return io.BytesIO(b"".join(encode(r) for r in requests))
+def payload(requests: list[Request]) -> StagedPayload:
+    return StagedPayload.of_bytes(b"".join(encode(r) for r in requests))
 
 
 def simple_requests(n: int, first_line: int = 1) -> list[Request]:
@@ -110,10 +110,10 @@ def test_submit_poll_and_collect(provider: OpenAIProvider, openai_emulator: Any)
         parse(5, native_line("this one is refused [emulator:fail=400]")),
         parse(9, {"messages": user("default model")}, default_model=f"openai/{MODEL}"),
     ]
-    data = payload(requests).getvalue()
+    data = b"".join(encode(r) for r in requests)
     tag = BatchTag("job-0123456789abcdef", 3)
 
-    batch = provider.submit(io.BytesIO(data), tag, MODEL)
+    batch = provider.submit(StagedPayload.of_bytes(data), tag, MODEL)
     assert batch.tag == tag
     assert batch.state in (BatchState.QUEUED, BatchState.RUNNING)
     assert batch.native["metadata"] == {
@@ -183,7 +183,9 @@ def test_iter_results_of_a_batch_that_never_ran(
     provider: OpenAIProvider, openai_emulator: Any
 ) -> None:
     """A batch that failed validation has neither file: no results, and its errors."""
-    bad = io.BytesIO(b'{"custom_id": "bl-1", "method": "GET", "url": "/v1/chat/completions"}\n')
+    bad = StagedPayload.of_bytes(
+        b'{"custom_id": "bl-1", "method": "GET", "url": "/v1/chat/completions"}\n'
+    )
     batch = wait_ended(provider, provider.submit(bad, BatchTag("job-bad", 0), MODEL).batch_id)
     assert batch.state is BatchState.FAILED
     assert batch.errors and all("(line 1)" in e for e in batch.errors)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
 
 import orjson
 
@@ -18,6 +17,7 @@ from batchline.domain.models import (
     ProviderResult,
     ResultStatus,
 )
+from batchline.ports import StagedPayload
 
 
 class FakeClock:
@@ -55,8 +55,9 @@ class FakeProvider:
         self.fail_ids: set[str] = set()
         self.crash_after_submit = False
 
-    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
-        ids = [orjson.loads(line)["custom_id"] for line in payload.read().splitlines()]
+    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+        with payload.open() as stream:
+            ids = [orjson.loads(line)["custom_id"] for line in stream.read().splitlines()]
         batch = ProviderBatch(
             f"batch_{len(self.batches)}",
             BatchState.RUNNING,

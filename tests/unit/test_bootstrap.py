@@ -46,7 +46,7 @@ def test_the_registry_runs_every_enabled_provider() -> None:
     assert isinstance(request, Request)
     encoded = orjson.loads(deps.encoder("anthropic")(request))
     assert encoded["params"]["max_tokens"] == 64
-    clients = default_providers(settings)
+    clients = default_providers(settings, deps.blobs)
     client = clients.get("anthropic")
     assert client.name == "anthropic" and clients.get("anthropic") is client
 

@@ -141,7 +141,76 @@ def test_openai_native_line_keeps_body_untouched() -> None:
             "temperature",
             "Anthropic's Messages API takes no temperature",
         ),
-        ({"model": "vertex/gemini-2.5-flash", "messages": MSG}, "model", "not enabled"),
+        (
+            {"model": "vertex/gemini-2.5-flash", "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].role",
+            "a Vertex line takes one of",
+        ),
+        (
+            {"model": "vertex/gemini-2.5-flash", "messages": [{"role": "user", "content": [{}]}]},
+            "messages[0].content[0]",
+            "expected a part",
+        ),
+        (
+            {
+                "model": "vertex/gemini-2.5-flash",
+                "messages": [{"role": "user", "content": [{"txt": "a"}]}],
+            },
+            "messages[0].content[0].txt",
+            "not a field of a Gemini part",
+        ),
+        (
+            {
+                "model": "vertex/gemini-2.5-flash",
+                "messages": [{"role": "user", "content": [{"type": "image_url", "x": 1}]}],
+            },
+            "messages[0].content[0]",
+            "a typed part must be",
+        ),
+        (
+            {"model": "vertex/gemini-2.5-flash", "messages": MSG, "stop": list("abcdef")},
+            "stop",
+            "at most 5",
+        ),
+        ({"request": {"contents": []}}, "request.contents", "must not be empty"),
+        ({"request": "x"}, "request", "expected an object"),
+        ({"request": {"contents": MSG}}, "request.contents[0].content", "not a field"),
+        (
+            {"request": {"contents": [{"role": "assistant", "parts": [{"text": "a"}]}]}},
+            "request.contents[0].role",
+            "expected one of ['model', 'user']",
+        ),
+        (
+            {"request": {"contents": [{"parts": []}]}},
+            "request.contents[0].parts",
+            "non-empty list",
+        ),
+        (
+            {"request": {"contents": [{"parts": [{"text": "a"}]}], "temprature": 1}},
+            "request.temprature",
+            "not a field of a Gemini GenerateContentRequest",
+        ),
+        ({"request": {"contents": [{"parts": [{"text": "a"}]}]}}, "request.model", "no default"),
+        (
+            {"request": {"model": "x/y", "contents": [{"parts": [{"text": "a"}]}]}},
+            "request.model",
+            "expected e.g.",
+        ),
+        (
+            {"key": 5, "request": {"contents": [{"parts": [{"text": "a"}]}]}},
+            "key",
+            "expected a string",
+        ),
+        (
+            {"key": "a", "custom_id": "b", "request": {"contents": [{"parts": [{"text": "a"}]}]}},
+            "key",
+            "one id",
+        ),
+        (
+            {"extra": 1, "request": {"contents": [{"parts": [{"text": "a"}]}]}},
+            "extra",
+            "unknown field in a Vertex batch line",
+        ),
     ],
 )
 def test_invalid_lines_name_field_and_reason(raw: object, field: str, reason: str) -> None:
@@ -214,3 +283,57 @@ def test_invalid_line_keeps_the_custom_id_it_had() -> None:
 def test_line_too_long() -> None:
     got = parse_line(3, LineTooLong(5000), default_model=None, max_line_bytes=1000)
     assert isinstance(got, InvalidLine) and "5000 bytes exceeds the limit of 1000" in got.reason
+
+
+VERTEX_CONTENTS = [{"role": "user", "parts": [{"text": "hi"}]}]
+
+
+def test_vertex_batchline_line() -> None:
+    got = parse(
+        {
+            "custom_id": "v/1",
+            "model": "vertex/gemini-2.5-flash",
+            "system": "be brief",
+            "messages": [
+                {"role": "system", "content": "in French"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"fileData": {}}]},
+                {"role": "assistant", "content": "b"},
+                {"role": "model", "content": "c"},
+            ],
+            "max_tokens": 5,
+            "temperature": 2,
+            "stop": ["x"],
+        }
+    )
+    assert isinstance(got, Request), got
+    assert (got.provider, got.model, got.custom_id) == ("vertex", "gemini-2.5-flash", "v/1")
+
+
+def test_vertex_native_line_takes_its_key_as_custom_id() -> None:
+    got = parse({"key": "k-1", "request": {"contents": VERTEX_CONTENTS}}, "vertex/gemini-2.5-pro")
+    assert isinstance(got, Request), got
+    assert (got.custom_id, got.provider, got.model) == ("k-1", "vertex", "gemini-2.5-pro")
+    assert got.native == {"contents": VERTEX_CONTENTS}
+    same = parse(
+        {"key": "k", "custom_id": "k", "request": {"contents": VERTEX_CONTENTS}}, "vertex/m"
+    )
+    assert isinstance(same, Request) and same.custom_id == "k"
+    bad = parse({"key": "keep", "request": {"contents": []}})
+    assert isinstance(bad, InvalidLine) and bad.custom_id == "keep"
+
+
+def test_vertex_native_line_model_picks_its_batch_and_is_not_sent() -> None:
+    for name in (
+        "gemini-2.5-pro",
+        "publishers/google/models/gemini-2.5-pro",
+        "vertex/gemini-2.5-pro",
+    ):
+        got = parse({"request": {"model": name, "contents": VERTEX_CONTENTS}}, "openai/gpt-4o")
+        assert isinstance(got, Request), got
+        assert got.model == "gemini-2.5-pro" and got.native == {"contents": VERTEX_CONTENTS}
+
+
+def test_vertex_native_line_needs_a_vertex_default_model() -> None:
+    got = parse({"request": {"contents": VERTEX_CONTENTS}}, default_model="openai/gpt-4o-mini")
+    assert isinstance(got, InvalidLine) and got.field == "request.model"
+    assert "not a Vertex model" in got.reason

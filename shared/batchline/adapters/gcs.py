@@ -111,3 +111,17 @@ class GcsBlobStore:
         if blob is None:
             raise NotFound(f"{uri} does not exist")
         return str(blob.generation), int(blob.size or 0)
+
+    def list_prefix(self, prefix: str) -> Iterator[str]:
+        from google.api_core import exceptions
+
+        bucket, _, name_prefix = prefix.removeprefix("gs://").partition("/")
+        if not prefix.startswith("gs://") or not bucket:
+            raise ValueError(f"not a gs:// prefix: {prefix!r}")
+        try:
+            for blob in self._client.list_blobs(bucket, prefix=name_prefix):
+                yield f"gs://{bucket}/{blob.name}"
+        except exceptions.Forbidden as exc:
+            raise AccessDenied(f"no permission to list {prefix}") from exc
+        except (exceptions.ServerError, exceptions.TooManyRequests) as exc:
+            raise RetryableError(f"listing {prefix}: {exc}") from exc

@@ -134,6 +134,11 @@ class MemoryBlobStore:
             raise NotFound(f"{uri} does not exist")
         return str(found[0]), len(found[1])
 
+    def list_prefix(self, prefix: str) -> Iterator[str]:
+        with self._lock:
+            found = sorted(uri for uri in self.objects if uri.startswith(prefix))
+        yield from found
+
 
 class RecordingPublisher:
     def __init__(self) -> None:

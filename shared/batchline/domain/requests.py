@@ -16,10 +16,11 @@ from batchline.domain.lines import LineTooLong
 
 # Providers batchline knows of, and the ones this deployment can run.
 KNOWN_PROVIDERS = frozenset({"openai", "anthropic", "vertex"})
-ENABLED_PROVIDERS = frozenset({"openai", "anthropic"})
+ENABLED_PROVIDERS = frozenset({"openai", "anthropic", "vertex"})
 
 OPENAI_CHAT_URL = "/v1/chat/completions"
 OPENAI_MAX_STOP = 4
+VERTEX_MAX_STOP = 5
 MAX_CUSTOM_ID_CHARS = 512
 
 _BATCHLINE_FIELDS = frozenset(
@@ -42,6 +43,59 @@ _ROLES = frozenset({"user", "assistant", "system", "developer", "tool"})
 # Anthropic's messages are {role, content}; its SDK's MessageParam takes these roles.
 _ANTHROPIC_ROLES = frozenset({"user", "assistant", "system"})
 _ANTHROPIC_MESSAGE_FIELDS = frozenset({"role", "content"})
+_VERTEX_NATIVE_FIELDS = frozenset({"custom_id", "key", "request"})
+# batchline roles on a Vertex line: `assistant` (or Gemini's own `model`) becomes `model`,
+# `system` joins the system instruction.
+_VERTEX_ROLES = frozenset({"user", "assistant", "model", "system"})
+# A Gemini `Part` (JSON names, and the proto names the JSON parser also takes).
+VERTEX_PART_FIELDS = frozenset(
+    {
+        "text",
+        "inlineData",
+        "inline_data",
+        "fileData",
+        "file_data",
+        "functionCall",
+        "function_call",
+        "functionResponse",
+        "function_response",
+        "executableCode",
+        "executable_code",
+        "codeExecutionResult",
+        "code_execution_result",
+        "thought",
+        "thoughtSignature",
+        "thought_signature",
+        "videoMetadata",
+        "video_metadata",
+        "mediaResolution",
+        "media_resolution",
+    }
+)
+# The fields of a `GenerateContentRequest` (JSON names and proto names).
+VERTEX_REQUEST_FIELDS = frozenset(
+    {
+        "model",
+        "contents",
+        "systemInstruction",
+        "system_instruction",
+        "cachedContent",
+        "cached_content",
+        "tools",
+        "toolConfig",
+        "tool_config",
+        "labels",
+        "safetySettings",
+        "safety_settings",
+        "modelArmorConfig",
+        "model_armor_config",
+        "generationConfig",
+        "generation_config",
+    }
+)
+_VERTEX_CONTENT_FIELDS = frozenset({"role", "parts"})
+_VERTEX_CONTENT_ROLES = frozenset({"user", "model"})
+_VERTEX_MODEL_PREFIXES = ("publishers/google/models/", "vertex/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,34 +151,32 @@ def parse_line(
         return InvalidLine(number, None, "line", reason)
     if not isinstance(obj, dict):
         return InvalidLine(number, None, "line", f"expected a JSON object, got {_kind(obj)}")
-    custom_id = obj.get("custom_id")
+    # A Vertex native line may name itself with Vertex's own `key` instead of custom_id.
+    id_field = "key" if "request" in obj and "custom_id" not in obj and "key" in obj else None
+    custom_id = obj.get(id_field or "custom_id")
     shown_id = custom_id if isinstance(custom_id, str) else None
     try:
-        custom_id = _custom_id(custom_id)
+        custom_id = _custom_id(custom_id, id_field or "custom_id")
         if "body" in obj or "method" in obj or "url" in obj:
             return _openai_native(number, custom_id, obj, default_model)
         if "params" in obj:
             return _anthropic_native(number, custom_id, obj, default_model)
         if "request" in obj:
-            raise _Invalid(
-                "request",
-                "Vertex native lines need the vertex provider, "
-                "which is not enabled in this deployment",
-            )
+            return _vertex_native(number, custom_id, obj, default_model)
         return _batchline(number, custom_id, obj, default_model)
     except _Invalid as exc:
         return InvalidLine(number, shown_id, exc.field, exc.reason)
 
 
-def _custom_id(value: Any) -> str | None:
+def _custom_id(value: Any, field: str = "custom_id") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _Invalid("custom_id", f"expected a string, got {_kind(value)}")
+        raise _Invalid(field, f"expected a string, got {_kind(value)}")
     if not value:
-        raise _Invalid("custom_id", "must not be empty")
+        raise _Invalid(field, "must not be empty")
     if len(value) > MAX_CUSTOM_ID_CHARS:
-        raise _Invalid("custom_id", f"longer than {MAX_CUSTOM_ID_CHARS} characters")
+        raise _Invalid(field, f"longer than {MAX_CUSTOM_ID_CHARS} characters")
     return value
 
 
@@ -196,6 +248,8 @@ def _batchline(
             raise _Invalid("stop", "expected a non-empty list of strings")
         if provider == "openai" and len(stop) > OPENAI_MAX_STOP:
             raise _Invalid("stop", f"OpenAI takes at most {OPENAI_MAX_STOP} stop sequences")
+        if provider == "vertex" and len(stop) > VERTEX_MAX_STOP:
+            raise _Invalid("stop", f"Gemini takes at most {VERTEX_MAX_STOP} stop sequences")
         params["stop"] = stop
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -212,6 +266,7 @@ def _check_messages(messages: Any, provider: str) -> None:
     if not messages:
         raise _Invalid("messages", "must not be empty")
     anthropic = provider == "anthropic"
+    vertex = provider == "vertex"
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -219,6 +274,9 @@ def _check_messages(messages: Any, provider: str) -> None:
         role = message.get("role")
         if anthropic:
             _check_anthropic_message(where, message)
+            continue
+        if vertex:
+            _check_vertex_message(where, message)
             continue
         if role not in _ROLES:
             raise _Invalid(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
@@ -260,6 +318,127 @@ def _check_anthropic_message(where: str, message: dict[str, Any]) -> None:
             raise _Invalid(
                 f"{where}.content[{j}]", "expected a content block (an object with a 'type')"
             )
+
+
+def _check_vertex_message(where: str, message: dict[str, Any]) -> None:
+    role = message.get("role")
+    if role not in _VERTEX_ROLES:
+        raise _Invalid(
+            f"{where}.role", f"a Vertex line takes one of {sorted(_VERTEX_ROLES)}, got {role!r}"
+        )
+    for key in message:
+        if key not in _ANTHROPIC_MESSAGE_FIELDS:
+            raise _Invalid(f"{where}.{key}", "not a field of a message for Vertex")
+    content = message.get("content")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _Invalid(
+            f"{where}.content", f"expected a string or a list of parts, got {_kind(content)}"
+        )
+    if not content:
+        raise _Invalid(f"{where}.content", "must not be an empty list")
+    for j, part in enumerate(content):
+        spot = f"{where}.content[{j}]"
+        if not isinstance(part, dict) or not part:
+            raise _Invalid(spot, "expected a part (an object)")
+        if "type" in part:
+            # The neutral form, {"type": "text", "text": ...}, becomes Gemini's {"text": ...}.
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise _Invalid(
+                    spot,
+                    "a typed part must be {'type': 'text', 'text': ...}; other kinds go "
+                    "as Gemini parts (inlineData, fileData, ...)",
+                )
+            if set(part) != {"type", "text"}:
+                raise _Invalid(spot, "a text part takes only 'type' and 'text'")
+            continue
+        _check_vertex_part(spot, part)
+        if role == "system" and not isinstance(part.get("text"), str):
+            raise _Invalid(spot, "a system message takes text parts only")
+
+
+def _check_vertex_part(spot: str, part: dict[str, Any]) -> None:
+    for key in part:
+        if key not in VERTEX_PART_FIELDS:
+            raise _Invalid(f"{spot}.{key}", "not a field of a Gemini part")
+
+
+def _vertex_native(
+    number: int, custom_id: str | None, obj: dict[str, Any], default_model: str | None
+) -> Request:
+    for key in obj:
+        if key not in _VERTEX_NATIVE_FIELDS:
+            raise _Invalid(key, "unknown field in a Vertex batch line")
+    if "key" in obj and "custom_id" in obj and obj["key"] != obj["custom_id"]:
+        raise _Invalid("key", "give the line one id: custom_id or key")
+    if "key" in obj:
+        _custom_id(obj["key"], "key")
+    body = obj.get("request")
+    if not isinstance(body, dict):
+        raise _Invalid("request", f"expected an object, got {_kind(body)}")
+    for key in body:
+        if key not in VERTEX_REQUEST_FIELDS:
+            raise _Invalid(f"request.{key}", "not a field of a Gemini GenerateContentRequest")
+    contents = body.get("contents")
+    if contents is None:
+        raise _Invalid("request.contents", "missing")
+    if not isinstance(contents, list):
+        raise _Invalid("request.contents", f"expected a list, got {_kind(contents)}")
+    if not contents:
+        raise _Invalid("request.contents", "must not be empty")
+    for i, content in enumerate(contents):
+        where = f"request.contents[{i}]"
+        if not isinstance(content, dict):
+            raise _Invalid(where, f"expected an object, got {_kind(content)}")
+        for key in content:
+            if key not in _VERTEX_CONTENT_FIELDS:
+                raise _Invalid(f"{where}.{key}", "not a field of a Gemini Content")
+        role = content.get("role")
+        if role is not None and role not in _VERTEX_CONTENT_ROLES:
+            raise _Invalid(
+                f"{where}.role", f"expected one of {sorted(_VERTEX_CONTENT_ROLES)}, got {role!r}"
+            )
+        parts = content.get("parts")
+        if not isinstance(parts, list) or not parts:
+            raise _Invalid(f"{where}.parts", "expected a non-empty list of parts")
+        for j, part in enumerate(parts):
+            if not isinstance(part, dict) or not part:
+                raise _Invalid(f"{where}.parts[{j}]", "expected a part (an object)")
+            _check_vertex_part(f"{where}.parts[{j}]", part)
+    labels = body.get("labels")
+    if labels is not None and not (
+        isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+    ):
+        raise _Invalid("request.labels", "expected an object of string values")
+    model = body.get("model")
+    if model is None:
+        if not default_model:
+            raise _Invalid("request.model", "missing, and the job has no default model")
+        provider, model = split_model(default_model, "model (job default)")
+        if provider != "vertex":
+            raise _Invalid(
+                "request.model",
+                f"missing, and the job default {default_model!r} is not a Vertex model",
+            )
+    else:
+        if not isinstance(model, str) or not model:
+            raise _Invalid("request.model", f"expected a non-empty string, got {_kind(model)}")
+        # The batch job names the model; the line only picks which batch it goes to.
+        model = vertex_model_id(model)
+        if not model:
+            raise _Invalid("request.model", "expected e.g. 'gemini-2.5-flash'")
+        body = {k: v for k, v in body.items() if k != "model"}
+    return Request(number, custom_id, "vertex", model, native=body)
+
+
+def vertex_model_id(name: str) -> str:
+    """`gemini-2.5-flash` from itself, `vertex/gemini-2.5-flash` or
+    `publishers/google/models/gemini-2.5-flash`; empty for any other path."""
+    for prefix in _VERTEX_MODEL_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return "" if "/" in name else name
 
 
 def _openai_native(

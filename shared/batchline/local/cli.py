@@ -62,6 +62,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="JSON",
         help="Anthropic emulator configuration",
     )
+    up.add_argument(
+        "--vertex-config",
+        default=None,
+        metavar="JSON",
+        help="Vertex AI emulator configuration",
+    )
     up.set_defaults(run=cmd_up, func=cmd_up)
 
     down = commands.add_parser("down", help="stop the local stack")
@@ -93,6 +99,7 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     for option, given in (
         ("--openai-config", args.openai_config),
         ("--anthropic-config", args.anthropic_config),
+        ("--vertex-config", args.vertex_config),
     ):
         try:
             emulator_configs[option] = json.loads(given) if given else {}
@@ -104,6 +111,7 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         function_env=function_env,
         openai_emulator_config=emulator_configs["--openai-config"],
         anthropic_emulator_config=emulator_configs["--anthropic-config"],
+        vertex_emulator_config=emulator_configs["--vertex-config"],
     )
     if args.tick is not None:
         if args.tick <= 0:

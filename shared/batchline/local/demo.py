@@ -77,6 +77,8 @@ def check(
             )
             break
         given = obj.get("custom_id") if obj else None
+        if obj and given is None and "request" in obj:
+            given = obj.get("key")  # a Vertex native line's own id
         if isinstance(given, str) and result.get("custom_id") != given:
             problems.append(
                 f"line {number}: custom_id {result.get('custom_id')!r}, expected {given!r}"
@@ -110,8 +112,8 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
     else:
         config = StackConfig(run_dir=Path(run_dir)) if run_dir else StackConfig()
         print(
-            "starting the local stack (Firestore, Pub/Sub, GCS, OpenAI and Anthropic emulators, "
-            "functions)…"
+            "starting the local stack (Firestore, Pub/Sub, GCS, OpenAI, Anthropic and Vertex AI "
+            "emulators, functions)…"
         )
         started = time.monotonic()
         owned = stack = LocalStack(config).start()

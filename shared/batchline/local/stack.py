@@ -4,7 +4,7 @@
 
 - the Firestore and Pub/Sub emulators (Google's jars, started with `java` directly),
 - fake-gcs-server publishing GCS notifications to the Pub/Sub emulator,
-- the OpenAI and Anthropic batch emulators,
+- the OpenAI, Anthropic and Vertex AI batch emulators (Vertex's reads and writes GCS),
 - the four functions under functions-framework,
 - the event bridge (GCS notification → Eventarc storage CloudEvent → `submit`),
 - the scheduler ticker (publishes to the poll topic),
@@ -54,6 +54,7 @@ COMPONENTS = (
     "gcs",
     "openai",
     "anthropic",
+    "vertex",
     "submit",
     "poll",
     "collect",
@@ -63,10 +64,11 @@ COMPONENTS = (
 )
 FUNCTIONS = {"submit": "cloudevent", "poll": "cloudevent", "collect": "cloudevent", "api": "http"}
 #: Provider emulators: component name -> (module run with `python -m`, the path its SDK's
-#: base URL ends with: OpenAI's paths start after /v1, Anthropic's include it).
+#: base URL ends with: OpenAI's paths start after /v1, Anthropic's and Vertex's include it).
 PROVIDER_EMULATORS = {
     "openai": ("batchline.local.emulators.openai", "/v1"),
     "anthropic": ("batchline.local.emulators.anthropic", ""),
+    "vertex": ("batchline.local.emulators.vertex", ""),
 }
 
 
@@ -454,6 +456,9 @@ class StackConfig:
     anthropic_emulator_config: dict[str, Any] = field(default_factory=dict)
     anthropic_emulator_command: list[str] | None = None
     anthropic_api_key: str = LOCAL_ANTHROPIC_API_KEY
+    # The same for the Vertex AI emulator (it reads and writes the stack's GCS).
+    vertex_emulator_config: dict[str, Any] = field(default_factory=dict)
+    vertex_emulator_command: list[str] | None = None
     # Where the event bridge POSTs storage CloudEvents (default: the submit function).
     bridge_target: str | None = None
     start_timeout: float = 60.0
@@ -533,6 +538,11 @@ class LocalStack:
     def anthropic_base_url(self) -> str:
         return self.emulator_base_url("anthropic")
 
+    @property
+    def vertex_api_endpoint(self) -> str:
+        """The aiplatform client's `api_endpoint` (an http:// URL: REST, no credentials)."""
+        return self.emulator_base_url("vertex")
+
     def function_url(self, name: str) -> str:
         return f"http://{HOST}:{self.port(name)}/"
 
@@ -564,6 +574,7 @@ class LocalStack:
             "OPENAI_API_KEY": cfg.openai_api_key,
             "BATCHLINE_ANTHROPIC_BASE_URL": self.anthropic_base_url,
             "ANTHROPIC_API_KEY": cfg.anthropic_api_key,
+            "BATCHLINE_VERTEX_API_ENDPOINT": self.vertex_api_endpoint,
             "BATCHLINE_API_URL": f"http://{HOST}:{self.port('api')}",
         }
         env.update(cfg.function_env)
@@ -716,6 +727,8 @@ class LocalStack:
         emulator_config: dict[str, Any] = getattr(cfg, f"{name}_emulator_config")
         argv = list(command or [sys.executable, "-m", PROVIDER_EMULATORS[name][0]])
         argv += ["--host", HOST, "--port", str(port)]
+        if name == "vertex":
+            argv += ["--storage-url", self.gcs_url]
         if emulator_config:
             argv += ["--config-json", json.dumps(emulator_config)]
         proc = processes.start_process(name, argv, log_path=self.log_path(name), env=child_env())

@@ -10,13 +10,14 @@ expires; whoever takes it over first looks for that batch at the provider and ad
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from batchline.bootstrap import Deps
 from batchline.domain.models import BatchTag, Chunk, ChunkState, Lease, ProviderBatch
 from batchline.errors import ProviderError
 from batchline.log import fields, get_logger
-from batchline.ports import ProviderClient
+from batchline.ports import ProviderClient, StagedPayload
 
 log = get_logger(__name__)
 
@@ -63,8 +64,12 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
         if leased.attempts > 1:
             batch = reconcile(deps, provider, leased, lease_ended or now)
         if batch is None:
-            with deps.blobs.open_read(leased.payload_uri) as payload:
-                batch = provider.submit(payload, tag, leased.model)
+            payload = StagedPayload(
+                leased.payload_uri,
+                leased.payload_bytes,
+                functools.partial(deps.blobs.open_read, leased.payload_uri),
+            )
+            batch = provider.submit(payload, tag, leased.model)
             log.info(
                 "submitted",
                 extra=fields(
@@ -100,8 +105,8 @@ def reconcile(
 
     Candidates were created inside the earlier attempts' window, from the first attempt's
     start to the end of the last expired lease (`lease_ended`), widened by the clock skew,
-    and hold the chunk's request count. Where the provider tags batches (OpenAI metadata)
-    there is at most one, and it is ours. Where it does not (Anthropic), a candidate that
+    and hold the chunk's request count. Where the provider tags batches (OpenAI metadata,
+    Vertex labels) there is at most one, and it is ours. Where it does not (Anthropic), a candidate that
     another chunk has recorded as its batch is not ours; the chunk adopts the one that is
     left, and only if exactly one is.
 

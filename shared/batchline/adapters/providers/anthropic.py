@@ -25,6 +25,7 @@ from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import anthropic as wire
 from batchline.errors import ProviderError
+from batchline.ports import StagedPayload
 
 if TYPE_CHECKING:
     import anthropic
@@ -67,10 +68,11 @@ class AnthropicProvider:
             )
         return self._sdk_client
 
-    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
+    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         from anthropic.types.messages import MessageBatch
 
-        body = RequestBody(_read_all(payload))
+        with payload.open() as stream:
+            body = RequestBody(_read_all(stream))
         with _errors("submitting"):
             batch = self._client.post(
                 BATCHES_PATH,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -17,6 +17,7 @@ from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import openai as wire
 from batchline.errors import ProviderError
+from batchline.ports import StagedPayload
 
 if TYPE_CHECKING:
     import openai
@@ -59,10 +60,10 @@ class OpenAIProvider:
             )
         return self._sdk_client
 
-    def submit(self, payload: BinaryIO, tag: BatchTag, model: str) -> ProviderBatch:
-        with _errors("submitting"):
+    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+        with _errors("submitting"), payload.open() as stream:
             file = self._client.files.create(
-                file=(f"{tag.job_id}-{tag.chunk:05d}.jsonl", payload, "application/jsonl"),
+                file=(f"{tag.job_id}-{tag.chunk:05d}.jsonl", stream, "application/jsonl"),
                 purpose="batch",
             )
             batch = self._client.batches.create(

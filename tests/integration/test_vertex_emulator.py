@@ -1,0 +1,432 @@
+"""The Vertex AI emulator through `google-cloud-aiplatform`'s own JobServiceClient (REST
+transport), and every object it serves checked strictly against the SDK's protos."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+from google.api_core import exceptions
+from google.cloud.aiplatform_v1.types import (
+    BatchPredictionJob,
+    JobState,
+    ListBatchPredictionJobsResponse,
+)
+from google.longrunning import operations_pb2
+from google.protobuf import json_format
+
+from batchline.local.emulators._wsgi import start_in_thread
+from batchline.local.emulators.vertex import EmulatorConfig, make_app
+
+from .conftest import FAST_VERTEX_CONFIG, VertexEmulatorHandle
+from .vertex_types import message_problems, request_line_problems, row_problems
+
+pytestmark = pytest.mark.integration
+
+MODEL = "publishers/google/models/gemini-2.5-flash"
+ENDED = {
+    JobState.JOB_STATE_SUCCEEDED,
+    JobState.JOB_STATE_FAILED,
+    JobState.JOB_STATE_CANCELLED,
+    JobState.JOB_STATE_EXPIRED,
+    JobState.JOB_STATE_PARTIALLY_SUCCEEDED,
+}
+
+
+def line(text: str, n: int, **request: Any) -> dict[str, Any]:
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": text}]}],
+        "labels": {"batchline_request_id": f"bl-{n}"},
+        **request,
+    }
+    return {"request": body}
+
+
+def payload(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(x) + b"\n" for x in lines)
+
+
+def job_body(uri: str, model: str = MODEL, **extra: Any) -> dict[str, Any]:
+    return {
+        "display_name": "batchline-test",
+        "model": model,
+        "input_config": {"instances_format": "jsonl", "gcs_source": {"uris": [uri]}},
+        "output_config": {
+            "predictions_format": "jsonl",
+            "gcs_destination": {"output_uri_prefix": uri.rsplit("/", 1)[0] + "/"},
+        },
+        "labels": {"batchline_job": "job-t", "batchline_chunk": "0"},
+        **extra,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _clean(vertex_emulator: VertexEmulatorHandle) -> Iterator[None]:
+    vertex_emulator.reset()
+    yield
+    vertex_emulator.reset()
+
+
+def create(emulator: VertexEmulatorHandle, lines: list[dict[str, Any]], **extra: Any) -> Any:
+    staged = emulator.stage(payload(lines))
+    return emulator.client().create_batch_prediction_job(
+        parent=emulator.parent, batch_prediction_job=job_body(staged.uri, **extra)
+    )
+
+
+def wait_ended(emulator: VertexEmulatorHandle, name: str, timeout: float = 15.0) -> list[Any]:
+    client = emulator.client()
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get_batch_prediction_job(name=name)
+        seen.append(job)
+        if job.state in ENDED:
+            return seen
+        assert time.monotonic() < deadline, job.state
+        time.sleep(0.01)
+
+
+def rows_of(emulator: VertexEmulatorHandle, job: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    directory = job.output_info.gcs_output_directory
+    files = list(emulator.blobs.list_prefix(directory + "/"))
+    rows = [orjson.loads(x) for uri in files for x in emulator.blobs.read_bytes(uri).splitlines()]
+    return files, rows
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_a_job_goes_queued_pending_running_succeeded(vertex_emulator: VertexEmulatorHandle) -> None:
+    vertex_emulator.admin({"queued_seconds": 0.2, "pending_seconds": 0.2, "lines_per_second": 50})
+    created = create(vertex_emulator, [line(f"q {i}", i) for i in range(1, 21)])
+    assert isinstance(created, BatchPredictionJob)
+    assert created.state == JobState.JOB_STATE_QUEUED
+    assert created.name.startswith(f"{vertex_emulator.parent}/batchPredictionJobs/")
+    assert created.labels == {"batchline_job": "job-t", "batchline_chunk": "0"}
+    assert created.create_time is not None and not created.output_info.gcs_output_directory
+    seen = wait_ended(vertex_emulator, created.name)
+    states = [s.state for s in seen]
+    order = [JobState.JOB_STATE_QUEUED, JobState.JOB_STATE_PENDING, JobState.JOB_STATE_RUNNING]
+    assert [s for s in dict.fromkeys(states)] == [*order, JobState.JOB_STATE_SUCCEEDED]
+    done = seen[-1]
+    assert done.completion_stats.successful_count == 20
+    assert done.completion_stats.failed_count == 0
+    assert done.completion_stats.incomplete_count == 0
+    assert done.start_time and done.end_time and done.end_time >= done.start_time
+    assert done.output_info.gcs_output_directory.startswith(
+        done.output_config.gcs_destination.output_uri_prefix + "prediction-model-"
+    )
+    files, rows = rows_of(vertex_emulator, done)
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["predictions.jsonl"]
+    assert len(rows) == 20 and all(row_problems(r) == [] for r in rows)
+    ids = [r["request"]["labels"]["batchline_request_id"] for r in rows]
+    assert sorted(ids) == sorted(f"bl-{i}" for i in range(1, 21)) and ids != sorted(ids)
+    text = rows[0]["response"]["candidates"][0]["content"]["parts"][0]["text"]
+    assert text.startswith("[batchline vertex emulator]")
+
+
+def test_failed_rows_and_split_output(vertex_emulator: VertexEmulatorHandle) -> None:
+    vertex_emulator.admin({"rows_per_file": 4})
+    lines = [line(f"q {i}", i) for i in range(1, 11)]
+    lines[2] = line("boom [emulator:fail=500]", 3)
+    lines[5] = line("refused [emulator:fail=400]", 6)
+    lines[7] = line("odd", 8, temprature=1)  # a typo Gemini refuses
+    created = create(vertex_emulator, lines)
+    done = wait_ended(vertex_emulator, created.name)[-1]
+    assert done.state == JobState.JOB_STATE_PARTIALLY_SUCCEEDED
+    assert (done.completion_stats.successful_count, done.completion_stats.failed_count) == (7, 3)
+    files, rows = rows_of(vertex_emulator, done)
+    assert [f.rsplit("/", 1)[-1] for f in files] == [
+        "predictions_00001.jsonl",
+        "predictions_00002.jsonl",
+        "predictions_00003.jsonl",
+    ]
+    assert len(rows) == 10
+    failed = {r["request"]["labels"]["batchline_request_id"]: r for r in rows if r["status"]}
+    assert set(failed) == {"bl-3", "bl-6", "bl-8"}
+    assert '"code":500' in failed["bl-3"]["status"] and "INTERNAL" in failed["bl-3"]["status"]
+    assert "INVALID_ARGUMENT" in failed["bl-6"]["status"]
+    assert "Unknown name" in failed["bl-8"]["status"] and "temprature" in failed["bl-8"]["status"]
+    # Each row as Vertex writes it; the refused request is echoed as it was sent.
+    assert all(row_problems(r) == [] for r in rows if r is not failed["bl-8"])
+    assert any("temprature" in p for p in row_problems(failed["bl-8"]))
+
+
+def test_generation_config_is_honoured(vertex_emulator: VertexEmulatorHandle) -> None:
+    lines = [
+        line("long answer please", 1, generationConfig={"maxOutputTokens": 3}),
+        line("stop early", 2, generationConfig={"stopSequences": ["answer"]}),
+    ]
+    done = wait_ended(vertex_emulator, create(vertex_emulator, lines).name)[-1]
+    _, rows = rows_of(vertex_emulator, done)
+    by_id = {r["request"]["labels"]["batchline_request_id"]: r["response"] for r in rows}
+    assert by_id["bl-1"]["candidates"][0]["finishReason"] == "MAX_TOKENS"
+    assert by_id["bl-1"]["usageMetadata"]["candidatesTokenCount"] == 3
+    assert by_id["bl-2"]["candidates"][0]["content"]["parts"][0]["text"].endswith("emulator] ")
+
+
+@pytest.mark.parametrize(
+    ("lines", "model", "code", "message"),
+    [
+        ([{"request": {"labels": {}}}], MODEL, 3, "request.contents is required"),
+        ([{"not_request": 1}], MODEL, 3, "expected"),
+        ([line("x", 1)], "publishers/google/models/gemini-0-nope", 5, "was not found"),
+    ],
+)
+def test_bad_input_fails_the_job_with_an_error(
+    vertex_emulator: VertexEmulatorHandle,
+    lines: list[dict[str, Any]],
+    model: str,
+    code: int,
+    message: str,
+) -> None:
+    created = create(vertex_emulator, lines, model=model)
+    assert created.state == JobState.JOB_STATE_QUEUED  # accepted, checked when it starts
+    done = wait_ended(vertex_emulator, created.name)[-1]
+    assert done.state == JobState.JOB_STATE_FAILED
+    assert done.error.code == code and message in done.error.message
+    assert not done.output_info.gcs_output_directory
+
+
+def test_a_missing_input_fails_the_job(vertex_emulator: VertexEmulatorHandle) -> None:
+    uri = f"gs://{vertex_emulator.work_bucket}/nowhere/input.jsonl"
+    created = vertex_emulator.client().create_batch_prediction_job(
+        parent=vertex_emulator.parent, batch_prediction_job=job_body(uri)
+    )
+    done = wait_ended(vertex_emulator, created.name)[-1]
+    assert done.state == JobState.JOB_STATE_FAILED and "does not exist" in done.error.message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"display_name": ""}, "displayName is required"),
+        ({"model": "gemini-2.5-flash"}, "publishers/google/models/MODEL"),
+        ({"labels": {"Batchline": "x"}}, "invalid label key"),
+        ({"labels": {"batchline_job": "Job/1"}}, "invalid value"),
+        ({"output_config": {"predictions_format": "bigquery"}}, "only jsonl"),
+    ],
+)
+def test_create_checks_the_job(
+    vertex_emulator: VertexEmulatorHandle, change: dict[str, Any], message: str
+) -> None:
+    staged = vertex_emulator.stage(payload([line("x", 1)]))
+    with pytest.raises(exceptions.BadRequest, match=message):
+        vertex_emulator.client().create_batch_prediction_job(
+            parent=vertex_emulator.parent, batch_prediction_job={**job_body(staged.uri), **change}
+        )
+    assert vertex_emulator.stats()["creates"] == 0
+
+
+# --------------------------------------------------------------------------- cancel, expire
+
+
+def test_cancel_keeps_the_rows_that_ran(vertex_emulator: VertexEmulatorHandle) -> None:
+    vertex_emulator.admin({"lines_per_second": 40, "cancel_seconds": 0.2})
+    created = create(vertex_emulator, [line(f"q {i}", i) for i in range(1, 81)])
+    client = vertex_emulator.client()
+    time.sleep(0.6)
+    with pytest.raises(exceptions.BadRequest):
+        client.delete_batch_prediction_job(name=created.name)  # not ended yet
+    client.cancel_batch_prediction_job(name=created.name)
+    assert client.get_batch_prediction_job(name=created.name).state == (
+        JobState.JOB_STATE_CANCELLING
+    )
+    done = wait_ended(vertex_emulator, created.name)[-1]
+    assert done.state == JobState.JOB_STATE_CANCELLED
+    stats = done.completion_stats
+    assert 0 < stats.successful_count < 80
+    assert stats.successful_count + stats.incomplete_count == 80
+    _, rows = rows_of(vertex_emulator, done)
+    assert len(rows) == stats.successful_count
+    with pytest.raises(exceptions.BadRequest):
+        client.cancel_batch_prediction_job(name=created.name)
+    operation = client.delete_batch_prediction_job(name=created.name)
+    assert operation.done() and operation.result() is not None
+    with pytest.raises(exceptions.NotFound):
+        client.get_batch_prediction_job(name=created.name)
+
+
+def test_expiry_keeps_the_rows_that_ran(vertex_emulator: VertexEmulatorHandle) -> None:
+    vertex_emulator.admin({"lines_per_second": 30, "expire_after_seconds": 0.7})
+    done = wait_ended(
+        vertex_emulator, create(vertex_emulator, [line("q", i) for i in range(60)]).name
+    )
+    job = done[-1]
+    assert job.state == JobState.JOB_STATE_EXPIRED
+    assert 0 < job.completion_stats.successful_count < 60
+    assert len(rows_of(vertex_emulator, job)[1]) == job.completion_stats.successful_count
+
+
+def test_a_job_queued_past_its_window_expires_without_output(
+    vertex_emulator: VertexEmulatorHandle,
+) -> None:
+    vertex_emulator.admin({"queued_seconds": 5, "expire_after_seconds": 0.3})
+    seen = wait_ended(vertex_emulator, create(vertex_emulator, [line("q", 1)]).name)
+    assert {s.state for s in seen[:-1]} == {JobState.JOB_STATE_QUEUED}
+    assert seen[-1].state == JobState.JOB_STATE_EXPIRED
+    assert seen[-1].completion_stats.incomplete_count == 1
+    assert not seen[-1].output_info.gcs_output_directory
+
+
+# --------------------------------------------------------------------------- list
+
+
+def test_list_pages_and_filters_on_labels(vertex_emulator: VertexEmulatorHandle) -> None:
+    names = []
+    for chunk in range(5):
+        labels = {"batchline_job": "job-a" if chunk < 4 else "job-b", "batchline_chunk": str(chunk)}
+        names.append(create(vertex_emulator, [line("q", 1)], labels=labels).name)
+    client = vertex_emulator.client()
+    everything = [
+        j.name
+        for j in client.list_batch_prediction_jobs(
+            request={"parent": vertex_emulator.parent, "page_size": 2}
+        )
+    ]
+    assert everything == names[::-1]  # newest first, over three pages
+    pages = list(
+        client.list_batch_prediction_jobs(
+            request={"parent": vertex_emulator.parent, "page_size": 2}
+        ).pages
+    )
+    assert [len(p.batch_prediction_jobs) for p in pages] == [2, 2, 1]
+    found = client.list_batch_prediction_jobs(
+        request={
+            "parent": vertex_emulator.parent,
+            "filter": 'labels.batchline_job="job-a" AND labels.batchline_chunk="2"',
+        }
+    )
+    assert [j.name for j in found] == [names[2]]
+    job_b = client.list_batch_prediction_jobs(
+        request={"parent": vertex_emulator.parent, "filter": "labels.batchline_job=job-b"}
+    )
+    assert [j.name for j in job_b] == [names[4]]
+    with pytest.raises(exceptions.BadRequest, match="Unsupported filter"):
+        list(
+            client.list_batch_prediction_jobs(
+                request={"parent": vertex_emulator.parent, "filter": "create_time > 5"}
+            )
+        )
+    other = client.list_batch_prediction_jobs(
+        request={"parent": "projects/other/locations/us-central1"}
+    )
+    assert list(other) == []
+
+
+# --------------------------------------------------------------------------- faults, wire
+
+
+def test_api_faults_answer_google_errors(vertex_emulator: VertexEmulatorHandle) -> None:
+    vertex_emulator.admin({"api_error_next": 1, "api_error_status": 503})
+    with pytest.raises(exceptions.ServiceUnavailable):
+        vertex_emulator.client().get_batch_prediction_job(
+            name=f"{vertex_emulator.parent}/batchPredictionJobs/1"
+        )
+    with pytest.raises(exceptions.NotFound):
+        vertex_emulator.client().get_batch_prediction_job(
+            name=f"{vertex_emulator.parent}/batchPredictionJobs/1"
+        )
+    assert vertex_emulator.stats()["injected_errors"] == 1
+
+
+class Recorder:
+    """WSGI middleware that keeps every /v1 answer's body, with the request line."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.answers: list[tuple[str, str, str, bytes]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        body = b"".join(self.app(environ, start_response))
+        if environ["PATH_INFO"].startswith("/v1/"):
+            self.answers.append(
+                (environ["REQUEST_METHOD"], environ["PATH_INFO"], environ["QUERY_STRING"], body)
+            )
+        return [body]
+
+
+def test_every_answer_is_exactly_the_sdks_type(vertex_emulator: VertexEmulatorHandle) -> None:
+    """Every job, list and operation the emulator serves, in every state, parses strictly as
+    the SDK's proto; the SDK's own parse (REST transport) reads the same answers."""
+    # Wide enough queued and pending windows that polling sees each state, even under load.
+    config = EmulatorConfig().merged(
+        {
+            **FAST_VERTEX_CONFIG,
+            "queued_seconds": 0.3,
+            "pending_seconds": 0.4,
+            "cancel_seconds": 0.3,
+            "lines_per_second": 200,
+        }
+    )
+    recorder = Recorder(make_app(config, storage_url=vertex_emulator.gcs_url))
+    root, stop = start_in_thread(recorder)
+    try:
+        handle = VertexEmulatorHandle(
+            recorder.app, root, vertex_emulator.gcs_url, vertex_emulator.blobs
+        )
+        client = handle.client()
+        ok = create(handle, [line(f"q {i}", i) for i in range(30)])
+        partial = create(handle, [line("x [emulator:fail=429]", 1), line("y", 2)])
+        failed = create(handle, [{"request": {}}])
+        canceled = create(handle, [line(f"q {i}", i) for i in range(200)])
+        client.cancel_batch_prediction_job(name=canceled.name)
+        client.get_batch_prediction_job(name=canceled.name)  # cancelling
+        for job in (ok, partial, failed, canceled):
+            wait_ended(handle, job.name)
+        list(client.list_batch_prediction_jobs(request={"parent": handle.parent, "page_size": 3}))
+        client.delete_batch_prediction_job(name=ok.name).result()
+        assert not recorder.app.config.rows_per_file
+    finally:
+        stop()
+    kinds: Counter[str] = Counter()
+    for method, path, query, body in recorder.answers:
+        assert "enum-encoding=int" in urllib.request.unquote(query), (method, path, query)
+        data = orjson.loads(body)
+        if method == "DELETE":
+            kinds["operation"] += 1
+            json_format.ParseDict(data, operations_pb2.Operation(), ignore_unknown_fields=False)
+            assert data["done"] is True
+        elif path.endswith(":cancel"):
+            kinds["cancel"] += 1
+            assert data == {}
+        elif method == "GET" and path.endswith("/batchPredictionJobs"):
+            kinds["list"] += 1
+            assert message_problems(ListBatchPredictionJobsResponse, data) == []
+        else:
+            kinds["job"] += 1
+            assert message_problems(BatchPredictionJob, data) == [], data
+            assert isinstance(data["state"], int)  # enum-encoding=int, as the SDK asked
+            for key, value in (data.get("completionStats") or {}).items():
+                assert isinstance(value, str), key  # int64 as strings
+    assert kinds["job"] > 8 and kinds["list"] == 2 and kinds["operation"] == 1
+    assert kinds["cancel"] == 1
+    states = {
+        orjson.loads(b)["state"]
+        for m, p, q, b in recorder.answers
+        if (m == "GET" and "Jobs/" in p) or (m == "POST" and p.endswith("Jobs"))
+    }
+    assert {1, 2, 3, 4, 5, 6, 7, 11} <= states
+
+
+def test_enums_by_name_without_the_int_encoding(vertex_emulator: VertexEmulatorHandle) -> None:
+    created = create(vertex_emulator, [line("q", 1)])
+    url = f"{vertex_emulator.root_url}/v1/{created.name}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["x-emulator"] == "batchline-vertex"
+        data = orjson.loads(response.read())
+    assert data["state"].startswith("JOB_STATE_")
+    assert message_problems(BatchPredictionJob, data) == []
+
+
+def test_request_line_check_catches_what_vertex_would_refuse() -> None:
+    assert request_line_problems(line("x", 1)) == []
+    assert request_line_problems({"request": {"contents": [], "x": 1}})
+    assert request_line_problems({**line("x", 1), "key": "k"})
+    assert request_line_problems(line("x", 1, labels={"Team": "a"}))
