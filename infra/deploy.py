@@ -9,7 +9,8 @@ ANTHROPIC_API_KEY), piped to `gcloud secrets versions add` on stdin: the key nev
 appears in a command line, in Terraform's variables or in its state. With no such
 variable the deploy stops and says which command to run (or to take the provider out of
 `enabled_providers`). A key set for a provider that is not enabled is not deployed; the
-deploy goes on and says so.
+deploy goes on and says so. Vertex AI has no key (the functions reach it through IAM), so
+it has no secret here.
 
 destroy: `terraform destroy` with the same variables.
 
@@ -31,8 +32,9 @@ INFRA = Path(__file__).resolve().parent
 ROOT = INFRA.parent
 SECRETS = "google_secret_manager_secret.api_key"
 ENV_LABEL = "batchline-env"
-# Provider -> the variable holding its API key: infra's local.provider_api_keys (main.tf),
-# which tests/infra checks this equals.
+# Provider -> the variable holding its API key: the providers in infra's local.providers
+# (main.tf) that have an api_key_env, which tests/infra checks this equals. Keyless ones
+# (vertex) are not here.
 API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 

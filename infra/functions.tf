@@ -81,6 +81,11 @@ resource "google_cloudfunctions2_function" "function" {
     google_storage_bucket_iam_member.build_sources,
     google_project_iam_member.gcs_publisher,
     google_project_iam_member.trigger_receiver,
+    google_project_iam_member.vertex_user,
+    google_project_iam_member.vertex_viewer,
+    google_storage_bucket_iam_member.vertex_agent_reader,
+    google_storage_bucket_iam_member.vertex_agent_creator,
+    google_kms_crypto_key_iam_member.vertex,
   ]
 }
 

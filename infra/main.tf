@@ -24,14 +24,18 @@ locals {
   # What each function's code reads, creates and publishes to, and nothing more. Every
   # write is create-only (if_generation_match=0), so no function can overwrite or delete.
   # submit, poll and api plan jobs (read input, stage in work, may reject into output);
-  # collect merges chunk results from work into output; all four reach a provider client.
-  # tests/infra derives the topics and the provider use from the code's call graph and
-  # fails if this table grants more or fewer.
+  # collect merges chunk results from work into output (and lists a Vertex AI job's
+  # prediction files there: objectViewer covers list); all four reach a provider client.
+  # provider_keys: the API key secrets are mounted. vertex: the Vertex AI role granted when
+  # vertex is enabled (vertex.tf): "user" where the code creates batch prediction jobs,
+  # "viewer" where it only reads them (collect). tests/infra derives the topics, the
+  # provider use and the Vertex AI calls from the code's call graph and fails if this table
+  # grants more or fewer.
   access = {
-    submit  = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true }
-    poll    = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true }
-    collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events"], provider_keys = true }
-    api     = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true }
+    submit  = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true, vertex = "user" }
+    poll    = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true, vertex = "user" }
+    collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events"], provider_keys = true, vertex = "viewer" }
+    api     = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true, vertex = "user" }
   }
 
   # Settings, under the names shared/batchline/config.py reads (tests/infra checks both ways).
@@ -46,9 +50,12 @@ locals {
     BATCHLINE_LEASE_SECONDS         = var.settings.lease_seconds
     BATCHLINE_WORK_BUDGET_SECONDS   = var.settings.work_budget_seconds
     BATCHLINE_COLLECT_RETRY_SECONDS = var.settings.collect_retry_seconds
+    # Vertex AI batch jobs run in the deployment's region unless told otherwise.
+    BATCHLINE_VERTEX_LOCATION = coalesce(var.settings.vertex_location, var.region)
   }
   # Set only when given; otherwise the code's default applies. BATCHLINE_RETENTION_DAYS is
   # set exactly when the TTL policies exist (firestore.tf, local.ttl; tests/infra checks it).
+  # BATCHLINE_VERTEX_API_ENDPOINT is never set: it points the code at the local emulator.
   optional_environment = {
     BATCHLINE_DEFAULT_MODEL          = var.settings.default_model
     BATCHLINE_OPENAI_BASE_URL        = var.settings.openai_base_url
@@ -58,6 +65,9 @@ locals {
     BATCHLINE_ANTHROPIC_MAX_REQUESTS = var.settings.anthropic_max_requests
     BATCHLINE_ANTHROPIC_MAX_BYTES    = var.settings.anthropic_max_bytes
     BATCHLINE_ANTHROPIC_MAX_TOKENS   = var.settings.anthropic_max_tokens
+    BATCHLINE_VERTEX_PROJECT         = var.settings.vertex_project
+    BATCHLINE_VERTEX_MAX_REQUESTS    = var.settings.vertex_max_requests
+    BATCHLINE_VERTEX_MAX_BYTES       = var.settings.vertex_max_bytes
     BATCHLINE_MAX_INPUT_BYTES        = var.settings.max_input_bytes
     BATCHLINE_MAX_LINE_BYTES         = var.settings.max_line_bytes
     BATCHLINE_RETENTION_DAYS         = var.firestore.retention_days
@@ -67,16 +77,23 @@ locals {
     { for k, v in local.optional_environment : k => tostring(v) if v != null },
   )
 
-  # Provider API keys, by provider: each provider in var.enabled_providers gets a Secret
-  # Manager secret, mounted as this variable into the functions whose code calls a provider
-  # (local.access). A provider left out has no secret: its lines fail with "<env> is not
-  # set", and nothing else does. tests/infra checks these are the providers and variables
-  # the code knows.
-  provider_api_keys = {
-    openai    = { env = "OPENAI_API_KEY" }
-    anthropic = { env = "ANTHROPIC_API_KEY" }
+  # The providers, and how each authenticates. api_key_env: the variable its API key is
+  # mounted as; each such provider in var.enabled_providers gets a Secret Manager secret,
+  # mounted into the functions whose code calls a provider (local.access). A key provider
+  # left out has no secret: its lines fail with "<env> is not set", and nothing else does.
+  # api_key_env = null: the provider is a Google API (`service`) called as the function's
+  # own service account, with no key and no secret; enabling it enables the API and grants
+  # the roles (vertex.tf). tests/infra checks these against the code's providers, the key
+  # variables their clients read and the Google APIs their adapters call.
+  providers = {
+    openai    = { api_key_env = "OPENAI_API_KEY", service = null }
+    anthropic = { api_key_env = "ANTHROPIC_API_KEY", service = null }
+    vertex    = { api_key_env = null, service = "aiplatform.googleapis.com" }
   }
-  api_key_secrets = { for k, v in local.provider_api_keys : k => v if contains(var.enabled_providers, k) }
+  api_key_secrets = {
+    for k, p in local.providers : k => { env = p.api_key_env }
+    if p.api_key_env != null && contains(var.enabled_providers, k)
+  }
 
   services = concat([
     "artifactregistry.googleapis.com",

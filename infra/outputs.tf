@@ -32,10 +32,15 @@ output "service_accounts" {
 
 output "api_key_secrets" {
   description = "Secret Manager secret for each provider API key, by the environment variable it becomes."
-  value       = { for k, s in google_secret_manager_secret.api_key : local.provider_api_keys[k].env => s.secret_id }
+  value       = { for k, s in google_secret_manager_secret.api_key : local.providers[k].api_key_env => s.secret_id }
 }
 
 output "source_object" {
   description = "The deployed source zip in the work bucket."
   value       = "gs://${google_storage_bucket.work.name}/${google_storage_bucket_object.bundle.name}"
+}
+
+output "vertex_service_agent" {
+  description = "The Vertex AI service agent that runs the batch jobs (null unless vertex is enabled)."
+  value       = try(google_project_service_identity.vertex[0].email, null)
 }

@@ -262,6 +262,9 @@ variable "settings" {
     - anthropic_base_url (BATCHLINE_ANTHROPIC_BASE_URL): another Anthropic endpoint.
     - anthropic_max_requests, anthropic_max_bytes: Anthropic chunk limits (bytes of request body).
     - anthropic_max_tokens (BATCHLINE_ANTHROPIC_MAX_TOKENS): max_tokens for Anthropic requests that give none.
+    - vertex_project (BATCHLINE_VERTEX_PROJECT): project the Vertex AI batch jobs run in; default project_id. Its API, roles and service agent's grants are set up there.
+    - vertex_location (BATCHLINE_VERTEX_LOCATION): region of the Vertex AI batch jobs; default the deployment's region (it must offer Gemini batch prediction for the models used).
+    - vertex_max_requests, vertex_max_bytes: Vertex AI chunk limits (requests and bytes of input file per job).
     - max_input_bytes, max_line_bytes: file and line limits.
     - lease_seconds: planning and submit leases; must outlive any invocation (longer than every event timeout).
     - work_budget_seconds: time submit, poll and api spend planning and submitting before leaving work to the next tick; at least 60 s under their timeouts.
@@ -276,6 +279,10 @@ variable "settings" {
     anthropic_max_requests = optional(number)
     anthropic_max_bytes    = optional(number)
     anthropic_max_tokens   = optional(number)
+    vertex_project         = optional(string)
+    vertex_location        = optional(string)
+    vertex_max_requests    = optional(number)
+    vertex_max_bytes       = optional(number)
     max_input_bytes        = optional(number)
     max_line_bytes         = optional(number)
     lease_seconds          = optional(number, 900)
@@ -292,13 +299,22 @@ variable "settings" {
     condition = var.settings.default_model == null || try(
       contains(var.enabled_providers, split("/", var.settings.default_model)[0]), false
     )
-    error_message = "settings.default_model names a provider that is not in enabled_providers (it would have no API key)."
+    error_message = "settings.default_model names a provider that is not in enabled_providers (it would not be set up)."
+  }
+  validation {
+    condition     = var.settings.vertex_project == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.settings.vertex_project))
+    error_message = "settings.vertex_project must be a project id (6-30 lowercase letters, digits and hyphens)."
+  }
+  validation {
+    condition     = var.settings.vertex_location == null || can(regex("^([a-z]+-[a-z]+[0-9]+|global)$", var.settings.vertex_location))
+    error_message = "settings.vertex_location must be a Google Cloud region such as us-central1 (or global)."
   }
   validation {
     condition = alltrue([
       for v in [
         var.settings.openai_max_requests, var.settings.openai_max_bytes,
         var.settings.anthropic_max_requests, var.settings.anthropic_max_bytes, var.settings.anthropic_max_tokens,
+        var.settings.vertex_max_requests, var.settings.vertex_max_bytes,
         var.settings.max_input_bytes, var.settings.max_line_bytes,
       ] : v == null || try(v >= 1 && floor(v) == v, false)
     ])
@@ -324,13 +340,13 @@ variable "settings" {
 }
 
 variable "enabled_providers" {
-  description = "Providers this deployment runs, e.g. [\"openai\", \"anthropic\"]. Each gets a Secret Manager secret for its API key (OPENAI_API_KEY, ANTHROPIC_API_KEY), mounted into the functions that call providers; `make deploy` fills an empty one from the variable of that name and stops if it is not set. Terraform creates the secret only, never its value. Lines for a provider left out fail with \"<KEY> is not set\"; nothing else is affected."
+  description = "Providers this deployment runs, e.g. [\"openai\", \"anthropic\", \"vertex\"]. openai and anthropic each get a Secret Manager secret for their API key (OPENAI_API_KEY, ANTHROPIC_API_KEY), mounted into the functions that call providers; `make deploy` fills an empty one from the variable of that name and stops if it is not set. Terraform creates the secret only, never its value. vertex has no key: it enables aiplatform.googleapis.com and grants the functions and the Vertex AI service agent what batch prediction needs. Lines for a provider left out fail; nothing else is affected."
   type        = set(string)
   default     = ["openai"]
   nullable    = false
   validation {
-    condition     = length(var.enabled_providers) > 0 && alltrue([for p in var.enabled_providers : contains(["openai", "anthropic"], p)])
-    error_message = "enabled_providers must list at least one of \"openai\" and \"anthropic\", and nothing else."
+    condition     = length(var.enabled_providers) > 0 && alltrue([for p in var.enabled_providers : contains(["openai", "anthropic", "vertex"], p)])
+    error_message = "enabled_providers must list at least one of \"openai\", \"anthropic\" and \"vertex\", and nothing else."
   }
 }
 

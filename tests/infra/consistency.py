@@ -9,15 +9,25 @@ What is checked:
 - every function's entry point exists in functions/main.py, with the signature its trigger
   needs, and every entry point there is deployed;
 - every environment variable infra sets is one the code reads, every required one is set,
-  every other one the code reads can be set (a setting or a secret), and each bucket and
-  topic variable names the resource that plays that part;
-- providers: infra can enable exactly the providers the code runs, each with a secret
-  mounted as the API key variable the code reads, and var.enabled_providers accepts them;
+  every other one the code reads can be set (a setting or a secret) unless only the local
+  stack sets it (LOCAL_ONLY_ENV), which infra must then never set; each bucket and topic
+  variable names the resource that plays that part; location settings default to the
+  deployment's region;
+- providers: infra can enable exactly the providers the code runs (bootstrap.PROVIDERS and
+  domain.requests.ENABLED_PROVIDERS), and var.enabled_providers accepts them; a provider
+  whose client reads an API key (a `repr=False` setting) has a secret mounted as that
+  variable, one whose client reads none has no secret; a provider whose adapter calls a
+  Google API with the function's own credentials (GOOGLE_APIS) has that API enabled, and
+  each function gets the role (GOOGLE_API_ROLES) of the strongest API call in the provider
+  methods its code calls, no more; where the adapter has the provider's jobs read and write
+  GCS themselves, the API's service agent may read and create objects in the work bucket,
+  under the prefix where the code stages chunk payloads if the grants are conditioned;
 - triggers: submit on the input bucket, poll and collect on their topics, the scheduler on
   the poll topic, an explicit retry policy on each event function;
 - per function, the topics its code publishes to and whether it calls a provider equal
   what infra grants (publisher on the topic, the API key secrets), and the blob operations
-  it performs are ones the granted roles allow;
+  it performs, its own and those of the provider adapters' methods it calls (Vertex AI's
+  iter_results lists the job's output), are ones the granted roles allow;
 - each Firestore query in the code is served by an index: a composite index declared in
   infra, or single-field indexes, which Firestore keeps automatically for collection
   scope only (unless infra overrides the field); a collection-group query needs a
@@ -37,7 +47,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +73,7 @@ BLOB_OPERATIONS = {
     "read_bytes": "read",
     "exists": "read",
     "stat": "read",
+    "list_prefix": "read",  # storage.objects.list, in objectViewer
     "write_bytes": "create",
     "open_write": "create",
 }
@@ -85,8 +96,24 @@ AUTOMATIC_INDEXES = frozenset(("COLLECTION", mode) for mode in INDEX_MODES)
 STORED_MODELS = {"JOBS": "Job", "CHUNKS": "Chunk"}
 # The Settings field whose variable makes the code stamp expiry timestamps.
 RETENTION_SETTING = "retention_days"
-# Variables the deployed code reads that only the local stack sets.
-LOCAL_ONLY_ENV = re.compile(r"_EMULATOR_HOST$")
+# Variables the deployed code reads that only the local stack sets, and infra must not:
+# the emulators' hosts, and the Vertex AI endpoint (an http:// one is the emulator; unset,
+# the code uses Google's regional endpoint for BATCHLINE_VERTEX_LOCATION).
+LOCAL_ONLY_ENV = re.compile(r"_EMULATOR_HOST$|^BATCHLINE_VERTEX_API_ENDPOINT$")
+# Google client libraries a provider adapter may call with the function's own credentials
+# (no API key), by import prefix, and the API each calls.
+GOOGLE_APIS = {"google.cloud.aiplatform": "aiplatform.googleapis.com"}
+# Per API, the predefined role each client call the adapters make needs, weakest first
+# (each role holds the permissions of those before it). A call not listed is reported.
+GOOGLE_API_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "aiplatform.googleapis.com": {
+        "roles/aiplatform.viewer": ("get_batch_prediction_job", "list_batch_prediction_jobs"),
+        "roles/aiplatform.user": ("create_batch_prediction_job", "cancel_batch_prediction_job"),
+    }
+}
+# String keys that, in an adapter, mean the provider's jobs read their input from and write
+# their output to GCS themselves (as the API's service agent), in the chunk's folder.
+AGENT_IO_KEYS = ("gcs_source", "gcs_destination")
 
 
 # --------------------------------------------------------------------------- HCL helpers
@@ -319,8 +346,21 @@ class FunctionUse:
 
     settings: frozenset[str]  # Settings fields it reads
     published: frozenset[str]  # Settings fields used as the topic of a publish
-    blob_operations: frozenset[str]  # BlobStore methods it calls
+    blob_operations: frozenset[str]  # BlobStore methods it calls (provider adapters' too)
     uses_providers: bool
+    provider_methods: frozenset[str] = frozenset()  # ProviderClient methods it calls
+
+
+@dataclass(frozen=True)
+class ProviderFacts:
+    """What one provider's client (bootstrap.PROVIDERS) needs from the deployment."""
+
+    adapter: str  # module.Class
+    api_key_env: frozenset[str]  # variables of the secret settings its client is built with
+    google_api: str | None  # the Google API its adapter calls with the function's credentials
+    agent_io: bool  # its jobs read and write GCS themselves (the API's service agent)
+    # ProviderClient method -> (BlobStore methods, client calls on self._client) it makes
+    methods: dict[str, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -336,6 +376,8 @@ class CodeFacts:
     providers: frozenset[str] = frozenset()  # the providers the code runs
     # Firestore collection -> the timestamp fields the code stamps on its documents
     expiry_fields: dict[str, frozenset[str]] = field(default_factory=dict)
+    provider_facts: dict[str, ProviderFacts] = field(default_factory=dict)
+    payload_prefix: str | None = None  # where chunk payloads are staged in the work bucket
 
 
 def deployed_sources(package: Path = PACKAGE, main: Path = MAIN) -> dict[str, str]:
@@ -575,13 +617,69 @@ def _settings_field(node: ast.AST) -> str | None:
     return None
 
 
-def function_use(graph: CallGraph, entry: str) -> FunctionUse:
+def _is_provider_lookup(node: ast.AST) -> bool:
+    """`<...>.providers.get(...)`: a provider client, by name."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "get"
+        and _owner_name(node.func.value) == "providers"
+    )
+
+
+def _owner_name(node: ast.AST) -> str:
+    return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+
+
+def _provider_names(node: ast.AST) -> set[str]:
+    """Names that hold a provider client in `node`: assigned from a provider lookup, or
+    parameters annotated ProviderClient."""
+    names: set[str] = set()
+    for child in ast.walk(node):
+        if isinstance(child, ast.Assign) and _is_provider_lookup(child.value):
+            names.update(t.id for t in child.targets if isinstance(t, ast.Name))
+        if (
+            isinstance(child, ast.arg)
+            and child.annotation is not None
+            and "ProviderClient" in ast.unparse(child.annotation)
+        ):
+            names.add(child.arg)
+    return names
+
+
+def provider_client_methods(sources: dict[str, str]) -> frozenset[str]:
+    """The methods of the ProviderClient protocol in ports.py."""
+    for node in ast.parse(sources.get("batchline.ports", "")).body:
+        if isinstance(node, ast.ClassDef) and node.name == "ProviderClient":
+            return frozenset(
+                n.name
+                for n in node.body
+                if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")
+            )
+    return frozenset()
+
+
+def function_use(
+    graph: CallGraph, entry: str, client_methods: frozenset[str] = frozenset()
+) -> FunctionUse:
     settings: set[str] = set()
     published: set[str] = set()
     blobs: set[str] = set()
     providers = False
+    methods: set[str] = set()
     for _module, node in graph.reachable("main", entry):
+        holders = _provider_names(node)
         for child in ast.walk(node):
+            if (
+                isinstance(child, ast.Call)
+                and isinstance(child.func, ast.Attribute)
+                and child.func.attr in client_methods
+                and (
+                    _is_provider_lookup(child.func.value)
+                    or (isinstance(child.func.value, ast.Name) and child.func.value.id in holders)
+                )
+            ):
+                methods.add(child.func.attr)
             if (name := _settings_field(child)) is not None:
                 settings.add(name)
             if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute):
@@ -599,7 +697,147 @@ def function_use(graph: CallGraph, entry: str) -> FunctionUse:
                     blobs.add(child.func.attr)
                 if owner_name == "providers" and child.func.attr == "get":
                     providers = True
-    return FunctionUse(frozenset(settings), frozenset(published), frozenset(blobs), providers)
+    return FunctionUse(
+        frozenset(settings), frozenset(published), frozenset(blobs), providers, frozenset(methods)
+    )
+
+
+def _secret_settings(config_source: str) -> frozenset[str]:
+    """Settings fields declared `field(..., repr=False)`: the secrets (API keys)."""
+    found = set()
+    for node in ast.walk(ast.parse(config_source)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(node.value, ast.Call)
+            and any(
+                k.arg == "repr" and isinstance(k.value, ast.Constant) and k.value.value is False
+                for k in node.value.keywords
+            )
+        ):
+            found.add(node.target.id)
+    return frozenset(found)
+
+
+def _class_reach(module: _Module, cls: ast.ClassDef, method: str) -> list[ast.AST]:
+    """`method` of `cls` and what it reaches in its module: the class's other methods and
+    properties through `self.x`, and the module's functions and classes by name."""
+    members = {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    seen: set[str] = set()
+    order: list[ast.AST] = []
+    stack = [("self", method)]
+    while stack:
+        kind, name = stack.pop()
+        key = f"{kind}.{name}"
+        node = members.get(name) if kind == "self" else module.defs.get(name)
+        if key in seen or node is None:
+            continue
+        seen.add(key)
+        order.append(node)
+        for child in ast.walk(node):
+            if (
+                isinstance(child, ast.Attribute)
+                and isinstance(child.value, ast.Name)
+                and child.value.id == "self"
+            ):
+                stack.append(("self", child.attr))
+            elif isinstance(child, ast.Name) and child.id in module.defs:
+                stack.append(("module", child.id))
+    return order
+
+
+def provider_facts(
+    sources: dict[str, str],
+    graph: CallGraph,
+    settings_env: dict[str, frozenset[str]],
+    client_methods: frozenset[str],
+) -> dict[str, ProviderFacts]:
+    """Per provider in bootstrap.PROVIDERS: its client factory (ProviderSpec's third
+    argument), the secret settings it reads, and its adapter class's methods."""
+    boot = graph.modules.get("batchline.bootstrap")
+    if boot is None:
+        return {}
+    secrets = _secret_settings(sources.get("batchline.config", ""))
+    table = next(
+        (
+            node.value
+            for node in boot.tree.body
+            if isinstance(node, ast.Assign | ast.AnnAssign)
+            and "PROVIDERS" in [getattr(t, "id", "") for t in _targets(node)]
+            and isinstance(node.value, ast.Dict)
+        ),
+        None,
+    )
+    found: dict[str, ProviderFacts] = {}
+    for key, spec in zip(getattr(table, "keys", []), getattr(table, "values", []), strict=True):
+        name = _constant_str(key)
+        if name is None or not isinstance(spec, ast.Call):
+            continue
+        client = next((k.value for k in spec.keywords if k.arg == "client"), None)
+        if client is None and len(spec.args) > 2:
+            client = spec.args[2]
+        factory = boot.defs.get(getattr(client, "id", ""))
+        if factory is None:
+            continue
+        fields = {f for n in ast.walk(factory) if (f := _settings_field(n))}
+        keys = frozenset().union(*(settings_env.get(f, frozenset()) for f in fields & secrets))
+        adapter = None
+        for node in ast.walk(factory):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                target = graph._resolve(boot, [node.func.id])
+                if target and isinstance(graph.modules[target[0]].defs[target[1]], ast.ClassDef):
+                    adapter = target
+        if adapter is None:
+            continue
+        module = graph.modules[adapter[0]]
+        cls = module.defs[adapter[1]]
+        assert isinstance(cls, ast.ClassDef)
+        api = next(
+            (
+                api
+                for prefix, api in GOOGLE_APIS.items()
+                for imported in module.imports.values()
+                if imported.startswith(prefix)
+            ),
+            None,
+        )
+        methods = {}
+        for method in sorted(client_methods):
+            blob_ops, calls = set(), set()
+            for node in _class_reach(module, cls, method):
+                for child in ast.walk(node):
+                    if not (isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute)):
+                        continue
+                    owner = _owner_name(child.func.value)
+                    if owner.lstrip("_") == "blobs":
+                        blob_ops.add(child.func.attr)
+                    if (
+                        owner.lstrip("_") == "client"
+                        and isinstance(child.func.value, ast.Attribute)
+                        and getattr(child.func.value.value, "id", "") == "self"
+                    ):
+                        calls.add(child.func.attr)
+            methods[method] = (frozenset(blob_ops), frozenset(calls))
+        agent_io = any(_constant_str(n) in AGENT_IO_KEYS for n in ast.walk(cls))
+        found[name] = ProviderFacts(
+            f"{adapter[0]}.{adapter[1]}", keys, api, agent_io and api is not None, methods
+        )
+    return found
+
+
+def _targets(node: ast.Assign | ast.AnnAssign) -> list[ast.expr]:
+    return list(node.targets) if isinstance(node, ast.Assign) else [node.target]
+
+
+def payload_prefix(sources: dict[str, str]) -> str | None:
+    """The first path segment of WorkPaths.root in domain/paths.py (payloads live under it)."""
+    for node in ast.walk(ast.parse(sources.get("batchline.domain.paths", ""))):
+        if isinstance(node, ast.ClassDef) and node.name == "WorkPaths":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "root":
+                    found = work_prefixes({"paths": ast.unparse(item)})
+                    return next(iter(sorted(found)), None)
+    return None
 
 
 def firestore_queries(sources: dict[str, str]) -> list[Query]:
@@ -749,6 +987,19 @@ def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
     fields, required, numeric = settings_from_config(sources["batchline.config"])
     graph = CallGraph(sources)
     points = entry_points(sources["main"])
+    client_methods = provider_client_methods(sources)
+    providers = provider_facts(sources, graph, fields, client_methods)
+    uses = {}
+    for name in points:
+        use = function_use(graph, name, client_methods)
+        # What the provider adapters do in the methods this function calls (any provider).
+        adapter_ops = {
+            op
+            for facts in providers.values()
+            for method in use.provider_methods
+            for op in facts.methods.get(method, (frozenset(), frozenset()))[0]
+        }
+        uses[name] = replace(use, blob_operations=use.blob_operations | adapter_ops)
     return CodeFacts(
         entry_points=points,
         # Names read through a helper (an optional number, say) are found as settings.
@@ -756,11 +1007,13 @@ def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
         required_env=required,
         numeric_env=numeric,
         settings_env=fields,
-        uses={name: function_use(graph, name) for name in points},
+        uses=uses,
         queries=firestore_queries(sources),
         work_prefixes=work_prefixes(sources),
         providers=enabled_providers(sources),
         expiry_fields=expiry_fields(sources),
+        provider_facts=providers,
+        payload_prefix=payload_prefix(sources),
     )
 
 
@@ -806,8 +1059,12 @@ def _environment(infra: InfraFacts) -> dict[str, str]:
 
 
 def _secret_env(infra: InfraFacts) -> dict[str, str]:
-    """Provider key -> environment variable it is mounted as."""
-    return {k: v.get("env") for k, v in infra.locals.get("provider_api_keys", {}).items()}
+    """Provider with an API key -> environment variable the key is mounted as."""
+    return {
+        k: v["api_key_env"]
+        for k, v in infra.locals.get("providers", {}).items()
+        if v.get("api_key_env")
+    }
 
 
 def check_environment(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
@@ -823,9 +1080,20 @@ def check_environment(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
         aliases = [g for g in code.settings_env.values() if name in g and g & names]
         if not LOCAL_ONLY_ENV.search(name) and not aliases:
             yield f"the code reads {name} but infra cannot set it (add it to var.settings and local.optional_environment, or as a secret)"
+    for name in sorted(names):
+        if LOCAL_ONLY_ENV.search(name):
+            yield f"infra sets {name}, which only the local stack may set (it points the code at an emulator)"
     for group in code.required_env:
         if not group & names:
             yield f"the code requires {' or '.join(sorted(group))} but infra does not set it"
+    # A provider's location (Vertex AI's region) follows the deployment unless told otherwise.
+    for fieldname, variables in sorted(code.settings_env.items()):
+        if not fieldname.endswith("_location"):
+            continue
+        for variable in sorted(variables):
+            value = _ref(infra.locals.get("environment", {}).get(variable, ""))
+            if "var.region" not in value:
+                yield f"{variable} (Settings.{fieldname}) must always be set and default to the deployment's region (var.region) in local.environment; it is {value or 'not set there'}"
     always = set(infra.locals.get("environment", {}))
     for group in code.required_env:
         if group & names and not group & (always | set(_secret_env(infra).values())):
@@ -935,7 +1203,7 @@ def check_access(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
     secret = dynamic.get("secret_environment_variables", {})
     content = (secret.get("content") or [{}])[0]
     if _ref(content.get("key", "")) != "secret_environment_variables.value.env":
-        yield "infra: secret environment variables must be named by local.provider_api_keys[*].env"
+        yield "infra: secret environment variables must be named by local.providers[*].api_key_env (local.api_key_secrets[*].env)"
 
 
 def _index_fields(index: dict[str, Any]) -> list[tuple[str, str]]:
@@ -1088,19 +1356,137 @@ def check_retention(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
 
 
 def check_providers(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
-    known = set(infra.locals.get("provider_api_keys", {}))
+    declared = infra.locals.get("providers", {})
+    known = set(declared)
     for provider in sorted(code.providers - known):
-        yield f"the code runs provider {provider} but infra cannot enable it (local.provider_api_keys)"
+        yield f"the code runs provider {provider} but infra cannot enable it (local.providers)"
     for provider in sorted(known - code.providers):
         yield f"infra can enable provider {provider}, which the code does not run"
+    for provider in sorted(code.providers - set(code.provider_facts)):
+        yield f"the code runs provider {provider} but the check finds no client for it in bootstrap.PROVIDERS"
     accepted: set[str] = set()
     for validation in infra.variables.get("enabled_providers", {}).get("validation", []):
         for listed in re.findall(r"contains\(\[([^\]]*)\]", str(validation.get("condition", ""))):
             accepted |= set(re.findall(r'"([^"]+)"', listed))
     if accepted != known:
         yield f"var.enabled_providers accepts {sorted(accepted)}, but infra knows the providers {sorted(known)}"
-    if "var.enabled_providers" not in _ref(infra.locals.get("api_key_secrets", "")):
-        yield "infra: local.api_key_secrets must hold the providers in var.enabled_providers"
+    secrets = _ref(infra.locals.get("api_key_secrets", ""))
+    if "var.enabled_providers" not in secrets or "api_key_env != null" not in secrets:
+        yield "infra: local.api_key_secrets must hold the providers in var.enabled_providers that have an api_key_env"
+    for provider in sorted(known & set(code.provider_facts)):
+        facts, entry = code.provider_facts[provider], declared[provider]
+        env, service = entry.get("api_key_env"), entry.get("service")
+        if facts.api_key_env and env not in facts.api_key_env:
+            yield f"provider {provider}: its client reads its API key from {' or '.join(sorted(facts.api_key_env))}, but infra mounts {env or 'no key'} (local.providers.{provider}.api_key_env)"
+        if not facts.api_key_env and env:
+            yield f"provider {provider}: its client reads no API key, but infra creates and mounts a {env} secret for it (local.providers.{provider}.api_key_env must be null)"
+        if facts.google_api != service:
+            yield f"provider {provider}: its adapter calls {facts.google_api or 'no Google API'} with the functions' own credentials, but local.providers.{provider}.service is {service!r}"
+
+
+def _resolve_locals(text: str, infra: InfraFacts, depth: int = 2) -> str:
+    """`text` with each `local.NAME` replaced by that local's expression (`depth` levels)."""
+    for _ in range(depth):
+        text = re.sub(
+            r"\blocal\.(\w+)\b",
+            lambda m: f"({_ref(infra.locals[m[1]])})" if m[1] in infra.locals else m[0],
+            text,
+        )
+    return text
+
+
+def _switch(body: dict[str, Any]) -> str:
+    return _ref(body.get("count", "")) + _ref(body.get("for_each", ""))
+
+
+def _strongest_role(api: str, calls: Iterable[str]) -> tuple[str | None, set[str]]:
+    """The role the calls need (the strongest of theirs), and the calls no role lists."""
+    ranked = list(GOOGLE_API_ROLES.get(api, {}).items())
+    needed, unknown = None, set()
+    for call in calls:
+        ranks = [i for i, (_, listed) in enumerate(ranked) if call in listed]
+        if not ranks:
+            unknown.add(call)
+        elif needed is None or ranks[0] > needed:
+            needed = ranks[0]
+    return (ranked[needed][0] if needed is not None else None), unknown
+
+
+def check_google_providers(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    """Providers that are Google APIs called as the functions' service accounts: the API,
+    each function's role, and the service agent's access to the work bucket; all of it
+    only when the provider is in var.enabled_providers."""
+    declared = infra.locals.get("providers", {})
+    for provider, facts in sorted(code.provider_facts.items()):
+        api = facts.google_api
+        if api is None or provider not in declared:
+            continue
+        # What a resource's count or for_each holds, locals resolved, when it follows the
+        # provider being in var.enabled_providers.
+        enabled = f'contains(var.enabled_providers, "{provider}")'
+        service = infra.resource("google_project_service", provider)
+        if _ref(service.get("service", "")) not in (api, f"local.providers.{provider}.service"):
+            yield f"infra does not enable {api} for provider {provider} (google_project_service.{provider})"
+        elif enabled not in _resolve_locals(_switch(service), infra):
+            yield f"infra: google_project_service.{provider} must exist only when var.enabled_providers holds {provider}"
+        # Each function's role: the strongest its provider calls need, exactly.
+        roles = GOOGLE_API_ROLES.get(api, {})
+        for method, (_, made) in sorted(facts.methods.items()):
+            _, unknown = _strongest_role(api, made)
+            for call in sorted(unknown):
+                yield f"provider {provider}: {facts.adapter}.{method} calls {call}, whose role the check does not know (GOOGLE_API_ROLES)"
+        functions = infra.locals.get("functions", {})
+        access = infra.locals.get("access", {})
+        for name, spec in functions.items():
+            use = code.uses.get(spec.get("entry_point"))
+            if use is None or name not in access:
+                continue
+            none: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+            calls = {c for m in use.provider_methods for c in facts.methods.get(m, none)[1]}
+            needed, _ = _strongest_role(api, calls)
+            level = access[name].get(provider)
+            granted = next((r for r in roles if r.rsplit(".", 1)[-1] == level), None)
+            if level is not None and granted is None:
+                yield f"infra: local.access.{name}.{provider} is {level!r}, not one of {[r.rsplit('.', 1)[-1] for r in roles]}"
+            elif granted != needed:
+                yield f"function {name}: its code calls {sorted(calls) or 'nothing'} on {api}, which needs {needed or 'no role'}, but infra grants {granted or 'none'} (local.access.{name}.{provider})"
+        for role in roles:
+            level = role.rsplit(".", 1)[-1]
+            grant = infra.resource("google_project_iam_member", f"{provider}_{level}")
+            switch = _resolve_locals(_switch(grant), infra)
+            if grant.get("role") != role or f'a.{provider} == "{level}"' not in switch:
+                yield f"infra: google_project_iam_member.{provider}_{level} must grant {role} to the functions whose local.access.{provider} is {level!r}"
+            elif enabled not in switch:
+                yield f"infra: google_project_iam_member.{provider}_{level} must exist only when var.enabled_providers holds {provider}"
+        if not facts.agent_io:
+            continue
+        # The jobs read the staged payload and write their output beside it, in the work
+        # bucket, as the API's service agent.
+        agent = infra.resource("google_project_service_identity", provider)
+        if _ref(agent.get("service", "")) not in (api, f"local.providers.{provider}.service"):
+            yield f"provider {provider}: its jobs read and write the work bucket as the {api} service agent, which infra does not declare (google_project_service_identity.{provider})"
+            continue
+        agent_ref = f"google_project_service_identity.{provider}"
+        grants = {
+            body.get("role"): body
+            for body in infra.of_type("google_storage_bucket_iam_member").values()
+            if agent_ref in _ref(body.get("member", ""))
+            and _ref(body.get("bucket", "")) == "google_storage_bucket.work.name"
+        }
+        for role, doing in (
+            ("roles/storage.objectViewer", "read its input from"),
+            ("roles/storage.objectCreator", "write its output to"),
+        ):
+            body = grants.get(role)
+            if body is None:
+                yield f"provider {provider}: its jobs {doing} the work bucket as the {api} service agent, but infra does not grant it {role} there"
+                continue
+            if enabled not in _resolve_locals(_switch(body), infra):
+                yield f"infra: the {provider} service agent's {role} must exist only when var.enabled_providers holds {provider}"
+            for condition in body.get("condition", []):
+                text = _resolve_locals(str(condition.get("expression", "")), infra)
+                if code.payload_prefix and f"/objects/{code.payload_prefix}" not in text:
+                    yield f"provider {provider}: the service agent's {role} is conditioned on {text!r}, which does not cover {code.payload_prefix}, where the code stages chunk payloads"
 
 
 def check_work_lifecycle(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
@@ -1210,6 +1596,7 @@ CHECKS = (
     check_triggers,
     check_access,
     check_providers,
+    check_google_providers,
     check_indexes,
     check_retention,
     check_work_lifecycle,

@@ -85,6 +85,18 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
     assert any(q.scope == "COLLECTION_GROUP" and q.collection == "chunks" for q in code.queries)
     assert code.expiry_fields == {"jobs": {"expire_at"}, "chunks": {"expire_at"}}
     assert "jobs/" in code.work_prefixes
+    assert code.payload_prefix == "jobs/"
+    # Providers: how each authenticates, and what each ProviderClient method does.
+    facts = code.provider_facts
+    assert facts["openai"].api_key_env == {"OPENAI_API_KEY"} and facts["openai"].google_api is None
+    assert facts["vertex"].api_key_env == frozenset()
+    assert facts["vertex"].google_api == "aiplatform.googleapis.com" and facts["vertex"].agent_io
+    assert facts["vertex"].methods["submit"][1] == {"create_batch_prediction_job"}
+    assert facts["vertex"].methods["iter_results"][0] == {"list_prefix", "open_read"}
+    assert code.uses["submit"].provider_methods == {"submit", "find_batches", "get_batch"}
+    assert code.uses["collect"].provider_methods == {"get_batch", "iter_results"}
+    assert "list_prefix" in code.uses["collect"].blob_operations
+    assert "BATCHLINE_VERTEX_API_ENDPOINT" in code.env_read
 
 
 def test_settings_load_from_the_environment_infra_sets(
@@ -102,6 +114,10 @@ def test_settings_load_from_the_environment_infra_sets(
     assert settings.anthropic_api_key == env["ANTHROPIC_API_KEY"]
     assert settings.anthropic_max_tokens == int(env["BATCHLINE_ANTHROPIC_MAX_TOKENS"])
     assert settings.retention_days == float(env["BATCHLINE_RETENTION_DAYS"])
+    assert settings.vertex_project == env["BATCHLINE_VERTEX_PROJECT"]
+    assert settings.vertex_location == env["BATCHLINE_VERTEX_LOCATION"]
+    assert settings.vertex_limits.max_requests == int(env["BATCHLINE_VERTEX_MAX_REQUESTS"])
+    assert settings.vertex_api_endpoint is None  # never set by infra: the emulator's
 
 
 def test_every_variable_is_typed_and_described(infra: c.InfraFacts) -> None:
@@ -122,7 +138,8 @@ def test_readme_lists_every_api_infra_enables(infra: c.InfraFacts) -> None:
     assert "\n## Deploy to Google Cloud\n" in readme
     section = readme.split("\n## Deploy to Google Cloud\n", 1)[1].split("\n## ", 1)[0]
     services = re.findall(r"[a-z]+\.googleapis\.com", str(infra.locals["services"]))
-    assert services
+    services += [p["service"] for p in infra.locals["providers"].values() if p["service"]]
+    assert "aiplatform.googleapis.com" in services
     for service in services:
         assert service in section, f"README's deploy section does not list {service}"
 
@@ -229,7 +246,9 @@ def test_bucket_variable_naming_the_wrong_bucket_is_reported(
 def test_secret_for_a_key_the_code_does_not_read_is_reported(
     infra_files: dict[str, str], code: c.CodeFacts
 ) -> None:
-    files = changed(infra_files, "main.tf", 'env = "OPENAI_API_KEY"', 'env = "OPENAI_KEY"')
+    files = changed(
+        infra_files, "main.tf", 'api_key_env = "OPENAI_API_KEY"', 'api_key_env = "OPENAI_KEY"'
+    )
     assert_reported(problems_with_infra(files, code), "infra sets environment variable OPENAI_KEY")
 
 
@@ -254,12 +273,17 @@ def test_setting_infra_cannot_set_is_reported(
 def test_provider_infra_cannot_enable_is_reported(
     infra_files: dict[str, str], code: c.CodeFacts
 ) -> None:
-    files = changed(infra_files, "main.tf", '    anthropic = { env = "ANTHROPIC_API_KEY" }\n', "")
+    files = changed(
+        infra_files,
+        "main.tf",
+        '    anthropic = { api_key_env = "ANTHROPIC_API_KEY", service = null }\n',
+        "",
+    )
     assert_reported(
         problems_with_infra(files, code),
         "the code reads ANTHROPIC_API_KEY but infra cannot set it",
         "the code runs provider anthropic but infra cannot enable it",
-        "var.enabled_providers accepts ['anthropic', 'openai'], but infra knows the providers ['openai']",
+        "var.enabled_providers accepts ['anthropic', 'openai', 'vertex'], but infra knows the providers ['openai', 'vertex']",
     )
 
 
@@ -279,8 +303,8 @@ def test_enabled_providers_accepting_an_unknown_provider_is_reported(
     files = changed(
         infra_files,
         "variables.tf",
-        'contains(["openai", "anthropic"], p)',
-        'contains(["openai", "anthropic", "mistral"], p)',
+        'contains(["openai", "anthropic", "vertex"], p)',
+        'contains(["openai", "anthropic", "vertex", "mistral"], p)',
     )
     assert_reported(problems_with_infra(files, code), "var.enabled_providers accepts")
 
@@ -297,6 +321,262 @@ def test_keys_not_mounted_where_the_code_calls_a_provider_is_reported(
     assert_reported(
         problems_with_infra(files, code),
         "function collect: its code calls a provider but infra does not mount the API keys",
+    )
+
+
+# ------------------------------------------- Vertex AI: a Google API, called through IAM
+
+
+def test_infra_setting_a_local_only_variable_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    """BATCHLINE_VERTEX_API_ENDPOINT points the code at the emulator: the code reads it, and
+    infra must never set it."""
+    files = changed(
+        infra_files,
+        "main.tf",
+        "    BATCHLINE_VERTEX_PROJECT         = var.settings.vertex_project\n",
+        "    BATCHLINE_VERTEX_PROJECT         = var.settings.vertex_project\n"
+        "    BATCHLINE_VERTEX_API_ENDPOINT    = var.settings.openai_base_url\n",
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "infra sets BATCHLINE_VERTEX_API_ENDPOINT, which only the local stack may set",
+    )
+
+
+def test_vertex_location_not_defaulting_to_the_region_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        "coalesce(var.settings.vertex_location, var.region)",
+        'coalesce(var.settings.vertex_location, "us-central1")',
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "BATCHLINE_VERTEX_LOCATION (Settings.vertex_location) must always be set and default to the deployment's region",
+    )
+
+
+def test_key_secret_for_a_keyless_provider_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        'vertex    = { api_key_env = null, service = "aiplatform.googleapis.com" }',
+        'vertex    = { api_key_env = "VERTEX_API_KEY", service = "aiplatform.googleapis.com" }',
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "provider vertex: its client reads no API key, but infra creates and mounts a VERTEX_API_KEY secret",
+    )
+
+
+def test_key_provider_without_its_key_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        'anthropic = { api_key_env = "ANTHROPIC_API_KEY", service = null }',
+        "anthropic = { api_key_env = null, service = null }",
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "provider anthropic: its client reads its API key from ANTHROPIC_API_KEY, but infra mounts no key",
+    )
+
+
+def test_google_api_of_a_provider_not_enabled_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    wrong = changed(
+        infra_files,
+        "main.tf",
+        'vertex    = { api_key_env = null, service = "aiplatform.googleapis.com" }',
+        "vertex    = { api_key_env = null, service = null }",
+    )
+    assert_reported(
+        problems_with_infra(wrong, code),
+        "provider vertex: its adapter calls aiplatform.googleapis.com with the functions' own credentials, but local.providers.vertex.service is None",
+    )
+    missing = changed(
+        infra_files,
+        "vertex.tf",
+        'resource "google_project_service" "vertex" {',
+        'resource "google_project_service" "vertex_api" {',
+    )
+    assert_reported(
+        problems_with_infra(missing, code),
+        "infra does not enable aiplatform.googleapis.com for provider vertex",
+    )
+    always = changed(
+        infra_files,
+        "vertex.tf",
+        "count              = local.vertex_enabled && var.enable_apis ? 1 : 0",
+        "count              = var.enable_apis ? 1 : 0",
+    )
+    assert_reported(
+        problems_with_infra(always, code),
+        "google_project_service.vertex must exist only when var.enabled_providers holds vertex",
+    )
+
+
+def test_vertex_roles_follow_the_calls_the_code_makes(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    """collect only reads jobs (viewer); submit creates them (user): more or less is wrong."""
+    wider = changed(
+        infra_files,
+        "main.tf",
+        'provider_keys = true, vertex = "viewer"',
+        'provider_keys = true, vertex = "user"',
+    )
+    assert_reported(
+        problems_with_infra(wider, code),
+        "function collect: its code calls ['get_batch_prediction_job'] on aiplatform.googleapis.com, which needs roles/aiplatform.viewer, but infra grants roles/aiplatform.user",
+    )
+    submit = 'submit  = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true, vertex = "user" }'
+    narrower = changed(infra_files, "main.tf", submit, submit.replace('"user"', "null"))
+    assert_reported(
+        problems_with_infra(narrower, code),
+        "function submit: its code calls ['create_batch_prediction_job', 'get_batch_prediction_job', 'list_batch_prediction_jobs'] on aiplatform.googleapis.com, which needs roles/aiplatform.user, but infra grants none",
+    )
+    unswitched = changed(
+        infra_files,
+        "vertex.tf",
+        'vertex_users   = local.vertex_enabled ? toset([for f, a in local.access : f if a.vertex == "user"]) : toset([])',
+        'vertex_users   = toset([for f, a in local.access : f if a.vertex == "user"])',
+    )
+    assert_reported(
+        problems_with_infra(unswitched, code),
+        "google_project_iam_member.vertex_user must exist only when var.enabled_providers holds vertex",
+    )
+    wrong_role = changed(
+        infra_files,
+        "vertex.tf",
+        'role       = "roles/aiplatform.viewer"',
+        'role       = "roles/aiplatform.admin"',
+    )
+    assert_reported(
+        problems_with_infra(wrong_role, code),
+        "google_project_iam_member.vertex_viewer must grant roles/aiplatform.viewer",
+    )
+
+
+def test_a_new_provider_call_in_a_function_changes_its_vertex_role(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    """collect cancelling a job would need roles/aiplatform.user, which it is not given."""
+    module = "batchline.services.collect"
+    old = "        batch = provider.get_batch(chunk.batch_id)\n"
+    assert old in sources[module]
+    indent = "        "
+    mutated = {
+        **sources,
+        module: sources[module].replace(old, old + f"{indent}provider.cancel(chunk.batch_id)\n"),
+    }
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "function collect: its code calls ['cancel_batch_prediction_job', 'get_batch_prediction_job'] on aiplatform.googleapis.com, which needs roles/aiplatform.user, but infra grants roles/aiplatform.viewer",
+    )
+
+
+def test_vertex_client_call_of_unknown_role_is_reported(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    module = "batchline.adapters.providers.vertex"
+    old = "            job = self._client.get_batch_prediction_job("
+    assert old in sources[module]
+    mutated = {
+        **sources,
+        module: sources[module].replace(
+            old, "            self._client.delete_batch_prediction_job(name=batch_id)\n" + old
+        ),
+    }
+    assert_reported(
+        problems_with_code(infra, mutated),
+        "VertexProvider.get_batch calls delete_batch_prediction_job, whose role the check does not know",
+    )
+
+
+def test_blob_operation_of_a_provider_adapter_is_checked_for_its_callers(
+    infra: c.InfraFacts, sources: dict[str, str]
+) -> None:
+    """Vertex's iter_results reads the work bucket for collect: what it does counts as
+    collect's own (a delete there would need a role nobody has)."""
+    module = "batchline.adapters.providers.vertex"
+    old = "            with self._blobs.open_read(uri) as stream:\n"
+    assert old in sources[module]
+    mutated = {
+        **sources,
+        module: sources[module].replace(old, "            self._blobs.delete(uri)\n" + old),
+    }
+    assert_reported(
+        problems_with_code(infra, mutated), "function collect: its code calls BlobStore.delete"
+    )
+
+
+def test_key_secrets_for_keyless_providers_are_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        "if p.api_key_env != null && contains(var.enabled_providers, k)",
+        "if contains(var.enabled_providers, k)",
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "local.api_key_secrets must hold the providers in var.enabled_providers that have an api_key_env",
+    )
+
+
+def test_service_agent_access_to_the_work_bucket_is_checked(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    no_create = changed(
+        infra_files,
+        "vertex.tf",
+        'role   = "roles/storage.objectCreator"',
+        'role   = "roles/storage.objectViewer"',
+    )
+    assert_reported(
+        problems_with_infra(no_create, code),
+        "provider vertex: its jobs write its output to the work bucket as the aiplatform.googleapis.com service agent, but infra does not grant it roles/storage.objectCreator there",
+    )
+    other_prefix = changed(
+        infra_files,
+        "vertex.tf",
+        'vertex_agent_objects = "projects/_/buckets/${google_storage_bucket.work.name}/objects/jobs/"',
+        'vertex_agent_objects = "projects/_/buckets/${google_storage_bucket.work.name}/objects/inline/"',
+    )
+    assert_reported(
+        problems_with_infra(other_prefix, code),
+        "which does not cover jobs/, where the code stages chunk payloads",
+    )
+    always = changed(
+        infra_files,
+        "vertex.tf",
+        'resource "google_storage_bucket_iam_member" "vertex_agent_creator" {\n  count  = local.vertex_enabled ? 1 : 0',
+        'resource "google_storage_bucket_iam_member" "vertex_agent_creator" {\n  count  = 1',
+    )
+    assert_reported(
+        problems_with_infra(always, code),
+        "the vertex service agent's roles/storage.objectCreator must exist only when var.enabled_providers holds vertex",
+    )
+    no_agent = changed(
+        infra_files,
+        "vertex.tf",
+        'resource "google_project_service_identity" "vertex" {',
+        'resource "google_project_service_identity" "aiplatform" {',
+    )
+    assert_reported(
+        problems_with_infra(no_agent, code),
+        "provider vertex: its jobs read and write the work bucket as the aiplatform.googleapis.com service agent, which infra does not declare",
     )
 
 

@@ -172,6 +172,8 @@ def test_zip_holds_main_the_package_and_pinned_requirements(package_zip: Path) -
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert sorted(requirements) == sorted(d.replace(" ", "") for d in pyproject["dependencies"])
     assert all("==" in r for r in requirements)
+    # The Vertex AI adapter's client library is deployed with it.
+    assert any(r.startswith("google-cloud-aiplatform==") for r in requirements)
 
 
 @pytest.fixture
@@ -262,6 +264,7 @@ def test_every_module_and_dependency_imports_in_a_clean_venv(
 ) -> None:
     imports = third_party_imports(deployed_source)
     assert "google.cloud:firestore" in imports and "openai" in imports
+    assert "google.cloud.aiplatform_v1.services.job_service:JobServiceClient" in imports
     report = run_clean(clean_python, deployed_source, IMPORT_EVERYTHING, *imports)
     assert report["failed"] == {}
     assert int(str(report["imported"])) > 10

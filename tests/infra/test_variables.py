@@ -157,6 +157,23 @@ def test_anthropic_settings_and_retention_are_accepted(terraform: str, probe: Pa
     assert values["firestore"]["retention_days"] == 30
 
 
+def test_vertex_and_its_settings_are_accepted(terraform: str, probe: Path) -> None:
+    values = outputs(
+        terraform,
+        probe,
+        enabled_providers=["vertex"],
+        settings={
+            "default_model": "vertex/gemini-2.5-flash",
+            "vertex_location": "europe-west4",
+            "vertex_project": "other-project",
+            "vertex_max_requests": 1000,
+        },
+    )
+    assert values["providers"] == ["vertex"]
+    assert values["settings"]["vertex_location"] == "europe-west4"
+    assert values["settings"]["vertex_max_bytes"] is None  # the code's default
+
+
 def test_a_directory_bundle_is_accepted(terraform: str, probe: Path) -> None:
     source = probe / "source"
     source.mkdir(exist_ok=True)
@@ -190,7 +207,16 @@ def test_a_directory_bundle_is_accepted(terraform: str, probe: Path) -> None:
         ({"settings": {"anthropic_max_tokens": 0}}, "whole numbers of at least 1"),
         ({"settings": {"openai_max_bytes": 1.5}}, "whole numbers of at least 1"),
         ({"enabled_providers": []}, "enabled_providers must list at least one of"),
-        ({"enabled_providers": ["openai", "vertex"]}, "enabled_providers must list at least one"),
+        ({"enabled_providers": ["openai", "mistral"]}, "enabled_providers must list at least one"),
+        (
+            {"settings": {"vertex_location": "Mars"}},
+            "settings.vertex_location must be a Google Cloud region",
+        ),
+        (
+            {"settings": {"vertex_project": "My Project"}},
+            "settings.vertex_project must be a project id",
+        ),
+        ({"settings": {"vertex_max_requests": 0}}, "whole numbers of at least 1"),
         ({"firestore": {"retention_days": 0}}, "firestore.retention_days must be at least 1"),
         ({"api_invokers": ["allUsers"]}, "allUsers and allAuthenticatedUsers are refused"),
         (
