@@ -30,7 +30,10 @@ ANTHROPIC_CHUNK_BYTES = 200_000
 #: VERTEX_ROWS_PER_FILE rows, so that every job's results span several prediction files.
 VERTEX_CHUNK_REQUESTS = 350
 VERTEX_ROWS_PER_FILE = 90
-LEASE_SECONDS = 5
+# Short, so the crash tests see a lease expire quickly; but longer than a submit call can
+# take on a loaded CI machine: a submit that outlives its lease may be raced by a second
+# submitter (the residual risk dispatch.py documents; production leases are 900 s).
+LEASE_SECONDS = 15
 
 
 @pytest.fixture(scope="session")
