@@ -163,3 +163,40 @@ def cli_main(
         return 2
     serve(app, args.host, args.port, verbose=args.verbose)
     return 0
+
+
+class AdminEndpoints:
+    """The admin endpoints every emulator serves alike: health, config, reset.
+
+    No auth and never faulted. A subclass names itself (`emulator_name`), says how its
+    provider shapes a 400 (`api_error`), and has `lock`, `config` and `reset()`.
+    """
+
+    emulator_name: str
+    api_error: Callable[[int, str], HTTPError]
+    lock: threading.RLock
+    config: Any
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def h_root(self, request: Request) -> Response:
+        """Health check: answers 200 without auth."""
+        return json_response({"emulator": self.emulator_name, "ok": True})
+
+    def h_admin_get_config(self, request: Request) -> Response:
+        with self.lock:
+            return json_response(self.config.to_dict())
+
+    def h_admin_set_config(self, request: Request) -> Response:
+        try:
+            overrides = read_json(request)
+            with self.lock:
+                self.config = self.config.merged(overrides)
+                return json_response(self.config.to_dict())
+        except ValueError as exc:
+            raise type(self).api_error(400, str(exc)) from None
+
+    def h_admin_reset(self, request: Request) -> Response:
+        self.reset()
+        return json_response({"ok": True, "config": self.config.to_dict()})

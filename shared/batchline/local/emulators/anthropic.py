@@ -92,7 +92,12 @@ from batchline.local.emulators._common import (
     merged_config,
     tokens,
 )
-from batchline.local.emulators._wsgi import HTTPError, cli_main, json_response, read_json
+from batchline.local.emulators._wsgi import (
+    AdminEndpoints,
+    HTTPError,
+    cli_main,
+    json_response,
+)
 
 EMULATOR_HEADER = ("x-emulator", "batchline-anthropic")
 CONTENT_PREFIX = "[batchline anthropic emulator]"
@@ -620,8 +625,11 @@ def _root_url(request: Request) -> str:
     return request.host_url.rstrip("/")
 
 
-class AnthropicBatchEmulator:
+class AnthropicBatchEmulator(AdminEndpoints):
     """The WSGI app. `config` and `state` may be read (and config replaced) by tests."""
+
+    emulator_name = EMULATOR_HEADER[1]
+    api_error = staticmethod(api_error)
 
     def __init__(self, config: EmulatorConfig, clock: Callable[[], float] = time.time) -> None:
         self.startup_config = config
@@ -864,27 +872,6 @@ class AnthropicBatchEmulator:
         return Response(stream(), mimetype="application/x-jsonl", direct_passthrough=True)
 
     # ---- admin
-    def h_root(self, request: Request) -> Response:
-        """Health check: answers 200 without auth."""
-        return json_response({"emulator": EMULATOR_HEADER[1], "ok": True})
-
-    def h_admin_get_config(self, request: Request) -> Response:
-        with self.lock:
-            return json_response(self.config.to_dict())
-
-    def h_admin_set_config(self, request: Request) -> Response:
-        try:
-            overrides = read_json(request)
-            with self.lock:
-                self.config = self.config.merged(overrides)
-                return json_response(self.config.to_dict())
-        except ValueError as exc:
-            raise api_error(400, str(exc)) from None
-
-    def h_admin_reset(self, request: Request) -> Response:
-        self.reset()
-        return json_response({"ok": True, "config": self.config.to_dict()})
-
     def h_admin_batches(self, request: Request) -> Response:
         with self.lock:
             now, root = self.clock(), _root_url(request)

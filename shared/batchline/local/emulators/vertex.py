@@ -99,7 +99,13 @@ from batchline.local.emulators._common import (
     merged_config,
     tokens,
 )
-from batchline.local.emulators._wsgi import HTTPError, json_response, read_json, serve
+from batchline.local.emulators._wsgi import (
+    AdminEndpoints,
+    HTTPError,
+    json_response,
+    read_json,
+    serve,
+)
 
 EMULATOR_HEADER = ("x-emulator", "batchline-vertex")
 CONTENT_PREFIX = "[batchline vertex emulator]"
@@ -796,8 +802,11 @@ def parse_filter(text: str) -> list[Predicate]:
     return tests
 
 
-class VertexBatchEmulator:
+class VertexBatchEmulator(AdminEndpoints):
     """The WSGI app. `config` and `state` may be read (and config replaced) by tests."""
+
+    emulator_name = EMULATOR_HEADER[1]
+    api_error = staticmethod(api_error)
 
     def __init__(
         self, config: EmulatorConfig, storage: Storage, clock: Callable[[], float] = time.time
@@ -1006,26 +1015,6 @@ class VertexBatchEmulator:
         return json_response(operation)
 
     # ---- admin
-    def h_root(self, request: Request) -> Response:
-        return json_response({"emulator": EMULATOR_HEADER[1], "ok": True})
-
-    def h_admin_get_config(self, request: Request) -> Response:
-        with self.lock:
-            return json_response(self.config.to_dict())
-
-    def h_admin_set_config(self, request: Request) -> Response:
-        try:
-            overrides = read_json(request)
-            with self.lock:
-                self.config = self.config.merged(overrides)
-                return json_response(self.config.to_dict())
-        except ValueError as exc:
-            raise api_error(400, str(exc)) from None
-
-    def h_admin_reset(self, request: Request) -> Response:
-        self.reset()
-        return json_response({"ok": True, "config": self.config.to_dict()})
-
     def h_admin_batches(self, request: Request) -> Response:
         with self.lock:
             now = self.clock()
