@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
+from batchline.adapters.providers._errors import TranslateErrors, http_retryable
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import anthropic as wire
@@ -168,33 +169,24 @@ def _to_batch(batch: Any) -> ProviderBatch:
     )
 
 
-class _errors:
+class _errors(TranslateErrors):
     """Translate SDK (and mid-stream transport) exceptions into ProviderError."""
 
-    def __init__(self, doing: str) -> None:
-        self._doing = doing
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if not isinstance(exc, Exception) or isinstance(exc, ProviderError):
-            return  # success, ours already, or GeneratorExit/KeyboardInterrupt: not the SDK's
+    def translate(self, exc: Exception) -> ProviderError | None:
         import anthropic
         import httpx2
 
         if isinstance(exc, anthropic.APIStatusError):
             status = exc.status_code
             # 529 is Anthropic's "overloaded": a 5xx like the others.
-            retryable = status in (408, 409, 429) or status >= 500
-            if exc.response.headers.get("x-should-retry") == "false":
-                retryable = False
-            raise ProviderError(
+            retryable = http_retryable(status, exc.response.headers.get("x-should-retry"))
+            return ProviderError(
                 f"Anthropic {self._doing}: HTTP {status}: {exc.message}",
                 retryable=retryable,
                 status=status,
-            ) from exc
+            )
         if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
-            raise ProviderError(f"Anthropic {self._doing}: {exc}", retryable=True) from exc
+            return ProviderError(f"Anthropic {self._doing}: {exc}", retryable=True)
         if isinstance(exc, anthropic.AnthropicError):
-            raise ProviderError(f"Anthropic {self._doing}: {exc}", retryable=False) from exc
+            return ProviderError(f"Anthropic {self._doing}: {exc}", retryable=False)
+        return None

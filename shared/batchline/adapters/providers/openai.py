@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchline.adapters.providers._errors import TranslateErrors, http_retryable
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import openai as wire
@@ -145,29 +146,20 @@ def _to_batch(batch: Any) -> ProviderBatch:
     )
 
 
-class _errors:
+class _errors(TranslateErrors):
     """Translate SDK exceptions into ProviderError, retryable or not."""
 
-    def __init__(self, doing: str) -> None:
-        self._doing = doing
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if not isinstance(exc, Exception) or isinstance(exc, ProviderError):
-            return  # success, ours already, or GeneratorExit/KeyboardInterrupt: not the SDK's
+    def translate(self, exc: Exception) -> ProviderError | None:
         import openai
 
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
-            retryable = status in (408, 409, 429) or status >= 500
-            if exc.response.headers.get("x-should-retry") == "false":
-                retryable = False
-            raise ProviderError(
+            retryable = http_retryable(status, exc.response.headers.get("x-should-retry"))
+            return ProviderError(
                 f"OpenAI {self._doing}: HTTP {status}: {exc.message}",
                 retryable=retryable,
                 status=status,
-            ) from exc
+            )
         if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError):
-            raise ProviderError(f"OpenAI {self._doing}: {exc}", retryable=True) from exc
+            return ProviderError(f"OpenAI {self._doing}: {exc}", retryable=True)
+        return None

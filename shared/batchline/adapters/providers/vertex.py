@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchline.adapters.providers._errors import TranslateErrors
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import vertex as wire
@@ -223,18 +224,10 @@ def _to_batch(job: Any) -> ProviderBatch:
     )
 
 
-class _errors:
+class _errors(TranslateErrors):
     """Translate google-api-core (and transport) exceptions into ProviderError."""
 
-    def __init__(self, doing: str) -> None:
-        self._doing = doing
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if not isinstance(exc, Exception) or isinstance(exc, ProviderError):
-            return  # success, ours already, or GeneratorExit/KeyboardInterrupt: not the SDK's
+    def translate(self, exc: Exception) -> ProviderError | None:
         import requests
         from google.api_core import exceptions
         from google.auth import exceptions as auth_exceptions
@@ -242,11 +235,11 @@ class _errors:
         if isinstance(exc, exceptions.GoogleAPICallError):
             status = exc.code if isinstance(exc.code, int) else None
             retryable = status is not None and (status in (408, 429) or status >= 500)
-            raise ProviderError(
+            return ProviderError(
                 f"Vertex AI {self._doing}: HTTP {status}: {exc.message}",
                 retryable=retryable,
                 status=status,
-            ) from exc
+            )
         if isinstance(
             exc,
             exceptions.RetryError
@@ -254,6 +247,7 @@ class _errors:
             | requests.exceptions.Timeout
             | auth_exceptions.TransportError,
         ):
-            raise ProviderError(f"Vertex AI {self._doing}: {exc}", retryable=True) from exc
+            return ProviderError(f"Vertex AI {self._doing}: {exc}", retryable=True)
         if isinstance(exc, exceptions.GoogleAPIError | auth_exceptions.GoogleAuthError):
-            raise ProviderError(f"Vertex AI {self._doing}: {exc}", retryable=False) from exc
+            return ProviderError(f"Vertex AI {self._doing}: {exc}", retryable=False)
+        return None
