@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -153,6 +156,19 @@ class Pipeline:
         url = f"{self.vertex_emulator}/_emulator/batches/{job_name.rsplit('/', 1)[-1]}/requests"
         received: list[dict[str, Any]] = requests.get(url, timeout=10).json()["data"]
         return received
+
+    @contextmanager
+    def ticker_paused(self) -> Iterator[None]:
+        """No poll ticks while the block runs, so that a test's own process is the only one
+        to act on a job (a tick could otherwise take a freshly planned chunk first)."""
+        pgid = self.stack.components["ticker"].process.pgid
+        os.killpg(pgid, signal.SIGSTOP)
+        try:
+            # Let a tick published just before the pause be delivered and finish.
+            time.sleep(4 * self.stack.config.tick_seconds + 1)
+            yield
+        finally:
+            os.killpg(pgid, signal.SIGCONT)
 
     def post_cloudevent(self, resource: Mapping[str, Any], event_id: str) -> int:
         """Deliver a storage finalized CloudEvent to submit, as Eventarc would."""

@@ -235,18 +235,19 @@ def test_anthropic_submit_killed_after_create_is_adopted_not_repeated(
     env = {**os.environ, **pipeline.stack.client_env(), "BATCHLINE_INPUT_BUCKET": bucket}
     script = tmp_path / "crash.py"
     script.write_text(CRASHING_SUBMIT)
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            bucket,
-            *(resource[k] for k in ("name", "generation", "size")),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    with pipeline.ticker_paused():  # else a tick may submit the planned chunk first
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                bucket,
+                *(resource[k] for k in ("name", "generation", "size")),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 137, done.stderr
     [created] = [b for b in pipeline.anthropic_batches() if b["id"] not in before]
     assert f"provider accepted {created['id']}" in done.stdout

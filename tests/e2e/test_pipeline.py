@@ -211,20 +211,21 @@ def test_submit_killed_after_provider_accepted_is_adopted_by_the_retry(
     env = {**os.environ, **pipeline.stack.client_env(), "BATCHLINE_INPUT_BUCKET": bucket}
     script = tmp_path / "crash.py"
     script.write_text(CRASHING_SUBMIT)
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            bucket,
-            resource["name"],
-            resource["generation"],
-            resource["size"],
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    with pipeline.ticker_paused():  # else a tick may submit the planned chunk first
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                bucket,
+                resource["name"],
+                resource["generation"],
+                resource["size"],
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 137, done.stderr
     assert "provider accepted" in done.stdout
     [chunk] = pipeline.store.get_chunks(job_id)
