@@ -6,12 +6,16 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from batchline.config import ChunkLimits, Settings
 from batchline.domain.planning import Encoder
 from batchline.domain.pricing import BATCH_PRICES, Price
 from batchline.errors import ConfigError
 from batchline.ports import BlobStore, Clock, JobStore, ProviderClient, Publisher
+
+#: (staged request line, previous answer, feedback) -> None, changing the line in place.
+RepairTurn = Callable[[dict[str, Any], str, str], None]
 
 
 class SystemClock:
@@ -46,6 +50,8 @@ class ProviderSpec:
     limits: Callable[[Settings], ChunkLimits]
     #: Built from the settings and the deployment's BlobStore (Vertex reads GCS through it).
     client: Callable[[Settings, BlobStore], ProviderClient]
+    #: Appends a re-ask turn (previous answer, what was wrong) to a staged request line.
+    repair_turn: Callable[[], RepairTurn]
 
 
 def _openai_encoder(settings: Settings) -> Encoder:
@@ -98,11 +104,35 @@ def _vertex_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
     )
 
 
+def _openai_repair() -> RepairTurn:
+    from batchline.domain.providers import openai
+
+    return openai.add_repair_turn
+
+
+def _anthropic_repair() -> RepairTurn:
+    from batchline.domain.providers import anthropic
+
+    return anthropic.add_repair_turn
+
+
+def _vertex_repair() -> RepairTurn:
+    from batchline.domain.providers import vertex
+
+    return vertex.add_repair_turn
+
+
 #: The providers this deployment runs (the same names as `domain.requests.ENABLED_PROVIDERS`).
 PROVIDERS: dict[str, ProviderSpec] = {
-    "openai": ProviderSpec(_openai_encoder, lambda s: s.openai_limits, _openai_client),
-    "anthropic": ProviderSpec(_anthropic_encoder, _anthropic_limits, _anthropic_client),
-    "vertex": ProviderSpec(_vertex_encoder, lambda s: s.vertex_limits, _vertex_client),
+    "openai": ProviderSpec(
+        _openai_encoder, lambda s: s.openai_limits, _openai_client, _openai_repair
+    ),
+    "anthropic": ProviderSpec(
+        _anthropic_encoder, _anthropic_limits, _anthropic_client, _anthropic_repair
+    ),
+    "vertex": ProviderSpec(
+        _vertex_encoder, lambda s: s.vertex_limits, _vertex_client, _vertex_repair
+    ),
 }
 
 
@@ -128,6 +158,9 @@ class Deps:
 
     def encoder(self, provider: str) -> Encoder:
         return provider_spec(provider).encoder(self.settings)
+
+    def repair_turn(self, provider: str) -> RepairTurn:
+        return provider_spec(provider).repair_turn()
 
 
 def default_providers(settings: Settings, blobs: BlobStore) -> Providers:

@@ -82,6 +82,8 @@ class Settings:
     # Finished jobs' Firestore records get `expire_at` this many days after they end, for
     # a TTL policy to delete them; None keeps them forever.
     retention_days: float | None = None
+    # Times an answer that fails its schema is asked again (a job's option overrides it).
+    max_repair_attempts: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,7 +156,17 @@ class Settings:
                 "BATCHLINE_COLLECT_RETRY_SECONDS", defaults.collect_retry_seconds
             ),
             retention_days=_optional_positive(env, "BATCHLINE_RETENTION_DAYS"),
+            max_repair_attempts=_repair_attempts(env, defaults.max_repair_attempts),
         )
+
+
+def _repair_attempts(env: Mapping[str, str], default: int) -> int:
+    raw = (env.get("BATCHLINE_MAX_REPAIR_ATTEMPTS") or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"BATCHLINE_MAX_REPAIR_ATTEMPTS={raw!r} is not a whole number >= 0")
+    return int(raw)
 
 
 def _optional_positive(env: Mapping[str, str], name: str) -> float | None:

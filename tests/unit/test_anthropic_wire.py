@@ -174,7 +174,7 @@ def test_succeeded_result() -> None:
         "Hello, world",
         "end_turn",
     )
-    assert got.usage == {"input_tokens": 15, "output_tokens": 4}
+    assert got.usage == {"input_tokens": 15, "output_tokens": 4, "cached_input_tokens": 3}
     assert got.response is MESSAGE and got.error is None
 
 

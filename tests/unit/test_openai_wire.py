@@ -21,7 +21,7 @@ def test_success_line() -> None:
         "hi",
         "stop",
     )
-    assert got.usage == {"input_tokens": 3, "output_tokens": 2}
+    assert got.usage == {"input_tokens": 3, "output_tokens": 2, "cached_input_tokens": 0}
     assert got.response is body
 
 

@@ -174,7 +174,8 @@ def test_a_succeeded_row() -> None:
     result = vertex.normalise(row(response))
     assert result.request_id == "bl-3" and result.status is ResultStatus.SUCCEEDED
     assert result.text == "Hello world" and result.finish_reason == "STOP"
-    assert result.usage == {"input_tokens": 11, "output_tokens": 32}  # thoughts are output
+    # thoughts are output
+    assert result.usage == {"input_tokens": 11, "output_tokens": 32, "cached_input_tokens": 0}
     assert result.response == response and result.error is None
 
 

@@ -38,8 +38,9 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.ACCEPTED: frozenset({JobState.SUBMITTING, JobState.REJECTED, JobState.COLLECTING}),
     JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.COLLECTING, JobState.CANCELED}),
     JobState.RUNNING: frozenset({JobState.COLLECTING, JobState.CANCELED}),
+    # Back to running: answers that failed their schema are re-asked in follow-up batches.
     JobState.COLLECTING: frozenset(
-        {JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELED}
+        {JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELED, JobState.RUNNING}
     ),
 }
 
@@ -119,6 +120,14 @@ class Source:
 class JobOptions:
     model: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: The default schema of the job's batchline lines: a registered schema's name, or an
+    #: inline JSON Schema (`{"name", "schema"}` or a bare schema; API jobs).
+    schema: str | None = None
+    response_schema: dict[str, Any] | None = None
+    #: Re-asks of an answer that fails its schema; None: the deployment's default.
+    max_repair_attempts: int | None = None
+    #: Reject the job before anything is sent when its worst-case estimate is above this.
+    max_cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,10 @@ class Chunk:
     error: str | None = None
     updated_at: float = 0.0
     expire_at: datetime | None = None  # set with the job's, once the job has ended
+    #: 0 for the first answers; n for the n-th re-ask of answers that failed their schema.
+    repair_round: int = 0
+    #: A re-ask chunk: the chunk whose invalid answers it asks again.
+    repair_of: int | None = None
 
     def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
         check_chunk_transition(self.state, target)
@@ -254,3 +267,6 @@ class ProviderResult:
     usage: dict[str, int] | None = None
     error: dict[str, Any] | None = None
     response: Any = None
+    #: The answer as an object, when the provider gives one rather than text (the input
+    #: of Anthropic's forced tool call).
+    structured: dict[str, Any] | None = None

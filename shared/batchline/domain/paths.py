@@ -36,6 +36,26 @@ class WorkPaths:
         """One sorted run of a chunk's normalised result lines: `<line>\\t<json>`."""
         return f"{self.chunk(index)}collect-{attempt}/run-{run:04d}.tsv"
 
+    def schema(self, digest: str) -> str:
+        """A response schema the job's requests use, by digest (manifests refer to it)."""
+        return f"{self.root}schemas/{digest}.json"
+
+    def repairs(self, index: int, attempt: str) -> str:
+        """Re-asks of a chunk's answers that failed their schema: staged request lines."""
+        return f"{self.chunk(index)}collect-{attempt}/repairs.jsonl"
+
+    def repairs_manifest(self, index: int, attempt: str) -> str:
+        return f"{self.chunk(index)}collect-{attempt}/repairs-manifest.jsonl"
+
     def collected(self, index: int) -> str:
         """Written last: the chunk's tally and the runs it was collected into."""
         return self.chunk(index) + "collected.json"
+
+
+#: A registered schema's name: what `schema` on a line or in the job options refers to.
+SCHEMA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def registered_schema_uri(work_bucket: str, name: str) -> str:
+    """Where a registered JSON Schema lives: `gs://WORK/schemas/<name>.json`."""
+    return f"gs://{work_bucket}/schemas/{name}.json"

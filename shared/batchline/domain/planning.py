@@ -73,9 +73,10 @@ class ChunkPlanner:
             current = PlannedChunk(request.provider, request.model, first_line=request.line)
             self._open[key] = current
         current.payload.write(encoded)
-        current.manifest.write(
-            orjson.dumps({"line": request.line, "custom_id": request.custom_id}) + b"\n"
-        )
+        entry: dict[str, object] = {"line": request.line, "custom_id": request.custom_id}
+        if request.schema is not None:
+            entry["schema"] = request.schema.digest
+        current.manifest.write(orjson.dumps(entry) + b"\n")
         current.request_count += 1
         return full
 

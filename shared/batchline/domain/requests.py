@@ -7,12 +7,14 @@ rejection names the line, the field and the reason, so a user can fix the file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from batchline.domain.lines import LineTooLong
+from batchline.domain.schemas import ResponseSchema, SchemaError, check_for_provider
 
 # Providers batchline knows of, and the ones this deployment can run.
 KNOWN_PROVIDERS = frozenset({"openai", "anthropic", "vertex"})
@@ -112,6 +114,39 @@ class Request:
     model: str
     params: dict[str, Any] | None = None
     native: dict[str, Any] | None = None
+    #: The schema the answer must match: batchline lines' `response_schema`/`schema` (or
+    #: the job's default), encoded for the provider; native lines' own structured-output
+    #: setting, which passes untouched and is only used to validate the answer.
+    schema: ResponseSchema | None = None
+
+
+#: Finds a registered schema by name; raises SchemaError when there is none.
+SchemaLookup = Callable[[str], ResponseSchema]
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaContext:
+    """What a line's schema may refer to: registered schemas and the job's default."""
+
+    lookup: SchemaLookup | None = None
+    default: ResponseSchema | None = None
+
+
+_NO_SCHEMAS = SchemaContext()
+_checked: dict[tuple[str, str], str | None] = {}
+
+
+def _check_expressible(schema: ResponseSchema, provider: str, field: str) -> None:
+    key = (schema.digest, provider)
+    if key not in _checked:
+        try:
+            check_for_provider(schema, provider)
+            _checked[key] = None
+        except SchemaError as exc:
+            _checked[key] = str(exc)
+    problem = _checked[key]
+    if problem is not None:
+        raise _Invalid(field, problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +174,7 @@ def parse_line(
     *,
     default_model: str | None,
     max_line_bytes: int,
+    schemas: SchemaContext = _NO_SCHEMAS,
 ) -> Request | InvalidLine:
     if isinstance(raw, LineTooLong):
         return InvalidLine(
@@ -158,12 +194,12 @@ def parse_line(
     try:
         custom_id = _custom_id(custom_id, id_field or "custom_id")
         if "body" in obj or "method" in obj or "url" in obj:
-            return _openai_native(number, custom_id, obj, default_model)
+            return _with_native_schema(_openai_native(number, custom_id, obj, default_model))
         if "params" in obj:
-            return _anthropic_native(number, custom_id, obj, default_model)
+            return _with_native_schema(_anthropic_native(number, custom_id, obj, default_model))
         if "request" in obj:
-            return _vertex_native(number, custom_id, obj, default_model)
-        return _batchline(number, custom_id, obj, default_model)
+            return _with_native_schema(_vertex_native(number, custom_id, obj, default_model))
+        return _batchline(number, custom_id, obj, default_model, schemas)
     except _Invalid as exc:
         return InvalidLine(number, shown_id, exc.field, exc.reason)
 
@@ -198,7 +234,11 @@ def split_model(value: Any, field: str = "model") -> tuple[str, str]:
 
 
 def _batchline(
-    number: int, custom_id: str | None, obj: dict[str, Any], default_model: str | None
+    number: int,
+    custom_id: str | None,
+    obj: dict[str, Any],
+    default_model: str | None,
+    schemas: SchemaContext,
 ) -> Request:
     for key in obj:
         if key not in _BATCHLINE_FIELDS:
@@ -254,10 +294,62 @@ def _batchline(
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise _Invalid("metadata", f"expected an object, got {_kind(metadata)}")
-    for key in ("response_schema", "schema"):
-        if key in obj:
-            raise _Invalid(key, "structured outputs are not supported by this version yet")
-    return Request(number, custom_id, provider, model, params=params)
+    schema, field = _line_schema(obj, schemas)
+    if schema is not None:
+        _check_expressible(schema, provider, field)
+    return Request(number, custom_id, provider, model, params=params, schema=schema)
+
+
+def _line_schema(obj: dict[str, Any], schemas: SchemaContext) -> tuple[ResponseSchema | None, str]:
+    if "response_schema" in obj and "schema" in obj:
+        raise _Invalid("schema", "give either response_schema or schema, not both")
+    if "response_schema" in obj:
+        try:
+            return ResponseSchema.from_line_value(obj["response_schema"]), "response_schema"
+        except SchemaError as exc:
+            where = f"response_schema.{exc.where}" if exc.where else "response_schema"
+            raise _Invalid(where, exc.reason) from None
+    if "schema" in obj:
+        name = obj["schema"]
+        if not isinstance(name, str) or not name:
+            raise _Invalid("schema", f"expected the name of a registered schema, got {_kind(name)}")
+        if schemas.lookup is None:
+            raise _Invalid("schema", "no registered schemas are available to this job")
+        try:
+            return schemas.lookup(name), "schema"
+        except SchemaError as exc:
+            raise _Invalid("schema", str(exc)) from None
+    return schemas.default, "schema (job default)"
+
+
+def _with_native_schema(request: Request) -> Request:
+    """A native line's own structured-output setting, kept to validate its answer."""
+    body = request.native or {}
+    raw: Any = None
+    name: str | None = None
+    if request.provider == "openai":
+        fmt = body.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            spec = fmt.get("json_schema")
+            if isinstance(spec, dict):
+                raw, name = spec.get("schema"), spec.get("name")
+    elif request.provider == "anthropic":
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "tool":
+            for tool in body.get("tools") or ():
+                if isinstance(tool, dict) and tool.get("name") == choice.get("name"):
+                    raw, name = tool.get("input_schema"), tool.get("name")
+    elif request.provider == "vertex":
+        config = body.get("generationConfig") or body.get("generation_config") or {}
+        if isinstance(config, dict):
+            raw = config.get("responseJsonSchema") or config.get("response_json_schema")
+    if raw is None:
+        return request
+    try:
+        schema = ResponseSchema.create(raw, name if isinstance(name, str) else None)
+    except SchemaError as exc:
+        raise _Invalid("schema", f"the line's own schema is unusable: {exc}") from None
+    return replace(request, schema=schema)
 
 
 def _check_messages(messages: Any, provider: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -16,6 +16,8 @@ import orjson
 from batchline.bootstrap import Deps
 from batchline.domain.ids import job_id_for_key, output_prefix
 from batchline.domain.models import Job, JobOptions, Source
+from batchline.domain.options import OptionError
+from batchline.domain.options import from_api as job_options_from_api
 from batchline.errors import AccessDenied, NotFound, PermanentError
 from batchline.services.submit import claim_job, start_job
 
@@ -44,7 +46,7 @@ class SubmitJob:
         body = {
             "requests": self.requests,
             "input_uri": self.input_uri,
-            "options": {"model": self.options.model, "labels": self.options.labels},
+            "options": _options_view(self.options),
         }
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -67,16 +69,14 @@ class SubmitJob:
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise BadRequest("'options' must be an object")
-        model = options.get("model")
-        if model is not None and not isinstance(model, str):
-            raise BadRequest("'options.model' must be a string like 'openai/gpt-4.1-mini'")
-        labels = options.get("labels") or {}
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            raise BadRequest("'options.labels' must be an object of strings")
+        try:
+            job_options = job_options_from_api(options)
+        except OptionError as exc:
+            raise BadRequest(f"'options.{exc.option}': {exc.reason}") from None
         key = (idempotency_key or "").strip() or uuid.uuid4().hex
         if len(key) > 256:
             raise BadRequest("Idempotency-Key is longer than 256 characters")
-        return cls(key, requests, input_uri, JobOptions(model=model, labels=labels))
+        return cls(key, requests, input_uri, job_options)
 
 
 def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
@@ -134,7 +134,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "state": str(job.state),
         "origin": job.origin,
         "source": job.source.uri,
-        "options": {"model": job.options.model, "labels": job.options.labels},
+        "options": _options_view(job.options),
         "counts": job.counts,
         "chunks": job.chunk_count,
         "usage": job.usage,
@@ -147,3 +147,10 @@ def job_view(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "ended_at": job.ended_at,
     }
+
+
+def _options_view(options: JobOptions) -> dict[str, Any]:
+    """Model and labels always; the other options when set."""
+    view = {"model": options.model, "labels": options.labels}
+    view.update({k: v for k, v in asdict(options).items() if k not in view and v is not None})
+    return view

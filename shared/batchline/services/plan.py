@@ -20,10 +20,12 @@ from batchline.bootstrap import Deps
 from batchline.domain.ids import generated_custom_id
 from batchline.domain.lines import UnreadableInput, iter_lines
 from batchline.domain.models import Chunk, Job, JobState, Lease
-from batchline.domain.paths import WorkPaths
+from batchline.domain.options import default_schema_of
+from batchline.domain.paths import WorkPaths, registered_schema_uri
 from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestTooLarge
-from batchline.domain.requests import InvalidLine, Request, parse_line
+from batchline.domain.requests import InvalidLine, Request, SchemaContext, parse_line
 from batchline.domain.results import Tally, invalid_result_line
+from batchline.domain.schemas import ResponseSchema, SchemaError
 from batchline.errors import BatchlineError, NotFound, RetryableError
 from batchline.log import fields, get_logger
 from batchline.services import reporting
@@ -172,6 +174,8 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
     if source.size == 0:
         raise UnreadableInput("the file is empty")
     paths = WorkPaths(settings.work_bucket, job.job_id)
+    schemas = _schema_context(deps, job)
+    used_schemas: dict[str, ResponseSchema] = {}
     planner = ChunkPlanner(deps.limits, deps.encoder)
     plan = Plan(chunks=[])
     explicit_ids: dict[str, int] = {}
@@ -204,9 +208,12 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
                     line,
                     default_model=job.options.model or settings.default_model,
                     max_line_bytes=settings.max_line_bytes,
+                    schemas=schemas,
                 )
                 if isinstance(parsed, Request):
                     parsed = _check_id(parsed, explicit_ids, generated)
+                if isinstance(parsed, Request) and parsed.schema is not None:
+                    used_schemas.setdefault(parsed.schema.digest, parsed.schema)
                 if isinstance(parsed, Request):
                     try:
                         full = planner.add(parsed)
@@ -242,9 +249,45 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
         record = invalid_result_line(bad, resolved)
         plan.invalid_tally.add(record)
         buffer += b"%d\t" % bad.line + orjson.dumps(record) + b"\n"
+    for digest, schema in used_schemas.items():
+        deps.blobs.write_bytes(
+            paths.schema(digest), orjson.dumps(schema.to_dict()), "application/json"
+        )
     deps.blobs.write_bytes(paths.invalid, bytes(buffer), "text/tab-separated-values")
     deps.blobs.write_bytes(paths.plan, orjson.dumps(plan.to_dict()), "application/json")
     return plan
+
+
+def _schema_context(deps: Deps, job: Job) -> SchemaContext:
+    """Registered schemas, read once each from the work bucket, and the job's default.
+
+    A default that cannot be used rejects the job: every line relying on it would fail.
+    """
+    found: dict[str, ResponseSchema] = {}
+
+    def lookup(name: str) -> ResponseSchema:
+        if name not in found:
+            uri = registered_schema_uri(deps.settings.work_bucket, name)
+            try:
+                raw = deps.blobs.read_bytes(uri)
+            except NotFound:
+                raise SchemaError(
+                    "", f"no registered schema named {name!r} ({uri}): see `batchline schema push`"
+                ) from None
+            try:
+                found[name] = ResponseSchema.create(orjson.loads(raw), name)
+            except orjson.JSONDecodeError as exc:
+                raise SchemaError("", f"registered schema {name!r} is not JSON ({exc})") from None
+            except SchemaError as exc:
+                raise SchemaError("", f"registered schema {name!r}: {exc}") from None
+        return found[name]
+
+    try:
+        name, inline = default_schema_of(job.options)
+        default = lookup(name) if name is not None else inline
+    except SchemaError as exc:
+        raise UnreadableInput(f"the job's default schema cannot be used: {exc}") from None
+    return SchemaContext(lookup=lookup, default=default)
 
 
 def _check_id(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from batchline.bootstrap import Deps
+from batchline.domain import options
 from batchline.domain.ids import job_id_for_object, output_prefix
 from batchline.domain.models import Job, JobOptions, JobState, Lease, Source
 from batchline.log import fields, get_logger
-from batchline.services import advance
+from batchline.services import advance, reporting
 from batchline.services.plan import new_owner, plan_job
 
 log = get_logger(__name__)
@@ -29,11 +30,6 @@ class ObjectFinalized:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def options_from_metadata(metadata: dict[str, str]) -> JobOptions:
-    labels = {k[len("label-") :]: v for k, v in metadata.items() if k.startswith("label-")}
-    return JobOptions(model=metadata.get("model") or None, labels=labels)
-
-
 def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
     if event.bucket != deps.settings.input_bucket:
         log.warning(
@@ -45,6 +41,11 @@ def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
         return None
     job_id = job_id_for_object(event.bucket, event.name, event.generation)
     now = deps.clock.now()
+    problem = None
+    try:
+        job_options = options.from_metadata(event.metadata)
+    except options.OptionError as exc:
+        job_options, problem = JobOptions(), f"object metadata: {exc}"
     job = Job(
         job_id=job_id,
         source=Source(
@@ -56,11 +57,16 @@ def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
             content_encoding=event.content_encoding,
             metadata=dict(event.metadata),
         ),
-        options=options_from_metadata(event.metadata),
+        options=job_options,
         output_prefix=output_prefix(deps.settings.output_bucket, event.name, job_id),
         created_at=now,
         updated_at=now,
     )
+    if problem is not None:
+        claimed = claim_job(deps, job)
+        if claimed is not None and claimed.state is JobState.ACCEPTED:
+            return reporting.reject(deps, claimed, problem)
+        return claimed
     return start_job(deps, job)
 
 

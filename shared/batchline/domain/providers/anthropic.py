@@ -64,8 +64,32 @@ def encode(request: Request, default_max_tokens: int) -> bytes:
             params["system"] = given["system"]
         if "stop" in given:
             params["stop_sequences"] = given["stop"]
+        if request.schema is not None:
+            # Structured output: one tool whose input is the answer, and the model made to
+            # call it; the answer is the tool_use block's `input`.
+            params["tools"] = [
+                {
+                    "name": request.schema.name,
+                    "description": TOOL_DESCRIPTION,
+                    "input_schema": request.schema.schema,
+                }
+            ]
+            params["tool_choice"] = {"type": "tool", "name": request.schema.name}
     line = {"custom_id": request_id(request.line), "params": params}
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+TOOL_DESCRIPTION = "Give the answer: its input is the answer, in the required structure."
+
+
+def add_repair_turn(line: dict[str, Any], answer: str, feedback: str) -> None:
+    """Append the previous answer (as text) and what was wrong with it to a staged line."""
+    params = line["params"]
+    params["messages"] = [
+        *params["messages"],
+        {"role": "assistant", "content": answer or "(no answer)"},
+        {"role": "user", "content": feedback},
+    ]
 
 
 def make_encoder(default_max_tokens: int) -> Callable[[Request], bytes]:
@@ -177,11 +201,11 @@ def normalise(line: dict[str, Any]) -> ProviderResult:
 
 
 def _success(rid: str, message: dict[str, Any]) -> ProviderResult:
-    texts = [
-        block["text"]
-        for block in message.get("content") or ()
-        if isinstance(block, dict) and block.get("type") == "text" and "text" in block
-    ]
+    blocks = [b for b in message.get("content") or () if isinstance(b, dict)]
+    texts = [b["text"] for b in blocks if b.get("type") == "text" and "text" in b]
+    # A forced tool's answer: the first tool_use block's input (batchline asks for one).
+    tool_inputs = [b.get("input") for b in blocks if b.get("type") == "tool_use"]
+    structured = tool_inputs[0] if tool_inputs and isinstance(tool_inputs[0], dict) else None
     usage = message.get("usage") or {}
     # Total input is uncached + cache-creation + cache-read tokens (Anthropic's definition).
     input_tokens = sum(
@@ -193,6 +217,11 @@ def _success(rid: str, message: dict[str, Any]) -> ProviderResult:
         status=ResultStatus.SUCCEEDED,
         text="".join(texts) if texts else None,
         finish_reason=message.get("stop_reason"),
-        usage={"input_tokens": input_tokens, "output_tokens": int(usage.get("output_tokens") or 0)},
+        usage={
+            "input_tokens": input_tokens,
+            "output_tokens": int(usage.get("output_tokens") or 0),
+            "cached_input_tokens": int(usage.get("cache_read_input_tokens") or 0),
+        },
         response=message,
+        structured=structured,
     )

@@ -9,6 +9,7 @@ import orjson
 from batchline.domain.ids import request_id
 from batchline.domain.models import BatchState, ProviderResult, ResultStatus
 from batchline.domain.requests import OPENAI_CHAT_URL, Request
+from batchline.domain.schemas import ResponseSchema, openai_strict
 
 NAME = "openai"
 ENDPOINT = OPENAI_CHAT_URL
@@ -43,6 +44,8 @@ def encode(request: Request) -> bytes:
             body["temperature"] = params["temperature"]
         if "stop" in params:
             body["stop"] = params["stop"]
+        if request.schema is not None:
+            body["response_format"] = response_format(request.schema)
     line = {
         "custom_id": request_id(request.line),
         "method": "POST",
@@ -50,6 +53,29 @@ def encode(request: Request) -> bytes:
         "body": body,
     }
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def response_format(schema: ResponseSchema) -> dict[str, Any]:
+    """Structured outputs: strict when the schema has a strict form of the same meaning,
+    else the schema as given, non-strict (and the answer is validated on collect)."""
+    strict = openai_strict(schema)
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": schema.name,
+            "schema": strict if strict is not None else schema.schema,
+            "strict": strict is not None,
+        },
+    }
+
+
+def add_repair_turn(line: dict[str, Any], answer: str, feedback: str) -> None:
+    """Append the previous answer and what was wrong with it to a staged request line."""
+    line["body"]["messages"] = [
+        *line["body"]["messages"],
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": feedback},
+    ]
 
 
 def normalise(line: dict[str, Any]) -> ProviderResult:
@@ -95,6 +121,7 @@ def _success(rid: str, body: dict[str, Any]) -> ProviderResult:
     first = choices[0] if isinstance(choices[0], dict) else {}
     message = first.get("message") or {}
     usage = body.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
     return ProviderResult(
         request_id=rid,
         status=ResultStatus.SUCCEEDED,
@@ -103,6 +130,7 @@ def _success(rid: str, body: dict[str, Any]) -> ProviderResult:
         usage={
             "input_tokens": int(usage.get("prompt_tokens") or 0),
             "output_tokens": int(usage.get("completion_tokens") or 0),
+            "cached_input_tokens": int(details.get("cached_tokens") or 0),
         },
         response=body,
     )

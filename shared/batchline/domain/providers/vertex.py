@@ -110,8 +110,22 @@ def encode(request: Request) -> bytes:
         body["labels"] = {**(body.get("labels") or {}), REQUEST_ID_LABEL: rid}
     else:
         body = _from_params(request.params or {})
+        if request.schema is not None:
+            config = body.setdefault("generationConfig", {})
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = request.schema.schema
         body["labels"] = {REQUEST_ID_LABEL: rid}
     return orjson.dumps({"request": body}, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def add_repair_turn(line: dict[str, Any], answer: str, feedback: str) -> None:
+    """Append the previous answer and what was wrong with it to a staged request line."""
+    request = line["request"]
+    request["contents"] = [
+        *request["contents"],
+        {"role": "model", "parts": [{"text": answer or "(no answer)"}]},
+        {"role": "user", "parts": [{"text": feedback}]},
+    ]
 
 
 def _from_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +292,7 @@ def _success(rid: str, response: dict[str, Any]) -> ProviderResult:
         usage={
             "input_tokens": int(usage.get("promptTokenCount") or 0),
             "output_tokens": output_tokens,
+            "cached_input_tokens": int(usage.get("cachedContentTokenCount") or 0),
         },
         response=response,
     )

@@ -1,0 +1,414 @@
+"""Response schemas: what a structured answer must look like, per provider and on collect.
+
+A `ResponseSchema` is a JSON Schema with a name, given inline on a line (`response_schema`),
+registered in the work bucket (`schema`), or set as the job's default. Before anything is
+sent, `check_for_provider` rejects a schema a provider cannot express, naming the
+construct. Each provider gets its own encoding (see `domain/providers/*`); OpenAI's strict
+mode gets the strict-compatible form `openai_strict` builds when that keeps the schema's
+meaning. On collect, `Validator` checks each answer with a compiled validator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+#: Provider tool/format names: OpenAI's `json_schema.name` and Anthropic's tool name.
+_NAME_SAFE = re.compile(r"[^a-zA-Z0-9_-]")
+DEFAULT_NAME = "response"
+
+#: Keywords a provider does not honour *and* that change which values are valid, by
+#: provider. Annotation-only keywords (title, description, examples...) are fine anywhere.
+_VERTEX_UNSUPPORTED = frozenset(
+    {
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "dependentSchemas",
+        "dependentRequired",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "propertyNames",
+        "contains",
+    }
+)
+#: What OpenAI's strict mode does not take (structured outputs' "supported schemas").
+_STRICT_UNSUPPORTED = frozenset(
+    {
+        "allOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "dependentSchemas",
+        "dependentRequired",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "propertyNames",
+        "contains",
+        "minContains",
+        "maxContains",
+        "minLength",
+        "maxLength",
+        "minProperties",
+        "maxProperties",
+        "uniqueItems",
+        "prefixItems",
+    }
+)
+#: Keywords whose value is one subschema / a map of subschemas / a list of subschemas.
+_SUB_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+_SUB_MAP = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SUB_LIST = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+class SchemaError(ValueError):
+    """A schema batchline cannot use; `where` is the construct's place in the schema."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.where = where
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseSchema:
+    name: str
+    schema: dict[str, Any]
+    digest: str  # identifies name + schema: chunk manifests refer to it
+
+    @classmethod
+    def create(cls, schema: Any, name: str | None = None) -> ResponseSchema:
+        """Check that `schema` is a usable JSON Schema and give it a provider-safe name."""
+        if not isinstance(schema, dict):
+            raise SchemaError("", "a JSON Schema must be an object")
+        _check_valid(schema)
+        safe = _NAME_SAFE.sub("_", name or str(schema.get("title") or DEFAULT_NAME))[:64]
+        canonical = orjson.dumps({"name": safe, "schema": schema}, option=orjson.OPT_SORT_KEYS)
+        return cls(safe, schema, hashlib.sha256(canonical).hexdigest()[:24])
+
+    @classmethod
+    def from_line_value(cls, value: Any) -> ResponseSchema:
+        """A line's `response_schema`: a JSON Schema, or `{"name", "schema"}` around one
+        (OpenAI's `json_schema` shape; `strict` and `description` there are accepted)."""
+        if isinstance(value, dict) and isinstance(value.get("schema"), dict):
+            extra = set(value) - {"name", "schema", "strict", "description"}
+            if not extra:
+                name = value.get("name")
+                if name is not None and not isinstance(name, str):
+                    raise SchemaError("name", "expected a string")
+                return cls.create(value["schema"], name)
+        return cls.create(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "schema": self.schema, "digest": self.digest}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResponseSchema:
+        return cls(data["name"], data["schema"], data["digest"])
+
+
+def _check_valid(schema: dict[str, Any]) -> None:
+    import jsonschema_rs
+
+    try:
+        jsonschema_rs.validator_for(schema, validate_formats=False)
+    except jsonschema_rs.ValidationError as exc:
+        where = _pointer(list(getattr(exc, "instance_path", [])))
+        raise SchemaError(where, f"not a valid JSON Schema ({exc.message})") from None
+    except (ValueError, jsonschema_rs.ReferencingError) as exc:
+        raise SchemaError("", f"not a usable JSON Schema ({exc})") from None
+
+
+def _pointer(parts: list[Any]) -> str:
+    return "/".join(str(p) for p in parts)
+
+
+def walk(schema: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every subschema with its place (`properties.items.items`), the root first."""
+    if not isinstance(schema, dict):
+        return
+    yield where, schema
+    prefix = f"{where}." if where else ""
+    for key in _SUB_ONE:
+        if isinstance(schema.get(key), dict):
+            yield from walk(schema[key], f"{prefix}{key}")
+    for key in _SUB_MAP:
+        sub = schema.get(key)
+        if isinstance(sub, dict):
+            for name, value in sub.items():
+                yield from walk(value, f"{prefix}{key}.{name}")
+    for key in _SUB_LIST:
+        sub = schema.get(key)
+        if isinstance(sub, list):
+            for i, value in enumerate(sub):
+                yield from walk(value, f"{prefix}{key}[{i}]")
+
+
+def _root_is_object(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    if kind == "object":
+        return True
+    if kind is None and "properties" in schema and not any(k in schema for k in _SUB_LIST):
+        return True
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and kind is None:
+        target = resolve(schema, ref)
+        return target is not None and target.get("type") == "object"
+    return False
+
+
+def resolve(root: dict[str, Any], ref: str) -> dict[str, Any] | None:
+    """A local `$ref` (`#/$defs/X`, `#/definitions/X`, `#`) within `root`."""
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        return None
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, dict) else None
+
+
+def check_for_provider(schema: ResponseSchema, provider: str) -> None:
+    """Raise SchemaError naming the construct if `provider` cannot express `schema`."""
+    root = schema.schema
+    if provider in ("openai", "anthropic") and not _root_is_object(root):
+        what = "response_format's schema" if provider == "openai" else "a tool's input_schema"
+        raise SchemaError(
+            "type",
+            f"{provider} takes an object at the root of {what} (type 'object'), "
+            f"got {root.get('type', 'no type')!r}: wrap the value in an object",
+        )
+    for where, node in walk(root):
+        if "$ref" in node and not str(node["$ref"]).startswith("#"):
+            raise SchemaError(
+                f"{where}.$ref" if where else "$ref",
+                f"only local references ('#/$defs/...') can be sent, got {node['$ref']!r}",
+            )
+        if provider == "vertex":
+            for key in _VERTEX_UNSUPPORTED:
+                if key in node:
+                    raise SchemaError(
+                        f"{where}.{key}" if where else key,
+                        f"Gemini's responseJsonSchema cannot express {key!r}",
+                    )
+
+
+# -- OpenAI strict mode -------------------------------------------------------------------
+
+_strict_cache: dict[str, dict[str, Any] | None] = {}
+
+
+def openai_strict(schema: ResponseSchema) -> dict[str, Any] | None:
+    """The strict-mode form of `schema`, or None when strict mode would change its meaning.
+
+    Strict mode wants `additionalProperties: false` on every object and every property
+    required. Missing `additionalProperties` becomes false; an optional property becomes
+    required and nullable, and `strip_added_nulls` removes those nulls again before the
+    answer is validated against the original schema. So every answer strict mode allows is
+    valid for the original. A schema that allows extra properties, or uses a keyword strict
+    mode does not take (`strict_blocker` names it), is sent non-strict and validated on
+    collect.
+    """
+    if schema.digest not in _strict_cache:
+        blocker = strict_blocker(schema.schema)
+        _strict_cache[schema.digest] = None if blocker else _make_strict(schema.schema)
+    return _strict_cache[schema.digest]
+
+
+def strict_blocker(schema: dict[str, Any]) -> str | None:
+    """Why `schema` cannot go strict without changing its meaning, or None."""
+    if not _root_is_object(schema) or "anyOf" in schema:
+        return "the root is not a plain object"
+    for where, node in walk(schema):
+        place = where or "the root"
+        for key in _STRICT_UNSUPPORTED:
+            if key in node and not (key == "allOf" and _single_allof(node)):
+                return f"{place} uses {key!r}"
+        extra = node.get("additionalProperties")
+        if extra is not None and extra is not False:
+            return f"{place} allows additional properties"
+        if isinstance(node.get("items"), list):
+            return f"{place} has tuple items"
+    return None
+
+
+def _single_allof(node: dict[str, Any]) -> bool:
+    parts = node.get("allOf")
+    return isinstance(parts, list) and len(parts) == 1 and isinstance(parts[0], dict)
+
+
+def _make_strict(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_make_strict(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "default":
+            continue  # an annotation strict mode refuses; validation never used it
+        if key == "allOf" and _single_allof(node):
+            out.update({k: v for k, v in _make_strict(value[0]).items() if k not in out})
+            continue
+        if key in _SUB_MAP and isinstance(value, dict):
+            out[key] = {name: _make_strict(sub) for name, sub in value.items()}
+        else:
+            out[key] = _make_strict(value)
+    if out.get("type") == "object" or "properties" in out:
+        properties = out.get("properties") or {}
+        required = set(out.get("required") or ())
+        out["properties"] = {
+            name: (sub if name in required else _nullable(sub)) for name, sub in properties.items()
+        }
+        out["required"] = list(properties)
+        out["additionalProperties"] = False
+    return out
+
+
+def _nullable(node: Any) -> Any:
+    if not isinstance(node, dict) or _allows_null(node):
+        return node
+    kind = node.get("type")
+    if isinstance(kind, str) and "enum" not in node and "const" not in node:
+        return {**node, "type": [kind, "null"]}
+    if isinstance(kind, list):
+        return {**node, "type": [*kind, "null"]} if "enum" not in node else _any_null(node)
+    if "anyOf" in node and len(node) == 1:
+        return {"anyOf": [*node["anyOf"], {"type": "null"}]}
+    return _any_null(node)
+
+
+def _any_null(node: dict[str, Any]) -> dict[str, Any]:
+    keep = {k: v for k, v in node.items() if k in ("description", "title")}
+    inner = {k: v for k, v in node.items() if k not in ("description", "title")}
+    return {"anyOf": [inner, {"type": "null"}], **keep}
+
+
+def _allows_null(node: dict[str, Any]) -> bool:
+    kind = node.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    if "enum" in node and None in node["enum"]:
+        return True
+    branches = node.get("anyOf") or node.get("oneOf")
+    return isinstance(branches, list) and any(
+        isinstance(b, dict) and b.get("type") == "null" for b in branches
+    )
+
+
+def strip_added_nulls(
+    value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None
+) -> Any:
+    """Remove the `null`s strict mode was allowed to give for optional properties whose
+    own schema takes no null: the answer as the original schema means it."""
+    root = root if root is not None else schema
+    node: dict[str, Any] | None = schema
+    seen = 0
+    while node is not None and "$ref" in node and seen < 32:
+        node, seen = resolve(root, str(node["$ref"])), seen + 1
+    if node is None:
+        return value
+    if isinstance(value, dict):
+        properties = node.get("properties") or {}
+        required = set(node.get("required") or ())
+        out = {}
+        for key, item in value.items():
+            sub = properties.get(key)
+            if (
+                item is None
+                and key not in required
+                and isinstance(sub, dict)
+                and not _allows_null(sub)
+            ):
+                continue
+            out[key] = strip_added_nulls(item, sub, root) if isinstance(sub, dict) else item
+        for branch in (node.get("allOf") or ()) + (node.get("anyOf") or ()):
+            if isinstance(branch, dict):
+                out = strip_added_nulls(out, branch, root)
+        return out
+    if isinstance(value, list):
+        items = node.get("items")
+        if isinstance(items, dict):
+            return [strip_added_nulls(item, items, root) for item in value]
+        branches = [b for b in node.get("anyOf") or () if isinstance(b, dict)]
+        for branch in branches:
+            if branch.get("type") == "array" and isinstance(branch.get("items"), dict):
+                return [strip_added_nulls(item, branch["items"], root) for item in value]
+    return value
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """Why an answer is not valid for its schema: where (`$.items[0].price`) and what."""
+
+    path: str
+    message: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class Validator:
+    """A schema compiled once, checking answers on the collect hot path."""
+
+    def __init__(self, schema: ResponseSchema, *, strip_nulls: bool = False) -> None:
+        import jsonschema_rs
+
+        self.schema = schema
+        self._strip_nulls = strip_nulls
+        self._compiled = jsonschema_rs.validator_for(schema.schema, validate_formats=True)
+
+    def check(self, text: str | None, structured: Any = None) -> tuple[Any, Violation | None]:
+        """(the parsed answer, None) when valid, else (whatever parsed, the violation)."""
+        if structured is not None:
+            value = structured
+        else:
+            if text is None or not text.strip():
+                return None, Violation("$", "the answer is empty, not JSON")
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                return None, Violation("$", f"the answer is not JSON ({exc})")
+        if self._strip_nulls:
+            value = strip_added_nulls(value, self.schema.schema)
+        if self._compiled.is_valid(value):
+            return value, None
+        error = next(iter(self._compiled.iter_errors(value)))
+        return value, Violation(json_path(error.instance_path), error.message)
+
+
+def json_path(parts: Any) -> str:
+    out = "$"
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            out += f".{part}"
+        else:
+            out += "[" + orjson.dumps(str(part)).decode() + "]"
+    return out
+
+
+def repair_feedback(violation: Violation) -> str:
+    """What a re-ask tells the model about its previous answer."""
+    return (
+        "Your previous answer does not match the required JSON schema: "
+        f"at {violation.path}, {violation.message}. "
+        "Answer again with only JSON that matches the schema exactly."
+    )
