@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from batchline.domain.models import ProviderResult, ResultStatus
 from batchline.domain.pricing import REALTIME_FACTOR, Price, batch_cost
 from batchline.domain.requests import InvalidLine
+from batchline.domain.schemas import Violation
 
 
 def provider_result_line(
@@ -18,27 +21,102 @@ def provider_result_line(
     model: str,
     result: ProviderResult,
     prices: dict[str, Price],
-    attempts: int = 1,
+    batch_id: str | None = None,
+    check: SchemaCheck | None = None,
+    earlier: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """One line of results.jsonl for a request that went to a provider.
+
+    `check` is the answer's schema validation, when the request had a schema: a valid
+    answer gives `output.parsed`; an invalid one makes the line `failed` with a
+    `schema_validation` error naming the path, the raw text kept in `output.text`.
+    `earlier` are the attempts before this one (re-asks): the line lists every attempt,
+    and its usage and cost are the sums over them.
+    """
     usage = result.usage
     cost = None
     if usage is not None:
         cost = batch_cost(prices, provider, model, usage["input_tokens"], usage["output_tokens"])
+    status = result.status
+    error = result.error
     output = None
-    if result.status is ResultStatus.SUCCEEDED:
+    if status is ResultStatus.SUCCEEDED:
         output = {"text": result.text, "finish_reason": result.finish_reason}
+        if check is not None:
+            if check.violation is None:
+                output["parsed"] = check.parsed
+            else:
+                status = ResultStatus.FAILED
+                output["parsed"] = None
+                if output["text"] is None and result.structured is not None:
+                    output["text"] = orjson.dumps(result.structured).decode()
+                error = {
+                    "type": SCHEMA_VALIDATION,
+                    "message": check.violation.text,
+                    "path": check.violation.path,
+                    "retryable": False,
+                }
+    attempt: dict[str, Any] = {
+        "batch_id": batch_id,
+        "status": str(status),
+        "usage": usage,
+        "cost_usd": cost,
+        "error": error,
+    }
+    if error is not None and output is not None:
+        attempt["text"] = output["text"]  # what was wrong, kept once the line moves on
+    attempts = [*(earlier or ()), attempt]
+    if len(attempts) > 1:
+        usage, cost = _summed(attempts)
     return {
         "custom_id": custom_id,
         "line": line,
-        "status": str(result.status),
+        "status": str(status),
         "provider": provider,
         "model": model,
         "output": output,
         "usage": usage,
         "cost_usd": cost,
-        "error": result.error,
+        "error": error,
         "response": result.response,
         "attempts": attempts,
+    }
+
+
+SCHEMA_VALIDATION = "schema_validation"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaCheck:
+    """What validating an answer against its schema found."""
+
+    parsed: Any
+    violation: Violation | None
+
+
+def _summed(attempts: list[dict[str, Any]]) -> tuple[dict[str, int] | None, float | None]:
+    usages = [a["usage"] for a in attempts if a.get("usage")]
+    if not usages:
+        return None, None
+    usage: dict[str, int] = {}
+    for one in usages:
+        for key, value in one.items():
+            usage[key] = usage.get(key, 0) + int(value or 0)
+    costs = [a.get("cost_usd") for a in attempts if a.get("usage")]
+    cost = None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
+    return usage, cost
+
+
+def superseded(record: dict[str, Any]) -> dict[str, Any]:
+    """What a tally needs to take a line back when a re-ask replaces it."""
+    return {
+        "status": record["status"],
+        "provider": record["provider"],
+        "model": record["model"],
+        "usage": record["usage"],
+        "cost_usd": record["cost_usd"],
+        "error": {"type": record["error"]["type"]} if record.get("error") else None,
+        "attempts": len(record["attempts"]),
     }
 
 
@@ -59,13 +137,18 @@ def invalid_result_line(invalid: InvalidLine, custom_id: str) -> dict[str, Any]:
             "retryable": False,
         },
         "response": None,
-        "attempts": 0,
+        "attempts": [],
     }
 
 
 @dataclass
 class Tally:
-    """Counts, tokens and cost of a set of result lines; tallies add up."""
+    """Counts, tokens and cost of a set of result lines; tallies add up.
+
+    A re-ask replaces a line that an earlier tally counted: `remove` takes the superseded
+    line back (its summary, see `superseded`) before `add` counts the new one, so that
+    summing every chunk's tally counts each input line once, with every attempt's tokens.
+    """
 
     counts: dict[str, int] = field(default_factory=dict)
     input_tokens: int = 0
@@ -74,43 +157,56 @@ class Tally:
     realtime_cost_usd: float = 0.0
     unpriced: dict[str, int] = field(default_factory=dict)  # model -> lines with usage, no price
     by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # error type -> lines
+    reasked: int = 0  # lines answered more than once
 
     def add(self, record: dict[str, Any]) -> None:
+        self._count(record, 1)
+
+    def remove(self, record: dict[str, Any]) -> None:
+        self._count(record, -1)
+
+    def _count(self, record: dict[str, Any], sign: int) -> None:
         status = record["status"]
-        self.counts[status] = self.counts.get(status, 0) + 1
+        _bump(self.counts, status, sign)
+        error = record.get("error")
+        if error:
+            _bump(self.errors, str(error["type"]), sign)
+        attempts = record.get("attempts")
+        if (attempts if isinstance(attempts, int) else len(attempts or ())) > 1:
+            self.reasked += sign
         usage = record.get("usage")
         if not usage:
             return
         key = f"{record['provider']}/{record['model']}"
-        entry = self.by_model.setdefault(
-            key, {"lines": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
-        )
-        entry["lines"] += 1
-        self.input_tokens += usage["input_tokens"]
-        self.output_tokens += usage["output_tokens"]
-        entry["input_tokens"] += usage["input_tokens"]
-        entry["output_tokens"] += usage["output_tokens"]
+        entry = self.by_model.setdefault(key, _model_entry())
+        entry["lines"] += sign
+        self.input_tokens += sign * usage["input_tokens"]
+        self.output_tokens += sign * usage["output_tokens"]
+        entry["input_tokens"] += sign * usage["input_tokens"]
+        entry["output_tokens"] += sign * usage["output_tokens"]
         cost = record.get("cost_usd")
         if cost is None:
-            self.unpriced[key] = self.unpriced.get(key, 0) + 1
+            _bump(self.unpriced, key, sign)
             return
-        self.cost_usd += cost
-        self.realtime_cost_usd += cost * REALTIME_FACTOR
-        entry["cost_usd"] += cost
+        self.cost_usd += sign * cost
+        self.realtime_cost_usd += sign * cost * REALTIME_FACTOR
+        entry["cost_usd"] += sign * cost
 
     def merge(self, other: Tally) -> None:
         for status, n in other.counts.items():
-            self.counts[status] = self.counts.get(status, 0) + n
+            _bump(self.counts, status, n)
+        for kind, n in other.errors.items():
+            _bump(self.errors, kind, n)
+        self.reasked += other.reasked
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost_usd += other.cost_usd
         self.realtime_cost_usd += other.realtime_cost_usd
         for key, n in other.unpriced.items():
-            self.unpriced[key] = self.unpriced.get(key, 0) + n
+            _bump(self.unpriced, key, n)
         for key, entry in other.by_model.items():
-            mine = self.by_model.setdefault(
-                key, {"lines": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
-            )
+            mine = self.by_model.setdefault(key, _model_entry())
             for name, value in entry.items():
                 mine[name] += value
 
@@ -127,6 +223,8 @@ class Tally:
             "realtime_cost_usd": round(self.realtime_cost_usd, 10),
             "unpriced": self.unpriced,
             "by_model": self.by_model,
+            "errors": dict(sorted(self.errors.items())),
+            "reasked": self.reasked,
         }
 
     @classmethod
@@ -139,4 +237,18 @@ class Tally:
             realtime_cost_usd=data["realtime_cost_usd"],
             unpriced=dict(data.get("unpriced", {})),
             by_model={k: dict(v) for k, v in data.get("by_model", {}).items()},
+            errors=dict(data.get("errors", {})),
+            reasked=int(data.get("reasked", 0)),
         )
+
+
+def _model_entry() -> dict[str, Any]:
+    return {"lines": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+
+
+def _bump(counter: dict[str, int], key: str, by: int) -> None:
+    value = counter.get(key, 0) + by
+    if value:
+        counter[key] = value
+    else:
+        counter.pop(key, None)

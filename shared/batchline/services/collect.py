@@ -32,7 +32,8 @@ from batchline.domain.paths import WorkPaths
 from batchline.domain.results import Tally, provider_result_line
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.log import fields, get_logger
-from batchline.services import reporting
+from batchline.services import repair, reporting
+from batchline.services.repair import Repairs, SchemaChecks
 
 log = get_logger(__name__)
 
@@ -82,10 +83,17 @@ def collect(deps: Deps, job_id: str) -> Job | None:
     chunks = deps.store.get_chunks(job_id)
     tally = Tally.from_dict(plan["invalid_tally"])
     runs = [paths.invalid]
+    checks = SchemaChecks(deps, paths, _repair_limit(deps, job))
+    pending: list[tuple[Chunk, Repairs]] = []
+    repaired = {c.repair_of for c in chunks if c.repair_of is not None}
     for chunk in chunks:
-        collected = collect_chunk(deps, paths, chunk, collisions)
+        collected = collect_chunk(deps, paths, chunk, collisions, checks)
         tally.merge(collected.tally)
-        runs.extend(collected.runs)
+        runs.extend(collected.runs)  # chunk order: a re-ask's lines come after the first
+        if collected.repairs is not None and chunk.index not in repaired:
+            pending.append((chunk, collected.repairs))
+    if pending:
+        return repair.start_round(deps, job, paths, chunks, pending)
     if not deps.blobs.exists(job.results_uri):
         with contextlib.suppress(PreconditionFailed):  # a concurrent collect wrote it
             _merge(deps, job, runs)
@@ -99,6 +107,9 @@ def collect(deps: Deps, job_id: str) -> Job | None:
             "state": str(c.batch_state) if c.batch_state else None,
             "requests": c.request_count,
             "error": c.error,
+            **(
+                {"repair_round": c.repair_round, "repair_of": c.repair_of} if c.repair_round else {}
+            ),
         }
         for c in chunks
     ]
@@ -143,14 +154,33 @@ def _final_state(tally: Tally) -> JobState:
     return JobState.PARTIAL
 
 
+def _repair_limit(deps: Deps, job: Job) -> int:
+    given = job.options.max_repair_attempts
+    return deps.settings.max_repair_attempts if given is None else given
+
+
 @dataclass(frozen=True)
 class CollectedChunk:
     tally: Tally
     runs: list[str]  # sorted result files, to be merged
+    repairs: Repairs | None = None  # answers that failed their schema, to ask again
+
+
+def _committed(data: dict[str, Any]) -> CollectedChunk:
+    repairs = data.get("repairs")
+    return CollectedChunk(
+        Tally.from_dict(data["tally"]),
+        list(data["runs"]),
+        Repairs.from_dict(repairs) if repairs else None,
+    )
 
 
 def collect_chunk(
-    deps: Deps, paths: WorkPaths, chunk: Chunk, collisions: dict[int, str]
+    deps: Deps,
+    paths: WorkPaths,
+    chunk: Chunk,
+    collisions: dict[int, str],
+    checks: SchemaChecks | None = None,
 ) -> CollectedChunk:
     """Normalise one chunk into sorted runs of result lines, then `collected.json`.
 
@@ -161,28 +191,43 @@ def collect_chunk(
     so a collect that dies half-way, or two racing, can never mix their runs.
     """
     try:
-        done = orjson.loads(deps.blobs.read_bytes(paths.collected(chunk.index)))
-        return CollectedChunk(Tally.from_dict(done["tally"]), list(done["runs"]))
+        return _committed(orjson.loads(deps.blobs.read_bytes(paths.collected(chunk.index))))
     except NotFound:
         pass
-    manifest: dict[int, str] = {}
+    checks = checks or SchemaChecks(deps, paths, deps.settings.max_repair_attempts)
+    manifest: dict[int, dict[str, Any]] = {}
     for raw in deps.blobs.read_bytes(chunk.manifest_uri).splitlines():
         entry = orjson.loads(raw)
         line = entry["line"]
-        manifest[line] = entry["custom_id"] or collisions.get(line) or f"line-{line}"
+        entry["custom_id"] = entry["custom_id"] or collisions.get(line) or f"line-{line}"
+        manifest[line] = entry
     writer = _RunWriter(deps, paths, chunk.index)
     tally = Tally()
+    asks = repair.Asks()
 
     def emit(line: int, result: ProviderResult) -> None:
+        entry = manifest[line]
+        check = None
+        if entry.get("schema") and result.status is ResultStatus.SUCCEEDED:
+            check = checks.check(entry["schema"], chunk.provider, result)
+        earlier = entry.get("attempts")
         record = provider_result_line(
-            custom_id=manifest[line],
+            custom_id=entry["custom_id"],
             line=line,
             provider=chunk.provider,
             model=chunk.model,
             result=result,
             prices=deps.prices,
+            batch_id=chunk.batch_id,
+            check=check,
+            earlier=earlier,
         )
+        if entry.get("previous"):
+            tally.remove(entry["previous"])  # the line an earlier round counted
         tally.add(record)
+        violation = check.violation if check is not None else None
+        if violation is not None and len(record["attempts"]) <= checks.max_repairs:
+            asks.add(line, entry, record, violation)
         writer.add(line, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     seen: set[int] = set()
@@ -207,18 +252,26 @@ def collect_chunk(
     for line in sorted(manifest.keys() - seen):
         emit(line, _missing(line, chunk, batch_state, batch_errors))
     runs = writer.finish()
-    committed = {"tally": tally.to_dict(), "runs": runs}
+    repairs = repair.stage(deps, paths, chunk, writer.attempt, asks) if asks else None
+    committed: dict[str, Any] = {"tally": tally.to_dict(), "runs": runs}
+    if repairs is not None:
+        committed["repairs"] = repairs.to_dict()
     if not deps.blobs.write_bytes(
         paths.collected(chunk.index), orjson.dumps(committed), "application/json"
     ):
         # Another attempt committed first: use its runs, never a mix.
-        done = orjson.loads(deps.blobs.read_bytes(paths.collected(chunk.index)))
-        return CollectedChunk(Tally.from_dict(done["tally"]), list(done["runs"]))
+        return _committed(orjson.loads(deps.blobs.read_bytes(paths.collected(chunk.index))))
     log.info(
         "chunk collected",
-        extra=fields(job_id=chunk.job_id, chunk=chunk.index, counts=tally.counts, runs=len(runs)),
+        extra=fields(
+            job_id=chunk.job_id,
+            chunk=chunk.index,
+            counts=tally.counts,
+            runs=len(runs),
+            reasks=len(asks),
+        ),
     )
-    return CollectedChunk(tally, runs)
+    return CollectedChunk(tally, runs, repairs)
 
 
 class _RunWriter:
@@ -228,7 +281,7 @@ class _RunWriter:
         self._deps = deps
         self._paths = paths
         self._index = index
-        self._attempt = uuid.uuid4().hex[:12]
+        self.attempt = uuid.uuid4().hex[:12]
         self._buffer: list[tuple[int, bytes]] = []
         self._size = 0
         self.runs: list[str] = []
@@ -247,7 +300,7 @@ class _RunWriter:
         data = b"".join([entry for _, entry in self._buffer])
         self._buffer = []
         self._size = 0
-        uri = self._paths.results_run(self._index, self._attempt, len(self.runs))
+        uri = self._paths.results_run(self._index, self.attempt, len(self.runs))
         self._deps.blobs.write_bytes(uri, data, "text/tab-separated-values")
         self.runs.append(uri)
 
@@ -279,12 +332,22 @@ def _missing(
 
 
 def _merge(deps: Deps, job: Job, runs: list[str]) -> None:
-    """k-way merge of sorted runs into results.jsonl, streamed in and out."""
+    """k-way merge of sorted runs into results.jsonl, streamed in and out.
+
+    A re-asked line is in the runs of every round that asked it; `runs` are in chunk order
+    and re-ask chunks come after the chunks they repair, and the merge is stable, so of
+    equal lines the last is the newest: it is the one written.
+    """
     with ExitStack() as stack:
         readers = [_records(stack.enter_context(deps.blobs.open_read(uri))) for uri in runs]
         out = stack.enter_context(deps.blobs.open_write(job.results_uri, "application/jsonl"))
-        for _, record in heapq.merge(*readers):
-            out.write(record)
+        held: tuple[int, bytes] | None = None
+        for line, record in heapq.merge(*readers, key=lambda pair: pair[0]):
+            if held is not None and held[0] != line:
+                out.write(held[1])
+            held = (line, record)
+        if held is not None:
+            out.write(held[1])
 
 
 def _records(stream: Any) -> Iterator[tuple[int, bytes]]:
