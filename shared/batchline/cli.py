@@ -1,4 +1,5 @@
-"""The `batchline` command: run the local stack, submit files, follow jobs, read results.
+"""The `batchline` command: run the local stack, submit files, follow jobs, read results,
+register JSON Schemas.
 
 Against the local stack (the default) the CLI reads the stack's state file for its
 addresses; against a GCP project it takes `--project` and the bucket flags (or the same
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--project", help="a GCP project instead of the local stack")
         p.add_argument("--input-bucket", help="with --project (else BATCHLINE_INPUT_BUCKET)")
         p.add_argument("--output-bucket", help="with --project (else BATCHLINE_OUTPUT_BUCKET)")
+        p.add_argument("--work-bucket", help="with --project (else BATCHLINE_WORK_BUCKET)")
 
     submit = commands.add_parser("submit", help="upload a JSONL file to the input bucket")
     submit.add_argument("file", type=Path)
@@ -61,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
         "--model", help="default model for lines without one, e.g. openai/gpt-4.1-mini"
     )
     submit.add_argument("--name", help="object name in the input bucket (default: the file name)")
+    submit.add_argument(
+        "--schema", help="registered schema (`batchline schema push`) the answers must follow"
+    )
+    submit.add_argument(
+        "--max-repair-attempts",
+        type=int,
+        metavar="N",
+        help="times an answer that does not fit the schema is sent back to be repaired",
+    )
+    submit.add_argument(
+        "--max-cost-usd", type=float, metavar="X", help="the job's spending limit in USD"
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
@@ -80,6 +96,29 @@ def _parser() -> argparse.ArgumentParser:
     target_flags(results)
     results.set_defaults(run=_results)
 
+    schema = commands.add_parser(
+        "schema", help="register JSON Schemas for structured outputs (push, list, show)"
+    )
+    schema_commands = schema.add_subparsers(dest="schema_command", metavar="COMMAND")
+    schema_commands.required = True
+    push = schema_commands.add_parser(
+        "push",
+        help="upload a pydantic class's JSON Schema (module:Class) or a JSON Schema file",
+    )
+    push.add_argument("source", help="mypkg.models:Invoice, or path/to/schema.json")
+    push.add_argument("--name", help="the name lines and jobs use (default: the class name)")
+    push.add_argument("--json", action="store_true", help="print one JSON object")
+    target_flags(push)
+    push.set_defaults(run=_schema_push)
+    schema_list = schema_commands.add_parser("list", help="list the registered schemas")
+    schema_list.add_argument("--json", action="store_true", help="print one JSON array")
+    target_flags(schema_list)
+    schema_list.set_defaults(run=_schema_list)
+    show = schema_commands.add_parser("show", help="print a registered schema")
+    show.add_argument("name")
+    target_flags(show)
+    show.set_defaults(run=_schema_show)
+
     demo = commands.add_parser(
         "demo", help="start the local stack, run the examples, check and preview the results"
     )
@@ -96,19 +135,34 @@ def _parser() -> argparse.ArgumentParser:
 # -- target ------------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """Point this process's Google clients at the target and return its settings."""
+#: Stands for a bucket the command at hand does not use.
+_UNUSED_BUCKET = "unused-by-the-cli"
+
+
+def _settings(args: argparse.Namespace, *, work_bucket: bool = False) -> Settings:
+    """Point this process's Google clients at the target and return its settings.
+    `work_bucket`: the command uses the work bucket (and neither other one)."""
     from batchline.config import Settings
+    from batchline.errors import ConfigError
 
     if getattr(args, "project", None):
         env = dict(os.environ)
         env["GOOGLE_CLOUD_PROJECT"] = args.project
-        if args.input_bucket:
-            env["BATCHLINE_INPUT_BUCKET"] = args.input_bucket
-        if args.output_bucket:
-            env["BATCHLINE_OUTPUT_BUCKET"] = args.output_bucket
-        env.setdefault("BATCHLINE_WORK_BUCKET", "unused-by-the-cli")
-        return Settings.from_env(env)
+        for flag in ("input_bucket", "output_bucket", "work_bucket"):
+            if getattr(args, flag, None):
+                env[f"BATCHLINE_{flag.upper()}"] = getattr(args, flag)
+        if work_bucket:
+            if not env.get("BATCHLINE_WORK_BUCKET", "").strip():
+                raise CliError("--project needs --work-bucket (or BATCHLINE_WORK_BUCKET)")
+            for unused in ("BATCHLINE_INPUT_BUCKET", "BATCHLINE_OUTPUT_BUCKET"):
+                if not env.get(unused, "").strip():
+                    env[unused] = _UNUSED_BUCKET
+        elif not env.get("BATCHLINE_WORK_BUCKET", "").strip():
+            env["BATCHLINE_WORK_BUCKET"] = _UNUSED_BUCKET
+        try:
+            return Settings.from_env(env)
+        except ConfigError as exc:
+            raise CliError(f"{exc} (or pass the matching flag)") from exc
     from batchline.local.stack import LocalStack, LocalStackError
 
     try:
@@ -137,25 +191,37 @@ def _blobs(settings: Settings) -> Any:
 # -- commands ----------------------------------------------------------------------------
 
 
-def upload(settings: Settings, file: Path, name: str, model: str | None) -> str:
-    """Upload `file` as gs://INPUT/name; returns the job id the upload starts."""
+def upload(
+    settings: Settings,
+    file: Path,
+    name: str,
+    model: str | None,
+    options: Mapping[str, str] | None = None,
+) -> str:
+    """Upload `file` as gs://INPUT/name with the job options (`model` and `options`) as
+    its custom metadata; returns the job id the upload starts."""
     from batchline.adapters.gcs import make_client
     from batchline.domain.ids import job_id_for_object
 
     if not file.is_file():
         raise CliError(f"{file}: no such file")
     blob = make_client(settings.project).bucket(settings.input_bucket).blob(name)
-    if model:
-        blob.metadata = {"model": model}
+    metadata = {"model": model} if model else {}
+    metadata.update(options or {})
+    if metadata:
+        blob.metadata = metadata
     content_type = "application/gzip" if name.endswith(".gz") else "application/jsonl"
     blob.upload_from_filename(str(file), content_type=content_type)
     return job_id_for_object(settings.input_bucket, name, str(blob.generation))
 
 
 def _submit(args: argparse.Namespace) -> int:
+    options = _job_options(args)
     settings = _settings(args)
+    if args.schema:
+        _check_schema_registered(settings, args.schema)
     name = args.name or args.file.name
-    job_id = upload(settings, args.file, name, args.model)
+    job_id = upload(settings, args.file, name, args.model, options)
     if not args.json:
         print(f"uploaded {args.file} to gs://{settings.input_bucket}/{name}; job {job_id}")
     if not args.wait:
@@ -168,6 +234,39 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         _print_job(job_id, job)
     return 0 if job is not None and job.state.terminal else 1
+
+
+def _job_options(args: argparse.Namespace) -> dict[str, str]:
+    """`submit`'s structured-output flags as the custom metadata the pipeline reads."""
+    options: dict[str, str] = {}
+    if args.schema is not None:
+        options["schema"] = _schema_name(args.schema)
+    if args.max_repair_attempts is not None:
+        if args.max_repair_attempts < 0:
+            raise CliError("--max-repair-attempts must be 0 or more")
+        options["max_repair_attempts"] = str(args.max_repair_attempts)
+    if args.max_cost_usd is not None:
+        if not args.max_cost_usd > 0 or args.max_cost_usd == float("inf"):
+            raise CliError("--max-cost-usd must be a positive number")
+        options["max_cost_usd"] = repr(args.max_cost_usd)
+    return options
+
+
+def _check_schema_registered(settings: Settings, name: str) -> None:
+    """Fail before uploading when `name` is surely not registered; when the work bucket is
+    unknown or unreadable from here, leave the check to the pipeline."""
+    if settings.work_bucket == _UNUSED_BUCKET:
+        return
+    from batchline.adapters.gcs import GcsBlobStore, make_client
+    from batchline.domain.paths import registered_schema_uri
+
+    uri = registered_schema_uri(settings.work_bucket, name)
+    try:
+        exists = GcsBlobStore(make_client(settings.project)).exists(uri)
+    except Exception:  # no permission or no network: not ours to decide here
+        return
+    if not exists:
+        raise CliError(f"no schema {name!r} is registered ({uri}); push it first")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -257,6 +356,168 @@ def _print_job(job_id: str, job: Job | None) -> None:
         print(f"summary  {view['summary_uri']}")
     if view["error"]:
         print(f"error    {view['error']}")
+
+
+# -- schemas -----------------------------------------------------------------------------
+
+
+def _schema_name(name: str) -> str:
+    from batchline.domain.paths import SCHEMA_NAME_PATTERN
+
+    if not re.match(SCHEMA_NAME_PATTERN, name):
+        raise CliError(
+            f"{name!r} is not a valid schema name: 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def load_schema(source: str) -> tuple[dict[str, Any], str | None]:
+    """The JSON Schema `source` names (`module:attr` or a .json file) and its default
+    name (the class's name; None for a file). Raises CliError when it is not a valid
+    JSON Schema of an object."""
+    path = Path(source)
+    if source.endswith(".json") or path.is_file():
+        try:
+            schema = orjson.loads(path.read_bytes())
+        except OSError as exc:
+            raise CliError(f"cannot read {source}: {exc.strerror or exc}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"{source} is not JSON: {exc}") from exc
+        default_name = None
+    elif ":" in source:
+        schema, default_name = _schema_of_object(source)
+    else:
+        raise CliError(f"{source}: expected module:Class (e.g. mypkg.models:Invoice) or a file")
+    _check_object_schema(schema, source)
+    return schema, default_name
+
+
+def _schema_of_object(source: str) -> tuple[Any, str]:
+    import importlib
+
+    module_name, _, attr = source.partition(":")
+    if not module_name or not attr:
+        raise CliError(f"{source}: expected module:Class, e.g. mypkg.models:Invoice")
+    # As `python -m` does: modules in the current directory are importable.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name}: {exc}") from exc
+    except Exception as exc:
+        raise CliError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise CliError(f"{module_name} has no {attr}") from exc
+    if isinstance(target, dict):  # a schema written out in Python
+        return target, attr.rsplit(".", 1)[-1]
+    name = str(getattr(target, "__name__", attr.rsplit(".", 1)[-1]))
+    if hasattr(target, "model_json_schema"):
+        try:
+            return target.model_json_schema(), name
+        except Exception as exc:
+            raise CliError(f"{source}: model_json_schema() failed: {exc}") from exc
+    try:
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(target).json_schema(), name
+    except Exception as exc:
+        raise CliError(
+            f"{source} is not a pydantic model (nor a type pydantic can describe): {exc}"
+        ) from exc
+
+
+def _check_object_schema(schema: Any, source: str) -> None:
+    """The checks the pipeline makes of a schema (valid JSON Schema), and an object root,
+    which OpenAI and Anthropic both need."""
+    from batchline.domain.schemas import ResponseSchema, SchemaError
+
+    try:
+        ResponseSchema.create(schema)
+    except SchemaError as exc:
+        raise CliError(f"{source}: {exc}") from exc
+    if schema.get("type") != "object":
+        raise CliError(
+            f'{source}: the schema must describe an object ("type": "object" at the top, as '
+            f"structured outputs need), got type {schema.get('type')!r}"
+        )
+
+
+def _schema_push(args: argparse.Namespace) -> int:
+    from batchline.adapters.gcs import make_client, split_uri
+    from batchline.domain.paths import registered_schema_uri
+
+    schema, default_name = load_schema(args.source)
+    if not args.name and default_name is None:
+        raise CliError(f"{args.source}: give the schema a name with --name")
+    name = _schema_name(args.name or str(default_name))
+    settings = _settings(args, work_bucket=True)
+    uri = registered_schema_uri(settings.work_bucket, name)
+    # Key order is kept: property order is the order models write the answer in.
+    data = orjson.dumps(schema, option=orjson.OPT_INDENT_2) + b"\n"
+    bucket, object_name = split_uri(uri)
+    blob = make_client(settings.project).bucket(bucket).blob(object_name)
+    blob.metadata = {"source": args.source}
+    blob.upload_from_string(data, content_type="application/json")
+    if args.json:
+        print(orjson.dumps({"name": name, "uri": uri, "size": len(data)}).decode())
+    else:
+        print(f"pushed schema {name} to {uri} ({len(data)} bytes)")
+    return 0
+
+
+def _schema_list(args: argparse.Namespace) -> int:
+    from batchline.adapters.gcs import make_client, split_uri
+    from batchline.domain.paths import registered_schema_uri
+
+    settings = _settings(args, work_bucket=True)
+    # The folder registered_schema_uri puts every schema in.
+    bucket, marker = split_uri(registered_schema_uri(settings.work_bucket, "NAME"))
+    prefix = marker.removesuffix("NAME.json")
+    rows = []
+    for blob in make_client(settings.project).list_blobs(bucket, prefix=prefix):
+        name = blob.name.removeprefix(prefix)
+        if "/" in name or not name.endswith(".json"):
+            continue
+        rows.append(
+            {
+                "name": name.removesuffix(".json"),
+                "uri": f"gs://{bucket}/{blob.name}",
+                "size": blob.size,
+                "updated": blob.updated.isoformat() if blob.updated else None,
+                "source": (blob.metadata or {}).get("source"),
+            }
+        )
+    if args.json:
+        print(orjson.dumps(rows).decode())
+    elif not rows:
+        print(f"no schemas registered in gs://{bucket}/{prefix}")
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['size']:>8} B  {r['updated'] or '-'}  {r['uri']}")
+    return 0
+
+
+def _schema_show(args: argparse.Namespace) -> int:
+    from batchline.adapters.gcs import GcsBlobStore, make_client
+    from batchline.domain.paths import registered_schema_uri
+    from batchline.errors import NotFound
+
+    name = _schema_name(args.name)
+    settings = _settings(args, work_bucket=True)
+    uri = registered_schema_uri(settings.work_bucket, name)
+    try:
+        data = GcsBlobStore(make_client(settings.project)).read_bytes(uri)
+    except NotFound as exc:
+        raise CliError(f"no schema {name!r} is registered ({uri})") from exc
+    sys.stdout.write(data.decode() if data.endswith(b"\n") else data.decode() + "\n")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -215,3 +215,12 @@ def anthropic_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
     before = requests.get(url, timeout=10).json()
     yield pipeline.anthropic_config
     requests.post(url, json=before, timeout=10).raise_for_status()
+
+
+@pytest.fixture
+def vertex_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
+    """Change the Vertex emulator's behaviour for one test; restored afterwards."""
+    url = f"{pipeline.vertex_emulator}/_emulator/config"
+    before = requests.get(url, timeout=10).json()
+    yield pipeline.vertex_config
+    requests.post(url, json=before, timeout=10).raise_for_status()
