@@ -71,6 +71,8 @@ locals {
     BATCHLINE_MAX_INPUT_BYTES        = var.settings.max_input_bytes
     BATCHLINE_MAX_LINE_BYTES         = var.settings.max_line_bytes
     BATCHLINE_RETENTION_DAYS         = var.firestore.retention_days
+    BATCHLINE_MAX_REPAIR_ATTEMPTS    = var.settings.max_repair_attempts
+    BATCHLINE_PRICES                 = var.settings.prices
   }
   function_environment = merge(
     { for k, v in local.environment : k => tostring(v) },

@@ -269,6 +269,8 @@ variable "settings" {
     - lease_seconds: planning and submit leases; must outlive any invocation (longer than every event timeout).
     - work_budget_seconds: time submit, poll and api spend planning and submitting before leaving work to the next tick; at least 60 s under their timeouts.
     - collect_retry_seconds: re-request a collect that has not finished after this long.
+    - max_repair_attempts (BATCHLINE_MAX_REPAIR_ATTEMPTS): times an answer that fails its schema is asked again (0-5); a job's own option overrides it.
+    - prices (BATCHLINE_PRICES): price table overrides, a JSON object {"provider/model": {"input": .., "output": .., ...}} per 1M tokens (see the README's Cost section).
   EOT
   type = object({
     default_model          = optional(string)
@@ -288,9 +290,19 @@ variable "settings" {
     lease_seconds          = optional(number, 900)
     work_budget_seconds    = optional(number, 420)
     collect_retry_seconds  = optional(number, 600)
+    max_repair_attempts    = optional(number)
+    prices                 = optional(string)
   })
   default  = {}
   nullable = false
+  validation {
+    condition     = var.settings.max_repair_attempts == null || try(var.settings.max_repair_attempts >= 0 && var.settings.max_repair_attempts <= 5 && floor(var.settings.max_repair_attempts) == var.settings.max_repair_attempts, false)
+    error_message = "settings.max_repair_attempts must be a whole number from 0 to 5."
+  }
+  validation {
+    condition     = var.settings.prices == null || can(jsondecode(var.settings.prices))
+    error_message = "settings.prices must be a JSON object of price overrides."
+  }
   validation {
     condition     = var.settings.default_model == null || can(regex("^[a-z]+/.+$", var.settings.default_model))
     error_message = "settings.default_model must look like provider/model, e.g. openai/gpt-4.1-mini."
