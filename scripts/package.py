@@ -3,7 +3,9 @@
 The zip holds what Cloud Functions' Python build expects at its root:
 
     main.py            functions/main.py, the four entry points
-    batchline/         the package from shared/batchline (without the local stack and CLI)
+    batchline/         the package from shared/batchline (without the local stack and CLI),
+                       with tiktoken's BPE files (batchline/domain/_tokenizers/*.tiktoken.gz)
+                       so that the deployed functions never download them
     requirements.txt   pyproject's [project].dependencies, every one pinned with ==
 
 It is reproducible (sorted entries, fixed timestamps and modes), so its MD5 changes only
@@ -25,9 +27,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "batchline-functions"
-# The local stack (emulators, process runner) and the CLI are developer tools with their
-# own dependencies; the deployed functions never import them (tests/infra checks).
-EXCLUDED = ("batchline/local/", "batchline/cli.py")
+# The local stack (emulators, process runner), the CLI and the tokenizer refresh are
+# developer tools with their own dependencies; the deployed functions never import them
+# (tests/infra checks).
+EXCLUDED = ("batchline/local/", "batchline/cli.py", "batchline/domain/_tokenizers/refresh.py")
+# Data files the functions read at run time: the zip is refused without them.
+REQUIRED_DATA = (
+    "batchline/domain/_tokenizers/cl100k_base.tiktoken.gz",
+    "batchline/domain/_tokenizers/o200k_base.tiktoken.gz",
+)
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?==[A-Za-z0-9.+!-]+$")
 
@@ -67,6 +75,9 @@ def members(root: Path = ROOT) -> Iterator[tuple[str, bytes]]:
         if name.startswith(EXCLUDED):
             continue
         files[name] = path.read_bytes()
+    missing = [name for name in REQUIRED_DATA if name not in files]
+    if missing:
+        raise PackageError(f"missing data files: {', '.join(missing)}")
     for name in sorted(files):
         yield name, files[name]
 

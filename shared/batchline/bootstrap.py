@@ -10,7 +10,7 @@ from typing import Any
 
 from batchline.config import ChunkLimits, Settings
 from batchline.domain.planning import Encoder
-from batchline.domain.pricing import BATCH_PRICES, Price
+from batchline.domain.pricing import PRICES, Price, load_prices
 from batchline.errors import ConfigError
 from batchline.ports import BlobStore, Clock, JobStore, ProviderClient, Publisher
 
@@ -57,7 +57,7 @@ class ProviderSpec:
 def _openai_encoder(settings: Settings) -> Encoder:
     from batchline.domain.providers import openai
 
-    return openai.encode
+    return openai.encode_line
 
 
 def _openai_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
@@ -69,7 +69,7 @@ def _openai_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
 def _anthropic_encoder(settings: Settings) -> Encoder:
     from batchline.domain.providers import anthropic
 
-    return anthropic.make_encoder(settings.anthropic_max_tokens)
+    return anthropic.make_line_encoder(settings.anthropic_max_tokens)
 
 
 def _anthropic_limits(settings: Settings) -> ChunkLimits:
@@ -90,7 +90,7 @@ def _anthropic_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
 def _vertex_encoder(settings: Settings) -> Encoder:
     from batchline.domain.providers import vertex
 
-    return vertex.encode
+    return vertex.encode_line
 
 
 def _vertex_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
@@ -151,7 +151,7 @@ class Deps:
     publisher: Publisher
     providers: Providers
     clock: Clock = field(default_factory=SystemClock)
-    prices: dict[str, Price] = field(default_factory=lambda: dict(BATCH_PRICES))
+    prices: dict[str, Price] = field(default_factory=lambda: dict(PRICES))
 
     def limits(self, provider: str) -> ChunkLimits:
         return provider_spec(provider).limits(self.settings)
@@ -174,6 +174,7 @@ def build(settings: Settings | None = None) -> Deps:
     from batchline.adapters.pubsub import PubSubPublisher
 
     settings = settings or Settings.from_env()
+    prices = load_prices(settings.prices_json)  # a bad override fails here, at start-up
     blobs = gcs.GcsBlobStore(gcs.make_client(settings.project))
     return Deps(
         settings=settings,
@@ -181,6 +182,7 @@ def build(settings: Settings | None = None) -> Deps:
         blobs=blobs,
         publisher=PubSubPublisher(settings.project),
         providers=default_providers(settings, blobs),
+        prices=prices,
     )
 
 

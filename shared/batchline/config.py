@@ -84,6 +84,8 @@ class Settings:
     retention_days: float | None = None
     # Times an answer that fails its schema is asked again (a job's option overrides it).
     max_repair_attempts: int = 1
+    # BATCHLINE_PRICES: JSON overriding the price table (`domain.pricing.load_prices`).
+    prices_json: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,16 +158,19 @@ class Settings:
                 "BATCHLINE_COLLECT_RETRY_SECONDS", defaults.collect_retry_seconds
             ),
             retention_days=_optional_positive(env, "BATCHLINE_RETENTION_DAYS"),
-            max_repair_attempts=_repair_attempts(env, defaults.max_repair_attempts),
+            max_repair_attempts=_whole_number(
+                env, "BATCHLINE_MAX_REPAIR_ATTEMPTS", defaults.max_repair_attempts
+            ),
+            prices_json=(env.get("BATCHLINE_PRICES") or "").strip() or None,
         )
 
 
-def _repair_attempts(env: Mapping[str, str], default: int) -> int:
-    raw = (env.get("BATCHLINE_MAX_REPAIR_ATTEMPTS") or "").strip()
+def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
     if not raw:
         return default
     if not raw.isdigit():
-        raise ConfigError(f"BATCHLINE_MAX_REPAIR_ATTEMPTS={raw!r} is not a whole number >= 0")
+        raise ConfigError(f"{name}={raw!r} is not a whole number >= 0")
     return int(raw)
 
 

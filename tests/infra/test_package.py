@@ -68,6 +68,37 @@ print(json.dumps({"imported": len(names), "failed": failed}))
 """
 
 
+# The pre-submit estimator counts OpenAI tokens with the BPE files shipped in the zip: with
+# the network and tiktoken's downloader blocked, it must still work.
+ESTIMATE_OFFLINE = """
+import json, socket, sys
+
+def refuse(*args, **kwargs):
+    raise OSError("network blocked by the test")
+
+socket.socket.connect = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+
+import tiktoken.load
+
+def no_download(*args, **kwargs):
+    raise AssertionError("tiktoken tried to fetch its BPE file")
+
+tiktoken.load.read_file = no_download
+tiktoken.load.read_file_cached = no_download
+
+from batchline.domain import _tokenizers
+from batchline.domain.estimate import estimate_input_tokens
+
+line = sys.argv[1]
+print(json.dumps({
+    "tokens": {m: estimate_input_tokens("openai", m, line) for m in ("gpt-4.1", "gpt-4")},
+    "data_dir": _tokenizers.__file__,
+}))
+"""
+
+
 def load_packager() -> ModuleType:
     spec = importlib.util.spec_from_file_location("batchline_package_script", SCRIPT)
     assert spec and spec.loader
@@ -176,6 +207,20 @@ def test_zip_holds_main_the_package_and_pinned_requirements(package_zip: Path) -
     assert any(r.startswith("google-cloud-aiplatform==") for r in requirements)
 
 
+def test_zip_carries_the_tokenizer_data(package_zip: Path) -> None:
+    """tiktoken's BPE files go with the functions (they never download them); the tool
+    that rebuilds them does not."""
+    folder = "batchline/domain/_tokenizers/"
+    with zipfile.ZipFile(package_zip) as archive:
+        names = archive.namelist()
+        for name in ("o200k_base.tiktoken.gz", "cl100k_base.tiktoken.gz"):
+            shipped = ROOT / "shared" / folder / name
+            assert archive.read(folder + name) == shipped.read_bytes()
+        requirements = archive.read("requirements.txt").decode().split()
+    assert folder + "refresh.py" not in names
+    assert any(r.startswith("tiktoken==") for r in requirements)
+
+
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
     """The files the package is built from, copied so that a test may change them."""
@@ -268,6 +313,26 @@ def test_every_module_and_dependency_imports_in_a_clean_venv(
     report = run_clean(clean_python, deployed_source, IMPORT_EVERYTHING, *imports)
     assert report["failed"] == {}
     assert int(str(report["imported"])) > 10
+
+
+def test_the_estimator_counts_tokens_offline_in_a_clean_venv(
+    clean_python: Path, deployed_source: Path
+) -> None:
+    from batchline.domain.estimate import estimate_input_tokens
+
+    line = json.dumps(
+        {
+            "custom_id": "c",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello world"}]},
+        }
+    )
+    report = run_clean(clean_python, deployed_source, ESTIMATE_OFFLINE, line)
+    assert report["tokens"] == {
+        model: estimate_input_tokens("openai", model, line) for model in ("gpt-4.1", "gpt-4")
+    }
+    assert str(report["data_dir"]).startswith(str(deployed_source))
 
 
 @pytest.mark.parametrize("function", sorted(c.infra_facts().locals["functions"]))

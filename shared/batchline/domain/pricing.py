@@ -1,39 +1,302 @@
-"""Batch prices per 1M tokens, dated. Real-time prices are twice these for every provider.
+"""The price table: USD per 1M tokens for each provider and model, dated. Pure.
 
-Source: PROVIDERS.md (published 2026 prices). Override per deployment with
-BATCHLINE_PRICES (JSON: {"provider/model": [input, output]}).
+Batch input and output prices are the ones PROVIDERS.md lists (published 2026); every
+provider's real-time price is twice its batch price. `max_output_tokens` is the model's
+own output limit, what a worst-case estimate assumes when a request sets none.
+
+Cached input (the part of a request's input read from the provider's prompt cache) is not
+in PROVIDERS.md: those prices are derived from the ratios each provider publishes on its
+pricing and prompt-caching pages:
+
+- OpenAI: a cached input token costs 25% of an input token for the gpt-4.1 family and 50%
+  for gpt-4o-mini; the batch discount applies to it too.
+- Anthropic: a cache read costs 10% of the base input price; the batch discount stacks
+  with it (cache writes, 1.25x input, are priced as plain input here).
+- Vertex AI Gemini 2.5: implicit caching bills cached tokens at 10% of the real-time
+  input price, and the cache discount takes precedence over the batch discount instead
+  of stacking with it, so a cached token costs the same in a batch as in real time.
+
+Override per deployment with BATCHLINE_PRICES (see `load_prices`).
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchline.errors import ConfigError
 
 PRICES_AS_OF = "2026-06-01"
+#: Real-time price over batch price, the same for every provider (the batch APIs are 50% off).
 REALTIME_FACTOR = 2.0
+PER_TOKENS = 1_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Price:
-    input_per_mtok: float
-    output_per_mtok: float
+    """USD per 1M tokens for one model, at batch and at real-time rates.
+
+    `cached_input`/`realtime_cached_input` are None where the model has no cached-input
+    rate: cached tokens then cost what other input tokens cost.
+    """
+
+    input: float
+    output: float
+    cached_input: float | None
+    realtime_input: float
+    realtime_output: float
+    realtime_cached_input: float | None
+    #: The most output tokens the model writes for one request; None when unknown.
+    max_output_tokens: int | None = None
+
+    @classmethod
+    def from_batch(
+        cls,
+        input: float,
+        output: float,
+        cached_input: float | None = None,
+        *,
+        max_output_tokens: int | None = None,
+    ) -> Price:
+        """A price whose real-time rates are `REALTIME_FACTOR` times the batch rates."""
+        return cls(
+            input=input,
+            output=output,
+            cached_input=cached_input,
+            realtime_input=input * REALTIME_FACTOR,
+            realtime_output=output * REALTIME_FACTOR,
+            realtime_cached_input=None if cached_input is None else cached_input * REALTIME_FACTOR,
+            max_output_tokens=max_output_tokens,
+        )
 
 
-BATCH_PRICES: dict[str, Price] = {
-    "openai/gpt-4.1": Price(1.00, 4.00),
-    "openai/gpt-4.1-mini": Price(0.20, 0.80),
-    "openai/gpt-4o-mini": Price(0.075, 0.30),
-    "anthropic/claude-sonnet-4-5": Price(1.50, 7.50),
-    "anthropic/claude-haiku-4-5": Price(0.50, 2.50),
-    "vertex/gemini-2.5-flash": Price(0.15, 1.25),
-    "vertex/gemini-2.5-pro": Price(0.625, 5.00),
+@dataclass(frozen=True, slots=True)
+class LineCost:
+    """What one request's usage cost at batch price, and would have cost in real time."""
+
+    batch_usd: float
+    realtime_usd: float
+
+
+def _published(
+    input: float,
+    output: float,
+    *,
+    cached_share: float,
+    max_output_tokens: int,
+    batch_discounts_cache: bool = True,
+) -> Price:
+    """A batch price from PROVIDERS.md plus the provider's cached-input ratio.
+
+    `cached_share` is the cached-input price as a share of the real-time input price;
+    `batch_discounts_cache` says whether the batch discount applies to cached tokens too.
+    """
+    realtime_cached = input * REALTIME_FACTOR * cached_share
+    batch_cached = realtime_cached / REALTIME_FACTOR if batch_discounts_cache else realtime_cached
+    return Price(
+        input=input,
+        output=output,
+        cached_input=batch_cached,
+        realtime_input=input * REALTIME_FACTOR,
+        realtime_output=output * REALTIME_FACTOR,
+        realtime_cached_input=realtime_cached,
+        max_output_tokens=max_output_tokens,
+    )
+
+
+#: Keyed "provider/model"; dated model ids (snapshots) find their base entry (`price_for`).
+PRICES: dict[str, Price] = {
+    "openai/gpt-4.1": _published(1.00, 4.00, cached_share=0.25, max_output_tokens=32_768),
+    "openai/gpt-4.1-mini": _published(0.20, 0.80, cached_share=0.25, max_output_tokens=32_768),
+    "openai/gpt-4o-mini": _published(0.075, 0.30, cached_share=0.50, max_output_tokens=16_384),
+    "anthropic/claude-sonnet-4-5": _published(
+        1.50, 7.50, cached_share=0.10, max_output_tokens=64_000
+    ),
+    "anthropic/claude-haiku-4-5": _published(
+        0.50, 2.50, cached_share=0.10, max_output_tokens=64_000
+    ),
+    "vertex/gemini-2.5-flash": _published(
+        0.15, 1.25, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+    ),
+    # Prompts up to 200k tokens; longer ones cost more and are not modelled here.
+    "vertex/gemini-2.5-pro": _published(
+        0.625, 5.00, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+    ),
 }
+#: The table's former name, still imported by bench/test_bench_hot_paths.py.
+BATCH_PRICES = PRICES
+
+# A snapshot's suffix on its base model id: OpenAI's -2025-04-14 (and the older -0613),
+# Anthropic's -20251001 (@20251001 on Vertex AI), Gemini's -001, and -latest aliases.
+_SNAPSHOT_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|-\d{4}|-\d{3}|-latest)$")
+_VERTEX_MODEL_PATH = "publishers/google/models/"
 
 
-def batch_cost(
-    prices: dict[str, Price], provider: str, model: str, input_tokens: int, output_tokens: int
-) -> float | None:
-    """Cost in USD at the batch price, or None when the model has no known price."""
-    price = prices.get(f"{provider}/{model}")
-    if price is None:
+def price_for(prices: Mapping[str, Price], provider: str, model: str) -> Price | None:
+    """The price of `provider/model`, or None when the table does not know the model.
+
+    An exact entry wins; otherwise a dated or versioned id (`gpt-4.1-mini-2025-04-14`,
+    `claude-haiku-4-5-20251001`, `gemini-2.5-flash-001`) takes its base model's price.
+    Only that one suffix is removed: `gpt-4.1-nano` is not `gpt-4.1`, nor is
+    `gemini-2.5-flash-lite` `gemini-2.5-flash`.
+    """
+    found = prices.get(f"{provider}/{model}")
+    if found is not None:
+        return found
+    base = model.removeprefix(_VERTEX_MODEL_PATH)
+    base = _SNAPSHOT_SUFFIX.sub("", base, count=1)
+    if base == model or not base:
         return None
-    return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+    return prices.get(f"{provider}/{base}")
+
+
+def cost(price: Price, usage: Mapping[str, Any]) -> LineCost:
+    """The cost of one request's `usage` at `price`.
+
+    `usage` has `input_tokens` (all input, cached included), `output_tokens` and,
+    optionally, `cached_input_tokens` (the part of the input read from the cache), which
+    costs the cached-input rate where the model has one.
+    """
+    input_tokens = int(usage.get("input_tokens") or 0)
+    output_tokens = int(usage.get("output_tokens") or 0)
+    cached = min(max(int(usage.get("cached_input_tokens") or 0), 0), input_tokens)
+    fresh = input_tokens - cached
+    batch_cached = price.input if price.cached_input is None else price.cached_input
+    realtime_cached = (
+        price.realtime_input if price.realtime_cached_input is None else price.realtime_cached_input
+    )
+    batch = fresh * price.input + cached * batch_cached + output_tokens * price.output
+    realtime = (
+        fresh * price.realtime_input
+        + cached * realtime_cached
+        + output_tokens * price.realtime_output
+    )
+    return LineCost(batch_usd=batch / PER_TOKENS, realtime_usd=realtime / PER_TOKENS)
+
+
+# ----------------------------------------------------------------------------- overrides
+
+PRICES_ENV = "BATCHLINE_PRICES"
+_RATE_FIELDS = (
+    "input",
+    "output",
+    "cached_input",
+    "realtime_input",
+    "realtime_output",
+    "realtime_cached_input",
+)
+_FIELDS = (*_RATE_FIELDS, "max_output_tokens")
+
+
+def load_prices(
+    override_json: str | None, base: Mapping[str, Price] | None = None
+) -> dict[str, Price]:
+    """The price table (`base`, default `PRICES`) with a deployment's overrides applied.
+
+    `override_json` is BATCHLINE_PRICES: a JSON object keyed "provider/model" whose
+    values are either `{"input": .., "output": .., "cached_input": .., "realtime_input":
+    .., "realtime_output": .., "realtime_cached_input": .., "max_output_tokens": ..}`
+    (USD per 1M tokens; `input` and `output` are the batch rates and required; a missing
+    real-time rate is twice its batch rate; no `cached_input` means no cached rate; a
+    missing `max_output_tokens` keeps the table's) or the older `[input, output]`. An
+    override replaces the model's whole entry. Raises ConfigError naming the model and
+    the field for anything else.
+    """
+    from batchline.domain.requests import KNOWN_PROVIDERS
+
+    table = PRICES if base is None else base
+    prices = dict(table)
+    if override_json is None or not override_json.strip():
+        return prices
+    try:
+        data = orjson.loads(override_json)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{PRICES_ENV} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f'{PRICES_ENV} must be a JSON object {{"provider/model": {{"input": .., '
+            f'"output": ..}}}}, not {type(data).__name__}'
+        )
+    for key, value in data.items():
+        provider, _, model = key.partition("/")
+        if not model or provider not in KNOWN_PROVIDERS:
+            raise ConfigError(
+                f"{PRICES_ENV}: {key!r} is not provider/model with a provider among "
+                f"{', '.join(sorted(KNOWN_PROVIDERS))}"
+            )
+        known = table.get(key)
+        prices[key] = _override(key, value, known.max_output_tokens if known else None)
+    return prices
+
+
+def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
+    where = f"{PRICES_ENV}[{key!r}]"
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise ConfigError(f"{where}: expected [input, output], got {len(value)} items")
+        return Price.from_batch(
+            _rate(f"{where}[0] (input)", value[0]),
+            _rate(f"{where}[1] (output)", value[1]),
+            max_output_tokens=max_output_tokens,
+        )
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: expected an object with input and output (or [input, output]), "
+            f"got {type(value).__name__}"
+        )
+    unknown = sorted(set(value) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(_FIELDS)})")
+    for required in ("input", "output"):
+        if required not in value:
+            raise ConfigError(f"{where}: {required} is required")
+
+    def rate(name: str) -> float | None:
+        given = value.get(name)
+        return None if given is None else _rate(f"{where}.{name}", given)
+
+    batch = Price.from_batch(
+        _rate(f"{where}.input", value["input"]),
+        _rate(f"{where}.output", value["output"]),
+        rate("cached_input"),
+    )
+    realtime_input, realtime_output = rate("realtime_input"), rate("realtime_output")
+    realtime_cached_input = rate("realtime_cached_input")
+    if "max_output_tokens" in value:
+        max_output_tokens = _max_tokens(f"{where}.max_output_tokens", value["max_output_tokens"])
+    return Price(
+        input=batch.input,
+        output=batch.output,
+        cached_input=batch.cached_input,
+        realtime_input=_given(realtime_input, batch.realtime_input),
+        realtime_output=_given(realtime_output, batch.realtime_output),
+        realtime_cached_input=(
+            batch.realtime_cached_input if realtime_cached_input is None else realtime_cached_input
+        ),
+        max_output_tokens=max_output_tokens,
+    )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _rate(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: expected USD per 1M tokens (a number), got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{where}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _max_tokens(where: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected a whole number of tokens >= 1, got {value!r}")
+    return value

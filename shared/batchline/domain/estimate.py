@@ -1,0 +1,632 @@
+"""Before submitting: the tokens a job's requests hold and the most they may cost. Pure.
+
+Everything is estimated from what batchline sends, the encoded provider request lines
+(the bytes the encoders in `domain/providers` write). What a provider bills as input is
+taken out of a line — message texts, roles and names, the system prompt, tool and
+response-schema definitions — instead of tokenizing the JSON around it.
+
+Input tokens
+- OpenAI: tiktoken, o200k_base for gpt-4o, gpt-4.1, gpt-4.5, gpt-5, the o-series and
+  gpt-oss, cl100k_base for gpt-4, gpt-3.5 and the embedding models; plus the overhead
+  OpenAI documents for chat models (cookbook "How to count tokens with tiktoken"): 3
+  tokens per message, 1 more for a `name`, 3 to prime the reply. tiktoken and its BPE
+  files (shipped in `_tokenizers`, never downloaded) load on the first OpenAI line only.
+- Anthropic: 3.5 characters per token, Anthropic's rule of thumb for Claude; Vertex AI
+  Gemini: 4 characters per token, Google's documented rule. Both get the same per-message
+  overhead as OpenAI (neither documents one; a few tokens per turn is what they bill).
+  Anthropic adds its tool-use system prompt when a request has tools: 346 tokens with
+  tool_choice auto or none, 313 with any or tool (Claude 4.x models).
+- Tool and schema definitions count as their compact JSON text: the providers render them
+  in formats of their own, of about that size.
+- Images count a flat amount each: OpenAI 85 tokens at `detail: low`, else 765 (a
+  1024x1024 image at high detail: 85 + 4 tiles x 170); Anthropic 1,600 (width x height /
+  750 for the largest image it takes without resizing, ~1.15 megapixels); Gemini 258 (one
+  image up to 384x384, or one 768x768 tile). Audio, video and documents (PDF) are not
+  counted: their size in tokens cannot be told from the request.
+
+Worst-case output: the request's own limit (`max_completion_tokens`/`max_tokens`,
+Anthropic's `max_tokens`, Gemini's `generationConfig.maxOutputTokens`), capped at the
+model's maximum, times the choices asked for (`n`, `candidateCount`); with no limit in
+the request, the model's maximum output from the price table; for a model the table does
+not know, DEFAULT_MAX_OUTPUT_TOKENS. Worst-case cost prices every input token as
+uncached.
+
+Speed: tokenizing costs far more than the rest of planning (tiktoken does ~5M tokens/s,
+~40 us per 1 KB message, on this project's 2-core machines), so `Estimate` tokenizes the
+first `exact_requests` OpenAI requests of each model and then one in `sample_every`; the
+others count their characters times the tokens per character measured on the tokenized
+ones of the same model. `estimate_line` always tokenizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeAlias
+
+import orjson
+
+from batchline.domain.pricing import PRICES, PRICES_AS_OF, Price, price_for
+
+# OpenAI's documented chat overhead (also used, undocumented, for the other providers).
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+
+CHARS_PER_TOKEN = {"anthropic": 3.5, "vertex": 4.0}
+#: For text whose tokens/character ratio nothing measured.
+FALLBACK_CHARS_PER_TOKEN = 4.0
+
+OPENAI_IMAGE_TOKENS_LOW = 85
+OPENAI_IMAGE_TOKENS = 765
+ANTHROPIC_IMAGE_TOKENS = 1600
+GEMINI_IMAGE_TOKENS = 258
+#: Anthropic's tool-use system prompt, by tool_choice type (Claude 4.x).
+ANTHROPIC_TOOL_PROMPT_TOKENS = {"auto": 346, "none": 346, "any": 313, "tool": 313}
+
+#: Worst-case output of a request to a model with no limit in the request or the table.
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+
+#: `Estimate` tokenizes this many OpenAI requests of each model, then one in SAMPLE_EVERY.
+EXACT_REQUESTS = 256
+SAMPLE_EVERY = 64
+
+_O200K_PREFIXES = (
+    "gpt-4o",
+    "chatgpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-5",
+    "gpt-oss",
+    "o1",
+    "o3",
+    "o4",
+    "codex-",
+)
+_CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-", "davinci-002", "babbage")
+
+
+def openai_encoding_name(model: str) -> str:
+    """The tiktoken encoding of an OpenAI model (o200k_base for any model it cannot tell)."""
+    if model.startswith(_O200K_PREFIXES):
+        return "o200k_base"
+    if model.startswith(_CL100K_PREFIXES):
+        return "cl100k_base"
+    return "o200k_base"
+
+
+@dataclass(frozen=True, slots=True)
+class LineEstimate:
+    """One request's input tokens and the most output tokens it allows."""
+
+    input_tokens: int
+    max_output_tokens: int
+
+
+@dataclass(slots=True)
+class _Parts:
+    """What one request bills as input, and the output it allows."""
+
+    texts: list[str]
+    fixed_tokens: int = 0  # overheads, images, tool prompts
+    max_output: int | None = None  # as the request sets it
+    choices: int = 1
+
+
+Line: TypeAlias = bytes | bytearray | memoryview | str | Mapping[str, Any]
+
+
+def estimate_line(
+    provider: str, model: str, line: Line, prices: Mapping[str, Price] | None = None
+) -> LineEstimate:
+    """Input tokens and worst-case output tokens of one encoded request line.
+
+    `line` is the encoded line (bytes or str) or the decoded JSON object; for OpenAI the
+    count is exact (tiktoken), for the others the characters-per-token rule.
+    """
+    parts = _extract(provider, _decoded(line))
+    table = PRICES if prices is None else prices
+    price = price_for(table, provider, model)
+    counter = _Counter(provider, model)
+    tokens = counter.count(parts.texts) if counter.encoding else counter.by_chars(parts.texts)
+    output = _max_output(parts, price.max_output_tokens if price else None)
+    return LineEstimate(tokens + parts.fixed_tokens, output)
+
+
+def estimate_input_tokens(provider: str, model: str, line: Line) -> int:
+    """Input tokens of one encoded request line (see `estimate_line`)."""
+    return estimate_line(provider, model, line).input_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEstimate:
+    """One provider/model's share of an `Estimate`; costs are None for an unpriced model."""
+
+    requests: int
+    input_tokens: int
+    max_output_tokens: int
+    batch_usd: float | None
+    realtime_usd: float | None
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One model's running counts. Requests are either counted (tokenized, or by the
+    characters-per-token rule) or scaled: their characters times the counted ones'
+    tokens per character."""
+
+    requests: int = 0
+    max_output_tokens: int = 0
+    fixed_tokens: int = 0
+    counted_requests: int = 0
+    counted_tokens: int = 0
+    counted_chars: int = 0
+    scaled_chars: int = 0
+
+    @property
+    def input_tokens(self) -> int:
+        scaled = 0
+        if self.scaled_chars:
+            if self.counted_chars:
+                scaled = round(self.scaled_chars * self.counted_tokens / self.counted_chars)
+            else:
+                scaled = math.ceil(self.scaled_chars / FALLBACK_CHARS_PER_TOKEN)
+        return self.fixed_tokens + self.counted_tokens + scaled
+
+    def add(self, other: _Tally) -> None:
+        for name in _TALLY_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+_TALLY_FIELDS = tuple(f.name for f in fields(_Tally))
+
+
+class Estimate:
+    """Tokens and worst-case cost of a job's requests, per provider/model, added line by line.
+
+    `add` every encoded request line as planning writes it; `merge` estimates of parts of
+    a file; `to_dict`/`from_dict` keep one across invocations. A model without a price is
+    listed in `unpriced` and makes the totals None.
+    """
+
+    def __init__(
+        self,
+        prices: Mapping[str, Price] | None = None,
+        *,
+        exact_requests: int = EXACT_REQUESTS,
+        sample_every: int = SAMPLE_EVERY,
+    ) -> None:
+        if exact_requests < 0 or sample_every < 1:
+            raise ValueError("exact_requests must be >= 0 and sample_every >= 1")
+        self._prices = PRICES if prices is None else prices
+        self._exact_requests = exact_requests
+        self._sample_every = sample_every
+        self._tallies: dict[str, _Tally] = {}
+        self._counters: dict[str, _Counter] = {}
+        self._model_max: dict[str, int | None] = {}
+
+    def add(self, provider: str, model: str, encoded_line: Line) -> None:
+        """Count one encoded request line (bytes as the encoder wrote it, or decoded)."""
+        parts = _extract(provider, _decoded(encoded_line))
+        key = f"{provider}/{model}"
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = _Counter(provider, model)
+            price = price_for(self._prices, provider, model)
+            self._model_max[key] = price.max_output_tokens if price else None
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally()
+        n = tally.requests
+        chars = sum(map(len, parts.texts))
+        tokens: int | None = None
+        if counter.encoding is None:
+            tokens = counter.by_chars(parts.texts)
+        elif n < self._exact_requests or n % self._sample_every == 0:
+            tokens = counter.count(parts.texts)
+        tally.requests = n + 1
+        tally.fixed_tokens += parts.fixed_tokens
+        tally.max_output_tokens += _max_output(parts, self._model_max[key])
+        if tokens is None:
+            tally.scaled_chars += chars
+        else:
+            tally.counted_requests += 1
+            tally.counted_tokens += tokens
+            tally.counted_chars += chars
+
+    def merge(self, other: Estimate) -> None:
+        for key, theirs in other._tallies.items():
+            self._tallies.setdefault(key, _Tally()).add(theirs)
+
+    def by_model(self) -> dict[str, ModelEstimate]:
+        found = {}
+        for key, tally in sorted(self._tallies.items()):
+            provider, _, model = key.partition("/")
+            price = price_for(self._prices, provider, model)
+            input_tokens = tally.input_tokens
+            batch = realtime = None
+            if price is not None:
+                batch = (input_tokens * price.input + tally.max_output_tokens * price.output) / 1e6
+                realtime = (
+                    input_tokens * price.realtime_input
+                    + tally.max_output_tokens * price.realtime_output
+                ) / 1e6
+            found[key] = ModelEstimate(
+                tally.requests, input_tokens, tally.max_output_tokens, batch, realtime
+            )
+        return found
+
+    @property
+    def unpriced(self) -> dict[str, int]:
+        """provider/model -> requests, for every model the price table does not know."""
+        return {k: m.requests for k, m in self.by_model().items() if m.batch_usd is None}
+
+    @property
+    def requests(self) -> int:
+        return sum(t.requests for t in self._tallies.values())
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(t.input_tokens for t in self._tallies.values())
+
+    @property
+    def max_output_tokens(self) -> int:
+        return sum(t.max_output_tokens for t in self._tallies.values())
+
+    @property
+    def total_usd(self) -> float | None:
+        """Worst-case cost at batch prices; None when any model has no price."""
+        return _total([m.batch_usd for m in self.by_model().values()])
+
+    @property
+    def total_realtime_usd(self) -> float | None:
+        """What the same requests would cost at real-time prices, worst case."""
+        return _total([m.realtime_usd for m in self.by_model().values()])
+
+    def to_dict(self) -> dict[str, Any]:
+        models = self.by_model()
+        by_model: dict[str, Any] = {}
+        for key, m in models.items():
+            tally = self._tallies[key]
+            by_model[key] = {
+                "requests": m.requests,
+                "input_tokens": m.input_tokens,
+                "max_output_tokens": m.max_output_tokens,
+                "batch_usd": _rounded(m.batch_usd),
+                "realtime_usd": _rounded(m.realtime_usd),
+                "method": _Counter(*key.split("/", 1)).method,
+                "counting": {
+                    name: getattr(tally, name)
+                    for name in _TALLY_FIELDS
+                    if name not in ("requests", "max_output_tokens")
+                },
+            }
+        return {
+            "prices_as_of": PRICES_AS_OF,
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "max_output_tokens": self.max_output_tokens,
+            "batch_usd": _rounded(_total([m.batch_usd for m in models.values()])),
+            "realtime_usd": _rounded(_total([m.realtime_usd for m in models.values()])),
+            "unpriced": {k: m.requests for k, m in models.items() if m.batch_usd is None},
+            "by_model": by_model,
+        }
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        prices: Mapping[str, Price] | None = None,
+        *,
+        exact_requests: int = EXACT_REQUESTS,
+        sample_every: int = SAMPLE_EVERY,
+    ) -> Estimate:
+        """An estimate saved with `to_dict`; costs are recomputed from `prices`."""
+        estimate = cls(prices, exact_requests=exact_requests, sample_every=sample_every)
+        for key, entry in data.get("by_model", {}).items():
+            counting = entry.get("counting", {})
+            tally = _Tally(int(entry["requests"]), int(entry["max_output_tokens"]))
+            for name in _TALLY_FIELDS:
+                if name in counting:
+                    setattr(tally, name, int(counting[name]))
+            estimate._tallies[key] = tally
+        return estimate
+
+
+def _total(costs: list[float | None]) -> float | None:
+    if any(c is None for c in costs):
+        return None
+    return sum(c for c in costs if c is not None)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 10)
+
+
+# ---------------------------------------------------------------------------- counting
+
+
+class _Counter:
+    """Turns a request's texts into tokens for one provider/model."""
+
+    __slots__ = ("_encode", "_per_token", "encoding")
+
+    def __init__(self, provider: str, model: str) -> None:
+        self.encoding = openai_encoding_name(model) if provider == "openai" else None
+        self._per_token = CHARS_PER_TOKEN.get(provider, FALLBACK_CHARS_PER_TOKEN)
+        self._encode: Callable[[str], list[int]] | None = None
+
+    @property
+    def method(self) -> str:
+        if self.encoding:
+            return f"tiktoken {self.encoding}"
+        return f"{self._per_token:g} characters per token"
+
+    def count(self, texts: list[str]) -> int:
+        encode = self._encode
+        if encode is None:
+            from batchline.domain._tokenizers import get_encoding
+
+            assert self.encoding is not None
+            encode = self._encode = get_encoding(self.encoding).encode_ordinary
+        return sum(len(encode(text)) for text in texts)
+
+    def by_chars(self, texts: list[str]) -> int:
+        return math.ceil(sum(map(len, texts)) / self._per_token)
+
+
+def _max_output(parts: _Parts, model_max: int | None) -> int:
+    limit = parts.max_output
+    if limit is None:
+        limit = model_max if model_max is not None else DEFAULT_MAX_OUTPUT_TOKENS
+    elif model_max is not None:
+        limit = min(limit, model_max)
+    return limit * parts.choices
+
+
+def _decoded(line: Line) -> Any:
+    if isinstance(line, dict):
+        return line
+    if isinstance(line, Mapping):
+        return dict(line)
+    return orjson.loads(line)
+
+
+def _extract(provider: str, obj: Any) -> _Parts:
+    try:
+        extract = _EXTRACTORS[provider]
+    except KeyError:
+        raise ValueError(f"no token estimate for provider {provider!r}") from None
+    return extract(obj if isinstance(obj, dict) else {})
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _count(value: Any) -> int | None:
+    """A positive whole number from a request field (Vertex may send int64s as strings)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _get(obj: dict[str, Any], camel: str, snake: str) -> Any:
+    value = obj.get(camel)
+    return obj.get(snake) if value is None else value
+
+
+# ------------------------------------------------------------------------------ OpenAI
+
+
+def _openai(line: dict[str, Any]) -> _Parts:
+    body = line.get("body", line)
+    if not isinstance(body, dict):
+        return _Parts([])
+    parts = _Parts([])
+    texts = parts.texts
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts.fixed_tokens += REPLY_PRIMING_TOKENS + TOKENS_PER_MESSAGE * len(messages)
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            role = message.get("role")
+            if isinstance(role, str):
+                texts.append(role)
+            name = message.get("name")
+            if isinstance(name, str):
+                texts.append(name)
+                parts.fixed_tokens += TOKENS_PER_NAME
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                parts.fixed_tokens += _openai_content(content, texts)
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    texts.extend(
+                        v
+                        for v in (function.get("name"), function.get("arguments"))
+                        if isinstance(v, str)
+                    )
+    else:
+        # Other endpoints' text: `instructions`, and `input`/`prompt` as text or a list.
+        for field in ("instructions", "input", "prompt"):
+            value = body.get(field)
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, list):
+                texts.extend(v for v in value if isinstance(v, str))
+    for field in ("tools", "functions"):
+        for tool in body.get(field) or ():
+            texts.append(_json(tool))
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and "json_schema" in response_format:
+        texts.append(_json(response_format["json_schema"]))
+    limit = body.get("max_completion_tokens")
+    parts.max_output = _count(body.get("max_tokens") if limit is None else limit)
+    parts.choices = _count(body.get("n")) or 1
+    return parts
+
+
+def _openai_content(content: list[Any], texts: list[str]) -> int:
+    fixed = 0
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in ("text", "input_text", "output_text"):
+            text = part.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+        elif kind in ("image_url", "input_image"):
+            image = part.get("image_url")
+            detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
+            fixed += OPENAI_IMAGE_TOKENS_LOW if detail == "low" else OPENAI_IMAGE_TOKENS
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        # input_audio and file parts: not counted (see the module's docstring).
+    return fixed
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+
+def _anthropic(line: dict[str, Any]) -> _Parts:
+    params = line.get("params", line)
+    if not isinstance(params, dict):
+        return _Parts([])
+    parts = _Parts([], fixed_tokens=REPLY_PRIMING_TOKENS)
+    texts = parts.texts
+    system = params.get("system")
+    if isinstance(system, str):
+        texts.append(system)
+    elif isinstance(system, list):
+        parts.fixed_tokens += _anthropic_blocks(system, texts)
+    messages = params.get("messages")
+    if isinstance(messages, list):
+        parts.fixed_tokens += TOKENS_PER_MESSAGE * len(messages)
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                parts.fixed_tokens += _anthropic_blocks(content, texts)
+    tools = params.get("tools")
+    if isinstance(tools, list) and tools:
+        texts.extend(_json(tool) for tool in tools)
+        choice = params.get("tool_choice")
+        kind = choice.get("type") if isinstance(choice, dict) else None
+        parts.fixed_tokens += ANTHROPIC_TOOL_PROMPT_TOKENS.get(str(kind or "auto"), 346)
+    parts.max_output = _count(params.get("max_tokens"))
+    return parts
+
+
+def _anthropic_blocks(blocks: list[Any], texts: list[str]) -> int:
+    fixed = 0
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            text = block.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+        elif kind == "image":
+            fixed += ANTHROPIC_IMAGE_TOKENS
+        elif kind == "tool_use":
+            texts.append(str(block.get("name") or ""))
+            texts.append(_json(block.get("input")))
+        elif kind == "tool_result":
+            content = block.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                fixed += _anthropic_blocks(content, texts)
+        elif kind == "document":
+            source = block.get("source")
+            if (
+                isinstance(source, dict)
+                and source.get("type") == "text"
+                and isinstance(source.get("data"), str)
+            ):
+                texts.append(source["data"])
+        # Thinking blocks of earlier turns are not billed as input; PDFs are not counted.
+    return fixed
+
+
+# ------------------------------------------------------------------------ Vertex Gemini
+
+
+def _vertex(line: dict[str, Any]) -> _Parts:
+    request = line.get("request", line)
+    if not isinstance(request, dict):
+        return _Parts([])
+    parts = _Parts([], fixed_tokens=REPLY_PRIMING_TOKENS)
+    texts = parts.texts
+    system = _get(request, "systemInstruction", "system_instruction")
+    if isinstance(system, dict) and isinstance(system.get("parts"), list):
+        parts.fixed_tokens += _gemini_parts(system["parts"], texts)
+    contents = request.get("contents")
+    if isinstance(contents, list):
+        parts.fixed_tokens += TOKENS_PER_MESSAGE * len(contents)
+        for content in contents:
+            if isinstance(content, dict) and isinstance(content.get("parts"), list):
+                parts.fixed_tokens += _gemini_parts(content["parts"], texts)
+    for tool in request.get("tools") or ():
+        texts.append(_json(tool))
+    config = _get(request, "generationConfig", "generation_config")
+    if isinstance(config, dict):
+        for camel, snake in (
+            ("responseSchema", "response_schema"),
+            ("responseJsonSchema", "response_json_schema"),
+        ):
+            schema = _get(config, camel, snake)
+            if schema is not None:
+                texts.append(_json(schema))
+        parts.max_output = _count(_get(config, "maxOutputTokens", "max_output_tokens"))
+        parts.choices = _count(_get(config, "candidateCount", "candidate_count")) or 1
+    return parts
+
+
+def _gemini_parts(items: list[Any], texts: list[str]) -> int:
+    fixed = 0
+    for part in items:
+        if not isinstance(part, dict):
+            continue
+        text = part.get("text")
+        if isinstance(text, str):
+            texts.append(text)
+            continue
+        for camel, snake in (("inlineData", "inline_data"), ("fileData", "file_data")):
+            media = _get(part, camel, snake)
+            if isinstance(media, dict):
+                mime = str(_get(media, "mimeType", "mime_type") or "")
+                if mime.startswith("image/"):
+                    fixed += GEMINI_IMAGE_TOKENS
+                # Audio, video and PDFs: not counted (see the module's docstring).
+        for camel, snake in (
+            ("functionCall", "function_call"),
+            ("functionResponse", "function_response"),
+        ):
+            call = _get(part, camel, snake)
+            if call is not None:
+                texts.append(_json(call))
+        code = _get(part, "executableCode", "executable_code")
+        if isinstance(code, dict) and isinstance(code.get("code"), str):
+            texts.append(code["code"])
+    return fixed
+
+
+_EXTRACTORS: dict[str, Callable[[dict[str, Any]], _Parts]] = {
+    "openai": _openai,
+    "anthropic": _anthropic,
+    "vertex": _vertex,
+}

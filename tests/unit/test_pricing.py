@@ -1,0 +1,285 @@
+"""The price table, what a line's usage costs, model ids with dates, and BATCHLINE_PRICES."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchline.config import Settings
+from batchline.domain.pricing import (
+    PRICES,
+    PRICES_AS_OF,
+    LineCost,
+    Price,
+    cost,
+    load_prices,
+    price_for,
+)
+from batchline.errors import ConfigError
+
+from .fakes import make_deps
+
+# PROVIDERS.md: batch input/output per 1M tokens.
+PUBLISHED = {
+    "openai/gpt-4.1": (1.00, 4.00),
+    "openai/gpt-4.1-mini": (0.20, 0.80),
+    "openai/gpt-4o-mini": (0.075, 0.30),
+    "anthropic/claude-sonnet-4-5": (1.50, 7.50),
+    "anthropic/claude-haiku-4-5": (0.50, 2.50),
+    "vertex/gemini-2.5-flash": (0.15, 1.25),
+    "vertex/gemini-2.5-pro": (0.625, 5.00),
+}
+M = 1_000_000
+
+
+def test_the_table_holds_the_published_batch_prices_and_twice_them_in_real_time() -> None:
+    assert PRICES_AS_OF == "2026-06-01"
+    assert set(PRICES) == set(PUBLISHED)
+    for key, (batch_in, batch_out) in PUBLISHED.items():
+        price = PRICES[key]
+        assert (price.input, price.output) == (batch_in, batch_out), key
+        assert price.realtime_input == pytest.approx(2 * batch_in), key
+        assert price.realtime_output == pytest.approx(2 * batch_out), key
+        assert price.max_output_tokens and price.max_output_tokens >= 16_384, key
+
+
+@pytest.mark.parametrize(
+    ("key", "cached", "realtime_cached"),
+    [
+        ("openai/gpt-4.1", 0.25, 0.50),  # 25% of input, batch discount too
+        ("openai/gpt-4.1-mini", 0.05, 0.10),
+        ("openai/gpt-4o-mini", 0.0375, 0.075),  # 50% of input
+        ("anthropic/claude-sonnet-4-5", 0.15, 0.30),  # cache reads: 10% of input
+        ("anthropic/claude-haiku-4-5", 0.05, 0.10),
+        ("vertex/gemini-2.5-flash", 0.03, 0.03),  # 10% of real-time input; no stacking
+        ("vertex/gemini-2.5-pro", 0.125, 0.125),
+    ],
+)
+def test_cached_input_prices(key: str, cached: float, realtime_cached: float) -> None:
+    assert PRICES[key].cached_input == pytest.approx(cached)
+    assert PRICES[key].realtime_cached_input == pytest.approx(realtime_cached)
+
+
+def _cost(key: str, usage: dict[str, int]) -> LineCost:
+    provider, _, model = key.partition("/")
+    price = price_for(PRICES, provider, model)
+    assert price is not None
+    return cost(price, usage)
+
+
+@pytest.mark.parametrize(
+    ("key", "usage", "batch", "realtime"),
+    [
+        # 600k fresh x $1 + 400k cached x $0.25 + 100k out x $4
+        (
+            "openai/gpt-4.1",
+            {"input_tokens": M, "cached_input_tokens": 400_000, "output_tokens": 100_000},
+            0.6 + 0.1 + 0.4,
+            1.2 + 0.2 + 0.8,
+        ),
+        (
+            "openai/gpt-4o-mini",
+            {"input_tokens": 2 * M, "cached_input_tokens": M, "output_tokens": M},
+            0.075 + 0.0375 + 0.30,
+            0.15 + 0.075 + 0.60,
+        ),
+        (
+            "anthropic/claude-haiku-4-5",
+            {"input_tokens": M, "cached_input_tokens": 500_000, "output_tokens": 200_000},
+            0.25 + 0.025 + 0.5,
+            0.5 + 0.05 + 1.0,
+        ),
+        (
+            "anthropic/claude-sonnet-4-5",
+            {"input_tokens": 10_000, "output_tokens": 1_000},
+            0.015 + 0.0075,
+            0.03 + 0.015,
+        ),
+        (
+            "vertex/gemini-2.5-flash",
+            {"input_tokens": M, "cached_input_tokens": M, "output_tokens": 0},
+            0.03,
+            0.03,
+        ),
+        (
+            "vertex/gemini-2.5-flash",
+            {"input_tokens": M, "output_tokens": M},
+            0.15 + 1.25,
+            0.30 + 2.50,
+        ),
+        (
+            "vertex/gemini-2.5-pro",
+            {"input_tokens": M, "cached_input_tokens": 500_000, "output_tokens": 100_000},
+            0.3125 + 0.0625 + 0.5,
+            0.625 + 0.0625 + 1.0,
+        ),
+    ],
+)
+def test_cost_by_hand(key: str, usage: dict[str, int], batch: float, realtime: float) -> None:
+    line = _cost(key, usage)
+    assert line.batch_usd == pytest.approx(batch)
+    assert line.realtime_usd == pytest.approx(realtime)
+
+
+def test_cached_tokens_beyond_the_input_count_as_input_and_no_usage_costs_nothing() -> None:
+    price = PRICES["openai/gpt-4.1"]
+    over = cost(price, {"input_tokens": 100, "cached_input_tokens": 500, "output_tokens": 0})
+    assert over == cost(price, {"input_tokens": 100, "cached_input_tokens": 100})
+    assert cost(price, {}) == LineCost(0.0, 0.0)
+
+
+def test_a_model_without_a_cached_rate_prices_cached_tokens_as_input() -> None:
+    price = Price.from_batch(1.0, 2.0)
+    usage = {"input_tokens": M, "cached_input_tokens": M, "output_tokens": 0}
+    assert cost(price, usage) == LineCost(1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "key"),
+    [
+        ("openai", "gpt-4.1", "openai/gpt-4.1"),
+        ("openai", "gpt-4.1-2025-04-14", "openai/gpt-4.1"),
+        ("openai", "gpt-4.1-mini-2025-04-14", "openai/gpt-4.1-mini"),
+        ("openai", "gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini"),
+        ("anthropic", "claude-haiku-4-5-20251001", "anthropic/claude-haiku-4-5"),
+        ("anthropic", "claude-sonnet-4-5-20250929", "anthropic/claude-sonnet-4-5"),
+        ("anthropic", "claude-sonnet-4-5@20250929", "anthropic/claude-sonnet-4-5"),
+        ("anthropic", "claude-haiku-4-5-latest", "anthropic/claude-haiku-4-5"),
+        ("vertex", "gemini-2.5-flash-001", "vertex/gemini-2.5-flash"),
+        ("vertex", "publishers/google/models/gemini-2.5-pro", "vertex/gemini-2.5-pro"),
+    ],
+)
+def test_dated_model_ids_take_their_base_models_price(provider: str, model: str, key: str) -> None:
+    assert price_for(PRICES, provider, model) is PRICES[key]
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "gpt-4.1-nano"),  # not gpt-4.1
+        ("openai", "gpt-4.1-nano-2025-04-14"),
+        ("openai", "gpt-4o"),  # not gpt-4o-mini
+        ("openai", "gpt-5"),
+        ("openai", "gpt-4.1-mini-2025-04-14-preview"),
+        ("vertex", "gemini-2.5-flash-lite"),  # not gemini-2.5-flash
+        ("vertex", "gemini-2.5-flash-preview-09-2025"),
+        ("anthropic", "gpt-4.1"),  # another provider's model
+        ("openai", "claude-haiku-4-5"),
+        ("anthropic", "claude-haiku-4"),
+        ("openai", "-2025-04-14"),
+    ],
+)
+def test_unknown_models_have_no_price(provider: str, model: str) -> None:
+    assert price_for(PRICES, provider, model) is None
+
+
+def test_an_exact_entry_for_a_dated_id_wins() -> None:
+    dated = Price.from_batch(9.0, 9.0)
+    prices = {**PRICES, "openai/gpt-4.1-2025-04-14": dated}
+    assert price_for(prices, "openai", "gpt-4.1-2025-04-14") is dated
+    assert price_for(prices, "openai", "gpt-4.1") is PRICES["openai/gpt-4.1"]
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_no_override_is_the_table() -> None:
+    for raw in (None, "", "  "):
+        prices = load_prices(raw)
+        assert prices == PRICES and prices is not PRICES
+
+
+def test_an_override_replaces_an_entry_and_fills_in_real_time_at_twice_batch() -> None:
+    prices = load_prices(
+        '{"openai/gpt-4.1": {"input": 0.9, "output": 3.6, "cached_input": 0.2},'
+        ' "openai/gpt-5": {"input": 0.625, "output": 5, "realtime_output": 9.5,'
+        ' "max_output_tokens": 128000}}'
+    )
+    assert prices["openai/gpt-4.1"] == Price(
+        input=0.9,
+        output=3.6,
+        cached_input=0.2,
+        realtime_input=1.8,
+        realtime_output=7.2,
+        realtime_cached_input=0.4,
+        max_output_tokens=32_768,  # the table's: a model property, not a price
+    )
+    gpt5 = prices["openai/gpt-5"]
+    assert (gpt5.realtime_input, gpt5.realtime_output) == (1.25, 9.5)
+    assert gpt5.cached_input is None and gpt5.realtime_cached_input is None
+    assert gpt5.max_output_tokens == 128_000
+    assert prices["anthropic/claude-haiku-4-5"] is PRICES["anthropic/claude-haiku-4-5"]
+
+
+def test_an_override_sets_every_rate() -> None:
+    prices = load_prices(
+        '{"vertex/gemini-2.5-flash": {"input": 0.1, "output": 1, "cached_input": 0.02,'
+        ' "realtime_input": 0.3, "realtime_output": 2.5, "realtime_cached_input": 0.03,'
+        ' "max_output_tokens": null}}'
+    )
+    assert prices["vertex/gemini-2.5-flash"] == Price(0.1, 1.0, 0.02, 0.3, 2.5, 0.03, None)
+
+
+def test_the_older_input_output_pair_still_works() -> None:
+    prices = load_prices('{"anthropic/claude-haiku-4-5": [0.4, 2], "openai/gpt-x": [1, 2]}')
+    assert prices["anthropic/claude-haiku-4-5"] == Price(0.4, 2.0, None, 0.8, 4.0, None, 64_000)
+    assert prices["openai/gpt-x"] == Price(1.0, 2.0, None, 2.0, 4.0, None, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("{not json", "BATCHLINE_PRICES is not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"gpt-4.1": [1, 2]}', "'gpt-4.1' is not provider/model"),
+        ('{"azure/gpt-4.1": [1, 2]}', "'azure/gpt-4.1' is not provider/model"),
+        ('{"openai/": [1, 2]}', "'openai/' is not provider/model"),
+        ('{"openai/gpt-4.1": [1, 2, 3]}', "['openai/gpt-4.1']: expected [input, output], got 3"),
+        ('{"openai/gpt-4.1": ["1", 2]}', "['openai/gpt-4.1'][0] (input): expected USD"),
+        ('{"openai/gpt-4.1": 1.5}', "['openai/gpt-4.1']: expected an object"),
+        ('{"openai/gpt-4.1": {"input": 1}}', "['openai/gpt-4.1']: output is required"),
+        (
+            '{"openai/gpt-4.1": {"input": 1, "output": 2, "cache_input": 1}}',
+            "['openai/gpt-4.1']: unknown field 'cache_input'",
+        ),
+        (
+            '{"openai/gpt-4.1": {"input": -1, "output": 2}}',
+            "['openai/gpt-4.1'].input: expected a finite number >= 0, got -1",
+        ),
+        (
+            '{"anthropic/claude-haiku-4-5": {"input": 1, "output": true}}',
+            "['anthropic/claude-haiku-4-5'].output: expected USD per 1M tokens",
+        ),
+        (
+            '{"openai/gpt-4.1": {"input": 1, "output": 2, "realtime_cached_input": "x"}}',
+            "['openai/gpt-4.1'].realtime_cached_input: expected USD",
+        ),
+        (
+            '{"openai/gpt-4.1": {"input": 1, "output": 2, "max_output_tokens": 0}}',
+            "['openai/gpt-4.1'].max_output_tokens: expected a whole number",
+        ),
+        (
+            '{"openai/gpt-4.1": {"input": 1, "output": 2, "max_output_tokens": 1.5}}',
+            "['openai/gpt-4.1'].max_output_tokens: expected a whole number",
+        ),
+    ],
+)
+def test_bad_overrides_name_the_model_and_the_field(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_prices(raw)
+    assert message in str(caught.value)
+
+
+def test_settings_carry_the_override_to_the_deps() -> None:
+    env = {
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "BATCHLINE_INPUT_BUCKET": "i",
+        "BATCHLINE_OUTPUT_BUCKET": "o",
+        "BATCHLINE_WORK_BUCKET": "w",
+    }
+    assert Settings.from_env(env).prices_json is None
+    raw = '{"openai/gpt-4.1": [0.5, 2]}'
+    settings = Settings.from_env({**env, "BATCHLINE_PRICES": raw})
+    assert settings.prices_json == raw
+    assert load_prices(settings.prices_json)["openai/gpt-4.1"].input == 0.5
+    deps, _, _ = make_deps()
+    assert deps.prices == PRICES and deps.prices is not PRICES
