@@ -775,6 +775,24 @@ def test_api_get_of_an_unknown_job_is_404(functions: Functions) -> None:
             "options.model",
             id="model not a string",
         ),
+        pytest.param(
+            {"requests": [request_line(0)], "options": {"response_schema": {"type": "objekt"}}},
+            {},
+            "options.response_schema",
+            id="schema not JSON Schema",
+        ),
+        pytest.param(
+            {"requests": [request_line(0)], "options": {"max_repair_attempts": -1}},
+            {},
+            "options.max_repair_attempts",
+            id="repairs negative",
+        ),
+        pytest.param(
+            {"requests": [request_line(0)], "options": {"max_cost_usd": "lots"}},
+            {},
+            "options.max_cost_usd",
+            id="budget not a number",
+        ),
     ],
 )
 def test_api_rejects_a_malformed_post_with_400_naming_the_problem(

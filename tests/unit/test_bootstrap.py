@@ -44,7 +44,7 @@ def test_the_registry_runs_every_enabled_provider() -> None:
         max_line_bytes=1000,
     )
     assert isinstance(request, Request)
-    encoded = orjson.loads(deps.encoder("anthropic")(request))
+    encoded = deps.encoder("anthropic")(request)
     assert encoded["params"]["max_tokens"] == 64
     clients = default_providers(settings, deps.blobs)
     client = clients.get("anthropic")

@@ -14,7 +14,9 @@ def request(line: int, model: str = "gpt-4o-mini", text: str = "hello") -> Reque
 
 
 def planner(max_requests: int = 3, max_bytes: int = 10_000) -> ChunkPlanner:
-    return ChunkPlanner(lambda _: ChunkLimits(max_requests, max_bytes), lambda _: openai.encode)
+    return ChunkPlanner(
+        lambda _: ChunkLimits(max_requests, max_bytes), lambda _: openai.encode_line
+    )
 
 
 def test_chunks_cut_at_request_limit_per_model() -> None:
@@ -73,13 +75,13 @@ def test_encoded_line_uses_batchline_id_and_chat_endpoint() -> None:
 
 def test_the_byte_limit_counts_the_provider_envelope() -> None:
     """Anthropic's limit is on the request body: the payload plus its {"requests":[...]}."""
-    encode = anthropic.make_encoder(100)
+    encode = anthropic.make_line_encoder(100)
 
     def anthropic_request(line: int) -> Request:
         messages = [{"role": "user", "content": "hello"}]
         return Request(line, None, "anthropic", "claude-haiku-4-5", params={"messages": messages})
 
-    size = len(encode(anthropic_request(1)))
+    size = len(anthropic.encode(anthropic_request(1), 100))
     body_limit = 3 * size + anthropic.ENVELOPE_BYTES
     limits = ChunkLimits(100, body_limit, envelope_bytes=anthropic.ENVELOPE_BYTES)
     p = ChunkPlanner(lambda _: limits, lambda _: encode)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from batchline.config import ChunkLimits
 from batchline.domain.requests import Request
 
-Encoder = Callable[[Request], bytes]
+#: A request as one line of its provider's batch input, as an object (dumped here).
+Encoder = Callable[[Request], dict[str, Any]]
+#: Sees each request with its encoded line (the pre-submit estimate counts them).
+Observer = Callable[[Request, dict[str, Any]], None]
 
 
 @dataclass
@@ -39,10 +43,14 @@ class RequestTooLarge(ValueError):
 
 class ChunkPlanner:
     def __init__(
-        self, limits: Callable[[str], ChunkLimits], encoders: Callable[[str], Encoder]
+        self,
+        limits: Callable[[str], ChunkLimits],
+        encoders: Callable[[str], Encoder],
+        observe: Observer | None = None,
     ) -> None:
         self._limits = limits
         self._encoders = encoders
+        self._observe = observe
         self._open: dict[tuple[str, str], PlannedChunk] = {}
         self._per_provider: dict[str, tuple[ChunkLimits, Encoder]] = {}
 
@@ -54,7 +62,10 @@ class ChunkPlanner:
             known = (self._limits(request.provider), self._encoders(request.provider))
             self._per_provider[request.provider] = known
         limits, encode = known
-        encoded = encode(request)
+        line = encode(request)
+        if self._observe is not None:
+            self._observe(request, line)
+        encoded = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
         room = limits.max_bytes - limits.envelope_bytes
         if len(encoded) > room:
             raise RequestTooLarge(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from batchline.domain.models import ProviderResult, ResultStatus
-from batchline.domain.pricing import REALTIME_FACTOR, Price, batch_cost
+from batchline.domain.pricing import Price, price_for
+from batchline.domain.pricing import cost as line_cost
 from batchline.domain.requests import InvalidLine
 from batchline.domain.schemas import Violation
 
@@ -35,8 +37,9 @@ def provider_result_line(
     """
     usage = result.usage
     cost = None
-    if usage is not None:
-        cost = batch_cost(prices, provider, model, usage["input_tokens"], usage["output_tokens"])
+    price = price_for(prices, provider, model)
+    if usage is not None and price is not None:
+        cost = line_cost(price, usage).batch_usd
     status = result.status
     error = result.error
     output = None
@@ -160,13 +163,14 @@ class Tally:
     errors: dict[str, int] = field(default_factory=dict)  # error type -> lines
     reasked: int = 0  # lines answered more than once
 
-    def add(self, record: dict[str, Any]) -> None:
-        self._count(record, 1)
+    def add(self, record: dict[str, Any], prices: Mapping[str, Price] | None = None) -> None:
+        """Count a line; `prices` give what its usage would have cost in real time."""
+        self._count(record, 1, prices)
 
-    def remove(self, record: dict[str, Any]) -> None:
-        self._count(record, -1)
+    def remove(self, record: dict[str, Any], prices: Mapping[str, Price] | None = None) -> None:
+        self._count(record, -1, prices)
 
-    def _count(self, record: dict[str, Any], sign: int) -> None:
+    def _count(self, record: dict[str, Any], sign: int, prices: Mapping[str, Price] | None) -> None:
         status = record["status"]
         _bump(self.counts, status, sign)
         error = record.get("error")
@@ -186,12 +190,15 @@ class Tally:
         entry["input_tokens"] += sign * usage["input_tokens"]
         entry["output_tokens"] += sign * usage["output_tokens"]
         cost = record.get("cost_usd")
-        if cost is None:
+        price = price_for(prices, record["provider"], record["model"]) if prices else None
+        if cost is None or price is None:
             _bump(self.unpriced, key, sign)
             return
+        realtime = line_cost(price, usage).realtime_usd
         self.cost_usd += sign * cost
-        self.realtime_cost_usd += sign * cost * REALTIME_FACTOR
+        self.realtime_cost_usd += sign * realtime
         entry["cost_usd"] += sign * cost
+        entry["realtime_cost_usd"] = entry.get("realtime_cost_usd", 0.0) + sign * realtime
 
     def merge(self, other: Tally) -> None:
         for status, n in other.counts.items():
@@ -208,7 +215,7 @@ class Tally:
         for key, entry in other.by_model.items():
             mine = self.by_model.setdefault(key, _model_entry())
             for name, value in entry.items():
-                mine[name] += value
+                mine[name] = mine.get(name, 0) + value
 
     @property
     def total(self) -> int:

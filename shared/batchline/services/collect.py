@@ -113,7 +113,9 @@ def collect(deps: Deps, job_id: str) -> Job | None:
         }
         for c in chunks
     ]
-    body = reporting.summary(deps, job, state, tally, provider_batches=batches)
+    body = reporting.summary(
+        deps, job, state, tally, provider_batches=batches, estimate=plan.get("estimate")
+    )
     deps.blobs.write_bytes(
         job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
     )
@@ -223,8 +225,8 @@ def collect_chunk(
             earlier=earlier,
         )
         if entry.get("previous"):
-            tally.remove(entry["previous"])  # the line an earlier round counted
-        tally.add(record)
+            tally.remove(entry["previous"], deps.prices)  # the line an earlier round counted
+        tally.add(record, deps.prices)
         violation = check.violation if check is not None else None
         if violation is not None and len(record["attempts"]) <= checks.max_repairs:
             asks.add(line, entry, record, violation)

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from batchline.bootstrap import Deps
+from batchline.domain.estimate import Estimate
 from batchline.domain.ids import generated_custom_id
 from batchline.domain.lines import UnreadableInput, iter_lines
 from batchline.domain.models import Chunk, Job, JobState, Lease
@@ -44,6 +45,7 @@ class Plan:
     requests: int = 0
     id_collisions: dict[int, str] = field(default_factory=dict)
     invalid_tally: Tally = field(default_factory=Tally)
+    estimate: Estimate = field(default_factory=Estimate)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class Plan:
             "chunks": len(self.chunks),
             "id_collisions": {str(k): v for k, v in self.id_collisions.items()},
             "invalid_tally": self.invalid_tally.to_dict(),
+            "estimate": self.estimate.to_dict(),
         }
 
 
@@ -93,7 +96,34 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
             "lost the planning lease; the new holder carries on", extra=fields(job_id=job_id)
         )
         return None
+    over = over_budget(job, plan.estimate)
+    if over is not None:
+        return reporting.reject(deps, job, over, estimate=plan.estimate.to_dict())
     return _commit(deps, job, plan, owner)
+
+
+def over_budget(job: Job, estimate: Estimate) -> str | None:
+    """Why the job's worst-case estimate breaks its `max_cost_usd`, or None.
+
+    A model without a price cannot be estimated: with a budget set, that rejects the job
+    too (a guard that lets unknown costs through is no guard).
+    """
+    budget = job.options.max_cost_usd
+    if budget is None:
+        return None
+    total = estimate.total_usd
+    if total is None:
+        models = ", ".join(sorted(estimate.unpriced))
+        return (
+            f"max_cost_usd is {budget:g} but the cost cannot be estimated: no price for "
+            f"{models} (add one with BATCHLINE_PRICES)"
+        )
+    if total > budget:
+        return (
+            f"estimated cost ${total:.4f} (worst case: every request writes its max_tokens) "
+            f"exceeds max_cost_usd ${budget:g}; nothing was sent"
+        )
+    return None
 
 
 class LeaseLost(BatchlineError):
@@ -176,8 +206,12 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
     paths = WorkPaths(settings.work_bucket, job.job_id)
     schemas = _schema_context(deps, job)
     used_schemas: dict[str, ResponseSchema] = {}
-    planner = ChunkPlanner(deps.limits, deps.encoder)
-    plan = Plan(chunks=[])
+    plan = Plan(chunks=[], estimate=Estimate(deps.prices))
+    planner = ChunkPlanner(
+        deps.limits,
+        deps.encoder,
+        lambda request, line: plan.estimate.add(request.provider, request.model, line),
+    )
     explicit_ids: dict[str, int] = {}
     generated: list[int] = []
     invalid: list[tuple[InvalidLine, str | None]] = []

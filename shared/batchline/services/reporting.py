@@ -44,10 +44,15 @@ def summary(
     *,
     provider_batches: list[dict[str, Any]] | None = None,
     error: str | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     now = deps.clock.now()
     tally = tally or Tally()
     counts = dict(sorted(tally.counts.items()))
+    warnings = [
+        f"no price for {model}: {n} line(s) have cost_usd null and are left out of the totals"
+        for model, n in sorted(tally.unpriced.items())
+    ]
     return {
         "job_id": job.job_id,
         "state": str(state),
@@ -65,8 +70,12 @@ def summary(
             "saving_usd": round(tally.realtime_cost_usd - tally.cost_usd, 10),
             "prices_as_of": PRICES_AS_OF,
             "unpriced_models": tally.unpriced,
+            "by_provider": _by_provider(tally),
+            "by_model": {key: _costs(entry) for key, entry in sorted(tally.by_model.items())},
         },
         "by_model": tally.by_model,
+        "estimate": estimate,
+        "warnings": warnings,
         "provider_batches": provider_batches or [],
         "timings": {
             "created_at": job.created_at,
@@ -79,10 +88,35 @@ def summary(
     }
 
 
-def reject(deps: Deps, job: Job, reason: str) -> Job | None:
-    """The file cannot be read at all: summary.json says why; nothing reaches a provider."""
+def _costs(entry: dict[str, Any]) -> dict[str, Any]:
+    batch = float(entry.get("cost_usd", 0.0))
+    realtime = float(entry.get("realtime_cost_usd", 0.0))
+    return {
+        "lines": entry["lines"],
+        "input_tokens": entry["input_tokens"],
+        "output_tokens": entry["output_tokens"],
+        "batch_usd": round(batch, 10),
+        "realtime_usd": round(realtime, 10),
+        "saving_usd": round(realtime - batch, 10),
+    }
+
+
+def _by_provider(tally: Tally) -> dict[str, dict[str, Any]]:
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, entry in tally.by_model.items():
+        mine = grouped.setdefault(key.split("/", 1)[0], {})
+        for name in ("lines", "input_tokens", "output_tokens", "cost_usd", "realtime_cost_usd"):
+            mine[name] = mine.get(name, 0) + entry.get(name, 0)
+    return {provider: _costs(entry) for provider, entry in sorted(grouped.items())}
+
+
+def reject(
+    deps: Deps, job: Job, reason: str, *, estimate: dict[str, Any] | None = None
+) -> Job | None:
+    """The job cannot run (unreadable file, bad options, over budget): summary.json says
+    why; nothing reaches a provider."""
     log.warning("rejected", extra=fields(job_id=job.job_id, reason=reason))
-    body = summary(deps, job, JobState.REJECTED, None, error=reason)
+    body = summary(deps, job, JobState.REJECTED, None, error=reason, estimate=estimate)
     deps.blobs.write_bytes(
         job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
     )

@@ -42,7 +42,12 @@ _EXPIRED = {
 
 
 def encode(request: Request, default_max_tokens: int) -> bytes:
-    """One Message Batches request, `{"custom_id", "params"}`, LF-terminated.
+    """One Message Batches request, `{"custom_id", "params"}`, LF-terminated."""
+    return orjson.dumps(encode_line(request, default_max_tokens), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def encode_line(request: Request, default_max_tokens: int) -> dict[str, Any]:
+    """One Message Batches request, `{"custom_id", "params"}`.
 
     Native params pass untouched, except that a missing `max_tokens` (Anthropic requires
     it) gets the deployment's default. batchline lines map `system`, `messages`,
@@ -75,8 +80,7 @@ def encode(request: Request, default_max_tokens: int) -> bytes:
                 }
             ]
             params["tool_choice"] = {"type": "tool", "name": request.schema.name}
-    line = {"custom_id": request_id(request.line), "params": params}
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    return {"custom_id": request_id(request.line), "params": params}
 
 
 TOOL_DESCRIPTION = "Give the answer: its input is the answer, in the required structure."
@@ -95,6 +99,13 @@ def add_repair_turn(line: dict[str, Any], answer: str, feedback: str) -> None:
 def make_encoder(default_max_tokens: int) -> Callable[[Request], bytes]:
     def encode_request(request: Request) -> bytes:
         return encode(request, default_max_tokens)
+
+    return encode_request
+
+
+def make_line_encoder(default_max_tokens: int) -> Callable[[Request], dict[str, Any]]:
+    def encode_request(request: Request) -> dict[str, Any]:
+        return encode_line(request, default_max_tokens)
 
     return encode_request
 

@@ -30,6 +30,11 @@ _LINE_PREFIX = b'{"custom_id":"'
 
 def encode(request: Request) -> bytes:
     """One line of the batch input file, LF-terminated."""
+    return orjson.dumps(encode_line(request), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def encode_line(request: Request) -> dict[str, Any]:
+    """One line of the batch input file, as an object."""
     if request.native is not None:
         body = request.native
     else:
@@ -46,13 +51,12 @@ def encode(request: Request) -> bytes:
             body["stop"] = params["stop"]
         if request.schema is not None:
             body["response_format"] = response_format(request.schema)
-    line = {
+    return {
         "custom_id": request_id(request.line),
         "method": "POST",
         "url": ENDPOINT,
         "body": body,
     }
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def response_format(schema: ResponseSchema) -> dict[str, Any]:

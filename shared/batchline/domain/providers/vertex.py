@@ -97,7 +97,12 @@ def model_path(model: str) -> str:
 
 
 def encode(request: Request) -> bytes:
-    """One line of the batch prediction input file, `{"request": ...}`, LF-terminated.
+    """One line of the batch prediction input file, `{"request": ...}`, LF-terminated."""
+    return orjson.dumps(encode_line(request), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def encode_line(request: Request) -> dict[str, Any]:
+    """One line of the batch prediction input file, `{"request": ...}`.
 
     Native requests pass untouched but for the request id label. batchline lines map
     `messages` to `contents` (`assistant` becomes Gemini's `model`; `system` messages join
@@ -115,7 +120,7 @@ def encode(request: Request) -> bytes:
             config["responseMimeType"] = "application/json"
             config["responseJsonSchema"] = request.schema.schema
         body["labels"] = {REQUEST_ID_LABEL: rid}
-    return orjson.dumps({"request": body}, option=orjson.OPT_APPEND_NEWLINE)
+    return {"request": body}
 
 
 def add_repair_turn(line: dict[str, Any], answer: str, feedback: str) -> None:
