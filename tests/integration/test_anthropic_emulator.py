@@ -7,6 +7,7 @@ own types, strictly (no unknown field, none missing): `served()` collects them.
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types import ToolUseBlock
 from anthropic.types.messages import (
     DeletedMessageBatch,
     MessageBatch,
@@ -27,6 +29,7 @@ from batchline.local.emulators.anthropic import CONTENT_PREFIX, EmulatorConfig, 
 
 from .anthropic_types import model_problems
 from .conftest import AnthropicEmulatorHandle
+from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 
 pytestmark = pytest.mark.integration
 
@@ -555,3 +558,162 @@ def test_command_line_serves_until_terminated(tmp_path: Any) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+# --------------------------------------------------------------------------- structured outputs
+
+RECIPE_TOOL = {
+    "name": "record_recipe",
+    "description": "Record the recipe.",
+    "input_schema": RECIPE_SCHEMA,
+}
+
+
+def tool_request(
+    custom_id: str, text: str, *, reask: bool = False, choice: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A request forcing the recipe tool; a re-ask carries an earlier answer and feedback."""
+    r = request(
+        custom_id,
+        text,
+        tools=[RECIPE_TOOL],
+        tool_choice=choice or {"type": "tool", "name": "record_recipe"},
+    )
+    if reask:
+        r["params"]["messages"] += [
+            {"role": "assistant", "content": '{"title": 7}'},
+            {"role": "user", "content": "servings is required and title must be a string."},
+        ]
+    return r
+
+
+def tool_answer_kind(message: dict[str, Any]) -> str:
+    """valid / wrong_type / missing_field for a tool_use answer, not_json for a text one."""
+    block = message["content"][0]
+    if block["type"] == "text":
+        assert message["stop_reason"] == "end_turn"
+        return "not_json"
+    assert block["type"] == "tool_use" and message["stop_reason"] == "tool_use"
+    return answer_kind(json.dumps(block["input"]), RECIPE_SCHEMA)
+
+
+def run_ended(client: anthropic.Anthropic, served: Served, reqs: list[Any]) -> dict[str, Any]:
+    created = raw(client, served, MessageBatch, lambda r: r.create(requests=reqs))
+    batch, _ = wait_ended(client, served, created.id)
+    return {line["custom_id"]: line["result"] for line in results(client, served, batch.id)}
+
+
+def test_a_forced_tool_is_answered_with_a_tool_use_block(
+    client: anthropic.Anthropic, served: Served
+) -> None:
+    reqs = [tool_request(f"t{i}", f"A recipe with {i} eggs") for i in range(6)]
+    reqs.append(tool_request("any", "Any tool will do", choice={"type": "any"}))
+    reqs += [tool_request(f"r{i}", "A recipe again", reask=True) for i in range(2)]
+    cut = tool_request("cut", "A recipe, briefly")
+    cut["params"]["max_tokens"] = 5
+    reqs.append(cut)
+    auto = request("auto", "Talk or call", tools=[RECIPE_TOOL], tool_choice={"type": "auto"})
+    reqs += [auto, request("plain", "Just talk")]
+    by_id = run_ended(client, served, reqs)
+    assert {r["type"] for r in by_id.values()} == {"succeeded"}
+
+    kinds = {}
+    for cid in [*(f"t{i}" for i in range(6)), "any", "r0", "r1"]:
+        message = by_id[cid]["message"]
+        kinds[cid] = tool_answer_kind(message)
+        (block,) = message["content"]
+        assert block["id"].startswith("toolu_") and block["name"] == "record_recipe"
+        assert block["caller"] == {"type": "direct"}
+        text = json.dumps(block["input"], separators=(",", ":"))
+        assert message["usage"]["output_tokens"] == math.ceil(len(text) / 4)
+        assert message["usage"]["input_tokens"] > by_id["plain"]["message"]["usage"]["input_tokens"]
+        assert (
+            model_problems(MessageBatchIndividualResponse, {"custom_id": cid, "result": by_id[cid]})
+            == []
+        )
+    assert_kinds(kinds, "valid")
+    inputs = [by_id[f"t{i}"]["message"]["content"][0]["input"] for i in range(6)]
+    assert len({json.dumps(i, sort_keys=True) for i in inputs}) == 6
+    for value in inputs:
+        Recipe.model_validate(value)
+
+    cut_message = by_id["cut"]["message"]
+    assert cut_message["stop_reason"] == "max_tokens"
+    assert cut_message["content"][0]["input"] == {} and cut_message["usage"]["output_tokens"] == 5
+    for cid in ("auto", "plain"):
+        message = by_id[cid]["message"]
+        assert message["stop_reason"] == "end_turn"
+        assert message["content"][0]["text"].startswith(CONTENT_PREFIX)
+
+    # The SDK reads the same results as its own typed blocks.
+    batch_id = client.messages.batches.list(limit=1).data[0].id
+    typed = {line.custom_id: line.result for line in client.messages.batches.results(batch_id)}
+    block = typed["t0"].message.content[0]  # type: ignore[union-attr]
+    assert isinstance(block, ToolUseBlock) and block.input == inputs[0]
+
+
+def test_invalid_answer_rate_spoils_first_tool_answers_only(
+    client: anthropic.Anthropic, served: Served, anthropic_emulator: AnthropicEmulatorHandle
+) -> None:
+    anthropic_emulator.admin({"invalid_answer_rate": 1.0})
+    reqs = [tool_request(f"f{i}", f"Recipe {i}") for i in range(9)]
+    reqs += [tool_request(f"r{i}", f"Recipe {i}", reask=True) for i in range(3)]
+    reqs.append(request("plain", "Just talk"))
+    by_id = run_ended(client, served, reqs)
+    first = {f"f{i}": tool_answer_kind(by_id[f"f{i}"]["message"]) for i in range(9)}
+    assert_kinds(first, "invalid")
+    assert Counter(first.values()) == {"wrong_type": 3, "missing_field": 3, "not_json": 3}
+    for cid, kind in first.items():
+        message = by_id[cid]["message"]
+        if kind == "not_json":
+            text = message["content"][0]["text"]
+            assert message["usage"]["output_tokens"] == math.ceil(len(text) / 4)
+            with pytest.raises(ValueError):
+                json.loads(text)
+    reasks = {f"r{i}": tool_answer_kind(by_id[f"r{i}"]["message"]) for i in range(3)}
+    assert_kinds(reasks, "valid")
+    assert by_id["plain"]["message"]["content"][0]["text"].startswith(CONTENT_PREFIX)
+
+
+def test_invalid_answer_rate_picks_by_custom_id(
+    client: anthropic.Anthropic, served: Served, anthropic_emulator: AnthropicEmulatorHandle
+) -> None:
+    reqs = [tool_request(f"p{i:02d}", "Recipe") for i in range(40)]
+
+    def invalid_ids(by_id: dict[str, Any]) -> set[str]:
+        return {cid for cid, r in by_id.items() if tool_answer_kind(r["message"]) != "valid"}
+
+    assert invalid_ids(run_ended(client, served, reqs)) == set()  # the default is 0
+    anthropic_emulator.admin({"invalid_answer_rate": 0.5})
+    picked = invalid_ids(run_ended(client, served, reqs))
+    assert 8 < len(picked) < 32
+    assert invalid_ids(run_ended(client, served, reqs[::-1])) == picked
+
+
+def test_tools_and_tool_choice_are_checked_later(
+    client: anthropic.Anthropic, served: Served
+) -> None:
+    tool = RECIPE_TOOL
+    bad: dict[str, dict[str, Any]] = {
+        "unknown-tool": {"tools": [tool], "tool_choice": {"type": "tool", "name": "nope"}},
+        "no-schema": {"tools": [{"name": "x"}], "tool_choice": {"type": "any"}},
+        "array-schema": {"tools": [{"name": "x", "input_schema": {"type": "array"}}]},
+        "no-tools": {"tool_choice": {"type": "any"}},
+        "bad-choice": {"tools": [tool], "tool_choice": {"type": "always"}},
+        "bad-name": {"tools": [{**tool, "name": "has space"}]},
+    }
+    reqs = [request(cid, "x", **params) for cid, params in bad.items()]
+    by_id = run_ended(client, served, reqs)
+    expected_field = {
+        "unknown-tool": "tool_choice.tool.name",
+        "no-schema": "tools.0.custom.input_schema",
+        "array-schema": "tools.0.custom.input_schema.type",
+        "no-tools": "tool_choice",
+        "bad-choice": "tool_choice",
+        "bad-name": "tools.0.custom.name",
+    }
+    for cid, field_name in expected_field.items():
+        result = by_id[cid]
+        assert result["type"] == "errored", (cid, result)
+        assert result["error"]["error"]["type"] == "invalid_request_error"
+        assert field_name in result["error"]["error"]["message"], (cid, result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -18,12 +19,15 @@ import openai
 import pytest
 import yaml
 from openai import OpenAI
+from openai.types.chat import ChatCompletion
 from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
+
+from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 
 pytestmark = pytest.mark.integration
 
@@ -808,3 +812,144 @@ def test_every_response_is_marked(client: OpenAI, openai_emulator: Any) -> None:
     assert body["error"]["type"] == "invalid_request_error"
     status, headers, body = raw_request(f"{openai_emulator.root_url}/")  # health, no auth
     assert status == 200 and headers["x-emulator"] == "batchline-openai" and body["ok"] is True
+
+
+# --------------------------------------------------------------------------- structured outputs
+
+
+def schema_line(
+    custom_id: str, text: str, schema: dict[str, Any] | None = RECIPE_SCHEMA, *, reask: bool = False
+) -> dict[str, Any]:
+    """A chat line asking for JSON: `response_format` json_schema, or json_object when
+    `schema` is None; a re-ask carries an earlier (wrong) answer and the feedback."""
+    fmt: dict[str, Any] = {"type": "json_object"}
+    if schema is not None:
+        fmt = {"type": "json_schema", "json_schema": {"name": "recipe", "schema": schema}}
+    line = chat_line(custom_id, text, response_format=fmt)
+    if reask:
+        line["body"]["messages"] += [
+            {"role": "assistant", "content": '{"title": 7}'},
+            {"role": "user", "content": "servings is required and title must be a string."},
+        ]
+    return line
+
+
+def answers(outputs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["custom_id"]: r["response"]["body"] for r in outputs}
+
+
+def content_of(body: dict[str, Any]) -> str:
+    text: str = body["choices"][0]["message"]["content"]
+    return text
+
+
+def test_structured_outputs_answer_json_valid_for_the_schema(client: OpenAI) -> None:
+    lines = [schema_line(f"s{i}", f"A recipe with {i} eggs") for i in range(6)]
+    lines += [schema_line(f"j{i}", f"Reply in JSON, please ({i})", None) for i in range(2)]
+    lines += [schema_line(f"r{i}", "A recipe again", reask=True) for i in range(2)]
+    lines.append(chat_line("plain", "Just talk"))
+    batch, outputs, errors = run(client, lines)
+    assert batch.status == "completed" and errors == []
+    bodies = answers(outputs)
+    kinds = {}
+    for line in lines:
+        body = bodies[line["custom_id"]]
+        assert_valid("CreateChatCompletionResponse", body)
+        assert ChatCompletion.model_validate(body).choices[0].message.content == content_of(body)
+        if line["custom_id"] == "plain":
+            assert content_of(body).startswith(CONTENT_PREFIX)
+            continue
+        fmt = line["body"]["response_format"]
+        kinds[line["custom_id"]] = answer_kind(
+            content_of(body), fmt.get("json_schema", {}).get("schema")
+        )
+        assert body["choices"][0]["finish_reason"] == "stop"
+        usage = body["usage"]
+        assert usage["completion_tokens"] == math.ceil(len(content_of(body)) / 4)
+        assert usage["prompt_tokens"] > bodies["plain"]["usage"]["prompt_tokens"]
+    assert_kinds(kinds, "valid")
+    recipes = [Recipe.model_validate_json(content_of(bodies[f"s{i}"])) for i in range(6)]
+    assert len({r.model_dump_json() for r in recipes}) == 6  # each request its own value
+    assert set(json.loads(content_of(bodies["j0"]))) == {"answer"}
+
+    # Same requests, same answers.
+    _, again, _ = run(client, lines)
+    assert {k: content_of(v) for k, v in answers(again).items()} == {
+        k: content_of(v) for k, v in bodies.items()
+    }
+
+
+def test_invalid_answer_rate_spoils_first_answers_only(
+    client: OpenAI, openai_emulator: Any
+) -> None:
+    assert openai_emulator.admin({"invalid_answer_rate": 1.0})["invalid_answer_rate"] == 1.0
+    lines = [schema_line(f"f{i}", f"Recipe {i}") for i in range(9)]
+    lines += [schema_line(f"j{i}", f"JSON {i}", None) for i in range(3)]
+    lines += [schema_line(f"r{i}", f"Recipe {i}", reask=True) for i in range(3)]
+    lines.append(chat_line("plain", "Just talk"))
+    batch, outputs, errors = run(client, lines)
+    assert batch.status == "completed" and errors == []
+    bodies = answers(outputs)
+    first = {f"f{i}": answer_kind(content_of(bodies[f"f{i}"]), RECIPE_SCHEMA) for i in range(9)}
+    assert_kinds(first, "invalid")
+    assert Counter(first.values()) == {"wrong_type": 3, "missing_field": 3, "not_json": 3}
+    json_mode = {f"j{i}": answer_kind(content_of(bodies[f"j{i}"]), None) for i in range(3)}
+    assert "valid" not in json_mode.values() and "not_json" in json_mode.values()
+    reasks = {f"r{i}": answer_kind(content_of(bodies[f"r{i}"]), RECIPE_SCHEMA) for i in range(3)}
+    assert_kinds(reasks, "valid")
+    assert content_of(bodies["plain"]).startswith(CONTENT_PREFIX)
+    for body in bodies.values():
+        assert_valid("CreateChatCompletionResponse", body)
+        assert body["choices"][0]["finish_reason"] == "stop"
+        assert body["usage"]["completion_tokens"] == math.ceil(len(content_of(body)) / 4)
+
+
+def test_invalid_answer_rate_picks_by_custom_id(
+    client: OpenAI, openai_emulator: Any, manual: Callable[..., tuple[OpenAI, ManualClock]]
+) -> None:
+    lines = [schema_line(f"p{i:02d}", "Recipe") for i in range(40)]
+    openai_emulator.admin({"invalid_answer_rate": 0.5})
+
+    def invalid_ids(outputs: list[dict[str, Any]]) -> set[str]:
+        return {
+            cid
+            for cid, body in answers(outputs).items()
+            if answer_kind(content_of(body), RECIPE_SCHEMA) != "valid"
+        }
+
+    picked = invalid_ids(run(client, lines)[1])
+    assert 8 < len(picked) < 32
+    assert invalid_ids(run(client, lines[::-1])[1]) == picked  # by custom_id, not position
+
+    # The constructor takes it too; the default is 0: every answer valid.
+    mclient, clock = manual(invalid_answer_rate=0.5, validating_seconds=0, finalizing_seconds=0)
+    batch = create(mclient, upload(mclient, lines))
+    clock.now += 60
+    done = mclient.batches.retrieve(batch.id)
+    assert invalid_ids(read_jsonl(mclient, done.output_file_id)) == picked
+    openai_emulator.reset()
+    assert invalid_ids(run(client, lines)[1]) == set()
+    with pytest.raises(urllib.error.HTTPError):
+        openai_emulator.admin({"invalid_answer_rate": 1.5})
+
+
+def test_malformed_response_format_fails_the_line(client: OpenAI) -> None:
+    bad = {
+        "no-name": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},
+        "bad-type": {"type": "xml"},
+        "no-spec": {"type": "json_schema"},
+        "schema-not-object": {"type": "json_schema", "json_schema": {"name": "x", "schema": 3}},
+    }
+    lines = [chat_line(cid, "x", response_format=fmt) for cid, fmt in bad.items()]
+    lines.append(chat_line("text", "x", response_format={"type": "text"}))
+    _, outputs, errors = run(client, lines)
+    assert [r["custom_id"] for r in outputs] == ["text"]
+    assert content_of(outputs[0]["response"]["body"]).startswith(CONTENT_PREFIX)
+    params = {e["custom_id"]: e["response"]["body"]["error"]["param"] for e in errors}
+    assert params == {
+        "no-name": "response_format.json_schema.name",
+        "bad-type": "response_format.type",
+        "no-spec": "response_format.json_schema",
+        "schema-not-object": "response_format.json_schema.schema",
+    }
+    assert {e["response"]["status_code"] for e in errors} == {400}

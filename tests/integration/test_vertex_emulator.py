@@ -3,6 +3,7 @@ transport), and every object it serves checked strictly against the SDK's protos
 
 from __future__ import annotations
 
+import math
 import time
 import urllib.request
 from collections import Counter
@@ -24,6 +25,7 @@ from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.vertex import EmulatorConfig, make_app
 
 from .conftest import FAST_VERTEX_CONFIG, VertexEmulatorHandle
+from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 from .vertex_types import message_problems, request_line_problems, row_problems
 
 pytestmark = pytest.mark.integration
@@ -430,3 +432,155 @@ def test_request_line_check_catches_what_vertex_would_refuse() -> None:
     assert request_line_problems({"request": {"contents": [], "x": 1}})
     assert request_line_problems({**line("x", 1), "key": "k"})
     assert request_line_problems(line("x", 1, labels={"Team": "a"}))
+
+
+# --------------------------------------------------------------------------- structured outputs
+
+#: Recipe in Google's OpenAPI subset (int64 limits as strings, as the REST API sends them).
+GOOGLE_RECIPE = {
+    "type": "OBJECT",
+    "properties": {
+        "title": {"type": "STRING", "minLength": "3"},
+        "servings": {"type": "INTEGER", "minimum": 1, "maximum": 12},
+        "cuisine": {"type": "STRING", "format": "enum", "enum": ["italian", "thai", "mexican"]},
+        "vegetarian": {"type": "BOOLEAN"},
+        "ingredients": {
+            "type": "ARRAY",
+            "minItems": "1",
+            "items": {
+                "type": "OBJECT",
+                "properties": {
+                    "name": {"type": "STRING"},
+                    "grams": {"type": "INTEGER", "minimum": 1, "maximum": 5000},
+                },
+                "required": ["name", "grams"],
+            },
+        },
+        "rating": {"type": "NUMBER", "nullable": True, "minimum": 0, "maximum": 5},
+    },
+    "required": ["title", "servings", "cuisine", "vegetarian", "ingredients"],
+    "propertyOrdering": ["vegetarian", "title", "servings", "cuisine", "ingredients", "rating"],
+}
+
+
+def json_line(text: str, n: int, *, reask: bool = False, **config: Any) -> dict[str, Any]:
+    """A line asking for JSON (responseJsonSchema unless `config` says otherwise); a re-ask
+    carries an earlier (wrong) model answer and the feedback."""
+    config = config or {"responseJsonSchema": RECIPE_SCHEMA}
+    result = line(text, n, generationConfig={"responseMimeType": "application/json", **config})
+    if reask:
+        result["request"]["contents"] += [
+            {"role": "model", "parts": [{"text": '{"title": 7}'}]},
+            {"role": "user", "parts": [{"text": "servings is required, title a string."}]},
+        ]
+    return result
+
+
+def answers_by_id(emulator: VertexEmulatorHandle, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    done = wait_ended(emulator, create(emulator, lines).name)[-1]
+    _, rows = rows_of(emulator, done)
+    assert all(row_problems(r) == [] for r in rows), [row_problems(r) for r in rows]
+    return {r["request"]["labels"]["batchline_request_id"]: r for r in rows}
+
+
+def text_of(row: dict[str, Any]) -> str:
+    text: str = row["response"]["candidates"][0]["content"]["parts"][0]["text"]
+    return text
+
+
+def test_json_mode_answers_json_valid_for_the_schema(vertex_emulator: VertexEmulatorHandle) -> None:
+    lines = [json_line(f"A recipe with {i} eggs", i) for i in range(1, 5)]
+    lines += [json_line("Google's schema", i, responseSchema=GOOGLE_RECIPE) for i in (5, 6)]
+    lines.append(json_line("Any JSON", 7, responseMimeType="application/json"))
+    lines.append(line("Proto names", 8, generation_config={
+        "response_mime_type": "application/json", "response_json_schema": RECIPE_SCHEMA
+    }))  # fmt: skip
+    lines.append(line("Pick one", 9, generationConfig={
+        "responseMimeType": "text/x.enum",
+        "responseSchema": {"type": "STRING", "format": "enum", "enum": ["yes", "no"]},
+    }))  # fmt: skip
+    lines += [json_line("A recipe again", i, reask=True) for i in (10, 11)]
+    lines.append(line("Just talk", 12, generationConfig={"stopSequences": ["nothing"]}))
+    rows = answers_by_id(vertex_emulator, lines)
+    schema_ids = ["bl-1", "bl-2", "bl-3", "bl-4", "bl-5", "bl-6", "bl-8", "bl-10", "bl-11"]
+    kinds = {rid: answer_kind(text_of(rows[rid]), RECIPE_SCHEMA) for rid in schema_ids}
+    assert_kinds(kinds, "valid")
+    for rid in schema_ids:
+        Recipe.model_validate_json(text_of(rows[rid]))
+        usage = rows[rid]["response"]["usageMetadata"]
+        assert usage["candidatesTokenCount"] == math.ceil(len(text_of(rows[rid])) / 4)
+        assert (
+            usage["promptTokenCount"]
+            > rows["bl-12"]["response"]["usageMetadata"]["promptTokenCount"]
+        )
+        assert rows[rid]["response"]["candidates"][0]["finishReason"] == "STOP"
+    assert list(orjson.loads(text_of(rows["bl-5"])))[:2] == ["vegetarian", "title"]
+    assert answer_kind(text_of(rows["bl-7"]), None) == "valid"
+    assert text_of(rows["bl-9"]) in ("yes", "no")
+    assert text_of(rows["bl-12"]).startswith("[batchline vertex emulator]")
+    recipes = {text_of(rows[rid]) for rid in schema_ids}
+    assert len(recipes) == len(schema_ids)  # each request its own value
+
+    again = answers_by_id(vertex_emulator, lines)
+    assert {k: text_of(v) for k, v in again.items()} == {k: text_of(v) for k, v in rows.items()}
+
+
+def test_invalid_answer_rate_spoils_first_answers_only(
+    vertex_emulator: VertexEmulatorHandle,
+) -> None:
+    vertex_emulator.admin({"invalid_answer_rate": 1.0})
+    lines = [json_line(f"Recipe {i}", i) for i in range(1, 10)]
+    lines += [json_line(f"Recipe {i}", i, reask=True) for i in range(10, 13)]
+    lines.append(line("Just talk", 13))
+    rows = answers_by_id(vertex_emulator, lines)
+    first = {f"bl-{i}": answer_kind(text_of(rows[f"bl-{i}"]), RECIPE_SCHEMA) for i in range(1, 10)}
+    assert_kinds(first, "invalid")
+    assert Counter(first.values()) == {"wrong_type": 3, "missing_field": 3, "not_json": 3}
+    reasks = {rid: answer_kind(text_of(rows[rid]), RECIPE_SCHEMA) for rid in ("bl-10", "bl-11")}
+    assert_kinds(reasks, "valid")
+    assert text_of(rows["bl-13"]).startswith("[batchline vertex emulator]")
+    for i in range(1, 10):
+        usage = rows[f"bl-{i}"]["response"]["usageMetadata"]
+        assert usage["candidatesTokenCount"] == math.ceil(len(text_of(rows[f"bl-{i}"])) / 4)
+
+
+def test_invalid_answer_rate_picks_by_request_id(vertex_emulator: VertexEmulatorHandle) -> None:
+    lines = [json_line("Recipe", i) for i in range(1, 41)]
+
+    def invalid_ids(rows: dict[str, Any]) -> set[str]:
+        return {rid for rid, r in rows.items() if answer_kind(text_of(r), RECIPE_SCHEMA) != "valid"}
+
+    assert invalid_ids(answers_by_id(vertex_emulator, lines)) == set()  # the default is 0
+    vertex_emulator.admin({"invalid_answer_rate": 0.5})
+    picked = invalid_ids(answers_by_id(vertex_emulator, lines))
+    assert 8 < len(picked) < 32
+    assert invalid_ids(answers_by_id(vertex_emulator, lines[::-1])) == picked
+
+    # Without the label a row is named by its position and content: still deterministic.
+    unlabeled = [json_line("Recipe", i) for i in range(1, 21)]
+    for entry in unlabeled:
+        del entry["request"]["labels"]
+    texts = []
+    for _ in range(2):
+        done = wait_ended(vertex_emulator, create(vertex_emulator, unlabeled).name)[-1]
+        _, rows = rows_of(vertex_emulator, done)
+        texts.append(sorted(text_of(r) for r in rows))
+    assert texts[0] == texts[1]
+    assert 0 < sum(answer_kind(t, RECIPE_SCHEMA) != "valid" for t in texts[0]) < 20
+
+
+def test_schema_settings_are_checked(vertex_emulator: VertexEmulatorHandle) -> None:
+    lines = [
+        line("no mime", 1, generationConfig={"responseJsonSchema": RECIPE_SCHEMA}),
+        json_line("both", 2, responseJsonSchema=RECIPE_SCHEMA, responseSchema=GOOGLE_RECIPE),
+        json_line("fine", 3),
+    ]
+    done = wait_ended(vertex_emulator, create(vertex_emulator, lines).name)[-1]
+    assert done.state == JobState.JOB_STATE_PARTIALLY_SUCCEEDED
+    _, rows = rows_of(vertex_emulator, done)
+    failed = {
+        r["request"]["labels"]["batchline_request_id"]: r["status"] for r in rows if r["status"]
+    }
+    assert set(failed) == {"bl-1", "bl-2"}
+    assert "responseMimeType" in failed["bl-1"] and "INVALID_ARGUMENT" in failed["bl-1"]
+    assert "cannot both be set" in failed["bl-2"]

@@ -38,6 +38,17 @@ Answers: a ``Message`` whose one text block starts with ``[batchline anthropic e
 and quotes the last user message; ``max_tokens`` cuts it (``stop_reason: max_tokens``), a
 stop sequence it contains ends it (``stop_sequence``); usage from ~4 characters a token.
 
+Structured outputs (a forced tool): with ``tools: [{"name", "description"?,
+"input_schema"}]`` and ``tool_choice: {"type": "tool", "name"}`` (or ``{"type": "any"}``:
+the first custom tool) the ``content`` is one ``tool_use`` block (``toolu_...`` id, the
+tool's name, ``input`` generated for its ``input_schema``, deterministic: see
+`batchline.local.emulators._answers`) and ``stop_reason`` is ``tool_use``. The tool
+definitions count as input tokens, the input's JSON text as output tokens; when that
+passes ``max_tokens`` the call is cut off (``max_tokens``, an empty ``input``). Tools and
+tool_choice are checked like the other params (an ``errored`` result naming the field):
+a custom tool needs a name and an ``input_schema`` of type ``object``, a forced tool must
+be one of ``tools``.
+
 Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``):
 
 - marker ``[emulator:fail=NNN]`` (400..599) in the last user message: that request is
@@ -46,6 +57,16 @@ Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``)
   ``[emulator:fail=expired]``: it comes back ``expired``.
 - ``errored_rate`` / ``expired_rate``: that fraction of requests (a seeded hash of the
   custom_id) is ``errored`` (``api_error``) / ``expired``.
+- ``invalid_answer_rate``: that fraction of forced-tool *first answers* (a seeded hash of
+  the custom_id) does not fit the tool's ``input_schema``; the kinds cycle, in input
+  order, through ``wrong_type`` (a property of a type the schema refuses),
+  ``missing_field`` (a required property left out; ``wrong_type`` when none is required)
+  and ``not_json`` (a ``text`` block instead of the ``tool_use``, ``stop_reason:
+  end_turn``). A first answer is one to a conversation with no ``assistant`` message; a
+  re-ask (the conversation carries an earlier assistant turn, as batchline's repair does)
+  is always answered validly: the model corrects itself when told what was wrong. Set it
+  with ``EmulatorConfig(invalid_answer_rate=0.2)``, ``--config-json
+  '{"invalid_answer_rate": 0.2}'`` or ``POST /_emulator/config``.
 - ``api_error_rate`` / ``api_error_next`` with ``api_error_status`` (429, 500, 529, ...):
   that fraction of ``/v1`` calls (a seeded sequence), or the next N calls, answer with
   that error, with ``retry-after: 0`` and ``retry-after-ms``.
@@ -85,6 +106,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from batchline.local.emulators._answers import InvalidAnswers, structured_answer
 from batchline.local.emulators._common import (
     ConfigRules,
     fraction,
@@ -109,6 +131,8 @@ CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 OLDEST_VERSION = "2023-06-01"
 FAIL_MARKER = re.compile(r"\[emulator:fail=(\d{3}|expired)\]")
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+TOOL_CHOICES = ("auto", "any", "tool", "none")
 
 #: Keys of the SDK's MessageCreateParamsNonStreaming.
 PARAM_KEYS = frozenset(
@@ -208,6 +232,9 @@ class EmulatorConfig:
     max_bytes: int = 256_000_000
     #: Size of the parts the results are streamed in.
     results_part_bytes: int = 64 * 1024
+    #: Fraction of forced-tool first answers (picked by a seeded hash of the custom_id)
+    #: that are invalid for the tool's input_schema.
+    invalid_answer_rate: float = 0.0
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -232,6 +259,7 @@ _CONFIG_RULES: ConfigRules = {
     "max_requests": (int, False, 1, None),
     "max_bytes": (int, False, 1, None),
     "results_part_bytes": (int, False, 1, None),
+    "invalid_answer_rate": (float, False, 0, 1),
 }
 
 
@@ -335,6 +363,64 @@ def check_params(params: dict[str, Any]) -> str | None:
         for key in metadata:
             if key != "user_id":
                 return f"metadata.{key}: Extra inputs are not permitted"
+    return _check_tools(params.get("tools"), params.get("tool_choice"))
+
+
+def _check_tools(tools: Any, choice: Any) -> str | None:
+    """What is wrong with `tools` and `tool_choice`. Only custom tools are checked; server
+    tools, which have a `type` of their own, are let through."""
+    names: list[str] = []
+    if tools is not None:
+        if not isinstance(tools, list):
+            return "tools: Input should be a valid list"
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                return f"tools.{i}: Input should be a valid dictionary"
+            name = tool.get("name")
+            if tool.get("type") not in (None, "custom"):
+                names.append(str(name))
+                continue
+            if not isinstance(name, str) or not TOOL_NAME.match(name):
+                return f"tools.{i}.custom.name: String should match pattern '{TOOL_NAME.pattern}'"
+            schema = tool.get("input_schema")
+            if not isinstance(schema, dict):
+                return f"tools.{i}.custom.input_schema: Field required"
+            if schema.get("type") != "object":
+                return f"tools.{i}.custom.input_schema.type: Input should be 'object'"
+            if name in names:
+                return f"tools: Tool names must be unique (found {name!r} twice)"
+            names.append(name)
+    if choice is None:
+        return None
+    if not isinstance(choice, dict) or choice.get("type") not in TOOL_CHOICES:
+        kind = choice.get("type") if isinstance(choice, dict) else choice
+        return (
+            f"tool_choice: Input tag {kind!r} does not match any of the expected tags: "
+            + ", ".join(repr(c) for c in TOOL_CHOICES)
+        )
+    if choice["type"] in ("any", "tool") and not tools:
+        return "tool_choice: tool_choice may only be specified while providing tools."
+    if choice["type"] == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str):
+            return "tool_choice.tool.name: Field required"
+        if name not in names:
+            return f"tool_choice.tool.name: Tool {name!r} not found in the provided tools"
+    return None
+
+
+def forced_tool(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The custom tool the model must call (`tool_choice` ``tool``, or ``any``: the first),
+    None when it may answer in text. The params were checked already."""
+    choice = params.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") not in ("any", "tool"):
+        return None
+    for tool in params.get("tools") or ():
+        if tool.get("type") in (None, "custom") and (
+            choice["type"] == "any" or tool.get("name") == choice.get("name")
+        ):
+            result: dict[str, Any] = tool
+            return result
     return None
 
 
@@ -396,33 +482,46 @@ def _errored(status: int, message: str) -> dict[str, Any]:
     }
 
 
-def _message(params: dict[str, Any], custom_id: str, seed: int) -> dict[str, Any]:
+def _message(
+    params: dict[str, Any], custom_id: str, seed: int, invalid: InvalidAnswers
+) -> dict[str, Any]:
     messages = params["messages"]
     snippet = " ".join(_last_user_text(messages).split())
     if len(snippet) > 60:
         snippet = snippet[:60] + "..."
     digest = hex_digest(orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode(), n=8)
-    text = f"{CONTENT_PREFIX} answer to: {snippet} (#{digest})"
-    stop_reason, stop_sequence = "end_turn", None
-    found = [(text.find(s), s) for s in params.get("stop_sequences") or () if s and s in text]
-    if found:
-        at, stop_sequence = min(found)
-        text, stop_reason = text[:at], "stop_sequence"
     max_tokens = params["max_tokens"]
-    output_tokens = tokens(len(text)) if text else 0
-    if output_tokens > max_tokens:
-        text = text[: max_tokens * 4]
-        output_tokens = max_tokens
-        stop_reason, stop_sequence = "max_tokens", None
+    tool = forced_tool(params)
+    content: list[dict[str, Any]]
+    if tool is not None:
+        content, stop_reason, output_tokens = _tool_answer(
+            tool, messages, max_tokens, custom_id, f"{seed}/{digest}", invalid
+        )
+        stop_sequence = None
+    else:
+        text = f"{CONTENT_PREFIX} answer to: {snippet} (#{digest})"
+        stop_reason, stop_sequence = "end_turn", None
+        found = [(text.find(s), s) for s in params.get("stop_sequences") or () if s and s in text]
+        if found:
+            at, stop_sequence = min(found)
+            text, stop_reason = text[:at], "stop_sequence"
+        output_tokens = tokens(len(text)) if text else 0
+        if output_tokens > max_tokens:
+            text = text[: max_tokens * 4]
+            output_tokens = max_tokens
+            stop_reason, stop_sequence = "max_tokens", None
+        content = [{"type": "text", "text": text, "citations": None}] if text else []
     prompt = sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
     system = params.get("system")
     prompt += len(system if isinstance(system, str) else _text_of(system))
+    if params.get("tools"):  # tool definitions are part of the prompt
+        prompt += len(orjson.dumps(params["tools"]))
     return {
         "id": "msg_01" + hex_digest("msg", seed, custom_id, digest, n=22),
         "type": "message",
         "role": "assistant",
         "model": params["model"],
-        "content": [{"type": "text", "text": text, "citations": None}] if text else [],
+        "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "stop_details": None,
@@ -443,8 +542,52 @@ def _message(params: dict[str, Any], custom_id: str, seed: int) -> dict[str, Any
     }
 
 
-def plan_request(custom_id: str, params: dict[str, Any], config: EmulatorConfig) -> RequestPlan:
-    """Decide a request's outcome (it is revealed when the batch has ended)."""
+def _tool_answer(
+    tool: dict[str, Any],
+    messages: list[Any],
+    max_tokens: int,
+    custom_id: str,
+    seed: str,
+    invalid: InvalidAnswers,
+) -> tuple[list[dict[str, Any]], str, int]:
+    """(content, stop_reason, output tokens) of the answer to a forced tool: one tool_use
+    block whose input is generated for the tool's input_schema; or, for a `not_json`
+    invalid answer, a text block (the model talked instead of calling the tool)."""
+    first = not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+    kind = invalid.kind(custom_id, first_answer=first)
+    answer = structured_answer(tool["input_schema"], seed, kind, object_root=True)
+    output_tokens = tokens(len(answer.text))
+    if answer.kind == "not_json":
+        text = answer.text
+        stop_reason = "end_turn"
+        if output_tokens > max_tokens:
+            text, output_tokens, stop_reason = text[: max_tokens * 4], max_tokens, "max_tokens"
+        blocks = [{"type": "text", "text": text, "citations": None}] if text else []
+        return blocks, stop_reason, output_tokens
+    block = {
+        "type": "tool_use",
+        "id": "toolu_01" + hex_digest("toolu", custom_id, seed, n=22),
+        "caller": {"type": "direct"},
+        "name": tool["name"],
+        "input": answer.value,
+        "toolset_name": None,
+    }
+    if output_tokens > max_tokens:
+        # Cut off while writing the call: the block is there, its input incomplete.
+        if max_tokens == 0:
+            return [], "max_tokens", 0
+        return [{**block, "input": {}}], "max_tokens", max_tokens
+    return [block], "tool_use", output_tokens
+
+
+def plan_request(
+    custom_id: str,
+    params: dict[str, Any],
+    config: EmulatorConfig,
+    invalid: InvalidAnswers | None = None,
+) -> RequestPlan:
+    """Decide a request's outcome (it is revealed when the batch has ended); `invalid`
+    picks the batch's invalid answers (by default, one for this request alone)."""
     problem = check_params(params)
     if problem is not None:
         return RequestPlan(custom_id, params, "errored", _errored(400, problem))
@@ -465,7 +608,9 @@ def plan_request(custom_id: str, params: dict[str, Any], config: EmulatorConfig)
         config.expired_rate
     ):
         return RequestPlan(custom_id, params, "expired", {"type": "expired"})
-    message = _message(params, custom_id, config.seed)
+    if invalid is None:
+        invalid = InvalidAnswers(config.invalid_answer_rate, config.seed)
+    message = _message(params, custom_id, config.seed, invalid)
     return RequestPlan(custom_id, params, "succeeded", {"type": "succeeded", "message": message})
 
 
@@ -727,7 +872,8 @@ class AnthropicBatchEmulator(AdminEndpoints):
             raise api_error(400, "The request body is not valid JSON.") from None
         del data
         requests = self._check_create(body, config)
-        plans = [plan_request(r["custom_id"], r["params"], config) for r in requests]
+        invalid = InvalidAnswers(config.invalid_answer_rate, config.seed)
+        plans = [plan_request(r["custom_id"], r["params"], config, invalid) for r in requests]
         order = hex_digest(config.seed, "order", *(p.custom_id for p in plans))
         random.Random(order).shuffle(plans)
         with self.lock:

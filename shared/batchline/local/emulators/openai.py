@@ -36,8 +36,27 @@ lines that got an HTTP error (status >= 400, error in ``response.body.error``) g
 error file. ``output_file_id`` is null when no line succeeded, ``error_file_id`` null when
 none failed.
 
+Structured outputs: a chat body with ``response_format: {"type": "json_schema",
+"json_schema": {"name", "schema", "strict"}}`` is answered with the compact JSON text of a
+value generated for the schema (deterministic: the same request gets the same value; see
+`batchline.local.emulators._answers` for what schemas it handles), ``finish_reason:
+"stop"``; ``{"type": "json_object"}`` (or a ``json_schema`` without ``schema``) with a
+JSON object such as ``{"answer": "..."}``. A malformed ``response_format`` fails that line
+with a 400. Usage counts the schema as prompt and the JSON text as completion, ~4
+characters a token; ``max_tokens`` / ``max_completion_tokens`` cut the JSON (``length``).
+
 Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``):
 
+- ``invalid_answer_rate``: that fraction of structured *first answers* (picked by a
+  seeded hash of the custom_id) is invalid for its schema; the kinds cycle, in input
+  order, through ``wrong_type`` (a property, or the root, of a type the schema refuses),
+  ``missing_field`` (a required property left out; ``wrong_type`` when none is required)
+  and ``not_json`` (prose that is not JSON). A first answer is one to a conversation with
+  no ``assistant`` message. A re-ask (the conversation carries an earlier assistant turn,
+  as batchline's repair does) is always answered validly: the model corrects itself when
+  told what was wrong. Set it like the other faults: ``EmulatorConfig(
+  invalid_answer_rate=0.2)``, ``--config-json '{"invalid_answer_rate": 0.2}'`` or ``POST
+  /_emulator/config {"invalid_answer_rate": 0.2}``.
 - ``line_fail_rate``: that fraction of lines (picked by a seeded hash of the custom_id)
   fail with HTTP 500 ``server_error``.
 - marker ``[emulator:fail=NNN]`` (400 <= NNN <= 599) in the last user message (chat) or in
@@ -99,6 +118,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from batchline.local.emulators._answers import InvalidAnswers, structured_answer
 from batchline.local.emulators._common import (
     ConfigRules,
     fraction,
@@ -172,6 +192,9 @@ class EmulatorConfig:
     max_bytes: int = 200_000_000
     #: Vector length for /v1/embeddings when the request has no `dimensions`.
     embedding_dimensions: int = 8
+    #: Fraction of structured first answers (picked by a seeded hash of the custom_id)
+    #: that are invalid for their schema.
+    invalid_answer_rate: float = 0.0
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -197,6 +220,7 @@ _CONFIG_RULES: ConfigRules = {
     "max_requests": (int, False, 1, None),
     "max_bytes": (int, False, 1, None),
     "embedding_dimensions": (int, False, 1, 65536),
+    "invalid_answer_rate": (float, False, 0, 1),
 }
 
 
@@ -558,9 +582,66 @@ def _line_error(status: int, message: str, param: str | None = None) -> LinePlan
     return LinePlan(custom_id="", status_code=status, body=_error_body(message, type_, param, code))
 
 
-def _chat_answer(body: dict[str, Any], custom_id: str) -> LinePlan:
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _response_format(body: dict[str, Any]) -> tuple[bool, Any] | LinePlan:
+    """(whether the answer is JSON, its JSON Schema or None for any object), or the 400
+    line when `response_format` is malformed."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return False, None
+    if not isinstance(fmt, dict):
+        return _line_error(
+            400, "Invalid type for 'response_format': expected an object.", "response_format"
+        )
+    kind = fmt.get("type")
+    if kind not in RESPONSE_FORMATS:
+        supported = ", ".join(repr(k) for k in RESPONSE_FORMATS)
+        return _line_error(
+            400,
+            f"Invalid value: {kind!r}. Supported values are: {supported}.",
+            "response_format.type",
+        )
+    if kind != "json_schema":
+        return kind == "json_object", None
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        return _line_error(
+            400,
+            "Missing required parameter: 'response_format.json_schema'.",
+            "response_format.json_schema",
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not SCHEMA_NAME.match(name):
+        return _line_error(
+            400,
+            "Invalid 'response_format.json_schema.name': expected a string of 1 to 64 "
+            "characters a-z, A-Z, 0-9, _ or -.",
+            "response_format.json_schema.name",
+        )
+    schema = spec.get("schema")
+    if schema is not None and not isinstance(schema, dict):
+        return _line_error(
+            400,
+            "Invalid type for 'response_format.json_schema.schema': expected an object.",
+            "response_format.json_schema.schema",
+        )
+    return True, schema
+
+
+def _has_assistant_turn(messages: list[Any]) -> bool:
+    return any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+
+
+def _chat_answer(body: dict[str, Any], custom_id: str, invalid: InvalidAnswers) -> LinePlan:
     messages = body["messages"]
     last_user = _last_user_text(messages)
+    fmt = _response_format(body)
+    if isinstance(fmt, LinePlan):
+        return fmt
+    structured, schema = fmt
     limit_param = next(
         (p for p in ("max_completion_tokens", "max_tokens") if body.get(p) is not None), None
     )
@@ -587,6 +668,9 @@ def _chat_answer(body: dict[str, Any], custom_id: str) -> LinePlan:
         snippet = snippet[:60] + "..."
     digest = hex_digest(orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(), n=8)
     content = f"{CONTENT_PREFIX} answer to: {snippet} (#{digest})"
+    if structured:
+        kind = invalid.kind(custom_id, first_answer=not _has_assistant_turn(messages))
+        content = structured_answer(schema, f"openai/{custom_id}/{digest}", kind).text
     finish_reason = "stop"
     completion_tokens = tokens(len(content))
     if limit is not None and completion_tokens > limit:
@@ -594,6 +678,8 @@ def _chat_answer(body: dict[str, Any], custom_id: str) -> LinePlan:
         completion_tokens = limit
         finish_reason = "length"
     prompt_chars = sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
+    if structured:  # the schema is part of the prompt
+        prompt_chars += len(orjson.dumps(body["response_format"]))
     prompt_tokens = tokens(prompt_chars)
     choice = {
         "index": 0,
@@ -848,6 +934,7 @@ def plan_batch(
         return errors[:MAX_REPORTED_ERRORS], None, []
 
     lines: list[LinePlan] = []
+    invalid = InvalidAnswers(config.invalid_answer_rate, config.seed)
     for custom_id, body in parsed:
         text = (
             _last_user_text(body["messages"])
@@ -868,7 +955,7 @@ def plan_batch(
                 "(emulated line_fail_rate)",
             )
         elif endpoint == "/v1/chat/completions":
-            plan = _chat_answer(body, custom_id)
+            plan = _chat_answer(body, custom_id, invalid)
         else:
             plan = _embedding_answer(body, custom_id, config.embedding_dimensions)
         plan.custom_id = custom_id

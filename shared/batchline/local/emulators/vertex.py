@@ -46,13 +46,35 @@ starts with ``[batchline vertex emulator]`` and quotes the last user text;
 ``maxOutputTokens`` cuts it (``MAX_TOKENS``), a stop sequence ends it; usage from ~4
 characters a token.
 
+Structured outputs: with ``generationConfig.responseMimeType: "application/json"`` and
+``responseJsonSchema`` (JSON Schema) or ``responseSchema`` (Google's OpenAPI subset:
+types in any case, ``nullable``, ``enum``, ``properties``, ``required``, ``items``,
+``minItems``, ``maxItems``, ``minimum``, ``maximum``, ``format``, ``anyOf``,
+``propertyOrdering``...) the candidate's text is the compact JSON of a value generated for
+the schema (deterministic: see `batchline.local.emulators._answers`); with neither, a
+JSON object such as ``{"answer": "..."}``. With ``responseMimeType: "text/x.enum"`` (enum
+mode) the text is one of the schema's enum values. The schema counts as prompt tokens;
+stop sequences do not cut JSON, ``maxOutputTokens`` does (``MAX_TOKENS``).
+
 Row checks (a failed row, as Gemini's own 400s): request fields of
-``GenerateContentRequest`` only, roles ``user``/``model``, known part fields.
+``GenerateContentRequest`` only, roles ``user``/``model``, known part fields, a schema
+only with ``responseMimeType`` ``application/json`` (or ``text/x.enum``) and not both
+kinds of schema.
 
 Faults (`EmulatorConfig`, at runtime with ``POST /_emulator/config``): the marker
 ``[emulator:fail=NNN]`` (400..599) in the last user text fails that row with that status;
 ``failed_rate`` fails that fraction of rows (500 ``INTERNAL``); ``api_error_rate`` /
 ``api_error_next`` with ``api_error_status`` fail API calls (Google's error body).
+``invalid_answer_rate`` makes that fraction of JSON-mode *first answers* invalid for
+their schema, picked by a seeded hash of the request's ``labels.batchline_request_id``
+(else of the row's position and content); the kinds cycle, in input order, through
+``wrong_type`` (a property, or the root, of a type the schema refuses), ``missing_field``
+(a required property left out; ``wrong_type`` when none is required) and ``not_json``
+(prose that is not JSON). A first answer is one to a conversation with no ``model``
+content; a re-ask (the contents carry an earlier model turn, as batchline's repair does)
+is always answered validly: the model corrects itself when told what was wrong. Set it
+with ``EmulatorConfig(invalid_answer_rate=0.2)``, ``--config-json
+'{"invalid_answer_rate": 0.2}'`` or ``POST /_emulator/config``.
 
 Admin endpoints (never faulted): ``GET /`` (health), ``GET|POST /_emulator/config``,
 ``POST /_emulator/reset``, ``GET /_emulator/batches`` (every job, deleted ones too, newest
@@ -92,6 +114,12 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from batchline.local.emulators._answers import (
+    InvalidAnswers,
+    from_google_schema,
+    generate,
+    structured_answer,
+)
 from batchline.local.emulators._common import (
     ConfigRules,
     fraction,
@@ -115,6 +143,11 @@ EXPIRY_SECONDS = (72 + 24) * 3600
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 FAIL_MARKER = re.compile(r"\[emulator:fail=(\d{3})\]")
+#: The request label that names a row (batchline's encoder sets it).
+REQUEST_ID_LABEL = "batchline_request_id"
+JSON_MIME = "application/json"
+#: Gemini's enum mode: the answer is one of the schema's enum values, as plain text.
+ENUM_MIME = "text/x.enum"
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 
@@ -276,6 +309,9 @@ class EmulatorConfig:
     api_error_next: int = 0
     max_requests: int = 200_000
     max_bytes: int = 1_000_000_000
+    #: Fraction of JSON-mode first answers (picked by a seeded hash of the request's
+    #: `batchline_request_id` label) that are invalid for their schema.
+    invalid_answer_rate: float = 0.0
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -299,6 +335,7 @@ _CONFIG_RULES: ConfigRules = {
     "api_error_next": (int, False, 0, None),
     "max_requests": (int, False, 1, None),
     "max_bytes": (int, False, 1, None),
+    "invalid_answer_rate": (float, False, 0, 1),
 }
 
 
@@ -427,10 +464,55 @@ def check_request(request: dict[str, Any]) -> str | None:
     stops = config.get("stopSequences") or config.get("stop_sequences") or []
     if len(stops) > 5:
         return "Unable to submit request because stopSequences has more than 5 items."
+    mime, json_schema, schema = _output_settings(config)
+    if json_schema is not None and schema is not None:
+        return "responseSchema and responseJsonSchema cannot both be set."
+    for name, given in (("responseJsonSchema", json_schema), ("responseSchema", schema)):
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            return f"generationConfig.{name}: expected an object"
+        if mime not in (JSON_MIME, ENUM_MIME):
+            return (
+                f"Unable to submit request because {name} is set but responseMimeType is "
+                f"{mime or 'not set'}: use application/json or text/x.enum."
+            )
     return None
 
 
-def _answer(request: dict[str, Any], model: str, seed: int, index: int) -> dict[str, Any]:
+def _output_settings(config: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(responseMimeType, responseJsonSchema, responseSchema) of a generationConfig, in
+    either spelling (JSON or proto names)."""
+    mime = config.get("responseMimeType") or config.get("response_mime_type")
+    json_schema = config.get("responseJsonSchema", config.get("response_json_schema"))
+    schema = config.get("responseSchema", config.get("response_schema"))
+    return mime, json_schema, schema
+
+
+def _output_schema(request: dict[str, Any]) -> tuple[str | None, Any]:
+    """("json", "enum" or None: how the answer is shaped, its JSON Schema or None)."""
+    config = request.get("generationConfig") or request.get("generation_config") or {}
+    mime, json_schema, schema = _output_settings(config)
+    if mime not in (JSON_MIME, ENUM_MIME):
+        return None, None
+    if json_schema is None and schema is not None:
+        json_schema = from_google_schema(schema)
+    if mime == ENUM_MIME:
+        return ("enum", json_schema) if json_schema is not None else (None, None)
+    return "json", json_schema
+
+
+def _request_id(index: int, request: dict[str, Any]) -> str:
+    """The row's id: its `batchline_request_id` label, else its position and content."""
+    labels = request.get("labels")
+    if isinstance(labels, dict) and isinstance(labels.get(REQUEST_ID_LABEL), str):
+        return str(labels[REQUEST_ID_LABEL])
+    return f"row-{index}-" + hex_digest(orjson.dumps(request, option=orjson.OPT_SORT_KEYS))
+
+
+def _answer(
+    request: dict[str, Any], model: str, seed: int, index: int, invalid: InvalidAnswers
+) -> dict[str, Any]:
     contents = request["contents"]
     snippet = " ".join(_last_user_text(contents).split())
     if len(snippet) > 60:
@@ -439,10 +521,20 @@ def _answer(request: dict[str, Any], model: str, seed: int, index: int) -> dict[
     text = f"{CONTENT_PREFIX} answer to: {snippet} (#{digest})"
     finish = "STOP"
     config = request.get("generationConfig") or request.get("generation_config") or {}
-    stops = config.get("stopSequences") or config.get("stop_sequences") or []
-    found = [text.find(s) for s in stops if isinstance(s, str) and s and s in text]
-    if found:
-        text = text[: min(found)]
+    shape, schema = _output_schema(request)
+    if shape == "json":
+        rid = _request_id(index, request)
+        first = not any(isinstance(c, dict) and c.get("role") == "model" for c in contents)
+        kind = invalid.kind(rid, first_answer=first)
+        text = structured_answer(schema, f"vertex/{rid}/{digest}", kind).text
+    elif shape == "enum":
+        member = generate(schema, f"vertex/{digest}")
+        text = member if isinstance(member, str) else orjson.dumps(member).decode()
+    else:
+        stops = config.get("stopSequences") or config.get("stop_sequences") or []
+        found = [text.find(s) for s in stops if isinstance(s, str) and s and s in text]
+        if found:
+            text = text[: min(found)]
     limit = config.get("maxOutputTokens") or config.get("max_output_tokens")
     output_tokens = tokens(len(text)) if text else 0
     if isinstance(limit, int) and output_tokens > limit:
@@ -450,6 +542,8 @@ def _answer(request: dict[str, Any], model: str, seed: int, index: int) -> dict[
     system = request.get("systemInstruction") or request.get("system_instruction") or {}
     prompt = sum(len(t) for c in contents if isinstance(c, dict) for t in _texts(c.get("parts")))
     prompt += sum(len(t) for t in _texts(system.get("parts") if isinstance(system, dict) else []))
+    if schema is not None:  # the schema is part of the prompt
+        prompt += len(orjson.dumps(schema))
     prompt_tokens = tokens(prompt)
     return {
         "candidates": [
@@ -470,8 +564,15 @@ def _answer(request: dict[str, Any], model: str, seed: int, index: int) -> dict[
     }
 
 
-def plan_row(index: int, line: Any, model: str, config: EmulatorConfig) -> RowPlan:
-    """A line's outcome (the line was checked for `request.contents` already)."""
+def plan_row(
+    index: int,
+    line: Any,
+    model: str,
+    config: EmulatorConfig,
+    invalid: InvalidAnswers | None = None,
+) -> RowPlan:
+    """A line's outcome (the line was checked for `request.contents` already); `invalid`
+    picks the job's invalid answers (by default, one for this row alone)."""
     request = line["request"]
     problem = check_request(request)
     if problem is not None:
@@ -484,7 +585,10 @@ def plan_row(index: int, line: Any, model: str, config: EmulatorConfig) -> RowPl
         config.failed_rate
     ):
         return RowPlan(request, True, row_status(500, "Internal error encountered (emulated)."))
-    return RowPlan(request, False, response=_answer(request, model, config.seed, index))
+    if invalid is None:
+        invalid = InvalidAnswers(config.invalid_answer_rate, config.seed)
+    answer = _answer(request, model, config.seed, index, invalid)
+    return RowPlan(request, False, response=answer)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -900,7 +1004,12 @@ class VertexBatchEmulator(AdminEndpoints):
                 f"Publisher Model `projects/{project}/locations/{location}/{checked['model']}` "
                 "was not found or your project does not have access to it.",
             )
-        rows = [] if failure else [plan_row(i, line, model, config) for i, line in enumerate(lines)]
+        invalid = InvalidAnswers(config.invalid_answer_rate, config.seed)
+        rows = (
+            []
+            if failure
+            else [plan_row(i, line, model, config, invalid) for i, line in enumerate(lines)]
+        )
         order = hex_digest(config.seed, "order", len(rows), *uris)
         random.Random(order).shuffle(rows)
         with self.lock:
