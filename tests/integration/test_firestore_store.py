@@ -87,7 +87,14 @@ def full_job(job_id: str = "job-full") -> Job:
             content_encoding="gzip",
             metadata={"batchline-model": "openai/gpt-4.1-mini", "x-empty": ""},
         ),
-        options=JobOptions(model="openai/gpt-4.1-mini", labels={"team": "search", "env": "dev"}),
+        options=JobOptions(
+            model="openai/gpt-4.1-mini",
+            labels={"team": "search", "env": "dev"},
+            schema="Invoice",
+            response_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
+            max_repair_attempts=2,
+            max_cost_usd=12.5,
+        ),
         output_prefix=f"gs://out-bucket/team/ünïcode input/{job_id}/",
         origin="api",
         idempotency_key="idem-42",
@@ -227,6 +234,8 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         error="expired",
         updated_at=NOW + 1,
         expire_at=EXPIRE_AT,
+        repair_round=1,
+        repair_of=0,
     )
     bare = Chunk("job-c", 3, "", "", 0, 0, "", "")
     assert defaulted(chunk, bare) == ["job_id", "index"]  # every other field is set

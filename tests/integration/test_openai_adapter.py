@@ -150,7 +150,11 @@ def test_submit_poll_and_collect(provider: OpenAIProvider, openai_emulator: Any)
     # max_completion_tokens=5 (native) cut the answer short.
     assert (by_id["bl-2"].finish_reason, by_id["bl-2"].usage) == (
         "length",
-        {"input_tokens": by_id["bl-2"].usage["input_tokens"], "output_tokens": 5},
+        {
+            "input_tokens": by_id["bl-2"].usage["input_tokens"],
+            "output_tokens": 5,
+            "cached_input_tokens": 0,
+        },
     )
     assert by_id["bl-9"].finish_reason == "stop"
     server_error = by_id["bl-4"]

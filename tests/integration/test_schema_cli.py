@@ -206,9 +206,9 @@ def test_push_list_show_round_trip(
 @pytest.mark.parametrize(
     ("content", "extra", "message"),
     [
-        (b'{"type": "objekt"}', ["--name", "X"], "is not a valid JSON Schema: 'objekt' is not"),
+        (b'{"type": "objekt"}', ["--name", "X"], 'type: not a valid JSON Schema ("objekt" is not'),
         (b'{"type": "array", "items": {}}', ["--name", "X"], "must describe an object"),
-        (b"[1, 2]", ["--name", "X"], "a JSON Schema is a JSON object, got list"),
+        (b"[1, 2]", ["--name", "X"], "a JSON Schema must be an object"),
         (b"{not json", ["--name", "X"], "is not JSON"),
         (b'{"type": "object"}', [], "give the schema a name with --name"),
         (b'{"type": "object"}', ["--name", "bad/name"], "'bad/name' is not a valid schema name"),
