@@ -170,7 +170,12 @@ def _report(runs: list[ExampleRun]) -> bool:
         for problem in run.problems:
             print(f"       problem: {problem}")
         for result in run.preview:
-            text = ((result.get("output") or {}).get("text") or "")[:70]
+            output = result.get("output") or {}
+            parsed = output.get("parsed")
+            text = (orjson.dumps(parsed).decode() if parsed is not None else "") or (
+                output.get("text") or ""
+            )
+            text = text[:70]
             shown = text or (result.get("error") or {}).get("message", "")[:70]
             print(
                 f"       {result['line']:>3} {result['custom_id']:<14} {result['status']:<9} {shown}"
