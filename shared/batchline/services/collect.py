@@ -182,9 +182,12 @@ def collect_chunk(
     paths: WorkPaths,
     chunk: Chunk,
     collisions: dict[int, str],
-    checks: SchemaChecks | None = None,
+    checks: SchemaChecks,
 ) -> CollectedChunk:
     """Normalise one chunk into sorted runs of result lines, then `collected.json`.
+
+    Answers with a schema are validated (`checks`); invalid ones the job may ask again
+    are staged as the chunk's re-asks (`repair.stage`), committed with its runs.
 
     Results arrive in any order. They are normalised and serialised as they stream in,
     buffered up to RUN_BYTES, and written as sorted runs; the merge does the rest. Memory
@@ -196,13 +199,18 @@ def collect_chunk(
         return _committed(orjson.loads(deps.blobs.read_bytes(paths.collected(chunk.index))))
     except NotFound:
         pass
-    checks = checks or SchemaChecks(deps, paths, deps.settings.max_repair_attempts)
-    manifest: dict[int, dict[str, Any]] = {}
+    manifest: dict[int, repair.Entry] = {}
+    digests: dict[str, str] = {}  # one string per schema, not one per line
     for raw in deps.blobs.read_bytes(chunk.manifest_uri).splitlines():
-        entry = orjson.loads(raw)
-        line = entry["line"]
-        entry["custom_id"] = entry["custom_id"] or collisions.get(line) or f"line-{line}"
-        manifest[line] = entry
+        data = orjson.loads(raw)
+        line = data["line"]
+        schema = data.get("schema")
+        manifest[line] = repair.Entry(
+            data["custom_id"] or collisions.get(line) or f"line-{line}",
+            digests.setdefault(schema, schema) if schema else None,
+            data.get("attempts"),
+            data.get("previous"),
+        )
     writer = _RunWriter(deps, paths, chunk.index)
     tally = Tally()
     asks = repair.Asks()
@@ -210,11 +218,10 @@ def collect_chunk(
     def emit(line: int, result: ProviderResult) -> None:
         entry = manifest[line]
         check = None
-        if entry.get("schema") and result.status is ResultStatus.SUCCEEDED:
-            check = checks.check(entry["schema"], chunk.provider, result)
-        earlier = entry.get("attempts")
+        if entry.schema and result.status is ResultStatus.SUCCEEDED:
+            check = checks.check(entry.schema, chunk.provider, result)
         record = provider_result_line(
-            custom_id=entry["custom_id"],
+            custom_id=entry.custom_id,
             line=line,
             provider=chunk.provider,
             model=chunk.model,
@@ -222,10 +229,10 @@ def collect_chunk(
             prices=deps.prices,
             batch_id=chunk.batch_id,
             check=check,
-            earlier=earlier,
+            earlier=entry.earlier,
         )
-        if entry.get("previous"):
-            tally.remove(entry["previous"], deps.prices)  # the line an earlier round counted
+        if entry.previous:
+            tally.remove(entry.previous, deps.prices)  # the line an earlier round counted
         tally.add(record, deps.prices)
         violation = check.violation if check is not None else None
         if violation is not None and len(record["attempts"]) <= checks.max_repairs:

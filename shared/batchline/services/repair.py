@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -35,6 +35,16 @@ from batchline.domain.schemas import (
 from batchline.log import fields, get_logger
 
 log = get_logger(__name__)
+
+
+class Entry(NamedTuple):
+    """A chunk manifest's line: its custom_id, schema digest and, for a re-ask, the
+    attempts before and the line they made (which a tally takes back)."""
+
+    custom_id: str
+    schema: str | None
+    earlier: list[dict[str, Any]] | None
+    previous: dict[str, Any] | None
 
 
 class SchemaChecks:
@@ -65,14 +75,12 @@ class Asks:
 
     lines: dict[int, tuple[dict[str, Any], str, str]] = field(default_factory=dict)
 
-    def add(
-        self, line: int, entry: dict[str, Any], record: dict[str, Any], violation: Violation
-    ) -> None:
+    def add(self, line: int, entry: Entry, record: dict[str, Any], violation: Violation) -> None:
         answer = record["output"]["text"] if record.get("output") else None
         next_entry = {
             "line": line,
-            "custom_id": entry["custom_id"],
-            "schema": entry["schema"],
+            "custom_id": entry.custom_id,
+            "schema": entry.schema,
             "attempts": record["attempts"],
             "previous": superseded(record),
         }
