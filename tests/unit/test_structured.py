@@ -38,6 +38,7 @@ class SchemaProvider(FakeProvider):
     def __init__(self, clock: FakeClock, bad: set[str]) -> None:
         super().__init__(clock)
         self.bad = bad
+        self.bad_always = False  # bad ids stay wrong when asked again
         self.turns: dict[tuple[str, str], int] = {}
         self.sent: list[dict[str, object]] = []
 
@@ -54,7 +55,8 @@ class SchemaProvider(FakeProvider):
     def iter_results(self, batch) -> Iterator[ProviderResult]:  # type: ignore[no-untyped-def]
         for result in super().iter_results(batch):
             first = self.turns[(batch.batch_id, result.request_id)] == 1
-            answer = BAD if first and result.request_id in self.bad else GOOD
+            spoiled = result.request_id in self.bad and (first or self.bad_always)
+            answer = BAD if spoiled else GOOD
             yield ProviderResult(
                 result.request_id,
                 ResultStatus.SUCCEEDED,
@@ -202,3 +204,35 @@ def test_bad_option_metadata_rejects_the_job(value: str) -> None:
     assert job is not None and job.state is JobState.REJECTED
     assert "max_repair_attempts" in (job.error or "")
     assert provider.batches == {}
+
+
+def test_a_duplicate_collect_starts_one_reask_round() -> None:
+    deps, provider = setup(bad={"bl-1", "bl-5"})
+    job = handle_object_finalized(deps, upload(deps, lines(6)))
+    assert job is not None
+    provider.end()
+    poll(deps)
+    collect(deps, job.job_id)
+    collect(deps, job.job_id)  # the same message delivered again
+    reopened = deps.store.get_job(job.job_id)
+    assert reopened is not None and reopened.state is JobState.RUNNING
+    chunks = deps.store.get_chunks(job.job_id)
+    reasks = [c for c in chunks if c.repair_round == 1]
+    assert sum(c.request_count for c in reasks) == 2 and reopened.chunk_count == len(chunks)
+    drive(deps, provider, job.job_id)
+    final = deps.store.get_job(job.job_id)
+    assert final is not None and final.state is JobState.SUCCEEDED
+    assert len(provider.batches) == len(chunks)  # one batch per chunk, re-asks included
+    results = [orjson.loads(x) for x in deps.blobs.read_bytes(final.results_uri).splitlines()]
+    assert [len(r["attempts"]) for r in results] == [2, 1, 1, 1, 2, 1]
+
+
+def test_a_reask_that_fails_again_is_failed_with_every_attempt() -> None:
+    deps, provider = setup(bad={"bl-3"})
+    provider.bad_always = True
+    results = run(deps, provider, lines(3), max_repair_attempts="2")
+    assert [r["status"] for r in results] == ["succeeded", "succeeded", "failed"]
+    attempts = results[2]["attempts"]
+    assert [a["error"]["type"] for a in attempts] == ["schema_validation"] * 3
+    assert len({a["batch_id"] for a in attempts}) == 3
+    assert results[2]["usage"] == {"input_tokens": 30, "output_tokens": 15}
