@@ -129,12 +129,15 @@ def test_invalid_first_answers_are_reasked_and_every_line_ends_valid(pipeline: P
 
 @pytest.mark.usefixtures("invalid_first_answers")
 def test_without_reasks_the_invalid_answers_fail_naming_the_path(pipeline: Pipeline) -> None:
+    _, with_reasks = run(pipeline, "e2e/structured/compare.jsonl")
+    reasked = [r["custom_id"] for r in with_reasks if len(r["attempts"]) == 2]
     job, results = run(
         pipeline, "e2e/structured/no-repairs.jsonl", metadata={"max_repair_attempts": "0"}
     )
     assert job.state is JobState.PARTIAL
     failed = [r for r in results if r["status"] != "succeeded"]
-    assert 20 <= len(failed) <= 110
+    # The same lines: the ones a re-ask repaired are the ones that fail without one.
+    assert [r["custom_id"] for r in failed] == reasked and 20 <= len(failed) <= 110
     assert len(results) == LINES and all(len(r["attempts"]) == 1 for r in results)
     for r in failed:
         assert r["status"] == "failed" and r["error"]["type"] == "schema_validation"
