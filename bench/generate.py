@@ -15,6 +15,14 @@ AI batch prediction: prediction rows (`status`, `processed_time`, the echoed req
 `GenerateContentResponse`), failed rows with a status and no response, shuffled, split
 into files of VERTEX_ROWS_PER_FILE rows as a large job's output is.
 
+Structured outputs: `write_input(..., schema=True)` gives every line the
+`DOCUMENT_ANALYSIS` schema as its `response_schema`. The provider files then answer each
+request that asks for a schema (found in the staged payload: OpenAI's `response_format`,
+Anthropic's forced tool, Vertex's `responseJsonSchema`) with a DocumentAnalysis object,
+as that provider returns it: OpenAI's message content and Vertex's first part are the
+JSON text, Anthropic's answer is a `tool_use` block whose `input` is the object.
+SCHEMA_INVALID_SHARE of those answers are not valid for the schema (`_BREAKS`).
+
 Everything is seeded: the same arguments give the same bytes.
 """
 
@@ -65,6 +73,56 @@ _WORD_TEXT = (
 )
 _WORDS = _WORD_TEXT.split(" ")
 
+#: The schema every line of a `schema=True` input carries as its `response_schema`: nested
+#: objects, lists, enums, number bounds, and one optional property (`language`), which
+#: OpenAI's strict mode makes required and nullable (and batchline strips the nulls again).
+DOCUMENT_ANALYSIS: dict[str, Any] = {
+    "title": "DocumentAnalysis",
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "description": "The document's title, or a short one."},
+        "language": {"type": "string", "description": "ISO 639-1 code of the main language."},
+        "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative", "mixed"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "summary": {"type": "string"},
+        "entities": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "kind": {
+                        "type": "string",
+                        "enum": ["person", "organization", "location", "product", "event", "other"],
+                    },
+                    "salience": {"type": "number", "minimum": 0, "maximum": 1},
+                },
+                "required": ["name", "kind", "salience"],
+                "additionalProperties": False,
+            },
+        },
+        "sections": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "heading": {"type": "string"},
+                    "page": {"type": "integer", "minimum": 1, "maximum": 500},
+                    "keywords": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["heading", "page", "keywords"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["title", "sentiment", "confidence", "summary", "entities", "sections"],
+    "additionalProperties": False,
+}
+#: A line's `response_schema`: OpenAI's `{"name", "schema"}` shape around the schema.
+RESPONSE_SCHEMA = {"name": "DocumentAnalysis", "schema": DOCUMENT_ANALYSIS}
+#: Structured answers that are not valid for their schema (each of the kinds in `_BREAKS`).
+SCHEMA_INVALID_SHARE = 0.02
+
 
 def _corpus(rng: random.Random, size: int) -> str:
     """~size characters of word salad with sentences, newlines, quotes and non-ASCII."""
@@ -88,6 +146,7 @@ class InputMeta:
     seed: int
     size: int = 0
     provider: str = "openai"
+    schema: bool = False  # every line carries RESPONSE_SCHEMA
     version: int = GENERATOR_VERSION
     blank: list[int] = field(default_factory=list)
     invalid: dict[int, str] = field(default_factory=dict)  # line -> kind
@@ -103,6 +162,7 @@ class InputMeta:
                 "seed": self.seed,
                 "size": self.size,
                 "provider": self.provider,
+                "schema": self.schema,
                 "version": self.version,
                 "blank": self.blank,
                 "invalid": {str(k): v for k, v in self.invalid.items()},
@@ -118,6 +178,7 @@ class InputMeta:
             seed=data["seed"],
             size=data["size"],
             provider=data.get("provider", "openai"),
+            schema=data.get("schema", False),
             version=data.get("version", 1),
             blank=data["blank"],
             invalid={int(k): v for k, v in data["invalid"].items()},
@@ -135,7 +196,11 @@ def _content(rng: random.Random, corpus: str, mean: float) -> str:
 
 
 def _valid_line(
-    rng: random.Random, corpus: str, custom_id: str | None, provider: str = "openai"
+    rng: random.Random,
+    corpus: str,
+    custom_id: str | None,
+    provider: str = "openai",
+    schema: bool = False,
 ) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     if custom_id is not None:
@@ -161,6 +226,9 @@ def _valid_line(
         obj["stop"] = ["\n\n", "END"]
     if rng.random() < 0.1:
         obj["metadata"] = {"source": "bench", "batch": rng.randint(1, 99)}
+    if schema:  # room for a DocumentAnalysis answer (no extra draw: same prompts)
+        obj["max_tokens"] = max(obj["max_tokens"], 1024)
+        obj["response_schema"] = RESPONSE_SCHEMA
     return obj
 
 
@@ -183,8 +251,9 @@ def _invalid_line(
     custom_id: str,
     earlier_id: str | None,
     provider: str = "openai",
+    schema: bool = False,
 ) -> bytes:
-    obj = _valid_line(rng, corpus, custom_id, provider)
+    obj = _valid_line(rng, corpus, custom_id, provider, schema)
     if kind == "truncated_json":
         raw = orjson.dumps(obj)
         return raw[: rng.randint(10, len(raw) - 2)]
@@ -205,11 +274,14 @@ def _invalid_line(
     return orjson.dumps(obj)
 
 
-def write_input(path: Path, lines: int, seed: int = 42, provider: str = "openai") -> InputMeta:
-    """Write `lines` lines (blank ones included) to `path`, and `<path>.meta.json`."""
+def write_input(
+    path: Path, lines: int, seed: int = 42, provider: str = "openai", schema: bool = False
+) -> InputMeta:
+    """Write `lines` lines (blank ones included) to `path`, and `<path>.meta.json`; with
+    `schema`, every line carries RESPONSE_SCHEMA (otherwise the same lines)."""
     rng = random.Random(seed)
     corpus = _corpus(rng, 2_000_000)
-    meta = InputMeta(lines=lines, seed=seed, provider=provider)
+    meta = InputMeta(lines=lines, seed=seed, provider=provider, schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     first_id: str | None = None
@@ -223,7 +295,7 @@ def write_input(path: Path, lines: int, seed: int = 42, provider: str = "openai"
             custom_id = f"req-{seed}-{number:07d}"
             if number > 1 and r < BLANK_SHARE + INVALID_SHARE:
                 kind = rng.choice(_INVALID_KINDS)
-                raw = _invalid_line(rng, corpus, kind, custom_id, first_id, provider)
+                raw = _invalid_line(rng, corpus, kind, custom_id, first_id, provider, schema)
                 meta.invalid[number] = kind
                 if kind == "duplicate_id":
                     assert first_id is not None
@@ -232,7 +304,7 @@ def write_input(path: Path, lines: int, seed: int = 42, provider: str = "openai"
                     meta.custom_ids[number] = custom_id
             else:
                 given = None if number > 1 and rng.random() < NO_ID_SHARE else custom_id
-                raw = orjson.dumps(_valid_line(rng, corpus, given, provider))
+                raw = orjson.dumps(_valid_line(rng, corpus, given, provider, schema))
                 if given is not None:
                     meta.custom_ids[number] = given
                     first_id = first_id or given
@@ -245,16 +317,16 @@ def write_input(path: Path, lines: int, seed: int = 42, provider: str = "openai"
 
 
 def ensure_input(
-    data_dir: Path, lines: int, seed: int = 42, provider: str = "openai"
+    data_dir: Path, lines: int, seed: int = 42, provider: str = "openai", schema: bool = False
 ) -> tuple[Path, InputMeta]:
-    """The cached input file for (lines, seed, provider), generated when absent."""
-    path = data_dir / f"input-{provider}-{lines}-s{seed}.jsonl"
+    """The cached input file for (lines, seed, provider, schema), generated when absent."""
+    path = data_dir / f"input-{provider}-{lines}-s{seed}{'-schema' if schema else ''}.jsonl"
     meta_path = Path(f"{path}.meta.json")
     if path.exists() and meta_path.exists():
         meta = InputMeta.from_json(meta_path.read_bytes())
         if meta.size == path.stat().st_size and meta.version == GENERATOR_VERSION:
             return path, meta
-    return path, write_input(path, lines, seed, provider)
+    return path, write_input(path, lines, seed, provider, schema)
 
 
 # --- the provider's side ------------------------------------------------------------------
@@ -266,24 +338,129 @@ class ProviderCounts:
     http_error: int = 0
     expired: int = 0
     missing: int = 0
+    schema_invalid: int = 0  # answered, but not valid for the request's schema
 
     def add(self, other: ProviderCounts) -> None:
         self.ok += other.ok
         self.http_error += other.http_error
         self.expired += other.expired
         self.missing += other.missing
+        self.schema_invalid += other.schema_invalid
 
 
 def _hex(rng: random.Random, n: int) -> str:
     return f"{rng.getrandbits(4 * n):0{n}x}"
 
 
-def _success(rng: random.Random, corpus: str, rid: str, body: dict[str, Any]) -> dict[str, Any]:
-    max_tokens = int(body.get("max_completion_tokens") or 1024)
-    text = _content(rng, corpus, 900)
-    finish = "stop"
-    if len(text) > max_tokens * 4:
-        text, finish = text[: max_tokens * 4], "length"
+# --- structured answers ---------------------------------------------------------------------
+
+_SENTIMENTS = ("positive", "neutral", "negative", "mixed")
+_ENTITY_KINDS = ("person", "organization", "location", "product", "event", "other")
+_LANGUAGES = ("en", "en", "en", "de", "fr", "es", "ja", "zh")
+#: How an answer breaks its schema. "truncated" is JSON text cut at the token limit, so
+#: only for the providers that answer text (OpenAI, Vertex).
+_BREAKS = ("bad_enum", "out_of_range", "missing_field", "bad_page", "extra_property", "truncated")
+
+
+def _words(rng: random.Random, low: int, high: int) -> str:
+    text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(low, high)))
+    return text[:1].upper() + text[1:]
+
+
+def document_analysis(rng: random.Random, corpus: str, nulls: bool = False) -> dict[str, Any]:
+    """A DocumentAnalysis answer valid for DOCUMENT_ANALYSIS: ~0.3-2 KB of JSON. `nulls`:
+    OpenAI's strict mode, which gives every property (`null` for an optional one)."""
+    doc: dict[str, Any] = {"title": _words(rng, 3, 9)}
+    if rng.random() < 0.7:
+        doc["language"] = rng.choice(_LANGUAGES)
+    elif nulls:
+        doc["language"] = None
+    doc["sentiment"] = rng.choice(_SENTIMENTS)
+    doc["confidence"] = round(rng.random(), 3)
+    doc["summary"] = _content(rng, corpus, 260)[:1200]
+    doc["entities"] = [
+        {
+            "name": _words(rng, 1, 3),
+            "kind": rng.choice(_ENTITY_KINDS),
+            "salience": round(rng.random(), 3),
+        }
+        for _ in range(rng.randint(1, 8))
+    ]
+    doc["sections"] = [
+        {
+            "heading": _words(rng, 2, 6),
+            "page": rng.randint(1, 500),
+            "keywords": [_words(rng, 1, 2).lower() for _ in range(rng.randint(1, 5))],
+        }
+        for _ in range(rng.randint(1, 5))
+    ]
+    return doc
+
+
+def _broken(rng: random.Random, doc: dict[str, Any], kind: str) -> dict[str, Any]:
+    """`doc` made invalid for DOCUMENT_ANALYSIS the `kind` way (not "truncated")."""
+    if kind == "bad_enum":
+        doc["sentiment"] = rng.choice(("very positive", "Positive", "unknown"))
+    elif kind == "out_of_range":
+        if rng.random() < 0.5:
+            doc["confidence"] = round(1 + rng.random(), 3)
+        else:
+            doc["entities"][-1]["salience"] = -round(rng.random() + 0.001, 3)
+    elif kind == "missing_field":
+        del doc[rng.choice(("summary", "entities", "sections"))]
+    elif kind == "bad_page":
+        doc["sections"][-1]["page"] = rng.choice((0, 501, 1200))
+    elif kind == "extra_property":
+        doc["entities"][0]["notes"] = _words(rng, 2, 6)
+    return doc
+
+
+def _maybe_broken(
+    rng: random.Random, corpus: str, nulls: bool, truncate: bool
+) -> tuple[dict[str, Any], str]:
+    """(a DocumentAnalysis answer, how it breaks the schema or "" for a valid one):
+    SCHEMA_INVALID_SHARE of them break it."""
+    doc = document_analysis(rng, corpus, nulls)
+    if rng.random() >= SCHEMA_INVALID_SHARE:
+        return doc, ""
+    kind = rng.choice(_BREAKS if truncate else _BREAKS[:-1])
+    return (doc if kind == "truncated" else _broken(rng, doc, kind)), kind
+
+
+def structured_text(
+    rng: random.Random, corpus: str, *, nulls: bool = False, indent: bool = False
+) -> tuple[str, bool, bool]:
+    """(JSON text of an answer, valid, truncated at the token limit); `indent`: the text
+    pretty-printed, as Gemini writes it."""
+    doc, kind = _maybe_broken(rng, corpus, nulls, truncate=True)
+    answer = orjson.dumps(doc, option=orjson.OPT_INDENT_2 if indent else 0).decode()
+    if kind == "truncated":
+        answer = answer[: rng.randint(len(answer) // 3, len(answer) - 2)]
+    return answer, not kind, kind == "truncated"
+
+
+def structured_object(rng: random.Random, corpus: str) -> tuple[dict[str, Any], bool]:
+    """(an answer as an object, as a tool call's `input`, valid)."""
+    doc, kind = _maybe_broken(rng, corpus, nulls=False, truncate=False)
+    return doc, not kind
+
+
+def _success(
+    rng: random.Random,
+    corpus: str,
+    rid: str,
+    body: dict[str, Any],
+    answer: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """A `chat.completion` line; `answer` is (text, finish_reason) when given."""
+    if answer is None:
+        max_tokens = int(body.get("max_completion_tokens") or 1024)
+        text = _content(rng, corpus, 900)
+        finish = "stop"
+        if len(text) > max_tokens * 4:
+            text, finish = text[: max_tokens * 4], "length"
+    else:
+        text, finish = answer
     prompt_chars = sum(len(m.get("content") or "") for m in body["messages"])
     prompt_tokens = max(1, prompt_chars // 4)
     completion_tokens = max(1, len(text) // 4)
@@ -389,8 +566,18 @@ def provider_files(payload: bytes, seed: int) -> tuple[bytes, bytes, ProviderCou
             counts.http_error += 1
             errors.append(orjson.dumps(_http_error(rng, rid)))
         else:
-            counts.ok += 1
-            ok.append(orjson.dumps(_success(rng, corpus, rid, request["body"])))
+            body = request["body"]
+            fmt = body.get("response_format") or {}
+            answer, valid = None, True
+            if fmt.get("type") == "json_schema":
+                strict = bool(fmt["json_schema"].get("strict"))
+                text, valid, cut = structured_text(rng, corpus, nulls=strict)
+                answer = (text, "length" if cut else "stop")
+                if not valid:
+                    counts.schema_invalid += 1
+            if valid:
+                counts.ok += 1
+            ok.append(orjson.dumps(_success(rng, corpus, rid, body, answer)))
     rng.shuffle(ok)
     rng.shuffle(errors)
     return b"\n".join(ok) + b"\n", (b"\n".join(errors) + b"\n") if errors else b"", counts
@@ -420,19 +607,39 @@ _ANTHROPIC_ERRORS = (
 )
 
 
-def _anthropic_success(rng: random.Random, corpus: str, params: dict[str, Any]) -> dict[str, Any]:
-    max_tokens = int(params.get("max_tokens") or 1024)
-    text = _content(rng, corpus, 900)
-    stop_reason = "end_turn"
-    if len(text) > max_tokens * 4:
-        text, stop_reason = text[: max_tokens * 4], "max_tokens"
+def _anthropic_success(
+    rng: random.Random,
+    corpus: str,
+    params: dict[str, Any],
+    tool_input: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A `message`; with `tool_input`, the forced tool's call (structured output)."""
+    content: list[dict[str, Any]]
+    if tool_input is None:
+        max_tokens = int(params.get("max_tokens") or 1024)
+        text = _content(rng, corpus, 900)
+        stop_reason = "end_turn"
+        if len(text) > max_tokens * 4:
+            text, stop_reason = text[: max_tokens * 4], "max_tokens"
+        content = [{"type": "text", "text": text, "citations": None}]
+    else:
+        text = orjson.dumps(tool_input).decode()
+        stop_reason = "tool_use"
+        content = [
+            {
+                "type": "tool_use",
+                "id": f"toolu_01{_hex(rng, 22)}",
+                "name": params["tool_choice"]["name"],
+                "input": tool_input,
+            }
+        ]
     prompt_chars = sum(len(m.get("content") or "") for m in params["messages"])
     return {
         "id": f"msg_01{_hex(rng, 22)}",
         "type": "message",
         "role": "assistant",
         "model": "claude-haiku-4-5-20251001",
-        "content": [{"type": "text", "text": text, "citations": None}],
+        "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "stop_details": None,
@@ -481,10 +688,17 @@ def anthropic_results(payload: bytes, seed: int) -> tuple[bytes, ProviderCounts]
                 },
             }
         else:
-            counts.ok += 1
+            params = request["params"]
+            tool_input, valid = None, True
+            if (params.get("tool_choice") or {}).get("type") == "tool":
+                tool_input, valid = structured_object(rng, corpus)
+                if not valid:
+                    counts.schema_invalid += 1
+            if valid:
+                counts.ok += 1
             result = {
                 "type": "succeeded",
-                "message": _anthropic_success(rng, corpus, request["params"]),
+                "message": _anthropic_success(rng, corpus, params, tool_input),
             }
         out.append(orjson.dumps({"custom_id": rid, "result": result}))
     rng.shuffle(out)
@@ -514,12 +728,21 @@ _VERTEX_ERRORS = (
 )
 
 
-def _vertex_response(rng: random.Random, corpus: str, request: dict[str, Any]) -> dict[str, Any]:
-    config = request.get("generationConfig") or {}
-    limit = int(config.get("maxOutputTokens") or 8192)
-    text, finish = _content(rng, corpus, 900), "STOP"
-    if len(text) > limit * 4:
-        text, finish = text[: limit * 4], "MAX_TOKENS"
+def _vertex_response(
+    rng: random.Random,
+    corpus: str,
+    request: dict[str, Any],
+    answer: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """A `GenerateContentResponse`; `answer` is (text, finishReason) when given."""
+    if answer is None:
+        config = request.get("generationConfig") or {}
+        limit = int(config.get("maxOutputTokens") or 8192)
+        text, finish = _content(rng, corpus, 900), "STOP"
+        if len(text) > limit * 4:
+            text, finish = text[: limit * 4], "MAX_TOKENS"
+    else:
+        text, finish = answer
     prompt = sum(len(p.get("text", "")) for c in request["contents"] for p in c["parts"])
     prompt_tokens, output_tokens = max(1, prompt // 4), max(1, len(text) // 4)
     return {
@@ -565,9 +788,16 @@ def vertex_results(payload: bytes, seed: int) -> tuple[list[bytes], ProviderCoun
             row["status"] = f"Error: {orjson.dumps(error).decode()}"
             row["request"] = request
         else:
-            counts.ok += 1
             row["request"] = request
-            row["response"] = _vertex_response(rng, corpus, request)
+            answer, valid = None, True
+            if (request.get("generationConfig") or {}).get("responseJsonSchema"):
+                text, valid, cut = structured_text(rng, corpus, indent=True)
+                answer = (text, "MAX_TOKENS" if cut else "STOP")
+                if not valid:
+                    counts.schema_invalid += 1
+            if valid:
+                counts.ok += 1
+            row["response"] = _vertex_response(rng, corpus, request, answer)
         rows.append(orjson.dumps(row))
     rng.shuffle(rows)
     files = [
@@ -597,12 +827,14 @@ def ensure_vertex_results(
     return paths, ProviderCounts(**info["counts"])
 
 
-def sample_input_lines(n: int, seed: int = 7, provider: str = "openai") -> list[bytes]:
+def sample_input_lines(
+    n: int, seed: int = 7, provider: str = "openai", schema: bool = False
+) -> list[bytes]:
     """`n` valid input lines, as `write_input` makes them (for micro-benchmarks)."""
     rng = random.Random(seed)
     corpus = _corpus(rng, 300_000)
     return [
-        orjson.dumps(_valid_line(rng, corpus, f"req-{seed}-{i:07d}", provider))
+        orjson.dumps(_valid_line(rng, corpus, f"req-{seed}-{i:07d}", provider, schema))
         for i in range(1, n + 1)
     ]
 
@@ -614,7 +846,8 @@ if __name__ == "__main__":
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--provider", choices=sorted(MODELS), default="openai")
+    parser.add_argument("--schema", action="store_true", help="every line with a response_schema")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / ".data")
     args = parser.parse_args()
-    path, meta = ensure_input(args.out, args.lines, args.seed, args.provider)
+    path, meta = ensure_input(args.out, args.lines, args.seed, args.provider, args.schema)
     print(f"{path}: {meta.lines} lines, {meta.size / 1e6:.1f} MB, {len(meta.invalid)} invalid")

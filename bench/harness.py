@@ -7,7 +7,9 @@
   the real adapters do after the download: split the streamed bytes into lines (the
   adapters' own `jsonl_lines`) and `normalise(orjson.loads(line))` each one.
 - `submit_phase` runs `build_plan` (parse, validate, encode, chunk, stage);
-  `collect_phase` runs `collect` (every `collect_chunk`, the ordered merge, the summary).
+  `collect_phase` runs `collect` (every `collect_chunk`, the ordered merge, the summary);
+  `reask_phase` runs a `collect` that stages re-asks of the answers that failed their
+  schema and starts the next round instead of merging.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import io
 import itertools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -337,11 +339,12 @@ def make_deps(blobs: BlobStore | None = None, provider: BenchProvider | None = N
     )
 
 
-def make_job(generation: str, size: int) -> Job:
+def make_job(generation: str, size: int, max_repair_attempts: int | None = None) -> Job:
+    """The bench's job; `max_repair_attempts` 0 makes a collect with schemas one round."""
     return Job(
         job_id=JOB_ID,
         source=Source(INPUT_BUCKET, INPUT_NAME, generation, size),
-        options=JobOptions(),
+        options=JobOptions(max_repair_attempts=max_repair_attempts),
         output_prefix=output_prefix(OUTPUT_BUCKET, INPUT_NAME, JOB_ID),
         created_at=1_800_000_000.0,
     )
@@ -361,7 +364,7 @@ def ready_for_collect(
     job: Job,
     chunks: list[Chunk],
     provider: BenchProvider,
-    files: list[tuple[bytes | Path, ...]],
+    files: Sequence[tuple[bytes | Path, ...]],
 ) -> Job:
     """Put the job in `collecting` with every chunk's batch completed at the provider;
     `files` are each chunk's provider files (OpenAI: output, errors; Anthropic: results)."""
@@ -389,17 +392,30 @@ def collect_phase(deps: Deps, job: Job) -> Job:
     return done
 
 
+def reask_phase(deps: Deps, job: Job) -> Job:
+    """A collect whose job allows re-asks: every `collect_chunk` (answers validated), the
+    invalid answers' requests staged again (`repair.stage`), and the next round's chunks
+    created (`repair.start_round`); no merge yet. The job is back to `running`."""
+    done = collect(deps, job.job_id)
+    if done is None or done.state is not JobState.RUNNING or done.chunk_count <= job.chunk_count:
+        raise RuntimeError(f"collect did not start a re-ask round: {done}")
+    return done
+
+
 # --- checking the output -------------------------------------------------------------------
 
 
 def verify_results(
     lines: Iterator[bytes], meta: InputMeta, counts: ProviderCounts
 ) -> dict[str, int]:
-    """Every non-blank input line once, in order, with its custom_id and the right status."""
+    """Every non-blank input line once, in order, with its custom_id and the right status;
+    with schemas, `output.parsed` on every success and a `schema_validation` error on
+    every answer that broke its schema."""
     blank = set(meta.blank)
     expected = (n for n in range(1, meta.lines + 1) if n not in blank)
     seen: dict[str, int] = {}
     n_out = 0
+    schema_failures = 0
     for raw in lines:
         if not raw.strip():
             continue
@@ -414,13 +430,26 @@ def verify_results(
         status = record["status"]
         if (status == "invalid") != (want in meta.invalid):
             raise AssertionError(f"line {want}: status {status}, invalid={want in meta.invalid}")
+        error = record.get("error") or {}
+        if error.get("type") == "schema_validation":
+            schema_failures += 1
+        if (
+            meta.schema
+            and status == "succeeded"
+            and not isinstance(record["output"]["parsed"], dict)
+        ):
+            raise AssertionError(f"line {want}: succeeded with no parsed answer")
         seen[status] = seen.get(status, 0) + 1
         n_out += 1
     if (left := next(expected, None)) is not None:
         raise AssertionError(f"the output stops before line {left}")
+    if schema_failures != counts.schema_invalid:
+        raise AssertionError(
+            f"{schema_failures} schema_validation failures, expected {counts.schema_invalid}"
+        )
     want_counts = {
         "succeeded": counts.ok,
-        "failed": counts.http_error + counts.missing,
+        "failed": counts.http_error + counts.missing + counts.schema_invalid,
         "expired": counts.expired,
         "invalid": len(meta.invalid),
     }

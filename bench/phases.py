@@ -2,8 +2,10 @@
 
 PHASE is `baseline` (import what the phases import, load nothing), `submit` (build_plan
 on the input file) or `collect` (collect the job `submit` staged, from provider files the
-parent generated), for the `--provider` the input's lines go to. Storage is `DiskBlobStore` under WORKDIR, so the fakes hold nothing in
-memory. Prints one JSON object: wall and CPU seconds, peak RSS and what the phase produced.
+parent generated), for the `--provider` the input's lines go to; `--max-repair-attempts`
+is the submitted job's option (0 for inputs with schemas: collect finishes in one round).
+Storage is `DiskBlobStore` under WORKDIR, so the fakes hold nothing in memory. Prints one
+JSON object: wall and CPU seconds, peak RSS and what the phase produced.
 """
 
 from __future__ import annotations
@@ -47,23 +49,24 @@ def main() -> None:
     parser.add_argument("--input", type=Path)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--provider", choices=sorted(harness.BENCH_PROVIDERS), default="openai")
+    parser.add_argument("--max-repair-attempts", type=int, default=None)
     args = parser.parse_args()
     logging.getLogger("batchline").setLevel(logging.WARNING)
     gc.collect()
     report: dict[str, object] = {"phase": args.phase}
     if args.phase == "submit":
-        report.update(_submit(args.input, args.workdir))
+        report.update(_submit(args.input, args.workdir, args.max_repair_attempts))
     elif args.phase == "collect":
         report.update(_collect(args.workdir, args.provider))
     report["maxrss"] = maxrss_bytes()
     sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
 
 
-def _submit(input_path: Path, workdir: Path) -> dict[str, object]:
+def _submit(input_path: Path, workdir: Path, max_repair_attempts: int | None) -> dict[str, object]:
     blobs = harness.DiskBlobStore(workdir / "blobs")
     generation = blobs.put_file(harness.input_uri(), input_path)
     deps = harness.make_deps(blobs)
-    job = harness.make_job(generation, input_path.stat().st_size)
+    job = harness.make_job(generation, input_path.stat().st_size, max_repair_attempts)
     started, started_cpu = time.perf_counter(), time.process_time()
     plan = harness.submit_phase(deps, job)
     seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu

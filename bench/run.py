@@ -6,15 +6,19 @@
    validate, encode, chunk, stage) on the input file, and a raw pass against collect
    (`collect`: parse + normalise every provider line, sort, ordered merge, summary) on the
    provider's result files. In-memory stores.
-2. Peak RSS of submit and of collect, for each provider, each in its own process on
-   on-disk stores, net of a process that imports the same modules and does nothing;
-   against the largest chunk.
+   The same for structured outputs: every input line carries a DocumentAnalysis
+   `response_schema`, the provider answers it (2% of the answers invalid), and collect
+   validates every answer (max_repair_attempts 0: one round); a collect that stages the
+   re-asks instead (max_repair_attempts 1) is shown beside it.
+2. Peak RSS of submit and of collect, for each provider (and with schemas), each in its
+   own process on on-disk stores, net of a process that imports the same modules and
+   does nothing; against the largest chunk.
 3. A real-size run (120,000 lines, default limits): several OpenAI batches, one merged
    output checked line by line.
 4. Cold import of each Cloud Functions entry point against the bare Google clients.
 
 Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs,
-`--providers openai` for one provider.
+`--providers openai` for one provider, `--no-schema` without the structured-output runs.
 """
 
 from __future__ import annotations
@@ -140,20 +144,31 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[Timing, Any]:
 def throughput(
     report: Report, provider_name: str, input_path: Path, meta: Any, reps: int
 ) -> dict[str, Any]:
+    """Raw pass vs submit on the input, raw pass vs collect on the provider's result files.
+
+    With an input whose lines carry a schema (`meta.schema`), the job allows no re-ask, so
+    collect validates every answer and finishes in one round; each repetition also runs
+    a second job that allows one re-ask, whose collect stages the re-asks instead
+    (`reask`, shown for information).
+    """
     label = PROVIDERS[provider_name]
+    schema = bool(meta.schema)
+    repairs = 0 if schema else None
     data = input_path.read_bytes()
-    times: dict[str, list[Timing]] = {"raw_in": [], "submit": [], "raw_out": [], "collect": []}
+    keys = ["raw_in", "submit", "raw_out", "collect"] + (["reask"] if schema else [])
+    times: dict[str, list[Timing]] = {k: [] for k in keys}
     provider_bytes: list[tuple[bytes, ...]] = []
     counts = ProviderCounts()
     chunks_info: list[tuple[int, int]] = []
     raw_out_lines = 0
+    reasked = 0
     for rep in range(reps):
         t, _ = timed(raw_pass, data)
         times["raw_in"].append(t)
         provider = harness.BENCH_PROVIDERS[provider_name]()
         deps = harness.make_deps(provider=provider)
         generation = deps.blobs.put(harness.input_uri(), data)  # type: ignore[attr-defined]
-        job = harness.make_job(generation, len(data))
+        job = harness.make_job(generation, len(data), repairs)
         t, plan = timed(harness.submit_phase, deps, job)
         times["submit"].append(t)
         if rep == 0:
@@ -175,12 +190,27 @@ def throughput(
             results = deps.blobs.read_bytes(done.results_uri)
             harness.verify_results(iter(results.splitlines()), meta, counts)
             del results
+        del deps, provider, plan, job, done
+        if schema:
+            # The same job allowing one re-ask, on fresh stores: its collect stages them.
+            provider = harness.BENCH_PROVIDERS[provider_name]()
+            deps = harness.make_deps(provider=provider)
+            generation = deps.blobs.put(harness.input_uri(), data)  # type: ignore[attr-defined]
+            job = harness.make_job(generation, len(data), 1)
+            plan = harness.submit_phase(deps, job)
+            job = harness.ready_for_collect(deps, job, plan.chunks, provider, provider_bytes)
+            t, done = timed(harness.reask_phase, deps, job)
+            times["reask"].append(t)
+            new_chunks = deps.store.get_chunks(job.job_id)[len(plan.chunks) :]
+            reasked = sum(c.request_count for c in new_chunks)
+            if reasked != counts.schema_invalid:
+                raise AssertionError(f"{reasked} re-asks staged, expected {counts.schema_invalid}")
+            del deps, provider, plan, job, done, new_chunks
         print(
             f"  rep {rep + 1}/{reps} (CPU s / wall s): "
             + "  ".join(f"{k} {v[-1].cpu:.2f}/{v[-1].wall:.2f}" for k, v in times.items()),
             flush=True,
         )
-        del deps, provider, plan, job, done
 
     def med(key: str, kind: str = "cpu") -> float:
         return statistics.median(getattr(t, kind) for t in times[key])
@@ -202,6 +232,8 @@ def throughput(
         "submit": (best("raw_in") / best("submit"), paired("raw_in", "submit")),
         "collect": (best("raw_out") / best("collect"), paired("raw_out", "collect")),
     }
+    if schema:
+        ratios["reask"] = (best("raw_out") / best("reask"), paired("raw_out", "reask"))
     lines = meta.lines
     results = lines - len(meta.blank)
     out_size = sum(len(part) for files in provider_bytes for part in files)
@@ -220,9 +252,37 @@ def throughput(
             f"{ratio[1]:.0%}" if ratio else "",
         ]
 
+    collect_name = "collect with schema validation" if schema else "collect"
+    rows = [
+        row("raw pass on the input", "raw_in", len(data), lines),
+        row(
+            "submit (build_plan)" + (", a response_schema on every line" if schema else ""),
+            "submit",
+            len(data),
+            lines,
+        ),
+        row(f"raw pass on the {label} result files", "raw_out", out_size, raw_out_lines),
+        row(
+            f"{collect_name} (collect" + (", max_repair_attempts 0: one round)" if schema else ")"),
+            "collect",
+            out_size,
+            results,
+        ),
+    ]
+    if schema:
+        rows.append(
+            row(
+                f"collect staging {reasked:,} re-asks (max_repair_attempts 1; "
+                "no merge: the job runs again), for information",
+                "reask",
+                out_size,
+                results,
+            )
+        )
     report.table(
-        f"Throughput, {label} ({lines:,}-line input, {reps} repetitions, same process, "
-        "in-memory stores)",
+        f"Throughput, {label}"
+        + (", structured outputs" if schema else "")
+        + f" ({lines:,}-line input, {reps} repetitions, same process, in-memory stores)",
         [
             "pass",
             "bytes",
@@ -234,42 +294,48 @@ def throughput(
             "speed vs raw pass",
             "(median of pairs)",
         ],
-        [
-            row("raw pass on the input", "raw_in", len(data), lines),
-            row("submit (build_plan)", "submit", len(data), lines),
-            row(f"raw pass on the {label} result files", "raw_out", out_size, raw_out_lines),
-            row("collect (collect)", "collect", out_size, results),
-        ],
+        rows,
     )
-    for name, goal in (("submit", SUBMIT_RATIO_TARGET), ("collect", COLLECT_RATIO_TARGET)):
+    # With schemas only the collect figure has a target (the submit one is shown above).
+    goals = [("collect", COLLECT_RATIO_TARGET)]
+    if not schema:
+        goals.insert(0, ("submit", SUBMIT_RATIO_TARGET))
+    for name, goal in goals:
         ratio, pairs = ratios[name]
         report.targets.append(
             Target(
-                f"{label} {name} speed vs raw pass",
+                f"{label} {collect_name if name == 'collect' else name} speed vs raw pass",
                 f"{ratio:.0%}",
                 f">= {goal:.0%}",
                 ratio >= goal,
                 f"{ratio / goal:.2f}x the target (median of pairs {pairs:.0%})",
             )
         )
+    what = f"{label}{' structured outputs' if schema else ''}"
     spread = {k: (min(t.cpu for t in v), max(t.cpu for t in v)) for k, v in times.items()}
     report.notes.append(
-        f"{label} throughput CPU seconds, min-max over the repetitions: "
+        f"{what} throughput CPU seconds, min-max over the repetitions: "
         + ", ".join(f"{k} {lo:.2f}-{hi:.2f}" for k, (lo, hi) in spread.items())
-        + "; per-repetition ratios: submit "
-        + ", ".join(
-            f"{r.cpu / b.cpu:.0%}" for r, b in zip(times["raw_in"], times["submit"], strict=True)
-        )
-        + ", collect "
-        + ", ".join(
-            f"{r.cpu / b.cpu:.0%}" for r, b in zip(times["raw_out"], times["collect"], strict=True)
+        + "; per-repetition ratios: "
+        + "; ".join(
+            f"{key} "
+            + ", ".join(f"{r.cpu / b.cpu:.0%}" for r, b in zip(times[raw], times[key], strict=True))
+            for key, raw in (("submit", "raw_in"), ("collect", "raw_out"), ("reask", "raw_out"))
+            if key in times
         )
         + "."
     )
     report.notes.append(
-        f"{label} throughput chunks: {len(chunks_info)} ("
+        f"{what} throughput chunks: {len(chunks_info)} ("
         + ", ".join(f"{n:,} requests / {mb(b)}" for n, b in chunks_info)
-        + "); the merged output of the first repetition is checked line by line."
+        + "); the merged output of the first repetition is checked line by line"
+        + (
+            f"; answers: {counts.ok:,} valid, {counts.schema_invalid:,} invalid for the "
+            f"schema ({counts.schema_invalid / max(1, counts.ok + counts.schema_invalid):.1%}), "
+            f"{counts.http_error + counts.expired + counts.missing:,} errors, expired or missing."
+            if schema
+            else "."
+        )
     )
     return {"times": times, "chunks": chunks_info}
 
@@ -291,7 +357,9 @@ def on_disk(input_path: Path, meta: Any, label: str, provider_name: str) -> dict
     workdir = DATA / f"work-{label}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    submit = phase("submit", "--input", str(input_path), "--workdir", str(workdir))
+    # With schemas, no re-ask: collect finishes in one round.
+    repairs = ["--max-repair-attempts", "0"] if meta.schema else []
+    submit = phase("submit", "--input", str(input_path), "--workdir", str(workdir), *repairs)
     blobs = harness.DiskBlobStore(workdir / "blobs")
     files, counts = [], ProviderCounts()
     for chunk in submit["chunks"]:
@@ -314,16 +382,22 @@ def memory(
     report: Report, provider_name: str, input_path: Path, meta: Any, baseline: int
 ) -> dict[str, Any]:
     label = PROVIDERS[provider_name]
-    run = on_disk(input_path, meta, f"rss-{provider_name}", provider_name)
+    schema = bool(meta.schema)
+    run = on_disk(
+        input_path, meta, f"rss-{provider_name}{'-schema' if schema else ''}", provider_name
+    )
     largest = max(c["payload_bytes"] for c in run["submit"]["chunks"])
     rows = []
     for name in ("submit", "collect"):
         peak = run[name]["maxrss"]
         net = peak - baseline
-        rows.append([name, mb(peak), mb(net), mb(largest), f"{net / largest:.2f}x"])
+        shown = "collect with schema validation" if schema and name == "collect" else name
+        rows.append([shown, mb(peak), mb(net), mb(largest), f"{net / largest:.2f}x"])
+        if schema and name == "submit":
+            continue  # with schemas only the collect figure has a target
         report.targets.append(
             Target(
-                f"{label} {name} peak RSS ({meta.lines:,} lines)",
+                f"{label} {shown} peak RSS ({meta.lines:,} lines)",
                 f"{net / largest:.2f}x largest chunk",
                 f"<= {RSS_TARGET}x",
                 net <= RSS_TARGET * largest,
@@ -331,8 +405,8 @@ def memory(
             )
         )
     report.table(
-        f"Peak RSS, {label} ({meta.lines:,}-line input; own process per phase, on-disk stores; "
-        f"baseline {mb(baseline)})",
+        f"Peak RSS, {label}{', structured outputs' if schema else ''} ({meta.lines:,}-line "
+        f"input; own process per phase, on-disk stores; baseline {mb(baseline)})",
         ["phase", "peak RSS", "net of baseline", "largest chunk payload", "net / chunk"],
         rows,
     )
@@ -600,6 +674,25 @@ METHOD = """
   API takes none), `stop`, `metadata`; log-normal content lengths with non-ASCII text and
   escapes; ~2 KB a line), 0.02% blank lines, 0.2% invalid lines of eight kinds, 5%
   without `custom_id`, a few CRLF line ends. Cached under `bench/.data/` (git-ignored).
+- **Structured outputs**: the same inputs with a `response_schema` on every line (and
+  `max_tokens` at least 1,024): a DocumentAnalysis JSON Schema (`generate.DOCUMENT_ANALYSIS`:
+  title, optional language, sentiment enum, confidence 0..1, summary, entities[] {name,
+  kind enum, salience 0..1}, sections[] {heading, page integer 1..500, keywords[]}, no
+  additional properties), given as `{"name", "schema"}`. Each provider answers it the
+  way it does: OpenAI strict mode (the schema has a strict form) with the JSON text as
+  the message content, `null` for the optional property when left out; Anthropic a
+  `tool_use` block whose `input` is the object (`stop_reason` `tool_use`); Vertex AI
+  pretty-printed JSON text in the first part. Answers are 0.3-2.4 KB of JSON (median
+  ~0.9 KB); 2% of them break the schema (wrong enum, number out of bounds, missing
+  property, page out of range, extra property, or, for OpenAI and Vertex AI, JSON cut at
+  the token limit), and must come out `failed` with a `schema_validation` error. The job
+  sets `max_repair_attempts` 0, so collect validates every answer and finishes in one
+  round: "collect with schema validation" is that collect, with the same raw-pass
+  comparison and the same targets as collect. For information, a second job per
+  repetition allows one re-ask: its collect validates the same answers, then stages the
+  re-asks (`repair.stage`: the chunk's payload read once, each invalid answer's request
+  written again with a repair turn) and starts the next round (`repair.start_round`)
+  instead of merging; it is checked to stage exactly the invalid answers.
 - **Provider files**: generated from each staged chunk payload, the way the provider
   answers it, shuffled. OpenAI: the real output/error envelope (`chat.completion` bodies
   with usage details); 2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no
@@ -670,6 +763,11 @@ def main() -> int:
         help="comma-separated providers for the throughput and memory figures",
     )
     parser.add_argument(
+        "--no-schema",
+        action="store_true",
+        help="skip the structured-output (collect with schema validation) figures",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=BENCH / "RESULTS.md",
@@ -687,21 +785,26 @@ def main() -> int:
     unknown = sorted(set(providers) - set(PROVIDERS))
     if unknown:
         parser.error(f"unknown providers: {', '.join(unknown)}")
+    # (provider, with schemas): the plain inputs first, then the same with a schema a line.
     inputs = {}
-    for provider in providers:
-        print(f"{provider} input: {args.lines:,} lines (cached in {DATA})", flush=True)
-        inputs[provider] = ensure_input(DATA, args.lines, args.seed, provider)
-        path, meta = inputs[provider]
-        print(
-            f"  {path.name}: {mb(meta.size)}, {len(meta.invalid)} invalid, {len(meta.blank)} blank",
-            flush=True,
-        )
-    for provider, (path, meta) in inputs.items():
-        print(f"\n{provider} throughput:", flush=True)
+    for schema in (False, True) if not args.no_schema else (False,):
+        for provider in providers:
+            kind = " with a response_schema a line" if schema else ""
+            print(f"{provider} input{kind}: {args.lines:,} lines (cached in {DATA})", flush=True)
+            inputs[provider, schema] = ensure_input(DATA, args.lines, args.seed, provider, schema)
+            path, meta = inputs[provider, schema]
+            print(
+                f"  {path.name}: {mb(meta.size)}, {len(meta.invalid)} invalid, "
+                f"{len(meta.blank)} blank",
+                flush=True,
+            )
+    for (provider, schema), (path, meta) in inputs.items():
+        print(f"\n{provider}{' structured outputs' if schema else ''} throughput:", flush=True)
         throughput(report, provider, path, meta, args.reps)
     baseline = baseline_rss()
-    for provider, (path, meta) in inputs.items():
-        print(f"\n{provider} peak RSS (one process per phase)...", flush=True)
+    for (provider, schema), (path, meta) in inputs.items():
+        kind = " structured outputs" if schema else ""
+        print(f"\n{provider}{kind} peak RSS (one process per phase)...", flush=True)
         memory(report, provider, path, meta, baseline)
     if args.real_lines:
         print(f"\nreal-size run: {args.real_lines:,} lines...", flush=True)

@@ -3,7 +3,8 @@
 Not part of `make test`: run with `.venv/bin/python -m pytest bench/ --benchmark-only`.
 Each benchmark processes the same 1,000 realistic lines (~2 KB each), so a round's time
 divided by 1,000 is the cost of one line; `raw_pass_*` is the orjson floor for the same
-lines, as in bench/run.py.
+lines, as in bench/run.py. The `validator_*` ones check 1,000 DocumentAnalysis answers
+(~0.3-2 KB of JSON, 2% of them invalid) against their schema, as collect does.
 """
 
 from __future__ import annotations
@@ -13,16 +14,25 @@ from typing import Any
 
 import orjson
 import pytest
-from generate import anthropic_results, provider_files, sample_input_lines, vertex_results
+from generate import (
+    RESPONSE_SCHEMA,
+    anthropic_results,
+    provider_files,
+    sample_input_lines,
+    structured_object,
+    structured_text,
+    vertex_results,
+)
 
 from batchline.domain.lines import iter_lines
 from batchline.domain.models import ProviderResult
-from batchline.domain.pricing import BATCH_PRICES
+from batchline.domain.pricing import PRICES
 from batchline.domain.providers import anthropic as anthropic_wire
 from batchline.domain.providers import openai as wire
 from batchline.domain.providers import vertex as vertex_wire
 from batchline.domain.requests import Request, parse_line
 from batchline.domain.results import Tally, provider_result_line
+from batchline.domain.schemas import ResponseSchema, Validator, openai_strict
 
 N = 1_000
 MAX_LINE = 1024 * 1024
@@ -115,7 +125,7 @@ def test_result_line(benchmark: Any, results: list[ProviderResult]) -> None:
                 provider="openai",
                 model="gpt-4.1-mini",
                 result=result,
-                prices=BATCH_PRICES,
+                prices=PRICES,
             )
             tally.add(record)
             orjson.dumps(record)
@@ -197,3 +207,80 @@ def test_normalise_vertex(benchmark: Any, vertex_rows: list[bytes]) -> None:
             vertex_wire.normalise(orjson.loads(line))
 
     benchmark(run)
+
+
+@pytest.fixture(scope="module")
+def document_schema() -> ResponseSchema:
+    schema = ResponseSchema.from_line_value(RESPONSE_SCHEMA)
+    assert openai_strict(schema) is not None  # OpenAI sends it strict
+    return schema
+
+
+def _answers(nulls: bool = False, text: bool = True) -> list[Any]:
+    import random
+
+    from generate import _corpus
+
+    rng = random.Random(7)
+    corpus = _corpus(rng, 300_000)
+    if not text:
+        return [structured_object(rng, corpus)[0] for _ in range(N)]
+    return [structured_text(rng, corpus, nulls=nulls)[0] for _ in range(N)]
+
+
+@pytest.fixture(scope="module")
+def document_texts() -> list[str]:
+    """DocumentAnalysis answers as JSON text (Vertex; OpenAI without strict mode)."""
+    return _answers()
+
+
+def test_raw_pass_answers(benchmark: Any, document_texts: list[str]) -> None:
+    """The orjson floor for the same answers (the few truncated ones fail to parse)."""
+    answers = [text.encode() for text in document_texts]
+
+    def run() -> None:
+        for answer in answers:
+            try:  # noqa: SIM105 - as bench/run.py's raw pass
+                orjson.dumps(orjson.loads(answer))
+            except orjson.JSONDecodeError:
+                pass
+
+    benchmark(run)
+
+
+def test_validator_check(
+    benchmark: Any, document_schema: ResponseSchema, document_texts: list[str]
+) -> None:
+    """Validator.check of JSON text: orjson.loads + the compiled validator."""
+    validator = Validator(document_schema)
+
+    def run() -> int:
+        return sum(validator.check(text)[1] is None for text in document_texts)
+
+    valid = benchmark(run)
+    assert N * 0.95 < valid < N
+
+
+def test_validator_check_strict(benchmark: Any, document_schema: ResponseSchema) -> None:
+    """OpenAI strict mode: every property given, `null` for an optional one, stripped
+    (`strip_added_nulls`) before the validator runs."""
+    texts = _answers(nulls=True)
+    validator = Validator(document_schema, strip_nulls=True)
+
+    def run() -> int:
+        return sum(validator.check(text)[1] is None for text in texts)
+
+    valid = benchmark(run)
+    assert N * 0.95 < valid < N
+
+
+def test_validator_check_structured(benchmark: Any, document_schema: ResponseSchema) -> None:
+    """Anthropic: the tool_use block's `input`, already an object (no parsing)."""
+    objects = _answers(text=False)
+    validator = Validator(document_schema)
+
+    def run() -> int:
+        return sum(validator.check(None, value)[1] is None for value in objects)
+
+    valid = benchmark(run)
+    assert N * 0.95 < valid < N

@@ -128,8 +128,6 @@ PRICES: dict[str, Price] = {
         0.625, 5.00, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
     ),
 }
-#: The table's former name, still imported by bench/test_bench_hot_paths.py.
-BATCH_PRICES = PRICES
 
 # A snapshot's suffix on its base model id: OpenAI's -2025-04-14 (and the older -0613),
 # Anthropic's -20251001 (@20251001 on Vertex AI), Gemini's -001, and -latest aliases.
