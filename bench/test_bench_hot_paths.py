@@ -26,7 +26,7 @@ from generate import (
 
 from batchline.domain.lines import iter_lines
 from batchline.domain.models import ProviderResult
-from batchline.domain.pricing import PRICES
+from batchline.domain.pricing import PRICES, price_for
 from batchline.domain.providers import anthropic as anthropic_wire
 from batchline.domain.providers import openai as wire
 from batchline.domain.providers import vertex as vertex_wire
@@ -116,18 +116,20 @@ def test_normalise(benchmark: Any, output_lines: list[bytes]) -> None:
 def test_result_line(benchmark: Any, results: list[ProviderResult]) -> None:
     """provider_result_line + Tally.add + orjson.dumps: collect_chunk's per-line work."""
 
+    price = price_for(PRICES, "openai", "gpt-4.1-mini")
+
     def run() -> None:
         tally = Tally()
         for i, result in enumerate(results, 1):
-            record = provider_result_line(
+            record, realtime = provider_result_line(
                 custom_id=f"req-{i}",
                 line=i,
                 provider="openai",
                 model="gpt-4.1-mini",
                 result=result,
-                prices=PRICES,
+                price=price,
             )
-            tally.add(record)
+            tally.add(record, realtime)
             orjson.dumps(record)
 
     benchmark(run)

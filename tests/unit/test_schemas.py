@@ -276,3 +276,30 @@ def test_native_lines_keep_their_own_schema_for_validation() -> None:
     assert isinstance(got, Request) and got.schema is not None and got.schema.schema == INVOICE
     encoded = orjson.loads(openai.encode(got))
     assert encoded["body"] == body  # native passes untouched
+
+
+def test_added_nulls_are_stripped_at_any_depth_and_in_recursive_schemas() -> None:
+    tree = {
+        "$defs": {
+            "Node": {
+                "type": "object",
+                "properties": {
+                    "label": {"type": "string"},
+                    "weight": {"type": "number"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
+                },
+                "required": ["label"],
+            }
+        },
+        "$ref": "#/$defs/Node",
+    }
+    answer = {
+        "label": "a",
+        "weight": None,
+        "children": [{"label": "b", "weight": 2, "children": [{"label": "c", "weight": None}]}],
+    }
+    assert strip_added_nulls(answer, tree) == {
+        "label": "a",
+        "children": [{"label": "b", "weight": 2, "children": [{"label": "c"}]}],
+    }
+    jsonschema.validate(answer, tree)

@@ -39,6 +39,7 @@ class SchemaProvider(FakeProvider):
         super().__init__(clock)
         self.bad = bad
         self.bad_always = False  # bad ids stay wrong when asked again
+        self.pretty = False  # answer with indented JSON (newlines between tokens)
         self.turns: dict[tuple[str, str], int] = {}
         self.sent: list[dict[str, object]] = []
 
@@ -60,7 +61,9 @@ class SchemaProvider(FakeProvider):
             yield ProviderResult(
                 result.request_id,
                 ResultStatus.SUCCEEDED,
-                text=orjson.dumps(answer).decode(),
+                text=orjson.dumps(
+                    answer, option=orjson.OPT_INDENT_2 if self.pretty else None
+                ).decode(),
                 finish_reason="stop",
                 usage={"input_tokens": 10, "output_tokens": 5},
             )
@@ -236,3 +239,12 @@ def test_a_reask_that_fails_again_is_failed_with_every_attempt() -> None:
     assert [a["error"]["type"] for a in attempts] == ["schema_validation"] * 3
     assert len({a["batch_id"] for a in attempts}) == 3
     assert results[2]["usage"] == {"input_tokens": 30, "output_tokens": 15}
+
+
+def test_an_answer_with_newlines_still_makes_one_line_with_its_parsed_object() -> None:
+    deps, provider = setup(bad=set())
+    provider.pretty = True
+    job, results = run_job(deps, provider, lines(2))
+    raw = deps.blobs.read_bytes(job.results_uri)
+    assert raw.count(b"\n") == 2
+    assert [r["output"]["parsed"] for r in results] == [GOOD, GOOD]

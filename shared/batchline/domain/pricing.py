@@ -160,20 +160,21 @@ def cost(price: Price, usage: Mapping[str, Any]) -> LineCost:
     optionally, `cached_input_tokens` (the part of the input read from the cache), which
     costs the cached-input rate where the model has one.
     """
-    input_tokens = int(usage.get("input_tokens") or 0)
-    output_tokens = int(usage.get("output_tokens") or 0)
-    cached = min(max(int(usage.get("cached_input_tokens") or 0), 0), input_tokens)
+    input_tokens = usage.get("input_tokens") or 0
+    output_tokens = usage.get("output_tokens") or 0
+    cached = usage.get("cached_input_tokens") or 0
+    if cached:  # on the collect hot path: the common case (no cache) skips all this
+        cached = min(max(cached, 0), input_tokens)
     fresh = input_tokens - cached
-    batch_cached = price.input if price.cached_input is None else price.cached_input
-    realtime_cached = (
-        price.realtime_input if price.realtime_cached_input is None else price.realtime_cached_input
-    )
-    batch = fresh * price.input + cached * batch_cached + output_tokens * price.output
-    realtime = (
-        fresh * price.realtime_input
-        + cached * realtime_cached
-        + output_tokens * price.realtime_output
-    )
+    batch = fresh * price.input + output_tokens * price.output
+    realtime = fresh * price.realtime_input + output_tokens * price.realtime_output
+    if cached:
+        batch += cached * (price.input if price.cached_input is None else price.cached_input)
+        realtime += cached * (
+            price.realtime_input
+            if price.realtime_cached_input is None
+            else price.realtime_cached_input
+        )
     return LineCost(batch_usd=batch / PER_TOKENS, realtime_usd=realtime / PER_TOKENS)
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from batchline.domain.models import ProviderResult, ResultStatus
-from batchline.domain.pricing import Price, price_for
+from batchline.domain.pricing import Price
 from batchline.domain.pricing import cost as line_cost
 from batchline.domain.requests import InvalidLine
 from batchline.domain.schemas import Violation
@@ -22,12 +21,13 @@ def provider_result_line(
     provider: str,
     model: str,
     result: ProviderResult,
-    prices: dict[str, Price],
+    price: Price | None,
     batch_id: str | None = None,
     check: SchemaCheck | None = None,
     earlier: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """One line of results.jsonl for a request that went to a provider.
+) -> ResultLine:
+    """One line of results.jsonl for a request that went to a provider, with what its
+    usage would have cost in real time (for the tally; not part of the line).
 
     `check` is the answer's schema validation, when the request had a schema: a valid
     answer gives `output.parsed`; an invalid one makes the line `failed` with a
@@ -36,18 +36,23 @@ def provider_result_line(
     and its usage and cost are the sums over them.
     """
     usage = result.usage
-    cost = None
-    price = price_for(prices, provider, model)
+    cost = realtime = None
     if usage is not None and price is not None:
-        cost = line_cost(price, usage).batch_usd
+        both = line_cost(price, usage)
+        cost, realtime = both.batch_usd, both.realtime_usd
     status = result.status
     error = result.error
-    output = None
+    output: dict[str, Any] | None = None
     if status is ResultStatus.SUCCEEDED:
         output = {"text": result.text, "finish_reason": result.finish_reason}
         if check is not None:
             if check.violation is None:
-                output["parsed"] = check.parsed
+                raw = check.verbatim
+                # A line of results.jsonl holds no raw newline: JSON whitespace may.
+                if raw is not None and "\n" not in raw and "\r" not in raw:
+                    output["parsed"] = orjson.Fragment(raw)
+                else:
+                    output["parsed"] = check.parsed
             else:
                 status = ResultStatus.FAILED
                 output["parsed"] = None
@@ -71,7 +76,8 @@ def provider_result_line(
     attempts = [*(earlier or ()), attempt]
     if len(attempts) > 1:
         usage, cost = _summed(attempts)
-    return {
+        realtime = line_cost(price, usage).realtime_usd if usage and price else None
+    record = {
         "custom_id": custom_id,
         "line": line,
         "status": str(status),
@@ -84,6 +90,12 @@ def provider_result_line(
         "response": result.response,
         "attempts": attempts,
     }
+    return ResultLine(record, realtime if cost is not None else None)
+
+
+class ResultLine(NamedTuple):
+    record: dict[str, Any]
+    realtime_usd: float | None
 
 
 SCHEMA_VALIDATION = "schema_validation"
@@ -95,6 +107,8 @@ class SchemaCheck:
 
     parsed: Any
     violation: Violation | None
+    #: The answer's text when `parsed` is exactly its JSON: written as it is, not again.
+    verbatim: str | None = None
 
 
 def _summed(attempts: list[dict[str, Any]]) -> tuple[dict[str, int] | None, float | None]:
@@ -110,9 +124,10 @@ def _summed(attempts: list[dict[str, Any]]) -> tuple[dict[str, int] | None, floa
     return usage, cost
 
 
-def superseded(record: dict[str, Any]) -> dict[str, Any]:
+def superseded(record: dict[str, Any], realtime_usd: float | None) -> dict[str, Any]:
     """What a tally needs to take a line back when a re-ask replaces it."""
     return {
+        "realtime_usd": realtime_usd,
         "status": record["status"],
         "provider": record["provider"],
         "model": record["model"],
@@ -163,16 +178,22 @@ class Tally:
     errors: dict[str, int] = field(default_factory=dict)  # error type -> lines
     reasked: int = 0  # lines answered more than once
 
-    def add(self, record: dict[str, Any], prices: Mapping[str, Price] | None = None) -> None:
-        """Count a line; `prices` give what its usage would have cost in real time."""
-        self._count(record, 1, prices)
+    def add(self, record: dict[str, Any], realtime_usd: float | None = None) -> None:
+        """Count a line, and what it would have cost in real time when it has a price."""
+        self._count(record, 1, realtime_usd)
 
-    def remove(self, record: dict[str, Any], prices: Mapping[str, Price] | None = None) -> None:
-        self._count(record, -1, prices)
+    def remove(self, line: dict[str, Any]) -> None:
+        """Take back a line (its `superseded` summary) that a re-ask replaces."""
+        self._count(line, -1, line.get("realtime_usd"))
 
-    def _count(self, record: dict[str, Any], sign: int, prices: Mapping[str, Price] | None) -> None:
+    def _count(self, record: dict[str, Any], sign: int, realtime: float | None) -> None:
+        counts = self.counts
         status = record["status"]
-        _bump(self.counts, status, sign)
+        value = counts.get(status, 0) + sign
+        if value:
+            counts[status] = value
+        else:
+            del counts[status]
         error = record.get("error")
         if error:
             _bump(self.errors, str(error["type"]), sign)
@@ -183,22 +204,24 @@ class Tally:
         if not usage:
             return
         key = f"{record['provider']}/{record['model']}"
-        entry = self.by_model.setdefault(key, _model_entry())
+        entry = self.by_model.get(key)
+        if entry is None:
+            entry = self.by_model[key] = _model_entry()
+        input_tokens = sign * usage["input_tokens"]
+        output_tokens = sign * usage["output_tokens"]
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
         entry["lines"] += sign
-        self.input_tokens += sign * usage["input_tokens"]
-        self.output_tokens += sign * usage["output_tokens"]
-        entry["input_tokens"] += sign * usage["input_tokens"]
-        entry["output_tokens"] += sign * usage["output_tokens"]
+        entry["input_tokens"] += input_tokens
+        entry["output_tokens"] += output_tokens
         cost = record.get("cost_usd")
-        price = price_for(prices, record["provider"], record["model"]) if prices else None
-        if cost is None or price is None:
+        if cost is None or realtime is None:
             _bump(self.unpriced, key, sign)
             return
-        realtime = line_cost(price, usage).realtime_usd
         self.cost_usd += sign * cost
         self.realtime_cost_usd += sign * realtime
         entry["cost_usd"] += sign * cost
-        entry["realtime_cost_usd"] = entry.get("realtime_cost_usd", 0.0) + sign * realtime
+        entry["realtime_cost_usd"] += sign * realtime
 
     def merge(self, other: Tally) -> None:
         for status, n in other.counts.items():
@@ -243,14 +266,20 @@ class Tally:
             cost_usd=data["cost_usd"],
             realtime_cost_usd=data["realtime_cost_usd"],
             unpriced=dict(data.get("unpriced", {})),
-            by_model={k: dict(v) for k, v in data.get("by_model", {}).items()},
+            by_model={k: {**_model_entry(), **v} for k, v in data.get("by_model", {}).items()},
             errors=dict(data.get("errors", {})),
             reasked=int(data.get("reasked", 0)),
         )
 
 
 def _model_entry() -> dict[str, Any]:
-    return {"lines": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+    return {
+        "lines": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cost_usd": 0.0,
+        "realtime_cost_usd": 0.0,
+    }
 
 
 def _bump(counter: dict[str, int], key: str, by: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -70,6 +70,10 @@ _SUB_MAP = ("properties", "$defs", "definitions", "patternProperties", "dependen
 _SUB_LIST = ("anyOf", "oneOf", "allOf", "prefixItems")
 
 
+_CREATED_MAX = 256
+_created: dict[tuple[str | None, bytes], ResponseSchema] = {}
+
+
 class SchemaError(ValueError):
     """A schema batchline cannot use; `where` is the construct's place in the schema."""
 
@@ -87,13 +91,25 @@ class ResponseSchema:
 
     @classmethod
     def create(cls, schema: Any, name: str | None = None) -> ResponseSchema:
-        """Check that `schema` is a usable JSON Schema and give it a provider-safe name."""
+        """Check that `schema` is a usable JSON Schema and give it a provider-safe name.
+
+        A file usually repeats one schema on every line: the same one (same name, same
+        JSON) is checked once and shared.
+        """
         if not isinstance(schema, dict):
             raise SchemaError("", "a JSON Schema must be an object")
+        key = (name, orjson.dumps(schema))
+        known = _created.get(key)
+        if known is not None:
+            return known
         _check_valid(schema)
         safe = _NAME_SAFE.sub("_", name or str(schema.get("title") or DEFAULT_NAME))[:64]
         canonical = orjson.dumps({"name": safe, "schema": schema}, option=orjson.OPT_SORT_KEYS)
-        return cls(safe, schema, hashlib.sha256(canonical).hexdigest()[:24])
+        made = cls(safe, schema, hashlib.sha256(canonical).hexdigest()[:24])
+        if len(_created) >= _CREATED_MAX:
+            _created.pop(next(iter(_created)))
+        _created[key] = made
+        return made
 
     @classmethod
     def from_line_value(cls, value: Any) -> ResponseSchema:
@@ -308,45 +324,85 @@ def _allows_null(node: dict[str, Any]) -> bool:
     )
 
 
-def strip_added_nulls(
-    value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None
-) -> Any:
-    """Remove the `null`s strict mode was allowed to give for optional properties whose
-    own schema takes no null: the answer as the original schema means it."""
-    root = root if root is not None else schema
-    node: dict[str, Any] | None = schema
-    seen = 0
-    while node is not None and "$ref" in node and seen < 32:
-        node, seen = resolve(root, str(node["$ref"])), seen + 1
-    if node is None:
+@dataclass
+class _Strip:
+    """Where strict mode may have put a `null` the original schema does not take: the
+    optional, non-nullable properties of an object (`drop`), and the places below it."""
+
+    drop: frozenset[str] = frozenset()
+    children: dict[str, _Strip] = field(default_factory=dict)
+    items: _Strip | None = None
+
+    def apply(self, value: Any) -> None:
+        if isinstance(value, dict):
+            for key in self.drop:
+                if key in value and value[key] is None:
+                    del value[key]
+            for key, below in self.children.items():
+                if key in value:
+                    below.apply(value[key])
+        elif isinstance(value, list) and self.items is not None:
+            for item in value:
+                self.items.apply(item)
+
+
+class NullStripper:
+    """Removes the `null`s strict mode was allowed to give for optional properties whose
+    own schema takes no null, so the answer means what the original schema means.
+
+    The places to look are worked out once per schema; an answer is then walked only
+    where such a null can be, and changed in place.
+    """
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self._root = schema
+        self._building: dict[int, _Strip] = {}
+        self._plan = self._plan_of(schema)
+
+    def __call__(self, value: Any) -> Any:
+        if self._plan is not None:
+            self._plan.apply(value)
         return value
-    if isinstance(value, dict):
-        properties = node.get("properties") or {}
-        required = set(node.get("required") or ())
-        out = {}
-        for key, item in value.items():
-            sub = properties.get(key)
-            if (
-                item is None
-                and key not in required
-                and isinstance(sub, dict)
-                and not _allows_null(sub)
-            ):
-                continue
-            out[key] = strip_added_nulls(item, sub, root) if isinstance(sub, dict) else item
-        for branch in (node.get("allOf") or ()) + (node.get("anyOf") or ()):
-            if isinstance(branch, dict):
-                out = strip_added_nulls(out, branch, root)
-        return out
-    if isinstance(value, list):
+
+    def _plan_of(self, node: Any, depth: int = 0) -> _Strip | None:
+        seen = 0
+        while isinstance(node, dict) and "$ref" in node and seen < 32:
+            node, seen = resolve(self._root, str(node["$ref"])), seen + 1
+        if not isinstance(node, dict) or depth > 64:
+            return None
+        if id(node) in self._building:  # a recursive schema: the plan being built
+            return self._building[id(node)]
+        plan = self._building[id(node)] = _Strip()
+        properties = node.get("properties")
+        if isinstance(properties, dict):
+            required = set(node.get("required") or ())
+            plan.drop = frozenset(
+                key
+                for key, sub in properties.items()
+                if key not in required and isinstance(sub, dict) and not _allows_null(sub)
+            )
+            for key, sub in properties.items():
+                below = self._plan_of(sub, depth + 1)
+                if below is not None:
+                    plan.children[key] = below
         items = node.get("items")
         if isinstance(items, dict):
-            return [strip_added_nulls(item, items, root) for item in value]
-        branches = [b for b in node.get("anyOf") or () if isinstance(b, dict)]
-        for branch in branches:
-            if branch.get("type") == "array" and isinstance(branch.get("items"), dict):
-                return [strip_added_nulls(item, branch["items"], root) for item in value]
-    return value
+            plan.items = self._plan_of(items, depth + 1)
+        for keyword in ("allOf", "anyOf", "oneOf"):
+            for branch in node.get(keyword) or ():
+                other = self._plan_of(branch, depth + 1)
+                if other is not None and other is not plan:
+                    plan.drop |= other.drop
+                    plan.children.update(other.children)
+                    plan.items = plan.items or other.items
+        del self._building[id(node)]
+        empty = not plan.drop and not plan.children and plan.items is None
+        return None if empty and depth else plan
+
+
+def strip_added_nulls(value: Any, schema: dict[str, Any]) -> Any:
+    """`NullStripper(schema)(value)`, for one answer."""
+    return NullStripper(schema)(value)
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -371,8 +427,12 @@ class Validator:
         import jsonschema_rs
 
         self.schema = schema
-        self._strip_nulls = strip_nulls
+        self._strip = NullStripper(schema.schema) if strip_nulls else None
         self._compiled = jsonschema_rs.validator_for(schema.schema, validate_formats=True)
+
+    def may_change(self, text: str | None, structured: Any = None) -> bool:
+        """Whether the parsed answer may differ from the JSON of `text` (nulls removed)."""
+        return self._strip is not None and (structured is not None or "null" in (text or ""))
 
     def check(self, text: str | None, structured: Any = None) -> tuple[Any, Violation | None]:
         """(the parsed answer, None) when valid, else (whatever parsed, the violation)."""
@@ -385,8 +445,8 @@ class Validator:
                 value = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
                 return None, Violation("$", f"the answer is not JSON ({exc})")
-        if self._strip_nulls:
-            value = strip_added_nulls(value, self.schema.schema)
+        if self._strip is not None and self.may_change(text, structured):
+            value = self._strip(value)
         if self._compiled.is_valid(value):
             return value, None
         error = next(iter(self._compiled.iter_errors(value)))

@@ -29,6 +29,7 @@ from batchline.domain.models import (
     ResultStatus,
 )
 from batchline.domain.paths import WorkPaths
+from batchline.domain.pricing import price_for
 from batchline.domain.results import Tally, provider_result_line
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.log import fields, get_logger
@@ -214,29 +215,30 @@ def collect_chunk(
     writer = _RunWriter(deps, paths, chunk.index)
     tally = Tally()
     asks = repair.Asks()
+    price = price_for(deps.prices, chunk.provider, chunk.model)  # one model per chunk
 
     def emit(line: int, result: ProviderResult) -> None:
         entry = manifest[line]
         check = None
         if entry.schema and result.status is ResultStatus.SUCCEEDED:
             check = checks.check(entry.schema, chunk.provider, result)
-        record = provider_result_line(
+        record, realtime = provider_result_line(
             custom_id=entry.custom_id,
             line=line,
             provider=chunk.provider,
             model=chunk.model,
             result=result,
-            prices=deps.prices,
+            price=price,
             batch_id=chunk.batch_id,
             check=check,
             earlier=entry.earlier,
         )
         if entry.previous:
-            tally.remove(entry.previous, deps.prices)  # the line an earlier round counted
-        tally.add(record, deps.prices)
+            tally.remove(entry.previous)  # the line an earlier round counted
+        tally.add(record, realtime)
         violation = check.violation if check is not None else None
         if violation is not None and len(record["attempts"]) <= checks.max_repairs:
-            asks.add(line, entry, record, violation)
+            asks.add(line, entry, record, realtime, violation)
         writer.add(line, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     seen: set[int] = set()
@@ -344,22 +346,26 @@ def _merge(deps: Deps, job: Job, runs: list[str]) -> None:
     """k-way merge of sorted runs into results.jsonl, streamed in and out.
 
     A re-asked line is in the runs of every round that asked it; `runs` are in chunk order
-    and re-ask chunks come after the chunks they repair, and the merge is stable, so of
-    equal lines the last is the newest: it is the one written.
+    and re-ask chunks come after the chunks they repair, and of equal lines the one from
+    the later run sorts last: the newest, the one written.
     """
     with ExitStack() as stack:
-        readers = [_records(stack.enter_context(deps.blobs.open_read(uri))) for uri in runs]
+        readers = [
+            _records(stack.enter_context(deps.blobs.open_read(uri)), run)
+            for run, uri in enumerate(runs)
+        ]
         out = stack.enter_context(deps.blobs.open_write(job.results_uri, "application/jsonl"))
-        held: tuple[int, bytes] | None = None
-        for line, record in heapq.merge(*readers, key=lambda pair: pair[0]):
-            if held is not None and held[0] != line:
-                out.write(held[1])
-            held = (line, record)
-        if held is not None:
-            out.write(held[1])
+        held_line, held = -1, b""
+        for line, _, record in heapq.merge(*readers):
+            if line != held_line and held:
+                out.write(held)
+            held_line, held = line, record
+        if held:
+            out.write(held)
 
 
-def _records(stream: Any) -> Iterator[tuple[int, bytes]]:
+def _records(stream: Any, run: int) -> Iterator[tuple[int, int, bytes]]:
+    """(line, run, record): of equal lines, the later run's sorts last."""
     for raw in stream:
         number, _, record = raw.partition(b"\t")
-        yield int(number), record
+        yield int(number), run, record

@@ -66,7 +66,16 @@ class SchemaChecks:
             strict = provider == "openai" and openai_strict(schema) is not None
             validator = self._validators[key] = Validator(schema, strip_nulls=strict)
         parsed, violation = validator.check(result.text, result.structured)
-        return SchemaCheck(parsed, violation)
+        text = result.text
+        verbatim = (
+            text
+            if violation is None
+            and result.structured is None
+            and text is not None
+            and not validator.may_change(text)
+            else None
+        )
+        return SchemaCheck(parsed, violation, verbatim)
 
 
 @dataclass
@@ -75,14 +84,21 @@ class Asks:
 
     lines: dict[int, tuple[dict[str, Any], str, str]] = field(default_factory=dict)
 
-    def add(self, line: int, entry: Entry, record: dict[str, Any], violation: Violation) -> None:
+    def add(
+        self,
+        line: int,
+        entry: Entry,
+        record: dict[str, Any],
+        realtime_usd: float | None,
+        violation: Violation,
+    ) -> None:
         answer = record["output"]["text"] if record.get("output") else None
         next_entry = {
             "line": line,
             "custom_id": entry.custom_id,
             "schema": entry.schema,
             "attempts": record["attempts"],
-            "previous": superseded(record),
+            "previous": superseded(record, realtime_usd),
         }
         self.lines[line] = (next_entry, answer or "", repair_feedback(violation))
 

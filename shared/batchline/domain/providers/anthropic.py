@@ -212,16 +212,25 @@ def normalise(line: dict[str, Any]) -> ProviderResult:
 
 
 def _success(rid: str, message: dict[str, Any]) -> ProviderResult:
-    blocks = [b for b in message.get("content") or () if isinstance(b, dict)]
-    texts = [b["text"] for b in blocks if b.get("type") == "text" and "text" in b]
-    # A forced tool's answer: the first tool_use block's input (batchline asks for one).
-    tool_inputs = [b.get("input") for b in blocks if b.get("type") == "tool_use"]
-    structured = tool_inputs[0] if tool_inputs and isinstance(tool_inputs[0], dict) else None
+    texts = []
+    structured = None
+    for block in message.get("content") or ():
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text" and "text" in block:
+            texts.append(block["text"])
+        elif kind == "tool_use" and structured is None:
+            # A forced tool's answer: the first tool_use block's input (batchline asks for one).
+            given = block.get("input")
+            structured = given if isinstance(given, dict) else None
     usage = message.get("usage") or {}
     # Total input is uncached + cache-creation + cache-read tokens (Anthropic's definition).
-    input_tokens = sum(
-        int(usage.get(k) or 0)
-        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    cache_read = int(usage.get("cache_read_input_tokens") or 0)
+    input_tokens = (
+        int(usage.get("input_tokens") or 0)
+        + int(usage.get("cache_creation_input_tokens") or 0)
+        + cache_read
     )
     return ProviderResult(
         request_id=rid,
@@ -231,7 +240,7 @@ def _success(rid: str, message: dict[str, Any]) -> ProviderResult:
         usage={
             "input_tokens": input_tokens,
             "output_tokens": int(usage.get("output_tokens") or 0),
-            "cached_input_tokens": int(usage.get("cache_read_input_tokens") or 0),
+            "cached_input_tokens": cache_read,
         },
         response=message,
         structured=structured,
