@@ -200,27 +200,24 @@ def pipeline(local_stack: LocalStack) -> Iterator[Pipeline]:
 
 @pytest.fixture
 def emulator_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
-    """Change the emulator's behaviour for one test; restored afterwards."""
-    before = requests.get(f"{pipeline.emulator}/_emulator/config", timeout=10).json()
-    yield pipeline.emulator_config
-    requests.post(
-        f"{pipeline.emulator}/_emulator/config", json=before, timeout=10
-    ).raise_for_status()
+    """Change the OpenAI emulator's behaviour for one test; restored afterwards."""
+    yield from _restored(pipeline.emulator, pipeline.emulator_config)
 
 
 @pytest.fixture
 def anthropic_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
     """Change the Anthropic emulator's behaviour for one test; restored afterwards."""
-    url = f"{pipeline.anthropic_emulator}/_emulator/config"
-    before = requests.get(url, timeout=10).json()
-    yield pipeline.anthropic_config
-    requests.post(url, json=before, timeout=10).raise_for_status()
+    yield from _restored(pipeline.anthropic_emulator, pipeline.anthropic_config)
 
 
 @pytest.fixture
 def vertex_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
     """Change the Vertex emulator's behaviour for one test; restored afterwards."""
-    url = f"{pipeline.vertex_emulator}/_emulator/config"
+    yield from _restored(pipeline.vertex_emulator, pipeline.vertex_config)
+
+
+def _restored(base_url: str, configure: Callable[..., None]) -> Iterator[Callable[..., None]]:
+    url = f"{base_url}/_emulator/config"
     before = requests.get(url, timeout=10).json()
-    yield pipeline.vertex_config
+    yield configure
     requests.post(url, json=before, timeout=10).raise_for_status()

@@ -22,8 +22,8 @@ import orjson
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_-]")
 DEFAULT_NAME = "response"
 
-#: Keywords a provider does not honour *and* that change which values are valid, by
-#: provider. Annotation-only keywords (title, description, examples...) are fine anywhere.
+#: Keywords that change which values are valid and that Gemini's responseJsonSchema
+#: cannot express. Annotation-only keywords (title, description, examples...) are fine.
 _VERTEX_UNSUPPORTED = frozenset(
     {
         "not",
@@ -39,31 +39,19 @@ _VERTEX_UNSUPPORTED = frozenset(
         "contains",
     }
 )
-#: What OpenAI's strict mode does not take (structured outputs' "supported schemas").
-_STRICT_UNSUPPORTED = frozenset(
-    {
-        "allOf",
-        "not",
-        "if",
-        "then",
-        "else",
-        "patternProperties",
-        "dependentSchemas",
-        "dependentRequired",
-        "unevaluatedProperties",
-        "unevaluatedItems",
-        "propertyNames",
-        "contains",
-        "minContains",
-        "maxContains",
-        "minLength",
-        "maxLength",
-        "minProperties",
-        "maxProperties",
-        "uniqueItems",
-        "prefixItems",
-    }
-)
+#: What OpenAI's strict mode does not take (structured outputs' "supported schemas"):
+#: all of the above, and these.
+_STRICT_UNSUPPORTED = _VERTEX_UNSUPPORTED | {
+    "allOf",
+    "minContains",
+    "maxContains",
+    "minLength",
+    "maxLength",
+    "minProperties",
+    "maxProperties",
+    "uniqueItems",
+    "prefixItems",
+}
 #: Keywords whose value is one subschema / a map of subschemas / a list of subschemas.
 _SUB_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
 _SUB_MAP = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
