@@ -265,7 +265,7 @@ def test_validator_check(
 
 def test_validator_check_strict(benchmark: Any, document_schema: ResponseSchema) -> None:
     """OpenAI strict mode: every property given, `null` for an optional one, stripped
-    (`strip_added_nulls`) before the validator runs."""
+    (`NullStripper`) before the validator runs."""
     texts = _answers(nulls=True)
     validator = Validator(document_schema, strip_nulls=True)
 

@@ -13,13 +13,13 @@ from pydantic import BaseModel, Field
 from batchline.domain.providers import anthropic, openai, vertex
 from batchline.domain.requests import InvalidLine, Request, SchemaContext, parse_line
 from batchline.domain.schemas import (
+    NullStripper,
     ResponseSchema,
     SchemaError,
     Validator,
     check_for_provider,
     openai_strict,
     strict_blocker,
-    strip_added_nulls,
 )
 
 
@@ -69,7 +69,7 @@ def test_a_pydantic_schema_goes_strict_and_keeps_its_meaning() -> None:
         "note": None,
     }
     jsonschema.validate(answer, strict)
-    stripped = strip_added_nulls(answer, INVOICE)
+    stripped = NullStripper(INVOICE)(answer)
     assert "currency" not in stripped and stripped["note"] is None  # note takes null itself
     Invoice.model_validate(stripped)
 
@@ -298,7 +298,7 @@ def test_added_nulls_are_stripped_at_any_depth_and_in_recursive_schemas() -> Non
         "weight": None,
         "children": [{"label": "b", "weight": 2, "children": [{"label": "c", "weight": None}]}],
     }
-    assert strip_added_nulls(answer, tree) == {
+    assert NullStripper(tree)(answer) == {
         "label": "a",
         "children": [{"label": "b", "weight": 2, "children": [{"label": "c"}]}],
     }

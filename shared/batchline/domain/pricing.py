@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -98,15 +98,8 @@ def _published(
     """
     realtime_cached = input * REALTIME_FACTOR * cached_share
     batch_cached = realtime_cached / REALTIME_FACTOR if batch_discounts_cache else realtime_cached
-    return Price(
-        input=input,
-        output=output,
-        cached_input=batch_cached,
-        realtime_input=input * REALTIME_FACTOR,
-        realtime_output=output * REALTIME_FACTOR,
-        realtime_cached_input=realtime_cached,
-        max_output_tokens=max_output_tokens,
-    )
+    price = Price.from_batch(input, output, batch_cached, max_output_tokens=max_output_tokens)
+    return replace(price, realtime_cached_input=realtime_cached)
 
 
 #: Keyed "provider/model"; dated model ids (snapshots) find their base entry (`price_for`).

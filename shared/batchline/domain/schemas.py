@@ -220,7 +220,7 @@ def openai_strict(schema: ResponseSchema) -> dict[str, Any] | None:
 
     Strict mode wants `additionalProperties: false` on every object and every property
     required. Missing `additionalProperties` becomes false; an optional property becomes
-    required and nullable, and `strip_added_nulls` removes those nulls again before the
+    required and nullable, and `NullStripper` removes those nulls again before the
     answer is validated against the original schema. So every answer strict mode allows is
     valid for the original. A schema that allows extra properties, or uses a keyword strict
     mode does not take (`strict_blocker` names it), is sent non-strict and validated on
@@ -386,11 +386,6 @@ class NullStripper:
         del self._building[id(node)]
         empty = not plan.drop and not plan.children and plan.items is None
         return None if empty and depth else plan
-
-
-def strip_added_nulls(value: Any, schema: dict[str, Any]) -> Any:
-    """`NullStripper(schema)(value)`, for one answer."""
-    return NullStripper(schema)(value)
 
 
 # -- validation ----------------------------------------------------------------------------

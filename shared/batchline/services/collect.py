@@ -263,7 +263,9 @@ def collect_chunk(
     for line in sorted(manifest.keys() - seen):
         emit(line, _missing(line, chunk, batch_state, batch_errors))
     runs = writer.finish()
-    repairs = repair.stage(deps, paths, chunk, writer.attempt, asks) if asks else None
+    repairs = (
+        repair.stage(deps, paths, chunk, list(manifest), writer.attempt, asks) if asks else None
+    )
     committed: dict[str, Any] = {"tally": tally.to_dict(), "runs": runs}
     if repairs is not None:
         committed["repairs"] = repairs.to_dict()

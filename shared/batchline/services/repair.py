@@ -105,9 +105,6 @@ class Asks:
     def __len__(self) -> int:
         return len(self.lines)
 
-    def __bool__(self) -> bool:
-        return bool(self.lines)
-
 
 @dataclass(frozen=True)
 class Repairs:
@@ -125,14 +122,16 @@ class Repairs:
         return cls(data["payload"], data["manifest"], int(data["requests"]))
 
 
-def stage(deps: Deps, paths: WorkPaths, chunk: Chunk, attempt: str, asks: Asks) -> Repairs:
-    """Write the chunk's re-asks: its staged request lines, each with a repair turn."""
+def stage(
+    deps: Deps, paths: WorkPaths, chunk: Chunk, order: list[int], attempt: str, asks: Asks
+) -> Repairs:
+    """Write the chunk's re-asks: its staged request lines, each with a repair turn.
+
+    `order` is the line of each staged request, in payload order (the chunk's manifest).
+    """
     add_turn = deps.repair_turn(chunk.provider)
     payload = io.BytesIO()
     manifest = io.BytesIO()
-    order = [
-        orjson.loads(raw)["line"] for raw in deps.blobs.read_bytes(chunk.manifest_uri).splitlines()
-    ]
     with deps.blobs.open_read(chunk.payload_uri) as staged:
         for line, raw in zip(order, staged, strict=False):
             ask = asks.lines.get(line)
