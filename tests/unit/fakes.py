@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -54,10 +54,17 @@ class FakeProvider:
         self.batches: dict[str, FakeBatch] = {}
         self.fail_ids: set[str] = set()
         self.crash_after_submit = False
+        # Called once, inside the next submit, before (or after) the batch is created:
+        # plays a submit call that stalls past its lease while another one runs.
+        self.stall_before_create: Callable[[], object] | None = None
+        self.stall_after_create: Callable[[], object] | None = None
 
     def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         with payload.open() as stream:
             ids = [orjson.loads(line)["custom_id"] for line in stream.read().splitlines()]
+        if self.stall_before_create is not None:
+            stall, self.stall_before_create = self.stall_before_create, None
+            stall()
         batch = ProviderBatch(
             f"batch_{len(self.batches)}",
             BatchState.RUNNING,
@@ -66,6 +73,9 @@ class FakeProvider:
             self.clock.now(),
         )
         self.batches[batch.batch_id] = FakeBatch(batch, ids, set(ids))
+        if self.stall_after_create is not None:
+            stall, self.stall_after_create = self.stall_after_create, None
+            stall()
         if self.crash_after_submit:
             self.crash_after_submit = False
             raise CrashAfterSubmit
@@ -118,7 +128,8 @@ class FakeProvider:
                 )
 
     def cancel(self, batch_id: str) -> None:
-        self.end(BatchState.CANCELED)
+        fake = self.batches[batch_id]
+        fake.batch = replace(fake.batch, state=BatchState.CANCELED)
 
 
 def make_deps(

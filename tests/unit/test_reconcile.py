@@ -81,3 +81,44 @@ def test_batches_outside_the_submit_window_are_not_candidates() -> None:
     poll(deps)
     [chunk] = deps.store.get_chunks(job_id)
     assert chunk.batch_id == "batch_0"
+
+
+def stalled_submit(deps: Deps, provider: FakeProvider) -> str:
+    """Submit a job whose first submit call stalls past its lease (at the point the test
+    set on `provider`); returns the job id."""
+    job = handle_object_finalized(
+        deps, upload(deps, b"\n".join(line(custom_id=f"c{i}") for i in range(3)))
+    )
+    assert job is not None
+    return job.job_id
+
+
+@pytest.mark.parametrize("tags", [True, False], ids=["tagged", "untagged"])
+def test_a_submit_that_outlives_its_lease_cancels_its_duplicate(tags: bool) -> None:
+    deps, provider, clock = make_deps(tags=tags)
+
+    def second_submitter() -> None:
+        clock.advance(61)  # the stalled holder's lease has run out
+        poll(deps)  # takes the chunk over, finds no batch yet, submits its own: batch_0
+
+    provider.stall_before_create = second_submitter
+    job_id = stalled_submit(deps, provider)  # then the stalled call creates batch_1
+    [chunk] = deps.store.get_chunks(job_id)
+    assert (chunk.state, chunk.batch_id, chunk.attempts) == (ChunkState.RUNNING, "batch_0", 2)
+    states = {batch_id: fake.batch.state for batch_id, fake in provider.batches.items()}
+    assert states == {"batch_0": BatchState.RUNNING, "batch_1": BatchState.CANCELED}
+
+
+@pytest.mark.parametrize("tags", [True, False], ids=["tagged", "untagged"])
+def test_a_stalled_submit_whose_batch_was_adopted_keeps_it(tags: bool) -> None:
+    deps, provider, clock = make_deps(tags=tags)
+
+    def second_submitter() -> None:
+        clock.advance(61)
+        poll(deps)  # finds the stalled call's batch_0 and adopts it
+
+    provider.stall_after_create = second_submitter
+    job_id = stalled_submit(deps, provider)
+    [chunk] = deps.store.get_chunks(job_id)
+    assert (chunk.state, chunk.batch_id) == (ChunkState.RUNNING, "batch_0")
+    assert [fake.batch.state for fake in provider.batches.values()] == [BatchState.RUNNING]

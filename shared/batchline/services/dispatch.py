@@ -92,9 +92,12 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
         return deps.store.update_chunk(
             leased.job_id, leased.index, lambda c: _fail(c, owner, reason, deps.clock.now())
         )
-    return deps.store.update_chunk(
-        leased.job_id, leased.index, lambda c: _record(c, owner, batch, deps.clock.now())
+    recorded = deps.store.update_chunk(
+        leased.job_id, leased.index, lambda c: _record(c, batch, deps.clock.now())
     )
+    if recorded is None:
+        _withdraw(deps, provider, tag, batch)
+    return recorded
 
 
 def reconcile(
@@ -115,8 +118,9 @@ def reconcile(
     yet, or another program) and that is the only candidate left when ours was never
     created, is adopted by mistake; two chunks of one job, both crashed mid-submit in one
     window with equal counts, leave two candidates, so both are submitted again (the
-    orphans run and are billed, unread). Besides, for every provider: a submit call that
-    outlives its lease can race a second submitter.
+    orphans run and are billed, unread). A submit call that outlives its lease and races a
+    second submitter is settled when recording: the first record wins, and the loser
+    cancels its batch unless the winner adopted it (`_withdraw`).
     """
     tag = BatchTag(chunk.job_id, chunk.index)
     since = (chunk.submit_started_at or lease_ended) - CLOCK_SKEW_SECONDS
@@ -155,7 +159,33 @@ def _fail(chunk: Chunk, owner: str, error: str, now: float) -> Chunk | None:
     return chunk.to(ChunkState.ENDED, now, lease=None, error=error)
 
 
-def _record(chunk: Chunk, owner: str, batch: ProviderBatch, now: float) -> Chunk | None:
+def _withdraw(deps: Deps, provider: ProviderClient, tag: BatchTag, batch: ProviderBatch) -> None:
+    """Our submit outlived its lease and another attempt settled the chunk first.
+
+    If that attempt adopted our batch, all is well. If it recorded a batch of its own (or
+    ended the chunk), ours is a duplicate nobody will read: cancel it, so that it neither
+    runs nor bills. A cancel that fails is logged with the batch id; it is not retried.
+    """
+    current = next((c for c in deps.store.get_chunks(tag.job_id) if c.index == tag.chunk), None)
+    if current is not None and current.batch_id == batch.batch_id:
+        return
+    context = {
+        "job_id": tag.job_id,
+        "chunk": tag.chunk,
+        "batch_id": batch.batch_id,
+        "recorded_batch_id": current.batch_id if current is not None else None,
+    }
+    log.warning(
+        "another attempt recorded the chunk first; cancelling our duplicate",
+        extra=fields(**context),
+    )
+    try:
+        provider.cancel(batch.batch_id)
+    except ProviderError as exc:
+        log.error("could not cancel a duplicate batch", extra=fields(**context, error=str(exc)))
+
+
+def _record(chunk: Chunk, batch: ProviderBatch, now: float) -> Chunk | None:
     if chunk.state is not ChunkState.SUBMITTING:
         return None
     target = ChunkState.ENDED if batch.state.ended else ChunkState.RUNNING
