@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shlex
 import signal
 import socket
@@ -97,7 +98,20 @@ class ManagedProcess:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free now; never the same one twice within this process."""
+    """A TCP port that is free now; never the same one twice within this process.
+
+    Picked below the kernel's ephemeral range: a port is free when we pick it but only
+    taken when the component binds it, and in between anything that asks the kernel for
+    a port (a JVM's side servers, every outgoing connection) gets one from that range.
+    Only when nothing below it is free does this fall back to a kernel-chosen port.
+    """
+    low, _ = _ephemeral_range()
+    candidates = list(range(_LOWEST_PORT, low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port not in _handed_out_ports and _bindable(host, port):
+            _handed_out_ports.add(port)
+            return port
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
@@ -106,6 +120,27 @@ def free_port(host: str = "127.0.0.1") -> int:
             _handed_out_ports.add(port)
             return port
     raise RuntimeError("could not find a free TCP port")
+
+
+_LOWEST_PORT = 20_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = (int(part) for part in text.split())
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
+    return low, high
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def start_process(
