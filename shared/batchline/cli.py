@@ -89,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     target_flags(status)
     status.set_defaults(run=_status)
 
+    cancel = commands.add_parser(
+        "cancel", help="cancel a job: answers already in are kept, the rest end canceled"
+    )
+    cancel.add_argument("job_id")
+    cancel.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    cancel.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    cancel.add_argument("--json", action="store_true", help="print one JSON object")
+    target_flags(cancel)
+    cancel.set_defaults(run=_cancel)
+
     results = commands.add_parser("results", help="download a job's results.jsonl")
     results.add_argument("job_id")
     results.add_argument("--out", type=Path, help="write to this file (default: stdout)")
@@ -279,6 +289,30 @@ def _status(args: argparse.Namespace) -> int:
     else:
         _print_job(args.job_id, job)
     return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from batchline.services.cancel import JobEnded, request_cancel
+
+    store = _store(_settings(args))
+    try:
+        job = request_cancel(store, args.job_id, time.time())
+    except JobEnded as exc:
+        raise CliError(str(exc)) from exc
+    if job is None:
+        raise CliError(f"no job {args.job_id}")
+    if not job.state.terminal:
+        print(
+            f"{args.job_id}: cancel requested; the next poll cancels its batches",
+            file=sys.stderr,
+        )
+        if args.wait:
+            job = wait_for(store, args.job_id, args.timeout, show=not args.json) or job
+    if args.json:
+        print(orjson.dumps(_job_json(args.job_id, job)).decode())
+    else:
+        _print_job(args.job_id, job)
+    return 0 if job.state.terminal or not args.wait else 1
 
 
 def _results(args: argparse.Namespace) -> int:

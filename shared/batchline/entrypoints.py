@@ -78,6 +78,7 @@ def api(request: Request) -> Response:
     from batchline.bootstrap import deps
     from batchline.errors import RetryableError
     from batchline.services import api as service
+    from batchline.services.cancel import JobEnded, request_cancel
 
     def reply(status: int, body: Any) -> Response:
         return Response(orjson.dumps(body), status=status, mimetype="application/json")
@@ -101,6 +102,20 @@ def api(request: Request) -> Response:
             if found is None:
                 return reply(404, {"error": {"type": "not_found", "message": f"no job {parts[2]}"}})
             return reply(200, service.job_view(found))
+        if (
+            len(parts) == 3
+            and parts[:2] == ["v1", "jobs"]
+            and parts[2].endswith(":cancel")
+            and request.method == "POST"
+        ):
+            job_id, wired = parts[2].removesuffix(":cancel"), deps()
+            try:
+                found = request_cancel(wired.store, job_id, wired.clock.now())
+            except JobEnded as exc:
+                return reply(409, {"error": {"type": "job_ended", "message": str(exc)}})
+            if found is None:
+                return reply(404, {"error": {"type": "not_found", "message": f"no job {job_id}"}})
+            return reply(200 if found.state.terminal else 202, service.job_view(found))
         return reply(
             404,
             {

@@ -93,7 +93,8 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
     assert facts["vertex"].google_api == "aiplatform.googleapis.com" and facts["vertex"].agent_io
     assert facts["vertex"].methods["submit"][1] == {"create_batch_prediction_job"}
     assert facts["vertex"].methods["iter_results"][0] == {"list_prefix", "open_read"}
-    assert code.uses["submit"].provider_methods == {"submit", "find_batches", "get_batch"}
+    # cancel: a job canceled while it is planned, or a duplicate batch of a stalled submit.
+    assert code.uses["submit"].provider_methods == {"submit", "find_batches", "get_batch", "cancel"}
     assert code.uses["collect"].provider_methods == {"get_batch", "iter_results"}
     assert "list_prefix" in code.uses["collect"].blob_operations
     assert "BATCHLINE_VERTEX_API_ENDPOINT" in code.env_read
@@ -443,7 +444,7 @@ def test_vertex_roles_follow_the_calls_the_code_makes(
     narrower = changed(infra_files, "main.tf", submit, submit.replace('"user"', "null"))
     assert_reported(
         problems_with_infra(narrower, code),
-        "function submit: its code calls ['create_batch_prediction_job', 'get_batch_prediction_job', 'list_batch_prediction_jobs'] on aiplatform.googleapis.com, which needs roles/aiplatform.user, but infra grants none",
+        "function submit: its code calls ['cancel_batch_prediction_job', 'create_batch_prediction_job', 'get_batch_prediction_job', 'list_batch_prediction_jobs'] on aiplatform.googleapis.com, which needs roles/aiplatform.user, but infra grants none",
     )
     unswitched = changed(
         infra_files,

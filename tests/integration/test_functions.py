@@ -739,6 +739,62 @@ def test_api_key_reused_for_a_different_request_is_409(functions: Functions, clo
     assert len(cloud.emulator_batches(view["job_id"])) == 1
 
 
+def api_cancel(fn: Functions, job_id: str) -> tuple[int, dict[str, Any]]:
+    reply = fn.api.post(f"/v1/jobs/{job_id}:cancel")
+    assert reply.mimetype == "application/json"
+    payload: dict[str, Any] = reply.get_json()
+    return reply.status_code, payload
+
+
+def test_api_cancel_stops_the_batches_and_keeps_the_answers_already_in(
+    functions: Functions, cloud: Cloud
+) -> None:
+    before = cloud.openai.admin({})
+    cloud.openai.admin({"lines_per_second": 0.5})  # a request every 2 s per batch
+    try:
+        lines = [request_line(i, f"cancel-{i}") for i in range(4)]
+        status, view = api_post(functions, {"requests": lines}, f"cancel-{uuid.uuid4().hex}")
+        assert status == 202, view
+        job_id = view["job_id"]
+        deadline = time.monotonic() + 15
+        while not any(b["request_counts"]["completed"] for b in cloud.emulator_batches(job_id)):
+            assert time.monotonic() < deadline, cloud.emulator_batches(job_id)
+            time.sleep(0.1)
+
+        status, asked = api_cancel(functions, job_id)
+        assert status == 202, asked
+        assert asked["state"] in ("running", "submitting") and asked["cancel_requested_at"]
+        status, again = api_cancel(functions, job_id)
+        assert (status, again["cancel_requested_at"]) == (202, asked["cancel_requested_at"])
+
+        done, events = run_to_end(functions, cloud, job_id)  # poll cancels, collect ends it
+    finally:
+        cloud.openai.admin(before)
+    assert {b["status"] for b in cloud.emulator_batches(job_id)} == {"cancelled"}
+    results = results_of(cloud, done)
+    assert [r["custom_id"] for r in results] == [f"cancel-{i}" for i in range(4)]
+    statuses = [r["status"] for r in results]
+    assert set(statuses) == {"succeeded", "canceled"}, statuses
+    assert done.state is JobState.CANCELED
+    assert [m["json"]["state"] for m in events] == ["canceled"]
+    status, final = api_cancel(functions, job_id)
+    assert (status, final["state"]) == (200, "canceled")
+
+
+def test_api_cancel_of_an_ended_job_is_409_and_of_an_unknown_one_404(
+    functions: Functions, cloud: Cloud
+) -> None:
+    status, view = api_post(functions, {"requests": [request_line(0)]}, f"k-{uuid.uuid4().hex}")
+    assert status == 202, view
+    done, _ = run_to_end(functions, cloud, view["job_id"])
+    assert done.state is JobState.SUCCEEDED
+    status, reply = api_cancel(functions, view["job_id"])
+    assert status == 409 and reply["error"]["type"] == "job_ended"
+    assert "succeeded" in reply["error"]["message"]
+    status, reply = api_cancel(functions, "job-000000000000000000000000")
+    assert status == 404 and reply["error"]["type"] == "not_found"
+
+
 def test_api_get_of_an_unknown_job_is_404(functions: Functions) -> None:
     reply = functions.api.get("/v1/jobs/job-000000000000000000000000")
     assert reply.status_code == 404

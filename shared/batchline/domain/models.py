@@ -36,8 +36,9 @@ _TERMINAL_JOB_STATES = frozenset(
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.ACCEPTED: frozenset({JobState.SUBMITTING, JobState.REJECTED, JobState.COLLECTING}),
-    JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.COLLECTING, JobState.CANCELED}),
-    JobState.RUNNING: frozenset({JobState.COLLECTING, JobState.CANCELED}),
+    # A canceled job is collected too (every line gets its result): canceled comes after.
+    JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.COLLECTING}),
+    JobState.RUNNING: frozenset({JobState.COLLECTING}),
     # Back to running: answers that failed their schema are re-asked in follow-up batches.
     JobState.COLLECTING: frozenset(
         {JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELED, JobState.RUNNING}
@@ -159,6 +160,8 @@ class Job:
     updated_at: float = 0.0
     submitted_at: float | None = None
     collect_requested_at: float | None = None
+    #: Someone asked to cancel the job (API or CLI); poll carries it out.
+    cancel_requested_at: float | None = None
     ended_at: float | None = None
     event_published: bool = False
     expire_at: datetime | None = None  # for a Firestore TTL policy, once the job has ended

@@ -1,4 +1,5 @@
-"""Moving one active job forward: plan, submit, follow its batches, hand over to collect.
+"""Moving one active job forward: plan, submit (or cancel), follow its batches, hand over
+to collect.
 
 Used by submit (right after planning) and by every poll tick; safe to run concurrently.
 """
@@ -10,7 +11,7 @@ from dataclasses import replace
 from batchline.bootstrap import Deps
 from batchline.domain.models import ChunkState, Job, JobState
 from batchline.log import fields, get_logger
-from batchline.services import dispatch, reporting
+from batchline.services import cancel, dispatch, reporting
 from batchline.services.plan import plan_job
 
 log = get_logger(__name__)
@@ -49,11 +50,14 @@ def advance_job(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None
 
 def _advance_chunks(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None:
     chunks = deps.store.get_chunks(job.job_id)
+    canceling = job.cancel_requested_at is not None
     for i, chunk in enumerate(chunks):
         if deps.clock.now() >= deadline:
             break
         updated = None
-        if dispatch.needs_submit(chunk, deps.clock.now()):
+        if canceling:
+            updated = cancel.settle(deps, chunk, owner)
+        elif dispatch.needs_submit(chunk, deps.clock.now()):
             updated = dispatch.dispatch(deps, chunk, owner)
         elif chunk.state is ChunkState.RUNNING:
             updated = dispatch.refresh(deps, chunk)

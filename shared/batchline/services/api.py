@@ -145,6 +145,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "summary_uri": job.summary_uri if job.state.terminal else None,
         "error": job.error,
         "created_at": job.created_at,
+        "cancel_requested_at": job.cancel_requested_at,
         "ended_at": job.ended_at,
     }
 

@@ -93,12 +93,12 @@ def collect(deps: Deps, job_id: str) -> Job | None:
         runs.extend(collected.runs)  # chunk order: a re-ask's lines come after the first
         if collected.repairs is not None and chunk.index not in repaired:
             pending.append((chunk, collected.repairs))
-    if pending:
+    if pending and job.cancel_requested_at is None:
         return repair.start_round(deps, job, paths, chunks, pending)
     if not deps.blobs.exists(job.results_uri):
         with contextlib.suppress(PreconditionFailed):  # a concurrent collect wrote it
             _merge(deps, job, runs)
-    state = _final_state(tally)
+    state = _final_state(tally, canceled=job.cancel_requested_at is not None)
     batches = [
         {
             "chunk": c.index,
@@ -148,7 +148,11 @@ def collect(deps: Deps, job_id: str) -> Job | None:
     return done
 
 
-def _final_state(tally: Tally) -> JobState:
+def _final_state(tally: Tally, *, canceled: bool) -> JobState:
+    """`canceled` when a cancel was asked for and cut some line short; a cancel that came
+    too late to stop anything leaves the state the answers earned."""
+    if canceled and tally.counts.get(str(ResultStatus.CANCELED), 0):
+        return JobState.CANCELED
     succeeded = tally.counts.get(str(ResultStatus.SUCCEEDED), 0)
     if succeeded == tally.total and succeeded > 0:
         return JobState.SUCCEEDED
@@ -158,6 +162,8 @@ def _final_state(tally: Tally) -> JobState:
 
 
 def _repair_limit(deps: Deps, job: Job) -> int:
+    if job.cancel_requested_at is not None:
+        return 0  # nothing is asked again once the job is being canceled
     given = job.options.max_repair_attempts
     return deps.settings.max_repair_attempts if given is None else given
 
@@ -327,8 +333,15 @@ def _missing(
 ) -> ProviderResult:
     from batchline.domain.ids import request_id
 
-    if chunk.batch_id is None:
+    if chunk.batch_id is None and state is BatchState.CANCELED:
         error: dict[str, Any] = {
+            "type": "job_canceled",
+            "message": "the job was canceled before this request was submitted",
+            "retryable": False,
+        }
+        return ProviderResult(request_id(line), ResultStatus.CANCELED, error=error)
+    if chunk.batch_id is None:
+        error = {
             "type": "submit_failed",
             "message": chunk.error or "the batch could not be created",
             "retryable": False,

@@ -14,7 +14,14 @@ import functools
 from dataclasses import replace
 
 from batchline.bootstrap import Deps
-from batchline.domain.models import BatchTag, Chunk, ChunkState, Lease, ProviderBatch
+from batchline.domain.models import (
+    BatchState,
+    BatchTag,
+    Chunk,
+    ChunkState,
+    Lease,
+    ProviderBatch,
+)
 from batchline.errors import ProviderError
 from batchline.log import fields, get_logger
 from batchline.ports import ProviderClient, StagedPayload
@@ -33,8 +40,13 @@ def needs_submit(chunk: Chunk, now: float) -> bool:
     )
 
 
-def dispatch(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
-    """Submit `chunk` unless another invocation holds it; returns the updated chunk."""
+def dispatch(deps: Deps, chunk: Chunk, owner: str, *, submit_new: bool = True) -> Chunk | None:
+    """Submit `chunk` unless another invocation holds it; returns the updated chunk.
+
+    With `submit_new=False` (its job is being canceled) nothing new is submitted: the
+    batch an earlier attempt created is adopted if it can be found, else the chunk ends
+    unsubmitted, its lines canceled.
+    """
     now = deps.clock.now()
     lease = Lease(owner, now + deps.settings.lease_seconds)
 
@@ -63,6 +75,10 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
         batch = None
         if leased.attempts > 1:
             batch = reconcile(deps, provider, leased, lease_ended or now)
+        if batch is None and not submit_new:
+            return deps.store.update_chunk(
+                leased.job_id, leased.index, lambda c: _unsubmitted(c, owner, deps.clock.now())
+            )
         if batch is None:
             payload = StagedPayload(
                 leased.payload_uri,
@@ -139,22 +155,29 @@ def reconcile(
     return None
 
 
+def _held(chunk: Chunk, owner: str) -> bool:
+    """Still submitting under `owner`'s lease (nobody took it over)."""
+    return (
+        chunk.state is ChunkState.SUBMITTING
+        and chunk.lease is not None
+        and chunk.lease.owner == owner
+    )
+
+
 def _release(chunk: Chunk, owner: str, now: float) -> Chunk | None:
-    if (
-        chunk.state is not ChunkState.SUBMITTING
-        or chunk.lease is None
-        or chunk.lease.owner != owner
-    ):
+    if not _held(chunk, owner):
         return None
     return replace(chunk, lease=Lease(owner, now), updated_at=now)
 
 
+def _unsubmitted(chunk: Chunk, owner: str, now: float) -> Chunk | None:
+    if not _held(chunk, owner):
+        return None
+    return chunk.to(ChunkState.ENDED, now, lease=None, batch_state=BatchState.CANCELED)
+
+
 def _fail(chunk: Chunk, owner: str, error: str, now: float) -> Chunk | None:
-    if (
-        chunk.state is not ChunkState.SUBMITTING
-        or chunk.lease is None
-        or chunk.lease.owner != owner
-    ):
+    if not _held(chunk, owner):
         return None
     return chunk.to(ChunkState.ENDED, now, lease=None, error=error)
 

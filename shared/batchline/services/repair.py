@@ -200,6 +200,8 @@ def start_round(
     def reopen(current: Job) -> Job | None:
         if current.state is not JobState.COLLECTING or current.chunk_count != count:
             return None  # another collect started this round
+        if current.cancel_requested_at is not None:
+            return None  # canceled meanwhile: the next collect finishes without re-asks
         return current.to(
             JobState.RUNNING, now, chunk_count=count + len(new), collect_requested_at=None
         )

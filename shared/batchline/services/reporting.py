@@ -81,6 +81,7 @@ def summary(
             "created_at": job.created_at,
             "submitted_at": job.submitted_at,
             "collect_requested_at": job.collect_requested_at,
+            "cancel_requested_at": job.cancel_requested_at,
             "finished_at": now,
             "duration_s": round(now - job.created_at, 3),
         },

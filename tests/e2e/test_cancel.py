@@ -1,0 +1,82 @@
+"""`batchline cancel` through the whole local stack: the CLI records the wish, the ticker's
+poll cancels each provider's batch, collect writes every line and ends the job canceled."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from batchline.domain.models import ChunkState, JobState
+
+from .conftest import Pipeline
+from .test_make import batchline, run
+from .test_mixed_providers import anthropic_line, openai_line
+from .test_vertex import vertex_line
+
+pytestmark = pytest.mark.e2e
+
+PER_PROVIDER = 10
+#: Each batch runs one request a second: cancelled a few seconds in, some have answers
+#: and most do not, with seconds of margin either way on a slow machine.
+LINES_PER_SECOND = 1.0
+RUNNING_BEFORE_CANCEL = 3.0
+
+
+def test_cancel_keeps_the_answers_in_and_cancels_the_rest_on_every_provider(
+    pipeline: Pipeline,
+    emulator_defaults: Callable[..., None],
+    anthropic_defaults: Callable[..., None],
+    vertex_defaults: Callable[..., None],
+) -> None:
+    for configure in (emulator_defaults, anthropic_defaults, vertex_defaults):
+        configure(lines_per_second=LINES_PER_SECOND)
+    makers = {"openai": openai_line, "anthropic": anthropic_line, "vertex": vertex_line}
+    lines = [
+        makers[provider](f"Question {n}", f"{provider}-{n}")
+        for n in range(PER_PROVIDER)
+        for provider in makers
+    ]
+    data = b"".join(orjson.dumps(x) + b"\n" for x in lines) + b"{not json\n"
+    job_id, _ = pipeline.upload("cancel/three-providers.jsonl", data)
+
+    deadline = time.monotonic() + 60
+    while True:
+        chunks = pipeline.store.get_chunks(job_id)
+        if len(chunks) == 3 and all(c.state is ChunkState.RUNNING for c in chunks):
+            break
+        assert time.monotonic() < deadline, chunks
+        time.sleep(0.2)
+    time.sleep(RUNNING_BEFORE_CANCEL)
+
+    cancel = run(
+        [batchline(), "cancel", job_id, "--wait", "--json", "--timeout", "90"],
+        pipeline.stack.run_dir,
+        timeout=120,
+    )
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    view = json.loads(cancel.stdout)
+    assert view["state"] == "canceled" and view["cancel_requested_at"]
+
+    job = pipeline.wait(job_id)
+    assert job.state is JobState.CANCELED
+    results = pipeline.results(job)
+    assert [r["line"] for r in results] == list(range(1, len(lines) + 2))
+    assert results[-1]["status"] == "invalid"
+    by_provider: dict[str, Counter[str]] = {}
+    for r in results[:-1]:
+        assert r["custom_id"].startswith(r["provider"])
+        by_provider.setdefault(r["provider"], Counter())[r["status"]] += 1
+    for provider, statuses in by_provider.items():
+        # Answers that came back before the cancel are kept; the rest are canceled.
+        assert set(statuses) == {"succeeded", "canceled"}, (provider, statuses)
+    assert job.counts["canceled"] == sum(s["canceled"] for s in by_provider.values())
+    batches = pipeline.summary(job)["provider_batches"]
+    assert {b["state"] for b in batches} == {"canceled"}
+
+    again = run([batchline(), "cancel", job_id, "--json"], pipeline.stack.run_dir)
+    assert again.returncode == 0 and json.loads(again.stdout)["state"] == "canceled"
