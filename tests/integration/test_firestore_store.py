@@ -110,6 +110,7 @@ def full_job(job_id: str = "job-full") -> Job:
         updated_at=NOW + 1.5,
         submitted_at=NOW + 0.75,
         collect_requested_at=NOW + 2.0,
+        cancel_requested_at=NOW + 2.5,
         ended_at=NOW + 3.0,
         event_published=True,
         expire_at=EXPIRE_AT,
