@@ -174,7 +174,12 @@ def test_succeeded_result() -> None:
         "Hello, world",
         "end_turn",
     )
-    assert got.usage == {"input_tokens": 15, "output_tokens": 4, "cached_input_tokens": 3}
+    assert got.usage == {
+        "input_tokens": 15,
+        "output_tokens": 4,
+        "cached_input_tokens": 3,
+        "cache_write_input_tokens": 2,
+    }
     assert got.response is MESSAGE and got.error is None
 
 

@@ -88,6 +88,18 @@ def _cost(key: str, usage: dict[str, int]) -> LineCost:
             0.25 + 0.025 + 0.5,
             0.5 + 0.05 + 1.0,
         ),
+        # 200k fresh x $0.50 + 300k read x $0.05 + 500k written x $0.625 + 0 out
+        (
+            "anthropic/claude-haiku-4-5",
+            {
+                "input_tokens": M,
+                "cached_input_tokens": 300_000,
+                "cache_write_input_tokens": 500_000,
+                "output_tokens": 0,
+            },
+            0.1 + 0.015 + 0.3125,
+            0.2 + 0.03 + 0.625,
+        ),
         (
             "anthropic/claude-sonnet-4-5",
             {"input_tokens": 10_000, "output_tokens": 1_000},
@@ -127,10 +139,25 @@ def test_cached_tokens_beyond_the_input_count_as_input_and_no_usage_costs_nothin
     assert cost(price, {}) == LineCost(0.0, 0.0)
 
 
-def test_a_model_without_a_cached_rate_prices_cached_tokens_as_input() -> None:
+def test_a_model_without_cache_rates_prices_cached_and_written_tokens_as_input() -> None:
     price = Price.from_batch(1.0, 2.0)
     usage = {"input_tokens": M, "cached_input_tokens": M, "output_tokens": 0}
     assert cost(price, usage) == LineCost(1.0, 2.0)
+    usage = {"input_tokens": M, "cache_write_input_tokens": M, "output_tokens": 0}
+    assert cost(price, usage) == LineCost(1.0, 2.0)
+
+
+def test_cache_writes_cost_125_percent_of_input_on_anthropic_only() -> None:
+    for key, price in PRICES.items():
+        if key.startswith("anthropic/"):
+            assert price.cache_write_input == pytest.approx(1.25 * price.input), key
+            assert price.realtime_cache_write_input == pytest.approx(2.5 * price.input), key
+        else:
+            assert price.cache_write_input is None, key
+    price = PRICES["anthropic/claude-haiku-4-5"]
+    # Written tokens beyond what is left of the input after the cached ones count as input.
+    over = {"input_tokens": 100, "cached_input_tokens": 60, "cache_write_input_tokens": 90}
+    assert cost(price, over) == cost(price, {**over, "cache_write_input_tokens": 40})
 
 
 @pytest.mark.parametrize(
@@ -217,6 +244,15 @@ def test_an_override_sets_every_rate() -> None:
         ' "max_output_tokens": null}}'
     )
     assert prices["vertex/gemini-2.5-flash"] == Price(0.1, 1.0, 0.02, 0.3, 2.5, 0.03, None)
+    prices = load_prices(
+        '{"anthropic/claude-opus-4-1": {"input": 7.5, "output": 37.5, "cache_write_input":'
+        ' 9.375}, "anthropic/claude-haiku-4-5": {"input": 0.5, "output": 2.5,'
+        ' "cache_write_input": 0.625, "realtime_cache_write_input": 1.3}}'
+    )
+    opus = prices["anthropic/claude-opus-4-1"]
+    assert (opus.cache_write_input, opus.realtime_cache_write_input) == (9.375, 18.75)
+    haiku = prices["anthropic/claude-haiku-4-5"]
+    assert (haiku.cache_write_input, haiku.realtime_cache_write_input) == (0.625, 1.3)
 
 
 def test_the_older_input_output_pair_still_works() -> None:

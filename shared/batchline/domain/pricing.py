@@ -10,8 +10,9 @@ pricing and prompt-caching pages:
 
 - OpenAI: a cached input token costs 25% of an input token for the gpt-4.1 family and 50%
   for gpt-4o-mini; the batch discount applies to it too.
-- Anthropic: a cache read costs 10% of the base input price; the batch discount stacks
-  with it (cache writes, 1.25x input, are priced as plain input here).
+- Anthropic: a cache read costs 10% of the base input price and a cache write 125% (the
+  default 5-minute cache; 1-hour writes, 200%, are priced at that rate too); the batch
+  discount stacks with both.
 - Vertex AI Gemini 2.5: implicit caching bills cached tokens at 10% of the real-time
   input price, and the cache discount takes precedence over the batch discount instead
   of stacking with it, so a cached token costs the same in a batch as in real time.
@@ -42,7 +43,9 @@ class Price:
     """USD per 1M tokens for one model, at batch and at real-time rates.
 
     `cached_input`/`realtime_cached_input` are None where the model has no cached-input
-    rate: cached tokens then cost what other input tokens cost.
+    rate: cached tokens then cost what other input tokens cost. The same goes for
+    `cache_write_input`/`realtime_cache_write_input`, the input written to the cache
+    (only Anthropic bills those apart).
     """
 
     input: float
@@ -53,6 +56,8 @@ class Price:
     realtime_cached_input: float | None
     #: The most output tokens the model writes for one request; None when unknown.
     max_output_tokens: int | None = None
+    cache_write_input: float | None = None
+    realtime_cache_write_input: float | None = None
 
     @classmethod
     def from_batch(
@@ -62,16 +67,23 @@ class Price:
         cached_input: float | None = None,
         *,
         max_output_tokens: int | None = None,
+        cache_write_input: float | None = None,
     ) -> Price:
         """A price whose real-time rates are `REALTIME_FACTOR` times the batch rates."""
+
+        def realtime(rate: float | None) -> float | None:
+            return None if rate is None else rate * REALTIME_FACTOR
+
         return cls(
             input=input,
             output=output,
             cached_input=cached_input,
             realtime_input=input * REALTIME_FACTOR,
             realtime_output=output * REALTIME_FACTOR,
-            realtime_cached_input=None if cached_input is None else cached_input * REALTIME_FACTOR,
+            realtime_cached_input=realtime(cached_input),
             max_output_tokens=max_output_tokens,
+            cache_write_input=cache_write_input,
+            realtime_cache_write_input=realtime(cache_write_input),
         )
 
 
@@ -90,15 +102,24 @@ def _published(
     cached_share: float,
     max_output_tokens: int,
     batch_discounts_cache: bool = True,
+    cache_write_share: float | None = None,
 ) -> Price:
-    """A batch price from PROVIDERS.md plus the provider's cached-input ratio.
+    """A batch price from PROVIDERS.md plus the provider's prompt-cache ratios.
 
     `cached_share` is the cached-input price as a share of the real-time input price;
     `batch_discounts_cache` says whether the batch discount applies to cached tokens too.
+    `cache_write_share` is the cache-write price as a share of the input price, where the
+    provider bills writes apart (the batch discount stacks with it).
     """
     realtime_cached = input * REALTIME_FACTOR * cached_share
     batch_cached = realtime_cached / REALTIME_FACTOR if batch_discounts_cache else realtime_cached
-    price = Price.from_batch(input, output, batch_cached, max_output_tokens=max_output_tokens)
+    price = Price.from_batch(
+        input,
+        output,
+        batch_cached,
+        max_output_tokens=max_output_tokens,
+        cache_write_input=None if cache_write_share is None else input * cache_write_share,
+    )
     return replace(price, realtime_cached_input=realtime_cached)
 
 
@@ -108,10 +129,10 @@ PRICES: dict[str, Price] = {
     "openai/gpt-4.1-mini": _published(0.20, 0.80, cached_share=0.25, max_output_tokens=32_768),
     "openai/gpt-4o-mini": _published(0.075, 0.30, cached_share=0.50, max_output_tokens=16_384),
     "anthropic/claude-sonnet-4-5": _published(
-        1.50, 7.50, cached_share=0.10, max_output_tokens=64_000
+        1.50, 7.50, cached_share=0.10, cache_write_share=1.25, max_output_tokens=64_000
     ),
     "anthropic/claude-haiku-4-5": _published(
-        0.50, 2.50, cached_share=0.10, max_output_tokens=64_000
+        0.50, 2.50, cached_share=0.10, cache_write_share=1.25, max_output_tokens=64_000
     ),
     "vertex/gemini-2.5-flash": _published(
         0.15, 1.25, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
@@ -150,24 +171,26 @@ def cost(price: Price, usage: Mapping[str, Any]) -> LineCost:
     """The cost of one request's `usage` at `price`.
 
     `usage` has `input_tokens` (all input, cached included), `output_tokens` and,
-    optionally, `cached_input_tokens` (the part of the input read from the cache), which
-    costs the cached-input rate where the model has one.
+    optionally, `cached_input_tokens` (the part of the input read from the cache) and
+    `cache_write_input_tokens` (the part written to it), which cost their own rates where
+    the model has them.
     """
     input_tokens = usage.get("input_tokens") or 0
     output_tokens = usage.get("output_tokens") or 0
     cached = usage.get("cached_input_tokens") or 0
-    if cached:  # on the collect hot path: the common case (no cache) skips all this
+    written = usage.get("cache_write_input_tokens") or 0
+    batch = output_tokens * price.output
+    realtime = output_tokens * price.realtime_output
+    if cached or written:  # on the collect hot path: the common case (no cache) skips this
         cached = min(max(cached, 0), input_tokens)
-    fresh = input_tokens - cached
-    batch = fresh * price.input + output_tokens * price.output
-    realtime = fresh * price.realtime_input + output_tokens * price.realtime_output
-    if cached:
-        batch += cached * (price.input if price.cached_input is None else price.cached_input)
-        realtime += cached * (
-            price.realtime_input
-            if price.realtime_cached_input is None
-            else price.realtime_cached_input
-        )
+        written = min(max(written, 0), input_tokens - cached)
+        batch += cached * _given(price.cached_input, price.input)
+        batch += written * _given(price.cache_write_input, price.input)
+        realtime += cached * _given(price.realtime_cached_input, price.realtime_input)
+        realtime += written * _given(price.realtime_cache_write_input, price.realtime_input)
+    fresh = input_tokens - cached - written
+    batch += fresh * price.input
+    realtime += fresh * price.realtime_input
     return LineCost(batch_usd=batch / PER_TOKENS, realtime_usd=realtime / PER_TOKENS)
 
 
@@ -178,9 +201,11 @@ _RATE_FIELDS = (
     "input",
     "output",
     "cached_input",
+    "cache_write_input",
     "realtime_input",
     "realtime_output",
     "realtime_cached_input",
+    "realtime_cache_write_input",
 )
 _FIELDS = (*_RATE_FIELDS, "max_output_tokens")
 
@@ -191,11 +216,12 @@ def load_prices(
     """The price table (`base`, default `PRICES`) with a deployment's overrides applied.
 
     `override_json` is BATCHLINE_PRICES: a JSON object keyed "provider/model" whose
-    values are either `{"input": .., "output": .., "cached_input": .., "realtime_input":
-    .., "realtime_output": .., "realtime_cached_input": .., "max_output_tokens": ..}`
+    values are either `{"input": .., "output": .., "cached_input": ..,
+    "cache_write_input": .., "realtime_input": .., "realtime_output": ..,
+    "realtime_cached_input": .., "realtime_cache_write_input": .., "max_output_tokens": ..}`
     (USD per 1M tokens; `input` and `output` are the batch rates and required; a missing
-    real-time rate is twice its batch rate; no `cached_input` means no cached rate; a
-    missing `max_output_tokens` keeps the table's) or the older `[input, output]`. An
+    real-time rate is twice its batch rate; no `cached_input` (`cache_write_input`) means
+    no rate of its own; a missing `max_output_tokens` keeps the table's) or the older `[input, output]`. An
     override replaces the model's whole entry. Raises ConfigError naming the model and
     the field for anything else.
     """
@@ -256,9 +282,11 @@ def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
         _rate(f"{where}.input", value["input"]),
         _rate(f"{where}.output", value["output"]),
         rate("cached_input"),
+        cache_write_input=rate("cache_write_input"),
     )
     realtime_input, realtime_output = rate("realtime_input"), rate("realtime_output")
     realtime_cached_input = rate("realtime_cached_input")
+    realtime_cache_write_input = rate("realtime_cache_write_input")
     if "max_output_tokens" in value:
         max_output_tokens = _max_tokens(f"{where}.max_output_tokens", value["max_output_tokens"])
     return Price(
@@ -271,6 +299,12 @@ def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
             batch.realtime_cached_input if realtime_cached_input is None else realtime_cached_input
         ),
         max_output_tokens=max_output_tokens,
+        cache_write_input=batch.cache_write_input,
+        realtime_cache_write_input=(
+            batch.realtime_cache_write_input
+            if realtime_cache_write_input is None
+            else realtime_cache_write_input
+        ),
     )
 
 

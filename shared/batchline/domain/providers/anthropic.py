@@ -227,11 +227,8 @@ def _success(rid: str, message: dict[str, Any]) -> ProviderResult:
     usage = message.get("usage") or {}
     # Total input is uncached + cache-creation + cache-read tokens (Anthropic's definition).
     cache_read = int(usage.get("cache_read_input_tokens") or 0)
-    input_tokens = (
-        int(usage.get("input_tokens") or 0)
-        + int(usage.get("cache_creation_input_tokens") or 0)
-        + cache_read
-    )
+    cache_write = int(usage.get("cache_creation_input_tokens") or 0)
+    input_tokens = int(usage.get("input_tokens") or 0) + cache_write + cache_read
     return ProviderResult(
         request_id=rid,
         status=ResultStatus.SUCCEEDED,
@@ -241,6 +238,7 @@ def _success(rid: str, message: dict[str, Any]) -> ProviderResult:
             "input_tokens": input_tokens,
             "output_tokens": int(usage.get("output_tokens") or 0),
             "cached_input_tokens": cache_read,
+            "cache_write_input_tokens": cache_write,
         },
         response=message,
         structured=structured,
