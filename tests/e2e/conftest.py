@@ -216,6 +216,21 @@ def vertex_defaults(pipeline: Pipeline) -> Iterator[Callable[..., None]]:
     yield from _restored(pipeline.vertex_emulator, pipeline.vertex_config)
 
 
+@pytest.fixture
+def all_emulator_defaults(
+    emulator_defaults: Callable[..., None],
+    anthropic_defaults: Callable[..., None],
+    vertex_defaults: Callable[..., None],
+) -> Callable[..., None]:
+    """Change all three provider emulators' behaviour alike for one test; restored afterwards."""
+
+    def configure(**values: Any) -> None:
+        for one in (emulator_defaults, anthropic_defaults, vertex_defaults):
+            one(**values)
+
+    return configure
+
+
 def _restored(base_url: str, configure: Callable[..., None]) -> Iterator[Callable[..., None]]:
     url = f"{base_url}/_emulator/config"
     before = requests.get(url, timeout=10).json()

@@ -28,13 +28,9 @@ RUNNING_BEFORE_CANCEL = 3.0
 
 
 def test_cancel_keeps_the_answers_in_and_cancels_the_rest_on_every_provider(
-    pipeline: Pipeline,
-    emulator_defaults: Callable[..., None],
-    anthropic_defaults: Callable[..., None],
-    vertex_defaults: Callable[..., None],
+    pipeline: Pipeline, all_emulator_defaults: Callable[..., None]
 ) -> None:
-    for configure in (emulator_defaults, anthropic_defaults, vertex_defaults):
-        configure(lines_per_second=LINES_PER_SECOND)
+    all_emulator_defaults(lines_per_second=LINES_PER_SECOND)
     makers = {"openai": openai_line, "anthropic": anthropic_line, "vertex": vertex_line}
     lines = [
         makers[provider](f"Question {n}", f"{provider}-{n}")

@@ -75,14 +75,8 @@ def extraction_file() -> bytes:
 
 
 @pytest.fixture
-def invalid_first_answers(
-    pipeline: Pipeline,
-    emulator_defaults: Callable[..., None],
-    anthropic_defaults: Callable[..., None],
-    vertex_defaults: Callable[..., None],
-) -> None:
-    for configure in (emulator_defaults, anthropic_defaults, vertex_defaults):
-        configure(invalid_answer_rate=0.1)
+def invalid_first_answers(pipeline: Pipeline, all_emulator_defaults: Callable[..., None]) -> None:
+    all_emulator_defaults(invalid_answer_rate=0.1)
     pipeline.blobs.write_bytes(
         registered_schema_uri(pipeline.settings.work_bucket, "DocumentAnalysis"),
         orjson.dumps(SCHEMA),

@@ -7,16 +7,15 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryJobStore, RecordingPublisher
+from batchline.adapters.memory import MemoryJobStore
 from batchline.bootstrap import Deps
 from batchline.domain.models import BatchState, ChunkState, Job, JobState
 from batchline.services.cancel import JobEnded, request_cancel
-from batchline.services.collect import collect
 from batchline.services.poll import poll
 from batchline.services.submit import handle_object_finalized
 
 from .fakes import CrashAfterSubmit, make_deps
-from .test_pipeline import line, upload
+from .test_pipeline import finish, line, upload
 
 
 def submitted(deps: Deps, lines: int) -> Job:
@@ -40,26 +39,13 @@ def cancel(deps: Deps, job: Job) -> Job:
     return asked
 
 
-def finish(deps: Deps, job: Job) -> tuple[Job, list[dict[str, object]]]:
-    """Poll until every chunk has ended, run the collects asked for; the job and its lines."""
-    poll(deps)
-    publisher = deps.publisher
-    assert isinstance(publisher, RecordingPublisher)
-    for message in publisher.on("batchline-collect"):
-        collect(deps, message["job_id"])
-    final = deps.store.get_job(job.job_id)
-    assert final is not None and final.state.terminal, final
-    lines = [orjson.loads(x) for x in deps.blobs.read_bytes(final.results_uri).splitlines()]
-    return final, lines
-
-
 def test_a_running_batch_is_canceled_and_the_answers_already_in_are_kept() -> None:
     deps, provider, _ = make_deps()
     job = submitted(deps, 4)
     [fake] = provider.batches.values()
     fake.finished = {"bl-1", "bl-2"}  # the provider had run two requests
     cancel(deps, job)
-    final, lines = finish(deps, job)
+    final, lines = finish(deps, job.job_id)
     assert fake.batch.state is BatchState.CANCELED
     assert [r["status"] for r in lines] == ["succeeded", "succeeded", "canceled", "canceled"]
     assert lines[2]["error"]["type"] == "batch_canceled"  # type: ignore[index]
@@ -77,7 +63,7 @@ def test_chunks_never_submitted_end_canceled_without_reaching_the_provider() -> 
     assert [c.state for c in deps.store.get_chunks(job.job_id)] == [ChunkState.PENDING] * 3
     deps.settings = replace(deps.settings, work_budget_seconds=60)
     cancel(deps, job)
-    final, lines = finish(deps, job)
+    final, lines = finish(deps, job.job_id)
     assert provider.batches == {}
     assert {r["status"] for r in lines} == {"canceled"} and len(lines) == 5
     assert {r["error"]["type"] for r in lines} == {"job_canceled"}  # type: ignore[index]
@@ -94,7 +80,7 @@ def test_a_crashed_submit_is_adopted_and_canceled_never_submitted_again() -> Non
     cancel(deps, job)
     clock.advance(61)  # the crashed holder's lease runs out
     poll(deps)  # adopts batch_0
-    final, lines = finish(deps, job)  # cancels it
+    final, lines = finish(deps, job.job_id)  # cancels it
     assert list(provider.batches) == ["batch_0"]
     assert provider.batches["batch_0"].batch.state is BatchState.CANCELED
     assert [r["status"] for r in lines] == ["succeeded", "canceled", "canceled"]
@@ -113,7 +99,7 @@ def test_a_submit_that_crashed_before_the_batch_existed_is_not_retried() -> None
     job = only_job(deps)
     cancel(deps, job)
     clock.advance(61)
-    final, lines = finish(deps, job)
+    final, lines = finish(deps, job.job_id)
     assert provider.batches == {}
     assert [r["status"] for r in lines] == ["canceled"] * 3
     assert final.state is JobState.CANCELED
@@ -132,7 +118,7 @@ def test_an_ended_job_cannot_be_canceled_and_an_unknown_one_is_not_found() -> No
     deps, provider, clock = make_deps()
     job = submitted(deps, 1)
     provider.end()
-    finish(deps, job)
+    finish(deps, job.job_id)
     with pytest.raises(JobEnded, match="succeeded"):
         request_cancel(deps.store, job.job_id, clock.now())
     assert request_cancel(deps.store, "job-unknown", clock.now()) is None
@@ -143,6 +129,6 @@ def test_a_cancel_that_came_too_late_to_stop_anything_leaves_the_earned_state() 
     job = submitted(deps, 2)
     provider.end()  # every request ran before the cancel reached the provider
     cancel(deps, job)
-    final, lines = finish(deps, job)
+    final, lines = finish(deps, job.job_id)
     assert [r["status"] for r in lines] == ["succeeded", "succeeded"]
     assert final.state is JobState.SUCCEEDED and final.cancel_requested_at is not None

@@ -40,14 +40,20 @@ def run_to_end(
     job = handle_object_finalized(deps, event)
     assert job is not None
     provider.end()
+    return finish(deps, job.job_id)[1]
+
+
+def finish(deps: Deps, job_id: str) -> tuple[Job, list[dict[str, object]]]:
+    """A poll tick, then the collects it asked for; the ended job and its result lines."""
     poll(deps)
     publisher = deps.publisher
     assert isinstance(publisher, RecordingPublisher)
     for message in publisher.on("batchline-collect"):
         collect(deps, message["job_id"])
-    final = deps.store.get_job(job.job_id)
-    assert final is not None and final.state.terminal
-    return [orjson.loads(x) for x in deps.blobs.read_bytes(final.results_uri).splitlines()]
+    final = deps.store.get_job(job_id)
+    assert final is not None and final.state.terminal, final
+    lines = [orjson.loads(x) for x in deps.blobs.read_bytes(final.results_uri).splitlines()]
+    return final, lines
 
 
 def test_one_result_per_line_in_order_with_invalid_and_generated_ids() -> None:
