@@ -335,6 +335,37 @@ def test_a_vertex_line_counts_characters_at_4_per_token() -> None:
     assert estimate_line("vertex", "gemini-2.5-flash", no_limit).max_output_tokens == 65_536
 
 
+def test_gemini_pro_prompts_over_200k_tokens_are_estimated_at_the_long_context_price() -> None:
+    pro = PRICES["vertex/gemini-2.5-pro"]
+    assert pro.long_context is not None
+    long = pro.long_context.price
+    short_line = encoded(
+        "vertex",
+        "gemini-2.5-pro",
+        messages=[{"role": "user", "content": "x" * 4_000}],
+        max_tokens=10,
+    )
+    long_line = encoded(
+        "vertex",
+        "gemini-2.5-pro",
+        messages=[{"role": "user", "content": "x" * 900_000}],
+        max_tokens=10,
+    )
+    short_in = estimate_line("vertex", "gemini-2.5-pro", short_line).input_tokens
+    long_in = estimate_line("vertex", "gemini-2.5-pro", long_line).input_tokens
+    assert long_in > 200_000 >= short_in
+    estimate = Estimate()
+    for line in (short_line, long_line, short_line):
+        estimate.add("vertex", "gemini-2.5-pro", line)
+    expected = (2 * short_in * pro.input + 20 * pro.output) + (
+        long_in * long.input + 10 * long.output
+    )
+    assert estimate.total_usd == pytest.approx(expected / 1e6)
+    # Kept across invocations, like the rest of the counts.
+    again = Estimate.from_dict(estimate.to_dict())
+    assert again.total_usd == pytest.approx(expected / 1e6)
+
+
 def test_vertex_media_schemas_and_candidates() -> None:
     schema = {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}}
     request = {
@@ -467,6 +498,8 @@ def test_past_the_exact_requests_one_in_n_is_tokenized_and_the_rest_scaled(
         "counted_tokens": counted,
         "counted_chars": counted_chars,
         "scaled_chars": scaled_chars,
+        "long_input_tokens": 0,
+        "long_max_output_tokens": 0,
     }
     assert sampled.input_tokens == fixed + counted + round(scaled_chars * counted / counted_chars)
     # Close to the exact count (the same text, repeated).

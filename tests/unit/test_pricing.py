@@ -120,9 +120,17 @@ def _cost(key: str, usage: dict[str, int]) -> LineCost:
         ),
         (
             "vertex/gemini-2.5-pro",
+            {"input_tokens": 200_000, "cached_input_tokens": 100_000, "output_tokens": 100_000},
+            0.0625 + 0.0125 + 0.5,
+            0.125 + 0.0125 + 1.0,
+        ),
+        # Over 200k tokens of prompt: every token at the long-context tier, $2.50/$15 real
+        # time, cached at 10% of that input rate with no batch discount.
+        (
+            "vertex/gemini-2.5-pro",
             {"input_tokens": M, "cached_input_tokens": 500_000, "output_tokens": 100_000},
-            0.3125 + 0.0625 + 0.5,
-            0.625 + 0.0625 + 1.0,
+            0.625 + 0.125 + 0.75,
+            1.25 + 0.125 + 1.5,
         ),
     ],
 )
@@ -145,6 +153,17 @@ def test_a_model_without_cache_rates_prices_cached_and_written_tokens_as_input()
     assert cost(price, usage) == LineCost(1.0, 2.0)
     usage = {"input_tokens": M, "cache_write_input_tokens": M, "output_tokens": 0}
     assert cost(price, usage) == LineCost(1.0, 2.0)
+
+
+def test_only_gemini_pro_has_a_long_context_tier_and_it_starts_above_200k() -> None:
+    assert [k for k, p in PRICES.items() if p.long_context] == ["vertex/gemini-2.5-pro"]
+    pro = PRICES["vertex/gemini-2.5-pro"]
+    assert pro.long_context is not None
+    assert pro.for_input(200_000) is pro
+    assert pro.for_input(200_001) is pro.long_context.price
+    # An override replaces the whole entry, long tier included.
+    overridden = load_prices('{"vertex/gemini-2.5-pro": {"input": 0.5, "output": 4}}')
+    assert overridden["vertex/gemini-2.5-pro"].long_context is None
 
 
 def test_cache_writes_cost_125_percent_of_input_on_anthropic_only() -> None:

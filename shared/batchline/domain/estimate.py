@@ -163,6 +163,10 @@ class _Tally:
     counted_tokens: int = 0
     counted_chars: int = 0
     scaled_chars: int = 0
+    #: The part of the input and of the worst-case output from requests whose counted
+    #: prompt is over the model's long-context threshold (priced at that tier).
+    long_input_tokens: int = 0
+    long_max_output_tokens: int = 0
 
     @property
     def input_tokens(self) -> int:
@@ -205,6 +209,7 @@ class Estimate:
         self._tallies: dict[str, _Tally] = {}
         self._counters: dict[str, _Counter] = {}
         self._model_max: dict[str, int | None] = {}
+        self._long_above: dict[str, int | None] = {}
 
     def add(self, provider: str, model: str, encoded_line: Line) -> None:
         """Count one encoded request line (bytes as the encoder wrote it, or decoded)."""
@@ -215,6 +220,8 @@ class Estimate:
             counter = self._counters[key] = _Counter(provider, model)
             price = price_for(self._prices, provider, model)
             self._model_max[key] = price.max_output_tokens if price else None
+            long = price.long_context if price else None
+            self._long_above[key] = long.above_tokens if long else None
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()
@@ -227,7 +234,15 @@ class Estimate:
             tokens = counter.count(parts.texts)
         tally.requests = n + 1
         tally.fixed_tokens += parts.fixed_tokens
-        tally.max_output_tokens += _max_output(parts, self._model_max[key])
+        max_output = _max_output(parts, self._model_max[key])
+        tally.max_output_tokens += max_output
+        long_above = self._long_above[key]
+        # Only requests counted one by one can be told long (no long-tier model is sampled).
+        if long_above is not None and tokens is not None:
+            prompt = tokens + parts.fixed_tokens
+            if prompt > long_above:
+                tally.long_input_tokens += prompt
+                tally.long_max_output_tokens += max_output
         if tokens is None:
             tally.scaled_chars += chars
         else:
@@ -247,11 +262,7 @@ class Estimate:
             input_tokens = tally.input_tokens
             batch = realtime = None
             if price is not None:
-                batch = (input_tokens * price.input + tally.max_output_tokens * price.output) / 1e6
-                realtime = (
-                    input_tokens * price.realtime_input
-                    + tally.max_output_tokens * price.realtime_output
-                ) / 1e6
+                batch, realtime = _worst_case(price, tally)
             found[key] = ModelEstimate(
                 tally.requests, input_tokens, tally.max_output_tokens, batch, realtime
             )
@@ -332,6 +343,24 @@ class Estimate:
                     setattr(tally, name, int(counting[name]))
             estimate._tallies[key] = tally
         return estimate
+
+
+def _worst_case(price: Price, tally: _Tally) -> tuple[float, float]:
+    """Batch and real-time cost of a model's tally, its long prompts at the long tier."""
+    tiers = [
+        (
+            price,
+            tally.input_tokens - tally.long_input_tokens,
+            tally.max_output_tokens - tally.long_max_output_tokens,
+        )
+    ]
+    if price.long_context is not None and tally.long_input_tokens:
+        tiers.append(
+            (price.long_context.price, tally.long_input_tokens, tally.long_max_output_tokens)
+        )
+    batch = sum(i * p.input + o * p.output for p, i, o in tiers) / 1e6
+    realtime = sum(i * p.realtime_input + o * p.realtime_output for p, i, o in tiers) / 1e6
+    return batch, realtime
 
 
 def _total(costs: list[float | None]) -> float | None:

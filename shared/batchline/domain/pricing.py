@@ -17,6 +17,11 @@ pricing and prompt-caching pages:
   input price, and the cache discount takes precedence over the batch discount instead
   of stacking with it, so a cached token costs the same in a batch as in real time.
 
+Gemini 2.5 Pro bills a request whose prompt is over 200k tokens at a higher rate, all of
+its tokens (input, cached input and output): $2.50 and $15 real time instead of $1.25 and
+$10, from Google's Vertex AI pricing page; PROVIDERS.md lists the lower tier. The table
+carries it as the model's `long_context` price.
+
 Override per deployment with BATCHLINE_PRICES (see `load_prices`).
 """
 
@@ -58,6 +63,13 @@ class Price:
     max_output_tokens: int | None = None
     cache_write_input: float | None = None
     realtime_cache_write_input: float | None = None
+    #: Where requests with a long prompt cost more (Gemini 2.5 Pro), that price.
+    long_context: LongContext | None = None
+
+    def for_input(self, input_tokens: int) -> Price:
+        """The price a request with `input_tokens` of prompt pays."""
+        long = self.long_context
+        return long.price if long is not None and input_tokens > long.above_tokens else self
 
     @classmethod
     def from_batch(
@@ -85,6 +97,14 @@ class Price:
             cache_write_input=cache_write_input,
             realtime_cache_write_input=realtime(cache_write_input),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LongContext:
+    """A model's price for requests whose prompt is over `above_tokens` tokens."""
+
+    above_tokens: int
+    price: Price
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +157,16 @@ PRICES: dict[str, Price] = {
     "vertex/gemini-2.5-flash": _published(
         0.15, 1.25, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
     ),
-    # Prompts up to 200k tokens; longer ones cost more and are not modelled here.
-    "vertex/gemini-2.5-pro": _published(
-        0.625, 5.00, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+    "vertex/gemini-2.5-pro": replace(
+        _published(
+            0.625, 5.00, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+        ),
+        long_context=LongContext(
+            200_000,
+            _published(
+                1.25, 7.50, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+            ),
+        ),
     ),
 }
 
@@ -173,9 +200,11 @@ def cost(price: Price, usage: Mapping[str, Any]) -> LineCost:
     `usage` has `input_tokens` (all input, cached included), `output_tokens` and,
     optionally, `cached_input_tokens` (the part of the input read from the cache) and
     `cache_write_input_tokens` (the part written to it), which cost their own rates where
-    the model has them.
+    the model has them. A long prompt pays the model's long-context price, if it has one.
     """
     input_tokens = usage.get("input_tokens") or 0
+    if price.long_context is not None:
+        price = price.for_input(input_tokens)
     output_tokens = usage.get("output_tokens") or 0
     cached = usage.get("cached_input_tokens") or 0
     written = usage.get("cache_write_input_tokens") or 0
