@@ -23,6 +23,7 @@ from batchline.config import Settings
 from batchline.domain.models import BatchState, BatchTag, ProviderBatch, ResultStatus
 from batchline.domain.providers.vertex import encode
 from batchline.domain.requests import Request, parse_line
+from batchline.domain.schemas import Validator
 from batchline.errors import ProviderError
 from batchline.local.processes import free_port
 from batchline.ports import StagedPayload
@@ -156,6 +157,56 @@ def test_the_job_reads_the_staged_payload_in_place(
     assert by_id["bl-1"].finish_reason == "STOP"
     assert by_id["bl-4"].status is ResultStatus.FAILED and by_id["bl-4"].error is not None
     assert by_id["bl-4"].error["type"] == "internal" and by_id["bl-4"].error["retryable"]
+
+
+#: Google's spelling (upper-case types, nullable, int64 as a string, Gemini formats).
+RECIPE = {
+    "type": "OBJECT",
+    "properties": {
+        "dish": {"type": "STRING"},
+        "servings": {"type": "INTEGER", "format": "int32", "minimum": 1, "maximum": 12},
+        "steps": {"type": "ARRAY", "items": {"type": "STRING"}, "minItems": "2"},
+        "note": {"type": "STRING", "nullable": True},
+    },
+    "required": ["dish", "servings", "steps"],
+    "propertyOrdering": ["dish", "servings", "steps"],
+}
+
+
+def test_answers_to_a_native_response_schema_are_validated_against_its_translation(
+    provider: VertexProvider, vertex_emulator: VertexEmulatorHandle
+) -> None:
+    """The emulator answers Google's Schema by its own reading of it; ours must agree that
+    its valid answers are valid and its spoiled ones are not."""
+    vertex_emulator.admin({"invalid_answer_rate": 0.5})
+    config = {"responseMimeType": "application/json", "responseSchema": RECIPE}
+    requests = [
+        parse(
+            i,
+            {
+                "key": f"r{i}",
+                "request": {
+                    "contents": [{"role": "user", "parts": [{"text": f"recipe {i}"}]}],
+                    "generationConfig": config,
+                },
+            },
+            default_model=f"vertex/{MODEL}",
+        )
+        for i in range(1, 21)
+    ]
+    schema = requests[0].schema
+    assert schema is not None
+    staged = vertex_emulator.stage(
+        b"".join(encode(r) for r in requests), "jobs/job-00000000000000000000000a/chunks/00000"
+    )
+    batch = wait_ended(provider, provider.submit(staged, BatchTag("job-a", 0), MODEL).batch_id)
+    validator = Validator(schema)
+    verdicts = {
+        r.request_id: validator.check(r.text, r.structured).violation is None
+        for r in provider.iter_results(batch)
+    }
+    assert len(verdicts) == 20
+    assert set(verdicts.values()) == {True, False}  # the valid ones pass, the spoiled fail
 
 
 def test_a_payload_outside_gcs_is_refused(provider: VertexProvider) -> None:

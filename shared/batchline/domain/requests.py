@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from batchline.domain.lines import LineTooLong
+from batchline.domain.providers import vertex_schema
 from batchline.domain.schemas import ResponseSchema, SchemaError, check_for_provider
 
 # Providers batchline knows of, and the ones this deployment can run.
@@ -341,8 +342,21 @@ def _with_native_schema(request: Request) -> Request:
                     raw, name = tool.get("input_schema"), tool.get("name")
     elif request.provider == "vertex":
         config = body.get("generationConfig") or body.get("generation_config") or {}
-        if isinstance(config, dict):
+        json_mode = (
+            isinstance(config, dict)
+            and (config.get("responseMimeType") or config.get("response_mime_type"))
+            == "application/json"
+        )
+        # Only a JSON answer is validated (enum mode, text/x.enum, answers a bare value).
+        if json_mode:
             raw = config.get("responseJsonSchema") or config.get("response_json_schema")
+            google = config.get("responseSchema") or config.get("response_schema")
+            if raw is None and google is not None:
+                try:
+                    raw = vertex_schema.as_json_schema(google)
+                except SchemaError as exc:
+                    where = f"request.generationConfig.{exc.where}"
+                    raise _Invalid(where, exc.reason) from None
     if raw is None:
         return request
     try:
