@@ -379,7 +379,8 @@ def _print_job(job_id: str, job: Job | None) -> None:
         print(f"{job_id}: not found yet")
         return
     view = _job_json(job_id, job)
-    print(f"job      {job_id}  {view['state']}")
+    canceling = view["cancel_requested_at"] and not job.state.terminal
+    print(f"job      {job_id}  {view['state']}" + (" (cancel requested)" if canceling else ""))
     print(f"source   {view['source']}")
     print(f"counts   {orjson.dumps(view['counts']).decode()}")
     if view["cost_usd"] is not None:

@@ -132,3 +132,16 @@ def test_a_cancel_that_came_too_late_to_stop_anything_leaves_the_earned_state() 
     final, lines = finish(deps, job.job_id)
     assert [r["status"] for r in lines] == ["succeeded", "succeeded"]
     assert final.state is JobState.SUCCEEDED and final.cancel_requested_at is not None
+
+
+def test_status_shows_a_cancel_until_the_job_ends(capsys: pytest.CaptureFixture[str]) -> None:
+    from batchline.cli import _print_job
+
+    deps, provider, _ = make_deps()
+    job = cancel(deps, submitted(deps, 1))
+    _print_job(job.job_id, job)
+    assert f"job      {job.job_id}  running (cancel requested)" in capsys.readouterr().out
+    provider.end()  # every request ran before the cancel reached the provider
+    final, _ = finish(deps, job.job_id)
+    _print_job(final.job_id, final)
+    assert "cancel requested" not in capsys.readouterr().out
