@@ -69,9 +69,10 @@ def test_a_pydantic_schema_goes_strict_and_keeps_its_meaning() -> None:
         "note": None,
     }
     jsonschema.validate(answer, strict)
-    stripped = NullStripper(INVOICE)(answer)
-    assert "currency" not in stripped and stripped["note"] is None  # note takes null itself
-    Invoice.model_validate(stripped)
+    assert NullStripper(INVOICE)(answer)  # in place: it says whether it removed any
+    assert "currency" not in answer and answer["note"] is None  # note takes null itself
+    Invoice.model_validate(answer)
+    assert not NullStripper(INVOICE)(answer)  # nothing left to remove
 
 
 @pytest.mark.parametrize(
@@ -142,15 +143,28 @@ def test_an_invalid_json_schema_is_named() -> None:
 def test_validator_reports_the_path_and_handles_text_and_objects() -> None:
     v = Validator(schema(INVOICE))
     good = {"kind": "receipt", "number": "1", "items": [{"name": "a", "quantity": 1, "price": 0}]}
-    assert v.check(orjson.dumps(good).decode()) == (good, None)
-    assert v.check(None, structured=good) == (good, None)
+    text = orjson.dumps(good).decode()
+    assert v.check(text) == (good, None, text)  # valid text: written as it is
+    assert v.check(None, structured=good) == (good, None, None)
     bad = {**good, "items": [{"name": "a", "quantity": 0, "price": 0}]}
-    _, violation = v.check(orjson.dumps(bad).decode())
+    violation = v.check(orjson.dumps(bad).decode()).violation
     assert violation is not None and violation.path == "$.items[0].quantity"
-    _, violation = v.check("{not json")
+    violation = v.check("{not json").violation
     assert violation is not None and violation.path == "$" and "not JSON" in violation.message
-    _, violation = v.check(orjson.dumps({**good, "kind": "memo"}).decode())
+    for empty in (None, "", " \n"):
+        violation = v.check(empty).violation
+        assert violation is not None and violation.path == "$" and "empty" in violation.message
+    violation = v.check(orjson.dumps({**good, "kind": "memo"}).decode()).violation
     assert violation is not None and violation.path == "$.kind"
+
+
+def test_strict_answers_are_written_verbatim_unless_nulls_were_removed() -> None:
+    v = Validator(schema(INVOICE), strip_nulls=True)
+    good = {"kind": "receipt", "number": "1", "items": [{"name": "a", "quantity": 1, "price": 0}]}
+    text = orjson.dumps({**good, "note": None}).decode()  # note takes null itself: kept
+    assert v.check(text) == ({**good, "note": None}, None, text)
+    check = v.check(orjson.dumps({**good, "currency": None}).decode())
+    assert check == (good, None, None)  # the parsed answer no longer is the text
 
 
 def test_each_provider_encodes_the_schema_its_own_way() -> None:
@@ -298,7 +312,8 @@ def test_added_nulls_are_stripped_at_any_depth_and_in_recursive_schemas() -> Non
         "weight": None,
         "children": [{"label": "b", "weight": 2, "children": [{"label": "c", "weight": None}]}],
     }
-    assert NullStripper(tree)(answer) == {
+    assert NullStripper(tree)(answer)
+    assert answer == {
         "label": "a",
         "children": [{"label": "b", "weight": 2, "children": [{"label": "c"}]}],
     }

@@ -11,7 +11,7 @@ from batchline.domain.models import ProviderResult, ResultStatus
 from batchline.domain.pricing import Price
 from batchline.domain.pricing import cost as line_cost
 from batchline.domain.requests import InvalidLine
-from batchline.domain.schemas import Violation
+from batchline.domain.schemas import SchemaCheck
 
 
 def provider_result_line(
@@ -99,16 +99,6 @@ class ResultLine(NamedTuple):
 
 
 SCHEMA_VALIDATION = "schema_validation"
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaCheck:
-    """What validating an answer against its schema found."""
-
-    parsed: Any
-    violation: Violation | None
-    #: The answer's text when `parsed` is exactly its JSON: written as it is, not again.
-    verbatim: str | None = None
 
 
 def _summed(attempts: list[dict[str, Any]]) -> tuple[dict[str, int] | None, float | None]:

@@ -14,7 +14,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -321,17 +321,21 @@ class _Strip:
     children: dict[str, _Strip] = field(default_factory=dict)
     items: _Strip | None = None
 
-    def apply(self, value: Any) -> None:
+    def apply(self, value: Any) -> bool:
+        """Remove the nulls in place; whether there were any."""
+        removed = False
         if isinstance(value, dict):
             for key in self.drop:
                 if key in value and value[key] is None:
                     del value[key]
+                    removed = True
             for key, below in self.children.items():
                 if key in value:
-                    below.apply(value[key])
+                    removed = below.apply(value[key]) or removed
         elif isinstance(value, list) and self.items is not None:
             for item in value:
-                self.items.apply(item)
+                removed = self.items.apply(item) or removed
+        return removed
 
 
 class NullStripper:
@@ -347,10 +351,9 @@ class NullStripper:
         self._building: dict[int, _Strip] = {}
         self._plan = self._plan_of(schema)
 
-    def __call__(self, value: Any) -> Any:
-        if self._plan is not None:
-            self._plan.apply(value)
-        return value
+    def __call__(self, value: Any) -> bool:
+        """Strip `value` in place; whether it changed (if not, its JSON text still is it)."""
+        return self._plan is not None and self._plan.apply(value)
 
     def _plan_of(self, node: Any, depth: int = 0) -> _Strip | None:
         seen = 0
@@ -403,6 +406,15 @@ class Violation:
         return f"{self.path}: {self.message}"
 
 
+class SchemaCheck(NamedTuple):
+    """What validating an answer against its schema found."""
+
+    parsed: Any
+    violation: Violation | None
+    #: The answer's text when `parsed` is exactly its JSON: written as it is, not again.
+    verbatim: str | None = None
+
+
 class Validator:
     """A schema compiled once, checking answers on the collect hot path."""
 
@@ -413,27 +425,31 @@ class Validator:
         self._strip = NullStripper(schema.schema) if strip_nulls else None
         self._compiled = jsonschema_rs.validator_for(schema.schema, validate_formats=True)
 
-    def may_change(self, text: str | None, structured: Any = None) -> bool:
-        """Whether the parsed answer may differ from the JSON of `text` (nulls removed)."""
-        return self._strip is not None and (structured is not None or "null" in (text or ""))
-
-    def check(self, text: str | None, structured: Any = None) -> tuple[Any, Violation | None]:
-        """(the parsed answer, None) when valid, else (whatever parsed, the violation)."""
+    def check(self, text: str | None, structured: Any = None) -> SchemaCheck:
+        """The answer (`structured`, else the JSON `text`) parsed, with its violation when
+        it is not valid."""
+        verbatim = None
         if structured is not None:
             value = structured
+        elif text is None:
+            return SchemaCheck(None, _EMPTY)
         else:
-            if text is None or not text.strip():
-                return None, Violation("$", "the answer is empty, not JSON")
             try:
                 value = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
-                return None, Violation("$", f"the answer is not JSON ({exc})")
-        if self._strip is not None and self.may_change(text, structured):
-            value = self._strip(value)
+                if not text.strip():
+                    return SchemaCheck(None, _EMPTY)
+                return SchemaCheck(None, Violation("$", f"the answer is not JSON ({exc})"))
+            verbatim = text
+        if self._strip is not None and self._strip(value):
+            verbatim = None  # nulls removed: the text no longer is the answer
         if self._compiled.is_valid(value):
-            return value, None
+            return SchemaCheck(value, None, verbatim)
         error = next(iter(self._compiled.iter_errors(value)))
-        return value, Violation(json_path(error.instance_path), error.message)
+        return SchemaCheck(value, Violation(json_path(error.instance_path), error.message))
+
+
+_EMPTY = Violation("$", "the answer is empty, not JSON")
 
 
 def json_path(parts: Any) -> str:

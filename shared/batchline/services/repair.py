@@ -24,9 +24,10 @@ import orjson
 from batchline.bootstrap import Deps
 from batchline.domain.models import Chunk, Job, JobState, ProviderResult
 from batchline.domain.paths import WorkPaths
-from batchline.domain.results import SchemaCheck, superseded
+from batchline.domain.results import superseded
 from batchline.domain.schemas import (
     ResponseSchema,
+    SchemaCheck,
     Validator,
     Violation,
     openai_strict,
@@ -57,25 +58,18 @@ class SchemaChecks:
         self._validators: dict[tuple[str, str], Validator] = {}
 
     def check(self, digest: str, provider: str, result: ProviderResult) -> SchemaCheck:
-        key = (digest, provider)
-        validator = self._validators.get(key)
+        validator = self._validators.get((digest, provider))
         if validator is None:
-            raw = orjson.loads(self._deps.blobs.read_bytes(self._paths.schema(digest)))
-            schema = ResponseSchema.from_dict(raw)
-            # OpenAI strict mode answers `null` for optional properties: drop those again.
-            strict = provider == "openai" and openai_strict(schema) is not None
-            validator = self._validators[key] = Validator(schema, strip_nulls=strict)
-        parsed, violation = validator.check(result.text, result.structured)
-        text = result.text
-        verbatim = (
-            text
-            if violation is None
-            and result.structured is None
-            and text is not None
-            and not validator.may_change(text)
-            else None
-        )
-        return SchemaCheck(parsed, violation, verbatim)
+            validator = self._load(digest, provider)
+        return validator.check(result.text, result.structured)
+
+    def _load(self, digest: str, provider: str) -> Validator:
+        raw = orjson.loads(self._deps.blobs.read_bytes(self._paths.schema(digest)))
+        schema = ResponseSchema.from_dict(raw)
+        # OpenAI strict mode answers `null` for optional properties: drop those again.
+        strict = provider == "openai" and openai_strict(schema) is not None
+        validator = self._validators[digest, provider] = Validator(schema, strip_nulls=strict)
+        return validator
 
 
 @dataclass
