@@ -686,6 +686,11 @@ def api_post(
         reply = fn.api.post("/v1/jobs", headers=headers, **kwargs)
     else:
         reply = fn.api.post("/v1/jobs", headers=headers, json=body)
+    return json_reply(reply)
+
+
+def json_reply(reply: Any) -> tuple[int, dict[str, Any]]:
+    """(status, body) of an API reply, which is always JSON."""
     assert reply.mimetype == "application/json"
     payload: dict[str, Any] = reply.get_json()
     return reply.status_code, payload
@@ -740,10 +745,7 @@ def test_api_key_reused_for_a_different_request_is_409(functions: Functions, clo
 
 
 def api_cancel(fn: Functions, job_id: str) -> tuple[int, dict[str, Any]]:
-    reply = fn.api.post(f"/v1/jobs/{job_id}:cancel")
-    assert reply.mimetype == "application/json"
-    payload: dict[str, Any] = reply.get_json()
-    return reply.status_code, payload
+    return json_reply(fn.api.post(f"/v1/jobs/{job_id}:cancel"))
 
 
 def test_api_cancel_stops_the_batches_and_keeps_the_answers_already_in(
