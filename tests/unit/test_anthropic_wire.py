@@ -183,6 +183,19 @@ def test_succeeded_result() -> None:
     assert got.response is MESSAGE and got.error is None
 
 
+def test_writes_to_the_1_hour_cache_are_counted_apart() -> None:
+    by_ttl = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 2}
+    one_hour = {**MESSAGE, "usage": {**MESSAGE["usage"], "cache_creation": by_ttl}}
+    got = wire.normalise(
+        {"custom_id": "bl-7", "result": {"type": "succeeded", "message": one_hour}}
+    )
+    assert got.usage is not None
+    assert (got.usage["cache_write_input_tokens"], got.usage["cache_write_1h_input_tokens"]) == (
+        2,
+        2,
+    )
+
+
 def test_succeeded_without_text_has_no_text() -> None:
     message = {**MESSAGE, "content": [], "stop_reason": "max_tokens"}
     got = wire.normalise({"custom_id": "bl-1", "result": {"type": "succeeded", "message": message}})

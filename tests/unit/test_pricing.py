@@ -100,6 +100,18 @@ def _cost(key: str, usage: dict[str, int]) -> LineCost:
             0.1 + 0.015 + 0.3125,
             0.2 + 0.03 + 0.625,
         ),
+        # 500k written, 200k of them to the 1-hour cache: 300k x $0.625 + 200k x $1.00
+        (
+            "anthropic/claude-haiku-4-5",
+            {
+                "input_tokens": 500_000,
+                "cache_write_input_tokens": 500_000,
+                "cache_write_1h_input_tokens": 200_000,
+                "output_tokens": 0,
+            },
+            0.1875 + 0.2,
+            0.375 + 0.4,
+        ),
         (
             "anthropic/claude-sonnet-4-5",
             {"input_tokens": 10_000, "output_tokens": 1_000},
@@ -166,17 +178,31 @@ def test_only_gemini_pro_has_a_long_context_tier_and_it_starts_above_200k() -> N
     assert overridden["vertex/gemini-2.5-pro"].long_context is None
 
 
-def test_cache_writes_cost_125_percent_of_input_on_anthropic_only() -> None:
+def test_cache_writes_cost_125_or_200_percent_of_input_on_anthropic_only() -> None:
     for key, price in PRICES.items():
         if key.startswith("anthropic/"):
             assert price.cache_write_input == pytest.approx(1.25 * price.input), key
             assert price.realtime_cache_write_input == pytest.approx(2.5 * price.input), key
+            assert price.cache_write_1h_input == pytest.approx(2 * price.input), key
+            assert price.realtime_cache_write_1h_input == pytest.approx(4 * price.input), key
         else:
             assert price.cache_write_input is None, key
+            assert price.cache_write_1h_input is None, key
     price = PRICES["anthropic/claude-haiku-4-5"]
     # Written tokens beyond what is left of the input after the cached ones count as input.
     over = {"input_tokens": 100, "cached_input_tokens": 60, "cache_write_input_tokens": 90}
     assert cost(price, over) == cost(price, {**over, "cache_write_input_tokens": 40})
+    # And 1-hour writes beyond the writes count as 1-hour writes of what was written.
+    hour = {"input_tokens": 100, "cache_write_input_tokens": 40}
+    assert cost(price, {**hour, "cache_write_1h_input_tokens": 90}) == cost(
+        price, {**hour, "cache_write_1h_input_tokens": 40}
+    )
+
+
+def test_without_a_1h_rate_1h_writes_cost_the_cache_write_rate() -> None:
+    price = Price.from_batch(1.0, 2.0, cache_write_input=1.25)
+    usage = {"input_tokens": M, "cache_write_input_tokens": M, "cache_write_1h_input_tokens": M}
+    assert cost(price, usage) == LineCost(1.25, 2.5)
 
 
 @pytest.mark.parametrize(
@@ -268,7 +294,14 @@ def test_an_override_sets_every_rate() -> None:
         ' 9.375}, "anthropic/claude-haiku-4-5": {"input": 0.5, "output": 2.5,'
         ' "cache_write_input": 0.625, "realtime_cache_write_input": 1.3}}'
     )
+    assert prices["anthropic/claude-opus-4-1"].cache_write_1h_input is None
+    prices = load_prices(
+        '{"anthropic/claude-opus-4-1": {"input": 7.5, "output": 37.5, "cache_write_input":'
+        ' 9.375, "cache_write_1h_input": 15}, "anthropic/claude-haiku-4-5": {"input": 0.5,'
+        ' "output": 2.5, "cache_write_input": 0.625, "realtime_cache_write_input": 1.3}}'
+    )
     opus = prices["anthropic/claude-opus-4-1"]
+    assert (opus.cache_write_1h_input, opus.realtime_cache_write_1h_input) == (15.0, 30.0)
     assert (opus.cache_write_input, opus.realtime_cache_write_input) == (9.375, 18.75)
     haiku = prices["anthropic/claude-haiku-4-5"]
     assert (haiku.cache_write_input, haiku.realtime_cache_write_input) == (0.625, 1.3)

@@ -10,9 +10,9 @@ pricing and prompt-caching pages:
 
 - OpenAI: a cached input token costs 25% of an input token for the gpt-4.1 family and 50%
   for gpt-4o-mini; the batch discount applies to it too.
-- Anthropic: a cache read costs 10% of the base input price and a cache write 125% (the
-  default 5-minute cache; 1-hour writes, 200%, are priced at that rate too); the batch
-  discount stacks with both.
+- Anthropic: a cache read costs 10% of the base input price, a cache write 125% (the
+  default 5-minute cache) or 200% (the 1-hour cache, which Anthropic suggests for batches,
+  as they may take longer than 5 minutes); the batch discount stacks with all three.
 - Vertex AI Gemini 2.5: implicit caching bills cached tokens at 10% of the real-time
   input price, and the cache discount takes precedence over the batch discount instead
   of stacking with it, so a cached token costs the same in a batch as in real time.
@@ -31,7 +31,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -50,7 +50,9 @@ class Price:
     `cached_input`/`realtime_cached_input` are None where the model has no cached-input
     rate: cached tokens then cost what other input tokens cost. The same goes for
     `cache_write_input`/`realtime_cache_write_input`, the input written to the cache
-    (only Anthropic bills those apart).
+    (only Anthropic bills those apart), and for `cache_write_1h_input`/
+    `realtime_cache_write_1h_input`, the part written to the 1-hour cache (else at the
+    cache-write rate).
     """
 
     input: float
@@ -63,6 +65,8 @@ class Price:
     max_output_tokens: int | None = None
     cache_write_input: float | None = None
     realtime_cache_write_input: float | None = None
+    cache_write_1h_input: float | None = None
+    realtime_cache_write_1h_input: float | None = None
     #: Where requests with a long prompt cost more (Gemini 2.5 Pro), that price.
     long_context: LongContext | None = None
 
@@ -80,6 +84,7 @@ class Price:
         *,
         max_output_tokens: int | None = None,
         cache_write_input: float | None = None,
+        cache_write_1h_input: float | None = None,
     ) -> Price:
         """A price whose real-time rates are `REALTIME_FACTOR` times the batch rates."""
 
@@ -96,6 +101,8 @@ class Price:
             max_output_tokens=max_output_tokens,
             cache_write_input=cache_write_input,
             realtime_cache_write_input=realtime(cache_write_input),
+            cache_write_1h_input=cache_write_1h_input,
+            realtime_cache_write_1h_input=realtime(cache_write_1h_input),
         )
 
 
@@ -122,14 +129,14 @@ def _published(
     cached_share: float,
     max_output_tokens: int,
     batch_discounts_cache: bool = True,
-    cache_write_share: float | None = None,
+    cache_write_shares: tuple[float, float] | None = None,
 ) -> Price:
     """A batch price from PROVIDERS.md plus the provider's prompt-cache ratios.
 
     `cached_share` is the cached-input price as a share of the real-time input price;
     `batch_discounts_cache` says whether the batch discount applies to cached tokens too.
-    `cache_write_share` is the cache-write price as a share of the input price, where the
-    provider bills writes apart (the batch discount stacks with it).
+    `cache_write_shares` are the cache-write prices (5-minute and 1-hour caches) as shares
+    of the input price, where the provider bills writes apart (the batch discount stacks).
     """
     realtime_cached = input * REALTIME_FACTOR * cached_share
     batch_cached = realtime_cached / REALTIME_FACTOR if batch_discounts_cache else realtime_cached
@@ -138,7 +145,8 @@ def _published(
         output,
         batch_cached,
         max_output_tokens=max_output_tokens,
-        cache_write_input=None if cache_write_share is None else input * cache_write_share,
+        cache_write_input=input * cache_write_shares[0] if cache_write_shares else None,
+        cache_write_1h_input=input * cache_write_shares[1] if cache_write_shares else None,
     )
     return replace(price, realtime_cached_input=realtime_cached)
 
@@ -149,10 +157,10 @@ PRICES: dict[str, Price] = {
     "openai/gpt-4.1-mini": _published(0.20, 0.80, cached_share=0.25, max_output_tokens=32_768),
     "openai/gpt-4o-mini": _published(0.075, 0.30, cached_share=0.50, max_output_tokens=16_384),
     "anthropic/claude-sonnet-4-5": _published(
-        1.50, 7.50, cached_share=0.10, cache_write_share=1.25, max_output_tokens=64_000
+        1.50, 7.50, cached_share=0.10, cache_write_shares=(1.25, 2.0), max_output_tokens=64_000
     ),
     "anthropic/claude-haiku-4-5": _published(
-        0.50, 2.50, cached_share=0.10, cache_write_share=1.25, max_output_tokens=64_000
+        0.50, 2.50, cached_share=0.10, cache_write_shares=(1.25, 2.0), max_output_tokens=64_000
     ),
     "vertex/gemini-2.5-flash": _published(
         0.15, 1.25, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
@@ -198,9 +206,10 @@ def cost(price: Price, usage: Mapping[str, Any]) -> LineCost:
     """The cost of one request's `usage` at `price`.
 
     `usage` has `input_tokens` (all input, cached included), `output_tokens` and,
-    optionally, `cached_input_tokens` (the part of the input read from the cache) and
-    `cache_write_input_tokens` (the part written to it), which cost their own rates where
-    the model has them. A long prompt pays the model's long-context price, if it has one.
+    optionally, `cached_input_tokens` (the part of the input read from the cache),
+    `cache_write_input_tokens` (the part written to it) and `cache_write_1h_input_tokens`
+    (the part of that written to a 1-hour cache), which cost their own rates where the
+    model has them. A long prompt pays the model's long-context price, if it has one.
     """
     input_tokens = usage.get("input_tokens") or 0
     if price.long_context is not None:
@@ -213,10 +222,18 @@ def cost(price: Price, usage: Mapping[str, Any]) -> LineCost:
     if cached or written:  # on the collect hot path: the common case (no cache) skips this
         cached = min(max(cached, 0), input_tokens)
         written = min(max(written, 0), input_tokens - cached)
-        batch += cached * _given(price.cached_input, price.input)
-        batch += written * _given(price.cache_write_input, price.input)
-        realtime += cached * _given(price.realtime_cached_input, price.realtime_input)
-        realtime += written * _given(price.realtime_cache_write_input, price.realtime_input)
+        hour = min(max(usage.get("cache_write_1h_input_tokens") or 0, 0), written)
+        for tokens, rate, realtime_rate in (
+            (cached, price.cached_input, price.realtime_cached_input),
+            (written - hour, price.cache_write_input, price.realtime_cache_write_input),
+            (
+                hour,
+                _given(price.cache_write_1h_input, price.cache_write_input),
+                _given(price.realtime_cache_write_1h_input, price.realtime_cache_write_input),
+            ),
+        ):
+            batch += tokens * _given(rate, price.input)
+            realtime += tokens * _given(realtime_rate, price.realtime_input)
     fresh = input_tokens - cached - written
     batch += fresh * price.input
     realtime += fresh * price.realtime_input
@@ -231,10 +248,12 @@ _RATE_FIELDS = (
     "output",
     "cached_input",
     "cache_write_input",
+    "cache_write_1h_input",
     "realtime_input",
     "realtime_output",
     "realtime_cached_input",
     "realtime_cache_write_input",
+    "realtime_cache_write_1h_input",
 )
 _FIELDS = (*_RATE_FIELDS, "max_output_tokens")
 
@@ -246,11 +265,11 @@ def load_prices(
 
     `override_json` is BATCHLINE_PRICES: a JSON object keyed "provider/model" whose
     values are either `{"input": .., "output": .., "cached_input": ..,
-    "cache_write_input": .., "realtime_input": .., "realtime_output": ..,
-    "realtime_cached_input": .., "realtime_cache_write_input": .., "max_output_tokens": ..}`
-    (USD per 1M tokens; `input` and `output` are the batch rates and required; a missing
-    real-time rate is twice its batch rate; no `cached_input` (`cache_write_input`) means
-    no rate of its own; a missing `max_output_tokens` keeps the table's) or the older `[input, output]`. An
+    "cache_write_input": .., "cache_write_1h_input": .., "max_output_tokens": .., and the
+    "realtime_" rates of each}` (USD per 1M tokens; `input` and `output` are the batch
+    rates and required; a missing real-time rate is twice its batch rate; no
+    `cached_input` (`cache_write_input`, `cache_write_1h_input`) means no rate of its own;
+    a missing `max_output_tokens` keeps the table's) or the older `[input, output]`. An
     override replaces the model's whole entry. Raises ConfigError naming the model and
     the field for anything else.
     """
@@ -312,10 +331,12 @@ def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
         _rate(f"{where}.output", value["output"]),
         rate("cached_input"),
         cache_write_input=rate("cache_write_input"),
+        cache_write_1h_input=rate("cache_write_1h_input"),
     )
     realtime_input, realtime_output = rate("realtime_input"), rate("realtime_output")
     realtime_cached_input = rate("realtime_cached_input")
     realtime_cache_write_input = rate("realtime_cache_write_input")
+    realtime_cache_write_1h_input = rate("realtime_cache_write_1h_input")
     if "max_output_tokens" in value:
         max_output_tokens = _max_tokens(f"{where}.max_output_tokens", value["max_output_tokens"])
     return Price(
@@ -334,10 +355,20 @@ def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
             if realtime_cache_write_input is None
             else realtime_cache_write_input
         ),
+        cache_write_1h_input=batch.cache_write_1h_input,
+        realtime_cache_write_1h_input=(
+            batch.realtime_cache_write_1h_input
+            if realtime_cache_write_1h_input is None
+            else realtime_cache_write_1h_input
+        ),
     )
 
 
-def _given(value: float | None, default: float) -> float:
+_Rate = TypeVar("_Rate", float, float | None)
+
+
+def _given(value: float | None, default: _Rate) -> float | _Rate:
+    """`value`, or `default` where there is none."""
     return default if value is None else value
 
 

@@ -229,17 +229,22 @@ def _success(rid: str, message: dict[str, Any]) -> ProviderResult:
     cache_read = int(usage.get("cache_read_input_tokens") or 0)
     cache_write = int(usage.get("cache_creation_input_tokens") or 0)
     input_tokens = int(usage.get("input_tokens") or 0) + cache_write + cache_read
+    by_ttl = usage.get("cache_creation") or {}
+    hour = int(by_ttl.get("ephemeral_1h_input_tokens") or 0) if isinstance(by_ttl, dict) else 0
+    normalised = {
+        "input_tokens": input_tokens,
+        "output_tokens": int(usage.get("output_tokens") or 0),
+        "cached_input_tokens": cache_read,
+        "cache_write_input_tokens": cache_write,
+    }
+    if hour:  # billed at twice the input rate, not 1.25x: only where there is any
+        normalised["cache_write_1h_input_tokens"] = hour
     return ProviderResult(
         request_id=rid,
         status=ResultStatus.SUCCEEDED,
         text="".join(texts) if texts else None,
         finish_reason=message.get("stop_reason"),
-        usage={
-            "input_tokens": input_tokens,
-            "output_tokens": int(usage.get("output_tokens") or 0),
-            "cached_input_tokens": cache_read,
-            "cache_write_input_tokens": cache_write,
-        },
+        usage=normalised,
         response=message,
         structured=structured,
     )
