@@ -58,7 +58,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 import jsonschema_rs
 import orjson
@@ -194,6 +194,18 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _UPPER_BOUNDS and _is_number(value) and _is_number(out[key]):
             out[key] = min(out[key], value)
     return out
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _filled(lo: _N | None, hi: _N | None, default: tuple[_N, _N]) -> tuple[_N, _N]:
+    """A range's two ends: a missing one as far from the other as `default`'s ends are
+    apart, both `default` when neither is given."""
+    span = default[1] - default[0]
+    if lo is None:
+        return default if hi is None else (hi - span, hi)
+    return (lo, lo + span) if hi is None else (lo, hi)
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:
@@ -862,24 +874,11 @@ class _Generator:
         if integer:
             ilo = None if lo is None else (math.floor(lo) + 1 if lo_open else math.ceil(lo))
             ihi = None if hi is None else (math.ceil(hi) - 1 if hi_open else math.floor(hi))
-            if ilo is None and ihi is None:
-                ilo, ihi = 1, 100
-            elif ihi is None:
-                assert ilo is not None
-                ihi = ilo + 99
-            elif ilo is None:
-                ilo = ihi - 99
+            ilo, ihi = _filled(ilo, ihi, (1, 100))
             if ilo > ihi:
                 return ilo
             return ilo + self.pick(ihi - ilo + 1, path, "integer")
-        if lo is None and hi is None:
-            lo, hi = 0.0, 100.0
-        elif hi is None:
-            assert lo is not None
-            hi = lo + 100.0
-        elif lo is None:
-            lo = hi - 100.0
-        assert lo is not None and hi is not None
+        lo, hi = _filled(lo, hi, (0.0, 100.0))
         share = 0.1 + 0.8 * self.pick(1000, path, "number") / 1000
         value = round(lo + share * (hi - lo), 2)
         if value < lo or value > hi or (lo_open and value <= lo) or (hi_open and value >= hi):
@@ -905,14 +904,7 @@ class _Generator:
             kmin += 1
         if kmax is not None and hi_open and kmax * exact >= Fraction(str(hi)):
             kmax -= 1
-        if kmin is None and kmax is None:
-            kmin, kmax = 1, 10
-        elif kmax is None:
-            assert kmin is not None
-            kmax = kmin + 9
-        elif kmin is None:
-            kmin = kmax - 9
-        assert kmin is not None and kmax is not None
+        kmin, kmax = _filled(kmin, kmax, (1, 10))
         if kmin > kmax:
             kmax = kmin
         start = kmin + self.pick(kmax - kmin + 1, path, "multiple")
