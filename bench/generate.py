@@ -186,6 +186,17 @@ class InputMeta:
         )
 
 
+def _answer(
+    rng: random.Random, corpus: str, max_tokens: int, reasons: tuple[str, str]
+) -> tuple[str, str]:
+    """An answer of ~900 characters, cut at `max_tokens` (4 characters a token); with the
+    provider's (finished, cut) finish reason."""
+    text = _content(rng, corpus, 900)
+    if len(text) > max_tokens * 4:
+        return text[: max_tokens * 4], reasons[1]
+    return text, reasons[0]
+
+
 def _content(rng: random.Random, corpus: str, mean: float) -> str:
     # Log-normal lengths (sigma 0.8): many short prompts, a long tail of long ones.
     sigma = 0.8
@@ -455,10 +466,7 @@ def _success(
     """A `chat.completion` line; `answer` is (text, finish_reason) when given."""
     if answer is None:
         max_tokens = int(body.get("max_completion_tokens") or 1024)
-        text = _content(rng, corpus, 900)
-        finish = "stop"
-        if len(text) > max_tokens * 4:
-            text, finish = text[: max_tokens * 4], "length"
+        text, finish = _answer(rng, corpus, max_tokens, ("stop", "length"))
     else:
         text, finish = answer
     prompt_chars = sum(len(m.get("content") or "") for m in body["messages"])
@@ -617,10 +625,7 @@ def _anthropic_success(
     content: list[dict[str, Any]]
     if tool_input is None:
         max_tokens = int(params.get("max_tokens") or 1024)
-        text = _content(rng, corpus, 900)
-        stop_reason = "end_turn"
-        if len(text) > max_tokens * 4:
-            text, stop_reason = text[: max_tokens * 4], "max_tokens"
+        text, stop_reason = _answer(rng, corpus, max_tokens, ("end_turn", "max_tokens"))
         content = [{"type": "text", "text": text, "citations": None}]
     else:
         text = orjson.dumps(tool_input).decode()
@@ -738,9 +743,7 @@ def _vertex_response(
     if answer is None:
         config = request.get("generationConfig") or {}
         limit = int(config.get("maxOutputTokens") or 8192)
-        text, finish = _content(rng, corpus, 900), "STOP"
-        if len(text) > limit * 4:
-            text, finish = text[: limit * 4], "MAX_TOKENS"
+        text, finish = _answer(rng, corpus, limit, ("STOP", "MAX_TOKENS"))
     else:
         text, finish = answer
     prompt = sum(len(p.get("text", "")) for c in request["contents"] for p in c["parts"])
