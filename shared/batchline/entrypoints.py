@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from batchline.errors import PermanentError, ProviderError
+from batchline.errors import PermanentError, RetryableError
 from batchline.log import fields, get_logger
 
 if TYPE_CHECKING:
@@ -28,11 +26,9 @@ def run_event(name: str, work: Callable[[Deps], Any]) -> None:
 
     try:
         work(deps())
-    except ProviderError as exc:
-        if exc.retryable:
-            log.warning(f"{name}: retryable provider error", extra=fields(error=str(exc)))
-            raise
-        log.error(f"{name}: permanent provider error, acknowledged", extra=fields(error=str(exc)))
+    except RetryableError as exc:
+        log.warning(f"{name}: retryable failure, redelivery asked", extra=fields(error=str(exc)))
+        raise
     except PermanentError as exc:
         log.error(f"{name}: permanent error, acknowledged", extra=fields(error=str(exc)))
 
@@ -73,62 +69,6 @@ def collect(deps: Deps, message: Any) -> None:
 
 
 def api(request: Request) -> Response:
-    from flask import Response
+    from batchline.edge import handle
 
-    from batchline.bootstrap import deps
-    from batchline.errors import RetryableError
-    from batchline.services import api as service
-    from batchline.services.cancel import JobEnded, request_cancel
-
-    def reply(status: int, body: Any) -> Response:
-        return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
-    path = request.path.rstrip("/")
-    parts = [p for p in path.split("/") if p]
-    try:
-        if parts == ["v1", "jobs"] and request.method == "POST":
-            body = request.get_json(silent=True)
-            if body is None:
-                return reply(
-                    400, {"error": {"type": "bad_request", "message": "the body must be JSON"}}
-                )
-            command = service.SubmitJob.from_http(body, request.headers.get("Idempotency-Key"))
-            job, created = service.submit_job(deps(), command)
-            view = service.job_view(job)
-            view["idempotency_key"] = command.idempotency_key
-            return reply(202 if created else 200, view)
-        if len(parts) == 3 and parts[:2] == ["v1", "jobs"] and request.method == "GET":
-            found = deps().store.get_job(parts[2])
-            if found is None:
-                return reply(404, {"error": {"type": "not_found", "message": f"no job {parts[2]}"}})
-            return reply(200, service.job_view(found))
-        if (
-            len(parts) == 3
-            and parts[:2] == ["v1", "jobs"]
-            and parts[2].endswith(":cancel")
-            and request.method == "POST"
-        ):
-            job_id, wired = parts[2].removesuffix(":cancel"), deps()
-            try:
-                found = request_cancel(wired.store, job_id, wired.clock.now())
-            except JobEnded as exc:
-                return reply(409, {"error": {"type": "job_ended", "message": str(exc)}})
-            if found is None:
-                return reply(404, {"error": {"type": "not_found", "message": f"no job {job_id}"}})
-            return reply(200 if found.state.terminal else 202, service.job_view(found))
-        return reply(
-            404,
-            {
-                "error": {
-                    "type": "not_found",
-                    "message": f"{request.method} {path} is not an operation",
-                }
-            },
-        )
-    except service.BadRequest as exc:
-        return reply(400, {"error": {"type": "bad_request", "message": str(exc)}})
-    except service.KeyReused as exc:
-        return reply(409, {"error": {"type": "idempotency_key_reused", "message": str(exc)}})
-    except (RetryableError, ProviderError) as exc:
-        log.warning("api: transient failure", extra=fields(error=str(exc)))
-        return reply(503, {"error": {"type": "unavailable", "message": str(exc)}})
+    return handle(request)

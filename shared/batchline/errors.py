@@ -1,10 +1,15 @@
 """One exception hierarchy: retryable versus permanent.
 
 Functions raise (so the trigger retries) only for `RetryableError`; a `PermanentError` is
-recorded on the job and acknowledged, so that bad input never loops.
+recorded on the job and acknowledged, so that bad input never loops. Every error an
+adapter raises for a failed call is one or the other (`ProviderError` included), so the
+entry points decide retry by these two classes alone. `NotFound` and `PreconditionFailed`
+are answers, not failures: the services turn them into one of the two where it matters.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class BatchlineError(Exception):
@@ -40,9 +45,37 @@ class AccessDenied(PermanentError):
 
 
 class ProviderError(BatchlineError):
-    """A provider call failed; `retryable` says whether to try again."""
+    """A provider call failed; `retryable` says whether to try again.
+
+    `ProviderError(message, retryable=...)` builds a `RetryableProviderError` or a
+    `PermanentProviderError`, so that every provider failure is also exactly one of
+    `RetryableError` and `PermanentError`.
+    """
+
+    retryable: bool
+
+    def __new__(cls, message: str, *, retryable: bool, status: int | None = None) -> Any:
+        if cls is ProviderError:
+            cls = RetryableProviderError if retryable else PermanentProviderError
+        return super().__new__(cls, message)
 
     def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+
+    def __reduce__(self) -> Any:
+        return (_provider_error, (str(self), self.retryable, self.status))
+
+
+class RetryableProviderError(ProviderError, RetryableError):
+    """A provider failure worth trying again (429, 5xx, a dropped connection)."""
+
+
+class PermanentProviderError(ProviderError, PermanentError):
+    """A provider refusal that the same call cannot get past (400, 401, 404)."""
+
+
+def _provider_error(message: str, retryable: bool, status: int | None) -> ProviderError:
+    error: ProviderError = ProviderError(message, retryable=retryable, status=status)
+    return error

@@ -18,6 +18,7 @@ from google.cloud import storage
 from batchline.adapters.gcs import WRITE_CHUNK_BYTES, GcsBlobStore, make_client
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.local.stack import create_bucket
+from batchline.ports import ObjectInfo
 
 pytestmark = pytest.mark.integration
 
@@ -67,10 +68,10 @@ def pattern(size: int) -> bytes:
 def test_write_bytes_creates_only_once(gcs: Gcs) -> None:
     uri = gcs.uri("out/a/summary.json")
     assert gcs.store.write_bytes(uri, b'{"first": true}', "application/json") is True
-    generation, size = gcs.store.stat(uri)
+    generation, size = astuple_info(gcs.store.describe(uri))
     assert gcs.store.write_bytes(uri, b'{"second": true}', "application/json") is False
     assert gcs.store.read_bytes(uri) == b'{"first": true}'
-    assert gcs.store.stat(uri) == (generation, size)  # not rewritten
+    assert astuple_info(gcs.store.describe(uri)) == (generation, size)  # not rewritten
     assert gcs.blob("out/a/summary.json").content_type == "application/json"
 
 
@@ -78,7 +79,7 @@ def test_write_bytes_of_empty_content(gcs: Gcs) -> None:
     uri = gcs.uri("empty.jsonl")
     assert gcs.store.write_bytes(uri, b"", "application/jsonl") is True
     assert gcs.store.read_bytes(uri) == b""
-    assert gcs.store.stat(uri)[1] == 0
+    assert gcs.store.describe(uri).size == 0
     assert gcs.store.write_bytes(uri, b"x", "application/jsonl") is False
 
 
@@ -92,7 +93,7 @@ def test_open_write_streams_a_large_object_in_parts(gcs: Gcs) -> None:
         for start in range(0, len(data), MIB - 7):  # writes not aligned to the parts
             writer.write(data[start : start + MIB - 7])
 
-    generation, size = gcs.store.stat(uri)
+    generation, size = astuple_info(gcs.store.describe(uri))
     assert size == len(data)
     blob = gcs.blob("out/big/results.jsonl")
     assert (str(blob.generation), blob.content_type) == (generation, "application/jsonl")
@@ -118,10 +119,10 @@ def test_open_write_refuses_an_existing_object(gcs: Gcs, size: int) -> None:
     uri = gcs.uri("out/done/results.jsonl")
     with gcs.store.open_write(uri, "application/jsonl") as writer:
         writer.write(b"first\n")
-    before = gcs.store.stat(uri)
+    before = astuple_info(gcs.store.describe(uri))
     with pytest.raises(PreconditionFailed), gcs.store.open_write(uri, "text/plain") as again:
         again.write(pattern(size))
-    assert gcs.store.stat(uri) == before
+    assert astuple_info(gcs.store.describe(uri)) == before
     assert gcs.store.read_bytes(uri) == b"first\n"
 
 
@@ -157,11 +158,11 @@ def test_open_write_that_fails_midway_leaves_no_object(gcs: Gcs, written: int) -
 def test_open_read_pins_the_generation(gcs: Gcs) -> None:
     uri = gcs.uri("in/x.jsonl")
     assert gcs.store.write_bytes(uri, b"version one\n", "application/jsonl")
-    first_gen, first_size = gcs.store.stat(uri)
+    first_gen, first_size = astuple_info(gcs.store.describe(uri))
     assert first_size == len(b"version one\n")
 
     gcs.raw.bucket(gcs.bucket).blob("in/x.jsonl").upload_from_string(b"version two, longer\n")
-    second_gen, second_size = gcs.store.stat(uri)
+    second_gen, second_size = astuple_info(gcs.store.describe(uri))
     assert second_gen != first_gen and int(second_gen) > int(first_gen)
     assert second_size == len(b"version two, longer\n")
 
@@ -179,7 +180,7 @@ def test_open_read_streams_in_pieces(gcs: Gcs) -> None:
     data = pattern(3 * MIB + 5)
     uri = gcs.uri("in/pieces.jsonl")
     assert gcs.store.write_bytes(uri, data, "application/jsonl")
-    generation, _ = gcs.store.stat(uri)
+    generation, _ = astuple_info(gcs.store.describe(uri))
     pieces = []
     with gcs.store.open_read(uri, generation) as reader:
         while piece := reader.read(MIB):
@@ -197,24 +198,45 @@ def test_gzip_encoded_objects_are_read_as_stored(gcs: Gcs) -> None:
     blob.content_encoding = "gzip"
     blob.upload_from_string(packed, content_type="application/jsonl")
     uri = gcs.uri("in/x.jsonl.gz")
-    generation, size = gcs.store.stat(uri)
+    generation, size = astuple_info(gcs.store.describe(uri))
     assert size == len(packed)
     assert gcs.store.read_bytes(uri) == packed
     with gcs.store.open_read(uri, generation) as reader:
         assert reader.read() == packed
 
 
+def astuple_info(info: ObjectInfo) -> tuple[str, int]:
+    return info.generation, info.size
+
+
 def test_stat_and_exists(gcs: Gcs) -> None:
     uri = gcs.uri("dir/obj.bin")
     assert gcs.store.exists(uri) is False
     with pytest.raises(NotFound):
-        gcs.store.stat(uri)
+        astuple_info(gcs.store.describe(uri))
     assert gcs.store.write_bytes(uri, b"\x00" * 1000, "application/octet-stream")
     assert gcs.store.exists(uri) is True
-    generation, size = gcs.store.stat(uri)
+    generation, size = astuple_info(gcs.store.describe(uri))
     assert (generation, size) == (str(gcs.blob("dir/obj.bin").generation), 1000)
+    assert gcs.store.describe(uri).md5
     assert generation.isdigit()
     assert gcs.store.exists(gcs.uri("dir")) is False  # a prefix is not an object
+
+
+def test_create_returns_the_generation_and_refuses_an_existing_object(gcs: Gcs) -> None:
+    uri = gcs.uri(f"created/{uuid.uuid4().hex}.bin")
+    generation = gcs.store.create(uri, b"one", "application/octet-stream")
+    assert generation == gcs.store.describe(uri).generation
+    with pytest.raises(PreconditionFailed):
+        gcs.store.create(uri, b"two", "application/octet-stream")
+    assert gcs.store.read_bytes(uri) == b"one"
+
+
+def test_describe_reports_content_encoding(gcs: Gcs) -> None:
+    blob = gcs.raw.bucket(gcs.bucket).blob("enc/x.jsonl")
+    blob.content_encoding = "gzip"
+    blob.upload_from_string(gzip.compress(b"{}\n"), content_type="application/jsonl")
+    assert gcs.store.describe(gcs.uri("enc/x.jsonl")).content_encoding == "gzip"
 
 
 def test_read_bytes_of_a_missing_object_raises_not_found(gcs: Gcs) -> None:
@@ -234,7 +256,7 @@ def test_open_read_of_a_missing_object_raises_not_found(gcs: Gcs) -> None:
 def test_open_read_of_a_dropped_generation_raises_not_found(gcs: Gcs) -> None:
     uri = gcs.uri("in/gone.jsonl")
     assert gcs.store.write_bytes(uri, b"one\n", "application/jsonl")
-    old_generation, _ = gcs.store.stat(uri)
+    old_generation, _ = astuple_info(gcs.store.describe(uri))
     gcs.raw.bucket(gcs.bucket).blob("in/gone.jsonl").upload_from_string(b"two\n")
     with pytest.raises(NotFound), gcs.store.open_read(uri, old_generation) as reader:
         reader.read()

@@ -1,4 +1,7 @@
-"""BlobStore on Google Cloud Storage (and on fake-gcs-server via STORAGE_EMULATOR_HOST)."""
+"""BlobStore on Google Cloud Storage (and on fake-gcs-server via STORAGE_EMULATOR_HOST).
+
+Every call translates the client's errors the same way (`adapters._google.translated`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO
 
-from batchline.errors import AccessDenied, NotFound, PreconditionFailed, RetryableError
+from batchline.adapters._google import translated
+from batchline.errors import NotFound, PreconditionFailed
+from batchline.ports import ObjectInfo
 
 if TYPE_CHECKING:
     from google.cloud.storage import Blob, Client
@@ -48,80 +53,66 @@ class GcsBlobStore:
 
     @contextmanager
     def open_read(self, uri: str, generation: str | None = None) -> Iterator[BinaryIO]:
-        from google.api_core import exceptions
-
         blob = self._blob(uri, generation)
         # Opening fetches nothing: a missing object shows on the first read, so the
         # translation covers the whole read.
-        try:
-            with blob.open("rb", chunk_size=READ_CHUNK_BYTES, raw_download=True) as reader:
-                yield reader
-        except exceptions.NotFound as exc:
-            raise NotFound(f"{uri} (generation {generation}) does not exist") from exc
-        except exceptions.Forbidden as exc:
-            raise AccessDenied(f"no permission to read {uri}") from exc
-        except (exceptions.ServerError, exceptions.TooManyRequests) as exc:
-            raise RetryableError(f"reading {uri}: {exc}") from exc
+        with (
+            translated(f"reading {uri} (generation {generation})"),
+            blob.open("rb", chunk_size=READ_CHUNK_BYTES, raw_download=True) as reader,
+        ):
+            yield reader
 
     def read_bytes(self, uri: str) -> bytes:
-        from google.api_core import exceptions
-
-        try:
+        with translated(f"reading {uri}"):
             data: bytes = self._blob(uri).download_as_bytes(raw_download=True)
-        except exceptions.NotFound as exc:
-            raise NotFound(f"{uri} does not exist") from exc
         return data
 
     def write_bytes(self, uri: str, data: bytes, content_type: str) -> bool:
-        from google.api_core import exceptions
-
         try:
-            self._blob(uri).upload_from_string(
-                data, content_type=content_type, if_generation_match=0
-            )
-        except exceptions.PreconditionFailed:
+            self.create(uri, data, content_type)
+        except PreconditionFailed:
             return False
         return True
 
+    def create(self, uri: str, data: bytes, content_type: str) -> str:
+        blob = self._blob(uri)
+        with translated(f"writing {uri}"):
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+        return str(blob.generation)
+
     @contextmanager
     def open_write(self, uri: str, content_type: str) -> Iterator[BinaryIO]:
-        from google.api_core import exceptions
-
         blob = self._blob(uri)
         blob.chunk_size = WRITE_CHUNK_BYTES  # only here: ranged reads of empty objects fail locally
-        try:
-            with blob.open(
+        with (
+            translated(f"writing {uri}"),
+            blob.open(
                 "wb", content_type=content_type, if_generation_match=0, ignore_flush=True
-            ) as writer:
-                yield writer
-        except exceptions.PreconditionFailed as exc:
-            raise PreconditionFailed(f"{uri} already exists") from exc
+            ) as writer,
+        ):
+            yield writer
 
     def exists(self, uri: str) -> bool:
-        return bool(self._blob(uri).exists())
+        with translated(f"looking up {uri}"):
+            return bool(self._blob(uri).exists())
 
-    def stat(self, uri: str) -> tuple[str, int]:
-        from google.api_core import exceptions
-
+    def describe(self, uri: str) -> ObjectInfo:
         bucket, name = split_uri(uri)
-        try:
+        with translated(f"looking up {uri}"):
             blob = self._client.bucket(bucket).get_blob(name)
-        except exceptions.Forbidden as exc:
-            raise AccessDenied(f"no permission to read {uri}") from exc
         if blob is None:
             raise NotFound(f"{uri} does not exist")
-        return str(blob.generation), int(blob.size or 0)
+        return ObjectInfo(
+            generation=str(blob.generation),
+            size=int(blob.size or 0),
+            content_encoding=blob.content_encoding or None,
+            md5=blob.md5_hash or None,
+        )
 
     def list_prefix(self, prefix: str) -> Iterator[str]:
-        from google.api_core import exceptions
-
         bucket, _, name_prefix = prefix.removeprefix("gs://").partition("/")
         if not prefix.startswith("gs://") or not bucket:
             raise ValueError(f"not a gs:// prefix: {prefix!r}")
-        try:
+        with translated(f"listing {prefix}"):
             for blob in self._client.list_blobs(bucket, prefix=name_prefix):
                 yield f"gs://{bucket}/{blob.name}"
-        except exceptions.Forbidden as exc:
-            raise AccessDenied(f"no permission to list {prefix}") from exc
-        except (exceptions.ServerError, exceptions.TooManyRequests) as exc:
-            raise RetryableError(f"listing {prefix}: {exc}") from exc

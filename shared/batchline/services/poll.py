@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from batchline.bootstrap import Deps
-from batchline.errors import ProviderError, RetryableError
+from batchline.errors import PermanentError, RetryableError
 from batchline.log import fields, get_logger
 from batchline.services.advance import advance_job
 from batchline.services.plan import new_owner
@@ -31,7 +31,7 @@ def poll(deps: Deps) -> PollReport:
         report.jobs += 1
         try:
             advance_job(deps, job, owner, deadline)
-        except (RetryableError, ProviderError) as exc:
+        except (RetryableError, PermanentError) as exc:
             log.warning(
                 "job not advanced this tick", extra=fields(job_id=job.job_id, error=str(exc))
             )
