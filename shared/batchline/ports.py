@@ -13,13 +13,30 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from batchline.domain.models import BatchTag, Chunk, Job, ProviderBatch, ProviderResult
+from batchline.domain.models import (
+    BatchTag,
+    Chunk,
+    IdempotencyKey,
+    Job,
+    ProviderBatch,
+    ProviderResult,
+)
 
 
 class Clock(Protocol):
     def now(self) -> float:
         """Seconds since the epoch."""
         ...
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object's metadata, as the bucket trigger's event also carries it."""
+
+    generation: str
+    size: int
+    content_encoding: str | None = None
+    md5: str | None = None
 
 
 class BlobStore(Protocol):
@@ -46,8 +63,13 @@ class BlobStore(Protocol):
 
     def exists(self, uri: str) -> bool: ...
 
-    def stat(self, uri: str) -> tuple[str, int]:
-        """(generation, size) of the live object. Raises NotFound."""
+    def create(self, uri: str, data: bytes, content_type: str) -> str:
+        """Create the object only if absent and return its generation; raises
+        PreconditionFailed when it already existed. Needs no read access."""
+        ...
+
+    def describe(self, uri: str) -> ObjectInfo:
+        """What the live object is. Raises NotFound."""
         ...
 
     def list_prefix(self, prefix: str) -> Iterator[str]:
@@ -74,6 +96,16 @@ class JobStore(Protocol):
         ...
 
     def get_job(self, job_id: str) -> Job | None: ...
+
+    def job_for_key(self, key_id: str) -> tuple[IdempotencyKey, Job] | None:
+        """The key's record and its job, when both exist (a plain read, no transaction)."""
+        ...
+
+    def create_job_for_key(self, key: IdempotencyKey, job: Job) -> tuple[Job, bool]:
+        """In one transaction: when `key.key_id` is held by a job that exists, (that job,
+        False); otherwise record the key for `job`, create `job`, and return (job, True).
+        Exactly one of any number of concurrent callers creates."""
+        ...
 
     def update_job(
         self, job_id: str, change: JobChange, new_chunks: Sequence[Chunk] = ()

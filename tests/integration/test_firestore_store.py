@@ -85,7 +85,6 @@ def full_job(job_id: str = "job-full") -> Job:
             size=123_456_789,
             md5="1B2M2Y8AsgTpgAmY7PhCfg==",
             content_encoding="gzip",
-            metadata={"batchline-model": "openai/gpt-4.1-mini", "x-empty": ""},
         ),
         options=JobOptions(
             model="openai/gpt-4.1-mini",

@@ -1,7 +1,9 @@
 """JobStore on Firestore (native mode; the emulator via FIRESTORE_EMULATOR_HOST).
 
-`jobs/{job_id}` holds the job; `jobs/{job_id}/chunks/{nnnnn}` its chunks. Every update is
-a transaction, so two invocations racing on one record see one winner.
+`jobs/{job_id}` holds the job; `jobs/{job_id}/chunks/{nnnnn}` its chunks;
+`idempotency_keys/{key_id}` the API keys claimed for jobs. Every update is a transaction,
+so two invocations racing on one record see one winner. Every call translates the
+client's errors the same way (`adapters._google.translated`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from batchline.domain.models import BatchTag, Chunk, Job, JobState
+from batchline.adapters._google import translated
+from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, JobState
 from batchline.errors import RetryableError
 from batchline.ports import ChunkChange, JobChange
 
@@ -18,6 +21,9 @@ if TYPE_CHECKING:
 
 JOBS = "jobs"
 CHUNKS = "chunks"
+KEYS = "idempotency_keys"
+#: Concurrent claims of one key contend on one document: let the client retry longer.
+KEY_CLAIM_ATTEMPTS = 20
 ACTIVE_STATES = [
     str(s) for s in (JobState.ACCEPTED, JobState.SUBMITTING, JobState.RUNNING, JobState.COLLECTING)
 ]
@@ -46,15 +52,50 @@ class FirestoreJobStore:
     def create_job(self, job: Job) -> bool:
         from google.api_core.exceptions import AlreadyExists, Conflict
 
-        try:
-            self._job_ref(job.job_id).create(job.to_dict())
-        except (AlreadyExists, Conflict):
-            return False
+        with translated(f"creating job {job.job_id}"):
+            try:
+                self._job_ref(job.job_id).create(job.to_dict())
+            except (AlreadyExists, Conflict):
+                return False
         return True
 
     def get_job(self, job_id: str) -> Job | None:
-        snapshot = self._job_ref(job_id).get()
+        with translated(f"reading job {job_id}"):
+            snapshot = self._job_ref(job_id).get()
         return Job.from_dict(snapshot.to_dict()) if snapshot.exists else None
+
+    def job_for_key(self, key_id: str) -> tuple[IdempotencyKey, Job] | None:
+        with translated(f"reading idempotency key {key_id}"):
+            snapshot = self._db.collection(KEYS).document(key_id).get()
+        if not snapshot.exists:
+            return None
+        key = IdempotencyKey.from_dict(snapshot.to_dict() or {})
+        job = self.get_job(key.job_id)
+        return (key, job) if job is not None else None
+
+    def create_job_for_key(self, key: IdempotencyKey, job: Job) -> tuple[Job, bool]:
+        from google.cloud import firestore
+
+        key_ref = self._db.collection(KEYS).document(key.key_id)
+
+        @firestore.transactional
+        def run(transaction: Any) -> tuple[Job, bool]:
+            held = key_ref.get(transaction=transaction)
+            if held.exists:
+                holder = IdempotencyKey.from_dict(held.to_dict() or {})
+                current = self._job_ref(holder.job_id).get(transaction=transaction)
+                if current.exists:
+                    return Job.from_dict(current.to_dict()), False
+            # Free, or held for a job whose record expired: the key starts a new job.
+            transaction.set(key_ref, key.to_dict())
+            transaction.create(self._job_ref(job.job_id), job.to_dict())
+            return job, True
+
+        with translated(f"claiming idempotency key {key.key_id}"):
+            result: tuple[Job, bool] = _committed(
+                run, self._db.transaction(max_attempts=KEY_CLAIM_ATTEMPTS)
+            )
+        return result
 
     def update_job(
         self, job_id: str, change: JobChange, new_chunks: Sequence[Chunk] = ()
@@ -78,11 +119,13 @@ class FirestoreJobStore:
                 transaction.set(self._chunk_ref(job_id, chunk.index), chunk.to_dict())
             return updated
 
-        result: Job | None = _committed(run, self._db.transaction())
+        with translated(f"updating job {job_id}"):
+            result: Job | None = _committed(run, self._db.transaction())
         return result
 
     def get_chunks(self, job_id: str) -> list[Chunk]:
-        docs = self._job_ref(job_id).collection(CHUNKS).stream()
+        with translated(f"reading the chunks of job {job_id}"):
+            docs = list(self._job_ref(job_id).collection(CHUNKS).stream())
         chunks = [Chunk.from_dict(doc.to_dict()) for doc in docs]
         return sorted(chunks, key=lambda c: c.index)
 
@@ -101,14 +144,17 @@ class FirestoreJobStore:
                 transaction.set(ref, updated.to_dict())
             return updated
 
-        result: Chunk | None = _committed(run, self._db.transaction())
+        with translated(f"updating chunk {index} of job {job_id}"):
+            result: Chunk | None = _committed(run, self._db.transaction())
         return result
 
     def active_jobs(self) -> list[Job]:
         from google.cloud.firestore_v1.base_query import FieldFilter
 
         query = self._db.collection(JOBS).where(filter=FieldFilter("state", "in", ACTIVE_STATES))
-        return [Job.from_dict(doc.to_dict() or {}) for doc in query.stream()]
+        with translated("listing active jobs"):
+            docs = list(query.stream())
+        return [Job.from_dict(doc.to_dict() or {}) for doc in docs]
 
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
         """A collection-group query over every job's chunks. It needs the single-field
@@ -121,7 +167,9 @@ class FirestoreJobStore:
             .where(filter=FieldFilter("batch_id", "==", batch_id))
             .limit(1)
         )
-        for doc in query.stream():
+        with translated(f"looking up the chunk that recorded batch {batch_id}"):
+            docs = list(query.stream())
+        for doc in docs:
             data = doc.to_dict() or {}
             return BatchTag(str(data["job_id"]), int(data["index"]))
         return None

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from batchline.domain.models import BatchTag, Chunk, Job
+from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job
 from batchline.errors import NotFound, PreconditionFailed
-from batchline.ports import ChunkChange, JobChange
+from batchline.ports import ChunkChange, JobChange, ObjectInfo
 
 
 class MemoryJobStore:
@@ -24,6 +24,7 @@ class MemoryJobStore:
         self._lock = threading.RLock()
         self.jobs: dict[str, Job] = {}
         self.chunks: dict[str, dict[int, Chunk]] = {}
+        self.keys: dict[str, IdempotencyKey] = {}
 
     def create_job(self, job: Job) -> bool:
         with self._lock:
@@ -35,6 +36,21 @@ class MemoryJobStore:
     def get_job(self, job_id: str) -> Job | None:
         with self._lock:
             return self.jobs.get(job_id)
+
+    def job_for_key(self, key_id: str) -> tuple[IdempotencyKey, Job] | None:
+        with self._lock:
+            key = self.keys.get(key_id)
+            job = self.jobs.get(key.job_id) if key is not None else None
+            return (key, job) if key is not None and job is not None else None
+
+    def create_job_for_key(self, key: IdempotencyKey, job: Job) -> tuple[Job, bool]:
+        with self._lock:
+            held = self.job_for_key(key.key_id)
+            if held is not None:
+                return held[1], False
+            self.keys[key.key_id] = key
+            self.jobs[job.job_id] = job
+            return job, True
 
     def update_job(
         self, job_id: str, change: JobChange, new_chunks: Sequence[Chunk] = ()
@@ -127,12 +143,20 @@ class MemoryBlobStore:
         with self._lock:
             return uri in self.objects
 
-    def stat(self, uri: str) -> tuple[str, int]:
+    def create(self, uri: str, data: bytes, content_type: str) -> str:
+        with self._lock:
+            if uri in self.objects:
+                raise PreconditionFailed(f"{uri} already exists")
+            self._generation += 1
+            self.objects[uri] = (self._generation, bytes(data))
+            return str(self._generation)
+
+    def describe(self, uri: str) -> ObjectInfo:
         with self._lock:
             found = self.objects.get(uri)
         if found is None:
             raise NotFound(f"{uri} does not exist")
-        return str(found[0]), len(found[1])
+        return ObjectInfo(generation=str(found[0]), size=len(found[1]))
 
     def list_prefix(self, prefix: str) -> Iterator[str]:
         with self._lock:

@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from batchline.errors import InvalidTransition
 
 
@@ -110,7 +112,6 @@ class Source:
     size: int
     md5: str | None = None
     content_encoding: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def uri(self) -> str:
@@ -182,15 +183,42 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = str(self.state)
+        # A user's JSON Schema is stored as text: as a map it would meet Firestore's
+        # limits on nesting (20 levels) and field names (`__x__` is reserved).
+        if self.options.response_schema is not None:
+            data["options"]["response_schema"] = orjson.dumps(self.options.response_schema).decode()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         data = dict(data)
         data["source"] = Source(**data["source"])
-        data["options"] = JobOptions(**data["options"])
+        options = dict(data["options"])
+        if isinstance(options.get("response_schema"), str):
+            options["response_schema"] = orjson.loads(options["response_schema"])
+        data["options"] = JobOptions(**options)
         data["state"] = JobState(data["state"])
         data["lease"] = Lease(**data["lease"]) if data.get("lease") else None
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """An API Idempotency-Key, claimed for one job: `key_id` is a digest of the key (the
+    record's id), `request_digest` what the key was first used for. A key whose job no
+    longer exists (its record expired) is free again, for a new job with a new id."""
+
+    key_id: str
+    job_id: str
+    request_digest: str
+    created_at: float
+    expire_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IdempotencyKey:
         return cls(**data)
 
 
