@@ -11,8 +11,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from batchline.domain.models import JobOptions
 from batchline.domain.paths import SCHEMA_NAME_PATTERN
+from batchline.domain.requests import model_problem
 from batchline.domain.schemas import ResponseSchema, SchemaError
 
 
@@ -23,15 +26,33 @@ class OptionError(ValueError):
         self.reason = reason
 
 
+class OptionTooLarge(OptionError):
+    """An option over its size limit (the API answers 413)."""
+
+
 LABEL_PREFIX = "label-"
+#: The options the API's `options` object takes; any other name is an error.
+API_OPTIONS = frozenset(
+    {"model", "labels", "schema", "response_schema", "max_repair_attempts", "max_cost_usd"}
+)
+#: A label's key: what Firestore, Cloud Logging and GCS metadata all take as a name
+#: (`__x__` is reserved by Firestore, an empty name by everyone).
+LABEL_KEY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+MAX_LABELS = 64
+MAX_LABEL_VALUE_CHARS = 256
+#: A job's inline default schema is stored on the job's record (1 MiB in all).
+MAX_RESPONSE_SCHEMA_BYTES = 256 * 1024
 
 
 def from_metadata(metadata: Mapping[str, str]) -> JobOptions:
     """Options from an object's custom metadata: `model`, `schema` (a registered name),
     `max_repair_attempts`, `max_cost_usd`, and `label-<key>` labels."""
     labels = {k[len(LABEL_PREFIX) :]: v for k, v in metadata.items() if k.startswith(LABEL_PREFIX)}
+    for key in labels:
+        _label_key(key, f"{LABEL_PREFIX}{key}")
+    _labels(labels, "labels")
     return JobOptions(
-        model=metadata.get("model") or None,
+        model=_model(metadata.get("model") or None),
         labels=labels,
         schema=_schema_name(metadata.get("schema") or None),
         max_repair_attempts=_attempts(metadata.get("max_repair_attempts")),
@@ -41,16 +62,29 @@ def from_metadata(metadata: Mapping[str, str]) -> JobOptions:
 
 def from_api(options: Mapping[str, Any]) -> JobOptions:
     """Options from the API body's `options` object (JSON values)."""
+    for name in options:
+        if name not in API_OPTIONS:
+            raise OptionError(name, f"unknown option (known: {', '.join(sorted(API_OPTIONS))})")
     model = options.get("model")
     if model is not None and not isinstance(model, str):
         raise OptionError("model", "expected a string like 'openai/gpt-4.1-mini'")
-    labels = options.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+    model = _model(model)
+    labels = options.get("labels")
+    if labels is None:
+        labels = {}
+    if not isinstance(labels, dict):
         raise OptionError("labels", "expected an object of strings")
+    _labels(labels, "labels")
     schema = options.get("schema")
     if schema is not None and not isinstance(schema, str):
         raise OptionError("schema", "expected the name of a registered schema")
     inline = options.get("response_schema")
+    if inline is not None and len(orjson.dumps(inline)) > MAX_RESPONSE_SCHEMA_BYTES:
+        raise OptionTooLarge(
+            "response_schema",
+            f"over {MAX_RESPONSE_SCHEMA_BYTES} bytes; register a large schema with "
+            "`batchline schema push` and name it in `schema`",
+        )
     if inline is not None:
         if schema is not None:
             raise OptionError("schema", "give either schema or response_schema, not both")
@@ -73,6 +107,33 @@ def default_schema_of(options: JobOptions) -> tuple[str | None, ResponseSchema |
     if options.response_schema is not None:
         return None, ResponseSchema.from_line_value(options.response_schema)
     return options.schema, None
+
+
+def _labels(labels: Mapping[str, Any], option: str) -> None:
+    """Label keys and values that every store takes, in bounded number and size."""
+    if len(labels) > MAX_LABELS:
+        raise OptionTooLarge(option, f"{len(labels)} labels; at most {MAX_LABELS}")
+    for key, value in labels.items():
+        _label_key(key, f"{option}.{key}" if option == "labels" else option)
+        if not isinstance(value, str):
+            raise OptionError(f"labels.{key}", "expected a string value")
+        if len(value) > MAX_LABEL_VALUE_CHARS:
+            raise OptionTooLarge(f"labels.{key}", f"longer than {MAX_LABEL_VALUE_CHARS} characters")
+
+
+def _label_key(key: Any, option: str) -> None:
+    if not isinstance(key, str) or not re.fullmatch(LABEL_KEY_PATTERN, key):
+        shown = key if isinstance(key, str) and len(key) <= 80 else f"{str(key)[:80]}..."
+        raise OptionError(option, f"label key {shown!r} is not a label name ({LABEL_KEY_PATTERN})")
+
+
+def _model(value: str | None) -> str | None:
+    if value is None:
+        return None
+    problem = model_problem(value)
+    if problem is not None:
+        raise OptionError("model", problem)
+    return value
 
 
 def _schema_name(value: str | None) -> str | None:
