@@ -1,7 +1,15 @@
-"""The HTTP API's operations: submit a job (inline requests or a gs:// URI), read one.
+"""The HTTP API's operations: submit a job (inline requests or a gs:// URI in the input
+bucket), read one, cancel one. The HTTP mechanics (routes, body limits, error shapes) are
+in `batchline.edge`.
 
-Idempotent by the `Idempotency-Key` header: the job id derives from it, so a retried
-POST finds the job the first one made.
+Idempotent by the `Idempotency-Key` header: the key is claimed for one job, with the
+digest of the request, in one transaction. The same request again gets that job; another
+request under the same key is refused (422). A key whose job record has expired starts a
+new job with a new id, so nothing of the old one is reused.
+
+The api function reads no job data: inline requests are staged with a create-only write
+under a name unique to the job, a `gs://` input must be in the deployment's input bucket,
+and planning happens in poll (asked for at once on the poll topic).
 """
 
 from __future__ import annotations
@@ -9,28 +17,47 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from batchline.bootstrap import Deps
-from batchline.domain.ids import job_id_for_key, output_prefix
-from batchline.domain.models import Job, JobOptions, Source
-from batchline.domain.options import OptionError
+from batchline.domain.ids import output_prefix
+from batchline.domain.models import IdempotencyKey, Job, JobOptions, Source
+from batchline.domain.options import OptionError, OptionTooLarge
 from batchline.domain.options import from_api as job_options_from_api
-from batchline.errors import AccessDenied, NotFound, PermanentError
-from batchline.services.submit import claim_job, start_job
+from batchline.errors import AccessDenied, NotFound, PermanentError, RetryableError
+from batchline.log import fields, get_logger
+from batchline.services.submit import INPUT_SUFFIXES
+
+log = get_logger(__name__)
 
 MAX_INLINE_REQUESTS = 10_000
-INLINE_SUBMIT_BUDGET_SECONDS = 20.0
+MAX_IDEMPOTENCY_KEY_CHARS = 256
+BODY_FIELDS = frozenset({"requests", "input_uri", "options"})
+#: An idempotency key outlives its job's record by this much when records expire.
+KEY_GRACE_DAYS = 7
 
 
 class BadRequest(PermanentError):
-    """The API call itself is malformed (HTTP 400)."""
+    """The API call itself is malformed (HTTP 400); `field` names what to fix."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TooLarge(BadRequest):
+    """A part of the call is over its documented size limit (HTTP 413)."""
 
 
 class KeyReused(PermanentError):
-    """The Idempotency-Key was first used with a different request (HTTP 409)."""
+    """The Idempotency-Key was first used with a different request (HTTP 422)."""
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -52,63 +79,105 @@ class SubmitJob:
 
     @classmethod
     def from_http(cls, body: Any, idempotency_key: str | None) -> SubmitJob:
+        """The command a parsed JSON body asks for; raises BadRequest naming the field."""
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
+        for name in body:
+            if name not in BODY_FIELDS:
+                raise BadRequest(
+                    f"unknown field {name!r} (known: {', '.join(sorted(BODY_FIELDS))})", name
+                )
         requests = body.get("requests")
         input_uri = body.get("input_uri")
         if (requests is None) == (input_uri is None):
             raise BadRequest("give exactly one of 'requests' (a list) or 'input_uri' (gs://...)")
         if requests is not None and (not isinstance(requests, list) or not requests):
-            raise BadRequest("'requests' must be a non-empty list")
+            raise BadRequest("'requests' must be a non-empty list", "requests")
         if requests is not None and len(requests) > MAX_INLINE_REQUESTS:
-            raise BadRequest(f"at most {MAX_INLINE_REQUESTS} inline requests; use 'input_uri'")
+            raise TooLarge(
+                f"at most {MAX_INLINE_REQUESTS} inline requests; use 'input_uri'", "requests"
+            )
         if input_uri is not None and (
             not isinstance(input_uri, str) or not input_uri.startswith("gs://")
         ):
-            raise BadRequest("'input_uri' must be a gs:// URI")
-        options = body.get("options") or {}
+            raise BadRequest("'input_uri' must be a gs:// URI", "input_uri")
+        options = body.get("options")
+        if options is None:
+            options = {}
         if not isinstance(options, dict):
-            raise BadRequest("'options' must be an object")
+            raise BadRequest("'options' must be an object", "options")
         try:
             job_options = job_options_from_api(options)
+        except OptionTooLarge as exc:
+            raise TooLarge(
+                f"'options.{exc.option}': {exc.reason}", f"options.{exc.option}"
+            ) from None
         except OptionError as exc:
-            raise BadRequest(f"'options.{exc.option}': {exc.reason}") from None
-        key = (idempotency_key or "").strip() or uuid.uuid4().hex
-        if len(key) > 256:
-            raise BadRequest("Idempotency-Key is longer than 256 characters")
+            raise BadRequest(
+                f"'options.{exc.option}': {exc.reason}", f"options.{exc.option}"
+            ) from None
+        key = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
         return cls(key, requests, input_uri, job_options)
 
 
+def check_idempotency_key(values: list[str]) -> str | None:
+    """The one Idempotency-Key a request carries, or None; raises BadRequest otherwise.
+
+    Keys are printable ASCII: a header's bytes reach us decoded as Latin-1, so anything
+    else could not be echoed back unchanged. A comma is refused because servers join a
+    repeated header with one.
+    """
+    if not values:
+        return None
+    field = "Idempotency-Key"
+    if len(values) > 1:
+        raise BadRequest("the Idempotency-Key header is repeated; send it once", field)
+    key = values[0]
+    if not key.strip():
+        raise BadRequest("the Idempotency-Key header is blank", field)
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise BadRequest(
+            f"the Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters", field
+        )
+    if not all(" " <= c <= "~" for c in key) or key != key.strip():
+        raise BadRequest(
+            "the Idempotency-Key must be printable ASCII without leading or trailing spaces",
+            field,
+        )
+    if "," in key:
+        raise BadRequest("the Idempotency-Key must not hold a comma (a repeated header)", field)
+    return key
+
+
+def key_id_for(idempotency_key: str) -> str:
+    """The record id of an Idempotency-Key (a digest: keys are the caller's text)."""
+    return hashlib.sha256(f"api:{idempotency_key}".encode()).hexdigest()[:40]
+
+
+def new_job_id() -> str:
+    """API jobs get a fresh id each: a key reused after its job expired is a new job."""
+    return f"job-{uuid.uuid4().hex[:24]}"
+
+
 def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
-    """(job, created): created is False when the key was seen before."""
-    job_id = job_id_for_key(command.idempotency_key)
+    """(job, created): created is False when the key was seen before for this request."""
+    key_id = key_id_for(command.idempotency_key)
     digest = command.digest
-    existing = deps.store.get_job(job_id)
-    if existing is not None:
-        if existing.request_digest not in (None, digest):
-            raise KeyReused(
-                "this Idempotency-Key was already used for a different request "
-                f"(job {job_id}); use a new key for a new job"
-            )
-        return existing, False
+    held = deps.store.job_for_key(key_id)
+    if held is not None:
+        return _same_request(held[1], digest), False
+    job_id = new_job_id()
+    now = deps.clock.now()
     if command.requests is not None:
-        uri = f"gs://{deps.settings.work_bucket}/inline/{job_id}.jsonl"
-        data = b"".join(orjson.dumps(r) + b"\n" for r in command.requests)
-        deps.blobs.write_bytes(uri, data, "application/jsonl")  # same key ⇒ same bytes
+        source = _stage_inline(deps, job_id, command.requests)
         out_name = "api/inline.jsonl"
     else:
         assert command.input_uri is not None
-        uri = command.input_uri
-        out_name = uri[5:].partition("/")[2]
-    try:
-        generation, size = deps.blobs.stat(uri)
-    except (NotFound, AccessDenied, ValueError) as exc:
-        raise BadRequest(f"cannot read {uri}: {exc}") from exc
-    bucket, _, name = uri[5:].partition("/")
-    now = deps.clock.now()
+        source = _input_object(deps, command.input_uri)
+        out_name = source.name
     job = Job(
         job_id=job_id,
-        source=Source(bucket=bucket, name=name, generation=generation, size=size),
+        source=source,
         options=command.options,
         output_prefix=output_prefix(deps.settings.output_bucket, out_name, job_id),
         origin="api",
@@ -117,14 +186,74 @@ def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
         created_at=now,
         updated_at=now,
     )
-    # Inline requests are small: plan and start submitting within the request, briefly.
-    # A gs:// file may be large: the job is only claimed here and the next poll tick plans
-    # it, so the HTTP call never waits on a big read.
-    if command.requests is not None:
-        started = start_job(deps, job, submit_budget=INLINE_SUBMIT_BUDGET_SECONDS)
-    else:
-        started = claim_job(deps, job)
-    return started or job, True
+    key = IdempotencyKey(key_id, job_id, digest, now, expire_at=_key_expiry(deps, now))
+    stored, created = deps.store.create_job_for_key(key, job)
+    if not created:
+        return _same_request(stored, digest), False
+    log.info("job accepted", extra=fields(job_id=job_id, source=source.uri, origin="api"))
+    try:
+        # Plan now rather than at the next scheduler tick; the tick is the backstop.
+        deps.publisher.publish(deps.settings.poll_topic, {"job_id": job_id}, job_id=job_id)
+    except RetryableError as exc:
+        log.warning(
+            "could not ask for a poll; the next tick plans the job",
+            extra=fields(job_id=job_id, error=str(exc)),
+        )
+    return stored, True
+
+
+def _same_request(job: Job, digest: str) -> Job:
+    if job.request_digest not in (None, digest):
+        raise KeyReused(
+            "this Idempotency-Key was already used for a different request "
+            f"(job {job.job_id}); use a new key for a new job",
+            job.job_id,
+        )
+    return job
+
+
+def _stage_inline(deps: Deps, job_id: str, requests: list[Any]) -> Source:
+    """Write the requests as a JSONL object of their own, create-only, under the job's
+    own (fresh) id: nothing another job staged is ever read back as this job's."""
+    uri = f"gs://{deps.settings.work_bucket}/inline/{job_id}.jsonl"
+    data = b"".join(orjson.dumps(r) + b"\n" for r in requests)
+    generation = deps.blobs.create(uri, data, "application/jsonl")
+    bucket, _, name = uri[5:].partition("/")
+    return Source(bucket=bucket, name=name, generation=generation, size=len(data))
+
+
+def _input_object(deps: Deps, uri: str) -> Source:
+    """The input object a `gs://` URI names, checked before anything is read: it must be
+    a JSONL object in the deployment's input bucket, as the bucket trigger takes them."""
+    bucket, _, name = uri[5:].partition("/")
+    if bucket != deps.settings.input_bucket:
+        raise BadRequest(
+            f"'input_uri' must name an object in the input bucket gs://{deps.settings.input_bucket}/",
+            "input_uri",
+        )
+    if not name or not name.endswith(INPUT_SUFFIXES):
+        raise BadRequest(
+            f"'input_uri' must name a {' or '.join(INPUT_SUFFIXES)} object", "input_uri"
+        )
+    try:
+        info = deps.blobs.describe(uri)
+    except (NotFound, AccessDenied) as exc:
+        raise BadRequest(f"cannot read {uri}: {exc}", "input_uri") from exc
+    return Source(
+        bucket=bucket,
+        name=name,
+        generation=info.generation,
+        size=info.size,
+        md5=info.md5,
+        content_encoding=info.content_encoding,
+    )
+
+
+def _key_expiry(deps: Deps, now: float) -> datetime | None:
+    days = deps.settings.retention_days
+    if days is None:
+        return None
+    return datetime.fromtimestamp(now, UTC) + timedelta(days=days + KEY_GRACE_DAYS)
 
 
 def job_view(job: Job) -> dict[str, Any]:
