@@ -43,11 +43,12 @@ locals {
   }
 
   # Retention: with firestore.retention_days the code stamps `expire_at` (a timestamp) on a
-  # job when it ends and on its chunks, and a TTL policy on each collection group deletes
-  # them once that time has passed. Without it nothing is stamped and no policy is made.
+  # job when it ends and on its chunks, and on an API idempotency key when it is claimed
+  # (the retention plus a week), and a TTL policy on each collection group deletes them
+  # once that time has passed. Without it nothing is stamped and no policy is made.
   ttl = {
     field       = "expire_at"
-    collections = var.firestore.retention_days == null ? [] : ["jobs", "chunks"]
+    collections = var.firestore.retention_days == null ? [] : ["jobs", "chunks", "idempotency_keys"]
   }
 }
 

@@ -26,7 +26,7 @@ locals {
     for f, a in local.access : { for b in a.read : "${f}/${b}" => { function = f, bucket = b } }
   ]...)
   bucket_creators = merge([
-    for f, a in local.access : { for b in a.create : "${f}/${b}" => { function = f, bucket = b } }
+    for f, a in local.access : { for b in a.create : "${f}/${b}" => { function = f, bucket = b, under = lookup(a.create_under, b, null) } }
   ]...)
   topic_publishers = merge([
     for f, a in local.access : { for t in a.publish : "${f}/${t}" => { function = f, topic = t } }
@@ -45,6 +45,14 @@ resource "google_storage_bucket_iam_member" "creator" {
   bucket   = local.buckets[each.value.bucket]
   role     = "roles/storage.objectCreator"
   member   = google_service_account.function[each.value.function].member
+  dynamic "condition" {
+    for_each = each.value.under == null ? [] : [each.value.under]
+    content {
+      title       = "${each.value.function}-creates-under-${trimsuffix(condition.value, "/")}"
+      description = "Only objects under ${condition.value} (local.access.${each.value.function}.create_under)."
+      expression  = "resource.name.startsWith(\"projects/_/buckets/${local.buckets[each.value.bucket]}/objects/${condition.value}\")"
+    }
+  }
 }
 
 resource "google_pubsub_topic_iam_member" "publisher" {

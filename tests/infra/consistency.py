@@ -72,10 +72,11 @@ BLOB_OPERATIONS = {
     "open_read": "read",
     "read_bytes": "read",
     "exists": "read",
-    "stat": "read",
+    "describe": "read",
     "list_prefix": "read",  # storage.objects.list, in objectViewer
     "write_bytes": "create",
     "open_write": "create",
+    "create": "create",
 }
 EQUALITY_OPS = {
     "==",
@@ -93,7 +94,7 @@ INDEX_MODES = ("ASCENDING", "DESCENDING", "CONTAINS")
 AUTOMATIC_INDEXES = frozenset(("COLLECTION", mode) for mode in INDEX_MODES)
 # Which model each Firestore collection holds: the collection's constant in
 # adapters/firestore.py and the dataclass in domain/models.py.
-STORED_MODELS = {"JOBS": "Job", "CHUNKS": "Chunk"}
+STORED_MODELS = {"JOBS": "Job", "CHUNKS": "Chunk", "KEYS": "IdempotencyKey"}
 # The Settings field whose variable makes the code stamp expiry timestamps.
 RETENTION_SETTING = "retention_days"
 # Variables the deployed code reads that only the local stack sets, and infra must not:
@@ -1161,6 +1162,10 @@ def check_triggers(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
             yield f"infra: var.functions.{name} has no explicit retry setting"
 
 
+#: Buckets holding jobs' data that a function reached over HTTP may not read.
+EDGE_PRIVATE_BUCKETS = frozenset({"work", "output"})
+
+
 def check_access(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
     functions = infra.locals.get("functions", {})
     access = infra.locals.get("access", {})
@@ -1185,8 +1190,19 @@ def check_access(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
                 f"but infra {'does not mount' if use.uses_providers else 'mounts'} the API keys"
             )
         read, create = set(grant.get("read", [])), set(grant.get("create", []))
+        if spec.get("trigger") == "http":
+            # Reached by callers: what it can read, a caller may get it to read.
+            for bucket in sorted(read & EDGE_PRIVATE_BUCKETS):
+                yield f"function {name}: reached over HTTP, it must not read the {bucket} bucket (other jobs' data)"
+            under = grant.get("create_under") or {}
+            for bucket in sorted((create & EDGE_PRIVATE_BUCKETS) - set(under)):
+                yield f"function {name}: reached over HTTP, its create access on the {bucket} bucket must be limited to a prefix (local.access.{name}.create_under)"
+        named = set(grant.get("names_only", []))
         for bucket in sorted(
-            {f[: -len("_bucket")] for f in use.settings if f.endswith("_bucket")} - read - create
+            {f[: -len("_bucket")] for f in use.settings if f.endswith("_bucket")}
+            - read
+            - create
+            - named
         ):
             yield f"function {name}: its code uses the {bucket} bucket but infra grants it nothing there"
         for operation in sorted(use.blob_operations):

@@ -79,11 +79,16 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
     assert {"BATCHLINE_RETENTION_DAYS", "BATCHLINE_ANTHROPIC_MAX_TOKENS"} <= code.numeric_env
     assert code.uses["collect"].published == {"events_topic"}
     assert code.uses["poll"].published == {"collect_topic", "events_topic"}
-    assert all(use.uses_providers for use in code.uses.values())
+    assert all(use.uses_providers for name, use in code.uses.items() if name != "api")
+    assert not code.uses["api"].uses_providers
     assert {"openai", "anthropic"} <= code.providers
     assert code.queries, "no Firestore query found in the code"
     assert any(q.scope == "COLLECTION_GROUP" and q.collection == "chunks" for q in code.queries)
-    assert code.expiry_fields == {"jobs": {"expire_at"}, "chunks": {"expire_at"}}
+    assert code.expiry_fields == {
+        "jobs": {"expire_at"},
+        "chunks": {"expire_at"},
+        "idempotency_keys": {"expire_at"},
+    }
     assert "jobs/" in code.work_prefixes
     assert code.payload_prefix == "jobs/"
     # Providers: how each authenticates, and what each ProviderClient method does.
@@ -440,7 +445,7 @@ def test_vertex_roles_follow_the_calls_the_code_makes(
         problems_with_infra(wider, code),
         "function collect: its code calls ['get_batch_prediction_job'] on aiplatform.googleapis.com, which needs roles/aiplatform.viewer, but infra grants roles/aiplatform.user",
     )
-    submit = 'submit  = { read = ["input", "work"], create = ["work", "output"], publish = ["collect", "events"], provider_keys = true, vertex = "user" }'
+    submit = 'submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events"], provider_keys = true, vertex = "user" }'
     narrower = changed(infra_files, "main.tf", submit, submit.replace('"user"', "null"))
     assert_reported(
         problems_with_infra(narrower, code),
@@ -617,8 +622,8 @@ def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.C
     narrower = changed(
         infra_files,
         "main.tf",
-        'collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events"]',
-        'collect = { read = ["work", "output"], create = ["work", "output"], publish = []',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = []',
     )
     assert_reported(
         problems_with_infra(narrower, code),
@@ -627,8 +632,8 @@ def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.C
     wider = changed(
         infra_files,
         "main.tf",
-        'collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events"]',
-        'collect = { read = ["work", "output"], create = ["work", "output"], publish = ["events", "collect"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "collect"]',
     )
     assert_reported(problems_with_infra(wider, code), "infra lets it publish to the collect topic")
 
@@ -800,7 +805,12 @@ def test_renamed_expiry_field_in_code_is_reported(
 def test_collection_the_code_stamps_without_a_policy_is_reported(
     infra_files: dict[str, str], code: c.CodeFacts
 ) -> None:
-    files = changed(infra_files, "firestore.tf", '? [] : ["jobs", "chunks"]', '? [] : ["jobs"]')
+    files = changed(
+        infra_files,
+        "firestore.tf",
+        '? [] : ["jobs", "chunks", "idempotency_keys"]',
+        '? [] : ["jobs", "idempotency_keys"]',
+    )
     assert_reported(
         problems_with_infra(files, code),
         "the code stamps ['expire_at'] on chunks documents but infra puts no TTL policy on chunks",
@@ -829,8 +839,8 @@ def test_retention_variable_and_ttl_policies_must_go_together(
     always = changed(
         infra_files,
         "firestore.tf",
-        'collections = var.firestore.retention_days == null ? [] : ["jobs", "chunks"]',
-        'collections = ["jobs", "chunks"]',
+        'collections = var.firestore.retention_days == null ? [] : ["jobs", "chunks", "idempotency_keys"]',
+        'collections = ["jobs", "chunks", "idempotency_keys"]',
     )
     assert_reported(problems_with_infra(always, code), "local.ttl.collections must be")
 
@@ -938,15 +948,42 @@ def test_checkov_skips_are_inline_and_give_a_reason() -> None:
     assert sorted(skips) == ["CKV_GCP_62", "CKV_GCP_62", "CKV_GCP_62", "CKV_GCP_78"]
 
 
-def test_api_timeout_shorter_than_the_work_budget_is_reported(
+def test_api_plans_nothing_and_reads_no_job_data(code: c.CodeFacts) -> None:
+    """The api function only claims jobs (poll plans them): no work budget, no provider,
+    no blob reads beyond describing a caller's input object."""
+    use = code.uses["api"]
+    assert "work_budget_seconds" not in use.settings
+    assert not use.uses_providers
+    assert use.blob_operations <= {"create", "describe"}, use.blob_operations
+    assert use.published == {"poll_topic"}
+
+
+def test_api_granted_read_on_the_work_bucket_is_reported(
     infra_files: dict[str, str], code: c.CodeFacts
 ) -> None:
-    """api plans and submits the jobs it accepts (start_job), so it needs the budget too."""
-    assert "work_budget_seconds" in code.uses["api"].settings
-    files = changed(
-        infra_files,
-        "variables.tf",
-        "      timeout       = optional(number, 540)\n      max_instances = optional(number, 10)\n      min_instances = optional(number, 0)\n      concurrency   = optional(number, 8)",
-        "      timeout       = optional(number, 300)\n      max_instances = optional(number, 10)\n      min_instances = optional(number, 0)\n      concurrency   = optional(number, 8)",
+    api_line = 'api     = { read = ["input"], create = ["work"]'
+    assert api_line in infra_files["main.tf"]
+    reads_work = changed(
+        infra_files, "main.tf", api_line, 'api     = { read = ["input", "work"], create = ["work"]'
     )
-    assert_reported(problems_with_infra(files, code), "work budget 420 s does not leave 60 s")
+    assert_reported(
+        problems_with_infra(reads_work, code),
+        "function api: reached over HTTP, it must not read the work bucket",
+    )
+    reads_output = changed(
+        infra_files,
+        "main.tf",
+        api_line,
+        'api     = { read = ["input", "output"], create = ["work"]',
+    )
+    assert_reported(
+        problems_with_infra(reads_output, code),
+        "function api: reached over HTTP, it must not read the output bucket",
+    )
+    anywhere = changed(
+        infra_files, "main.tf", 'create_under = { work = "inline/" }', "create_under = {}"
+    )
+    assert_reported(
+        problems_with_infra(anywhere, code),
+        "its create access on the work bucket must be limited to a prefix",
+    )
