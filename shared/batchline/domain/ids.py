@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 _REQUEST_PREFIX = "bl-"
 
@@ -41,11 +42,35 @@ def generated_custom_id(line: int, taken: frozenset[str] | set[str]) -> str:
     return candidate
 
 
+#: GCS refuses object names over 1,024 bytes (UTF-8).
+MAX_OBJECT_NAME_BYTES = 1024
+#: The longest name a job writes under its output prefix.
+LONGEST_OUTPUT_FILE = "results.jsonl"
+_JOB_ID = re.compile(r"job-[0-9a-f]{24}")
+_INPUT_EXTENSIONS = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".gz")
+
+
 def output_prefix(output_bucket: str, input_name: str, job_id: str) -> str:
-    """gs://OUT/<input path without extension>/<job_id>/"""
+    """`gs://OUT/<input path without extension>/<job_id>/`, made safe:
+
+    - a path segment of the input that is itself a job id gets a `_` appended
+      (`a/job-…/x.jsonl` → `a/job-…_/x/`), so one job's prefix never holds another
+      job's files: every job's own folder is the only job-id segment of its prefix;
+    - a path too long for GCS's 1,024-byte names keeps its first bytes (whole
+      characters) and ends in `~` and 12 hex digits of the whole path's SHA-256, so that
+      every output name fits and different long paths stay apart.
+    """
     stem = input_name
-    for ext in (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".gz"):
+    for ext in _INPUT_EXTENSIONS:
         if stem.endswith(ext):
             stem = stem[: -len(ext)]
             break
+    segments = [f"{s}_" if _JOB_ID.fullmatch(s) else s for s in stem.split("/")]
+    stem = "/".join(segments)
+    room = MAX_OBJECT_NAME_BYTES - len(f"/{job_id}/{LONGEST_OUTPUT_FILE}".encode())
+    encoded = stem.encode()
+    if len(encoded) > room:
+        tag = "~" + hashlib.sha256(encoded).hexdigest()[:12]
+        kept = encoded[: room - len(tag)].decode("utf-8", errors="ignore")
+        stem = kept + tag
     return f"gs://{output_bucket}/{stem}/{job_id}/"

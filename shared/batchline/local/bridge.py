@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -70,11 +71,20 @@ def storage_cloudevent(envelope: Mapping[str, Any]) -> tuple[dict[str, str], byt
         "ce-id": event_id,
         "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
         "ce-type": FINALIZED_TYPE,
-        "ce-subject": f"objects/{name}",
+        "ce-subject": header_value(f"objects/{name}"),
         "ce-time": _event_time(attributes, obj, message),
         "Content-Type": "application/json",
     }
     return headers, json.dumps(obj, separators=(",", ":")).encode()
+
+
+def header_value(text: str) -> str:
+    """A CloudEvents attribute as an HTTP header value: the HTTP binding percent-encodes
+    everything outside printable ASCII, and space, `"` and `%` (a header is Latin-1 at
+    best, so a non-ASCII object name would otherwise never be delivered)."""
+    return "".join(
+        c if "!" <= c <= "~" and c not in '"%' else urllib.parse.quote(c, safe="") for c in text
+    )
 
 
 def _event_time(

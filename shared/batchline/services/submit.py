@@ -55,7 +55,6 @@ def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
             size=event.size,
             md5=event.md5,
             content_encoding=event.content_encoding,
-            metadata=dict(event.metadata),
         ),
         options=job_options,
         output_prefix=output_prefix(deps.settings.output_bucket, event.name, job_id),
