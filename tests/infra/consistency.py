@@ -135,14 +135,14 @@ def expression(value: Any) -> str:
     return text
 
 
+# Keys python-hcl2 adds to a parsed block: not arguments.
+HCL_MARKERS = frozenset(("__is_block__", "__comments__", "__inline_comments__"))
+
+
 def _plain(value: Any) -> Any:
     """A parsed HCL value with its quotes removed and python-hcl2's markers dropped."""
     if isinstance(value, dict):
-        return {
-            unquote(k): _plain(v)
-            for k, v in value.items()
-            if k not in ("__is_block__", "__comments__", "__inline_comments__")
-        }
+        return {unquote(k): _plain(v) for k, v in value.items() if k not in HCL_MARKERS}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return unquote(value)
@@ -167,6 +167,16 @@ def parse_hcl(text: str) -> dict[str, Any]:
     return dict(hcl2.loads(text))
 
 
+def labelled_blocks(parsed: dict[str, Any], keyword: str) -> Iterator[tuple[str, str, Any]]:
+    """(type, name, body as python-hcl2 gives it) of each `keyword "type" "name" {}` block
+    (resource, data) in a parsed file."""
+    for block in parsed.get(keyword, []):
+        for kind, named in block.items():
+            for name, body in named.items():
+                if isinstance(body, dict):
+                    yield unquote(kind), unquote(name), body
+
+
 def infra_facts(directory: Path = INFRA) -> InfraFacts:
     return infra_facts_from({p.name: p.read_text() for p in sorted(directory.glob("*.tf"))})
 
@@ -178,11 +188,8 @@ def infra_facts_from(files: dict[str, str]) -> InfraFacts:
             parsed = parse_hcl(text)
         except Exception as exc:  # python-hcl2 raises lark's exceptions
             raise ValueError(f"infra/{name} does not parse: {exc}") from exc
-        for block in parsed.get("resource", []):
-            for kind, named in block.items():
-                for rname, body in named.items():
-                    if isinstance(body, dict):
-                        facts.resources[(unquote(kind), unquote(rname))] = _plain(body)
+        for kind, rname, body in labelled_blocks(parsed, "resource"):
+            facts.resources[(kind, rname)] = _plain(body)
         for block in parsed.get("locals", []):
             facts.locals.update(_plain(block))
         for block in parsed.get("variable", []):
