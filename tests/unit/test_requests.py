@@ -337,3 +337,8 @@ def test_vertex_native_line_needs_a_vertex_default_model() -> None:
     got = parse({"request": {"contents": VERTEX_CONTENTS}}, default_model="openai/gpt-4o-mini")
     assert isinstance(got, InvalidLine) and got.field == "request.model"
     assert "not a Vertex model" in got.reason
+
+
+def test_line_too_long_keeps_the_custom_id_found_while_skipping_it() -> None:
+    got = parse_line(3, LineTooLong(5000, "doc-9"), default_model=None, max_line_bytes=1000)
+    assert isinstance(got, InvalidLine) and got.custom_id == "doc-9" and got.field == "line"

@@ -179,7 +179,10 @@ def parse_line(
 ) -> Request | InvalidLine:
     if isinstance(raw, LineTooLong):
         return InvalidLine(
-            number, None, "line", f"{raw.size} bytes exceeds the limit of {max_line_bytes} bytes"
+            number,
+            raw.custom_id,
+            "line",
+            f"{raw.size} bytes exceeds the limit of {max_line_bytes} bytes",
         )
     try:
         obj = orjson.loads(raw)
