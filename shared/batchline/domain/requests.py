@@ -7,6 +7,7 @@ rejection names the line, the field and the reason, so a user can fix the file.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +26,18 @@ OPENAI_CHAT_URL = "/v1/chat/completions"
 OPENAI_MAX_STOP = 4
 VERTEX_MAX_STOP = 5
 MAX_CUSTOM_ID_CHARS = 512
+
+#: A model id, after its `provider/` prefix. A model name ends up in provider resource
+#: paths (Vertex: `publishers/google/models/<id>`) and URLs, so every provider's ids are
+#: held to one strict charset: no `/`, no `..` path, no spaces or control characters.
+#: Real ids pass: `gpt-4.1-mini-2025-04-14`, `ft:gpt-4o-mini:org:my_suffix:abc123`,
+#: `claude-sonnet-4-5@20250929`, `gemini-2.5-flash`.
+MODEL_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+# A file names a few models on many lines: remember some good ids (a set lookup is cheaper
+# than the match on the hot path), never so many that a file could grow it without end.
+_GOOD_MODEL_IDS: set[str] = set()
+_GOOD_MODEL_IDS_KEPT = 1024
 
 _BATCHLINE_FIELDS = frozenset(
     {
@@ -98,7 +111,8 @@ VERTEX_REQUEST_FIELDS = frozenset(
 )
 _VERTEX_CONTENT_FIELDS = frozenset({"role", "parts"})
 _VERTEX_CONTENT_ROLES = frozenset({"user", "model"})
-_VERTEX_MODEL_PREFIXES = ("publishers/google/models/", "vertex/")
+VERTEX_MODEL_PATH = "publishers/google/models/"
+_VERTEX_MODEL_PREFIXES = (VERTEX_MODEL_PATH, "vertex/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,20 +234,55 @@ def _custom_id(value: Any, field: str = "custom_id") -> str | None:
     return value
 
 
+def model_id_problem(model_id: str) -> str | None:
+    """Why `model_id` (a model without its `provider/` prefix) is not a model id, or None."""
+    if model_id in _GOOD_MODEL_IDS:
+        return None
+    if _MODEL_ID.fullmatch(model_id):
+        if len(_GOOD_MODEL_IDS) < _GOOD_MODEL_IDS_KEPT:
+            _GOOD_MODEL_IDS.add(model_id)
+        return None
+    return (
+        f"{_shown(model_id)} is not a model id: allowed are {MODEL_ID_PATTERN} (letters, "
+        "digits and . _ : @ -, starting with a letter or digit, at most 128 characters)"
+    )
+
+
+def model_problem(value: object) -> str | None:
+    """Why `value` is not a usable `provider/model` name, or None.
+
+    The one check of a job's default model (object metadata `model`, the API's
+    `options.model`) and of a batchline line's `model`: the form, a known and enabled
+    provider, and the model id's charset (`MODEL_ID_PATTERN`).
+    """
+    try:
+        split_model(value)
+    except _Invalid as exc:
+        return exc.reason
+    return None
+
+
 def split_model(value: Any, field: str = "model") -> tuple[str, str]:
     if not isinstance(value, str):
         raise _Invalid(field, f"expected a string like 'openai/gpt-4.1-mini', got {_kind(value)}")
     provider, sep, model = value.partition("/")
     if not sep or not provider or not model:
         raise _Invalid(
-            field, f"expected 'provider/model' (e.g. 'openai/gpt-4.1-mini'), got {value!r}"
+            field, f"expected 'provider/model' (e.g. 'openai/gpt-4.1-mini'), got {_shown(value)}"
         )
     if provider not in KNOWN_PROVIDERS:
         raise _Invalid(
-            field, f"unknown provider {provider!r} (known: {', '.join(sorted(KNOWN_PROVIDERS))})"
+            field,
+            f"unknown provider {_shown(provider)} (known: {', '.join(sorted(KNOWN_PROVIDERS))})",
         )
     if provider not in ENABLED_PROVIDERS:
         raise _Invalid(field, f"provider {provider!r} is not enabled in this deployment")
+    if provider == "vertex":
+        # Google's publisher path names the same model (`vertex/publishers/google/models/x`).
+        model = model.removeprefix(VERTEX_MODEL_PATH)
+    problem = model_id_problem(model)
+    if problem is not None:
+        raise _Invalid(field, problem)
     return provider, model
 
 
@@ -537,6 +586,7 @@ def _vertex_native(
         model = vertex_model_id(model)
         if not model:
             raise _Invalid("request.model", "expected e.g. 'gemini-2.5-flash'")
+        _check_model_id(model, "request.model")
         body = {k: v for k, v in body.items() if k != "model"}
     return Request(number, custom_id, "vertex", model, native=body)
 
@@ -576,6 +626,8 @@ def _openai_native(
         body = {**body, "model": model}
     elif not isinstance(model, str) or not model:
         raise _Invalid("body.model", f"expected a non-empty string, got {_kind(model)}")
+    else:
+        _check_model_id(model, "body.model")
     _check_messages_field(body, "body", "openai")
     return Request(number, custom_id, "openai", model, native=body)
 
@@ -602,6 +654,8 @@ def _anthropic_native(
         params = {**params, "model": model}
     elif not isinstance(model, str) or not model:
         raise _Invalid("params.model", f"expected a non-empty string, got {_kind(model)}")
+    else:
+        _check_model_id(model, "params.model")
     if params.get("stream"):
         raise _Invalid("params.stream", "a batch request cannot stream")
     _check_messages_field(params, "params", "anthropic")
@@ -615,6 +669,17 @@ def _check_messages_field(body: dict[str, Any], name: str, provider: str) -> Non
         _check_messages(body["messages"], provider)
     except _Invalid as exc:
         raise _Invalid(f"{name}.{exc.field}", exc.reason) from None
+
+
+def _check_model_id(model: str, field: str) -> None:
+    problem = model_id_problem(model)
+    if problem is not None:
+        raise _Invalid(field, problem)
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """`value` for an error message: quoted, and cut when long (a line may hold anything)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} chars)"
 
 
 def _kind(value: Any) -> str:
