@@ -4,7 +4,7 @@ import random
 import orjson
 import pytest
 
-from batchline.domain.jsonscan import TopLevelIdScanner
+from batchline.domain.jsonscan import TopLevelIdScanner, integer_out_of_range
 
 
 def scan(data: bytes, pieces: list[int] | None = None) -> str | None:
@@ -111,3 +111,30 @@ def test_vertex_key_serves_when_the_line_has_a_request_and_no_custom_id() -> Non
 def test_whitespace_and_unicode_keys() -> None:
     line = b' \t{ "custom\\u005fid" :\n "spaced" , "x": 1}\r\n'
     assert every_split(line) == {"spaced"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "literal"),
+    [
+        (b'{"body": {"seed": 18446744073709551616}}', "body.seed", "18446744073709551616"),
+        (b'{"max_tokens": 123456789012345678901234}', "max_tokens", "123456789012345678901234"),
+        (b'{"a": [1, {"b": [2, -9223372036854775809]}]}', "a[1].b[1]", "-9223372036854775809"),
+        (b'{"a": [[1, 2], [3], 99999999999999999999]}', "a[2]", "99999999999999999999"),
+        (b'{"a\\"b": 20000000000000000000}', 'a"b', "20000000000000000000"),
+    ],
+)
+def test_integer_beyond_64_bits_is_found_with_its_path(raw: bytes, path: str, literal: str) -> None:
+    assert integer_out_of_range(raw) == (path, literal)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": 18446744073709551615, "b": -9223372036854775808}',  # orjson keeps these exact
+        b'{"a": 1e30, "b": 12345678901234567890.5, "c": -1.5E+25}',  # floats as written
+        b'{"text": "12345678901234567890123", "n": [1, 2, 3]}',  # digits in a string
+        b'{"k12345678901234567890": true}',
+    ],
+)
+def test_integers_orjson_keeps_and_floats_are_not_reported(raw: bytes) -> None:
+    assert integer_out_of_range(raw) is None

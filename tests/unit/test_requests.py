@@ -416,3 +416,11 @@ def test_a_vertex_model_may_be_given_as_google_publisher_path() -> None:
 def test_a_long_bad_model_is_cut_in_the_message() -> None:
     got = parse({"model": "openai/" + "x/" * 10_000, "messages": MSG})
     assert isinstance(got, InvalidLine) and len(got.reason) < 400
+
+
+def test_max_tokens_beyond_64_bits_is_invalid_naming_max_tokens() -> None:
+    raw = b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], '
+    for big in (b"18446744073709551616", b"-9223372036854775809", b"1" * 300):
+        got = parse(raw + b'"max_tokens": ' + big + b"}")
+        assert isinstance(got, InvalidLine), got
+        assert got.field == "max_tokens" and "beyond 64 bits" in got.reason

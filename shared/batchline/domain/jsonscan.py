@@ -1,10 +1,14 @@
 """Looking into raw JSON bytes without parsing them whole. Pure.
 
-A line over the size limit is skipped in pieces, never held whole. `TopLevelIdScanner`
-reads the pieces as they pass and keeps the line's top-level `custom_id` (or a Vertex
-line's `key`), so that the line's `invalid` result still carries the user's id.
+Two jobs need it, both off the hot path:
+- A line over the size limit is skipped in pieces, never held whole. `TopLevelIdScanner`
+  reads the pieces as they pass and keeps the line's top-level `custom_id` (or a Vertex
+  line's `key`), so that the line's `invalid` result still carries the user's id.
+- orjson reads an integer beyond the 64-bit range as a float, silently.
+  `integer_out_of_range` finds such an integer in a line and names its path (`body.seed`),
+  so that the line is refused rather than sent changed.
 
-It jumps between the bytes that matter with compiled regular expressions: the body of a
+Both jump between the bytes that matter with compiled regular expressions: the body of a
 JSON string (a base64 document, megabytes long) is skipped in one match, never byte by
 byte in Python.
 """
@@ -12,6 +16,7 @@ byte in Python.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import orjson
 
@@ -188,3 +193,76 @@ def _decode(raw: bytearray | None) -> str | None:
     except orjson.JSONDecodeError:
         return None
     return text if isinstance(text, str) else None
+
+
+# ------------------------------------------------------------------ integers beyond 64 bits
+
+_TOKEN = re.compile(
+    rb'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9][0-9.eE+-]*|[{}\[\],:]',
+    re.DOTALL,
+)
+# orjson keeps integers from -2**63 to 2**64 - 1 exact, and reads any other as a float.
+_MOST_NEGATIVE = b"9223372036854775808"
+_MOST_POSITIVE = b"18446744073709551615"
+
+
+@dataclass
+class _Open:
+    """A container the integer search is inside: an object's current key or an array's
+    current index."""
+
+    is_object: bool
+    where: str | int
+    wants_key: bool
+
+
+def integer_out_of_range(raw: bytes) -> tuple[str, str] | None:
+    """(path, literal) of the first integer in the JSON text `raw` that orjson cannot keep
+    exact (outside -2**63 .. 2**64-1), or None. `raw` must be valid JSON (orjson read it).
+
+    Paths read like the rest of batchline's errors: `body.seed`, `messages[0].content`.
+    """
+    stack: list[_Open] = []
+    for match in _TOKEN.finditer(raw):
+        token = match.group()
+        first = token[0]
+        top = stack[-1] if stack else None
+        if first == _QUOTE:
+            if top is not None and top.is_object and top.wants_key:
+                inner = token[1:-1]
+                top.where = _decode(bytearray(inner)) or inner.decode("utf-8", "replace")
+                top.wants_key = False
+        elif first == ord("{"):
+            stack.append(_Open(True, "", True))
+        elif first == ord("["):
+            stack.append(_Open(False, 0, False))
+        elif first in b"}]":
+            if stack:
+                stack.pop()
+        elif first == ord(","):
+            if top is not None and top.is_object:
+                top.wants_key = True
+            elif top is not None and isinstance(top.where, int):
+                top.where += 1
+        elif first != ord(":") and _beyond_64_bits(token):
+            return _path(stack), token.decode("ascii", "replace")
+    return None
+
+
+def _beyond_64_bits(token: bytes) -> bool:
+    negative = token[:1] == b"-"
+    digits = token[1:] if negative else token
+    if not digits.isdigit():
+        return False  # a fraction or an exponent: a float as written
+    limit = _MOST_NEGATIVE if negative else _MOST_POSITIVE
+    return len(digits) > len(limit) or (len(digits) == len(limit) and digits > limit)
+
+
+def _path(stack: list[_Open]) -> str:
+    path = ""
+    for open_ in stack:
+        if open_.is_object:
+            path = f"{path}.{open_.where}" if path else str(open_.where)
+        else:
+            path = f"{path}[{open_.where}]"
+    return path or "line"

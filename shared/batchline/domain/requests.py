@@ -26,6 +26,8 @@ OPENAI_CHAT_URL = "/v1/chat/completions"
 OPENAI_MAX_STOP = 4
 VERTEX_MAX_STOP = 5
 MAX_CUSTOM_ID_CHARS = 512
+# orjson reads an integer beyond 64 bits as a float at least this large.
+_BEYOND_64_BITS = 2.0**63
 
 #: A model id, after its `provider/` prefix. A model name ends up in provider resource
 #: paths (Vertex: `publishers/google/models/<id>`) and URLs, so every provider's ids are
@@ -314,6 +316,9 @@ def _batchline(
         params["system"] = system
     max_tokens = obj.get("max_tokens")
     if max_tokens is not None:
+        if isinstance(max_tokens, float) and abs(max_tokens) >= _BEYOND_64_BITS:
+            # orjson reads an integer past 64 bits as a float: do not show a changed value.
+            raise _Invalid("max_tokens", "expected a positive integer, got a number beyond 64 bits")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise _Invalid("max_tokens", f"expected a positive integer, got {max_tokens!r}")
         params["max_tokens"] = max_tokens

@@ -23,7 +23,7 @@ from batchline.domain.lines import UnreadableInput, iter_lines
 from batchline.domain.models import Chunk, Job, JobState, Lease
 from batchline.domain.options import default_schema_of
 from batchline.domain.paths import WorkPaths, registered_schema_uri
-from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestTooLarge
+from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestRefused
 from batchline.domain.requests import InvalidLine, Request, SchemaContext, parse_line
 from batchline.domain.results import Tally, invalid_result_line
 from batchline.domain.schemas import ResponseSchema, SchemaError
@@ -250,9 +250,10 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
                     used_schemas.setdefault(parsed.schema.digest, parsed.schema)
                 if isinstance(parsed, Request):
                     try:
-                        full = planner.add(parsed)
-                    except RequestTooLarge as exc:
-                        parsed = InvalidLine(number, parsed.custom_id, "line", str(exc))
+                        text = line if isinstance(line, bytes) else None
+                        full = planner.add(parsed, source=text)
+                    except RequestRefused as exc:
+                        parsed = InvalidLine(number, parsed.custom_id, exc.field, exc.reason)
                     else:
                         plan.requests += 1
                         if full is not None:
