@@ -424,3 +424,27 @@ def test_max_tokens_beyond_64_bits_is_invalid_naming_max_tokens() -> None:
         got = parse(raw + b'"max_tokens": ' + big + b"}")
         assert isinstance(got, InvalidLine), got
         assert got.field == "max_tokens" and "beyond 64 bits" in got.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (
+            {"model": "openai/x", "messages": [{"role": {"k": 1}, "content": "a"}]},
+            "messages[0].role",
+        ),
+        (
+            {"model": "anthropic/x", "messages": [{"role": ["user"], "content": "a"}]},
+            "messages[0].role",
+        ),
+        ({"model": "vertex/x", "messages": [{"role": {}, "content": "a"}]}, "messages[0].role"),
+        (
+            {"request": {"model": "m", "contents": [{"role": [], "parts": [{"text": "a"}]}]}},
+            "request.contents[0].role",
+        ),
+    ],
+)
+def test_a_role_that_is_not_a_string_is_invalid_not_a_crash(raw: object, field: str) -> None:
+    """Found by the fuzz test: `{...} in frozenset` raised TypeError (unhashable)."""
+    got = parse(raw)
+    assert isinstance(got, InvalidLine) and got.field == field

@@ -475,7 +475,7 @@ def _openai(line: dict[str, Any]) -> _Parts:
                 texts.append(content)
             elif isinstance(content, list):
                 parts.fixed_tokens += _openai_content(content, texts)
-            for call in message.get("tool_calls") or ():
+            for call in _listed(message.get("tool_calls")):
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
                     texts.extend(
@@ -492,7 +492,7 @@ def _openai(line: dict[str, Any]) -> _Parts:
             elif isinstance(value, list):
                 texts.extend(v for v in value if isinstance(v, str))
     for field in ("tools", "functions"):
-        for tool in body.get(field) or ():
+        for tool in _listed(body.get(field)):
             texts.append(_json(tool))
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and "json_schema" in response_format:
@@ -594,6 +594,11 @@ def _anthropic_blocks(blocks: list[Any], texts: list[str]) -> int:
 # ------------------------------------------------------------------------ Vertex Gemini
 
 
+def _listed(value: Any) -> list[Any]:
+    """`value` when it is a list: a native line passes anything where a list belongs."""
+    return value if isinstance(value, list) else []
+
+
 def _vertex(line: dict[str, Any]) -> _Parts:
     request = line.get("request", line)
     if not isinstance(request, dict):
@@ -609,7 +614,7 @@ def _vertex(line: dict[str, Any]) -> _Parts:
         for content in contents:
             if isinstance(content, dict) and isinstance(content.get("parts"), list):
                 parts.fixed_tokens += _gemini_parts(content["parts"], texts)
-    for tool in request.get("tools") or ():
+    for tool in _listed(request.get("tools")):
         texts.append(_json(tool))
     config = _get(request, "generationConfig", "generation_config")
     if isinstance(config, dict):

@@ -394,7 +394,8 @@ def _with_native_schema(request: Request) -> Request:
     elif request.provider == "anthropic":
         choice = body.get("tool_choice")
         if isinstance(choice, dict) and choice.get("type") == "tool":
-            for tool in body.get("tools") or ():
+            tools = body.get("tools")
+            for tool in tools if isinstance(tools, list) else ():
                 if isinstance(tool, dict) and tool.get("name") == choice.get("name"):
                     raw, name = tool.get("input_schema"), tool.get("name")
     elif request.provider == "vertex":
@@ -441,7 +442,7 @@ def _check_messages(messages: Any, provider: str) -> None:
         if vertex:
             _check_vertex_message(where, message)
             continue
-        if role not in _ROLES:
+        if not _is_one_of(role, _ROLES):
             raise _Invalid(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
         content = message.get("content")
         if content is None and role == "assistant" and message.get("tool_calls"):
@@ -458,7 +459,7 @@ def _check_messages(messages: Any, provider: str) -> None:
 
 def _check_anthropic_message(where: str, message: dict[str, Any]) -> None:
     role = message.get("role")
-    if role not in _ANTHROPIC_ROLES:
+    if not _is_one_of(role, _ANTHROPIC_ROLES):
         raise _Invalid(
             f"{where}.role",
             f"Anthropic takes one of {sorted(_ANTHROPIC_ROLES)}, got {role!r}",
@@ -485,7 +486,7 @@ def _check_anthropic_message(where: str, message: dict[str, Any]) -> None:
 
 def _check_vertex_message(where: str, message: dict[str, Any]) -> None:
     role = message.get("role")
-    if role not in _VERTEX_ROLES:
+    if not _is_one_of(role, _VERTEX_ROLES):
         raise _Invalid(
             f"{where}.role", f"a Vertex line takes one of {sorted(_VERTEX_ROLES)}, got {role!r}"
         )
@@ -558,7 +559,7 @@ def _vertex_native(
             if key not in _VERTEX_CONTENT_FIELDS:
                 raise _Invalid(f"{where}.{key}", "not a field of a Gemini Content")
         role = content.get("role")
-        if role is not None and role not in _VERTEX_CONTENT_ROLES:
+        if role is not None and not _is_one_of(role, _VERTEX_CONTENT_ROLES):
             raise _Invalid(
                 f"{where}.role", f"expected one of {sorted(_VERTEX_CONTENT_ROLES)}, got {role!r}"
             )
@@ -674,6 +675,11 @@ def _check_messages_field(body: dict[str, Any], name: str, provider: str) -> Non
         _check_messages(body["messages"], provider)
     except _Invalid as exc:
         raise _Invalid(f"{name}.{exc.field}", exc.reason) from None
+
+
+def _is_one_of(value: Any, allowed: frozenset[str]) -> bool:
+    # A line may put anything where a role goes; a dict or list is not hashable.
+    return isinstance(value, str) and value in allowed
 
 
 def _check_model_id(model: str, field: str) -> None:
