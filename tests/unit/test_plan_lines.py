@@ -159,3 +159,20 @@ def test_a_job_default_model_outside_the_charset_makes_lines_invalid() -> None:
     options = JobOptions(model="vertex/../../projects/other/locations/x/models/y")
     planned = plan_file(deps, orjson.dumps({"messages": MSG}), options)
     assert planned.invalid[1]["error"]["field"] == "model (job default)"  # type: ignore[index]
+
+
+def test_a_3_mb_document_fits_the_default_line_limit() -> None:
+    """The limit comes from the providers' per-request limits (32 MB at Anthropic)."""
+    deps, _, _ = make_deps()
+    assert deps.settings.max_line_bytes == 32 * 1024 * 1024
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBE" * 750_000}
+    line = orjson.dumps(
+        {
+            "custom_id": "doc",
+            "model": "anthropic/claude-haiku-4-5",
+            "messages": [{"role": "user", "content": [{"type": "document", "source": pdf}]}],
+        }
+    )
+    assert len(line) > 3_000_000
+    planned = plan_file(deps, line + b"\n" + good("a"))
+    assert planned.chunked_lines == [1, 2] and not planned.invalid

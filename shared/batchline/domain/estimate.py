@@ -68,6 +68,10 @@ ANTHROPIC_TOOL_PROMPT_TOKENS = {"auto": 346, "none": 346, "any": 313, "tool": 31
 #: Worst-case output of a request to a model with no limit in the request or the table.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
+#: Longer texts are tokenized a slice at a time, so that memory stays near one slice's
+#: tokens (a line may be 32 MiB); a cut adds at most a token or two per slice.
+TOKENIZE_SLICE = 1 << 20
+
 #: `Estimate` tokenizes this many OpenAI requests of each model, then one in SAMPLE_EVERY.
 EXACT_REQUESTS = 256
 SAMPLE_EVERY = 64
@@ -399,7 +403,14 @@ class _Counter:
 
             assert self.encoding is not None
             encode = self._encode = get_encoding(self.encoding).encode_ordinary
-        return sum(len(encode(text)) for text in texts)
+        total = 0
+        for text in texts:
+            if len(text) <= TOKENIZE_SLICE:
+                total += len(encode(text))
+            else:  # a long prompt: its token list alone would be ~10x the text's size
+                for start in range(0, len(text), TOKENIZE_SLICE):
+                    total += len(encode(text[start : start + TOKENIZE_SLICE]))
+        return total
 
     def by_chars(self, texts: list[str]) -> int:
         return math.ceil(sum(map(len, texts)) / self._per_token)
