@@ -28,6 +28,18 @@ VERTEX_MAX_REQUESTS = 200_000
 VERTEX_MAX_BYTES = 1000 * 1000 * 1000
 VERTEX_DEFAULT_LOCATION = "us-central1"
 SAFETY_MARGIN = 0.95
+# The longest input line batchline reads, from the providers' own per-request limits, so
+# that a request carrying a document (a PDF or image as base64, a long prompt) is not
+# refused before a provider would take it:
+# - Anthropic: 32 MB per Messages API request (413 request_too_large above it; docs,
+#   "Request size limits"); a batch's requests take the same params.
+# - OpenAI: up to 50 MB of image bytes per request, 20 MB per image (docs, "Images and
+#   vision"); a request this large is rare, and BATCHLINE_MAX_LINE_BYTES raises the limit.
+# - Vertex AI Gemini: 7 MB per inline image, larger files through Cloud Storage URIs
+#   (docs, "Image understanding"), so its inline requests stay well under this.
+# Memory: planning holds one line at a time (a longer one is skipped in 64 KiB pieces),
+# so the limit bounds a line's share of the submit function's memory (1 GiB by default).
+MAX_LINE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,7 @@ class Settings:
         int(VERTEX_MAX_REQUESTS * SAFETY_MARGIN), int(VERTEX_MAX_BYTES * SAFETY_MARGIN)
     )
     max_input_bytes: int = 2 * 1024**3
-    max_line_bytes: int = 1024 * 1024
+    max_line_bytes: int = MAX_LINE_BYTES
     # Longer than the slowest provider call can take (SDK timeout times retries), so a live
     # submit is never taken over; planning renews its lease as it goes.
     lease_seconds: float = 900.0

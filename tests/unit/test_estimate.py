@@ -649,3 +649,19 @@ def test_the_price_table_is_the_default() -> None:
     assert estimate.by_model()["openai/gpt-4o-mini"].max_output_tokens == (
         PRICES["openai/gpt-4o-mini"].max_output_tokens
     )
+
+
+def test_a_long_prompt_is_tokenized_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 32 MiB line may hold one prompt: its token list must not be held whole."""
+    from batchline.domain import estimate as estimate_module
+
+    monkeypatch.setattr(estimate_module, "TOKENIZE_SLICE", 1000)
+    counter = estimate_module._Counter("openai", "gpt-4o-mini")
+    text = "The quick brown fox jumps over the lazy dog. " * 500
+    exact = len(_tokenizers.get_encoding("o200k_base").encode_ordinary(text))
+    seen: list[int] = []
+    encode = _tokenizers.get_encoding("o200k_base").encode_ordinary
+    counter._encode = lambda piece: (seen.append(len(piece)), encode(piece))[1]
+    counted = counter.count([text, "short"])
+    assert max(seen) == 1000 and len(seen) == math.ceil(len(text) / 1000) + 1
+    assert exact <= counted - 1 <= exact * 1.01

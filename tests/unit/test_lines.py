@@ -1,6 +1,7 @@
 import gzip
 import io
 
+import orjson
 import pytest
 
 from batchline.domain.lines import LineTooLong, UnreadableInput, iter_lines
@@ -41,3 +42,40 @@ def test_utf16_file_is_unreadable() -> None:
 def test_reads_through_gzip_stream() -> None:
     packed = gzip.compress(b"{}\n{}\n")
     assert len(list(iter_lines(gzip.GzipFile(fileobj=io.BytesIO(packed)), 10))) == 2
+
+
+def test_too_long_line_keeps_its_custom_id_read_in_pieces() -> None:
+    """The id comes after more than one 64 KiB piece of nested data holding decoys."""
+    decoy = {"custom_id": "decoy", "text": 'x "custom_id": "no" ' * 10_000}
+    line = orjson.dumps({"messages": [decoy], "metadata": decoy, "custom_id": "big-7"})
+    assert len(line) > 3 * 65_536
+    data = b'{"custom_id": "a"}\n' + line + b"\r\n" + b'{"custom_id": "c"}\n'
+    got = lines(data, limit=1000)
+    assert got == [
+        (1, b'{"custom_id": "a"}'),
+        (2, LineTooLong(len(line) + 1, "big-7")),
+        (3, b'{"custom_id": "c"}'),
+    ]
+
+
+def test_too_long_line_without_an_id_and_one_just_over_the_limit() -> None:
+    over = b'{"custom_id": "z", "pad": "' + b"p" * 80 + b'"}'
+    assert lines(b'{"pad": "' + b"p" * 200 + b'"}\n' + over + b"\n", limit=len(over) - 1) == [
+        (1, LineTooLong(211)),
+        (2, LineTooLong(len(over), "z")),
+    ]
+
+
+def test_reading_a_too_long_line_holds_one_piece_at_a_time() -> None:
+    """The reader asks the stream for at most the limit (+2) and then 64 KiB at a time."""
+    asked: list[int] = []
+
+    class Recording(io.BytesIO):
+        def readline(self, size: int | None = -1, /) -> bytes:
+            asked.append(-1 if size is None else size)
+            return super().readline(size)
+
+    line = b'{"custom_id": "q", "blob": "' + b"A" * 1_000_000 + b'"}'
+    got = list(iter_lines(Recording(line + b"\n"), 5000))
+    assert got == [(1, LineTooLong(len(line), "q"))]
+    assert set(asked) == {5002, 65_536}

@@ -2,9 +2,9 @@ import orjson
 import pytest
 
 from batchline.config import ChunkLimits
-from batchline.domain.planning import ChunkPlanner, RequestTooLarge
+from batchline.domain.planning import ChunkPlanner, RequestTooLarge, UnencodableRequest
 from batchline.domain.providers import anthropic, openai
-from batchline.domain.requests import Request
+from batchline.domain.requests import Request, parse_line
 
 
 def request(line: int, model: str = "gpt-4o-mini", text: str = "hello") -> Request:
@@ -101,3 +101,79 @@ def test_the_byte_limit_counts_the_provider_envelope() -> None:
             ),
             lambda _: encode,
         ).add(anthropic_request(1))
+
+
+def deep(depth: int) -> object:
+    value: object = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def native_line(body: dict[str, object]) -> bytes:
+    line = {"custom_id": "n", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    return orjson.dumps(line)
+
+
+def parse_native(raw: bytes) -> Request:
+    parsed = parse_line(1, raw, default_model=None, max_line_bytes=1 << 20)
+    assert isinstance(parsed, Request), parsed
+    return parsed
+
+
+def test_a_request_nested_too_deep_to_encode_is_refused_and_leaves_the_planner_unchanged() -> None:
+    seen: list[int] = []
+    p = ChunkPlanner(
+        lambda _: ChunkLimits(10, 10_000_000),
+        lambda _: openai.encode_line,
+        lambda request, _line: seen.append(request.line),
+    )
+    assert p.add(request(1)) is None
+    too_deep = request(2, text="x")
+    assert too_deep.params is not None
+    too_deep.params["messages"][0]["content"] = [{"type": "text", "text": "a", "x": deep(300)}]
+    with pytest.raises(UnencodableRequest) as refused:
+        p.add(too_deep)
+    assert refused.value.field == "line"
+    assert "nested too deeply" in refused.value.reason
+    assert p.add(request(3)) is None
+    [chunk] = p.finish()
+    assert chunk.request_count == 2 and seen == [1, 3]
+    lines = [orjson.loads(x)["line"] for x in chunk.manifest.getvalue().splitlines()]
+    assert lines == [1, 3] and len(chunk.payload.getvalue().splitlines()) == 2
+
+
+def test_an_encoder_error_is_refused_as_the_line_s() -> None:
+    def broken(_: Request) -> dict[str, object]:
+        raise KeyError("content")
+
+    with pytest.raises(UnencodableRequest, match="could not be encoded: KeyError: 'content'"):
+        ChunkPlanner(lambda _: ChunkLimits(10, 10_000), lambda _: broken).add(request(1))
+
+
+def test_an_integer_beyond_64_bits_in_a_native_body_is_refused_naming_its_path() -> None:
+    raw = native_line(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "seed": 1}
+    )
+    raw = raw.replace(b'"seed":1', b'"seed":18446744073709551616')
+    parsed = parse_native(raw)
+    assert parsed.native is not None and isinstance(parsed.native["seed"], float)  # orjson
+    with pytest.raises(UnencodableRequest) as refused:
+        planner().add(parsed, source=raw)
+    assert refused.value.field == "body.seed"
+    assert "18446744073709551616 is beyond the 64-bit range" in refused.value.reason
+
+
+def test_big_numbers_orjson_keeps_or_that_were_floats_are_sent_as_written() -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "seed": 18446744073709551615,
+        "logit_bias": {"50256": -9223372036854775808},
+        "x": 1.5e30,
+    }
+    raw = native_line(body)
+    p = planner()
+    p.add(parse_native(raw), source=raw)
+    [chunk] = p.finish()
+    assert orjson.loads(chunk.payload.getvalue())["body"] == body

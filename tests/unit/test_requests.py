@@ -2,7 +2,8 @@ import orjson
 import pytest
 
 from batchline.domain.lines import LineTooLong
-from batchline.domain.requests import InvalidLine, Request, parse_line
+from batchline.domain.pricing import PRICES
+from batchline.domain.requests import InvalidLine, Request, model_problem, parse_line
 
 
 def parse(obj: object, default_model: str | None = None) -> Request | InvalidLine:
@@ -337,3 +338,113 @@ def test_vertex_native_line_needs_a_vertex_default_model() -> None:
     got = parse({"request": {"contents": VERTEX_CONTENTS}}, default_model="openai/gpt-4o-mini")
     assert isinstance(got, InvalidLine) and got.field == "request.model"
     assert "not a Vertex model" in got.reason
+
+
+def test_line_too_long_keeps_the_custom_id_found_while_skipping_it() -> None:
+    got = parse_line(3, LineTooLong(5000, "doc-9"), default_model=None, max_line_bytes=1000)
+    assert isinstance(got, InvalidLine) and got.custom_id == "doc-9" and got.field == "line"
+
+
+TRAVERSAL = "../../../projects/other-project/locations/us/publishers/google/models/x"
+VERTEX_REQUEST = {"contents": VERTEX_CONTENTS}
+
+
+@pytest.mark.parametrize(
+    ("raw", "default_model", "field"),
+    [
+        ({"model": f"vertex/{TRAVERSAL}", "messages": MSG}, None, "model"),
+        ({"model": "openai/gpt 4", "messages": MSG}, None, "model"),
+        ({"model": "anthropic/claude?x=1", "messages": MSG}, None, "model"),
+        ({"model": "openai/-leading-dash", "messages": MSG}, None, "model"),
+        ({"model": "openai/" + "a" * 129, "messages": MSG}, None, "model"),
+        ({"model": "openai/gpt\n4", "messages": MSG}, None, "model"),
+        ({"messages": MSG}, f"vertex/{TRAVERSAL}", "model (job default)"),
+        ({"messages": MSG}, "openai/a/b", "model (job default)"),
+        (
+            {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "../x"}},
+            None,
+            "body.model",
+        ),
+        ({"params": {"model": "claude x", "messages": MSG}}, None, "params.model"),
+        ({"request": {"model": f"vertex/{TRAVERSAL}", **VERTEX_REQUEST}}, None, "request.model"),
+        ({"request": {"model": "gemini%2F..", **VERTEX_REQUEST}}, None, "request.model"),
+        ({"request": VERTEX_REQUEST}, f"vertex/{TRAVERSAL}", "model (job default)"),
+        ({"params": {"messages": MSG}}, "anthropic/..", "model (job default)"),
+    ],
+)
+def test_model_names_outside_the_strict_charset_are_invalid(
+    raw: dict[str, object], default_model: str | None, field: str
+) -> None:
+    got = parse(raw, default_model=default_model)
+    assert isinstance(got, InvalidLine), got
+    assert got.field == field
+    assert "is not a model id: allowed are [A-Za-z0-9][A-Za-z0-9._:@-]{0,127}" in got.reason
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "openai/gpt-4.1-mini-2025-04-14",
+        "openai/ft:gpt-4o-mini-2024-07-18:my-org:custom_suffix:9abcXYZ",
+        "anthropic/claude-sonnet-4-5@20250929",
+        "anthropic/claude-haiku-4-5-20251001",
+        "vertex/gemini-2.5-flash",
+        "vertex/gemini-2.0-flash-001",
+        "openai/" + "a" * 128,
+        *PRICES,
+    ],
+)
+def test_real_model_ids_pass_the_check(name: str) -> None:
+    assert model_problem(name) is None
+    assert isinstance(parse({"model": name, "messages": MSG}), Request)
+
+
+def test_model_problem_is_the_check_of_a_default_model() -> None:
+    assert model_problem("openai/gpt-4o-mini") is None
+    assert "expected 'provider/model'" in (model_problem("gpt-4o-mini") or "")
+    assert "unknown provider 'acme'" in (model_problem("acme/x") or "")
+    assert "expected a string" in (model_problem(5) or "")
+    problem = model_problem(f"vertex/{TRAVERSAL}") or ""
+    assert "is not a model id" in problem and TRAVERSAL.removeprefix("vertex/") in problem
+
+
+def test_a_vertex_model_may_be_given_as_google_publisher_path() -> None:
+    got = parse({"model": "vertex/publishers/google/models/gemini-2.5-pro", "messages": MSG})
+    assert isinstance(got, Request) and got.model == "gemini-2.5-pro"
+
+
+def test_a_long_bad_model_is_cut_in_the_message() -> None:
+    got = parse({"model": "openai/" + "x/" * 10_000, "messages": MSG})
+    assert isinstance(got, InvalidLine) and len(got.reason) < 400
+
+
+def test_max_tokens_beyond_64_bits_is_invalid_naming_max_tokens() -> None:
+    raw = b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], '
+    for big in (b"18446744073709551616", b"-9223372036854775809", b"1" * 300):
+        got = parse(raw + b'"max_tokens": ' + big + b"}")
+        assert isinstance(got, InvalidLine), got
+        assert got.field == "max_tokens" and "beyond 64 bits" in got.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (
+            {"model": "openai/x", "messages": [{"role": {"k": 1}, "content": "a"}]},
+            "messages[0].role",
+        ),
+        (
+            {"model": "anthropic/x", "messages": [{"role": ["user"], "content": "a"}]},
+            "messages[0].role",
+        ),
+        ({"model": "vertex/x", "messages": [{"role": {}, "content": "a"}]}, "messages[0].role"),
+        (
+            {"request": {"model": "m", "contents": [{"role": [], "parts": [{"text": "a"}]}]}},
+            "request.contents[0].role",
+        ),
+    ],
+)
+def test_a_role_that_is_not_a_string_is_invalid_not_a_crash(raw: object, field: str) -> None:
+    """Found by the fuzz test: `{...} in frozenset` raised TypeError (unhashable)."""
+    got = parse(raw)
+    assert isinstance(got, InvalidLine) and got.field == field

@@ -68,6 +68,10 @@ ANTHROPIC_TOOL_PROMPT_TOKENS = {"auto": 346, "none": 346, "any": 313, "tool": 31
 #: Worst-case output of a request to a model with no limit in the request or the table.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
+#: Longer texts are tokenized a slice at a time, so that memory stays near one slice's
+#: tokens (a line may be 32 MiB); a cut adds at most a token or two per slice.
+TOKENIZE_SLICE = 1 << 20
+
 #: `Estimate` tokenizes this many OpenAI requests of each model, then one in SAMPLE_EVERY.
 EXACT_REQUESTS = 256
 SAMPLE_EVERY = 64
@@ -399,7 +403,14 @@ class _Counter:
 
             assert self.encoding is not None
             encode = self._encode = get_encoding(self.encoding).encode_ordinary
-        return sum(len(encode(text)) for text in texts)
+        total = 0
+        for text in texts:
+            if len(text) <= TOKENIZE_SLICE:
+                total += len(encode(text))
+            else:  # a long prompt: its token list alone would be ~10x the text's size
+                for start in range(0, len(text), TOKENIZE_SLICE):
+                    total += len(encode(text[start : start + TOKENIZE_SLICE]))
+        return total
 
     def by_chars(self, texts: list[str]) -> int:
         return math.ceil(sum(map(len, texts)) / self._per_token)
@@ -475,7 +486,7 @@ def _openai(line: dict[str, Any]) -> _Parts:
                 texts.append(content)
             elif isinstance(content, list):
                 parts.fixed_tokens += _openai_content(content, texts)
-            for call in message.get("tool_calls") or ():
+            for call in _listed(message.get("tool_calls")):
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
                     texts.extend(
@@ -492,7 +503,7 @@ def _openai(line: dict[str, Any]) -> _Parts:
             elif isinstance(value, list):
                 texts.extend(v for v in value if isinstance(v, str))
     for field in ("tools", "functions"):
-        for tool in body.get(field) or ():
+        for tool in _listed(body.get(field)):
             texts.append(_json(tool))
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and "json_schema" in response_format:
@@ -594,6 +605,11 @@ def _anthropic_blocks(blocks: list[Any], texts: list[str]) -> int:
 # ------------------------------------------------------------------------ Vertex Gemini
 
 
+def _listed(value: Any) -> list[Any]:
+    """`value` when it is a list: a native line passes anything where a list belongs."""
+    return value if isinstance(value, list) else []
+
+
 def _vertex(line: dict[str, Any]) -> _Parts:
     request = line.get("request", line)
     if not isinstance(request, dict):
@@ -609,7 +625,7 @@ def _vertex(line: dict[str, Any]) -> _Parts:
         for content in contents:
             if isinstance(content, dict) and isinstance(content.get("parts"), list):
                 parts.fixed_tokens += _gemini_parts(content["parts"], texts)
-    for tool in request.get("tools") or ():
+    for tool in _listed(request.get("tools")):
         texts.append(_json(tool))
     config = _get(request, "generationConfig", "generation_config")
     if isinstance(config, dict):

@@ -3,6 +3,12 @@
 Requests are grouped by (provider, model); each group fills one buffer at a time, and a
 buffer is handed out as a `PlannedChunk` as soon as the next request would not fit. Peak
 memory is one chunk's payload per open group, never the file.
+
+A request that cannot be sent as written is refused, never changed: one too large for a
+batch (`RequestTooLarge`), one whose encoding fails (nested deeper than orjson writes, an
+encoder's error) or would send a number other than the one in the line (orjson reads an
+integer beyond 64 bits as a float) (`UnencodableRequest`). A refused request leaves the
+planner as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 import orjson
 
 from batchline.config import ChunkLimits
+from batchline.domain.jsonscan import integer_out_of_range
 from batchline.domain.requests import Request
 
 #: A request as one line of its provider's batch input, as an object (dumped here).
@@ -37,8 +44,30 @@ class PlannedChunk:
         return self.payload.tell()
 
 
-class RequestTooLarge(ValueError):
+class RequestRefused(ValueError):
+    """A request the planner will not send; `field` and `reason` make its invalid line."""
+
+    def __init__(self, reason: str, field: str = "line") -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+class RequestTooLarge(RequestRefused):
     """One request's encoding alone exceeds the provider's per-batch byte limit."""
+
+
+class UnencodableRequest(RequestRefused):
+    """A request that cannot be sent as its line wrote it."""
+
+
+# orjson writes every float from 1e16 up with an exponent, so an integer it read as a float
+# (beyond 64 bits, so >= 2**63) shows as `e+` in the encoded line: a cheap test of every
+# line, and the exact one (the line's own text) only for those.
+_EXPONENT = b"e+"
+_PLUS = ord("+")  # `int in bytes` is a memchr: the test costs ~50 ns on a 2 KB line
+#: The deepest nesting orjson writes (it raises "Recursion limit reached" past it).
+MAX_ENCODED_DEPTH = 254
 
 
 class ChunkPlanner:
@@ -54,24 +83,38 @@ class ChunkPlanner:
         self._open: dict[tuple[str, str], PlannedChunk] = {}
         self._per_provider: dict[str, tuple[ChunkLimits, Encoder]] = {}
 
-    def add(self, request: Request) -> PlannedChunk | None:
-        """Buffer `request`; return the chunk it displaced when that chunk was full."""
+    def add(self, request: Request, source: bytes | None = None) -> PlannedChunk | None:
+        """Buffer `request`; return the chunk it displaced when that chunk was full.
+
+        `source` is the input line the request was read from: with it, an integer orjson
+        had to read as a float is told from a float written as one. Raises
+        `RequestTooLarge` or `UnencodableRequest`, leaving the planner unchanged.
+        """
         key = (request.provider, request.model)
         known = self._per_provider.get(request.provider)
         if known is None:
             known = (self._limits(request.provider), self._encoders(request.provider))
             self._per_provider[request.provider] = known
         limits, encode = known
-        line = encode(request)
-        if self._observe is not None:
-            self._observe(request, line)
-        encoded = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            line = encode(request)
+            encoded = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+        except Exception as exc:
+            raise _unencodable(exc, source) from exc
+        if source is not None and _PLUS in encoded and _EXPONENT in encoded:
+            _refuse_changed_integers(source)
         room = limits.max_bytes - limits.envelope_bytes
         if len(encoded) > room:
             raise RequestTooLarge(
                 f"{len(encoded)} bytes once encoded; one {request.provider} batch takes at most "
                 f"{room}"
             )
+        entry: dict[str, object] = {"line": request.line, "custom_id": request.custom_id}
+        if request.schema is not None:
+            entry["schema"] = request.schema.digest
+        manifest_line = orjson.dumps(entry) + b"\n"
+        if self._observe is not None:
+            self._observe(request, line)
         full: PlannedChunk | None = None
         current = self._open.get(key)
         if current is not None and (
@@ -84,10 +127,7 @@ class ChunkPlanner:
             current = PlannedChunk(request.provider, request.model, first_line=request.line)
             self._open[key] = current
         current.payload.write(encoded)
-        entry: dict[str, object] = {"line": request.line, "custom_id": request.custom_id}
-        if request.schema is not None:
-            entry["schema"] = request.schema.digest
-        current.manifest.write(orjson.dumps(entry) + b"\n")
+        current.manifest.write(manifest_line)
         current.request_count += 1
         return full
 
@@ -96,3 +136,37 @@ class ChunkPlanner:
         rest = sorted(self._open.values(), key=lambda c: c.first_line)
         self._open.clear()
         return rest
+
+
+def _refuse_changed_integers(source: bytes) -> None:
+    found = integer_out_of_range(source)
+    if found is not None:
+        path, literal = found
+        raise UnencodableRequest(_beyond_64_bits(literal), path)
+
+
+def _beyond_64_bits(literal: str) -> str:
+    shown = literal if len(literal) <= 40 else f"{literal[:40]}... ({len(literal)} digits)"
+    return (
+        f"integer {shown} is beyond the 64-bit range (-2**63 to 2**64-1) and cannot be sent "
+        "unchanged: write it as a string, or as a smaller number"
+    )
+
+
+def _unencodable(exc: Exception, source: bytes | None) -> UnencodableRequest:
+    if "Integer exceeds 64-bit range" in str(exc) and source is not None:
+        found = integer_out_of_range(source)
+        if found is not None:
+            return UnencodableRequest(_beyond_64_bits(found[1]), found[0])
+    return UnencodableRequest(f"could not be encoded: {describe_error(exc)}")
+
+
+def describe_error(exc: BaseException, limit: int = 200) -> str:
+    """An exception raised by one line's work as a short reason for its result line."""
+    if isinstance(exc, RecursionError) or "Recursion limit reached" in str(exc):
+        return (
+            f"nested too deeply (a request is written at most {MAX_ENCODED_DEPTH} levels "
+            "deep, the provider's envelope included)"
+        )
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

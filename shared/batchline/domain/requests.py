@@ -7,6 +7,7 @@ rejection names the line, the field and the reason, so a user can fix the file.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +26,20 @@ OPENAI_CHAT_URL = "/v1/chat/completions"
 OPENAI_MAX_STOP = 4
 VERTEX_MAX_STOP = 5
 MAX_CUSTOM_ID_CHARS = 512
+# orjson reads an integer beyond 64 bits as a float at least this large.
+_BEYOND_64_BITS = 2.0**63
+
+#: A model id, after its `provider/` prefix. A model name ends up in provider resource
+#: paths (Vertex: `publishers/google/models/<id>`) and URLs, so every provider's ids are
+#: held to one strict charset: no `/`, no `..` path, no spaces or control characters.
+#: Real ids pass: `gpt-4.1-mini-2025-04-14`, `ft:gpt-4o-mini:org:my_suffix:abc123`,
+#: `claude-sonnet-4-5@20250929`, `gemini-2.5-flash`.
+MODEL_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+# A file names a few models on many lines: remember some good ids (a set lookup is cheaper
+# than the match on the hot path), never so many that a file could grow it without end.
+_GOOD_MODEL_IDS: set[str] = set()
+_GOOD_MODEL_IDS_KEPT = 1024
 
 _BATCHLINE_FIELDS = frozenset(
     {
@@ -98,7 +113,8 @@ VERTEX_REQUEST_FIELDS = frozenset(
 )
 _VERTEX_CONTENT_FIELDS = frozenset({"role", "parts"})
 _VERTEX_CONTENT_ROLES = frozenset({"user", "model"})
-_VERTEX_MODEL_PREFIXES = ("publishers/google/models/", "vertex/")
+VERTEX_MODEL_PATH = "publishers/google/models/"
+_VERTEX_MODEL_PREFIXES = (VERTEX_MODEL_PATH, "vertex/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +195,10 @@ def parse_line(
 ) -> Request | InvalidLine:
     if isinstance(raw, LineTooLong):
         return InvalidLine(
-            number, None, "line", f"{raw.size} bytes exceeds the limit of {max_line_bytes} bytes"
+            number,
+            raw.custom_id,
+            "line",
+            f"{raw.size} bytes exceeds the limit of {max_line_bytes} bytes",
         )
     try:
         obj = orjson.loads(raw)
@@ -217,20 +236,55 @@ def _custom_id(value: Any, field: str = "custom_id") -> str | None:
     return value
 
 
+def model_id_problem(model_id: str) -> str | None:
+    """Why `model_id` (a model without its `provider/` prefix) is not a model id, or None."""
+    if model_id in _GOOD_MODEL_IDS:
+        return None
+    if _MODEL_ID.fullmatch(model_id):
+        if len(_GOOD_MODEL_IDS) < _GOOD_MODEL_IDS_KEPT:
+            _GOOD_MODEL_IDS.add(model_id)
+        return None
+    return (
+        f"{_shown(model_id)} is not a model id: allowed are {MODEL_ID_PATTERN} (letters, "
+        "digits and . _ : @ -, starting with a letter or digit, at most 128 characters)"
+    )
+
+
+def model_problem(value: object) -> str | None:
+    """Why `value` is not a usable `provider/model` name, or None.
+
+    The one check of a job's default model (object metadata `model`, the API's
+    `options.model`) and of a batchline line's `model`: the form, a known and enabled
+    provider, and the model id's charset (`MODEL_ID_PATTERN`).
+    """
+    try:
+        split_model(value)
+    except _Invalid as exc:
+        return exc.reason
+    return None
+
+
 def split_model(value: Any, field: str = "model") -> tuple[str, str]:
     if not isinstance(value, str):
         raise _Invalid(field, f"expected a string like 'openai/gpt-4.1-mini', got {_kind(value)}")
     provider, sep, model = value.partition("/")
     if not sep or not provider or not model:
         raise _Invalid(
-            field, f"expected 'provider/model' (e.g. 'openai/gpt-4.1-mini'), got {value!r}"
+            field, f"expected 'provider/model' (e.g. 'openai/gpt-4.1-mini'), got {_shown(value)}"
         )
     if provider not in KNOWN_PROVIDERS:
         raise _Invalid(
-            field, f"unknown provider {provider!r} (known: {', '.join(sorted(KNOWN_PROVIDERS))})"
+            field,
+            f"unknown provider {_shown(provider)} (known: {', '.join(sorted(KNOWN_PROVIDERS))})",
         )
     if provider not in ENABLED_PROVIDERS:
         raise _Invalid(field, f"provider {provider!r} is not enabled in this deployment")
+    if provider == "vertex":
+        # Google's publisher path names the same model (`vertex/publishers/google/models/x`).
+        model = model.removeprefix(VERTEX_MODEL_PATH)
+    problem = model_id_problem(model)
+    if problem is not None:
+        raise _Invalid(field, problem)
     return provider, model
 
 
@@ -262,6 +316,9 @@ def _batchline(
         params["system"] = system
     max_tokens = obj.get("max_tokens")
     if max_tokens is not None:
+        if isinstance(max_tokens, float) and abs(max_tokens) >= _BEYOND_64_BITS:
+            # orjson reads an integer past 64 bits as a float: do not show a changed value.
+            raise _Invalid("max_tokens", "expected a positive integer, got a number beyond 64 bits")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise _Invalid("max_tokens", f"expected a positive integer, got {max_tokens!r}")
         params["max_tokens"] = max_tokens
@@ -337,7 +394,8 @@ def _with_native_schema(request: Request) -> Request:
     elif request.provider == "anthropic":
         choice = body.get("tool_choice")
         if isinstance(choice, dict) and choice.get("type") == "tool":
-            for tool in body.get("tools") or ():
+            tools = body.get("tools")
+            for tool in tools if isinstance(tools, list) else ():
                 if isinstance(tool, dict) and tool.get("name") == choice.get("name"):
                     raw, name = tool.get("input_schema"), tool.get("name")
     elif request.provider == "vertex":
@@ -384,7 +442,7 @@ def _check_messages(messages: Any, provider: str) -> None:
         if vertex:
             _check_vertex_message(where, message)
             continue
-        if role not in _ROLES:
+        if not _is_one_of(role, _ROLES):
             raise _Invalid(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
         content = message.get("content")
         if content is None and role == "assistant" and message.get("tool_calls"):
@@ -401,7 +459,7 @@ def _check_messages(messages: Any, provider: str) -> None:
 
 def _check_anthropic_message(where: str, message: dict[str, Any]) -> None:
     role = message.get("role")
-    if role not in _ANTHROPIC_ROLES:
+    if not _is_one_of(role, _ANTHROPIC_ROLES):
         raise _Invalid(
             f"{where}.role",
             f"Anthropic takes one of {sorted(_ANTHROPIC_ROLES)}, got {role!r}",
@@ -428,7 +486,7 @@ def _check_anthropic_message(where: str, message: dict[str, Any]) -> None:
 
 def _check_vertex_message(where: str, message: dict[str, Any]) -> None:
     role = message.get("role")
-    if role not in _VERTEX_ROLES:
+    if not _is_one_of(role, _VERTEX_ROLES):
         raise _Invalid(
             f"{where}.role", f"a Vertex line takes one of {sorted(_VERTEX_ROLES)}, got {role!r}"
         )
@@ -501,7 +559,7 @@ def _vertex_native(
             if key not in _VERTEX_CONTENT_FIELDS:
                 raise _Invalid(f"{where}.{key}", "not a field of a Gemini Content")
         role = content.get("role")
-        if role is not None and role not in _VERTEX_CONTENT_ROLES:
+        if role is not None and not _is_one_of(role, _VERTEX_CONTENT_ROLES):
             raise _Invalid(
                 f"{where}.role", f"expected one of {sorted(_VERTEX_CONTENT_ROLES)}, got {role!r}"
             )
@@ -534,6 +592,7 @@ def _vertex_native(
         model = vertex_model_id(model)
         if not model:
             raise _Invalid("request.model", "expected e.g. 'gemini-2.5-flash'")
+        _check_model_id(model, "request.model")
         body = {k: v for k, v in body.items() if k != "model"}
     return Request(number, custom_id, "vertex", model, native=body)
 
@@ -573,6 +632,8 @@ def _openai_native(
         body = {**body, "model": model}
     elif not isinstance(model, str) or not model:
         raise _Invalid("body.model", f"expected a non-empty string, got {_kind(model)}")
+    else:
+        _check_model_id(model, "body.model")
     _check_messages_field(body, "body", "openai")
     return Request(number, custom_id, "openai", model, native=body)
 
@@ -599,6 +660,8 @@ def _anthropic_native(
         params = {**params, "model": model}
     elif not isinstance(model, str) or not model:
         raise _Invalid("params.model", f"expected a non-empty string, got {_kind(model)}")
+    else:
+        _check_model_id(model, "params.model")
     if params.get("stream"):
         raise _Invalid("params.stream", "a batch request cannot stream")
     _check_messages_field(params, "params", "anthropic")
@@ -612,6 +675,22 @@ def _check_messages_field(body: dict[str, Any], name: str, provider: str) -> Non
         _check_messages(body["messages"], provider)
     except _Invalid as exc:
         raise _Invalid(f"{name}.{exc.field}", exc.reason) from None
+
+
+def _is_one_of(value: Any, allowed: frozenset[str]) -> bool:
+    # A line may put anything where a role goes; a dict or list is not hashable.
+    return isinstance(value, str) and value in allowed
+
+
+def _check_model_id(model: str, field: str) -> None:
+    problem = model_id_problem(model)
+    if problem is not None:
+        raise _Invalid(field, problem)
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """`value` for an error message: quoted, and cut when long (a line may hold anything)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} chars)"
 
 
 def _kind(value: Any) -> str:

@@ -7,6 +7,7 @@ content, so a planner that takes over an expired lease redoes the same work harm
 from __future__ import annotations
 
 import gzip
+import traceback
 import uuid
 import zlib
 from collections.abc import Callable
@@ -19,11 +20,12 @@ import orjson
 from batchline.bootstrap import Deps
 from batchline.domain.estimate import Estimate
 from batchline.domain.ids import generated_custom_id
-from batchline.domain.lines import UnreadableInput, iter_lines
+from batchline.domain.jsonscan import TopLevelIdScanner
+from batchline.domain.lines import LineTooLong, UnreadableInput, iter_lines
 from batchline.domain.models import Chunk, Job, JobState, Lease
 from batchline.domain.options import default_schema_of
 from batchline.domain.paths import WorkPaths, registered_schema_uri
-from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestTooLarge
+from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestRefused, describe_error
 from batchline.domain.requests import InvalidLine, Request, SchemaContext, parse_line
 from batchline.domain.results import Tally, invalid_result_line
 from batchline.domain.schemas import ResponseSchema, SchemaError
@@ -124,6 +126,16 @@ def over_budget(job: Job, estimate: Estimate) -> str | None:
             f"exceeds max_cost_usd ${budget:g}; nothing was sent"
         )
     return None
+
+
+class _NotTheLine(Exception):
+    """Carries a failure that is not the line's (reading a registered schema while parsing
+    it) past the per-line guard and the input's error translation; `build_plan` raises the
+    original error again."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class LeaseLost(BatchlineError):
@@ -237,34 +249,32 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
                     raise UnreadableInput(f"the file is not UTF-8 text (line {number})")
                 if plan.lines % HEARTBEAT_LINES == 0:
                     heartbeat()
-                parsed = parse_line(
+                outcome, full = _plan_line(
+                    planner,
                     number,
                     line,
+                    explicit_ids,
                     default_model=job.options.model or settings.default_model,
                     max_line_bytes=settings.max_line_bytes,
                     schemas=schemas,
+                    job_id=job.job_id,
                 )
-                if isinstance(parsed, Request):
-                    parsed = _check_id(parsed, explicit_ids, generated)
-                if isinstance(parsed, Request) and parsed.schema is not None:
-                    used_schemas.setdefault(parsed.schema.digest, parsed.schema)
-                if isinstance(parsed, Request):
-                    try:
-                        full = planner.add(parsed)
-                    except RequestTooLarge as exc:
-                        parsed = InvalidLine(number, parsed.custom_id, "line", str(exc))
-                    else:
-                        plan.requests += 1
-                        if full is not None:
-                            stage(full)
-                        continue
-                if parsed.custom_id is None:
+                if outcome.custom_id is None:
                     generated.append(number)
                 else:
-                    explicit_ids.setdefault(parsed.custom_id, number)
-                invalid.append((parsed, parsed.custom_id))
+                    explicit_ids.setdefault(outcome.custom_id, number)
+                if isinstance(outcome, InvalidLine):
+                    invalid.append((outcome, outcome.custom_id))
+                    continue
+                plan.requests += 1
+                if outcome.schema is not None:
+                    used_schemas.setdefault(outcome.schema.digest, outcome.schema)
+                if full is not None:
+                    stage(full)
             for planned in planner.finish():
                 stage(planned)
+    except _NotTheLine as outside:
+        raise outside.error from outside.error.__cause__
     except NotFound as exc:
         raise UnreadableInput(f"the input object is gone: {exc}") from exc
     except (OSError, EOFError, zlib.error) as exc:
@@ -308,6 +318,9 @@ def _schema_context(deps: Deps, job: Job) -> SchemaContext:
                 raise SchemaError(
                     "", f"no registered schema named {name!r} ({uri}): see `batchline schema push`"
                 ) from None
+            except Exception as exc:
+                # Not the line's fault (GCS, permissions): through the per-line guard.
+                raise _NotTheLine(exc) from exc
             try:
                 found[name] = ResponseSchema.create(orjson.loads(raw), name)
             except orjson.JSONDecodeError as exc:
@@ -321,21 +334,82 @@ def _schema_context(deps: Deps, job: Job) -> SchemaContext:
         default = lookup(name) if name is not None else inline
     except SchemaError as exc:
         raise UnreadableInput(f"the job's default schema cannot be used: {exc}") from None
+    except _NotTheLine as outside:
+        raise outside.error from outside.error.__cause__
     return SchemaContext(lookup=lookup, default=default)
 
 
-def _check_id(
-    request: Request, explicit_ids: dict[str, int], generated: list[int]
-) -> Request | InvalidLine:
-    if request.custom_id is None:
-        generated.append(request.line)
-        return request
-    first = explicit_ids.setdefault(request.custom_id, request.line)
-    if first != request.line:
-        return InvalidLine(
-            request.line, request.custom_id, "custom_id", f"duplicate of line {first}"
+def _plan_line(
+    planner: ChunkPlanner,
+    number: int,
+    line: bytes | LineTooLong,
+    explicit_ids: dict[str, int],
+    *,
+    default_model: str | None,
+    max_line_bytes: int,
+    schemas: SchemaContext,
+    job_id: str,
+) -> tuple[Request | InvalidLine, PlannedChunk | None]:
+    """One line's work: parse it, check its id, add it to its chunk.
+
+    Returns the planned request and the chunk it displaced, or the line's `InvalidLine`.
+    No exception from the line's own work stops planning: whatever parsing, encoding or
+    estimating it raises makes this line `invalid` and the next line is read. Failures
+    that are not the line's (reading a registered schema) propagate.
+    """
+    request: Request | None = None
+    try:
+        parsed = parse_line(
+            number,
+            line,
+            default_model=default_model,
+            max_line_bytes=max_line_bytes,
+            schemas=schemas,
         )
-    return request
+        if isinstance(parsed, InvalidLine):
+            return parsed, None
+        request = parsed
+        duplicate = _duplicate(request, explicit_ids)
+        if duplicate is not None:
+            return duplicate, None
+        assert isinstance(line, bytes)  # a line over the limit never parses to a request
+        return request, planner.add(request, source=line)
+    except _NotTheLine:
+        raise
+    except RequestRefused as exc:
+        assert request is not None
+        return InvalidLine(number, request.custom_id, exc.field, exc.reason), None
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.warning(
+            "a line could not be planned; it is invalid",
+            extra=fields(
+                job_id=job_id,
+                line=number,
+                error=type(exc).__name__,
+                at=f"{frame.filename}:{frame.lineno} in {frame.name}",
+            ),
+        )
+        custom_id = request.custom_id if request is not None else _recovered_id(line)
+        reason = f"could not be encoded: {describe_error(exc)}"
+        return InvalidLine(number, custom_id, "line", reason), None
+
+
+def _recovered_id(line: bytes | LineTooLong) -> str | None:
+    if isinstance(line, LineTooLong):
+        return line.custom_id
+    scanner = TopLevelIdScanner()
+    scanner.feed(line)
+    return scanner.custom_id
+
+
+def _duplicate(request: Request, explicit_ids: dict[str, int]) -> InvalidLine | None:
+    if request.custom_id is None:
+        return None
+    first = explicit_ids.get(request.custom_id)
+    if first is None:
+        return None
+    return InvalidLine(request.line, request.custom_id, "custom_id", f"duplicate of line {first}")
 
 
 def _stage_chunk(
