@@ -707,12 +707,3 @@ def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
-
-
-def model_problem(value: str) -> str | None:
-    """Why `value` is not a `provider/model` this deployment runs, or None when it is."""
-    try:
-        split_model(value)
-    except _Invalid as exc:
-        return exc.reason
-    return None
