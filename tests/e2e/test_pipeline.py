@@ -277,3 +277,13 @@ def test_corrupt_gzip_is_a_rejected_job_with_a_reason(pipeline: Pipeline) -> Non
     summary = pipeline.summary(job)
     assert summary["state"] == "rejected" and "decompress" in summary["error"]
     assert pipeline.emulator_batches(job_id) == []
+
+
+def test_a_non_ascii_object_name_becomes_a_job_and_its_results(pipeline: Pipeline) -> None:
+    """Through the real event bridge: the name goes into a CloudEvent header."""
+    name = "e2e/résumé 日本 ü.jsonl"
+    job_id, _ = pipeline.upload(name, b"\n".join(ok_line(i, custom_id=f"u-{i}") for i in range(3)))
+    job = pipeline.wait(job_id)
+    assert job.state is JobState.SUCCEEDED
+    assert job.source.name == name
+    assert [r["custom_id"] for r in pipeline.results(job)] == ["u-0", "u-1", "u-2"]
