@@ -138,3 +138,14 @@ def test_integer_beyond_64_bits_is_found_with_its_path(raw: bytes, path: str, li
 )
 def test_integers_orjson_keeps_and_floats_are_not_reported(raw: bytes) -> None:
     assert integer_out_of_range(raw) is None
+
+
+def test_the_scan_gives_up_past_its_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adversarial line far over the limit costs bounded work; its id is then lost."""
+    from batchline.domain import jsonscan
+
+    line = b'{"pad": "' + b"p" * 5000 + b'", "custom_id": "late"}'
+    assert scan(line) == "late"
+    monkeypatch.setattr(jsonscan, "MAX_SCANNED_BYTES", 4096)
+    assert scan(line, list(range(1000, len(line), 1000))) is None
+    assert scan(b'{"custom_id": "early", "pad": "' + b"p" * 5000 + b'"}', [100]) == "early"

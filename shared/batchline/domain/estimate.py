@@ -403,13 +403,12 @@ class _Counter:
 
             assert self.encoding is not None
             encode = self._encode = get_encoding(self.encoding).encode_ordinary
+        if sum(map(len, texts)) <= TOKENIZE_SLICE:
+            return sum(map(len, map(encode, texts)))
         total = 0
-        for text in texts:
-            if len(text) <= TOKENIZE_SLICE:
-                total += len(encode(text))
-            else:  # a long prompt: its token list alone would be ~10x the text's size
-                for start in range(0, len(text), TOKENIZE_SLICE):
-                    total += len(encode(text[start : start + TOKENIZE_SLICE]))
+        for text in texts:  # a long prompt: its token list alone would be ~10x its size
+            for start in range(0, len(text), TOKENIZE_SLICE):
+                total += len(encode(text[start : start + TOKENIZE_SLICE]))
         return total
 
     def by_chars(self, texts: list[str]) -> int:
@@ -486,14 +485,16 @@ def _openai(line: dict[str, Any]) -> _Parts:
                 texts.append(content)
             elif isinstance(content, list):
                 parts.fixed_tokens += _openai_content(content, texts)
-            for call in _listed(message.get("tool_calls")):
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict):
-                    texts.extend(
-                        v
-                        for v in (function.get("name"), function.get("arguments"))
-                        if isinstance(v, str)
-                    )
+            calls = message.get("tool_calls")
+            if calls and type(calls) is list:
+                for call in calls:
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(function, dict):
+                        texts.extend(
+                            v
+                            for v in (function.get("name"), function.get("arguments"))
+                            if isinstance(v, str)
+                        )
     else:
         # Other endpoints' text: `instructions`, and `input`/`prompt` as text or a list.
         for field in ("instructions", "input", "prompt"):
@@ -503,8 +504,9 @@ def _openai(line: dict[str, Any]) -> _Parts:
             elif isinstance(value, list):
                 texts.extend(v for v in value if isinstance(v, str))
     for field in ("tools", "functions"):
-        for tool in _listed(body.get(field)):
-            texts.append(_json(tool))
+        tools = body.get(field)
+        if tools and type(tools) is list:  # a native line may hold anything here
+            texts.extend(_json(tool) for tool in tools)
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and "json_schema" in response_format:
         texts.append(_json(response_format["json_schema"]))
@@ -605,11 +607,6 @@ def _anthropic_blocks(blocks: list[Any], texts: list[str]) -> int:
 # ------------------------------------------------------------------------ Vertex Gemini
 
 
-def _listed(value: Any) -> list[Any]:
-    """`value` when it is a list: a native line passes anything where a list belongs."""
-    return value if isinstance(value, list) else []
-
-
 def _vertex(line: dict[str, Any]) -> _Parts:
     request = line.get("request", line)
     if not isinstance(request, dict):
@@ -625,8 +622,9 @@ def _vertex(line: dict[str, Any]) -> _Parts:
         for content in contents:
             if isinstance(content, dict) and isinstance(content.get("parts"), list):
                 parts.fixed_tokens += _gemini_parts(content["parts"], texts)
-    for tool in _listed(request.get("tools")):
-        texts.append(_json(tool))
+    tools = request.get("tools")
+    if tools and type(tools) is list:  # a native line may hold anything here
+        texts.extend(_json(tool) for tool in tools)
     config = _get(request, "generationConfig", "generation_config")
     if isinstance(config, dict):
         for camel, snake in (

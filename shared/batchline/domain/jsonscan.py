@@ -28,9 +28,15 @@ _MAX_ID_BYTES = MAX_ID_CHARS * 12
 # The keys worth keeping are short; a longer one is no key we look for.
 _MAX_KEY_BYTES = 64
 
-_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+#: Past this many bytes of one line the scan gives up (the id is then not found): bounds
+#: the work spent on an adversarial line (millions of tiny members) far over the limit.
+MAX_SCANNED_BYTES = 256 * 1024 * 1024
+
+_STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
 _TOP_LEVEL = re.compile(rb'["{}\[\]:,]')
-_NESTED = re.compile(rb'["{}\[\]]')
+# Inside a nested value only brackets matter: skip everything else, whole strings
+# included, in one match (an unterminated string stops it at its quote).
+_NESTED_SKIP = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
 _NOT_SPACE = re.compile(rb"[^ \t\r\n]")
 _BACKSLASH = 0x5C
 _QUOTE = 0x22
@@ -63,6 +69,7 @@ class TopLevelIdScanner:
         self._key: str | None = None
         self._has_request = False
         self._done = False
+        self._scanned = 0
 
     @property
     def custom_id(self) -> str | None:
@@ -73,6 +80,9 @@ class TopLevelIdScanner:
         return self._key if self._has_request else None
 
     def feed(self, piece: bytes) -> None:
+        self._scanned += len(piece)
+        if self._scanned > MAX_SCANNED_BYTES:
+            self._done = True
         pos, end = 0, len(piece)
         while pos < end and not self._done:
             if self._in_string:
@@ -88,12 +98,13 @@ class TopLevelIdScanner:
             elif self._depth == 1:
                 pos = self._top_level(piece, pos)
             else:
-                found = _NESTED.search(piece, pos)
-                if found is None:
+                skipped = _NESTED_SKIP.match(piece, pos)
+                pos = skipped.end() if skipped is not None else pos
+                if pos == end:
                     return
-                pos = found.end()
-                char = piece[found.start()]
-                if char == _QUOTE:
+                char = piece[pos]
+                pos += 1
+                if char == _QUOTE:  # a string the piece cuts: it goes on in the next one
                     self._start_string(keep=False)
                 elif char in b"{[":
                     self._depth += 1

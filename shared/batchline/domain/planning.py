@@ -83,11 +83,11 @@ class ChunkPlanner:
         self._open: dict[tuple[str, str], PlannedChunk] = {}
         self._per_provider: dict[str, tuple[ChunkLimits, Encoder]] = {}
 
-    def add(self, request: Request, source: bytes | None = None) -> PlannedChunk | None:
+    def add(self, request: Request, source: object = None) -> PlannedChunk | None:
         """Buffer `request`; return the chunk it displaced when that chunk was full.
 
-        `source` is the input line the request was read from: with it, an integer orjson
-        had to read as a float is told from a float written as one. Raises
+        `source` is the input line (bytes) the request was read from: with it, an integer
+        orjson had to read as a float is told from a float written as one. Raises
         `RequestTooLarge` or `UnencodableRequest`, leaving the planner unchanged.
         """
         key = (request.provider, request.model)
@@ -101,7 +101,7 @@ class ChunkPlanner:
             encoded = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
         except Exception as exc:
             raise _unencodable(exc, source) from exc
-        if source is not None and _PLUS in encoded and _EXPONENT in encoded:
+        if _PLUS in encoded and isinstance(source, bytes) and _EXPONENT in encoded:
             _refuse_changed_integers(source)
         room = limits.max_bytes - limits.envelope_bytes
         if len(encoded) > room:
@@ -153,8 +153,8 @@ def _beyond_64_bits(literal: str) -> str:
     )
 
 
-def _unencodable(exc: Exception, source: bytes | None) -> UnencodableRequest:
-    if "Integer exceeds 64-bit range" in str(exc) and source is not None:
+def _unencodable(exc: Exception, source: object) -> UnencodableRequest:
+    if "Integer exceeds 64-bit range" in str(exc) and isinstance(source, bytes):
         found = integer_out_of_range(source)
         if found is not None:
             return UnencodableRequest(_beyond_64_bits(found[1]), found[0])

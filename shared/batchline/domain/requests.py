@@ -36,8 +36,11 @@ _BEYOND_64_BITS = 2.0**63
 #: `claude-sonnet-4-5@20250929`, `gemini-2.5-flash`.
 MODEL_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
 _MODEL_ID = re.compile(MODEL_ID_PATTERN)
-# A file names a few models on many lines: remember some good ids (a set lookup is cheaper
-# than the match on the hot path), never so many that a file could grow it without end.
+# A file names a few models on many lines: remember some good names and ids (a lookup is
+# cheaper than checking again, on every line), never so many that input could grow them
+# without end.
+_GOOD_MODELS: dict[str, tuple[str, str]] = {}
+_GOOD_MODELS_KEPT = 1024
 _GOOD_MODEL_IDS: set[str] = set()
 _GOOD_MODEL_IDS_KEPT = 1024
 
@@ -265,6 +268,11 @@ def model_problem(value: object) -> str | None:
 
 
 def split_model(value: Any, field: str = "model") -> tuple[str, str]:
+    """(provider, model id) of a `provider/model` name; raises `_Invalid` naming `field`."""
+    try:
+        return _GOOD_MODELS[value]  # the common case: a name seen before
+    except (KeyError, TypeError):
+        pass
     if not isinstance(value, str):
         raise _Invalid(field, f"expected a string like 'openai/gpt-4.1-mini', got {_kind(value)}")
     provider, sep, model = value.partition("/")
@@ -285,6 +293,8 @@ def split_model(value: Any, field: str = "model") -> tuple[str, str]:
     problem = model_id_problem(model)
     if problem is not None:
         raise _Invalid(field, problem)
+    if len(_GOOD_MODELS) < _GOOD_MODELS_KEPT:
+        _GOOD_MODELS[value] = (provider, model)
     return provider, model
 
 
@@ -316,10 +326,12 @@ def _batchline(
         params["system"] = system
     max_tokens = obj.get("max_tokens")
     if max_tokens is not None:
-        if isinstance(max_tokens, float) and abs(max_tokens) >= _BEYOND_64_BITS:
-            # orjson reads an integer past 64 bits as a float: do not show a changed value.
-            raise _Invalid("max_tokens", "expected a positive integer, got a number beyond 64 bits")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            if isinstance(max_tokens, float) and abs(max_tokens) >= _BEYOND_64_BITS:
+                # orjson reads an integer past 64 bits as a float: show no changed value.
+                raise _Invalid(
+                    "max_tokens", "expected a positive integer, got a number beyond 64 bits"
+                )
             raise _Invalid("max_tokens", f"expected a positive integer, got {max_tokens!r}")
         params["max_tokens"] = max_tokens
     temperature = obj.get("temperature")
@@ -442,7 +454,11 @@ def _check_messages(messages: Any, provider: str) -> None:
         if vertex:
             _check_vertex_message(where, message)
             continue
-        if not _is_one_of(role, _ROLES):
+        try:
+            known = role in _ROLES
+        except TypeError:  # a list or object where a role goes
+            known = False
+        if not known:
             raise _Invalid(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
         content = message.get("content")
         if content is None and role == "assistant" and message.get("tool_calls"):
@@ -459,7 +475,11 @@ def _check_messages(messages: Any, provider: str) -> None:
 
 def _check_anthropic_message(where: str, message: dict[str, Any]) -> None:
     role = message.get("role")
-    if not _is_one_of(role, _ANTHROPIC_ROLES):
+    try:
+        known = role in _ANTHROPIC_ROLES
+    except TypeError:  # a list or object where a role goes
+        known = False
+    if not known:
         raise _Invalid(
             f"{where}.role",
             f"Anthropic takes one of {sorted(_ANTHROPIC_ROLES)}, got {role!r}",
@@ -486,7 +506,11 @@ def _check_anthropic_message(where: str, message: dict[str, Any]) -> None:
 
 def _check_vertex_message(where: str, message: dict[str, Any]) -> None:
     role = message.get("role")
-    if not _is_one_of(role, _VERTEX_ROLES):
+    try:
+        known = role in _VERTEX_ROLES
+    except TypeError:  # a list or object where a role goes
+        known = False
+    if not known:
         raise _Invalid(
             f"{where}.role", f"a Vertex line takes one of {sorted(_VERTEX_ROLES)}, got {role!r}"
         )
@@ -559,7 +583,11 @@ def _vertex_native(
             if key not in _VERTEX_CONTENT_FIELDS:
                 raise _Invalid(f"{where}.{key}", "not a field of a Gemini Content")
         role = content.get("role")
-        if role is not None and not _is_one_of(role, _VERTEX_CONTENT_ROLES):
+        try:
+            known = role in _VERTEX_CONTENT_ROLES
+        except TypeError:  # a list or object where a role goes
+            known = False
+        if role is not None and not known:
             raise _Invalid(
                 f"{where}.role", f"expected one of {sorted(_VERTEX_CONTENT_ROLES)}, got {role!r}"
             )
@@ -675,11 +703,6 @@ def _check_messages_field(body: dict[str, Any], name: str, provider: str) -> Non
         _check_messages(body["messages"], provider)
     except _Invalid as exc:
         raise _Invalid(f"{name}.{exc.field}", exc.reason) from None
-
-
-def _is_one_of(value: Any, allowed: frozenset[str]) -> bool:
-    # A line may put anything where a role goes; a dict or list is not hashable.
-    return isinstance(value, str) and value in allowed
 
 
 def _check_model_id(model: str, field: str) -> None:

@@ -7,7 +7,6 @@ content, so a planner that takes over an expired lease redoes the same work harm
 from __future__ import annotations
 
 import gzip
-import traceback
 import uuid
 import zlib
 from collections.abc import Callable
@@ -232,6 +231,15 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
         heartbeat()
         plan.chunks.append(_stage_chunk(deps, job, paths, len(plan.chunks), planned))
 
+    take = _LineWork(
+        planner,
+        explicit_ids,
+        schemas,
+        default_model=job.options.model or settings.default_model,
+        max_line_bytes=settings.max_line_bytes,
+        job_id=job.job_id,
+    ).take
+
     try:
         with ExitStack() as stack:
             raw = stack.enter_context(deps.blobs.open_read(source.uri, source.generation))
@@ -249,21 +257,12 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
                     raise UnreadableInput(f"the file is not UTF-8 text (line {number})")
                 if plan.lines % HEARTBEAT_LINES == 0:
                     heartbeat()
-                outcome, full = _plan_line(
-                    planner,
-                    number,
-                    line,
-                    explicit_ids,
-                    default_model=job.options.model or settings.default_model,
-                    max_line_bytes=settings.max_line_bytes,
-                    schemas=schemas,
-                    job_id=job.job_id,
-                )
+                outcome, full = take(number, line)
                 if outcome.custom_id is None:
                     generated.append(number)
                 else:
                     explicit_ids.setdefault(outcome.custom_id, number)
-                if isinstance(outcome, InvalidLine):
+                if not isinstance(outcome, Request):
                     invalid.append((outcome, outcome.custom_id))
                     continue
                 plan.requests += 1
@@ -339,60 +338,90 @@ def _schema_context(deps: Deps, job: Job) -> SchemaContext:
     return SchemaContext(lookup=lookup, default=default)
 
 
-def _plan_line(
-    planner: ChunkPlanner,
-    number: int,
-    line: bytes | LineTooLong,
-    explicit_ids: dict[str, int],
-    *,
-    default_model: str | None,
-    max_line_bytes: int,
-    schemas: SchemaContext,
-    job_id: str,
-) -> tuple[Request | InvalidLine, PlannedChunk | None]:
+class _LineWork:
     """One line's work: parse it, check its id, add it to its chunk.
 
-    Returns the planned request and the chunk it displaced, or the line's `InvalidLine`.
-    No exception from the line's own work stops planning: whatever parsing, encoding or
-    estimating it raises makes this line `invalid` and the next line is read. Failures
-    that are not the line's (reading a registered schema) propagate.
+    `take` each line: it returns the planned request and the chunk it displaced, or
+    the line's `InvalidLine`. No exception from the line's own work stops planning:
+    whatever parsing, encoding or estimating it raises makes this line `invalid` and the
+    next line is read. Failures that are not the line's (reading a registered schema)
+    propagate. (A class, not a function taking the job's settings, because it runs for
+    every line: binding them once keeps the call cheap.)
     """
-    request: Request | None = None
-    try:
-        parsed = parse_line(
-            number,
-            line,
-            default_model=default_model,
-            max_line_bytes=max_line_bytes,
-            schemas=schemas,
-        )
-        if isinstance(parsed, InvalidLine):
-            return parsed, None
-        request = parsed
-        duplicate = _duplicate(request, explicit_ids)
-        if duplicate is not None:
-            return duplicate, None
-        assert isinstance(line, bytes)  # a line over the limit never parses to a request
-        return request, planner.add(request, source=line)
-    except _NotTheLine:
-        raise
-    except RequestRefused as exc:
-        assert request is not None
-        return InvalidLine(number, request.custom_id, exc.field, exc.reason), None
-    except Exception as exc:
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        log.warning(
-            "a line could not be planned; it is invalid",
-            extra=fields(
-                job_id=job_id,
-                line=number,
-                error=type(exc).__name__,
-                at=f"{frame.filename}:{frame.lineno} in {frame.name}",
-            ),
-        )
-        custom_id = request.custom_id if request is not None else _recovered_id(line)
-        reason = f"could not be encoded: {describe_error(exc)}"
-        return InvalidLine(number, custom_id, "line", reason), None
+
+    __slots__ = (
+        "_default_model",
+        "_explicit_ids",
+        "_job_id",
+        "_max_line_bytes",
+        "_planner",
+        "_schemas",
+    )
+
+    def __init__(
+        self,
+        planner: ChunkPlanner,
+        explicit_ids: dict[str, int],
+        schemas: SchemaContext,
+        *,
+        default_model: str | None,
+        max_line_bytes: int,
+        job_id: str,
+    ) -> None:
+        self._planner = planner
+        self._explicit_ids = explicit_ids
+        self._schemas = schemas
+        self._default_model = default_model
+        self._max_line_bytes = max_line_bytes
+        self._job_id = job_id
+
+    def take(
+        self, number: int, line: bytes | LineTooLong
+    ) -> tuple[Request | InvalidLine, PlannedChunk | None]:
+        request: Request | None = None
+        try:
+            parsed = parse_line(
+                number,
+                line,
+                default_model=self._default_model,
+                max_line_bytes=self._max_line_bytes,
+                schemas=self._schemas,
+            )
+            if not isinstance(parsed, Request):  # (isinstance is cheapest when it holds)
+                return parsed, None
+            request = parsed
+            if request.custom_id is not None:
+                first = self._explicit_ids.get(request.custom_id)
+                if first is not None:
+                    duplicate = f"duplicate of line {first}"
+                    return InvalidLine(number, request.custom_id, "custom_id", duplicate), None
+            return request, self._planner.add(request, line)
+        except _NotTheLine:
+            raise
+        except RequestRefused as exc:
+            assert request is not None
+            return InvalidLine(number, request.custom_id, exc.field, exc.reason), None
+        except Exception as exc:
+            log.warning(
+                "a line could not be planned; it is invalid",
+                extra=fields(
+                    job_id=self._job_id, line=number, error=type(exc).__name__, at=_where(exc)
+                ),
+            )
+            custom_id = request.custom_id if request is not None else _recovered_id(line)
+            reason = f"could not be encoded: {describe_error(exc)}"
+            return InvalidLine(number, custom_id, "line", reason), None
+
+
+def _where(exc: BaseException) -> str:
+    """Where `exc` was raised, for a log (its message may quote the line: not logged)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}"
 
 
 def _recovered_id(line: bytes | LineTooLong) -> str | None:
@@ -401,15 +430,6 @@ def _recovered_id(line: bytes | LineTooLong) -> str | None:
     scanner = TopLevelIdScanner()
     scanner.feed(line)
     return scanner.custom_id
-
-
-def _duplicate(request: Request, explicit_ids: dict[str, int]) -> InvalidLine | None:
-    if request.custom_id is None:
-        return None
-    first = explicit_ids.get(request.custom_id)
-    if first is None:
-        return None
-    return InvalidLine(request.line, request.custom_id, "custom_id", f"duplicate of line {first}")
 
 
 def _stage_chunk(
