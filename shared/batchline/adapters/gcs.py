@@ -54,13 +54,16 @@ class GcsBlobStore:
     @contextmanager
     def open_read(self, uri: str, generation: str | None = None) -> Iterator[BinaryIO]:
         blob = self._blob(uri, generation)
-        # Opening fetches nothing: a missing object shows on the first read, so the
-        # translation covers the whole read.
-        with (
-            translated(f"reading {uri} (generation {generation})"),
-            blob.open("rb", chunk_size=READ_CHUNK_BYTES, raw_download=True) as reader,
-        ):
-            yield reader
+        doing = f"reading {uri} (generation {generation})"
+        # Opening fetches nothing: a missing object shows on the first read, so every
+        # read is translated; what the caller's own code raises (a gzip error) is not.
+        with translated(doing):
+            reader = blob.open("rb", chunk_size=READ_CHUNK_BYTES, raw_download=True)
+        try:
+            yield _TranslatedReader(reader, doing)  # type: ignore[misc]
+        finally:
+            with translated(doing):
+                reader.close()
 
     def read_bytes(self, uri: str) -> bytes:
         with translated(f"reading {uri}"):
@@ -116,3 +119,35 @@ class GcsBlobStore:
         with translated(f"listing {prefix}"):
             for blob in self._client.list_blobs(bucket, prefix=name_prefix):
                 yield f"gs://{bucket}/{blob.name}"
+
+
+class _TranslatedReader:
+    """A GCS reader whose own failures come out as batchline's errors."""
+
+    def __init__(self, reader: BinaryIO, doing: str) -> None:
+        self._reader = reader
+        self._doing = doing
+
+    def read(self, size: int = -1, /) -> bytes:
+        with translated(self._doing):
+            return self._reader.read(size)
+
+    def readline(self, size: int = -1, /) -> bytes:
+        with translated(self._doing):
+            return self._reader.readline(size)
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        with translated(self._doing):
+            data = self._reader.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """The store closes the underlying reader."""
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._reader.closed)
