@@ -19,7 +19,7 @@ from batchline.adapters.gcs import GcsBlobStore
 from batchline.adapters.gcs import make_client as gcs_client
 from batchline.config import Settings
 from batchline.domain.ids import job_id_for_object
-from batchline.domain.models import Job
+from batchline.domain.models import Chunk, Job
 from batchline.local.stack import LocalStack, StackConfig
 
 pytestmark = pytest.mark.e2e
@@ -37,6 +37,9 @@ VERTEX_ROWS_PER_FILE = 90
 # take on a loaded CI machine: a submit that outlives its lease may be raced by a second
 # submitter (the residual risk dispatch.py documents; production leases are 900 s).
 LEASE_SECONDS = 15
+#: Bounds a wait that ends as soon as what it waits for happens: generous, since it only
+#: bounds a failure (a loaded 2-core machine is slow, not wrong).
+WAIT_SECONDS = 120.0
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +95,7 @@ class Pipeline:
         }
         return job_id_for_object(bucket, name, str(blob.generation)), resource
 
-    def wait(self, job_id: str, timeout: float = 90.0) -> Job:
+    def wait(self, job_id: str, timeout: float = WAIT_SECONDS) -> Job:
         deadline = time.monotonic() + timeout
         job = None
         while time.monotonic() < deadline:
@@ -136,6 +139,33 @@ class Pipeline:
         url = f"{self.anthropic_emulator}/_emulator/batches/{batch_id}/requests"
         received: list[dict[str, Any]] = requests.get(url, timeout=10).json()["data"]
         return received
+
+    def emulator_url(self, provider: str) -> str:
+        """Where the provider's emulator serves its `/_emulator/...` endpoints."""
+        return {
+            "openai": self.emulator,
+            "anthropic": self.anthropic_emulator,
+            "vertex": self.vertex_emulator,
+        }[provider]
+
+    def wait_held(self, job_id: str, timeout: float = WAIT_SECONDS) -> list[Chunk]:
+        """Wait until every chunk of the job has a batch that its emulator holds (set
+        `hold_after_lines` first): each has answered that many lines and waits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            chunks = self.store.get_chunks(job_id)
+            if chunks and all(c.batch_id and self._held(c.provider, c.batch_id) for c in chunks):
+                return chunks
+            assert time.monotonic() < deadline, f"not all held after {timeout:.0f} s: {chunks}"
+            time.sleep(0.2)
+
+    def _held(self, provider: str, batch_id: str) -> bool:
+        reply = requests.get(f"{self.emulator_url(provider)}/_emulator/batches", timeout=10)
+        wanted = batch_id.rsplit("/", 1)[-1]
+        for entry in reply.json()["data"]:
+            if entry["id"].rsplit("/", 1)[-1] == wanted:
+                return bool(entry["emulator"]["held"])
+        return False
 
     def vertex_config(self, **values: Any) -> None:
         requests.post(
@@ -236,3 +266,5 @@ def _restored(base_url: str, configure: Callable[..., None]) -> Iterator[Callabl
     before = requests.get(url, timeout=10).json()
     yield configure
     requests.post(url, json=before, timeout=10).raise_for_status()
+    # A batch the test left held would keep the poll function busy for the whole session.
+    requests.post(f"{base_url}/_emulator/release", json={}, timeout=10).raise_for_status()
