@@ -28,7 +28,7 @@ from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.anthropic import CONTENT_PREFIX, EmulatorConfig, make_app
 
 from .anthropic_types import model_problems
-from .conftest import AnthropicEmulatorHandle, ManualClock, wait_held
+from .conftest import WAIT_SECONDS, AnthropicEmulatorHandle, ManualClock, wait_held
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def results(client: anthropic.Anthropic, served: Served, batch_id: str) -> list[
 
 
 def wait_ended(
-    client: anthropic.Anthropic, served: Served, batch_id: str, timeout: float = 10.0
+    client: anthropic.Anthropic, served: Served, batch_id: str, timeout: float = WAIT_SECONDS
 ) -> tuple[Any, list[Any]]:
     seen = []
     deadline = time.monotonic() + timeout
@@ -573,7 +573,7 @@ def test_command_line_serves_until_terminated(tmp_path: Any) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + WAIT_SECONDS
         while True:
             try:
                 status, _, body = http("GET", f"http://127.0.0.1:{port}/_emulator/config")
@@ -584,7 +584,7 @@ def test_command_line_serves_until_terminated(tmp_path: Any) -> None:
         assert status == 200 and body["lines_per_second"] == 3.0
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=WAIT_SECONDS) == 0
 
 
 # --------------------------------------------------------------------------- structured outputs

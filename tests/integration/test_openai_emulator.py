@@ -27,7 +27,7 @@ from referencing.jsonschema import DRAFT202012
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
 
-from .conftest import ManualClock
+from .conftest import WAIT_SECONDS, ManualClock
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def create(client: OpenAI, file_id: str, **kwargs: Any) -> Any:
 
 
 def wait(
-    client: OpenAI, batch_id: str, until: set[str] = TERMINAL, timeout: float = 10.0
+    client: OpenAI, batch_id: str, until: set[str] = TERMINAL, timeout: float = WAIT_SECONDS
 ) -> tuple[Any, list[Any]]:
     """Poll until the batch reaches a status in `until`; (batch, every batch seen)."""
     seen = []

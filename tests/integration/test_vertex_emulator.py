@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.vertex import EmulatorConfig, make_app
 
-from .conftest import FAST_VERTEX_CONFIG, ManualClock, VertexEmulatorHandle
+from .conftest import FAST_VERTEX_CONFIG, WAIT_SECONDS, ManualClock, VertexEmulatorHandle
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 from .vertex_types import message_problems, request_line_problems, row_problems
 
@@ -106,7 +106,9 @@ def create(emulator: VertexEmulatorHandle, lines: list[dict[str, Any]], **extra:
     )
 
 
-def wait_ended(emulator: VertexEmulatorHandle, name: str, timeout: float = 15.0) -> list[Any]:
+def wait_ended(
+    emulator: VertexEmulatorHandle, name: str, timeout: float = WAIT_SECONDS
+) -> list[Any]:
     client = emulator.client()
     seen = []
     deadline = time.monotonic() + timeout
