@@ -2,7 +2,8 @@
 
 Every child runs in a new session (so in its own process group, led by the child), with
 stdout and stderr appended to a log file. Stopping signals the whole group, so helpers that
-a child forks (gunicorn workers, a JVM's own children) go with it. A process is identified
+a child forks (gunicorn workers, a JVM's own children) go with it, and every child at once
+(`stop_all`): SIGTERM, a grace period (5 s), then SIGKILL of the groups still alive. A process is identified
 by pid, process-group id and start time, so that a stale record never signals an unrelated
 process that happens to reuse the pid.
 """
@@ -16,15 +17,21 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+#: How long a stopped child has to exit after SIGTERM before its group gets SIGKILL.
 DEFAULT_GRACE_SECONDS = 5.0
+#: How long to wait, after SIGKILL, for the kernel to take a group (quick, unless a
+#: process is stuck in an uninterruptible call).
+KILL_WAIT_SECONDS = 5.0
 
 _handed_out_ports: set[int] = set()
 
@@ -235,36 +242,44 @@ def wait_healthy(
         interval = min(interval * 1.5, 0.25)
 
 
+@dataclass
+class StopReport:
+    """What `stop_all` did: how long it took, and which groups needed SIGKILL (and which,
+    rarely, were still alive when it gave up: stuck in the kernel)."""
+
+    seconds: float = 0.0
+    signalled: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    alive: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"{len(self.signalled)} stopped in {self.seconds:.1f} s"
+        if self.killed:
+            text += f" (SIGKILL after the grace period: {', '.join(self.killed)})"
+        if self.alive:
+            text += f"; still alive: {', '.join(self.alive)}"
+        return text
+
+
 def stop_process(proc: ManagedProcess, *, grace: float = DEFAULT_GRACE_SECONDS) -> bool:
-    """SIGTERM the child's group, SIGKILL it after `grace` seconds. True if anything was signalled."""
-    if proc.popen is None and pid_alive(proc.pid) and not _same_process(proc.pid, proc.start_time):
-        # The pid was reused by an unrelated process: our child is long gone.
-        return False
-    signalled = _signal_group(proc.pgid, signal.SIGTERM)
-    if proc.popen is not None and proc.popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.popen.send_signal(signal.SIGTERM)
-        signalled = True
-    if not signalled:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not proc.group_alive():
-            break
-        time.sleep(0.05)
-    else:
-        _signal_group(proc.pgid, signal.SIGKILL)
-        kill_deadline = time.monotonic() + 5.0
-        while proc.group_alive() and time.monotonic() < kill_deadline:
-            time.sleep(0.05)
-    if proc.popen is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=1.0)
-    return True
+    """`stop_all([proc])`. True if anything was signalled."""
+    return bool(stop_all([proc], grace=grace).signalled)
 
 
-def stop_all(procs: Sequence[ManagedProcess], *, grace: float = DEFAULT_GRACE_SECONDS) -> None:
-    """Stop several children at once: SIGTERM every group, then wait, then SIGKILL stragglers."""
+def stop_all(
+    procs: Sequence[ManagedProcess],
+    *,
+    grace: float = DEFAULT_GRACE_SECONDS,
+    kill_wait: float = KILL_WAIT_SECONDS,
+) -> StopReport:
+    """Stop children in parallel, in bounded time: SIGTERM to every process group at once,
+    up to `grace` seconds for them all to exit, then SIGKILL to each group still alive and
+    up to `kill_wait` seconds for the kernel to take them. Takes at most about
+    grace + kill_wait seconds however many children there are and however loaded the
+    machine is (a child busy with a request, or starved of CPU, is killed, not waited for).
+    """
+    started = time.monotonic()
+    report = StopReport()
     live: list[ManagedProcess] = []
     for proc in procs:
         if (
@@ -272,27 +287,55 @@ def stop_all(procs: Sequence[ManagedProcess], *, grace: float = DEFAULT_GRACE_SE
             and pid_alive(proc.pid)
             and not _same_process(proc.pid, proc.start_time)
         ):
-            continue
-        if _signal_group(proc.pgid, signal.SIGTERM) or (
-            proc.popen is not None and proc.popen.poll() is None
-        ):
+            continue  # the pid was reused by an unrelated process: our child is long gone
+        signalled = _signal_group(proc.pgid, signal.SIGTERM)
+        if proc.popen is not None and proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.popen.send_signal(signal.SIGTERM)
+            signalled = True
+        if signalled:
             live.append(proc)
-    deadline = time.monotonic() + grace
-    while live and time.monotonic() < deadline:
-        live = [p for p in live if p.group_alive()]
-        if live:
-            time.sleep(0.05)
+            report.signalled.append(proc.name)
+    live = _wait_gone(live, time.monotonic() + grace)
     for proc in live:
         _signal_group(proc.pgid, signal.SIGKILL)
-    kill_deadline = time.monotonic() + 5.0
-    while live and time.monotonic() < kill_deadline:
-        live = [p for p in live if p.group_alive()]
-        if live:
-            time.sleep(0.05)
+        report.killed.append(proc.name)
+    live = _wait_gone(live, time.monotonic() + kill_wait)
+    report.alive = [proc.name for proc in live]
     for proc in procs:
         if proc.popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=1.0)
+            proc.popen.poll()  # reap the leader if it has exited; never block on it
+    report.seconds = time.monotonic() - started
+    return report
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive during the block are noted and dropped (the stop in
+    progress is what they ask for). Only on the main thread; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_gone(procs: list[ManagedProcess], deadline: float) -> list[ManagedProcess]:
+    """Poll until every group in `procs` is gone or `deadline` passes; those still alive."""
+    live = [p for p in procs if p.group_alive()]
+    while live and time.monotonic() < deadline:
+        time.sleep(0.05)
+        live = [p for p in live if p.group_alive()]
+    return live
 
 
 def pid_alive(pid: int) -> bool:

@@ -462,7 +462,8 @@ class StackConfig:
     # Where the event bridge POSTs storage CloudEvents (default: the submit function).
     bridge_target: str | None = None
     start_timeout: float = 60.0
-    stop_grace: float = 5.0
+    #: Seconds a component has to exit after SIGTERM before its group gets SIGKILL.
+    stop_grace: float = processes.DEFAULT_GRACE_SECONDS
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -802,22 +803,27 @@ class LocalStack:
         proc = processes.start_process("ticker", argv, log_path=self.log_path("ticker"), env=env)
         return Component("ticker", proc, health_log="tick 1 published")
 
-    def stop(self) -> None:
-        """Stop every component (SIGTERM to each group, SIGKILL after the grace period)."""
-        with self._lock:
-            self._stop_components()
+    def stop(self) -> processes.StopReport:
+        """Stop every component at once: SIGTERM to each process group, SIGKILL to those
+        still alive after `config.stop_grace` seconds (5). Bounded (about grace + 5 s)
+        however loaded the machine; SIGINT and SIGTERM wait until it is done, so that a
+        second Ctrl-C cannot cut it short and leave orphans."""
+        with processes.interrupts_deferred(), self._lock:
+            report = self._stop_components()
             self._remove_state()
             self._unregister_atexit()
+        return report
 
     def _ordered(self) -> list[tuple[str, Component]]:
         """Components in COMPONENTS order (then any others)."""
         known = [(n, self.components[n]) for n in COMPONENTS if n in self.components]
         return known + [(n, c) for n, c in self.components.items() if n not in COMPONENTS]
 
-    def _stop_components(self) -> None:
+    def _stop_components(self) -> processes.StopReport:
         ordered = [c.process for _, c in reversed(self._ordered())]
-        processes.stop_all(ordered, grace=self.config.stop_grace)
+        report = processes.stop_all(ordered, grace=self.config.stop_grace)
         self.components = {}
+        return report
 
     def detach(self) -> None:
         """Leave the children running after this process exits (for `up --detach`)."""
