@@ -20,7 +20,7 @@ from batchline.adapters.gcs import make_client as gcs_client
 from batchline.config import Settings
 from batchline.domain.ids import job_id_for_object
 from batchline.domain.models import Chunk, Job
-from batchline.local.stack import LocalStack, StackConfig
+from batchline.local.stack import COMPONENTS, LocalStack, LocalStackError, StackConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +40,25 @@ LEASE_SECONDS = 15
 #: Bounds a wait that ends as soon as what it waits for happens: generous, since it only
 #: bounds a failure (a loaded 2-core machine is slow, not wrong).
 WAIT_SECONDS = 120.0
+
+
+@pytest.fixture(scope="package")
+def local_stack(
+    local_stack_config: StackConfig, require_components: Callable[..., None]
+) -> Iterator[LocalStack]:
+    """The whole local stack, started once for the e2e tests and stopped after the last
+    of them (not at the end of the session: it would load the machine for the rest)."""
+    require_components(*COMPONENTS)
+    running = LocalStack(local_stack_config)
+    try:
+        running.start()
+    except LocalStackError as exc:
+        running.stop()
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -189,15 +208,27 @@ class Pipeline:
 
     @contextmanager
     def ticker_paused(self) -> Iterator[None]:
-        """No poll ticks while the block runs, so that a test's own process is the only one
-        to act on a job (a tick could otherwise take a freshly planned chunk first)."""
-        pgid = self.stack.components["ticker"].process.pgid
+        """No poll runs while the block runs, so that a test's own process is the only one
+        to act on a job (a tick could otherwise take a freshly planned chunk first): the
+        ticker is stopped, and its subscription stops pushing (ticks published before, or
+        redelivered, wait in it until the block ends)."""
+        stack = self.stack
+        subscription = (
+            f"http://{stack.pubsub_host}/v1/projects/{stack.config.project}"
+            "/subscriptions/batchline-poll-push:modifyPushConfig"
+        )
+        endpoint = stack.push_endpoint("poll", stack.config.poll_topic)
+        pgid = stack.components["ticker"].process.pgid
         os.killpg(pgid, signal.SIGSTOP)
         try:
-            # Let a tick published just before the pause be delivered and finish.
-            time.sleep(4 * self.stack.config.tick_seconds + 1)
+            requests.post(subscription, json={"pushConfig": {}}, timeout=30).raise_for_status()
+            # A push already on its way when the subscription switched is handled at once
+            # (and a poll that starts before the test's job exists does not see it).
+            time.sleep(1.0)
             yield
         finally:
+            push = {"pushConfig": {"pushEndpoint": endpoint}}
+            requests.post(subscription, json=push, timeout=30).raise_for_status()
             os.killpg(pgid, signal.SIGCONT)
 
     def post_cloudevent(self, resource: Mapping[str, Any], event_id: str) -> int:
@@ -219,7 +250,7 @@ class Pipeline:
         return reply.status_code
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pipeline(local_stack: LocalStack) -> Iterator[Pipeline]:
     # The Google clients read their emulator hosts from the process environment.
     with pytest.MonkeyPatch.context() as patch:
