@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,28 @@ def _started(component: stack.Component) -> stack.Component:
         processes.stop_process(component.process)
         pytest.fail(str(exc), pytrace=False)
     return component
+
+
+@dataclass(frozen=True)
+class HeavyBudget:
+    """How much a heavy test (fuzzing, a scale run; marked `heavy`) may do: a little in
+    `make test` and CI, whose whole run stays under 30 minutes on 2 cores, and much more
+    under `make bench` (BATCHLINE_TEST_BUDGET=bench)."""
+
+    name: str  # "test" or "bench"
+    #: Wall-clock seconds one heavy test should stay under.
+    seconds: float
+
+    def pick(self, test: int, bench: int) -> int:
+        """`test` examples (or lines, rounds...) in `make test`, `bench` in `make bench`."""
+        return bench if self.name == "bench" else test
+
+
+@pytest.fixture(scope="session")
+def heavy_budget() -> HeavyBudget:
+    if os.environ.get("BATCHLINE_TEST_BUDGET", "").strip().lower() == "bench":
+        return HeavyBudget("bench", seconds=600.0)
+    return HeavyBudget("test", seconds=30.0)
 
 
 @pytest.fixture(name="require_components", scope="session")
