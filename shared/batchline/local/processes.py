@@ -59,6 +59,8 @@ class ManagedProcess:
     pgid: int
     log_path: Path
     start_time: int | None = None
+    #: What asks it to stop (then SIGKILL after the grace period); see `start_process`.
+    stop_signal: signal.Signals = signal.SIGTERM
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,6 +71,7 @@ class ManagedProcess:
             "pgid": self.pgid,
             "log": str(self.log_path),
             "start_time": self.start_time,
+            "stop_signal": self.stop_signal.name,
         }
 
     @classmethod
@@ -80,6 +83,7 @@ class ManagedProcess:
             pgid=int(data["pgid"]),
             log_path=Path(str(data["log"])),
             start_time=data.get("start_time"),
+            stop_signal=signal.Signals[str(data.get("stop_signal") or "SIGTERM")],
         )
 
     def exit_code(self) -> int | None:
@@ -158,8 +162,14 @@ def start_process(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     append: bool = False,
+    stop_signal: signal.Signals = signal.SIGTERM,
 ) -> ManagedProcess:
-    """Start `argv` in a new session with its output written to `log_path`."""
+    """Start `argv` in a new session with its output written to `log_path`.
+
+    `stop_signal` is what `stop_all` sends first: SIGTERM, unless the program treats
+    SIGTERM as "finish every request first" and something else as "stop now" (gunicorn:
+    SIGINT), and nothing is gained by waiting (the local stack's state is in memory).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab" if append else "wb") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {_quote(argv)}\n".encode())
@@ -184,6 +194,7 @@ def start_process(
         pgid=popen.pid,  # start_new_session makes the child the leader of its own group
         log_path=log_path,
         start_time=process_start_time(popen.pid),
+        stop_signal=stop_signal,
         popen=popen,
     )
 
@@ -252,6 +263,14 @@ class StopReport:
     killed: list[str] = field(default_factory=list)
     alive: list[str] = field(default_factory=list)
 
+    def __iadd__(self, later: StopReport) -> StopReport:
+        """This report followed by `later` (a second wave)."""
+        self.seconds += later.seconds
+        self.signalled += later.signalled
+        self.killed += later.killed
+        self.alive += later.alive
+        return self
+
     def __str__(self) -> str:
         text = f"{len(self.signalled)} stopped in {self.seconds:.1f} s"
         if self.killed:
@@ -272,11 +291,12 @@ def stop_all(
     grace: float = DEFAULT_GRACE_SECONDS,
     kill_wait: float = KILL_WAIT_SECONDS,
 ) -> StopReport:
-    """Stop children in parallel, in bounded time: SIGTERM to every process group at once,
-    up to `grace` seconds for them all to exit, then SIGKILL to each group still alive and
-    up to `kill_wait` seconds for the kernel to take them. Takes at most about
-    grace + kill_wait seconds however many children there are and however loaded the
-    machine is (a child busy with a request, or starved of CPU, is killed, not waited for).
+    """Stop children in parallel, in bounded time: SIGTERM (each child's `stop_signal`)
+    to every process group at once, up to `grace` seconds for them all to exit, then
+    SIGKILL to each group still alive and up to `kill_wait` seconds for the kernel to take
+    them. Takes at most about grace + kill_wait seconds however many children there are
+    and however loaded the machine is (a child busy with a request, or starved of CPU, is
+    killed, not waited for).
     """
     started = time.monotonic()
     report = StopReport()
@@ -288,10 +308,10 @@ def stop_all(
             and not _same_process(proc.pid, proc.start_time)
         ):
             continue  # the pid was reused by an unrelated process: our child is long gone
-        signalled = _signal_group(proc.pgid, signal.SIGTERM)
+        signalled = _signal_group(proc.pgid, proc.stop_signal)
         if proc.popen is not None and proc.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.popen.send_signal(signal.SIGTERM)
+                proc.popen.send_signal(proc.stop_signal)
             signalled = True
         if signalled:
             live.append(proc)
