@@ -43,7 +43,7 @@ def test_stop_all_stops_every_group_at_once_and_kills_what_ignores_sigterm(
     children.append(start("forking", FORKING, tmp_path))
     for child in children:
         if child.name.startswith("stubborn"):
-            wait_for(lambda c=child: "ready" in processes.tail(c.log_path))
+            wait_for(lambda c=child: "ready" in processes.tail(c.log_path).splitlines())
     wait_for(lambda: len(processes._group_members(children[-1].pgid) or []) == 2)
 
     report = processes.stop_all(children, grace=1.0, kill_wait=30.0)
@@ -64,6 +64,52 @@ def test_a_child_that_exits_on_sigterm_is_not_waited_for(tmp_path: Path) -> None
     assert report.killed == [] and report.alive == []
     assert report.seconds < 30.0  # they exit at once; only a broken stop waits 60 s
     assert not processes.stop_process(children[0])  # already gone: nothing to signal
+
+
+#: Counts the SIGINTs it gets in the second after the first, writes the count, exits.
+COUNTER = """
+import signal, sys, time
+from pathlib import Path
+got = []
+signal.signal(signal.SIGINT, lambda *_: got.append(time.monotonic()))
+print("ready", flush=True)
+while not got:
+    time.sleep(0.01)
+time.sleep(1.0)
+Path(sys.argv[1]).write_text(str(len(got)))
+"""
+#: A supervisor (as gunicorn's master): passes SIGINT on to its worker, waits for it.
+FORWARDER = """
+import signal, subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+def forward(signum, frame):
+    worker.send_signal(signal.SIGINT)
+    worker.wait()
+    sys.exit(0)
+signal.signal(signal.SIGINT, forward)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_supervisor_alone_gets_the_stop_signal_and_passes_it_on(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    supervisor = processes.start_process(
+        "supervisor",
+        [sys.executable, "-c", FORWARDER, COUNTER, str(count)],
+        log_path=tmp_path / "supervisor.log",
+        stop_signal=signal.SIGINT,
+        stop_leader_only=True,
+    )
+    # Both print "ready" on a line of its own (the log's first line quotes the command).
+    wait_for(lambda: processes.tail(supervisor.log_path).splitlines().count("ready") == 2)
+    report = processes.stop_all([supervisor], grace=60.0)
+    assert report.killed == [] and not supervisor.group_alive()
+    # Once: had the group been signalled too, the worker would have had it twice (the
+    # double delivery that deadlocks a gunicorn worker's quick shutdown).
+    assert count.read_text() == "1"
+    restored = processes.ManagedProcess.from_dict(supervisor.to_dict())
+    assert (restored.stop_signal, restored.stop_leader_only) == (signal.SIGINT, True)
 
 
 def test_interrupts_are_held_off_during_a_stop() -> None:

@@ -61,6 +61,8 @@ class ManagedProcess:
     start_time: int | None = None
     #: What asks it to stop (then SIGKILL after the grace period); see `start_process`.
     stop_signal: signal.Signals = signal.SIGTERM
+    #: Send `stop_signal` to the leader only (it passes the stop on to its group).
+    stop_leader_only: bool = False
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +74,7 @@ class ManagedProcess:
             "log": str(self.log_path),
             "start_time": self.start_time,
             "stop_signal": self.stop_signal.name,
+            "stop_leader_only": self.stop_leader_only,
         }
 
     @classmethod
@@ -84,6 +87,7 @@ class ManagedProcess:
             log_path=Path(str(data["log"])),
             start_time=data.get("start_time"),
             stop_signal=signal.Signals[str(data.get("stop_signal") or "SIGTERM")],
+            stop_leader_only=bool(data.get("stop_leader_only", False)),
         )
 
     def exit_code(self) -> int | None:
@@ -163,12 +167,15 @@ def start_process(
     cwd: Path | None = None,
     append: bool = False,
     stop_signal: signal.Signals = signal.SIGTERM,
+    stop_leader_only: bool = False,
 ) -> ManagedProcess:
     """Start `argv` in a new session with its output written to `log_path`.
 
     `stop_signal` is what `stop_all` sends first: SIGTERM, unless the program treats
     SIGTERM as "finish every request first" and something else as "stop now" (gunicorn:
     SIGINT), and nothing is gained by waiting (the local stack's state is in memory).
+    With `stop_leader_only` it goes to the child alone, not its group: for a supervisor
+    that passes the stop on to its workers itself, which would otherwise get it twice.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab" if append else "wb") as log:
@@ -195,6 +202,7 @@ def start_process(
         log_path=log_path,
         start_time=process_start_time(popen.pid),
         stop_signal=stop_signal,
+        stop_leader_only=stop_leader_only,
         popen=popen,
     )
 
@@ -292,7 +300,8 @@ def stop_all(
     kill_wait: float = KILL_WAIT_SECONDS,
 ) -> StopReport:
     """Stop children in parallel, in bounded time: SIGTERM (each child's `stop_signal`)
-    to every process group at once, up to `grace` seconds for them all to exit, then
+    to every process group (or its leader) at once, up to `grace` seconds for them all to
+    exit, then
     SIGKILL to each group still alive and up to `kill_wait` seconds for the kernel to take
     them. Takes at most about grace + kill_wait seconds however many children there are
     and however loaded the machine is (a child busy with a request, or starved of CPU, is
@@ -308,12 +317,16 @@ def stop_all(
             and not _same_process(proc.pid, proc.start_time)
         ):
             continue  # the pid was reused by an unrelated process: our child is long gone
-        signalled = _signal_group(proc.pgid, proc.stop_signal)
-        if proc.popen is not None and proc.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
+        # Once only: a handler that gets its stop signal twice may re-enter and deadlock.
+        if proc.stop_leader_only:
+            signalled = _signal_pid(proc.pid, proc.stop_signal)
+        else:
+            signalled = _signal_group(proc.pgid, proc.stop_signal)
+        if not signalled and proc.popen is not None and proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it left its group
                 proc.popen.send_signal(proc.stop_signal)
-            signalled = True
-        if signalled:
+                signalled = True
+        if signalled or proc.group_alive():  # a group whose leader is gone is killed too
             live.append(proc)
             report.signalled.append(proc.name)
     live = _wait_gone(live, time.monotonic() + grace)
@@ -412,6 +425,16 @@ def _same_process(pid: int, start_time: int | None) -> bool:
         return True
     current = process_start_time(pid)
     return current is None or current == start_time
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> bool:
+    if pid <= 1:
+        return False
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:

@@ -766,8 +766,12 @@ class LocalStack:
             # functions-framework serves with gunicorn, for which SIGTERM is a graceful
             # shutdown (requests in flight first, up to 30 s; 2-3 s when idle under load)
             # and SIGINT a quick one (under 1 s). The stack's state is in memory and goes
-            # with it: there is nothing to finish.
+            # with it: there is nothing to finish. The master alone gets it and passes it
+            # on: a worker sent SIGINT by us and SIGQUIT by the master re-enters its quick
+            # shutdown handler and deadlocks on its own thread pool's lock (seen under
+            # load: poll hung until SIGKILL).
             stop_signal=signal.SIGINT,
+            stop_leader_only=True,
         )
         # TCP, not HTTP: a GET would invoke the function. functions-framework loads the
         # source before it binds, so a listening port means the module imported.
