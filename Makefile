@@ -25,18 +25,21 @@ run: setup
 demo: setup
 	$(BIN)/batchline demo
 
+# Every test run lists its slowest tests, so that CI shows where its time goes.
+PYTEST_FLAGS ?= --durations=25
+
 ## test: unit, integration (emulators) and end-to-end (whole local stack) tests
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_FLAGS)
 
 test-unit: setup
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit
 
 test-integration: setup
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/integration
 
 test-e2e: setup
-	$(PY) -m pytest tests/e2e
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/e2e
 
 ## lint: ruff (lint + format check), mypy --strict on the package, and the infra checks
 lint: setup lint-infra
@@ -48,9 +51,11 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: submit/collect throughput, peak RSS and cold import; writes bench/RESULTS.md
+## bench: submit/collect throughput, peak RSS and cold import; writes bench/RESULTS.md;
+## then the heavy tests (fuzzing, scale runs) with their long budget
 bench: setup
 	$(PY) bench/run.py
+	BATCHLINE_TEST_BUDGET=bench $(PY) -m pytest $(PYTEST_FLAGS) -m heavy || [ $$? -eq 5 ]
 
 clean:
 	rm -rf .batchline .pytest_cache .mypy_cache .ruff_cache bench/.data

@@ -1,19 +1,26 @@
-"""Root fixtures: single emulators for integration tests and the whole local stack for e2e.
+"""Root fixtures: single emulators for integration tests (the whole local stack for e2e is
+in tests/e2e/conftest.py, and lives only while the e2e tests run).
 
 Each emulator fixture starts its process once per session (own process group, log under
 the session's temp dir) and stops it at the end. When java, an emulator jar or the
 fake-gcs-server binary is missing, the tests that need it are skipped, except under CI
 (`CI=true`), where that is a broken machine and fails loudly.
 
-Override `local_stack_config` in a nested conftest to run the stack with other settings
-(e.g. small chunk limits through `function_env`).
+Every process the tests start inherits `PYTEST_BATCHLINE_SESSION` (one value per session);
+when the session ends, any such process still alive is reported, killed, and fails the
+run: one test's leftovers must not slow down or break the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,9 +31,59 @@ except ImportError:  # the package is not installed: use the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 
 from batchline.local import processes, stack
-from batchline.local.stack import LocalStack, StackConfig
 
 START_TIMEOUT = 60.0
+#: In the environment of every process this session starts (see the module docstring).
+SESSION_MARKER = "PYTEST_BATCHLINE_SESSION"
+#: How long, after the last teardown, the session's processes have to be gone.
+LEFTOVER_WAIT_SECONDS = 5.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ[SESSION_MARKER] = uuid.uuid4().hex
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown (runner's hook)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    deadline = time.monotonic() + LEFTOVER_WAIT_SECONDS
+    while (left := session_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{len(left)} process(es) started by the tests outlived the session (killed):"]
+    lines += [f"  {pid}: {argv[:200]}" for pid, argv in sorted(left.items())]
+    if reporter is not None:
+        reporter.write_sep("=", "leftover processes", red=True)
+        reporter.write_line("\n".join(lines))
+    else:
+        print("\n".join(lines), file=sys.stderr)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            # Its own group leader (setsid): the group is the tests' too. Else only the pid.
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def session_processes() -> dict[int, str]:
+    """Live (non-zombie) processes, other than this one, that this session started."""
+    marker = f"{SESSION_MARKER}={os.environ[SESSION_MARKER]}".encode() + b"\0"
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes() + b"\0"
+            if marker not in environ or not processes.pid_alive(int(entry.name)):
+                continue
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+        found[int(entry.name)] = argv.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
 
 
 def _in_ci() -> bool:
@@ -51,6 +108,28 @@ def _started(component: stack.Component) -> stack.Component:
         processes.stop_process(component.process)
         pytest.fail(str(exc), pytrace=False)
     return component
+
+
+@dataclass(frozen=True)
+class HeavyBudget:
+    """How much a heavy test (fuzzing, a scale run; marked `heavy`) may do: a little in
+    `make test` and CI, whose whole run stays under 30 minutes on 2 cores, and much more
+    under `make bench` (BATCHLINE_TEST_BUDGET=bench)."""
+
+    name: str  # "test" or "bench"
+    #: Wall-clock seconds one heavy test should stay under.
+    seconds: float
+
+    def pick(self, test: int, bench: int) -> int:
+        """`test` examples (or lines, rounds...) in `make test`, `bench` in `make bench`."""
+        return bench if self.name == "bench" else test
+
+
+@pytest.fixture(scope="session")
+def heavy_budget() -> HeavyBudget:
+    if os.environ.get("BATCHLINE_TEST_BUDGET", "").strip().lower() == "bench":
+        return HeavyBudget("bench", seconds=600.0)
+    return HeavyBudget("test", seconds=30.0)
 
 
 @pytest.fixture(name="require_components", scope="session")
@@ -98,27 +177,6 @@ def gcs_server(emulator_log_dir: Path) -> Iterator[str]:
         processes.stop_process(component.process)
 
 
-@pytest.fixture(scope="session")
-def local_stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
-    """Settings of the session's `local_stack`: fast ticks, a temp run dir."""
-    return StackConfig(run_dir=tmp_path_factory.mktemp("local-stack"), tick_seconds=0.5)
-
-
-@pytest.fixture(scope="session")
-def local_stack(local_stack_config: StackConfig) -> Iterator[LocalStack]:
-    """The whole local stack, started once per session; `client_env()` for clients."""
-    require_components(*stack.COMPONENTS)
-    running = LocalStack(local_stack_config)
-    try:
-        running.start()
-    except stack.LocalStackError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 @pytest.fixture
 def set_client_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[Mapping[str, str]], None]:
     """A function that sets env vars for this test only, so in-process Google clients and
@@ -129,13 +187,3 @@ def set_client_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[Mapping[str, st
             monkeypatch.setenv(key, value)
 
     return apply
-
-
-@pytest.fixture
-def local_client_env(
-    local_stack: LocalStack, set_client_env: Callable[[Mapping[str, str]], None]
-) -> dict[str, str]:
-    """`local_stack.client_env()`, applied to this test's environment."""
-    env = local_stack.client_env()
-    set_client_env(env)
-    return env

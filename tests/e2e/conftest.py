@@ -19,8 +19,8 @@ from batchline.adapters.gcs import GcsBlobStore
 from batchline.adapters.gcs import make_client as gcs_client
 from batchline.config import Settings
 from batchline.domain.ids import job_id_for_object
-from batchline.domain.models import Job
-from batchline.local.stack import LocalStack, StackConfig
+from batchline.domain.models import Chunk, Job
+from batchline.local.stack import COMPONENTS, LocalStack, LocalStackError, StackConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +37,28 @@ VERTEX_ROWS_PER_FILE = 90
 # take on a loaded CI machine: a submit that outlives its lease may be raced by a second
 # submitter (the residual risk dispatch.py documents; production leases are 900 s).
 LEASE_SECONDS = 15
+#: Bounds a wait that ends as soon as what it waits for happens: generous, since it only
+#: bounds a failure (a loaded 2-core machine is slow, not wrong).
+WAIT_SECONDS = 120.0
+
+
+@pytest.fixture(scope="package")
+def local_stack(
+    local_stack_config: StackConfig, require_components: Callable[..., None]
+) -> Iterator[LocalStack]:
+    """The whole local stack, started once for the e2e tests and stopped after the last
+    of them (not at the end of the session: it would load the machine for the rest)."""
+    require_components(*COMPONENTS)
+    running = LocalStack(local_stack_config)
+    try:
+        running.start()
+    except LocalStackError as exc:
+        running.stop()
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +114,7 @@ class Pipeline:
         }
         return job_id_for_object(bucket, name, str(blob.generation)), resource
 
-    def wait(self, job_id: str, timeout: float = 90.0) -> Job:
+    def wait(self, job_id: str, timeout: float = WAIT_SECONDS) -> Job:
         deadline = time.monotonic() + timeout
         job = None
         while time.monotonic() < deadline:
@@ -137,6 +159,33 @@ class Pipeline:
         received: list[dict[str, Any]] = requests.get(url, timeout=10).json()["data"]
         return received
 
+    def emulator_url(self, provider: str) -> str:
+        """Where the provider's emulator serves its `/_emulator/...` endpoints."""
+        return {
+            "openai": self.emulator,
+            "anthropic": self.anthropic_emulator,
+            "vertex": self.vertex_emulator,
+        }[provider]
+
+    def wait_held(self, job_id: str, timeout: float = WAIT_SECONDS) -> list[Chunk]:
+        """Wait until every chunk of the job has a batch that its emulator holds (set
+        `hold_after_lines` first): each has answered that many lines and waits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            chunks = self.store.get_chunks(job_id)
+            if chunks and all(c.batch_id and self._held(c.provider, c.batch_id) for c in chunks):
+                return chunks
+            assert time.monotonic() < deadline, f"not all held after {timeout:.0f} s: {chunks}"
+            time.sleep(0.2)
+
+    def _held(self, provider: str, batch_id: str) -> bool:
+        reply = requests.get(f"{self.emulator_url(provider)}/_emulator/batches", timeout=10)
+        wanted = batch_id.rsplit("/", 1)[-1]
+        for entry in reply.json()["data"]:
+            if entry["id"].rsplit("/", 1)[-1] == wanted:
+                return bool(entry["emulator"]["held"])
+        return False
+
     def vertex_config(self, **values: Any) -> None:
         requests.post(
             f"{self.vertex_emulator}/_emulator/config", json=values, timeout=10
@@ -159,15 +208,27 @@ class Pipeline:
 
     @contextmanager
     def ticker_paused(self) -> Iterator[None]:
-        """No poll ticks while the block runs, so that a test's own process is the only one
-        to act on a job (a tick could otherwise take a freshly planned chunk first)."""
-        pgid = self.stack.components["ticker"].process.pgid
+        """No poll runs while the block runs, so that a test's own process is the only one
+        to act on a job (a tick could otherwise take a freshly planned chunk first): the
+        ticker is stopped, and its subscription stops pushing (ticks published before, or
+        redelivered, wait in it until the block ends)."""
+        stack = self.stack
+        subscription = (
+            f"http://{stack.pubsub_host}/v1/projects/{stack.config.project}"
+            "/subscriptions/batchline-poll-push:modifyPushConfig"
+        )
+        endpoint = stack.push_endpoint("poll", stack.config.poll_topic)
+        pgid = stack.components["ticker"].process.pgid
         os.killpg(pgid, signal.SIGSTOP)
         try:
-            # Let a tick published just before the pause be delivered and finish.
-            time.sleep(4 * self.stack.config.tick_seconds + 1)
+            requests.post(subscription, json={"pushConfig": {}}, timeout=30).raise_for_status()
+            # A push already on its way when the subscription switched is handled at once
+            # (and a poll that starts before the test's job exists does not see it).
+            time.sleep(1.0)
             yield
         finally:
+            push = {"pushConfig": {"pushEndpoint": endpoint}}
+            requests.post(subscription, json=push, timeout=30).raise_for_status()
             os.killpg(pgid, signal.SIGCONT)
 
     def post_cloudevent(self, resource: Mapping[str, Any], event_id: str) -> int:
@@ -189,7 +250,7 @@ class Pipeline:
         return reply.status_code
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pipeline(local_stack: LocalStack) -> Iterator[Pipeline]:
     # The Google clients read their emulator hosts from the process environment.
     with pytest.MonkeyPatch.context() as patch:
@@ -236,3 +297,5 @@ def _restored(base_url: str, configure: Callable[..., None]) -> Iterator[Callabl
     before = requests.get(url, timeout=10).json()
     yield configure
     requests.post(url, json=before, timeout=10).raise_for_status()
+    # A batch the test left held would keep the poll function busy for the whole session.
+    requests.post(f"{base_url}/_emulator/release", json={}, timeout=10).raise_for_status()

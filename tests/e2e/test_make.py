@@ -27,14 +27,16 @@ import pytest
 import requests
 
 from batchline.local import processes
-from batchline.local.stack import COMPONENTS
+from batchline.local.stack import COMPONENTS, LocalStack, LocalStackError
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.jsonl"
-STARTED_TIMEOUT = 120.0
-STOP_TIMEOUT = 20.0
+#: Bounds on waits that end as soon as what they wait for happens: generous, since they only
+#: bound a failure. A stop takes at most about the grace period (5 s) + 5 s by itself.
+STARTED_TIMEOUT = 240.0
+STOP_TIMEOUT = 60.0
 
 
 def _in_ci() -> bool:
@@ -52,7 +54,7 @@ def make_command(target: str) -> list[str]:
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
     question = subprocess.run(
-        ["make", "-q", "setup"], cwd=ROOT, capture_output=True, check=False, timeout=30
+        ["make", "-q", "setup"], cwd=ROOT, capture_output=True, check=False, timeout=60
     )
     if question.returncode == 0:
         return ["make", target]
@@ -85,7 +87,7 @@ def user_env(run_dir: Path) -> dict[str, str]:
 
 
 def run(
-    args: list[str], run_dir: Path, *, timeout: float = 60.0
+    args: list[str], run_dir: Path, *, timeout: float = STOP_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args,
@@ -166,7 +168,7 @@ def leftovers(run_dir: Path, groups: dict[str, tuple[int, int]]) -> dict[str, An
 
 
 def assert_nothing_left(
-    run_dir: Path, groups: dict[str, tuple[int, int]], timeout: float = 10.0
+    run_dir: Path, groups: dict[str, tuple[int, int]], timeout: float = STOP_TIMEOUT
 ) -> None:
     deadline = time.monotonic() + timeout
     while (alive := leftovers(run_dir, groups)) and time.monotonic() < deadline:
@@ -191,6 +193,9 @@ def run_dir(tmp_path: Path, require_components: Callable[..., None]) -> Iterator
     require_components(*COMPONENTS)
     path = tmp_path / "run"
     yield path
+    if (path / "state.json").exists():  # a stack the test left up: stop it as `down` would
+        with contextlib.suppress(LocalStackError):
+            LocalStack.attach(path).stop()
     kill_leftovers(path, {})
 
 
@@ -217,7 +222,7 @@ def test_make_demo_runs_the_examples_and_leaves_nothing_running(run_dir: Path) -
             env=user_env(run_dir),
             capture_output=True,
             text=True,
-            timeout=150,
+            timeout=2 * STARTED_TIMEOUT,
             stdin=subprocess.DEVNULL,
             check=False,
         )
@@ -293,6 +298,8 @@ def test_make_run_stays_up_with_results_until_ctrl_c(run_dir: Path) -> None:
         reader.join(timeout=5)
         watcher.stop()
         assert "stopping the local stack" in "".join(lines)
+        stopped = rf"^stopped: {len(COMPONENTS)} stopped in [0-9.]+ s"
+        assert re.search(stopped, "".join(lines), re.MULTILINE), "".join(lines)
         assert set(watcher.groups) == set(COMPONENTS), watcher.groups
         assert_nothing_left(run_dir, watcher.groups)
     finally:
@@ -316,7 +323,9 @@ def test_cli_round_trip_against_a_detached_stack(run_dir: Path, tmp_path: Path) 
         running = run_processes(run_dir)
         assert {pid for pid, _ in groups.values()} <= set(running), running
 
-        submit = run([cli, "submit", str(QUICKSTART), "--wait", "--json"], run_dir, timeout=90)
+        submit = run(
+            [cli, "submit", str(QUICKSTART), "--wait", "--json"], run_dir, timeout=STARTED_TIMEOUT
+        )
         assert submit.returncode == 0, submit.stdout + submit.stderr
         printed = submit.stdout.strip().splitlines()
         assert len(printed) == 1, submit.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -47,6 +48,34 @@ VERTEX_LOCATION = "us-central1"
 VERTEX_WORK_BUCKET = "bl-vertex-work"
 
 
+class ManualClock:
+    """An emulator clock that only moves when the test moves it (`clock.now += 5`)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+#: Bounds a wait that only ends early on success; generous, as it only bounds a failure.
+WAIT_SECONDS = 60.0
+
+
+def wait_held(root_url: str, batch_id: str, timeout: float = WAIT_SECONDS) -> dict[str, Any]:
+    """Poll `GET /_emulator/batches` until the batch waits at its hold point; its entry."""
+    wanted = batch_id.rsplit("/", 1)[-1]
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = _http_json("GET", f"{root_url}/_emulator/batches")["data"]
+        entry = next((b for b in entries if b["id"].rsplit("/", 1)[-1] == wanted), None)
+        if entry is not None and entry["emulator"]["held"]:
+            held: dict[str, Any] = entry
+            return held
+        assert time.monotonic() < deadline, f"{batch_id} not held after {timeout:.0f} s: {entry}"
+        time.sleep(0.02)
+
+
 def _http_json(method: str, url: str, payload: Any = None) -> Any:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(
@@ -70,6 +99,18 @@ class OpenAIEmulatorHandle:
     def reset(self) -> None:
         """Drop all files and batches and restore the startup config."""
         _http_json("POST", f"{self.root_url}/_emulator/reset", {})
+
+    def release(self, batch: str | None = None) -> list[str]:
+        """Let held batches (or one) go on (POST /_emulator/release); the ids released."""
+        body = {} if batch is None else {"batch": batch}
+        released: list[str] = _http_json("POST", f"{self.root_url}/_emulator/release", body)[
+            "released"
+        ]
+        return released
+
+    def wait_held(self, batch_id: str) -> dict[str, Any]:
+        """Wait until the batch has answered its `hold_after_lines` and waits for release."""
+        return wait_held(self.root_url, batch_id)
 
     def batches(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = _http_json("GET", f"{self.root_url}/_emulator/batches")[
@@ -114,6 +155,18 @@ class AnthropicEmulatorHandle:
 
     def reset(self) -> None:
         _http_json("POST", f"{self.root_url}/_emulator/reset", {})
+
+    def release(self, batch: str | None = None) -> list[str]:
+        """Let held batches (or one) go on (POST /_emulator/release); the ids released."""
+        body = {} if batch is None else {"batch": batch}
+        released: list[str] = _http_json("POST", f"{self.root_url}/_emulator/release", body)[
+            "released"
+        ]
+        return released
+
+    def wait_held(self, batch_id: str) -> dict[str, Any]:
+        """Wait until the batch has answered its `hold_after_lines` and waits for release."""
+        return wait_held(self.root_url, batch_id)
 
     def batches(self) -> list[dict[str, Any]]:
         """Every batch ever created (deleted ones too), newest first."""
@@ -175,6 +228,18 @@ class VertexEmulatorHandle:
 
     def reset(self) -> None:
         _http_json("POST", f"{self.root_url}/_emulator/reset", {})
+
+    def release(self, batch: str | None = None) -> list[str]:
+        """Let held batches (or one) go on (POST /_emulator/release); the ids released."""
+        body = {} if batch is None else {"batch": batch}
+        released: list[str] = _http_json("POST", f"{self.root_url}/_emulator/release", body)[
+            "released"
+        ]
+        return released
+
+    def wait_held(self, batch_id: str) -> dict[str, Any]:
+        """Wait until the batch has answered its `hold_after_lines` and waits for release."""
+        return wait_held(self.root_url, batch_id)
 
     def batches(self) -> list[dict[str, Any]]:
         """Every job ever created (deleted ones too), newest first; `id` is its name."""

@@ -28,7 +28,7 @@ from batchline.local.processes import free_port
 from batchline.ports import StagedPayload
 
 from .anthropic_types import params_problems
-from .conftest import AnthropicEmulatorHandle
+from .conftest import WAIT_SECONDS, AnthropicEmulatorHandle
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,9 @@ def simple_requests(n: int, first_line: int = 1) -> list[Request]:
     return [parse(first_line + i, batchline_line(f"question {i}")) for i in range(n)]
 
 
-def wait_ended(provider: AnthropicProvider, batch_id: str, timeout: float = 10.0) -> ProviderBatch:
+def wait_ended(
+    provider: AnthropicProvider, batch_id: str, timeout: float = WAIT_SECONDS
+) -> ProviderBatch:
     deadline = time.monotonic() + timeout
     while True:
         batch = provider.get_batch(batch_id)

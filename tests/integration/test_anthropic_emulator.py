@@ -28,7 +28,7 @@ from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.anthropic import CONTENT_PREFIX, EmulatorConfig, make_app
 
 from .anthropic_types import model_problems
-from .conftest import AnthropicEmulatorHandle
+from .conftest import WAIT_SECONDS, AnthropicEmulatorHandle, ManualClock, wait_held
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def results(client: anthropic.Anthropic, served: Served, batch_id: str) -> list[
 
 
 def wait_ended(
-    client: anthropic.Anthropic, served: Served, batch_id: str, timeout: float = 10.0
+    client: anthropic.Anthropic, served: Served, batch_id: str, timeout: float = WAIT_SECONDS
 ) -> tuple[Any, list[Any]]:
     seen = []
     deadline = time.monotonic() + timeout
@@ -103,14 +103,6 @@ def http(
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), json.loads(exc.read())
-
-
-class ManualClock:
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(autouse=True)
@@ -328,30 +320,60 @@ def test_expiry_ends_the_batch_with_unfinished_requests_expired(
     assert Counter(line.result.type for line in lines) == {"succeeded": 10, "expired": 20}
 
 
-def test_cancel_then_delete(client: anthropic.Anthropic, served: Served) -> None:
+def test_a_held_batch_stays_in_progress_until_released(
+    manual: Callable[..., tuple[anthropic.Anthropic, ManualClock, str]],
+) -> None:
+    client, clock, root = manual(start_seconds=1.0, lines_per_second=10.0, hold_after_lines=4)
+    t0 = clock.now
+    batch = client.messages.batches.create(requests=[request(f"h{i}", f"q {i}") for i in range(10)])
+    for hours in (1, 12, 23):  # however late the test reads, the batch waits
+        clock.now = t0 + hours * 3600
+        seen = client.messages.batches.retrieve(batch.id)
+        assert seen.processing_status == "in_progress" and seen.results_url is None
+        assert wait_held(root, batch.id)["request_counts"]["processing"] == 10
+    released_at = clock.now
+    status, _, body = http("POST", f"{root}/_emulator/release", b"")
+    assert (status, body) == (200, {"released": [batch.id]})
+    clock.now = released_at + 0.55  # the 6 held requests follow at the same pace
+    assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
+    clock.now = released_at + 0.65
+    ended = client.messages.batches.retrieve(batch.id)
+    assert ended.processing_status == "ended" and ended.request_counts.succeeded == 10
+    assert ended.ended_at is not None and ended.ended_at.timestamp() == pytest.approx(
+        released_at + 0.6
+    )
+
+    held = client.messages.batches.create(requests=[request(f"c{i}", f"q {i}") for i in range(10)])
+    clock.now += 3600
+    client.messages.batches.cancel(held.id)
+    clock.now += 60
+    canceled = client.messages.batches.retrieve(held.id)
+    assert (canceled.request_counts.succeeded, canceled.request_counts.canceled) == (4, 6)
+
+
+def test_cancel_then_delete(
+    client: anthropic.Anthropic, served: Served, anthropic_emulator: AnthropicEmulatorHandle
+) -> None:
+    anthropic_emulator.admin({"hold_after_lines": 10})  # 10 answered, then it waits
     created = raw(
         client,
         served,
         MessageBatch,
-        lambda r: r.create(requests=[request(f"k{i}", f"q {i}") for i in range(4000)]),
+        lambda r: r.create(requests=[request(f"k{i}", f"q {i}") for i in range(40)]),
     )
     with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.delete(created.id)  # still processing
-    time.sleep(0.3)
+    anthropic_emulator.wait_held(created.id)
     canceling = raw(client, served, MessageBatch, lambda r: r.cancel(created.id))
     assert canceling.processing_status == "canceling"
     assert canceling.cancel_initiated_at is not None and canceling.results_url is None
-    assert canceling.request_counts.processing == 4000
+    assert canceling.request_counts.processing == 40
     batch, _ = wait_ended(client, served, created.id)
     counts = batch.request_counts
-    assert counts.canceled > 0 and counts.succeeded > 0
-    assert counts.succeeded + counts.canceled == 4000
+    assert (counts.succeeded, counts.canceled, counts.processing) == (10, 30, 0)
     lines = results(client, served, batch.id)
-    assert Counter(line["result"]["type"] for line in lines) == {
-        "succeeded": counts.succeeded,
-        "canceled": counts.canceled,
-    }
-    assert all(line["result"] == {"type": "canceled"} for line in lines[counts.succeeded :])
+    assert Counter(line["result"]["type"] for line in lines) == {"succeeded": 10, "canceled": 30}
+    assert all(line["result"] == {"type": "canceled"} for line in lines[10:])
     with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.cancel(batch.id)  # ended: nothing to cancel
 
@@ -517,7 +539,12 @@ def test_admin_endpoints(anthropic_emulator: AnthropicEmulatorHandle) -> None:
     batch = client.messages.batches.create(requests=[request("a", "hi"), request("b", "yo")])
     [entry] = anthropic_emulator.batches()
     assert entry["id"] == batch.id
-    assert entry["emulator"] == {"requests": 2, "models": [MODEL], "deleted": False}
+    assert entry["emulator"] == {
+        "requests": 2,
+        "models": [MODEL],
+        "deleted": False,
+        "held": False,
+    }
     assert [r["custom_id"] for r in anthropic_emulator.requests(batch.id)] == ["a", "b"]
     anthropic_emulator.reset()
     assert anthropic_emulator.batches() == [] and anthropic_emulator.stats()["creates"] == 0
@@ -546,7 +573,7 @@ def test_command_line_serves_until_terminated(tmp_path: Any) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + WAIT_SECONDS
         while True:
             try:
                 status, _, body = http("GET", f"http://127.0.0.1:{port}/_emulator/config")
@@ -557,7 +584,7 @@ def test_command_line_serves_until_terminated(tmp_path: Any) -> None:
         assert status == 200 and body["lines_per_second"] == 3.0
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=WAIT_SECONDS) == 0
 
 
 # --------------------------------------------------------------------------- structured outputs

@@ -5,6 +5,7 @@ process outlives `down`, Ctrl-C or a failed start."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,10 @@ from batchline.local.stack import LocalStack, LocalStackError, StackConfig
 pytestmark = pytest.mark.integration
 
 SHARED = Path(stack.__file__).resolve().parents[2]
+#: Bounds on waits that end as soon as what they wait for happens; generous, since they
+#: only bound a failure (a stop itself takes at most about stop_grace + 5 s).
+WAIT_SECONDS = 60.0
+START_SECONDS = 180.0
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -74,7 +79,7 @@ class Recorder:
         self.thread.start()
 
     def wait_for(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = WAIT_SECONDS
     ) -> list[dict[str, Any]]:
         with self._cond:
             if not self._cond.wait_for(lambda: predicate(self.requests), timeout=timeout):
@@ -102,7 +107,7 @@ def _group_dead(pgid: int) -> bool:
     return not processes.group_alive(pgid)
 
 
-def assert_all_gone(pids: Mapping[str, tuple[int, int]], timeout: float = 10.0) -> None:
+def assert_all_gone(pids: Mapping[str, tuple[int, int]], timeout: float = WAIT_SECONDS) -> None:
     deadline = time.monotonic() + timeout
     alive: dict[str, tuple[int, int]] = dict(pids)
     while alive and time.monotonic() < deadline:
@@ -116,7 +121,7 @@ def _pids(state: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     return {name: (c["pid"], c["pgid"]) for name, c in state["components"].items()}
 
 
-def _cli(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, timeout: float = START_SECONDS) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHARED), env.get("PYTHONPATH")) if p)
     return subprocess.run(
@@ -219,7 +224,7 @@ def test_upload_reaches_submit_as_storage_cloudevent(
     def delivered(reqs: list[dict[str, Any]]) -> bool:
         return any(r["headers"].get("ce-subject") == subject and r["status"] == 200 for r in reqs)
 
-    requests = recorder.wait_for(delivered, timeout=20)
+    requests = recorder.wait_for(delivered)
     mine = [r for r in requests if r["headers"].get("ce-subject") == subject]
     # The first POST got a 500: the bridge passed it to Pub/Sub, which redelivered.
     assert [r["status"] for r in mine] == [500, 200]
@@ -257,7 +262,7 @@ def test_ticker_publishes_to_the_poll_topic(
     )
     try:
         received: list[Any] = []
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WAIT_SECONDS
         while len(received) < 2 and time.monotonic() < deadline:
             response = subscriber.pull(
                 subscription=subscription, max_messages=10, timeout=5, return_immediately=False
@@ -300,9 +305,15 @@ def test_bridge_acknowledges_other_events_and_bad_deliveries(bridged_stack: Loca
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path, require_components: Callable[..., None]) -> Path:
+def run_dir(tmp_path: Path, require_components: Callable[..., None]) -> Iterator[Path]:
+    """A run directory of its own; whatever the test did (or failed to do), the stack
+    recorded there is stopped at the end, as `batchline local down` would."""
     require_components(*stack.COMPONENTS)
-    return tmp_path / "run"
+    path = tmp_path / "run"
+    yield path
+    if (path / "state.json").exists():
+        with contextlib.suppress(LocalStackError):
+            LocalStack.attach(path).stop()
 
 
 def test_detached_up_then_down_leaves_no_process(run_dir: Path) -> None:
@@ -338,7 +349,7 @@ def test_ctrl_c_on_foreground_up_stops_everything(run_dir: Path) -> None:
     )
     try:
         state_path = run_dir / "state.json"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + START_SECONDS
         state: dict[str, Any] = {}
         while time.monotonic() < deadline and up.poll() is None:
             if state_path.exists():
@@ -349,7 +360,7 @@ def test_ctrl_c_on_foreground_up_stops_everything(run_dir: Path) -> None:
         assert state.get("status") == "running", up.stdout.read() if up.stdout else ""
         pids = _pids(state)
         up.send_signal(signal.SIGINT)
-        output, _ = up.communicate(timeout=30)
+        output, _ = up.communicate(timeout=WAIT_SECONDS)
         assert up.returncode == 0, output
         assert "stopped" in output
         assert_all_gone(pids)

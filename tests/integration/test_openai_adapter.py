@@ -31,6 +31,8 @@ from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, mak
 from batchline.local.processes import free_port
 from batchline.ports import StagedPayload
 
+from .conftest import WAIT_SECONDS, ManualClock
+
 pytestmark = pytest.mark.integration
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "openai" / "openapi.yaml"
@@ -72,7 +74,9 @@ def simple_requests(n: int, first_line: int = 1) -> list[Request]:
     return [parse(first_line + i, batchline_line(f"question {i}")) for i in range(n)]
 
 
-def wait_ended(provider: OpenAIProvider, batch_id: str, timeout: float = 10.0) -> ProviderBatch:
+def wait_ended(
+    provider: OpenAIProvider, batch_id: str, timeout: float = WAIT_SECONDS
+) -> ProviderBatch:
     deadline = time.monotonic() + timeout
     while True:
         batch = provider.get_batch(batch_id)
@@ -253,14 +257,6 @@ def test_find_batches_beyond_the_first_page(provider: OpenAIProvider, openai_emu
     assert found is not None and found.tag == BatchTag("job-new", 3)
 
 
-class ManualClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_find_batches_created_in_the_same_second() -> None:
     clock = ManualClock(1_800_000_000.25)
     root, stop = start_in_thread(make_app(EmulatorConfig(), clock=clock))
@@ -300,19 +296,18 @@ def test_expired_batch_keeps_finished_lines(provider: OpenAIProvider, openai_emu
 
 
 def test_cancel_keeps_lines_finished_before(provider: OpenAIProvider, openai_emulator: Any) -> None:
-    openai_emulator.admin({"lines_per_second": 20.0, "cancel_seconds": 0.05})
+    # 6 lines run, then the batch is held until the cancel, however slow this machine.
+    openai_emulator.admin({"hold_after_lines": 6, "cancel_seconds": 0.05})
     batch = provider.submit(payload(simple_requests(40)), BatchTag("job-k", 0), MODEL)
-    deadline = time.monotonic() + 5
-    while (running := provider.get_batch(batch.batch_id)).counts["completed"] < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert running.state is BatchState.RUNNING
+    openai_emulator.wait_held(batch.batch_id)
+    running = provider.get_batch(batch.batch_id)
+    assert running.state is BatchState.RUNNING and running.counts["completed"] == 6
     provider.cancel(batch.batch_id)
     assert provider.get_batch(batch.batch_id).state in (BatchState.CANCELING, BatchState.CANCELED)
     ended = wait_ended(provider, batch.batch_id)
     assert ended.state is BatchState.CANCELED
     results = list(provider.iter_results(ended))
-    assert 2 <= len(results) < 40
+    assert len(results) == 6
     assert all(r.status is ResultStatus.SUCCEEDED for r in results)
     assert len(results) == ended.counts["completed"]
     assert ended.counts["total"] == 40

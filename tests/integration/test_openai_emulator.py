@@ -27,6 +27,7 @@ from referencing.jsonschema import DRAFT202012
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
 
+from .conftest import WAIT_SECONDS, ManualClock
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ def create(client: OpenAI, file_id: str, **kwargs: Any) -> Any:
 
 
 def wait(
-    client: OpenAI, batch_id: str, until: set[str] = TERMINAL, timeout: float = 10.0
+    client: OpenAI, batch_id: str, until: set[str] = TERMINAL, timeout: float = WAIT_SECONDS
 ) -> tuple[Any, list[Any]]:
     """Poll until the batch reaches a status in `until`; (batch, every batch seen)."""
     seen = []
@@ -98,14 +99,6 @@ def raw_request(url: str, headers: dict[str, str] | None = None) -> tuple[int, d
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), json.loads(exc.read())
-
-
-class ManualClock:
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(autouse=True)
@@ -506,6 +499,98 @@ def test_cancel_keeps_lines_finished_before(
     b = client.batches.retrieve(early.id)
     assert b.status == "cancelled" and b.in_progress_at is None
     assert b.request_counts.total == 0 and b.output_file_id is None
+
+
+# --------------------------------------------------------------------------- hold
+
+
+def admin_post(client: OpenAI, path: str, body: Any) -> tuple[int, Any]:
+    root = str(client.base_url).removesuffix("/").removesuffix("/v1")
+    request = urllib.request.Request(
+        f"{root}/_emulator/{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def admin_held(client: OpenAI, batch_id: str) -> bool:
+    root = str(client.base_url).removesuffix("/").removesuffix("/v1")
+    _, _, body = raw_request(f"{root}/_emulator/batches")
+    [entry] = [b for b in body["data"] if b["id"] == batch_id]
+    held: bool = entry["emulator"]["held"]
+    return held
+
+
+def test_a_held_batch_answers_its_first_lines_and_waits_for_release(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(
+        validating_seconds=1.0, lines_per_second=10.0, finalizing_seconds=1.0, hold_after_lines=3
+    )
+    lines = [chat_line(f"h{i:02d}", f"line {i}") for i in range(10)]
+    t0 = clock.now
+    batch = create(client, upload(client, lines))
+    clock.now = t0 + 1.25
+    early = client.batches.retrieve(batch.id)
+    assert early.status == "in_progress" and early.request_counts.completed == 2
+    assert not admin_held(client, batch.id)  # not at its hold point yet
+    for hours in (1, 5, 23):  # however late the test reads, the batch waits
+        clock.now = t0 + hours * 3600
+        held = client.batches.retrieve(batch.id)
+        assert held.status == "in_progress" and held.request_counts.completed == 3
+        assert held.output_file_id is None and admin_held(client, batch.id)
+
+    released_at = clock.now
+    assert admin_post(client, "release", {}) == (200, {"released": [batch.id]})
+    assert admin_post(client, "release", {}) == (200, {"released": []})  # nothing left held
+    clock.now = released_at + 0.45  # the held lines follow at the same pace: 4 more
+    going = client.batches.retrieve(batch.id)
+    assert going.status == "in_progress" and going.request_counts.completed == 7
+    assert not admin_held(client, batch.id)
+    clock.now = released_at + 0.75
+    assert client.batches.retrieve(batch.id).status == "finalizing"
+    clock.now = released_at + 1.75
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 10
+    assert done.completed_at == int(released_at + 1.7)
+    answers = read_jsonl(client, done.output_file_id)
+    assert sorted(a["custom_id"] for a in answers) == [f"h{i:02d}" for i in range(10)]
+    assert all(a["response"]["body"]["created"] <= int(released_at + 0.7) for a in answers)
+
+
+def test_a_held_batch_cancels_with_the_answers_it_had(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(validating_seconds=0, lines_per_second=10.0, hold_after_lines=4)
+    lines = [chat_line(f"c{i:02d}", f"line {i}") for i in range(10)]
+    held = create(client, upload(client, lines))
+    other = create(client, upload(client, lines))
+    clock.now += 3600
+    client.batches.cancel(held.id)
+    clock.now += 60
+    cancelled = client.batches.retrieve(held.id)
+    assert cancelled.status == "cancelled" and cancelled.request_counts.completed == 4
+    assert len(read_jsonl(client, cancelled.output_file_id)) == 4
+    # Release may name one batch; the cancelled one keeps what it had.
+    assert admin_post(client, "release", {"batch": held.id}) == (200, {"released": [held.id]})
+    assert admin_post(client, "release", {"batch": other.id}) == (200, {"released": [other.id]})
+    clock.now += 1
+    assert client.batches.retrieve(other.id).status == "completed"
+    assert client.batches.retrieve(held.id).request_counts.completed == 4
+    status, body = admin_post(client, "release", {"batch": 7})
+    assert status == 400 and "batch" in body["error"]["message"]
+    # A batch created once the hold is off runs straight through.
+    client_config = admin_post(client, "config", {"hold_after_lines": None})
+    assert client_config[0] == 200 and client_config[1]["hold_after_lines"] is None
+    free = create(client, upload(client, lines))
+    clock.now += 2
+    assert client.batches.retrieve(free.id).status == "completed"
 
 
 # --------------------------------------------------------------------------- listing

@@ -28,7 +28,7 @@ from batchline.errors import ProviderError
 from batchline.local.processes import free_port
 from batchline.ports import StagedPayload
 
-from .conftest import VertexEmulatorHandle
+from .conftest import WAIT_SECONDS, VertexEmulatorHandle
 from .vertex_types import request_line_problems
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,9 @@ def simple(n: int) -> bytes:
     )
 
 
-def wait_ended(provider: VertexProvider, batch_id: str, timeout: float = 15.0) -> ProviderBatch:
+def wait_ended(
+    provider: VertexProvider, batch_id: str, timeout: float = WAIT_SECONDS
+) -> ProviderBatch:
     deadline = time.monotonic() + timeout
     while True:
         batch = provider.get_batch(batch_id)

@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from batchline.local.emulators._wsgi import start_in_thread
 from batchline.local.emulators.vertex import EmulatorConfig, make_app
 
-from .conftest import FAST_VERTEX_CONFIG, VertexEmulatorHandle
+from .conftest import FAST_VERTEX_CONFIG, WAIT_SECONDS, ManualClock, VertexEmulatorHandle
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
 from .vertex_types import message_problems, request_line_problems, row_problems
 
@@ -74,6 +74,31 @@ def _clean(vertex_emulator: VertexEmulatorHandle) -> Iterator[None]:
     vertex_emulator.reset()
 
 
+@pytest.fixture
+def manual(
+    vertex_emulator: VertexEmulatorHandle,
+) -> Iterator[Callable[..., tuple[VertexEmulatorHandle, ManualClock]]]:
+    """Start an emulator (over the session's GCS) whose clock only moves when the test
+    moves it: a test steps it through each state instead of polling a running clock."""
+    stops = []
+
+    def start(**config: Any) -> tuple[VertexEmulatorHandle, ManualClock]:
+        clock = ManualClock()
+        app = make_app(
+            EmulatorConfig().merged({**FAST_VERTEX_CONFIG, **config}),
+            storage_url=vertex_emulator.gcs_url,
+            clock=clock,
+        )
+        root, stop = start_in_thread(app)
+        stops.append(stop)
+        handle = VertexEmulatorHandle(app, root, vertex_emulator.gcs_url, vertex_emulator.blobs)
+        return handle, clock
+
+    yield start
+    for stop in stops:
+        stop()
+
+
 def create(emulator: VertexEmulatorHandle, lines: list[dict[str, Any]], **extra: Any) -> Any:
     staged = emulator.stage(payload(lines))
     return emulator.client().create_batch_prediction_job(
@@ -81,7 +106,9 @@ def create(emulator: VertexEmulatorHandle, lines: list[dict[str, Any]], **extra:
     )
 
 
-def wait_ended(emulator: VertexEmulatorHandle, name: str, timeout: float = 15.0) -> list[Any]:
+def wait_ended(
+    emulator: VertexEmulatorHandle, name: str, timeout: float = WAIT_SECONDS
+) -> list[Any]:
     client = emulator.client()
     seen = []
     deadline = time.monotonic() + timeout
@@ -104,18 +131,30 @@ def rows_of(emulator: VertexEmulatorHandle, job: Any) -> tuple[list[str], list[d
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_a_job_goes_queued_pending_running_succeeded(vertex_emulator: VertexEmulatorHandle) -> None:
-    vertex_emulator.admin({"queued_seconds": 0.2, "pending_seconds": 0.2, "lines_per_second": 50})
-    created = create(vertex_emulator, [line(f"q {i}", i) for i in range(1, 21)])
+def test_a_job_goes_queued_pending_running_succeeded(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, clock = manual(queued_seconds=0.2, pending_seconds=0.2, lines_per_second=50)
+    t0 = clock.now
+    created = create(emulator, [line(f"q {i}", i) for i in range(1, 21)])
     assert isinstance(created, BatchPredictionJob)
     assert created.state == JobState.JOB_STATE_QUEUED
-    assert created.name.startswith(f"{vertex_emulator.parent}/batchPredictionJobs/")
+    assert created.name.startswith(f"{emulator.parent}/batchPredictionJobs/")
     assert created.labels == {"batchline_job": "job-t", "batchline_chunk": "0"}
     assert created.create_time is not None and not created.output_info.gcs_output_directory
-    seen = wait_ended(vertex_emulator, created.name)
-    states = [s.state for s in seen]
-    order = [JobState.JOB_STATE_QUEUED, JobState.JOB_STATE_PENDING, JobState.JOB_STATE_RUNNING]
-    assert [s for s in dict.fromkeys(states)] == [*order, JobState.JOB_STATE_SUCCEEDED]
+    client = emulator.client()
+    seen = []
+    for at in (0.1, 0.3, 0.5, 0.75, 1.0):  # queued, pending, running (twice), ended
+        clock.now = t0 + at
+        seen.append(client.get_batch_prediction_job(name=created.name))
+    assert [s.state for s in seen] == [
+        JobState.JOB_STATE_QUEUED,
+        JobState.JOB_STATE_PENDING,
+        JobState.JOB_STATE_RUNNING,
+        JobState.JOB_STATE_RUNNING,
+        JobState.JOB_STATE_SUCCEEDED,
+    ]
+    assert not seen[1].output_info.gcs_output_directory and seen[2].output_info
     done = seen[-1]
     assert done.completion_stats.successful_count == 20
     assert done.completion_stats.failed_count == 0
@@ -124,7 +163,7 @@ def test_a_job_goes_queued_pending_running_succeeded(vertex_emulator: VertexEmul
     assert done.output_info.gcs_output_directory.startswith(
         done.output_config.gcs_destination.output_uri_prefix + "prediction-model-"
     )
-    files, rows = rows_of(vertex_emulator, done)
+    files, rows = rows_of(emulator, done)
     assert [f.rsplit("/", 1)[-1] for f in files] == ["predictions.jsonl"]
     assert len(rows) == 20 and all(row_problems(r) == [] for r in rows)
     ids = [r["request"]["labels"]["batchline_request_id"] for r in rows]
@@ -229,30 +268,69 @@ def test_create_checks_the_job(
 # --------------------------------------------------------------------------- cancel, expire
 
 
-def test_cancel_keeps_the_rows_that_ran(vertex_emulator: VertexEmulatorHandle) -> None:
-    vertex_emulator.admin({"lines_per_second": 40, "cancel_seconds": 0.2})
-    created = create(vertex_emulator, [line(f"q {i}", i) for i in range(1, 81)])
-    client = vertex_emulator.client()
-    time.sleep(0.6)
+def test_cancel_keeps_the_rows_that_ran(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, clock = manual(lines_per_second=40, cancel_seconds=0.2)
+    t0 = clock.now
+    created = create(emulator, [line(f"q {i}", i) for i in range(1, 81)])
+    client = emulator.client()
+    clock.now = t0 + 0.05 + 0.61  # queued and pending (0.05 s), then 24 rows
     with pytest.raises(exceptions.BadRequest):
         client.delete_batch_prediction_job(name=created.name)  # not ended yet
     client.cancel_batch_prediction_job(name=created.name)
+    clock.now = t0 + 0.75
     assert client.get_batch_prediction_job(name=created.name).state == (
         JobState.JOB_STATE_CANCELLING
     )
-    done = wait_ended(vertex_emulator, created.name)[-1]
+    clock.now = t0 + 0.9
+    done = client.get_batch_prediction_job(name=created.name)
     assert done.state == JobState.JOB_STATE_CANCELLED
     stats = done.completion_stats
-    assert 0 < stats.successful_count < 80
-    assert stats.successful_count + stats.incomplete_count == 80
-    _, rows = rows_of(vertex_emulator, done)
-    assert len(rows) == stats.successful_count
+    assert (stats.successful_count, stats.incomplete_count) == (24, 56)
+    _, rows = rows_of(emulator, done)
+    assert len(rows) == 24
     with pytest.raises(exceptions.BadRequest):
         client.cancel_batch_prediction_job(name=created.name)
     operation = client.delete_batch_prediction_job(name=created.name)
     assert operation.done() and operation.result() is not None
     with pytest.raises(exceptions.NotFound):
         client.get_batch_prediction_job(name=created.name)
+
+
+def test_a_held_job_keeps_running_until_released(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, clock = manual(lines_per_second=10, hold_after_lines=5, rows_per_file=4)
+    t0 = clock.now
+    created = create(emulator, [line(f"q {i}", i) for i in range(1, 13)])
+    client = emulator.client()
+    for hours in (1, 30, 70):  # however late the test reads, the job waits
+        clock.now = t0 + hours * 3600
+        job = client.get_batch_prediction_job(name=created.name)
+        assert job.state == JobState.JOB_STATE_RUNNING and not job.completion_stats
+        assert emulator.wait_held(created.name)["emulator"]["output_files"] == []
+    released_at = clock.now
+    assert emulator.release() == [created.name.rsplit("/", 1)[-1]]
+    clock.now = released_at + 0.65  # the 7 held rows follow at the same pace
+    assert client.get_batch_prediction_job(name=created.name).state == JobState.JOB_STATE_RUNNING
+    clock.now = released_at + 0.75
+    done = client.get_batch_prediction_job(name=created.name)
+    assert done.state == JobState.JOB_STATE_SUCCEEDED
+    assert done.completion_stats.successful_count == 12
+    assert done.end_time.timestamp() == pytest.approx(released_at + 0.7)
+    files, rows = rows_of(emulator, done)
+    assert len(files) == 3 and len(rows) == 12
+    times = sorted(r["processed_time"] for r in rows)
+    assert times[4] < times[5]  # the first held row ran after the release, not before
+
+    held = create(emulator, [line(f"c {i}", i) for i in range(1, 13)])
+    clock.now += 3600
+    client.cancel_batch_prediction_job(name=held.name)
+    clock.now += 60
+    cancelled = client.get_batch_prediction_job(name=held.name)
+    assert cancelled.state == JobState.JOB_STATE_CANCELLED
+    assert cancelled.completion_stats.successful_count == 5
 
 
 def test_expiry_keeps_the_rows_that_ran(vertex_emulator: VertexEmulatorHandle) -> None:
@@ -357,7 +435,7 @@ class Recorder:
 def test_every_answer_is_exactly_the_sdks_type(vertex_emulator: VertexEmulatorHandle) -> None:
     """Every job, list and operation the emulator serves, in every state, parses strictly as
     the SDK's proto; the SDK's own parse (REST transport) reads the same answers."""
-    # Wide enough queued and pending windows that polling sees each state, even under load.
+    # A clock the test moves, so that every state is served whatever this machine's speed.
     config = EmulatorConfig().merged(
         {
             **FAST_VERTEX_CONFIG,
@@ -367,21 +445,26 @@ def test_every_answer_is_exactly_the_sdks_type(vertex_emulator: VertexEmulatorHa
             "lines_per_second": 200,
         }
     )
-    recorder = Recorder(make_app(config, storage_url=vertex_emulator.gcs_url))
+    clock = ManualClock()
+    recorder = Recorder(make_app(config, storage_url=vertex_emulator.gcs_url, clock=clock))
     root, stop = start_in_thread(recorder)
     try:
         handle = VertexEmulatorHandle(
             recorder.app, root, vertex_emulator.gcs_url, vertex_emulator.blobs
         )
         client = handle.client()
+        t0 = clock.now
         ok = create(handle, [line(f"q {i}", i) for i in range(30)])
         partial = create(handle, [line("x [emulator:fail=429]", 1), line("y", 2)])
         failed = create(handle, [{"request": {}}])
         canceled = create(handle, [line(f"q {i}", i) for i in range(200)])
         client.cancel_batch_prediction_job(name=canceled.name)
         client.get_batch_prediction_job(name=canceled.name)  # cancelling
-        for job in (ok, partial, failed, canceled):
-            wait_ended(handle, job.name)
+        # queued, pending, running (ok ends at 0.85 s), every job ended
+        for at in (0.1, 0.5, 0.8, 5.0):
+            clock.now = t0 + at
+            for job in (ok, partial, failed, canceled):
+                client.get_batch_prediction_job(name=job.name)
         list(client.list_batch_prediction_jobs(request={"parent": handle.parent, "page_size": 3}))
         client.delete_batch_prediction_job(name=ok.name).result()
         assert not recorder.app.config.rows_per_file

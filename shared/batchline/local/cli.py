@@ -159,8 +159,8 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 print("stopping ...", file=out, flush=True)
-                stack.stop()
-                print("stopped", file=out, flush=True)
+                report = stack.stop()
+                print(f"stopped: {report}", file=out, flush=True)
         return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous_term)
@@ -177,8 +177,8 @@ def cmd_down(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print(f"no local stack running in {run_dir}", file=out)
         return EXIT_OK
     names = ", ".join(stack.components)
-    stack.stop()
-    print(f"stopped {names}", file=out)
+    report = stack.stop()
+    print(f"stopped {names}: {report}", file=out)
     return EXIT_OK
 
 

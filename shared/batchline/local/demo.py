@@ -154,8 +154,8 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
         return 0 if ok else 1
     finally:
         if owned is not None:
-            print("stopping the local stack…")
-            owned.stop()
+            print("stopping the local stack…", flush=True)
+            print(f"stopped: {owned.stop()}", flush=True)
 
 
 def _report(runs: list[ExampleRun]) -> bool:

@@ -2,7 +2,8 @@
 
 Every child runs in a new session (so in its own process group, led by the child), with
 stdout and stderr appended to a log file. Stopping signals the whole group, so helpers that
-a child forks (gunicorn workers, a JVM's own children) go with it. A process is identified
+a child forks (gunicorn workers, a JVM's own children) go with it, and every child at once
+(`stop_all`): SIGTERM, a grace period (5 s), then SIGKILL of the groups still alive. A process is identified
 by pid, process-group id and start time, so that a stale record never signals an unrelated
 process that happens to reuse the pid.
 """
@@ -16,15 +17,21 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+#: How long a stopped child has to exit after SIGTERM before its group gets SIGKILL.
 DEFAULT_GRACE_SECONDS = 5.0
+#: How long to wait, after SIGKILL, for the kernel to take a group (quick, unless a
+#: process is stuck in an uninterruptible call).
+KILL_WAIT_SECONDS = 5.0
 
 _handed_out_ports: set[int] = set()
 
@@ -52,6 +59,10 @@ class ManagedProcess:
     pgid: int
     log_path: Path
     start_time: int | None = None
+    #: What asks it to stop (then SIGKILL after the grace period); see `start_process`.
+    stop_signal: signal.Signals = signal.SIGTERM
+    #: Send `stop_signal` to the leader only (it passes the stop on to its group).
+    stop_leader_only: bool = False
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +73,8 @@ class ManagedProcess:
             "pgid": self.pgid,
             "log": str(self.log_path),
             "start_time": self.start_time,
+            "stop_signal": self.stop_signal.name,
+            "stop_leader_only": self.stop_leader_only,
         }
 
     @classmethod
@@ -73,6 +86,8 @@ class ManagedProcess:
             pgid=int(data["pgid"]),
             log_path=Path(str(data["log"])),
             start_time=data.get("start_time"),
+            stop_signal=signal.Signals[str(data.get("stop_signal") or "SIGTERM")],
+            stop_leader_only=bool(data.get("stop_leader_only", False)),
         )
 
     def exit_code(self) -> int | None:
@@ -151,8 +166,17 @@ def start_process(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     append: bool = False,
+    stop_signal: signal.Signals = signal.SIGTERM,
+    stop_leader_only: bool = False,
 ) -> ManagedProcess:
-    """Start `argv` in a new session with its output written to `log_path`."""
+    """Start `argv` in a new session with its output written to `log_path`.
+
+    `stop_signal` is what `stop_all` sends first: SIGTERM, unless the program treats
+    SIGTERM as "finish every request first" and something else as "stop now" (gunicorn:
+    SIGINT), and nothing is gained by waiting (the local stack's state is in memory).
+    With `stop_leader_only` it goes to the child alone, not its group: for a supervisor
+    that passes the stop on to its workers itself, which would otherwise get it twice.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab" if append else "wb") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {_quote(argv)}\n".encode())
@@ -177,6 +201,8 @@ def start_process(
         pgid=popen.pid,  # start_new_session makes the child the leader of its own group
         log_path=log_path,
         start_time=process_start_time(popen.pid),
+        stop_signal=stop_signal,
+        stop_leader_only=stop_leader_only,
         popen=popen,
     )
 
@@ -235,36 +261,54 @@ def wait_healthy(
         interval = min(interval * 1.5, 0.25)
 
 
+@dataclass
+class StopReport:
+    """What `stop_all` did: how long it took, and which groups needed SIGKILL (and which,
+    rarely, were still alive when it gave up: stuck in the kernel)."""
+
+    seconds: float = 0.0
+    signalled: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    alive: list[str] = field(default_factory=list)
+
+    def __iadd__(self, later: StopReport) -> StopReport:
+        """This report followed by `later` (a second wave)."""
+        self.seconds += later.seconds
+        self.signalled += later.signalled
+        self.killed += later.killed
+        self.alive += later.alive
+        return self
+
+    def __str__(self) -> str:
+        text = f"{len(self.signalled)} stopped in {self.seconds:.1f} s"
+        if self.killed:
+            text += f" (SIGKILL after the grace period: {', '.join(self.killed)})"
+        if self.alive:
+            text += f"; still alive: {', '.join(self.alive)}"
+        return text
+
+
 def stop_process(proc: ManagedProcess, *, grace: float = DEFAULT_GRACE_SECONDS) -> bool:
-    """SIGTERM the child's group, SIGKILL it after `grace` seconds. True if anything was signalled."""
-    if proc.popen is None and pid_alive(proc.pid) and not _same_process(proc.pid, proc.start_time):
-        # The pid was reused by an unrelated process: our child is long gone.
-        return False
-    signalled = _signal_group(proc.pgid, signal.SIGTERM)
-    if proc.popen is not None and proc.popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.popen.send_signal(signal.SIGTERM)
-        signalled = True
-    if not signalled:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not proc.group_alive():
-            break
-        time.sleep(0.05)
-    else:
-        _signal_group(proc.pgid, signal.SIGKILL)
-        kill_deadline = time.monotonic() + 5.0
-        while proc.group_alive() and time.monotonic() < kill_deadline:
-            time.sleep(0.05)
-    if proc.popen is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=1.0)
-    return True
+    """`stop_all([proc])`. True if anything was signalled."""
+    return bool(stop_all([proc], grace=grace).signalled)
 
 
-def stop_all(procs: Sequence[ManagedProcess], *, grace: float = DEFAULT_GRACE_SECONDS) -> None:
-    """Stop several children at once: SIGTERM every group, then wait, then SIGKILL stragglers."""
+def stop_all(
+    procs: Sequence[ManagedProcess],
+    *,
+    grace: float = DEFAULT_GRACE_SECONDS,
+    kill_wait: float = KILL_WAIT_SECONDS,
+) -> StopReport:
+    """Stop children in parallel, in bounded time: SIGTERM (each child's `stop_signal`)
+    to every process group (or its leader) at once, up to `grace` seconds for them all to
+    exit, then
+    SIGKILL to each group still alive and up to `kill_wait` seconds for the kernel to take
+    them. Takes at most about grace + kill_wait seconds however many children there are
+    and however loaded the machine is (a child busy with a request, or starved of CPU, is
+    killed, not waited for).
+    """
+    started = time.monotonic()
+    report = StopReport()
     live: list[ManagedProcess] = []
     for proc in procs:
         if (
@@ -272,27 +316,59 @@ def stop_all(procs: Sequence[ManagedProcess], *, grace: float = DEFAULT_GRACE_SE
             and pid_alive(proc.pid)
             and not _same_process(proc.pid, proc.start_time)
         ):
-            continue
-        if _signal_group(proc.pgid, signal.SIGTERM) or (
-            proc.popen is not None and proc.popen.poll() is None
-        ):
+            continue  # the pid was reused by an unrelated process: our child is long gone
+        # Once only: a handler that gets its stop signal twice may re-enter and deadlock.
+        if proc.stop_leader_only:
+            signalled = _signal_pid(proc.pid, proc.stop_signal)
+        else:
+            signalled = _signal_group(proc.pgid, proc.stop_signal)
+        if not signalled and proc.popen is not None and proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it left its group
+                proc.popen.send_signal(proc.stop_signal)
+                signalled = True
+        if signalled or proc.group_alive():  # a group whose leader is gone is killed too
             live.append(proc)
-    deadline = time.monotonic() + grace
-    while live and time.monotonic() < deadline:
-        live = [p for p in live if p.group_alive()]
-        if live:
-            time.sleep(0.05)
+            report.signalled.append(proc.name)
+    live = _wait_gone(live, time.monotonic() + grace)
     for proc in live:
         _signal_group(proc.pgid, signal.SIGKILL)
-    kill_deadline = time.monotonic() + 5.0
-    while live and time.monotonic() < kill_deadline:
-        live = [p for p in live if p.group_alive()]
-        if live:
-            time.sleep(0.05)
+        report.killed.append(proc.name)
+    live = _wait_gone(live, time.monotonic() + kill_wait)
+    report.alive = [proc.name for proc in live]
     for proc in procs:
         if proc.popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=1.0)
+            proc.popen.poll()  # reap the leader if it has exited; never block on it
+    report.seconds = time.monotonic() - started
+    return report
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive during the block are noted and dropped (the stop in
+    progress is what they ask for). Only on the main thread; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_gone(procs: list[ManagedProcess], deadline: float) -> list[ManagedProcess]:
+    """Poll until every group in `procs` is gone or `deadline` passes; those still alive."""
+    live = [p for p in procs if p.group_alive()]
+    while live and time.monotonic() < deadline:
+        time.sleep(0.05)
+        live = [p for p in live if p.group_alive()]
+    return live
 
 
 def pid_alive(pid: int) -> bool:
@@ -349,6 +425,16 @@ def _same_process(pid: int, start_time: int | None) -> bool:
         return True
     current = process_start_time(pid)
     return current is None or current == start_time
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> bool:
+    if pid <= 1:
+        return False
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:

@@ -1,5 +1,6 @@
-"""What the provider emulators share beyond HTTP: checked config overrides, and the
-deterministic hashes, fractions and token estimates their answers are made of."""
+"""What the provider emulators share beyond HTTP: checked config overrides, the schedule
+a batch's lines finish on (with a test's hold on it), and the deterministic hashes,
+fractions and token estimates their answers are made of."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 #: name -> (type, nullable, minimum, maximum)
@@ -49,6 +51,61 @@ def check_config_value(rules: ConfigRules, name: str, value: Any) -> Any:
     if hi is not None and value > hi:
         raise ValueError(f"config {name} must be <= {hi}")
     return value
+
+
+@dataclass
+class Hold:
+    """A test's hold on one batch: its first `after` lines (in processing order) finish on
+    schedule, the rest wait until `POST /_emulator/release`, then follow at the same pace.
+
+    A batch takes its hold from the config's `hold_after_lines` when it is created (None:
+    never held; 0: held before its first line). While held it stays running whatever the
+    clock says, so a test sees "N of M lines answered, still running" without racing a
+    wall-clock schedule; cancel and expiry still apply to a held batch, as to any other.
+    """
+
+    after: int | None = None
+    released_at: float | None = None
+
+    def delay(self, start: float, rate: float, total: int) -> float:
+        """How much later than scheduled the lines past the hold finish (inf until released)."""
+        if self.after is None or self.after >= total:
+            return 0.0
+        if self.released_at is None:
+            return math.inf
+        return max(0.0, self.released_at - (start + self.after / rate))
+
+    def done(self, t: float, start: float, rate: float, total: int) -> int:
+        """Lines finished by `t` when line i (0-based) is due at start + (i + 1) / rate."""
+        if t < start:
+            return 0
+        n = _lines_by(t - start, rate)
+        if self.after is not None and n > self.after:
+            late = self.delay(start, rate, total)
+            resumed = 0 if math.isinf(late) else _lines_by(t - late - start, rate)
+            n = max(self.after, resumed)
+        return min(total, max(0, n))
+
+    def finished_at(self, index: int, start: float, rate: float, total: int) -> float:
+        """When the line at processing position `index` finishes (inf while it is held)."""
+        due = start + (index + 1) / rate
+        if self.after is not None and index >= self.after:
+            due += self.delay(start, rate, total)
+        return due
+
+    def end(self, start: float, rate: float, total: int) -> float:
+        """When the last line finishes (inf while lines are held)."""
+        return start + total / rate + self.delay(start, rate, total)
+
+    def holding(self, t: float, start: float, rate: float, total: int) -> bool:
+        """True when the batch has answered its `after` lines and waits for a release."""
+        if self.after is None or not math.isinf(self.delay(start, rate, total)):
+            return False
+        return t >= start + self.after / rate
+
+
+def _lines_by(elapsed: float, rate: float) -> int:
+    return math.floor(elapsed * rate + 1e-9)
 
 
 def hex_digest(*parts: object, n: int = 32) -> str:

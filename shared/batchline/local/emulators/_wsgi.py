@@ -2,7 +2,8 @@
 
 JSON responses, an exception that carries a ready-made error response, a threaded
 werkzeug server that is quiet unless asked (`serve`, `start_in_thread`) and the common
-command line (`--host`, `--port`, `--config-json`, `--verbose`).
+command line (`--host`, `--port`, `--config-json`, `--verbose`), and the admin endpoints
+every emulator serves alike.
 
 Every provider formats its error bodies differently, so `HTTPError` takes the body as
 is; the emulator modules build it.
@@ -19,8 +20,11 @@ from types import FrameType
 from typing import Any
 
 import orjson
+from werkzeug.routing import Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from batchline.local.emulators._common import Hold
 
 WSGIApp = Callable[..., Iterable[bytes]]
 
@@ -165,19 +169,36 @@ def cli_main(
     return 0
 
 
+def admin_rules() -> list[Rule]:
+    """The routes of `AdminEndpoints`, for an emulator's URL map."""
+    return [
+        Rule("/", endpoint="root", methods=["GET"]),
+        Rule("/_emulator/config", endpoint="admin_get_config", methods=["GET"]),
+        Rule("/_emulator/config", endpoint="admin_set_config", methods=["POST"]),
+        Rule("/_emulator/reset", endpoint="admin_reset", methods=["POST"]),
+        Rule("/_emulator/release", endpoint="admin_release", methods=["POST"]),
+    ]
+
+
 class AdminEndpoints:
-    """The admin endpoints every emulator serves alike: health, config, reset.
+    """The admin endpoints every emulator serves alike: health, config, reset, release.
 
     No auth and never faulted. A subclass names itself (`emulator_name`), says how its
-    provider shapes a 400 (`api_error`), and has `lock`, `config` and `reset()`.
+    provider shapes a 400 (`api_error`), has `lock`, `config`, `clock` and `reset()`, and
+    lists its batches' holds (`holds()`).
     """
 
     emulator_name: str
     api_error: Callable[[int, str], HTTPError]
     lock: threading.RLock
     config: Any
+    clock: Callable[[], float]
 
     def reset(self) -> None:
+        raise NotImplementedError
+
+    def holds(self) -> Iterable[tuple[str, Hold]]:
+        """(batch id, its hold) for every batch (call with the lock held)."""
         raise NotImplementedError
 
     def h_root(self, request: Request) -> Response:
@@ -200,3 +221,24 @@ class AdminEndpoints:
     def h_admin_reset(self, request: Request) -> Response:
         self.reset()
         return json_response({"ok": True, "config": self.config.to_dict()})
+
+    def h_admin_release(self, request: Request) -> Response:
+        """Let held batches go on: every one, or `{"batch": ID}` only. Answers the ids
+        released. Batches created later still take `hold_after_lines` from the config."""
+        try:
+            body = read_json(request) if request.get_data(cache=True) else {}
+        except ValueError as exc:
+            raise type(self).api_error(400, str(exc)) from None
+        wanted = body.get("batch") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or (wanted is not None and not isinstance(wanted, str)):
+            raise type(self).api_error(400, 'expected {} or {"batch": "<id>"}')
+        with self.lock:
+            now = self.clock()
+            released = []
+            for batch_id, hold in self.holds():
+                if wanted is not None and wanted.rsplit("/", 1)[-1] != batch_id:
+                    continue
+                if hold.after is not None and hold.released_at is None:
+                    hold.released_at = now
+                    released.append(batch_id)
+        return json_response({"released": released})

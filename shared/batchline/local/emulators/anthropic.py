@@ -74,10 +74,15 @@ Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``)
 A batch keeps the config current at its creation; the API error faults apply at once.
 
 Admin endpoints (no auth, never faulted): ``GET /`` (health), ``GET|POST
-/_emulator/config``, ``POST /_emulator/reset``, ``GET /_emulator/batches`` (every batch
-ever created, deleted ones too, newest first, each with an ``emulator`` object: request
-count, models, whether deleted), ``GET /_emulator/batches/{id}/requests`` (the requests
-as received), ``GET /_emulator/stats`` (API calls, injected errors, creates).
+/_emulator/config``, ``POST /_emulator/reset``, ``POST /_emulator/release``,
+``GET /_emulator/batches`` (every batch ever created, deleted ones too, newest first, each
+with an ``emulator`` object: request count, models, whether deleted, whether ``held``),
+``GET /_emulator/batches/{id}/requests`` (the requests as received), ``GET
+/_emulator/stats`` (API calls, injected errors, creates).
+
+Hold: with ``hold_after_lines: N``, batches created from then on answer N requests and
+stay ``in_progress`` until ``POST /_emulator/release`` (``{}`` or ``{"batch": ID}``); see
+the OpenAI emulator and ``_common.Hold``.
 
 Every response carries ``x-emulator: batchline-anthropic`` and a ``request-id``.
 
@@ -89,7 +94,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 import random
 import re
 import secrets
@@ -109,6 +113,7 @@ from werkzeug.wrappers import Request, Response
 from batchline.local.emulators._answers import InvalidAnswers, structured_answer
 from batchline.local.emulators._common import (
     ConfigRules,
+    Hold,
     fraction,
     hex_digest,
     merged_config,
@@ -117,6 +122,7 @@ from batchline.local.emulators._common import (
 from batchline.local.emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
+    admin_rules,
     cli_main,
     json_response,
 )
@@ -235,6 +241,9 @@ class EmulatorConfig:
     #: Fraction of forced-tool first answers (picked by a seeded hash of the custom_id)
     #: that are invalid for the tool's input_schema.
     invalid_answer_rate: float = 0.0
+    #: Batches created from now on answer this many requests, then stay in_progress until
+    #: `POST /_emulator/release` (None: never held). See `Hold`.
+    hold_after_lines: int | None = None
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -260,6 +269,7 @@ _CONFIG_RULES: ConfigRules = {
     "max_bytes": (int, False, 1, None),
     "results_part_bytes": (int, False, 1, None),
     "invalid_answer_rate": (float, False, 0, 1),
+    "hold_after_lines": (int, True, 0, None),
 }
 
 
@@ -635,6 +645,7 @@ class BatchRecord:
     config: EmulatorConfig  # snapshot at create
     requests: list[RequestPlan]  # processing (shuffled) order
     cancel_requested_at: float | None = None
+    hold: Hold = field(default_factory=Hold)
     deleted: bool = False
     outcome_prefix: dict[str, list[int]] = field(default_factory=dict)
 
@@ -651,7 +662,7 @@ class BatchRecord:
 
     @property
     def lines_end(self) -> float:
-        return self.started_at + len(self.requests) / self.config.lines_per_second
+        return self.hold.end(self.started_at, self.config.lines_per_second, len(self.requests))
 
     @property
     def expires_at(self) -> float:
@@ -659,10 +670,14 @@ class BatchRecord:
         return self.created + (EXPIRY_SECONDS if window is None else window)
 
     def done(self, t: float) -> int:
-        if t < self.started_at:
-            return 0
-        n = math.floor((t - self.started_at) * self.config.lines_per_second + 1e-9)
-        return min(len(self.requests), max(0, n))
+        return self.hold.done(t, self.started_at, self.config.lines_per_second, len(self.requests))
+
+    def held(self, now: float) -> bool:
+        """Waiting for `POST /_emulator/release` (not canceled, not expired) at `now`."""
+        if self.phase(now).status != "in_progress":
+            return False
+        rate = self.config.lines_per_second
+        return self.hold.holding(now, self.started_at, rate, len(self.requests))
 
     def phase(self, now: float) -> Phase:
         deadline, t_end = self.expires_at, self.lines_end
@@ -749,10 +764,7 @@ def _url_map() -> Map:
                 "/v1/messages/batches/<batch_id>/cancel", endpoint="cancel_batch", methods=["POST"]
             ),
             Rule("/v1/messages/batches/<batch_id>/results", endpoint="results", methods=["GET"]),
-            Rule("/", endpoint="root", methods=["GET"]),
-            Rule("/_emulator/config", endpoint="admin_get_config", methods=["GET"]),
-            Rule("/_emulator/config", endpoint="admin_set_config", methods=["POST"]),
-            Rule("/_emulator/reset", endpoint="admin_reset", methods=["POST"]),
+            *admin_rules(),
             Rule("/_emulator/batches", endpoint="admin_batches", methods=["GET"]),
             Rule(
                 "/_emulator/batches/<batch_id>/requests",
@@ -880,7 +892,8 @@ class AnthropicBatchEmulator(AdminEndpoints):
             seq = self.state.next_seq
             self.state.next_seq += 1
             self.state.creates += 1
-            batch = BatchRecord(_batch_id(), seq, self.clock(), config, plans)
+            hold = Hold(config.hold_after_lines)
+            batch = BatchRecord(_batch_id(), seq, self.clock(), config, plans, hold=hold)
             self.state.batches[batch.id] = batch
             return json_response(batch.to_api(batch.created, _root_url(request)))
 
@@ -1031,11 +1044,15 @@ class AnthropicBatchEmulator(AdminEndpoints):
                             {str(p.params.get("model")) for p in b.requests if p.params}
                         ),
                         "deleted": b.deleted,
+                        "held": b.held(now),
                     },
                 }
                 for b in batches
             ]
             return json_response({"data": data})
+
+    def holds(self) -> Iterable[tuple[str, Hold]]:
+        return [(b.id, b.hold) for b in self.state.batches.values()]
 
     def h_admin_requests(self, request: Request, batch_id: str) -> Response:
         with self.lock:

@@ -85,8 +85,16 @@ faults apply at once.
 Admin endpoints (no auth, never faulted): ``GET /`` (health check),
 ``GET|POST /_emulator/config`` (POST merges a JSON object into the config and returns
 the config), ``POST /_emulator/reset`` (drops all files and batches, restores the
-startup config), ``GET /_emulator/batches`` (every batch, newest first, with its
-metadata), ``GET /_emulator/stats`` (API calls seen, errors injected, counts).
+startup config), ``POST /_emulator/release`` (held batches go on, see below),
+``GET /_emulator/batches`` (every batch, newest first, with its metadata and an
+``emulator`` object saying whether it is ``held``), ``GET /_emulator/stats`` (API calls
+seen, errors injected, counts).
+
+Hold (for tests that need a batch "still running"): with ``hold_after_lines: N`` in the
+config, batches created from then on answer N lines on schedule and then stay
+``in_progress`` until ``POST /_emulator/release`` (``{}`` for all, ``{"batch": ID}`` for
+one); the rest then follow at the configured pace. Cancel and expiry apply to a held
+batch as to any other, so "N of M answered, then cancelled" needs no race with a clock.
 
 Every response carries ``x-emulator: batchline-openai``; every chat answer starts with
 ``[batchline openai emulator]``.
@@ -121,6 +129,7 @@ from werkzeug.wrappers import Request, Response
 from batchline.local.emulators._answers import InvalidAnswers, structured_answer
 from batchline.local.emulators._common import (
     ConfigRules,
+    Hold,
     fraction,
     hex_digest,
     merged_config,
@@ -129,6 +138,7 @@ from batchline.local.emulators._common import (
 from batchline.local.emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
+    admin_rules,
     cli_main,
     json_response,
     read_json,
@@ -195,6 +205,9 @@ class EmulatorConfig:
     #: Fraction of structured first answers (picked by a seeded hash of the custom_id)
     #: that are invalid for their schema.
     invalid_answer_rate: float = 0.0
+    #: Batches created from now on answer this many lines, then stay in_progress until
+    #: `POST /_emulator/release` (None: never held). See `Hold`.
+    hold_after_lines: int | None = None
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -221,6 +234,7 @@ _CONFIG_RULES: ConfigRules = {
     "max_bytes": (int, False, 1, None),
     "embedding_dimensions": (int, False, 1, 65536),
     "invalid_answer_rate": (float, False, 0, 1),
+    "hold_after_lines": (int, True, 0, None),
 }
 
 
@@ -345,6 +359,7 @@ class BatchRecord:
     in_prefix: list[int] = field(default_factory=list)
     out_prefix: list[int] = field(default_factory=list)
     cancel_requested_at: float | None = None
+    hold: Hold = field(default_factory=Hold)
     materialized: bool = False
     output_file_id: str | None = None
     error_file_id: str | None = None
@@ -371,7 +386,7 @@ class BatchRecord:
     def lines_end(self) -> float:
         if not self.valid:
             return self.validated_at
-        return self.validated_at + len(self.lines) / self.config.lines_per_second
+        return self.hold.end(self.validated_at, self.config.lines_per_second, len(self.lines))
 
     @property
     def deadline(self) -> float:
@@ -380,13 +395,20 @@ class BatchRecord:
 
     def line_done_at(self, index: int) -> float:
         """When the line at processing position `index` (0-based) finishes."""
-        return self.validated_at + (index + 1) / self.config.lines_per_second
+        rate = self.config.lines_per_second
+        return self.hold.finished_at(index, self.validated_at, rate, len(self.lines))
 
     def lines_done(self, t: float) -> int:
-        if not self.valid or t < self.validated_at:
+        if not self.valid:
             return 0
-        done = math.floor((t - self.validated_at) * self.config.lines_per_second + 1e-9)
-        return min(len(self.lines), max(0, done))
+        return self.hold.done(t, self.validated_at, self.config.lines_per_second, len(self.lines))
+
+    def held(self, now: float) -> bool:
+        """Waiting for `POST /_emulator/release` (not canceled, not expired) at `now`."""
+        if not self.valid or self.phase(now).status != "in_progress":
+            return False
+        rate = self.config.lines_per_second
+        return self.hold.holding(now, self.validated_at, rate, len(self.lines))
 
     def phase(self, now: float) -> Phase:
         tv, t_end = self.validated_at, self.lines_end
@@ -980,10 +1002,7 @@ def _url_map() -> Map:
             Rule("/v1/batches", endpoint="list_batches", methods=["GET"]),
             Rule("/v1/batches/<batch_id>", endpoint="retrieve_batch", methods=["GET"]),
             Rule("/v1/batches/<batch_id>/cancel", endpoint="cancel_batch", methods=["POST"]),
-            Rule("/", endpoint="root", methods=["GET"]),
-            Rule("/_emulator/config", endpoint="admin_get_config", methods=["GET"]),
-            Rule("/_emulator/config", endpoint="admin_set_config", methods=["POST"]),
-            Rule("/_emulator/reset", endpoint="admin_reset", methods=["POST"]),
+            *admin_rules(),
             Rule("/_emulator/batches", endpoint="admin_batches", methods=["GET"]),
             Rule("/_emulator/stats", endpoint="admin_stats", methods=["GET"]),
         ],
@@ -1353,6 +1372,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
                 errors=errors,
                 model=model,
                 lines=lines,
+                hold=Hold(config.hold_after_lines),
             )
             self.state.batches[batch.id] = batch
             self.state.active.add(batch.id)
@@ -1404,7 +1424,11 @@ class OpenAIBatchEmulator(AdminEndpoints):
             now = self.clock()
             self._advance_all(now)
             batches = sorted(self.state.batches.values(), key=lambda b: b.seq, reverse=True)
-            return json_response({"object": "list", "data": [b.to_api(now) for b in batches]})
+            data = [{**b.to_api(now), "emulator": {"held": b.held(now)}} for b in batches]
+            return json_response({"object": "list", "data": data})
+
+    def holds(self) -> Iterable[tuple[str, Hold]]:
+        return [(b.id, b.hold) for b in self.state.batches.values()]
 
     def h_admin_stats(self, request: Request) -> Response:
         with self.lock:

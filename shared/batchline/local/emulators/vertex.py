@@ -77,9 +77,14 @@ with ``EmulatorConfig(invalid_answer_rate=0.2)``, ``--config-json
 '{"invalid_answer_rate": 0.2}'`` or ``POST /_emulator/config``.
 
 Admin endpoints (never faulted): ``GET /`` (health), ``GET|POST /_emulator/config``,
-``POST /_emulator/reset``, ``GET /_emulator/batches`` (every job, deleted ones too, newest
-first, each with ``id`` (its name) and an ``emulator`` object), ``GET
-/_emulator/batches/{id}/requests`` (the input lines as read), ``GET /_emulator/stats``.
+``POST /_emulator/reset``, ``POST /_emulator/release``, ``GET /_emulator/batches`` (every
+job, deleted ones too, newest first, each with ``id`` (its name) and an ``emulator``
+object, ``held`` among its fields), ``GET /_emulator/batches/{id}/requests`` (the input
+lines as read), ``GET /_emulator/stats``.
+
+Hold: with ``hold_after_lines: N``, jobs created from then on run N rows and stay
+``JOB_STATE_RUNNING`` until ``POST /_emulator/release`` (``{}`` or ``{"batch": ID or
+name}``); see the OpenAI emulator and ``_common.Hold``.
 
 Every response carries ``x-emulator: batchline-vertex``.
 
@@ -93,7 +98,6 @@ import argparse
 import base64
 import dataclasses
 import datetime as dt
-import math
 import os
 import random
 import re
@@ -122,6 +126,7 @@ from batchline.local.emulators._answers import (
 )
 from batchline.local.emulators._common import (
     ConfigRules,
+    Hold,
     fraction,
     hex_digest,
     merged_config,
@@ -130,6 +135,7 @@ from batchline.local.emulators._common import (
 from batchline.local.emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
+    admin_rules,
     json_response,
     read_json,
     serve,
@@ -312,6 +318,9 @@ class EmulatorConfig:
     #: Fraction of JSON-mode first answers (picked by a seeded hash of the request's
     #: `batchline_request_id` label) that are invalid for their schema.
     invalid_answer_rate: float = 0.0
+    #: Jobs created from now on run this many rows, then stay JOB_STATE_RUNNING until
+    #: `POST /_emulator/release` (None: never held). See `Hold`.
+    hold_after_lines: int | None = None
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -336,6 +345,7 @@ _CONFIG_RULES: ConfigRules = {
     "max_requests": (int, False, 1, None),
     "max_bytes": (int, False, 1, None),
     "invalid_answer_rate": (float, False, 0, 1),
+    "hold_after_lines": (int, True, 0, None),
 }
 
 
@@ -615,6 +625,7 @@ class JobRecord:
     rows: list[RowPlan]  # processing (shuffled) order
     failure: tuple[int, str] | None = None  # (HTTP status, message): fails the job
     cancel_requested_at: float | None = None
+    hold: Hold = field(default_factory=Hold)
     deleted: bool = False
     written: list[str] = field(default_factory=list)
     written_for: str | None = None  # the end state the output was written for
@@ -632,7 +643,7 @@ class JobRecord:
 
     @property
     def rows_end(self) -> float:
-        return self.started_at + len(self.rows) / self.config.lines_per_second
+        return self.hold.end(self.started_at, self.config.lines_per_second, len(self.rows))
 
     @property
     def expires_at(self) -> float:
@@ -646,10 +657,14 @@ class JobRecord:
         return f"{prefix}/prediction-model-{stamp}"
 
     def done(self, t: float) -> int:
-        if t < self.started_at:
-            return 0
-        n = math.floor((t - self.started_at) * self.config.lines_per_second + 1e-9)
-        return min(len(self.rows), max(0, n))
+        return self.hold.done(t, self.started_at, self.config.lines_per_second, len(self.rows))
+
+    def held(self, now: float) -> bool:
+        """Waiting for `POST /_emulator/release` (not cancelled, not expired) at `now`."""
+        if self.failure is not None or self.phase(now).state != "JOB_STATE_RUNNING":
+            return False
+        rate = self.config.lines_per_second
+        return self.hold.holding(now, self.started_at, rate, len(self.rows))
 
     def _waiting(self, now: float) -> str:
         if now < self.created + self.config.queued_seconds:
@@ -713,7 +728,7 @@ class JobRecord:
         rows = self.rows[: ph.processed]
         if not rows or ph.started_at is None:
             return
-        rate = self.config.lines_per_second
+        rate, total = self.config.lines_per_second, len(self.rows)
         if per_file is None:
             groups = [rows]
             names = ["predictions.jsonl"]
@@ -724,8 +739,8 @@ class JobRecord:
         for name, group in zip(names, groups, strict=True):
             data = bytearray()
             for row in group:
+                data += row.row(self.hold.finished_at(at, ph.started_at, rate, total))
                 at += 1
-                data += row.row(ph.started_at + at / rate)
             yield f"{self.output_directory}/{name}", bytes(data)
 
 
@@ -846,10 +861,7 @@ def _url_map() -> Map:
             Rule(f"{base}/batchPredictionJobs/<ref>", endpoint="post_job", methods=["POST"]),
             Rule(f"{base}/batchPredictionJobs/<ref>", endpoint="delete", methods=["DELETE"]),
             Rule(f"{base}/operations/<op>", endpoint="operation", methods=["GET"]),
-            Rule("/", endpoint="root", methods=["GET"]),
-            Rule("/_emulator/config", endpoint="admin_get_config", methods=["GET"]),
-            Rule("/_emulator/config", endpoint="admin_set_config", methods=["POST"]),
-            Rule("/_emulator/reset", endpoint="admin_reset", methods=["POST"]),
+            *admin_rules(),
             Rule("/_emulator/batches", endpoint="admin_batches", methods=["GET"]),
             Rule(
                 "/_emulator/batches/<job_id>/requests", endpoint="admin_requests", methods=["GET"]
@@ -1018,7 +1030,10 @@ class VertexBatchEmulator(AdminEndpoints):
             self.state.creates += 1
             job_id = str(secrets.randbelow(9 * 10**18) + 10**18)
             name = f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}"
-            job = JobRecord(job_id, name, seq, self.clock(), config, checked, rows, failure)
+            hold = Hold(config.hold_after_lines)
+            job = JobRecord(
+                job_id, name, seq, self.clock(), config, checked, rows, failure, hold=hold
+            )
             self.state.jobs[job_id] = job
             return json_response(job.to_api(job.phase(job.created), self._enum_ints(request)))
 
@@ -1140,10 +1155,14 @@ class VertexBatchEmulator(AdminEndpoints):
                             "failed_rows": job.failed_prefix[-1],
                             "deleted": job.deleted,
                             "output_files": list(job.written),
+                            "held": job.held(now),
                         },
                     }
                 )
             return json_response({"data": data})
+
+    def holds(self) -> Iterable[tuple[str, Hold]]:
+        return [(j.id, j.hold) for j in self.state.jobs.values()]
 
     def h_admin_requests(self, request: Request, job_id: str) -> Response:
         with self.lock:
