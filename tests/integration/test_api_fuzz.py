@@ -1,8 +1,8 @@
 """The api function fuzzed over request shapes (hypothesis), on the emulators: whatever a
 caller sends, the answer is JSON, never a 5xx, and every error has the one shape.
 
-The budget is bounded for CI (BATCHLINE_FUZZ_EXAMPLES, 300 by default); run it longer by
-hand with a larger number.
+A heavy test: 300 examples per test in `make test` and CI, 3,000 under `make bench`
+(BATCHLINE_TEST_BUDGET=bench); BATCHLINE_FUZZ_EXAMPLES sets any other number.
 """
 
 # ruff: noqa: F811  (the fixtures of test_functions, imported, are parameters here)
@@ -25,9 +25,10 @@ from .test_functions import (  # noqa: F401  (fixtures)
     request_line,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 
-EXAMPLES = int(os.environ.get("BATCHLINE_FUZZ_EXAMPLES", "300"))
+_BENCH = os.environ.get("BATCHLINE_TEST_BUDGET", "").strip().lower() == "bench"
+EXAMPLES = int(os.environ.get("BATCHLINE_FUZZ_EXAMPLES") or (3000 if _BENCH else 300))
 
 scalars = st.one_of(
     st.none(),
