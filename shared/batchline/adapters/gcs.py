@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batchline.adapters._google import translated
 from batchline.errors import NotFound, PreconditionFailed
@@ -141,6 +141,18 @@ class _TranslatedReader:
             data = self._reader.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
     def readable(self) -> bool:
         return True
