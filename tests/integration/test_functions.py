@@ -329,7 +329,7 @@ def b64json(value: Any) -> str:
     return base64.b64encode(json.dumps(value).encode()).decode()
 
 
-def poll_until_collecting(fn: Functions, cloud: Cloud, job_id: str, timeout: float = 20.0) -> Job:
+def poll_until_collecting(fn: Functions, cloud: Cloud, job_id: str, timeout: float = 60.0) -> Job:
     """Poll ticks, letting the job's emulator batches end between them, until the job
     leaves submitting/running."""
     deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ class Topic:
     subscription: str
     subscriber: pubsub_v1.SubscriberClient
 
-    def pull(self, expected: int, timeout: float = 10.0) -> list[pubsub_v1.types.ReceivedMessage]:
+    def pull(self, expected: int, timeout: float = 60.0) -> list[pubsub_v1.types.ReceivedMessage]:
         """Pull until `expected` messages arrived (acknowledging them); fail on more."""
         path = self.subscriber.subscription_path(self.project, self.subscription)
         received: list[pubsub_v1.types.ReceivedMessage] = []

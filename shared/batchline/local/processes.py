@@ -270,6 +270,8 @@ class StopReport:
     signalled: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
     alive: list[str] = field(default_factory=list)
+    #: Seconds from the stop signal until each one's group was gone.
+    took: dict[str, float] = field(default_factory=dict)
 
     def __iadd__(self, later: StopReport) -> StopReport:
         """This report followed by `later` (a second wave)."""
@@ -277,10 +279,14 @@ class StopReport:
         self.signalled += later.signalled
         self.killed += later.killed
         self.alive += later.alive
+        self.took.update(later.took)
         return self
 
     def __str__(self) -> str:
         text = f"{len(self.signalled)} stopped in {self.seconds:.1f} s"
+        if self.took:
+            slowest = max(self.took, key=self.took.__getitem__)
+            text += f" (slowest: {slowest} {self.took[slowest]:.1f} s)"
         if self.killed:
             text += f" (SIGKILL after the grace period: {', '.join(self.killed)})"
         if self.alive:
@@ -329,11 +335,11 @@ def stop_all(
         if signalled or proc.group_alive():  # a group whose leader is gone is killed too
             live.append(proc)
             report.signalled.append(proc.name)
-    live = _wait_gone(live, time.monotonic() + grace)
+    live = _wait_gone(live, time.monotonic() + grace, started, report.took)
     for proc in live:
         _signal_group(proc.pgid, signal.SIGKILL)
         report.killed.append(proc.name)
-    live = _wait_gone(live, time.monotonic() + kill_wait)
+    live = _wait_gone(live, time.monotonic() + kill_wait, started, report.took)
     report.alive = [proc.name for proc in live]
     for proc in procs:
         if proc.popen is not None:
@@ -362,13 +368,20 @@ def interrupts_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _wait_gone(procs: list[ManagedProcess], deadline: float) -> list[ManagedProcess]:
-    """Poll until every group in `procs` is gone or `deadline` passes; those still alive."""
-    live = [p for p in procs if p.group_alive()]
-    while live and time.monotonic() < deadline:
+def _wait_gone(
+    procs: list[ManagedProcess], deadline: float, started: float, took: dict[str, float]
+) -> list[ManagedProcess]:
+    """Poll until every group in `procs` is gone or `deadline` passes; those still alive.
+    Notes in `took` when each went (seconds since `started`)."""
+    live = procs
+    while True:
+        now = time.monotonic()
+        still = [p for p in live if p.group_alive()]
+        took.update({p.name: now - started for p in live if p not in still})
+        live = still
+        if not live or now >= deadline:
+            return live
         time.sleep(0.05)
-        live = [p for p in live if p.group_alive()]
-    return live
 
 
 def pid_alive(pid: int) -> bool:

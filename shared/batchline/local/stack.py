@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -763,14 +762,13 @@ class LocalStack:
             log_path=self.log_path(name),
             env=self.function_env(name),
             cwd=source.parent,
-            # functions-framework serves with gunicorn, for which SIGTERM is a graceful
-            # shutdown (requests in flight first, up to 30 s; 2-3 s when idle under load)
-            # and SIGINT a quick one (under 1 s). The stack's state is in memory and goes
-            # with it: there is nothing to finish. The master alone gets it and passes it
-            # on: a worker sent SIGINT by us and SIGQUIT by the master re-enters its quick
-            # shutdown handler and deadlocks on its own thread pool's lock (seen under
-            # load: poll hung until SIGKILL).
-            stop_signal=signal.SIGINT,
+            # functions-framework serves with gunicorn. Its master alone gets SIGTERM
+            # (graceful: the worker ends the requests in flight, against emulators that
+            # still answer, see `stop`) and passes it on. Not SIGINT, gunicorn's quick
+            # shutdown: its worker's handler takes the thread pool's lock, and deadlocks
+            # when the signal lands while the worker holds it to hand a request over
+            # (found with gdb: poll hung until SIGKILL); nor both, from us and from the
+            # master, which re-enters that handler.
             stop_leader_only=True,
         )
         # TCP, not HTTP: a GET would invoke the function. functions-framework loads the
@@ -816,8 +814,9 @@ class LocalStack:
         return Component("ticker", proc, health_log="tick 1 published")
 
     def stop(self) -> processes.StopReport:
-        """Stop every component: SIGTERM to each process group (SIGINT to the functions'
-        gunicorn), SIGKILL to those still alive after `config.stop_grace` seconds (5).
+        """Stop every component: SIGTERM to each process group (to the functions' gunicorn
+        master, which passes it on), SIGKILL to those still alive after
+        `config.stop_grace` seconds (5).
 
         In two waves, each all at once: first the workers (functions, bridge, ticker), so
         that a request in flight ends against emulators that still answer (stopped
