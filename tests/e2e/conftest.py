@@ -73,6 +73,8 @@ def local_stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
             "BATCHLINE_VERTEX_MAX_REQUESTS": str(VERTEX_CHUNK_REQUESTS),
             "BATCHLINE_LEASE_SECONDS": str(LEASE_SECONDS),
             "BATCHLINE_COLLECT_RETRY_SECONDS": "20",
+            # Small, so that test_pipeline's over-limit line is 1 MiB, not 32.
+            "BATCHLINE_MAX_LINE_BYTES": str(1024 * 1024),
         },
         vertex_emulator_config={"rows_per_file": VERTEX_ROWS_PER_FILE},
     )

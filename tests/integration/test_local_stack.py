@@ -219,7 +219,8 @@ def test_upload_reaches_submit_as_storage_cloudevent(
     blob.upload_from_string(b'{"custom_id":"a"}\n', content_type="application/jsonl")
     blob.reload()
 
-    subject = f"objects/in/{tag} fail-once.jsonl"
+    # The CloudEvents HTTP binding percent-encodes the space (local/bridge.py).
+    subject = f"objects/in/{tag}%20fail-once.jsonl"
 
     def delivered(reqs: list[dict[str, Any]]) -> bool:
         return any(r["headers"].get("ce-subject") == subject and r["status"] == 200 for r in reqs)

@@ -354,7 +354,8 @@ def upload(deps: Deps, lines: list[dict[str, Any]]) -> ObjectFinalized:
     data = b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
     bucket, name = deps.settings.input_bucket, f"c/{uuid.uuid4().hex[:12]}/in.jsonl"
     assert deps.blobs.write_bytes(f"gs://{bucket}/{name}", data, "application/jsonl")
-    generation, size = deps.blobs.stat(f"gs://{bucket}/{name}")
+    info = deps.blobs.describe(f"gs://{bucket}/{name}")
+    generation, size = info.generation, info.size
     return ObjectFinalized(bucket, name, generation, size)
 
 

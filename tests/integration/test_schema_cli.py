@@ -438,7 +438,7 @@ def test_read_results_streams_a_large_gzip_object(target: Target) -> None:
 def test_read_results_of_a_missing_object_or_bad_uri(target: Target) -> None:
     missing = re.escape(f"gs://{target.output}/nope/results.jsonl")
     with pytest.raises(
-        ResultsFileError, match=f"cannot read {missing}: {missing} .*does not exist"
+        ResultsFileError, match=f"cannot read {missing}: reading {missing}.*not found"
     ):
         list(read_results(f"gs://{target.output}/nope/"))
     with pytest.raises(ResultsFileError, match="needs a bucket and an object name"):

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 JOBS = "jobs"
 CHUNKS = "chunks"
 KEYS = "idempotency_keys"
-#: Concurrent claims of one key contend on one document: let the client retry longer.
-KEY_CLAIM_ATTEMPTS = 20
+#: A key record whose job does not exist yet is its creator's for this long (it creates
+#: the job right after the key); after that its creator is taken for dead.
+KEY_CLAIM_GRACE_SECONDS = 60.0
 ACTIVE_STATES = [
     str(s) for s in (JobState.ACCEPTED, JobState.SUBMITTING, JobState.RUNNING, JobState.COLLECTING)
 ]
@@ -74,27 +75,48 @@ class FirestoreJobStore:
         return (key, job) if job is not None else None
 
     def create_job_for_key(self, key: IdempotencyKey, job: Job) -> tuple[Job, bool]:
+        """The key's record is created first (create-if-absent: one winner, no contention
+        between concurrent callers), then the job. A record whose job is missing is
+        either being finished by its creator (younger than KEY_CLAIM_GRACE_SECONDS: the
+        caller is asked to retry) or left by a creator that died, or by a job whose
+        record expired: it is taken over in a transaction."""
+        from google.api_core.exceptions import AlreadyExists, Conflict
+
+        key_ref = self._db.collection(KEYS).document(key.key_id)
+        with translated(f"claiming idempotency key {key.key_id}"):
+            try:
+                key_ref.create(key.to_dict())
+            except (AlreadyExists, Conflict):
+                return self._held_or_taken_over(key, job)
+            self._job_ref(job.job_id).create(job.to_dict())
+        return job, True
+
+    def _held_or_taken_over(self, key: IdempotencyKey, job: Job) -> tuple[Job, bool]:
         from google.cloud import firestore
 
         key_ref = self._db.collection(KEYS).document(key.key_id)
+        snapshot = key_ref.get()
+        holder = IdempotencyKey.from_dict(snapshot.to_dict() or {}) if snapshot.exists else None
+        if holder is not None:
+            current = self.get_job(holder.job_id)
+            if current is not None:
+                return current, False
+            if key.created_at - holder.created_at < KEY_CLAIM_GRACE_SECONDS:
+                raise RetryableError(f"idempotency key {key.key_id} is being claimed")
+        seen = holder.job_id if holder is not None else None
 
         @firestore.transactional
         def run(transaction: Any) -> tuple[Job, bool]:
-            held = key_ref.get(transaction=transaction)
-            if held.exists:
-                holder = IdempotencyKey.from_dict(held.to_dict() or {})
-                current = self._job_ref(holder.job_id).get(transaction=transaction)
-                if current.exists:
-                    return Job.from_dict(current.to_dict()), False
-            # Free, or held for a job whose record expired: the key starts a new job.
+            again = key_ref.get(transaction=transaction)
+            if again.exists:
+                now_holder = IdempotencyKey.from_dict(again.to_dict() or {})
+                if now_holder.job_id != seen:
+                    raise RetryableError(f"idempotency key {key.key_id} was just claimed")
             transaction.set(key_ref, key.to_dict())
             transaction.create(self._job_ref(job.job_id), job.to_dict())
             return job, True
 
-        with translated(f"claiming idempotency key {key.key_id}"):
-            result: tuple[Job, bool] = _committed(
-                run, self._db.transaction(max_attempts=KEY_CLAIM_ATTEMPTS)
-            )
+        result: tuple[Job, bool] = _committed(run, self._db.transaction())
         return result
 
     def update_job(
