@@ -26,6 +26,7 @@ def test_a_leftover_process_fails_the_session_and_is_killed(tmp_path: Path) -> N
     )
     (tmp_path / "test_leaky.py").write_text(LEAKY_TEST)
     env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)  # an outer --basetemp would be wiped by the nested run
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     nested = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
