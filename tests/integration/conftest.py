@@ -85,20 +85,10 @@ def _http_json(method: str, url: str, payload: Any = None) -> Any:
         return json.loads(response.read())
 
 
-@dataclass
-class OpenAIEmulatorHandle:
-    app: OpenAIBatchEmulator
-    root_url: str  # http://127.0.0.1:P
-    base_url: str  # http://127.0.0.1:P/v1, for OpenAI(base_url=...)
+class HeldBatches:
+    """The hold control every emulator shares (`hold_after_lines`, /_emulator/release)."""
 
-    def admin(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Merge `config` into the emulator's config (POST /_emulator/config)."""
-        result: dict[str, Any] = _http_json("POST", f"{self.root_url}/_emulator/config", config)
-        return result
-
-    def reset(self) -> None:
-        """Drop all files and batches and restore the startup config."""
-        _http_json("POST", f"{self.root_url}/_emulator/reset", {})
+    root_url: str
 
     def release(self, batch: str | None = None) -> list[str]:
         """Let held batches (or one) go on (POST /_emulator/release); the ids released."""
@@ -111,6 +101,22 @@ class OpenAIEmulatorHandle:
     def wait_held(self, batch_id: str) -> dict[str, Any]:
         """Wait until the batch has answered its `hold_after_lines` and waits for release."""
         return wait_held(self.root_url, batch_id)
+
+
+@dataclass
+class OpenAIEmulatorHandle(HeldBatches):
+    app: OpenAIBatchEmulator
+    root_url: str  # http://127.0.0.1:P
+    base_url: str  # http://127.0.0.1:P/v1, for OpenAI(base_url=...)
+
+    def admin(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Merge `config` into the emulator's config (POST /_emulator/config)."""
+        result: dict[str, Any] = _http_json("POST", f"{self.root_url}/_emulator/config", config)
+        return result
+
+    def reset(self) -> None:
+        """Drop all files and batches and restore the startup config."""
+        _http_json("POST", f"{self.root_url}/_emulator/reset", {})
 
     def batches(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = _http_json("GET", f"{self.root_url}/_emulator/batches")[
@@ -140,7 +146,7 @@ def openai_emulator() -> Iterator[OpenAIEmulatorHandle]:
 
 
 @dataclass
-class AnthropicEmulatorHandle:
+class AnthropicEmulatorHandle(HeldBatches):
     app: anthropic_emulator_module.AnthropicBatchEmulator
     root_url: str  # http://127.0.0.1:P, also the SDK's base_url
 
@@ -155,18 +161,6 @@ class AnthropicEmulatorHandle:
 
     def reset(self) -> None:
         _http_json("POST", f"{self.root_url}/_emulator/reset", {})
-
-    def release(self, batch: str | None = None) -> list[str]:
-        """Let held batches (or one) go on (POST /_emulator/release); the ids released."""
-        body = {} if batch is None else {"batch": batch}
-        released: list[str] = _http_json("POST", f"{self.root_url}/_emulator/release", body)[
-            "released"
-        ]
-        return released
-
-    def wait_held(self, batch_id: str) -> dict[str, Any]:
-        """Wait until the batch has answered its `hold_after_lines` and waits for release."""
-        return wait_held(self.root_url, batch_id)
 
     def batches(self) -> list[dict[str, Any]]:
         """Every batch ever created (deleted ones too), newest first."""
@@ -204,7 +198,7 @@ def anthropic_emulator() -> Iterator[AnthropicEmulatorHandle]:
 
 
 @dataclass
-class VertexEmulatorHandle:
+class VertexEmulatorHandle(HeldBatches):
     app: vertex_emulator_module.VertexBatchEmulator
     root_url: str  # http://127.0.0.1:P, also the client's api_endpoint
     gcs_url: str  # the fake-gcs-server it reads and writes
@@ -228,18 +222,6 @@ class VertexEmulatorHandle:
 
     def reset(self) -> None:
         _http_json("POST", f"{self.root_url}/_emulator/reset", {})
-
-    def release(self, batch: str | None = None) -> list[str]:
-        """Let held batches (or one) go on (POST /_emulator/release); the ids released."""
-        body = {} if batch is None else {"batch": batch}
-        released: list[str] = _http_json("POST", f"{self.root_url}/_emulator/release", body)[
-            "released"
-        ]
-        return released
-
-    def wait_held(self, batch_id: str) -> dict[str, Any]:
-        """Wait until the batch has answered its `hold_after_lines` and waits for release."""
-        return wait_held(self.root_url, batch_id)
 
     def batches(self) -> list[dict[str, Any]]:
         """Every job ever created (deleted ones too), newest first; `id` is its name."""

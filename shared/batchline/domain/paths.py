@@ -52,6 +52,10 @@ class WorkPaths:
         return self.chunk(index) + "collected.json"
 
 
+#: The objects batchline takes as input, by the bucket trigger and by `input_uri` alike.
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
 #: A registered schema's name: what `schema` on a line or in the job options refers to.
 SCHEMA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 

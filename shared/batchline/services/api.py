@@ -27,9 +27,9 @@ from batchline.domain.ids import output_prefix
 from batchline.domain.models import IdempotencyKey, Job, JobOptions, Source
 from batchline.domain.options import OptionError, OptionTooLarge
 from batchline.domain.options import from_api as job_options_from_api
+from batchline.domain.paths import INPUT_SUFFIXES
 from batchline.errors import AccessDenied, NotFound, PermanentError, RetryableError
 from batchline.log import fields, get_logger
-from batchline.services.submit import INPUT_SUFFIXES
 
 log = get_logger(__name__)
 

@@ -8,13 +8,12 @@ from batchline.bootstrap import Deps
 from batchline.domain import options
 from batchline.domain.ids import job_id_for_object, output_prefix
 from batchline.domain.models import Job, JobOptions, JobState, Lease, Source
+from batchline.domain.paths import INPUT_SUFFIXES
 from batchline.log import fields, get_logger
 from batchline.services import advance, reporting
 from batchline.services.plan import new_owner, plan_job
 
 log = get_logger(__name__)
-
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
 @dataclass(frozen=True)
