@@ -143,6 +143,50 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class CreateIntent:
+    """What the holder of a provider's create lock is creating: the batch of chunk
+    `chunk` of `job_id`, with `request_count` requests. `after_batch` and
+    `after_created_at` mark the newest batch the provider listed before the create
+    (None: it listed none): a batch the provider lists after the mark, while this intent
+    is open, can only be this chunk's (`services/create_lock.py`)."""
+
+    job_id: str
+    chunk: int
+    request_count: int
+    declared_at: float
+    after_batch: str | None = None
+    after_created_at: float | None = None
+
+    @property
+    def tag(self) -> BatchTag:
+        return BatchTag(self.job_id, self.chunk)
+
+
+@dataclass(frozen=True)
+class ProviderLock:
+    """The one create in flight at a provider whose batches carry no tag (Anthropic):
+    its holder's lease, and what it is creating. `provider_locks/{provider}` in
+    Firestore; a lock never written is free."""
+
+    provider: str
+    lease: Lease | None = None
+    intent: CreateIntent | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProviderLock:
+        lease = data.get("lease")
+        intent = data.get("intent")
+        return cls(
+            provider=data["provider"],
+            lease=Lease(**lease) if lease else None,
+            intent=CreateIntent(**intent) if intent else None,
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     job_id: str
     source: Source
@@ -162,6 +206,9 @@ class Job:
     updated_at: float = 0.0
     submitted_at: float | None = None
     collect_requested_at: float | None = None
+    #: When the collect message asked for at `collect_requested_at` went out (None: not
+    #: yet, or its sender died before it did).
+    collect_sent_at: float | None = None
     #: Someone asked to cancel the job (API or CLI); poll carries it out.
     cancel_requested_at: float | None = None
     ended_at: float | None = None
@@ -247,6 +294,9 @@ class Chunk:
     repair_round: int = 0
     #: A re-ask chunk: the chunk whose invalid answers it asks again.
     repair_of: int | None = None
+    #: Batches made with this chunk's requests that nobody reads (duplicates found and
+    #: cancelled): reported in the job's summary.
+    orphans: list[str] = field(default_factory=list)
 
     def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
         check_chunk_transition(self.state, target)
