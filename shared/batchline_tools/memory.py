@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job
+from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, ProviderLock
 from batchline.errors import NotFound, PreconditionFailed
-from batchline.ports import ChunkChange, JobChange, ObjectInfo
+from batchline.ports import ChunkChange, JobChange, LockChange, ObjectInfo
 
 
 class MemoryJobStore:
@@ -25,6 +25,7 @@ class MemoryJobStore:
         self.jobs: dict[str, Job] = {}
         self.chunks: dict[str, dict[int, Chunk]] = {}
         self.keys: dict[str, IdempotencyKey] = {}
+        self.locks: dict[str, ProviderLock] = {}
 
     def create_job(self, job: Job) -> bool:
         with self._lock:
@@ -93,6 +94,17 @@ class MemoryJobStore:
                     if chunk.batch_id == batch_id:
                         return BatchTag(job_id, index)
             return None
+
+    def get_lock(self, provider: str) -> ProviderLock:
+        with self._lock:
+            return self.locks.get(provider, ProviderLock(provider))
+
+    def update_lock(self, provider: str, change: LockChange) -> ProviderLock | None:
+        with self._lock:
+            updated = change(self.locks.get(provider, ProviderLock(provider)))
+            if updated is not None:
+                self.locks[provider] = updated
+            return updated
 
 
 class MemoryBlobStore:

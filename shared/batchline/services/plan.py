@@ -30,9 +30,10 @@ from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestRefused
 from batchline.domain.requests import InvalidLine, Request, SchemaContext, parse_line
 from batchline.domain.results import Tally, invalid_result_line
 from batchline.domain.schemas import ResponseSchema, SchemaError
-from batchline.errors import BatchlineError, NotFound, RetryableError
+from batchline.errors import NotFound
 from batchline.log import fields, get_logger
 from batchline.services import messages
+from batchline.services.leases import Keeper, LeaseLost, contended
 from batchline.services.reject import reject
 
 log = get_logger(__name__)
@@ -69,22 +70,21 @@ def new_owner() -> str:
 
 
 def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
-    """Take the planning lease and plan; None when there is nothing (left) to plan.
-
-    Raises RetryableError while another live invocation holds the lease, so that the
-    trigger comes back rather than losing the job if that invocation dies.
+    """Take the planning lease and plan; None when there is nothing (left) to plan, or
+    when another live invocation holds the lease (it plans; if it dies, a poll tick
+    takes the job over once its lease has run out).
     """
     now = deps.clock.now()
     take = Change(claims.take_for_plan, owner, now, LeaseTerms(deps.settings.lease_seconds))
-    job = deps.store.update_job(job_id, take)
+    job = contended(deps.store.update_job, job_id, take)
     if job is None:
-        current = deps.store.get_job(job_id)
-        if current is not None and current.state is JobState.ACCEPTED:
-            raise RetryableError(f"job {job_id} is being planned by another invocation")
+        log.info("planned or being planned elsewhere", extra=fields(job_id=job_id))
         return None
     log.info("planning", extra=fields(job_id=job_id, source=job.source.uri))
+    keeper = Keeper(deps, f"planning {job_id}", [_planning_renewal(deps, job_id, owner)])
     try:
-        plan = build_plan(deps, job, heartbeat=_Heartbeat(deps, job_id, owner))
+        with keeper:
+            plan = build_plan(deps, job, heartbeat=keeper.check)
     except UnreadableInput as exc:
         return reject(deps, job, str(exc))
     except LeaseLost:
@@ -132,29 +132,15 @@ class _NotTheLine(Exception):
         self.error = error
 
 
-class LeaseLost(BatchlineError):
-    """Another invocation took over an expired lease: stop, it carries on."""
+def _planning_renewal(deps: Deps, job_id: str, owner: str) -> Callable[[], bool]:
+    """The heartbeat's renewal of the planning lease: True while it is still mine."""
 
+    def renew() -> bool:
+        terms = LeaseTerms(deps.settings.lease_seconds)
+        change = Change(claims.renew_plan, owner, deps.clock.now(), terms)
+        return deps.store.update_job(job_id, change) is not None
 
-class _Heartbeat:
-    """Renews the planning lease while a long file is read, so that nobody takes over a
-    planner that is alive; raises LeaseLost if somebody did."""
-
-    def __init__(self, deps: Deps, job_id: str, owner: str) -> None:
-        self._deps = deps
-        self._job_id = job_id
-        self._owner = owner
-        self._renewed = deps.clock.now()
-
-    def __call__(self) -> None:
-        now = self._deps.clock.now()
-        terms = LeaseTerms(self._deps.settings.lease_seconds)
-        if not terms.renewal_due(self._renewed, now):
-            return
-        renew = Change(claims.renew_plan, self._owner, now, terms)
-        if self._deps.store.update_job(self._job_id, renew) is None:
-            raise LeaseLost(f"job {self._job_id}: planning lease lost")
-        self._renewed = now
+    return renew
 
 
 def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:
