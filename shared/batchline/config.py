@@ -43,11 +43,10 @@ def provider_settings_from_env(env: Mapping[str, str]) -> dict[str, ProviderSett
     return {p.name: p.settings_from_env(env) for p in descriptors()}
 
 
-def enabled_providers_from_env(env: Mapping[str, str]) -> frozenset[str]:
-    """BATCHLINE_ENABLED_PROVIDERS: comma-separated provider names, every known provider
-    when unset or blank; ConfigError naming an unknown one."""
-    raw = env.get(ENABLED_PROVIDERS_ENV) or ""
-    names = {name.strip() for name in raw.split(",") if name.strip()}
+def enabled_providers(raw: str | None) -> frozenset[str]:
+    """BATCHLINE_ENABLED_PROVIDERS's value: comma-separated provider names, every known
+    provider when unset or blank; ConfigError naming an unknown one."""
+    names = {name.strip() for name in (raw or "").split(",") if name.strip()}
     unknown = sorted(names - KNOWN_PROVIDERS)
     if unknown:
         raise ConfigError(
@@ -131,7 +130,7 @@ class Settings:
             collect_topic=env.get("BATCHLINE_COLLECT_TOPIC") or defaults.collect_topic,
             events_topic=env.get("BATCHLINE_EVENTS_TOPIC") or defaults.events_topic,
             default_model=env.get("BATCHLINE_DEFAULT_MODEL") or None,
-            enabled_providers=enabled_providers_from_env(env),
+            enabled_providers=enabled_providers(env.get("BATCHLINE_ENABLED_PROVIDERS")),
             providers=provider_settings_from_env(env),
             max_input_bytes=int(number("BATCHLINE_MAX_INPUT_BYTES", defaults.max_input_bytes)),
             max_line_bytes=int(number("BATCHLINE_MAX_LINE_BYTES", defaults.max_line_bytes)),
