@@ -485,11 +485,13 @@ def _numeric_names(function: ast.FunctionDef, parsers: frozenset[str]) -> set[st
     """Env names passed to a number parser in `function`."""
     numeric: set[str] = set()
     for node in ast.walk(function):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
-            if node.func.id in parsers:
-                numeric.update(
-                    c for a in node.args if (c := _constant_str(a)) and ENV_NAME.match(c)
-                )
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.args
+            and node.func.id in parsers
+        ):
+            numeric.update(c for a in node.args if (c := _constant_str(a)) and ENV_NAME.match(c))
     return numeric
 
 
@@ -977,7 +979,10 @@ def registry_providers(sources: dict[str, str]) -> frozenset[str]:
             for node in ast.parse(sources.get(REGISTRY, "")).body
             if isinstance(node, ast.AnnAssign | ast.Assign)
             and "PROVIDERS"
-            in [getattr(t, "id", "") for t in getattr(node, "targets", [getattr(node, "target", None)])]
+            in [
+                getattr(t, "id", "")
+                for t in getattr(node, "targets", [getattr(node, "target", None)])
+            ]
         ),
         None,
     )
@@ -1020,7 +1025,9 @@ def expiry_fields(sources: dict[str, str]) -> dict[str, frozenset[str]]:
 
 def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
     sources = deployed_sources() if sources is None else sources
-    blocks = {name: sources.get(f"{DESCRIPTORS}.{name}", "") for name in registry_providers(sources)}
+    blocks = {
+        name: sources.get(f"{DESCRIPTORS}.{name}", "") for name in registry_providers(sources)
+    }
     fields, required, numeric = settings_from_config(sources["batchline.config"], blocks)
     graph = CallGraph(sources)
     points = entry_points(sources["main"])
