@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import orjson
@@ -60,6 +60,8 @@ _BATCHLINE_FIELDS = frozenset(
 #: Native formats, told apart in the registry's order: (the keys that mark one, its
 #: provider).
 _NATIVE_FORMATS = tuple((p.native_keys, p) for p in PROVIDERS.values())
+#: (the keys that mark a native format, the field of its own that may hold the line's id).
+_ID_KEYS = tuple((p.native_keys, p.id_key) for p in PROVIDERS.values() if p.id_key)
 
 
 #: Finds a registered schema by name; raises SchemaError when there is none.
@@ -134,15 +136,18 @@ def parse_line(
         return InvalidLine(number, None, "line", reason)
     if not isinstance(obj, dict):
         return InvalidLine(number, None, "line", f"expected a JSON object, got {kind(obj)}")
-    # A provider's native line may name itself with a field of its own (Vertex's `key`).
-    id_field = next(
-        (f for p in PROVIDERS.values() if (f := p.id_field(obj)) is not None), "custom_id"
-    )
+    keys = obj.keys()
+    id_field = "custom_id"
+    if id_field not in obj:
+        # A provider's native line may name itself with a field of its own (Vertex's `key`).
+        for marks, id_key in _ID_KEYS:
+            if id_key in obj and not keys.isdisjoint(marks):
+                id_field = id_key
+                break
     custom_id = obj.get(id_field)
     shown_id = custom_id if isinstance(custom_id, str) else None
     try:
         custom_id = check_custom_id(custom_id, id_field)
-        keys = obj.keys()
         for marks, provider in _NATIVE_FORMATS:
             if not keys.isdisjoint(marks):
                 return _native(number, custom_id, obj, provider, default_model, enabled)
@@ -218,10 +223,15 @@ def _native(
         raise InvalidField(
             provider.model_field, f"provider {provider.name!r} is not enabled in this deployment"
         )
-    context = NativeContext(default_model, partial(split_model, enabled=enabled))
-    model, body = provider.parse_native(obj, context)
+    model, body = provider.parse_native(obj, _native_context(default_model, enabled))
     request = Request(number, custom_id, provider.name, model, native=body)
     return _with_native_schema(request, provider)
+
+
+@lru_cache(maxsize=64)
+def _native_context(default_model: str | None, enabled: frozenset[str]) -> NativeContext:
+    """One per job's default model and enabled providers (made once, not per line)."""
+    return NativeContext(default_model, partial(split_model, enabled=enabled))
 
 
 def _batchline(

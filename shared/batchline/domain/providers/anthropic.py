@@ -38,7 +38,6 @@ from batchline.domain.providers.base import (
     kind,
     margin_limits,
     no_check,
-    role_is,
 )
 from batchline.domain.providers.tokens import (
     REPLY_PRIMING_TOKENS,
@@ -146,6 +145,8 @@ def add_repair_turn(line: dict[str, Any], answer: str, feedback: str) -> None:
 
 
 def make_encoder(default_max_tokens: int) -> Callable[[Request], bytes]:
+    """`encode` with the deployment's default `max_tokens` bound."""
+
     def encode_request(request: Request) -> bytes:
         return encode(request, default_max_tokens)
 
@@ -153,6 +154,8 @@ def make_encoder(default_max_tokens: int) -> Callable[[Request], bytes]:
 
 
 def make_line_encoder(default_max_tokens: int) -> Callable[[Request], dict[str, Any]]:
+    """`encode_line` with the deployment's default `max_tokens` bound."""
+
     def encode_request(request: Request) -> dict[str, Any]:
         return encode_line(request, default_max_tokens)
 
@@ -360,7 +363,11 @@ def check_message(where: str, message: dict[str, Any]) -> None:
     """An Anthropic message: a role it takes, only `role` and `content`, content a string
     or a non-empty list of content blocks (which pass through as given)."""
     role = message.get("role")
-    if not role_is(role, _ROLES):
+    try:
+        known = role in _ROLES
+    except TypeError:  # a list or object where a role goes
+        known = False
+    if not known:
         raise InvalidField(
             f"{where}.role", f"Anthropic takes one of {sorted(_ROLES)}, got {role!r}"
         )
@@ -489,6 +496,8 @@ class Anthropic:
 
     name = NAME
     native_keys = frozenset({"params"})
+    #: A native line's id is its `custom_id`.
+    id_key: str | None = None
     #: Where a native line names its model.
     model_field = "params.model"
 
@@ -514,10 +523,6 @@ class Anthropic:
     def model_id(self, model: str) -> str:
         """The model id as written."""
         return model
-
-    def id_field(self, obj: dict[str, Any]) -> str | None:
-        """None: a line's id is its `custom_id`."""
-        return None
 
     def strips_nulls(self, schema: ResponseSchema) -> bool:
         """False: a forced tool's input is the answer as given."""

@@ -135,6 +135,9 @@ class Provider(Protocol):
     native_keys: frozenset[str]
     #: Where a native line names its model (`body.model`).
     model_field: str
+    #: The field of its own that holds a native line's id when it has no `custom_id`
+    #: (Vertex's `key`), or None.
+    id_key: str | None
 
     def settings_from_env(self, env: Mapping[str, str], /) -> ProviderSettings:
         """Its settings block from the environment; raises ConfigError naming a bad one."""
@@ -150,10 +153,6 @@ class Provider(Protocol):
 
     def model_id(self, model: str) -> str:
         """The model id of a `provider/<model>` name's `<model>` (e.g. a path stripped)."""
-        ...
-
-    def id_field(self, obj: dict[str, Any]) -> str | None:
-        """The field that holds a line's id when it is not `custom_id`, else None."""
         ...
 
     def parse_native(

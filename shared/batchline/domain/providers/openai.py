@@ -30,7 +30,6 @@ from batchline.domain.providers.base import (
     kind,
     margin_limits,
     no_check,
-    role_is,
 )
 from batchline.domain.providers.tokens import (
     REPLY_PRIMING_TOKENS,
@@ -251,7 +250,11 @@ def check_message(where: str, message: dict[str, Any]) -> None:
     """A chat message: a known role, content a string or a non-empty list of parts (an
     assistant turn that only calls tools has none), a tool message's `tool_call_id`."""
     role = message.get("role")
-    if not role_is(role, _ROLES):
+    try:
+        known = role in _ROLES
+    except TypeError:  # a list or object where a role goes
+        known = False
+    if not known:
         raise InvalidField(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
     content = message.get("content")
     if content is None and role == "assistant" and message.get("tool_calls"):
@@ -387,6 +390,8 @@ class OpenAI:
 
     name = NAME
     native_keys = frozenset({"body", "method", "url"})
+    #: A native line's id is its `custom_id`.
+    id_key: str | None = None
     #: Where a native line names its model.
     model_field = "body.model"
 
@@ -411,10 +416,6 @@ class OpenAI:
     def model_id(self, model: str) -> str:
         """The model id as written."""
         return model
-
-    def id_field(self, obj: dict[str, Any]) -> str | None:
-        """None: a line's id is its `custom_id`."""
-        return None
 
     def strips_nulls(self, schema: ResponseSchema) -> bool:
         """Strict mode answers null for optional properties: whenever it is used."""

@@ -279,6 +279,7 @@ def timestamp(value: Any) -> float | None:
 
 
 def state_name(native: dict[str, Any]) -> str:
+    """The job's `state` by name (the REST transport may send its number)."""
     state = native.get("state", 0)
     if isinstance(state, int):
         return _STATE_NUMBERS.get(state, "JOB_STATE_UNSPECIFIED")
@@ -286,6 +287,7 @@ def state_name(native: dict[str, Any]) -> str:
 
 
 def batch_state(native: dict[str, Any]) -> BatchState:
+    """The job's state as batchline's (`BATCH_STATES`; an unknown one is running)."""
     return BATCH_STATES.get(state_name(native), BatchState.RUNNING)
 
 
@@ -307,6 +309,7 @@ def batch_counts(native: dict[str, Any]) -> dict[str, int]:
 
 
 def batch_tag(native: dict[str, Any]) -> BatchTag | None:
+    """The batchline job and chunk a job's labels name, or None."""
     labels = native.get("labels") or {}
     if JOB_LABEL not in labels or CHUNK_LABEL not in labels:
         return None
@@ -317,6 +320,7 @@ def batch_tag(native: dict[str, Any]) -> BatchTag | None:
 
 
 def job_labels(tag: BatchTag) -> dict[str, str]:
+    """The labels that tag a job with its batchline job and chunk."""
     return {JOB_LABEL: tag.job_id, CHUNK_LABEL: str(tag.chunk)}
 
 
@@ -326,6 +330,7 @@ def tag_filter(tag: BatchTag) -> str:
 
 
 def batch_errors(native: dict[str, Any]) -> tuple[str, ...]:
+    """The job's error as `CODE: message`, or nothing."""
     error = native.get("error") or {}
     if not error.get("message") and not error.get("code"):
         return ()
@@ -446,11 +451,6 @@ def vertex_model_id(name: str) -> str:
     return "" if "/" in name else name
 
 
-def id_field(obj: dict[str, Any]) -> str | None:
-    """`key`, Vertex's own id, on a line with a `request` and no `custom_id`."""
-    return "key" if "request" in obj and "custom_id" not in obj and "key" in obj else None
-
-
 def parse_native(obj: dict[str, Any], context: NativeContext) -> tuple[str, dict[str, Any]]:
     """(model id, request without its `model`) of a native line; raises `InvalidField`.
 
@@ -527,7 +527,11 @@ def check_message(where: str, message: dict[str, Any]) -> None:
     a string or a non-empty list of parts (`{"type": "text", "text"}` or Gemini parts;
     text only in a system message)."""
     role = message.get("role")
-    if not role_is(role, _ROLES):
+    try:
+        known = role in _ROLES
+    except TypeError:  # a list or object where a role goes
+        known = False
+    if not known:
         raise InvalidField(
             f"{where}.role", f"a Vertex line takes one of {sorted(_ROLES)}, got {role!r}"
         )
@@ -678,11 +682,12 @@ class Vertex:
 
     name = NAME
     native_keys = frozenset({"request"})
+    #: Vertex's own id, which a native line without `custom_id` may give instead.
+    id_key: str | None = "key"
     #: Where a native line names its model.
     model_field = "request.model"
 
     settings_from_env = staticmethod(VertexSettings.from_env)
-    id_field = staticmethod(id_field)
     parse_native = staticmethod(parse_native)
     native_schema = staticmethod(native_schema)
     check_message = staticmethod(check_message)
