@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 
-from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.bootstrap import Deps, Providers
 from batchline.config import ChunkLimits, Settings, default_provider_settings
 from batchline.domain.models import (
@@ -19,6 +18,7 @@ from batchline.domain.models import (
     ResultStatus,
 )
 from batchline.ports import StagedPayload
+from batchline_tools.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 
 
 class FakeClock:

@@ -32,7 +32,6 @@ from batchline.domain._tokenizers import (
     bpe_file,
     get_encoding,
 )
-from batchline.domain._tokenizers import refresh as tokenizer_refresh
 from batchline.domain.estimate import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     Estimate,
@@ -48,6 +47,7 @@ from batchline.domain.providers.openai import IMAGE_TOKENS_LOW as OPENAI_IMAGE_T
 from batchline.domain.providers.openai import openai_encoding_name
 from batchline.domain.providers.vertex import IMAGE_TOKENS as GEMINI_IMAGE_TOKENS
 from batchline.domain.requests import Request
+from batchline_tools import tokenizers as tokenizer_refresh
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TEXT = "Summarise this invoice, please.\nTotal: 1,234.56 € — due 2026-06-01. 東京 🙂 <|endoftext|>"

@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from batchline.adapters.memory import MemoryBlobStore
 from batchline.bootstrap import make_client
 from batchline.config import Settings
 from batchline.domain.pricing import PRICES
 from batchline.domain.providers import base
 from batchline.domain.providers.registry import KNOWN_PROVIDERS, PROVIDERS
-from batchline.local.stack import COMPONENTS, PROVIDER_EMULATORS
+from batchline_tools.local.stack import COMPONENTS, PROVIDER_EMULATORS
+from batchline_tools.memory import MemoryBlobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "shared" / "batchline"
 NAMES = sorted(KNOWN_PROVIDERS)
 #: Where a provider's name may be compared: its own files and the registry.
-PROVIDER_HOMES = ("domain/providers/", "adapters/providers/", "local/emulators/")
+PROVIDER_HOMES = ("domain/providers/", "adapters/providers/")
 NAME_COMPARISON = re.compile(
     r"""[=!]=\s*["'](?P<a>\w+)["']|["'](?P<b>\w+)["']\s*[=!]=|\bin\s*\(\s*["'](?P<c>\w+)["']"""
 )

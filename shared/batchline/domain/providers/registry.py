@@ -2,7 +2,8 @@
 
 Adding a provider: its descriptor (`domain/providers/<name>.py`, a `DESCRIPTOR`
 implementing `base.Provider`), its client (`adapters/providers/<name>.py`, a `make_client`),
-an entry here, its emulator (`local/emulators/<name>.py`, listed in `local/stack.py`), its
+an entry here, its emulator (`batchline_emulators/<name>.py`, listed in
+`batchline_tools/local/stack.py`), its
 prices (`domain/pricing.py`) and the lists of providers in infra and the README;
 `tests/unit/test_provider_registry.py` fails until every one of them has it.
 Which of them a deployment runs is configuration (`BATCHLINE_ENABLED_PROVIDERS`).

@@ -38,8 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from batchline.local import processes
-from batchline.local.processes import ManagedProcess, ProcessStartError
+from batchline_tools.local import processes
+from batchline_tools.local.processes import ManagedProcess, ProcessStartError
 
 STATE_VERSION = 1
 HOST = "127.0.0.1"
@@ -70,9 +70,9 @@ WORKERS = (*FUNCTIONS, "bridge", "ticker")
 #: start after /v1, Anthropic's and Vertex's include it, whether it reads and writes the
 #: stack's GCS: Vertex's jobs do).
 PROVIDER_EMULATORS = {
-    "openai": ("batchline.local.emulators.openai", "/v1", False),
-    "anthropic": ("batchline.local.emulators.anthropic", "", False),
-    "vertex": ("batchline.local.emulators.vertex", "", True),
+    "openai": ("batchline_emulators.openai", "/v1", False),
+    "anthropic": ("batchline_emulators.anthropic", "", False),
+    "vertex": ("batchline_emulators.vertex", "", True),
 }
 
 
@@ -782,7 +782,7 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.bridge",
+            "batchline_tools.local.bridge",
             "--host",
             HOST,
             "--port",
@@ -801,7 +801,7 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.ticker",
+            "batchline_tools.local.ticker",
             "--project",
             cfg.project,
             "--topic",
