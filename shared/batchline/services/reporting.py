@@ -17,6 +17,7 @@ from batchline.domain.models import Job, JobState
 from batchline.domain.pricing import PRICES_AS_OF
 from batchline.domain.results import Tally
 from batchline.log import fields, get_logger
+from batchline.services import notify
 
 log = get_logger(__name__)
 
@@ -142,7 +143,8 @@ def reject(
 
 
 def publish_completed(deps: Deps, job: Job) -> None:
-    """Publish `job.completed` for a terminal job, at least once."""
+    """Publish `job.completed` for a terminal job, at least once (and its webhook)."""
+    notify.request_delivery(deps, job)
     if job.event_published:
         return
     deps.publisher.publish(
