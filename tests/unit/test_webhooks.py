@@ -475,3 +475,12 @@ def test_a_failed_poll_publish_forgets_the_id_so_that_openai_s_retry_acts() -> N
 
 def test_a_secret_is_whsec_and_base64() -> None:
     assert SECRET.startswith("whsec_") and base64.b64decode(SECRET[6:]) == bytes(range(32))
+
+
+def test_the_cli_passes_notify_url_as_the_job_option_the_pipeline_reads() -> None:
+    from batchline import cli
+
+    args = cli._parser().parse_args(["submit", "in.jsonl", "--notify-url", URL])
+    metadata = cli._job_options(args)
+    assert metadata == {"notify_url": URL}
+    assert options.from_metadata(metadata).notify_url == URL
