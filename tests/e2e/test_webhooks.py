@@ -24,7 +24,7 @@ import requests
 import standardwebhooks
 
 from batchline.domain.webhooks import completed_webhook_id
-from batchline.local.stack import LOCAL_WEBHOOK_SECRET
+from batchline_tools.local.stack import LOCAL_WEBHOOK_SECRET
 
 from .conftest import WAIT_SECONDS, Pipeline
 from .test_mixed_providers import openai_line

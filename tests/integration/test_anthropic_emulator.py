@@ -24,8 +24,8 @@ from anthropic.types.messages import (
     MessageBatchIndividualResponse,
 )
 
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.anthropic import CONTENT_PREFIX, EmulatorConfig, make_app
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.anthropic import CONTENT_PREFIX, EmulatorConfig, make_app
 
 from .anthropic_types import model_problems
 from .conftest import WAIT_SECONDS, AnthropicEmulatorHandle, ManualClock, wait_held
@@ -556,14 +556,14 @@ def test_command_line_serves_until_terminated(tmp_path: Any) -> None:
     import subprocess
     import sys
 
-    from batchline.local.processes import free_port
+    from batchline_tools.local.processes import free_port
 
     port = free_port("127.0.0.1")
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "batchline.local.emulators.anthropic",
+            "batchline_emulators.anthropic",
             "--port",
             str(port),
             "--config-json",

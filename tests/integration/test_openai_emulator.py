@@ -24,8 +24,8 @@ from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
 
 from .conftest import WAIT_SECONDS, ManualClock
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds

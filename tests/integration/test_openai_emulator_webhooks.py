@@ -15,9 +15,9 @@ import pytest
 from openai import InvalidWebhookSignatureError, OpenAI
 
 from batchline.domain.webhooks import make_secret
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.openai import EmulatorConfig, make_app
-from batchline.local.receiver import WebhookReceiver
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.openai import EmulatorConfig, make_app
+from batchline_tools.local.receiver import WebhookReceiver
 
 from .conftest import WAIT_SECONDS, ManualClock
 from .test_openai_emulator import chat_line, upload

@@ -21,8 +21,8 @@ from google.cloud.aiplatform_v1.types import (
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.vertex import EmulatorConfig, make_app
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.vertex import EmulatorConfig, make_app
 
 from .conftest import FAST_VERTEX_CONFIG, WAIT_SECONDS, ManualClock, VertexEmulatorHandle
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds

@@ -33,9 +33,14 @@ from batchline import bootstrap
 from batchline.domain.ids import job_id_for_object
 from batchline.domain.models import Job, JobState
 from batchline.domain.webhooks import completed_webhook_id, make_secret
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.receiver import WebhookReceiver
-from batchline.local.stack import create_bucket, create_subscription, create_topic, wipe_firestore
+from batchline_emulators._wsgi import start_in_thread
+from batchline_tools.local.receiver import WebhookReceiver
+from batchline_tools.local.stack import (
+    create_bucket,
+    create_subscription,
+    create_topic,
+    wipe_firestore,
+)
 
 from .conftest import OpenAIEmulatorHandle
 from .test_functions import (

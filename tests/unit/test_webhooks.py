@@ -14,7 +14,6 @@ import pytest
 import standardwebhooks
 from openai import InvalidWebhookSignatureError, OpenAI
 
-from batchline.adapters.memory import RecordingPublisher
 from batchline.bootstrap import Deps
 from batchline.domain import options
 from batchline.domain.models import Chunk, ChunkState, Job, JobOptions, JobState, Source
@@ -33,6 +32,7 @@ from batchline.errors import RetryableError
 from batchline.services import notify, openai_webhooks
 from batchline.services.collect import collect
 from batchline.services.poll import poll
+from batchline_tools.memory import RecordingPublisher
 
 from .fakes import FakeClock, make_deps
 from .test_pipeline import line, upload
@@ -478,7 +478,7 @@ def test_a_secret_is_whsec_and_base64() -> None:
 
 
 def test_the_cli_passes_notify_url_as_the_job_option_the_pipeline_reads() -> None:
-    from batchline import cli
+    from batchline_tools import cli
 
     args = cli._parser().parse_args(["submit", "in.jsonl", "--notify-url", URL])
     metadata = cli._job_options(args)

@@ -6,7 +6,7 @@ Exactly-once where it can be, at-least-once where it cannot:
   debt to notify are one write. `request_delivery` publishes the webhook to the notify
   topic and then clears the flag. A process that dies in between leaves it set: the
   collect message's redelivery finds the job ended and publishes again
-  (`reporting.publish_completed`), and every poll tick publishes what a crash left
+  (`messages.publish_completed`), and every poll tick publishes what a crash left
   pending (`publish_pending`) for the paths nothing redelivers (a rejected job).
 - `deliver` POSTs the event, signed (`domain.webhooks`); a non-2xx answer, a timeout or a
   connection error raises RetryableError, so Pub/Sub delivers the message again, with

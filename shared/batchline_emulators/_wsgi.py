@@ -24,7 +24,7 @@ from werkzeug.routing import Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from batchline.local.emulators._common import Hold
+from batchline_emulators._common import Hold
 
 WSGIApp = Callable[..., Iterable[bytes]]
 

@@ -42,7 +42,7 @@ Structured outputs (a forced tool): with ``tools: [{"name", "description"?,
 "input_schema"}]`` and ``tool_choice: {"type": "tool", "name"}`` (or ``{"type": "any"}``:
 the first custom tool) the ``content`` is one ``tool_use`` block (``toolu_...`` id, the
 tool's name, ``input`` generated for its ``input_schema``, deterministic: see
-`batchline.local.emulators._answers`) and ``stop_reason`` is ``tool_use``. The tool
+`batchline_emulators._answers`) and ``stop_reason`` is ``tool_use``. The tool
 definitions count as input tokens, the input's JSON text as output tokens; when that
 passes ``max_tokens`` the call is cut off (``max_tokens``, an empty ``input``). Tools and
 tool_choice are checked like the other params (an ``errored`` result naming the field):
@@ -86,7 +86,7 @@ the OpenAI emulator and ``_common.Hold``.
 
 Every response carries ``x-emulator: batchline-anthropic`` and a ``request-id``.
 
-Command line: ``python -m batchline.local.emulators.anthropic --host 127.0.0.1 --port P
+Command line: ``python -m batchline_emulators.anthropic --host 127.0.0.1 --port P
 [--config-json '{...}'] [--verbose]``; serves until SIGTERM/SIGINT.
 """
 
@@ -110,8 +110,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from batchline.local.emulators._answers import InvalidAnswers, structured_answer
-from batchline.local.emulators._common import (
+from batchline_emulators._answers import InvalidAnswers, structured_answer
+from batchline_emulators._common import (
     ConfigRules,
     Hold,
     fraction,
@@ -119,7 +119,7 @@ from batchline.local.emulators._common import (
     merged_config,
     tokens,
 )
-from batchline.local.emulators._wsgi import (
+from batchline_emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
     admin_rules,

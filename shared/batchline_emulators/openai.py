@@ -39,7 +39,7 @@ none failed.
 Structured outputs: a chat body with ``response_format: {"type": "json_schema",
 "json_schema": {"name", "schema", "strict"}}`` is answered with the compact JSON text of a
 value generated for the schema (deterministic: the same request gets the same value; see
-`batchline.local.emulators._answers` for what schemas it handles), ``finish_reason:
+`batchline_emulators._answers` for what schemas it handles), ``finish_reason:
 "stop"``; ``{"type": "json_object"}`` (or a ``json_schema`` without ``schema``) with a
 JSON object such as ``{"answer": "..."}``. A malformed ``response_format`` fails that line
 with a 400. Usage counts the schema as prompt and the JSON text as completion, ~4
@@ -110,7 +110,7 @@ lists every event with its attempts.
 Every response carries ``x-emulator: batchline-openai``; every chat answer starts with
 ``[batchline openai emulator]``.
 
-Command line: ``python -m batchline.local.emulators.openai --host 127.0.0.1 --port P
+Command line: ``python -m batchline_emulators.openai --host 127.0.0.1 --port P
 [--config-json '{...}'] [--verbose]``; serves until SIGTERM/SIGINT.
 """
 
@@ -137,9 +137,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from batchline.domain.webhooks import secret_key
-from batchline.local.emulators._answers import InvalidAnswers, structured_answer
-from batchline.local.emulators._common import (
+from batchline_emulators._answers import InvalidAnswers, structured_answer
+from batchline_emulators._common import (
     ConfigRules,
     Hold,
     fraction,
@@ -147,8 +146,8 @@ from batchline.local.emulators._common import (
     merged_config,
     tokens,
 )
-from batchline.local.emulators._webhooks import WebhookOutbox
-from batchline.local.emulators._wsgi import (
+from batchline_emulators._webhooks import WebhookOutbox, secret_key
+from batchline_emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
     admin_rules,

@@ -10,7 +10,11 @@ emulator's lock.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hashlib
+import hmac
 import secrets
 import threading
 import time
@@ -22,10 +26,36 @@ from typing import Any
 
 import orjson
 
-from batchline.domain.webhooks import signed_headers
-
 TICK_SECONDS = 0.05
 SEND_TIMEOUT_SECONDS = 10.0
+SECRET_PREFIX = "whsec_"
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a `whsec_...` secret; ValueError when it is not one."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"a webhook secret starts with {SECRET_PREFIX}")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise ValueError("a webhook secret is whsec_ and base64") from None
+    if not key:
+        raise ValueError("a webhook secret needs a key")
+    return key
+
+
+def signed_headers(secret: str, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Standard Webhooks headers, as OpenAI sends them: the signature is base64 of
+    HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}`."""
+    signed = b"%s.%d.%s" % (webhook_id.encode(), timestamp, body)
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return {
+        "content-type": "application/json",
+        "user-agent": "OpenAI/1.0 (+https://platform.openai.com/docs/webhooks)",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
 
 
 @dataclass

@@ -15,7 +15,7 @@ came and that it was signed right.
 - `POST /_receiver/reset`: forget the deliveries and the script.
 - `GET /`: health.
 
-    python -m batchline.local.receiver --host 127.0.0.1 --port P [--secret-env NAME]
+    python -m batchline_tools.local.receiver --host 127.0.0.1 --port P [--secret-env NAME]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from werkzeug.wrappers import Request, Response
 
-from batchline.local.emulators._wsgi import json_response, serve
+from batchline_emulators._wsgi import json_response, serve
 
 WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "content-type")
 MAX_BODY_BYTES = 1024 * 1024
@@ -116,7 +116,7 @@ class WebhookReceiver:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchline.local.receiver")
+    parser = argparse.ArgumentParser(prog="python -m batchline_tools.local.receiver")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument(

@@ -51,7 +51,7 @@ Structured outputs: with ``generationConfig.responseMimeType: "application/json"
 types in any case, ``nullable``, ``enum``, ``properties``, ``required``, ``items``,
 ``minItems``, ``maxItems``, ``minimum``, ``maximum``, ``format``, ``anyOf``,
 ``propertyOrdering``...) the candidate's text is the compact JSON of a value generated for
-the schema (deterministic: see `batchline.local.emulators._answers`); with neither, a
+the schema (deterministic: see `batchline_emulators._answers`); with neither, a
 JSON object such as ``{"answer": "..."}``. With ``responseMimeType: "text/x.enum"`` (enum
 mode) the text is one of the schema's enum values. The schema counts as prompt tokens;
 stop sequences do not cut JSON, ``maxOutputTokens`` does (``MAX_TOKENS``).
@@ -88,7 +88,7 @@ name}``); see the OpenAI emulator and ``_common.Hold``.
 
 Every response carries ``x-emulator: batchline-vertex``.
 
-Command line: ``python -m batchline.local.emulators.vertex --host 127.0.0.1 --port P
+Command line: ``python -m batchline_emulators.vertex --host 127.0.0.1 --port P
 [--storage-url http://127.0.0.1:G] [--config-json '{...}'] [--verbose]``.
 """
 
@@ -118,13 +118,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from batchline.local.emulators._answers import (
+from batchline_emulators._answers import (
     InvalidAnswers,
     from_google_schema,
     generate,
     structured_answer,
 )
-from batchline.local.emulators._common import (
+from batchline_emulators._common import (
     ConfigRules,
     Hold,
     fraction,
@@ -132,7 +132,7 @@ from batchline.local.emulators._common import (
     merged_config,
     tokens,
 )
-from batchline.local.emulators._wsgi import (
+from batchline_emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
     admin_rules,

@@ -8,7 +8,7 @@
 - the five functions under functions-framework,
 - the event bridge (GCS notification → Eventarc storage CloudEvent → `submit`),
 - the scheduler ticker (publishes to the poll topic),
-- a webhook receiver (`batchline.local.receiver`) that records and verifies what the
+- a webhook receiver (`batchline_tools.local.receiver`) that records and verifies what the
   notify function POSTs to a job's `notify_url` (`receiver_url`),
 
 creates the topics, subscriptions and buckets, and records ports, pids and URLs in
@@ -40,8 +40,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from batchline.local import processes
-from batchline.local.processes import ManagedProcess, ProcessStartError
+from batchline_tools.local import processes
+from batchline_tools.local.processes import ManagedProcess, ProcessStartError
 
 STATE_VERSION = 1
 HOST = "127.0.0.1"
@@ -84,9 +84,9 @@ WORKERS = (*FUNCTIONS, "bridge", "ticker")
 #: Provider emulators: component name -> (module run with `python -m`, the path its SDK's
 #: base URL ends with: OpenAI's paths start after /v1, Anthropic's and Vertex's include it).
 PROVIDER_EMULATORS = {
-    "openai": ("batchline.local.emulators.openai", "/v1"),
-    "anthropic": ("batchline.local.emulators.anthropic", ""),
-    "vertex": ("batchline.local.emulators.vertex", ""),
+    "openai": ("batchline_emulators.openai", "/v1"),
+    "anthropic": ("batchline_emulators.anthropic", ""),
+    "vertex": ("batchline_emulators.vertex", ""),
 }
 
 
@@ -826,7 +826,7 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.bridge",
+            "batchline_tools.local.bridge",
             "--host",
             HOST,
             "--port",
@@ -845,7 +845,7 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.receiver",
+            "batchline_tools.local.receiver",
             "--host",
             HOST,
             "--port",
@@ -865,7 +865,7 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.ticker",
+            "batchline_tools.local.ticker",
             "--project",
             cfg.project,
             "--topic",
