@@ -113,7 +113,7 @@ startup config), ``POST /_emulator/release`` (held batches go on, see below),
 ``GET /_emulator/batches`` (every batch, newest first, with its metadata and an
 ``emulator`` object saying whether it is ``held``), ``GET /_emulator/stats`` (API calls
 seen, errors injected, counts), ``GET /_emulator/quota`` (``{"openai": {"<model>":
-{"enqueued_tokens": N, "limit": L}}, "token_limit_exceeded": <batches failed so>,
+{"enqueued_tokens": N, "limit": L}}, "over_quota": <batches failed so>,
 "batch_creates": {"last_hour", "limit", "refused"}}``; every model of a batch, or of the
 limit, is listed).
 
@@ -1528,7 +1528,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
                 m: {"enqueued_tokens": self._enqueued_tokens(m, now), "limit": limit_for(limits, m)}
                 for m in sorted(models)
             },
-            "token_limit_exceeded": self.state.over_quota,
+            "over_quota": self.state.over_quota,
             "batch_creates": {
                 "last_hour": sum(1 for b in self.state.batches.values() if b.created > since),
                 "limit": self.config.batch_creates_per_hour,

@@ -746,7 +746,7 @@ def test_a_batch_over_the_enqueued_token_limit_is_created_then_fails(
     clock.now += 1.1
     assert client.batches.retrieve(again.id).status == "in_progress"
     quota = admin_get(client, "quota")
-    assert quota["token_limit_exceeded"] == 1
+    assert quota["over_quota"] == 1
 
 
 def test_enqueued_tokens_free_on_cancel_and_expiry(
@@ -839,7 +839,7 @@ def test_quota_exceeded_next_fails_batches_under_the_limit(
     assert_token_limit_failed(client.batches.retrieve(forced.id), QUOTA_MODEL, "0")
     assert client.batches.retrieve(ok.id).status == "in_progress"
     assert_token_limit_failed(client.batches.retrieve(forced_again.id), QUOTA_MODEL, "10,000")
-    assert admin_get(client, "quota")["token_limit_exceeded"] == 2
+    assert admin_get(client, "quota")["over_quota"] == 2
     assert enqueued(client) == (1000, 10_000)
 
 
