@@ -1471,7 +1471,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
         if per_hour is None or len(recent) < per_hour:
             return
         self.state.creates_refused += 1
-        # The create after this many leaves the window makes room.
+        # Once this create leaves the hour, per_hour - 1 remain: room for one more.
         wait = max(1, math.ceil(recent[-per_hour] - since))
         # OpenAI's rate-limit shape (type "requests", code "rate_limit_exceeded") and
         # wording ("Rate limit reached for ... on requests per min (RPM): Limit ..., Used

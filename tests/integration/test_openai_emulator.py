@@ -857,7 +857,7 @@ def test_batch_creates_per_hour_answer_429_past_the_limit(
         create(client, file_id)
     assert info.value.status_code == 429
     assert info.value.response.headers["retry-after"] == "2400"  # when the first leaves
-    assert info.value.body == {  # type: ignore[comparison-overlap]
+    assert info.value.body == {
         "message": f"Rate limit reached for batch creation in organization {ORG} on requests "
         "per hour: Limit 2, Used 2, Requested 1. Please try again in 2400s.",
         "type": "requests",
