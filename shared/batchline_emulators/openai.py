@@ -237,14 +237,6 @@ class EmulatorConfig:
     max_requests: int = 50_000
     #: OpenAI says 200 MB; 200,000,000 is the stricter reading (batchline's own constant).
     max_bytes: int = 200_000_000
-    #: Vector length for /v1/embeddings when the request has no `dimensions`.
-    embedding_dimensions: int = 8
-    #: Fraction of structured first answers (picked by a seeded hash of the custom_id)
-    #: that are invalid for their schema.
-    invalid_answer_rate: float = 0.0
-    #: Batches created from now on answer this many lines, then stay in_progress until
-    #: `POST /_emulator/release` (None: never held). See `Hold`.
-    hold_after_lines: int | None = None
     #: Prompt tokens each model may have enqueued (see `ENQUEUED`): None (no limit), a
     #: number for every model, or {model: number} ("*": every model not named; without
     #: it those have no limit). A batch that would pass it is created, then fails.
@@ -254,6 +246,14 @@ class EmulatorConfig:
     #: Fail the next N batch creates with token_limit_exceeded, whatever the limit
     #: (decremented by each), as a limit lower than the client believes would.
     quota_exceeded_next: int = 0
+    #: Vector length for /v1/embeddings when the request has no `dimensions`.
+    embedding_dimensions: int = 8
+    #: Fraction of structured first answers (picked by a seeded hash of the custom_id)
+    #: that are invalid for their schema.
+    invalid_answer_rate: float = 0.0
+    #: Batches created from now on answer this many lines, then stay in_progress until
+    #: `POST /_emulator/release` (None: never held). See `Hold`.
+    hold_after_lines: int | None = None
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -278,12 +278,12 @@ _CONFIG_RULES: ConfigRules = {
     "api_error_retry_after_ms": (int, True, 1, None),
     "max_requests": (int, False, 1, None),
     "max_bytes": (int, False, 1, None),
-    "embedding_dimensions": (int, False, 1, 65536),
-    "invalid_answer_rate": (float, False, 0, 1),
-    "hold_after_lines": (int, True, 0, None),
     "enqueued_token_limit": (PerModel, True, 0, None),
     "batch_creates_per_hour": (int, True, 1, None),
     "quota_exceeded_next": (int, False, 0, None),
+    "embedding_dimensions": (int, False, 1, 65536),
+    "invalid_answer_rate": (float, False, 0, 1),
+    "hold_after_lines": (int, True, 0, None),
 }
 
 
