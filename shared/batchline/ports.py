@@ -135,6 +135,10 @@ class JobStore(Protocol):
         """Apply `change` to `provider`'s create lock (a free one if never written)."""
         ...
 
+    def jobs_to_notify(self) -> list[Job]:
+        """Jobs that ended with their webhook not yet published (`notify_pending`)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StagedPayload:

@@ -86,9 +86,15 @@ def _http_json(method: str, url: str, payload: Any = None) -> Any:
 
 
 class HeldBatches:
-    """The hold control every emulator shares (`hold_after_lines`, /_emulator/release)."""
+    """The admin controls every emulator shares: holds (`hold_after_lines`,
+    /_emulator/release) and the quota view (/_emulator/quota)."""
 
     root_url: str
+
+    def quota(self) -> dict[str, Any]:
+        """What counts against the emulator's quotas now, and the limits."""
+        result: dict[str, Any] = _http_json("GET", f"{self.root_url}/_emulator/quota")
+        return result
 
     def release(self, batch: str | None = None) -> list[str]:
         """Let held batches (or one) go on (POST /_emulator/release); the ids released."""

@@ -197,6 +197,7 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
         schemas,
         default_model=job.options.model or settings.default_model,
         max_line_bytes=settings.max_line_bytes,
+        enabled=settings.enabled_providers,
         job_id=job.job_id,
     ).take
 
@@ -311,6 +312,7 @@ class _LineWork:
 
     __slots__ = (
         "_default_model",
+        "_enabled",
         "_explicit_ids",
         "_job_id",
         "_max_line_bytes",
@@ -326,6 +328,7 @@ class _LineWork:
         *,
         default_model: str | None,
         max_line_bytes: int,
+        enabled: frozenset[str],
         job_id: str,
     ) -> None:
         self._planner = planner
@@ -333,6 +336,7 @@ class _LineWork:
         self._schemas = schemas
         self._default_model = default_model
         self._max_line_bytes = max_line_bytes
+        self._enabled = enabled
         self._job_id = job_id
 
     def take(
@@ -346,6 +350,7 @@ class _LineWork:
                 default_model=self._default_model,
                 max_line_bytes=self._max_line_bytes,
                 schemas=self._schemas,
+                enabled=self._enabled,
             )
             if not isinstance(parsed, Request):  # (isinstance is cheapest when it holds)
                 return parsed, None
