@@ -32,8 +32,8 @@ JOBS = "jobs"
 CHUNKS = "chunks"
 KEYS = "idempotency_keys"
 LOCKS = "provider_locks"
-#: Attempts of one update against concurrent transactions (each is the client's own
-#: transaction with its retries of an aborted commit; an aborted read starts a new one).
+#: Attempts of one update whose reads are aborted by concurrent transactions (an aborted
+#: commit is retried by the client itself).
 UPDATE_ATTEMPTS = 3
 
 log = get_logger(__name__)
@@ -257,9 +257,10 @@ class FirestoreJobStore:
 
 
 def _transact(db: Any, body: Callable[[Any], Any], doing: str) -> Any:
-    """Run `body(transaction)` in a transaction, counting aborted attempts: the client
-    retries an aborted commit itself; an aborted read, or a commit it gave up on, is
-    tried again here (a little later, so racers spread out), then raises `Contention`."""
+    """Run `body(transaction)` in a transaction, counting aborted attempts. The client
+    retries an aborted commit itself (5 attempts); an abort while reading is tried again
+    here, a little later so that racers spread out. One that never commits raises
+    `Contention`."""
     from google.api_core.exceptions import Aborted
     from google.cloud import firestore
 
@@ -280,9 +281,10 @@ def _transact(db: Any, body: Callable[[Any], Any], doing: str) -> Any:
         except (RetryableError, ValueError) as exc:
             if not _aborted(exc, Aborted):
                 raise
-            aborted += calls - before or 1
-            if attempt + 1 < UPDATE_ATTEMPTS:
-                time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+            aborted += max(calls - before, 1)
+            if isinstance(exc, ValueError) or attempt + 1 == UPDATE_ATTEMPTS:
+                break  # the client's own retries are spent: others keep winning
+            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
             continue
         aborted += calls - before - 1
         if aborted:
