@@ -51,6 +51,7 @@ COUNTS = {"lines": 3, "blank_lines": 0, "invalid": 0, "requests": 3}
 TALLY = Tally(counts={"succeeded": 3}, input_tokens=30, output_tokens=15, cost_usd=0.123456789012)
 BATCH = ProviderBatch("batch_1", BatchState.RUNNING, {"total": 3})
 ENDED_BATCH = ProviderBatch("batch_1", BatchState.COMPLETED, {"total": 3, "completed": 3})
+ENDED_OTHER = ProviderBatch("batch_2", BatchState.COMPLETED, {"total": 3, "completed": 3})
 
 LEASE_COLUMNS: dict[str, Lease | None] = {
     "free": None,
@@ -251,6 +252,37 @@ EVENTS: dict[str, Event] = {
         chunk(ChunkState.RUNNING),
         chunk(ChunkState.ENDED, batch_state=BatchState.COMPLETED),
     ),
+    "sent again (its batch was another's)": Event(
+        "pending",
+        lambda c: claims.resend(c, "batch_1", NOW),
+        lambda c: replace(
+            c,
+            state=ChunkState.PENDING,
+            lease=None,
+            submit_started_at=None,
+            batch_id=None,
+            batch_state=None,
+            batch_counts={},
+            error=None,
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.ENDED, batch_state=BatchState.COMPLETED, submit_started_at=NOW - 900),
+        chunk(ChunkState.ENDED, batch_id="batch_9"),
+    ),
+    "given its own batch back": Event(
+        "rebound",
+        lambda c: claims.rebind(c, "batch_1", ENDED_OTHER, NOW),
+        lambda c: replace(
+            c,
+            batch_id="batch_2",
+            batch_state=BatchState.COMPLETED,
+            batch_counts={"total": 3, "completed": 3},
+            error=None,
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.ENDED, batch_state=BatchState.COMPLETED),
+        chunk(ChunkState.ENDED, batch_id="batch_2"),
+    ),
     "orphans found": Event(
         "noted",
         lambda c: claims.note_orphans(c, ["batch_7", "batch_1"]),
@@ -309,6 +341,13 @@ EVENTS: dict[str, Event] = {
         lambda j: replace(j, collect_requested_at=NOW, updated_at=NOW),
         job(JobState.COLLECTING, collect_requested_at=NOW - 600, collect_sent_at=NOW - 599),
         job(JobState.SUCCEEDED, collect_requested_at=NOW - 600),
+    ),
+    "reopen to send a chunk again": Event(
+        "reopened",
+        lambda j: claims.reopen_for_resend(j, NOW),
+        lambda j: replace(j, state=JobState.RUNNING, collect_requested_at=None, updated_at=NOW),
+        job(JobState.COLLECTING, collect_requested_at=NOW - 10),
+        job(JobState.RUNNING),
     ),
     "reopen for a repair round": Event(
         "reopened",
@@ -377,6 +416,9 @@ LEASES: dict[str, tuple[str, ...]] = {
     "record the batch":             ("recorded",  "recorded",   "recorded",   "recorded",   "recorded",   DONE),
     # No lease guards the rest: the record's state does.
     "batch ended":                  ("ended",     "ended",      "ended",      "ended",      "ended",      DONE),
+    # A collect that finds a chunk's batch holding another chunk's requests (mix-ups).
+    "sent again (its batch was another's)": ("pending", "pending", "pending", "pending", "pending", DONE),
+    "given its own batch back":     ("rebound",   "rebound",    "rebound",    "rebound",    "rebound",    DONE),
     "orphans found":                ("noted",     "noted",      "noted",      "noted",      "noted",      DONE),
     "cancel a pending chunk":       ("ended canceled", "ended canceled", "ended canceled", "ended canceled", "ended canceled", DONE),
     "cancel asked":                 ("asked",     "asked",      "asked",      "asked",      "asked",      DONE),
@@ -384,6 +426,7 @@ LEASES: dict[str, tuple[str, ...]] = {
     "every chunk ended":            ("collecting", "collecting", "collecting", "collecting", "collecting", DONE),
     "collect ask sent":             ("noted",     "noted",      "noted",      "noted",      "noted",      DONE),
     "collect not done in time":     ("asked again", "asked again", "asked again", "asked again", "asked again", DONE),
+    "reopen to send a chunk again": ("reopened",  "reopened",   "reopened",   "reopened",   "reopened",   DONE),
     "reopen for a repair round":    ("reopened",  "reopened",   "reopened",   "reopened",   "reopened",   DONE),
     "finish":                       ("finished",  "finished",   "finished",   "finished",   "finished",   DONE),
     "job.completed sent":           ("marked",    "marked",     "marked",     "marked",     "marked",     DONE),
@@ -493,6 +536,24 @@ STATES = [
     ),
     pytest.param(
         "take for advance", job(JobState.ACCEPTED), DONE, id="an accepted job is planned instead"
+    ),
+    pytest.param(
+        "reopen to send a chunk again",
+        job(JobState.COLLECTING, cancel_requested_at=NOW - 5),
+        "reopened",
+        id="a job being canceled is reopened too (its chunk is then canceled, not sent)",
+    ),
+    pytest.param(
+        "sent again (its batch was another's)",
+        chunk(ChunkState.RUNNING),
+        DONE,
+        id="only an ended chunk is sent again",
+    ),
+    pytest.param(
+        "given its own batch back",
+        chunk(ChunkState.ENDED, batch_id=None),
+        DONE,
+        id="a chunk that recorded no batch is not given one (its lines are collected)",
     ),
     pytest.param(
         "orphans found",

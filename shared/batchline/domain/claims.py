@@ -287,6 +287,15 @@ def reopen_for_repair(job: Job, now: float, *, chunk_count: int, new_chunks: int
     )
 
 
+def reopen_for_resend(job: Job, now: float) -> Job | Leave:
+    """Back to running: a collect found a chunk whose recorded batch holds another
+    chunk's requests, and sends the chunk's own (a job being canceled cancels them
+    instead, through poll like any pending chunk)."""
+    if job.state is not JobState.COLLECTING:
+        return Leave.DONE
+    return job.to(JobState.RUNNING, now, collect_requested_at=None)
+
+
 def finish(
     job: Job, state: JobState, now: float, *, tally: Tally, expire_at: datetime | None
 ) -> Job | Leave:
@@ -411,6 +420,40 @@ def follow_batch(chunk: Chunk, batch: ProviderBatch, now: float) -> Chunk | Leav
         now,
         batch_state=batch.state,
         batch_counts=batch.counts,
+    )
+
+
+def resend(chunk: Chunk, wrong_batch: str, now: float) -> Chunk | Leave:
+    """The chunk's recorded batch `wrong_batch` holds another chunk's requests: the chunk
+    forgets it and is sent again (its own requests never ran), once."""
+    if chunk.state is not ChunkState.ENDED or chunk.batch_id != wrong_batch:
+        return Leave.DONE
+    return chunk.to(
+        ChunkState.PENDING,
+        now,
+        lease=None,
+        submit_started_at=None,
+        batch_id=None,
+        batch_state=None,
+        batch_counts={},
+        error=None,
+    )
+
+
+def rebind(
+    chunk: Chunk, wrong_batch: str | None, batch: ProviderBatch, now: float
+) -> Chunk | Leave:
+    """`batch` holds this chunk's requests, and the chunk recorded `wrong_batch` (another
+    chunk's, or none): it records its own instead, ended as it is."""
+    if chunk.state is not ChunkState.ENDED or chunk.batch_id != wrong_batch:
+        return Leave.DONE
+    return replace(
+        chunk,
+        batch_id=batch.batch_id,
+        batch_state=batch.state,
+        batch_counts=batch.counts,
+        error=None,
+        updated_at=now,
     )
 
 

@@ -64,7 +64,8 @@ CHUNK_TRANSITIONS: dict[ChunkState, frozenset[ChunkState]] = {
     ChunkState.PENDING: frozenset({ChunkState.SUBMITTING, ChunkState.ENDED}),
     ChunkState.SUBMITTING: frozenset({ChunkState.SUBMITTING, ChunkState.RUNNING, ChunkState.ENDED}),
     ChunkState.RUNNING: frozenset({ChunkState.RUNNING, ChunkState.ENDED}),
-    ChunkState.ENDED: frozenset(),
+    # Sent again: its recorded batch turned out to hold another chunk's requests.
+    ChunkState.ENDED: frozenset({ChunkState.PENDING}),
 }
 
 
