@@ -82,6 +82,15 @@ class JobInput(_In):
     """A job's input: inline request lines or a `gs://` object in the input bucket, with
     the job's options. Exactly one of `requests` and `input_uri`."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["requests"], "properties": {"requests": {"type": "array"}}},
+                {"required": ["input_uri"], "properties": {"input_uri": {"type": "string"}}},
+            ]
+        }
+    )
+
     requests: list[Any] | None = Field(
         default=None,
         min_length=1,
