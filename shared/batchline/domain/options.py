@@ -15,7 +15,6 @@ import orjson
 
 from batchline.domain.models import JobOptions
 from batchline.domain.paths import SCHEMA_NAME_PATTERN
-from batchline.domain.requests import model_problem
 from batchline.domain.schemas import ResponseSchema, SchemaError
 
 
@@ -130,6 +129,10 @@ def _label_key(key: Any, option: str) -> None:
 def _model(value: str | None) -> str | None:
     if value is None:
         return None
+    # Here, not at the top: the request parser is the larger import, and only options
+    # that name a model need it (the api's cold start answering reads does not).
+    from batchline.domain.requests import model_problem
+
     problem = model_problem(value)
     if problem is not None:
         raise OptionError("model", problem)
