@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from batchline.local import processes, stack
 from batchline.services.api.routes import routes
+from batchline_tools.local import processes, stack
 
 from ..conftest import HeavyBudget
 from .test_functions import (  # noqa: F401  (fixtures)

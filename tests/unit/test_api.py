@@ -13,7 +13,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryJobStore
 from batchline.domain.models import Job, JobOptions, JobState, ResultStatus, Source
 from batchline.ports import InvalidCursor, JobQuery
 from batchline.services import estimate
@@ -22,6 +21,7 @@ from batchline.services.api.errors import BadRequest, TooLarge
 from batchline.services.api.openapi import CHECKED_IN, document_bytes
 from batchline.services.api.routes import find, routes
 from batchline.services.api.validation import dotted, job_request
+from batchline_tools.memory import MemoryJobStore
 
 from .fakes import make_deps
 

@@ -26,6 +26,7 @@ from batchline.services.api.models import (
     ListQuery,
     ResultsQuery,
     SubmittedJob,
+    WebhookReceipt,
 )
 from batchline.services.api.validation import validated
 from batchline.services.api.views import job_view
@@ -170,6 +171,13 @@ def estimate_job(call: Call) -> Answer:
         estimate=totals,
         warnings=found.warnings(),
     )
+
+
+def openai_webhook(call: Call) -> Answer:
+    from batchline.services.openai_webhooks import receive
+
+    status, receipt = receive(call.request)
+    return status, WebhookReceipt.model_validate(receipt)
 
 
 def openapi_document(call: Call) -> Answer:

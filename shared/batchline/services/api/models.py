@@ -76,6 +76,9 @@ class JobOptionsIn(_In):
     )
     max_repair_attempts: int | None = Field(default=None, ge=0)
     max_cost_usd: float | None = Field(default=None, gt=0)
+    notify_url: str | None = Field(
+        default=None, description="https:// URL the job's signed job.completed is POSTed to."
+    )
 
 
 class JobInput(_In):
@@ -137,6 +140,7 @@ class JobOptionsView(_Out):
     response_schema: dict[str, Any] | None = None
     max_repair_attempts: int | None = None
     max_cost_usd: float | None = None
+    notify_url: str | None = None
 
 
 class JobView(_Out):
@@ -210,6 +214,13 @@ class EstimateView(_Out):
     cost_usd: CostRange
     estimate: dict[str, Any] = Field(description="Tokens and costs per provider/model.")
     warnings: list[str]
+
+
+class WebhookReceipt(_Out):
+    """An OpenAI webhook event received: what was done with it."""
+
+    received: bool
+    outcome: str
 
 
 class ErrorDetail(_Out):

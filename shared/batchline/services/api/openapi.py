@@ -34,7 +34,7 @@ def document() -> dict[str, Any]:
     table = routes()
     wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
     for route in table:
-        if route.body is not None:
+        if route.body is not None and not isinstance(route.body, Media):
             wanted.append((route.body, "validation"))
         wanted += [
             (reply, "serialization")
@@ -92,9 +92,25 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
                 },
             }
         )
+    parameters += [
+        {
+            "name": name,
+            "in": "header",
+            "required": True,
+            "description": text,
+            "schema": {"type": "string"},
+        }
+        for name, text in route.headers.items()
+    ]
     if parameters:
         operation["parameters"] = parameters
-    if route.body is not None:
+    if isinstance(route.body, Media):
+        operation["requestBody"] = {
+            "required": True,
+            "description": route.body.description,
+            "content": {route.body.media_type: {"schema": dict(route.body.schema)}},
+        }
+    elif route.body is not None:
         schema = refs[(route.body, "validation")]
         operation["requestBody"] = {
             "required": True,
