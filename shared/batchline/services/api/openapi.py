@@ -142,16 +142,17 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
     return operation
 
 
+#: What a job can be asked for as soon as it exists (its summary and results come when it
+#: ends: a 404 until then).
+_LINKED = ("get_job", "cancel_job")
+
+
 def _job_links() -> dict[str, Any]:
-    """From an answer holding a job to every operation on that job (what a client, and
-    schemathesis's stateful phase, follows)."""
+    """From an answer holding a job to the operations on that job it can be asked for at
+    once (what a client, and schemathesis's stateful phase, follows)."""
     return {
-        f"{route.handler.__name__}": {
-            "operationId": route.handler.__name__,
-            "parameters": {"job_id": "$response.body#/job_id"},
-        }
-        for route in routes()
-        if "job_id" in _path_names(route.path)
+        name: {"operationId": name, "parameters": {"job_id": "$response.body#/job_id"}}
+        for name in _LINKED
     }
 
 
