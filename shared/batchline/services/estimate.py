@@ -51,6 +51,7 @@ class DryRun:
     unread_schemas: set[str] = field(default_factory=set)
 
     def add_chunk(self, planned: PlannedChunk) -> None:
+        """Count a chunk the planner handed out."""
         entry = self.chunks.setdefault((planned.provider, planned.model), [0, 0, 0])
         entry[0] += 1
         entry[1] += planned.request_count
@@ -68,6 +69,7 @@ class DryRun:
         return round(total, 10)
 
     def warnings(self) -> list[str]:
+        """What the dry run could not check, for the caller."""
         return [
             f"registered schema {name!r} is not read by a dry run: its lines are planned "
             "without it (its tokens are not counted, nor checked against the providers)"

@@ -16,6 +16,8 @@ from batchline.ports import BlobStore
 
 @dataclass(frozen=True)
 class RegisteredSchema:
+    """A registered schema as `batchline schema list` shows it."""
+
     name: str
     uri: str
     size: int
@@ -23,6 +25,7 @@ class RegisteredSchema:
     source: str | None  # what it was pushed from (`module:Class` or a file)
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON (`schema list --json`)."""
         return {
             "name": self.name,
             "uri": self.uri,

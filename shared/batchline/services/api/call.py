@@ -21,6 +21,7 @@ class Call:
 
     @property
     def job_id(self) -> str:
+        """The path's job id (checked against the job id pattern before the handler)."""
         return self.params["job_id"]
 
 

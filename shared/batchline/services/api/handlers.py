@@ -35,6 +35,7 @@ LABEL_PARAMETER = "label."
 
 
 def create_job(call: Call) -> Answer:
+    """POST /v1/jobs."""
     from batchline.edge import read_json_body
     from batchline.services.api import submit
 
@@ -46,6 +47,8 @@ def create_job(call: Call) -> Answer:
 
 
 def list_jobs(call: Call) -> Answer:
+    """GET /v1/jobs: `label.<key>` parameters are the label filters, the rest the query
+    model's."""
     from batchline.domain.options import LABEL_KEY_PATTERN, MAX_LABELS
 
     args = call.request.args
@@ -91,6 +94,7 @@ def _epoch(text: str | None, name: str) -> float | None:
 
 
 def get_job(call: Call) -> Answer:
+    """GET /v1/jobs/{job_id}."""
     found = deps().store.get_job(call.job_id)
     if found is None:
         raise Missing(f"no job {call.job_id}", "job_id")
@@ -98,6 +102,7 @@ def get_job(call: Call) -> Answer:
 
 
 def cancel_job(call: Call) -> Answer:
+    """POST /v1/jobs/{job_id}:cancel."""
     from batchline.services.cancel import JobEnded, request_cancel
 
     wired = deps()
@@ -116,10 +121,12 @@ def _outputs() -> outputs.Outputs:
 
 
 def get_summary(call: Call) -> Answer:
+    """GET /v1/jobs/{job_id}/summary."""
     return 200, Raw(outputs.summary(_outputs(), call.job_id))
 
 
 def get_results(call: Call) -> Answer:
+    """GET /v1/jobs/{job_id}/results, streamed."""
     wanted = validated(ResultsQuery, call.request.args.to_dict(), what="query parameter")
     blocks = outputs.results(
         _outputs(),
@@ -130,6 +137,7 @@ def get_results(call: Call) -> Answer:
 
 
 def estimate_job(call: Call) -> Answer:
+    """POST /v1/jobs:estimate: a dry run of planning, on inline lines or an input object."""
     from batchline.domain.lines import UnreadableInput
     from batchline.edge import read_json_body
     from batchline.services import estimate
@@ -174,6 +182,7 @@ def estimate_job(call: Call) -> Answer:
 
 
 def openai_webhook(call: Call) -> Answer:
+    """POST /v1/webhooks/openai (`services.openai_webhooks`)."""
     from batchline.services.openai_webhooks import receive
 
     status, receipt = receive(call.request)
@@ -181,6 +190,7 @@ def openai_webhook(call: Call) -> Answer:
 
 
 def openapi_document(call: Call) -> Answer:
+    """GET /v1/openapi.json."""
     from batchline.services.api.openapi import document_bytes
 
     return 200, Raw(document_bytes())

@@ -134,6 +134,8 @@ class ResultsQuery(_Query):
 
 
 class JobOptionsView(_Out):
+    """A job's options: model and labels always, the others when set."""
+
     model: str | None
     labels: dict[str, str]
     schema_name: str | None = Field(default=None, alias="schema")
@@ -177,6 +179,8 @@ class JobList(_Out):
 
 
 class InvalidLineView(_Out):
+    """A line that would be an `invalid` result, and why."""
+
     line: int
     custom_id: str | None
     field: str
@@ -224,6 +228,8 @@ class WebhookReceipt(_Out):
 
 
 class ErrorDetail(_Out):
+    """What went wrong: `type` for code, `message` for people, `field` to fix."""
+
     type: str
     message: str
     field: str | None = Field(default=None, description="What to fix, as a dotted path.")

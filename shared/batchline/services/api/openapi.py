@@ -66,12 +66,33 @@ def document_bytes() -> bytes:
 
 
 def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
+    """One operation: its id (the handler's name), parameters, body and every answer."""
     operation: dict[str, Any] = {
         "operationId": route.handler.__name__,
         "summary": route.summary,
     }
     if route.description:
         operation["description"] = route.description
+    parameters = _parameters(route)
+    if parameters:
+        operation["parameters"] = parameters
+    if isinstance(route.body, Media):
+        operation["requestBody"] = {
+            "required": True,
+            "description": route.body.description,
+            "content": {route.body.media_type: {"schema": dict(route.body.schema)}},
+        }
+    elif route.body is not None:
+        schema = refs[(route.body, "validation")]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    operation["responses"] = _responses(route, refs)
+    return operation
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
         for name in _path_names(route.path)
@@ -102,20 +123,10 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
         }
         for name, text in route.headers.items()
     ]
-    if parameters:
-        operation["parameters"] = parameters
-    if isinstance(route.body, Media):
-        operation["requestBody"] = {
-            "required": True,
-            "description": route.body.description,
-            "content": {route.body.media_type: {"schema": dict(route.body.schema)}},
-        }
-    elif route.body is not None:
-        schema = refs[(route.body, "validation")]
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-        }
+    return parameters
+
+
+def _responses(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, reply in sorted(route.replies.items()):
         if isinstance(reply, Media):
@@ -138,8 +149,7 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
             responses[str(status)]["headers"] = {
                 "Retry-After": {"description": "Seconds.", "schema": {"type": "string"}}
             }
-    operation["responses"] = responses
-    return operation
+    return responses
 
 
 #: What a job can be asked for as soon as it exists (its summary and results come when it

@@ -90,6 +90,11 @@ class Route:
 @functools.cache
 def routes() -> tuple[Route, ...]:
     """Every operation of the API."""
+    return (*_job_routes(), *_output_routes())
+
+
+def _job_routes() -> tuple[Route, ...]:
+    """Submitting, listing, estimating, reading and cancelling jobs."""
     return (
         Route(
             "POST",
@@ -135,6 +140,12 @@ def routes() -> tuple[Route, ...]:
             description="202 while the job runs; 200 when it had been canceled already; "
             "409 when it ended otherwise.",
         ),
+    )
+
+
+def _output_routes() -> tuple[Route, ...]:
+    """A job's outputs, the providers' webhooks, and the document."""
+    return (
         Route(
             "GET",
             "/v1/jobs/{job_id}/summary",

@@ -39,6 +39,8 @@ KEY_GRACE_DAYS = 7
 
 @dataclass(frozen=True)
 class SubmitJob:
+    """A POST /v1/jobs: its key (given or made), input and options."""
+
     idempotency_key: str
     requests: list[Any] | None
     input_uri: str | None
