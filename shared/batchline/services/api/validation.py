@@ -37,12 +37,23 @@ def dotted(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+#: What to say of a field whose value has the wrong type or size, where the model's own
+#: words would say less (as the API said before it had models).
+_SAID = {
+    "requests": "'requests' must be a non-empty list",
+    "input_uri": "'input_uri' must be a gs:// URI",
+    "options": "'options' must be an object",
+}
+
+
 def _bad_request(exc: ValidationError, what: str) -> BadRequest:
     error = exc.errors(include_url=False, include_input=False, include_context=False)[0]
     field = dotted(tuple(error["loc"]))
     kind = error["type"]
     if not field:
         return BadRequest("the body must be a JSON object", "body")
+    if field in _SAID and kind not in ("extra_forbidden", "missing"):
+        return BadRequest(_SAID[field], field)
     if kind == "extra_forbidden":
         return BadRequest(f"unknown {what} {str(error['loc'][-1])!r}", field)
     if kind == "missing":
