@@ -118,6 +118,7 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
         default_model=options.model or deps.settings.default_model,
         max_line_bytes=deps.settings.max_line_bytes,
         job_id="dry-run",
+        enabled=deps.settings.enabled_providers,
     ).take
     for number, line in _lines(stream, deps.settings.max_line_bytes, found):
         outcome, full = take(number, line)
