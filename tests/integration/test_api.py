@@ -130,6 +130,42 @@ def test_listing_250_jobs_page_by_page_is_newest_first_without_gaps_or_duplicate
     assert status == 200 and len(page["jobs"]) == 20  # the default limit
 
 
+def test_a_sparse_second_label_gives_short_pages_that_still_cover_every_match(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Firestore filters one label; the second is checked in code, reading at most
+    LIST_SCAN_LIMIT documents a page: a page may come back short (or empty) with a
+    cursor, and walking the cursors still finds every match once, newest first."""
+    from batchline.adapters import firestore
+    from batchline.ports import JobQuery
+
+    monkeypatch.setattr(firestore, "LIST_SCAN_LIMIT", 4)
+    jobs = [
+        stored_job(
+            cloud,
+            n,
+            created_at=1_800_000_000.0 + n,
+            # Firestore filters the first label by key ("area"), the code the second.
+            options=JobOptions(labels={"area": "a", "zone": "rare" if n % 7 == 0 else "no"}),
+        )
+        for n in range(30)
+    ]
+    query = JobQuery(labels={"area": "a", "zone": "rare"}, limit=2)
+    seen: list[str] = []
+    pages = 0
+    while True:
+        page = cloud.store.list_jobs(query)
+        pages += 1
+        assert len(page.jobs) <= 2
+        seen += [j.job_id for j in page.jobs]
+        if page.next_cursor is None:
+            break
+        query = replace(query, cursor=page.next_cursor)
+    rare = [j.job_id for j in reversed(jobs) if j.options.labels["zone"] == "rare"]
+    assert seen == rare
+    assert pages > len(rare) // 2 + 1  # some pages were cut short by the scan limit
+
+
 def test_listing_refuses_bad_parameters_and_foreign_cursors(
     functions: Functions, cloud: Cloud
 ) -> None:
