@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from batchline.domain.models import (
@@ -18,6 +18,7 @@ from batchline.domain.models import (
     Chunk,
     IdempotencyKey,
     Job,
+    JobState,
     ProviderBatch,
     ProviderResult,
 )
@@ -83,6 +84,27 @@ class Publisher(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs `JobStore.list_jobs` returns, newest first: every filter given must hold
+    (`labels`: each key has that value); `cursor` is a `JobPage.next_cursor`."""
+
+    state: JobState | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job listing; `next_cursor` is None on the last page."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
 JobChange = Callable[[Job], Job | None]
 ChunkChange = Callable[[Chunk], Chunk | None]
 
@@ -119,6 +141,10 @@ class JobStore(Protocol):
 
     def active_jobs(self) -> list[Job]:
         """Jobs not yet in a terminal state."""
+        ...
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        """The jobs `query` asks for, newest first, at most `query.limit` of them."""
         ...
 
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:

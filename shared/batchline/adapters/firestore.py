@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from batchline.adapters._google import translated
 from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, JobState
 from batchline.errors import RetryableError
-from batchline.ports import ChunkChange, JobChange
+from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -25,6 +25,9 @@ KEYS = "idempotency_keys"
 #: A key record whose job does not exist yet is its creator's for this long (it creates
 #: the job right after the key); after that its creator is taken for dead.
 KEY_CLAIM_GRACE_SECONDS = 60.0
+#: `list_jobs` reads jobs in batches of this many, and at most LIST_SCAN_JOBS per call.
+LIST_BATCH = 100
+LIST_SCAN_JOBS = 1000
 ACTIVE_STATES = [
     str(s) for s in (JobState.ACCEPTED, JobState.SUBMITTING, JobState.RUNNING, JobState.COLLECTING)
 ]
@@ -178,6 +181,41 @@ class FirestoreJobStore:
             docs = list(query.stream())
         return [Job.from_dict(doc.to_dict() or {}) for doc in docs]
 
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        """Newest first, by `created_at` (its automatic single-field index); the filters
+        are applied to the jobs read, LIST_SCAN_JOBS at most per call. The cursor is the
+        id of the last job read."""
+        from google.cloud import firestore
+
+        jobs = self._db.collection(JOBS)
+        ordered = jobs.order_by("created_at", direction=firestore.Query.DESCENDING)
+        page: list[Job] = []
+        last: Any = None
+        with translated("listing jobs"):
+            if query.cursor:
+                last = jobs.document(query.cursor).get()
+                if not last.exists:
+                    return JobPage([], None)
+            scanned = 0
+            while len(page) <= query.limit and scanned < LIST_SCAN_JOBS:
+                batch = ordered.start_after(last) if last is not None else ordered
+                docs = list(batch.limit(LIST_BATCH).stream())
+                for doc in docs:
+                    scanned += 1
+                    last = doc
+                    job = Job.from_dict(doc.to_dict() or {})
+                    if _matches(job, query):
+                        page.append(job)
+                        if len(page) > query.limit:
+                            break
+                if len(docs) < LIST_BATCH:
+                    break
+        more = len(page) > query.limit or scanned >= LIST_SCAN_JOBS
+        page = page[: query.limit]
+        if not more:
+            return JobPage(page, None)
+        return JobPage(page, page[-1].job_id if page else last.id)
+
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
         """A collection-group query over every job's chunks. It needs the single-field
         index on `batch_id` with collection-group scope, which Firestore does not keep by
@@ -195,6 +233,15 @@ class FirestoreJobStore:
             data = doc.to_dict() or {}
             return BatchTag(str(data["job_id"]), int(data["index"]))
         return None
+
+
+def _matches(job: Job, query: JobQuery) -> bool:
+    return (
+        (query.state is None or job.state is query.state)
+        and all(job.options.labels.get(k) == v for k, v in query.labels.items())
+        and (query.created_after is None or job.created_at > query.created_after)
+        and (query.created_before is None or job.created_at < query.created_before)
+    )
 
 
 def _committed(run: Any, transaction: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job
 from batchline.errors import NotFound, PreconditionFailed
-from batchline.ports import ChunkChange, JobChange, ObjectInfo
+from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery, ObjectInfo
 
 
 class MemoryJobStore:
@@ -85,6 +85,28 @@ class MemoryJobStore:
     def active_jobs(self) -> list[Job]:
         with self._lock:
             return [j for j in self.jobs.values() if not j.state.terminal]
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        """Newest first (then by id); the cursor is the last job's id."""
+        with self._lock:
+            jobs = sorted(self.jobs.values(), key=lambda j: (-j.created_at, j.job_id))
+        if query.cursor is not None:
+            last = self.jobs.get(query.cursor)
+            if last is not None:
+                jobs = [
+                    j for j in jobs if (-j.created_at, j.job_id) > (-last.created_at, last.job_id)
+                ]
+        matching = [
+            j
+            for j in jobs
+            if (query.state is None or j.state is query.state)
+            and all(j.options.labels.get(k) == v for k, v in query.labels.items())
+            and (query.created_after is None or j.created_at > query.created_after)
+            and (query.created_before is None or j.created_at < query.created_before)
+        ]
+        page = matching[: query.limit]
+        more = len(matching) > query.limit
+        return JobPage(page, page[-1].job_id if more and page else None)
 
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
         with self._lock:
