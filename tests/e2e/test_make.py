@@ -364,6 +364,12 @@ def test_cli_round_trip_against_a_detached_stack(run_dir: Path, tmp_path: Path) 
         inputs = [json.loads(line) for line in QUICKSTART.read_text().splitlines() if line.strip()]
         assert [r["custom_id"] for r in results] == [i["custom_id"] for i in inputs]
         assert {r["status"] for r in results} == {"succeeded"}
+        failed = run([cli, "results", job_id, "--status", "failed"], run_dir)
+        assert (failed.returncode, failed.stdout) == (0, ""), failed.stderr
+
+        listed = run([cli, "list", "--state", "succeeded", "--limit", "10", "--json"], run_dir)
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["jobs"][0] == job
 
         local = run([cli, "local", "status", "--json"], run_dir)
         assert local.returncode == 0, local.stdout + local.stderr

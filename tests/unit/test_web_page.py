@@ -31,6 +31,7 @@ from batchline.domain.models import (
 )
 from batchline.errors import AccessDenied, RetryableError
 from batchline.ports import JobQuery
+from batchline.services.api import outputs
 from batchline.services.submit import handle_object_finalized
 from batchline.web import is_page, pages, views
 
@@ -187,6 +188,8 @@ def test_page_routes_answer_html_errors_and_the_api_keeps_json(
     assert bad.status_code == 400 and "&#39;&lt;b&gt;&#39;" in text_of(bad)
     assert client.get("/?label.%3Cx%3E=1").status_code == 400
     assert client.get("/?cursor=" + "c" * 2000).status_code == 400
+    forged = client.get("/?cursor=bm90LWEtY3Vyc29y")
+    assert forged.status_code == 400 and "not one this page made" in text_of(forged)
     head = client.head("/")
     assert head.status_code == 200 and not head.data
     # Every other path is the JSON API's, as before.
@@ -381,6 +384,7 @@ def test_error_examples_are_the_first_few_of_each_type_from_a_bounded_read(
     assert [e.custom_id for e in examples["invalid_request"]] == ["bad-0", "bad-1", "bad-2"]
     views.clear_caches()
     first_line = len(deps.blobs.read_bytes(job.results_uri).split(b"\n", 1)[0]) + 1
+    monkeypatch.setattr(outputs, "SEND_BLOCK_BYTES", 1)  # a block per line
     monkeypatch.setattr(views, "MAX_SCAN_BYTES", first_line)
     assert [e.custom_id for e in views.error_examples(deps, job)["invalid_request"]] == ["bad-0"]
 

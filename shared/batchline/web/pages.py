@@ -39,6 +39,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from batchline.domain.models import JobState
 from batchline.errors import RetryableError
 from batchline.log import fields, get_logger
+from batchline.ports import InvalidCursor
 from batchline.web import views
 
 if TYPE_CHECKING:
@@ -167,7 +168,10 @@ def _route(request: Request, get_deps: Callable[[], Deps]) -> Response:
         )
     fragment = request.args.get("fragment") == "1"
     if path == "/":
-        listed = views.job_list(get_deps(), **_list_filters(request))
+        try:
+            listed = views.job_list(get_deps(), **_list_filters(request))
+        except InvalidCursor:
+            raise PageError(400, "Bad cursor", "That cursor is not one this page made.") from None
         return _page("jobs.html", "Jobs", fragment, listing=listed, live=listed.live)
     if path.startswith("/jobs/"):
         job_id = path.removeprefix("/jobs/")

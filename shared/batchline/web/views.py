@@ -2,11 +2,13 @@
 
 While a job runs, everything comes from its records: the job's plan counts (lines,
 invalid lines) and each chunk's provider batch and the counts its provider last reported
-(poll records them). Once it has ended, its outputs say the rest: `summary.json` has the
-counts by status, the errors by type, the cost at batch and at real-time prices; the first
-examples of each error type are read from the head of `results.jsonl`. Those outputs are
-written once and never change, so what is read of a finished job is kept in a small
-per-instance cache; a running job is read afresh every time.
+(poll records them). Once it has ended, its outputs say the rest, read through the API's
+own `services.api.outputs` (which follows only the job record's own output prefix in the
+deployment's output bucket): `summary.json` has the counts by status, the errors by type,
+the cost at batch and at real-time prices; the first examples of each error type come
+from the head of `results.jsonl`. Those outputs are written once and never change, so
+what is read of a finished job is kept in a small per-instance cache; a running job is
+read afresh every time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from batchline.bootstrap import Deps
 from batchline.domain.models import Chunk, Job, JobState, ResultStatus
 from batchline.errors import AccessDenied, NotFound
 from batchline.ports import JobQuery
+from batchline.services.api import outputs
+from batchline.services.api.errors import Missing
 
 #: Jobs per page of the list.
 PAGE_SIZE = 25
@@ -31,8 +35,6 @@ EXAMPLES_PER_TYPE = 3
 #: How much of results.jsonl is read for the examples: a job may have millions of lines,
 #: and the first examples of each type are what a person reads first anyway.
 MAX_SCAN_BYTES = 8 * 1024 * 1024
-#: A result line longer than this (a long answer) is skipped whole by the example scan.
-MAX_SCAN_LINE_BYTES = 1024 * 1024
 #: An example's message is cut to this many characters.
 MAX_MESSAGE_CHARS = 500
 #: Finished jobs whose outputs are kept per instance.
@@ -97,8 +99,8 @@ class ErrorGroup:
 
 
 @dataclass(frozen=True)
-class Outputs:
-    """What a finished job's outputs say; `problem` says why the summary is missing."""
+class Finished:
+    """What a finished job's summary says; `problem` says why it could not be read."""
 
     summary: dict[str, Any] | None
     problem: str | None = None
@@ -205,7 +207,7 @@ def job_detail(deps: Deps, job_id: str) -> JobDetail | None:
     if by_type:
         try:
             examples = error_examples(deps, job)
-        except (AccessDenied, NotFound) as exc:
+        except (AccessDenied, NotFound, Missing) as exc:
             examples, problem = {}, f"the error examples cannot be read: {exc}"
         errors = [
             ErrorGroup(str(kind), int(n), tuple(examples.get(str(kind), ())))
@@ -307,23 +309,27 @@ def _ordered(counts: dict[str, Any]) -> list[tuple[str, int]]:
 # -------------------------------------------------------------- a finished job's outputs
 
 
-def finished_outputs(deps: Deps, job: Job) -> Outputs:
+def finished_outputs(deps: Deps, job: Job) -> Finished:
     """The summary of a finished job (read once per instance: it never changes)."""
     return _OUTPUTS.get(job.job_id, lambda: _read_summary(deps, job))
 
 
-def _read_summary(deps: Deps, job: Job) -> Outputs:
+def _place(deps: Deps) -> outputs.Outputs:
+    return outputs.Outputs(deps.store, deps.blobs, deps.settings.output_bucket)
+
+
+def _read_summary(deps: Deps, job: Job) -> Finished:
     try:
-        data = orjson.loads(deps.blobs.read_bytes(job.summary_uri))
-    except NotFound:
-        return Outputs(None, "its summary.json is not there")
+        data = orjson.loads(outputs.summary(_place(deps), job.job_id))
+    except Missing as exc:
+        return Finished(None, str(exc))
     except AccessDenied:
-        return Outputs(None, "this function may not read the output bucket")
+        return Finished(None, "this function may not read the output bucket")
     except orjson.JSONDecodeError as exc:
-        return Outputs(None, f"its summary.json is not JSON: {exc}")
+        return Finished(None, f"its summary.json is not JSON: {exc}")
     if not isinstance(data, dict):
-        return Outputs(None, "its summary.json is not a JSON object")
-    return Outputs(data)
+        return Finished(None, "its summary.json is not a JSON object")
+    return Finished(data)
 
 
 def error_examples(deps: Deps, job: Job) -> dict[str, list[ErrorExample]]:
@@ -334,8 +340,11 @@ def error_examples(deps: Deps, job: Job) -> dict[str, list[ErrorExample]]:
 
 def _scan_examples(deps: Deps, job: Job) -> dict[str, list[ErrorExample]]:
     found: dict[str, list[ErrorExample]] = {}
-    with deps.blobs.open_read(job.results_uri) as stream:
-        for raw in _lines(stream.readline, MAX_SCAN_BYTES):
+    blocks = outputs.results(_place(deps), job.job_id, outputs.ResultsWanted())
+    try:
+        for raw in _lines(blocks, MAX_SCAN_BYTES):
+            if b'"error":{' not in raw and b'"error": {' not in raw:
+                continue  # the cheap test first: most lines succeeded
             try:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -346,34 +355,32 @@ def _scan_examples(deps: Deps, job: Job) -> dict[str, list[ErrorExample]]:
             kind = str(error.get("type") or "unknown")
             examples = found.setdefault(kind, [])
             if len(examples) < EXAMPLES_PER_TYPE:
-                message = str(error.get("message") or "")
-                if len(message) > MAX_MESSAGE_CHARS:
-                    message = message[:MAX_MESSAGE_CHARS] + "…"
-                line = record.get("line")
-                examples.append(
-                    ErrorExample(
-                        line if isinstance(line, int) else None,
-                        str(record.get("custom_id") or ""),
-                        message,
-                    )
-                )
+                examples.append(_example(record, error))
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()  # stops reading results.jsonl
     return found
 
 
-def _lines(readline: Callable[[int], bytes], budget: int) -> Iterator[bytes]:
-    """Whole lines of at most MAX_SCAN_LINE_BYTES, until `budget` bytes have been read."""
+def _example(record: dict[str, Any], error: dict[str, Any]) -> ErrorExample:
+    message = str(error.get("message") or "")
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "…"
+    line = record.get("line")
+    return ErrorExample(
+        line if isinstance(line, int) else None, str(record.get("custom_id") or ""), message
+    )
+
+
+def _lines(blocks: Iterator[bytes], budget: int) -> Iterator[bytes]:
+    """The lines of `blocks` (whole lines of JSONL), until `budget` bytes have been read."""
     read = 0
-    while read < budget:
-        line = readline(MAX_SCAN_LINE_BYTES)
-        if not line:
+    for block in blocks:
+        yield from block.splitlines()
+        read += len(block)
+        if read >= budget:
             return
-        read += len(line)
-        if line.endswith(b"\n"):
-            yield line
-            continue
-        while line and not line.endswith(b"\n") and read < budget:  # too long: skip it
-            line = readline(MAX_SCAN_LINE_BYTES)
-            read += len(line)
 
 
 # ---------------------------------------------------------------------------- caching
@@ -407,7 +414,7 @@ class _Cache(Generic[_V]):
             self._items.clear()
 
 
-_OUTPUTS: _Cache[Outputs] = _Cache(CACHE_SIZE)
+_OUTPUTS: _Cache[Finished] = _Cache(CACHE_SIZE)
 _CHUNKS: _Cache[list[Chunk]] = _Cache(CACHE_SIZE)
 _EXAMPLES: _Cache[dict[str, list[ErrorExample]]] = _Cache(CACHE_SIZE)
 
