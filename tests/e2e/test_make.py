@@ -329,6 +329,8 @@ def test_cli_round_trip_against_a_detached_stack(run_dir: Path, tmp_path: Path) 
         groups = {n: (c["pid"], c["pgid"]) for n, c in state.get("components", {}).items()}
         assert up.returncode == 0, up.stdout + up.stderr
         assert set(groups) == set(COMPONENTS)
+        api = state["env"]["BATCHLINE_API_URL"]
+        assert f"jobs page: {api}/\n" in up.stdout, up.stdout
         running = run_processes(run_dir)
         assert {pid for pid, _ in groups.values()} <= set(running), running
 

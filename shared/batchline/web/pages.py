@@ -278,6 +278,7 @@ def _env() -> Environment:
         env = Environment(
             loader=FileSystemLoader(TEMPLATES),
             autoescape=True,  # every template, whatever its name
+            auto_reload=False,  # templates change only with a deploy
             undefined=StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
