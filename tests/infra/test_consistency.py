@@ -641,7 +641,7 @@ def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.C
 def test_blob_operation_the_roles_do_not_allow_is_reported(
     infra: c.InfraFacts, sources: dict[str, str]
 ) -> None:
-    module = "batchline.services.reporting"
+    module = "batchline.services.messages"
     old = "def request_collect(deps: Deps, job: Job) -> None:\n"
     assert old in sources[module]
     mutated = {

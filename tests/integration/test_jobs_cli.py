@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from batchline.cli import main
 from batchline.domain.models import Job, JobOptions, JobState, Source
+from batchline_tools.cli import main
 
 from .test_functions import Cloud, cloud, fresh  # noqa: F401  (fixtures)
 

@@ -18,7 +18,6 @@ from flask.testing import FlaskClient
 from functions_framework import create_app
 
 from batchline import bootstrap
-from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore
 from batchline.bootstrap import Deps
 from batchline.domain.models import (
     BatchState,
@@ -34,6 +33,7 @@ from batchline.ports import JobQuery
 from batchline.services.api import outputs
 from batchline.services.submit import handle_object_finalized
 from batchline.web import is_page, pages, views
+from batchline_tools.memory import MemoryBlobStore, MemoryJobStore
 
 from .fakes import FakeClock, FakeProvider, make_deps
 from .test_pipeline import finish, line, upload

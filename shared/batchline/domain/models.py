@@ -134,11 +134,12 @@ class JobOptions:
 
 @dataclass(frozen=True)
 class Lease:
+    """An invocation's claim on a job or chunk: `owner` may act on it until `until`
+    (epoch seconds). The rules for taking, renewing and releasing one are
+    `domain/claims.py`."""
+
     owner: str
     until: float
-
-    def held_by_other(self, owner: str, now: float) -> bool:
-        return self.owner != owner and self.until > now
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ import heapq
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change
 from batchline.domain.ids import line_of
 from batchline.domain.models import (
     BatchState,
@@ -33,8 +35,10 @@ from batchline.domain.pricing import price_for
 from batchline.domain.results import Tally, provider_result_line
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.log import fields, get_logger
-from batchline.services import repair, reporting
+from batchline.services import repair
+from batchline.services.messages import publish_completed
 from batchline.services.repair import Repairs, SchemaChecks
+from batchline.services.summary import summary
 
 log = get_logger(__name__)
 
@@ -70,7 +74,7 @@ def collect(deps: Deps, job_id: str) -> Job | None:
         log.warning("collect for an unknown job", extra=fields(job_id=job_id))
         return None
     if job.state.terminal:
-        reporting.publish_completed(deps, job)  # in case the last collect died before it
+        publish_completed(deps, job)  # in case the last collect died before it
         return job
     if job.state is not JobState.COLLECTING:
         log.info(
@@ -114,37 +118,19 @@ def collect(deps: Deps, job_id: str) -> Job | None:
         }
         for c in chunks
     ]
-    body = reporting.summary(
-        deps, job, state, tally, provider_batches=batches, estimate=plan.get("estimate")
-    )
+    body = summary(deps, job, state, tally, provider_batches=batches, estimate=plan.get("estimate"))
     deps.blobs.write_bytes(
         job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
     )
     now = deps.clock.now()
-    counts = {**job.counts, **tally.counts}
-
-    def finish(current: Job) -> Job | None:
-        if current.state is not JobState.COLLECTING:
-            return None
-        return current.to(
-            state,
-            now,
-            counts=counts,
-            usage={"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
-            cost_usd=round(tally.cost_usd, 10),
-            ended_at=now,
-            expire_at=expiry,
-        )
-
-    expiry = reporting.expire_at(deps, now)
+    expiry = claims.expiry(now, deps.settings.retention_days)
+    finish = Change(claims.finish, state, now, tally=tally, expire_at=expiry)
     done = deps.store.update_job(job_id, finish) or deps.store.get_job(job_id)
     if expiry is not None:
         for chunk in chunks:
-            deps.store.update_chunk(
-                job_id, chunk.index, lambda c: None if c.expire_at else replace(c, expire_at=expiry)
-            )
+            deps.store.update_chunk(job_id, chunk.index, Change(claims.stamp_expiry, expiry))
     if done is not None and done.state.terminal:
-        reporting.publish_completed(deps, done)
+        publish_completed(deps, done)
     return done
 
 

@@ -11,17 +11,19 @@ import uuid
 import zlib
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import orjson
 
 from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change, LeaseTerms
 from batchline.domain.estimate import Estimate
 from batchline.domain.ids import generated_custom_id
 from batchline.domain.jsonscan import TopLevelIdScanner
 from batchline.domain.lines import LineTooLong, UnreadableInput, iter_lines
-from batchline.domain.models import Chunk, Job, JobState, Lease
+from batchline.domain.models import Chunk, Job, JobState
 from batchline.domain.options import default_schema_of
 from batchline.domain.paths import WorkPaths, registered_schema_uri
 from batchline.domain.planning import ChunkPlanner, PlannedChunk, RequestRefused, describe_error
@@ -30,7 +32,8 @@ from batchline.domain.results import Tally, invalid_result_line
 from batchline.domain.schemas import ResponseSchema, SchemaError
 from batchline.errors import BatchlineError, NotFound, RetryableError
 from batchline.log import fields, get_logger
-from batchline.services import reporting
+from batchline.services import messages
+from batchline.services.reject import reject
 
 log = get_logger(__name__)
 
@@ -72,15 +75,7 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
     trigger comes back rather than losing the job if that invocation dies.
     """
     now = deps.clock.now()
-    lease = Lease(owner, now + deps.settings.lease_seconds)
-
-    def take(job: Job) -> Job | None:
-        if job.state is not JobState.ACCEPTED:
-            return None
-        if job.lease is not None and job.lease.held_by_other(owner, now):
-            return None
-        return replace(job, lease=lease, updated_at=now)
-
+    take = Change(claims.take_for_plan, owner, now, LeaseTerms(deps.settings.lease_seconds))
     job = deps.store.update_job(job_id, take)
     if job is None:
         current = deps.store.get_job(job_id)
@@ -91,7 +86,7 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
     try:
         plan = build_plan(deps, job, heartbeat=_Heartbeat(deps, job_id, owner))
     except UnreadableInput as exc:
-        return reporting.reject(deps, job, str(exc))
+        return reject(deps, job, str(exc))
     except LeaseLost:
         log.warning(
             "lost the planning lease; the new holder carries on", extra=fields(job_id=job_id)
@@ -99,7 +94,7 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
         return None
     over = over_budget(job, plan.estimate)
     if over is not None:
-        return reporting.reject(deps, job, over, estimate=plan.estimate.to_dict())
+        return reject(deps, job, over, estimate=plan.estimate.to_dict())
     return _commit(deps, job, plan, owner)
 
 
@@ -153,16 +148,10 @@ class _Heartbeat:
 
     def __call__(self) -> None:
         now = self._deps.clock.now()
-        seconds = self._deps.settings.lease_seconds
-        if now - self._renewed < seconds / 3:
+        terms = LeaseTerms(self._deps.settings.lease_seconds)
+        if not terms.renewal_due(self._renewed, now):
             return
-        owner = self._owner
-
-        def renew(job: Job) -> Job | None:
-            if job.state is not JobState.ACCEPTED or job.lease is None or job.lease.owner != owner:
-                return None
-            return replace(job, lease=Lease(owner, now + seconds), updated_at=now)
-
+        renew = Change(claims.renew_plan, self._owner, now, terms)
         if self._deps.store.update_job(self._job_id, renew) is None:
             raise LeaseLost(f"job {self._job_id}: planning lease lost")
         self._renewed = now
@@ -176,22 +165,7 @@ def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:
         "invalid": plan.invalid,
         "requests": plan.requests,
     }
-    target = JobState.SUBMITTING if plan.chunks else JobState.COLLECTING
-
-    def commit(current: Job) -> Job | None:
-        if current.state is not JobState.ACCEPTED or current.lease is None:
-            return None
-        if current.lease.owner != owner:
-            return None
-        return current.to(
-            target,
-            now,
-            lease=None,
-            counts=counts,
-            chunk_count=len(plan.chunks),
-            collect_requested_at=now if target is JobState.COLLECTING else None,
-        )
-
+    commit = Change(claims.commit_plan, owner, now, counts=counts, chunk_count=len(plan.chunks))
     committed = deps.store.update_job(job.job_id, commit, new_chunks=plan.chunks)
     if committed is None:
         log.warning("lost the planning lease", extra=fields(job_id=job.job_id))
@@ -200,8 +174,8 @@ def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:
         "planned",
         extra=fields(job_id=job.job_id, chunks=len(plan.chunks), **counts),
     )
-    if target is JobState.COLLECTING:
-        reporting.request_collect(deps, committed)
+    if committed.state is JobState.COLLECTING:
+        messages.request_collect(deps, committed)
     return committed
 
 

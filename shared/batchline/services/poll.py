@@ -15,6 +15,9 @@ log = get_logger(__name__)
 
 @dataclass
 class PollReport:
+    """What one tick did: how many jobs it took up, and why those it could not advance
+    failed."""
+
     jobs: int = 0
     errors: list[str] = field(default_factory=list)
 

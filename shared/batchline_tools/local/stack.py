@@ -38,8 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from batchline.local import processes
-from batchline.local.processes import ManagedProcess, ProcessStartError
+from batchline_tools.local import processes
+from batchline_tools.local.processes import ManagedProcess, ProcessStartError
 
 STATE_VERSION = 1
 HOST = "127.0.0.1"
@@ -68,9 +68,9 @@ WORKERS = (*FUNCTIONS, "bridge", "ticker")
 #: Provider emulators: component name -> (module run with `python -m`, the path its SDK's
 #: base URL ends with: OpenAI's paths start after /v1, Anthropic's and Vertex's include it).
 PROVIDER_EMULATORS = {
-    "openai": ("batchline.local.emulators.openai", "/v1"),
-    "anthropic": ("batchline.local.emulators.anthropic", ""),
-    "vertex": ("batchline.local.emulators.vertex", ""),
+    "openai": ("batchline_emulators.openai", "/v1"),
+    "anthropic": ("batchline_emulators.anthropic", ""),
+    "vertex": ("batchline_emulators.vertex", ""),
 }
 
 
@@ -785,7 +785,7 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.bridge",
+            "batchline_tools.local.bridge",
             "--host",
             HOST,
             "--port",
@@ -804,7 +804,7 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.ticker",
+            "batchline_tools.local.ticker",
             "--project",
             cfg.project,
             "--topic",

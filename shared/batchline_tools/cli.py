@@ -13,11 +13,12 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from batchline_tools.deployment import CliError, upload, wait_for
 
 if TYPE_CHECKING:
     from batchline.config import Settings
@@ -41,12 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
-class CliError(Exception):
-    pass
-
-
 def _parser() -> argparse.ArgumentParser:
-    from batchline.local import cli as local_cli
+    from batchline_tools.local import cli as local_cli
 
     parser = argparse.ArgumentParser(prog="batchline", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -198,7 +195,7 @@ def _settings(args: argparse.Namespace, *, work_bucket: bool = False) -> Setting
             return Settings.from_env(env)
         except ConfigError as exc:
             raise CliError(f"{exc} (or pass the matching flag)") from exc
-    from batchline.local.stack import LocalStack, LocalStackError
+    from batchline_tools.local.stack import LocalStack, LocalStackError
 
     try:
         stack = LocalStack.attach(args.run_dir)
@@ -224,29 +221,6 @@ def _blobs(settings: Settings) -> BlobStore:
 
 
 # -- commands ----------------------------------------------------------------------------
-
-
-def upload(
-    settings: Settings,
-    file: Path,
-    name: str,
-    model: str | None,
-    options: Mapping[str, str] | None = None,
-) -> str:
-    """Upload `file` as gs://INPUT/name with the job options (`model` and `options`) as
-    its custom metadata; returns the job id the upload starts."""
-    from batchline.domain.ids import job_id_for_object
-
-    if not file.is_file():
-        raise CliError(f"{file}: no such file")
-    metadata = {"model": model} if model else {}
-    metadata.update(options or {})
-    content_type = "application/gzip" if name.endswith(".gz") else "application/jsonl"
-    with file.open("rb") as data:
-        generation = _blobs(settings).put(
-            f"gs://{settings.input_bucket}/{name}", data, content_type, metadata
-        )
-    return job_id_for_object(settings.input_bucket, name, generation)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -380,34 +354,6 @@ def _results(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-def wait_for(store: JobStore, job_id: str, timeout: float, *, show: bool) -> Job | None:
-    """Follow a job until it ends or `timeout` passes; prints progress when `show`."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    job = None
-    while time.monotonic() < deadline:
-        job = store.get_job(job_id)
-        line = _progress(store, job_id, job)
-        if show and line != last:
-            print(line, file=sys.stderr, flush=True)
-            last = line
-        if job is not None and job.state.terminal:
-            return job
-        time.sleep(0.5)
-    return job
-
-
-def _progress(store: JobStore, job_id: str, job: Job | None) -> str:
-    if job is None:
-        return f"{job_id}: waiting for the submit function"
-    done = total = 0
-    for chunk in store.get_chunks(job_id) if job.chunk_count else []:
-        total += chunk.request_count
-        done += chunk.batch_counts.get("completed", 0) + chunk.batch_counts.get("failed", 0)
-    progress = f" {done}/{total} requests done at the provider" if total else ""
-    return f"{job_id}: {job.state}{progress} ({job.chunk_count} batch(es))"
 
 
 def _job_json(job_id: str, job: Job | None) -> dict[str, Any]:
@@ -578,7 +524,7 @@ def _schema_show(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from batchline.local.demo import run_demo
+    from batchline_tools.local.demo import run_demo
 
     return run_demo(args.examples, run_dir=args.run_dir, timeout=args.timeout, stay=args.stay)
 
