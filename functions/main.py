@@ -10,6 +10,7 @@ import functions_framework
 import orjson
 from cloudevents.http import CloudEvent
 from flask import Request, Response
+from flask import request as current_request
 
 from batchline import entrypoints
 
@@ -33,10 +34,24 @@ def collect(event: CloudEvent) -> None:
     entrypoints.run_event("collect", lambda deps: entrypoints.collect(deps, message))
 
 
+@functions_framework.cloud_event
+def notify(event: CloudEvent) -> None:
+    """Pub/Sub message on the notify topic: POST one job's webhook (raises to be retried)."""
+    message = _pubsub_json(event.data)
+    entrypoints.run_event("notify", lambda deps: entrypoints.notify(deps, message))
+
+
 @functions_framework.http
 def api(request: Request) -> Response:
-    """HTTP API: POST /v1/jobs, GET /v1/jobs/{job_id}."""
+    """HTTP API: the operations of `batchline.services.api.routes`."""
     return entrypoints.api(request)
+
+
+@functions_framework.errorhandler(404)
+def not_routed(error: Exception) -> Response:
+    """A path functions-framework's router keeps from the function (one holding a line
+    break): answered as the API answers any path it does not know, in JSON."""
+    return entrypoints.not_routed(current_request)
 
 
 def _pubsub_json(data: Any) -> Any:

@@ -6,13 +6,15 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchline.config import ChunkLimits, Settings
-from batchline.domain.planning import Encoder
 from batchline.domain.pricing import PRICES, Price, load_prices
 from batchline.errors import ConfigError
 from batchline.ports import BlobStore, Clock, JobStore, ProviderClient, Publisher
+
+if TYPE_CHECKING:  # the planner loads with the services that plan (not the api's cold start)
+    from batchline.domain.planning import Encoder
 
 #: (staged request line, previous answer, feedback) -> None, changing the line in place.
 RepairTurn = Callable[[dict[str, Any], str, str], None]

@@ -95,6 +95,12 @@ def handle(request: Request) -> Response:
         )
 
 
+def not_routed(request: Request) -> Response:
+    """The answer to a request the framework did not route to the function."""
+    error = ApiError(404, "not_found", f"{request.method} {request.path!r} is not an operation")
+    return _reply(error.status, error.body())
+
+
 def _route(request: Request) -> tuple[int, Any]:
     from batchline.services.api.call import Call
     from batchline.services.api.routes import find

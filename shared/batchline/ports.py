@@ -192,6 +192,10 @@ class JobStore(Protocol):
         the work one page takes."""
         ...
 
+    def jobs_to_notify(self) -> list[Job]:
+        """Jobs that ended with their webhook not yet published (`notify_pending`)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StagedPayload:

@@ -123,6 +123,17 @@ config, batches created from then on answer N lines on schedule and then stay
 one); the rest then follow at the configured pace. Cancel and expiry apply to a held
 batch as to any other, so "N of M answered, then cancelled" needs no race with a clock.
 
+Webhooks: with ``webhook_url`` and ``webhook_secret`` (``whsec_...``) in the config, a
+batch that ends sends OpenAI's event to that URL: ``{"id": "evt_...", "object": "event",
+"created_at", "type": "batch.completed" | "batch.failed" | "batch.expired" |
+"batch.cancelled", "data": {"id": <batch id>}}``, signed as OpenAI signs it (Standard
+Webhooks: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``), so the SDK's
+``webhooks.unwrap`` takes it. A non-2xx answer or no answer is retried (same
+``webhook-id``, signed anew) up to ``webhook_max_attempts`` in all, after
+``webhook_retry_seconds``, doubling. A thread moves batches on while a URL is set, so an
+event goes out when the batch ends, not at the next request. ``GET /_emulator/webhooks``
+lists every event with its attempts.
+
 Every response carries ``x-emulator: batchline-openai``; every chat answer starts with
 ``[batchline openai emulator]``.
 
@@ -166,6 +177,7 @@ from batchline_emulators._common import (
     merged_config,
     tokens,
 )
+from batchline_emulators._webhooks import WebhookOutbox, secret_key
 from batchline_emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
@@ -254,10 +266,34 @@ class EmulatorConfig:
     #: Batches created from now on answer this many lines, then stay in_progress until
     #: `POST /_emulator/release` (None: never held). See `Hold`.
     hold_after_lines: int | None = None
+    #: Where `batch.*` webhook events are POSTed when a batch ends (None: nowhere), signed
+    #: with `webhook_secret` (`whsec_` + base64, as OpenAI's dashboard gives it). A
+    #: non-2xx answer is retried up to `webhook_max_attempts` times in all, after
+    #: `webhook_retry_seconds`, doubling.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = 5
+    webhook_retry_seconds: float = 0.5
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
-        return merged_config(self, overrides, _CONFIG_RULES)
+        if not isinstance(overrides, Mapping):
+            raise ValueError("config overrides must be a JSON object")
+        texts = {k: v for k, v in overrides.items() if k in _TEXT_CONFIG}
+        for name, value in texts.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"config {name} must be a string or null")
+        if texts.get("webhook_secret") is not None:
+            try:
+                secret_key(texts["webhook_secret"])
+            except ValueError as exc:
+                raise ValueError(f"config webhook_secret: {exc}") from None
+        numbers = {k: v for k, v in overrides.items() if k not in _TEXT_CONFIG}
+        merged = merged_config(self, numbers, _CONFIG_RULES)
+        merged = dataclasses.replace(merged, **texts)
+        if merged.webhook_url and not merged.webhook_secret:
+            raise ValueError("config webhook_url needs a webhook_secret to sign with")
+        return merged
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -284,6 +320,16 @@ _CONFIG_RULES: ConfigRules = {
     "embedding_dimensions": (int, False, 1, 65536),
     "invalid_answer_rate": (float, False, 0, 1),
     "hold_after_lines": (int, True, 0, None),
+    "webhook_max_attempts": (int, False, 1, 100),
+    "webhook_retry_seconds": (float, False, 0, None),
+}
+_TEXT_CONFIG = ("webhook_url", "webhook_secret")
+#: The webhook event type of each status a batch ends in.
+WEBHOOK_EVENTS = {
+    "completed": "batch.completed",
+    "failed": "batch.failed",
+    "expired": "batch.expired",
+    "cancelled": "batch.cancelled",
 }
 
 
@@ -1084,6 +1130,7 @@ def _url_map() -> Map:
             *admin_rules(),
             Rule("/_emulator/batches", endpoint="admin_batches", methods=["GET"]),
             Rule("/_emulator/stats", endpoint="admin_stats", methods=["GET"]),
+            Rule("/_emulator/webhooks", endpoint="admin_webhooks", methods=["GET"]),
         ],
         strict_slashes=False,
         merge_slashes=False,
@@ -1136,6 +1183,9 @@ class OpenAIBatchEmulator(AdminEndpoints):
         self.state = EmulatorState()
         self.lock = threading.RLock()
         self.url_map = _url_map()
+        self.outbox = WebhookOutbox(self._tick)
+        if config.webhook_url:
+            self.outbox.ensure_started()
 
     # ---- WSGI
     def __call__(
@@ -1169,7 +1219,10 @@ class OpenAIBatchEmulator(AdminEndpoints):
         except HTTPException:
             raise api_error(404, f"Invalid URL ({request.method} {request.path})") from None
         handler: Callable[..., Response] = getattr(self, f"h_{endpoint}")
-        return handler(request, **args)
+        response = handler(request, **args)
+        if self.config.webhook_url:
+            self.outbox.ensure_started()  # a config that names a webhook URL
+        return response
 
     def _authenticate(self, request: Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -1215,6 +1268,11 @@ class OpenAIBatchEmulator(AdminEndpoints):
             headers=headers,
         )
 
+    def _tick(self) -> None:
+        """Move every batch on (the webhook thread's round): ended ones send events."""
+        with self.lock:
+            self._advance_all(self.clock())
+
     # ---- state helpers (call with the lock held)
     def _advance_all(self, now: float) -> None:
         for batch_id in list(self.state.active):
@@ -1228,6 +1286,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
             return
         batch.materialized = True
         self.state.active.discard(batch.id)
+        self._send_webhook(batch, ph, now)
         if ph.status == "failed":
             return
         output, errors = batch.result_files(ph)
@@ -1249,6 +1308,28 @@ class OpenAIBatchEmulator(AdminEndpoints):
                 batch.output_file_id = stored.id
             else:
                 batch.error_file_id = stored.id
+
+    def _send_webhook(self, batch: BatchRecord, ph: Phase, now: float) -> None:
+        """Queue the `batch.*` event of a batch that just ended, when a URL is configured
+        (the current config: OpenAI's webhook endpoints belong to the project)."""
+        cfg = self.config
+        if not cfg.webhook_url or not cfg.webhook_secret:
+            return
+        ended = ph.ended_at
+        event = {
+            "id": "evt_" + secrets.token_hex(16),
+            "object": "event",
+            "created_at": int(now if ended is None else ended),
+            "type": WEBHOOK_EVENTS[ph.status],
+            "data": {"id": batch.id},
+        }
+        self.outbox.enqueue(
+            cfg.webhook_url,
+            cfg.webhook_secret,
+            event,
+            max_attempts=cfg.webhook_max_attempts,
+            retry_seconds=cfg.webhook_retry_seconds,
+        )
 
     def _file(self, file_id: str) -> StoredFile:
         stored = self.state.files.get(file_id)
@@ -1588,6 +1669,10 @@ class OpenAIBatchEmulator(AdminEndpoints):
     def holds(self) -> Iterable[tuple[str, Hold]]:
         return [(b.id, b.hold) for b in self.state.batches.values()]
 
+    def h_admin_webhooks(self, request: Request) -> Response:
+        """Every webhook event queued, oldest first, with its delivery attempts."""
+        return json_response({"object": "list", "data": self.outbox.deliveries()})
+
     def h_admin_stats(self, request: Request) -> Response:
         with self.lock:
             return json_response(
@@ -1604,6 +1689,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
         with self.lock:
             self.state = EmulatorState()
             self.config = self.startup_config
+            self.outbox.clear()
 
 
 def _expires_after_seconds(anchor: Any, seconds: Any, param: str) -> int:

@@ -11,6 +11,7 @@ from batchline.domain import claims
 from batchline.domain.claims import Change
 from batchline.domain.models import Job, JobState
 from batchline.log import fields, get_logger
+from batchline.services import notify
 
 log = get_logger(__name__)
 
@@ -25,7 +26,8 @@ def request_collect(deps: Deps, job: Job) -> None:
 
 def publish_completed(deps: Deps, job: Job) -> None:
     """Publish `job.completed` for a terminal job, at least once, then record that it
-    went out (once)."""
+    went out (once); and hand its webhook, if one is pending, to the notify topic."""
+    notify.request_delivery(deps, job)
     if job.event_published:
         return
     deps.publisher.publish(

@@ -1,6 +1,9 @@
 """One handler per operation of the route table (`routes.py`): read the call, run the
 service, shape the answer. Errors are raised as the services' exceptions (`errors.py`),
-which `batchline.edge` turns into the API's one error shape."""
+which `batchline.edge` turns into the API's one error shape.
+
+What only submitting or planning needs (the request parser, the planner) is imported by
+those handlers when called: a cold instance answering reads does not load it."""
 
 from __future__ import annotations
 
@@ -8,11 +11,9 @@ import re
 from datetime import datetime
 
 from batchline.bootstrap import deps
-from batchline.domain.lines import UnreadableInput
 from batchline.domain.models import JobState
-from batchline.domain.options import LABEL_KEY_PATTERN, MAX_LABELS
 from batchline.ports import InvalidCursor, JobQuery
-from batchline.services.api import outputs, submit
+from batchline.services.api import outputs
 from batchline.services.api.call import Answer, Call, Raw, Stream
 from batchline.services.api.errors import BadRequest, Conflict, Missing
 from batchline.services.api.models import (
@@ -25,8 +26,9 @@ from batchline.services.api.models import (
     ListQuery,
     ResultsQuery,
     SubmittedJob,
+    WebhookReceipt,
 )
-from batchline.services.api.validation import job_request, validated
+from batchline.services.api.validation import validated
 from batchline.services.api.views import job_view
 
 LABEL_PARAMETER = "label."
@@ -34,6 +36,7 @@ LABEL_PARAMETER = "label."
 
 def create_job(call: Call) -> Answer:
     from batchline.edge import read_json_body
+    from batchline.services.api import submit
 
     key = submit.check_idempotency_key(call.request.headers.getlist("Idempotency-Key"))
     command = submit.SubmitJob.from_http(read_json_body(call.request), key)
@@ -43,6 +46,8 @@ def create_job(call: Call) -> Answer:
 
 
 def list_jobs(call: Call) -> Answer:
+    from batchline.domain.options import LABEL_KEY_PATTERN, MAX_LABELS
+
     args = call.request.args
     labels: dict[str, str] = {}
     rest: dict[str, str] = {}
@@ -125,8 +130,11 @@ def get_results(call: Call) -> Answer:
 
 
 def estimate_job(call: Call) -> Answer:
+    from batchline.domain.lines import UnreadableInput
     from batchline.edge import read_json_body
     from batchline.services import estimate
+    from batchline.services.api import submit
+    from batchline.services.api.validation import job_request
 
     wired = deps()
     job = job_request(read_json_body(call.request))
@@ -163,6 +171,13 @@ def estimate_job(call: Call) -> Answer:
         estimate=totals,
         warnings=found.warnings(),
     )
+
+
+def openai_webhook(call: Call) -> Answer:
+    from batchline.services.openai_webhooks import receive
+
+    status, receipt = receive(call.request)
+    return status, WebhookReceipt.model_validate(receipt)
 
 
 def openapi_document(call: Call) -> Answer:

@@ -76,11 +76,23 @@ class JobOptionsIn(_In):
     )
     max_repair_attempts: int | None = Field(default=None, ge=0)
     max_cost_usd: float | None = Field(default=None, gt=0)
+    notify_url: str | None = Field(
+        default=None, description="https:// URL the job's signed job.completed is POSTed to."
+    )
 
 
 class JobInput(_In):
     """A job's input: inline request lines or a `gs://` object in the input bucket, with
     the job's options. Exactly one of `requests` and `input_uri`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["requests"], "properties": {"requests": {"type": "array"}}},
+                {"required": ["input_uri"], "properties": {"input_uri": {"type": "string"}}},
+            ]
+        }
+    )
 
     requests: list[Any] | None = Field(
         default=None,
@@ -128,6 +140,7 @@ class JobOptionsView(_Out):
     response_schema: dict[str, Any] | None = None
     max_repair_attempts: int | None = None
     max_cost_usd: float | None = None
+    notify_url: str | None = None
 
 
 class JobView(_Out):
@@ -201,6 +214,13 @@ class EstimateView(_Out):
     cost_usd: CostRange
     estimate: dict[str, Any] = Field(description="Tokens and costs per provider/model.")
     warnings: list[str]
+
+
+class WebhookReceipt(_Out):
+    """An OpenAI webhook event received: what was done with it."""
+
+    received: bool
+    outcome: str
 
 
 class ErrorDetail(_Out):

@@ -34,7 +34,7 @@ def document() -> dict[str, Any]:
     table = routes()
     wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
     for route in table:
-        if route.body is not None:
+        if route.body is not None and not isinstance(route.body, Media):
             wanted.append((route.body, "validation"))
         wanted += [
             (reply, "serialization")
@@ -92,9 +92,25 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
                 },
             }
         )
+    parameters += [
+        {
+            "name": name,
+            "in": "header",
+            "required": True,
+            "description": text,
+            "schema": {"type": "string"},
+        }
+        for name, text in route.headers.items()
+    ]
     if parameters:
         operation["parameters"] = parameters
-    if route.body is not None:
+    if isinstance(route.body, Media):
+        operation["requestBody"] = {
+            "required": True,
+            "description": route.body.description,
+            "content": {route.body.media_type: {"schema": dict(route.body.schema)}},
+        }
+    elif route.body is not None:
         schema = refs[(route.body, "validation")]
         operation["requestBody"] = {
             "required": True,
@@ -109,6 +125,12 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
             content = {"application/json": {"schema": refs[(reply, "serialization")]}}
             description = (reply.__doc__ or HTTPStatus(status).phrase).strip().splitlines()[0]
         responses[str(status)] = {"description": description, "content": content}
+        if (
+            route.method == "POST"
+            and not isinstance(reply, Media)
+            and "job_id" in reply.model_fields
+        ):
+            responses[str(status)]["links"] = _job_links()
     error = {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}
     for status in _error_statuses(route):
         responses[str(status)] = {"description": HTTPStatus(status).phrase, "content": error}
@@ -118,6 +140,19 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
             }
     operation["responses"] = responses
     return operation
+
+
+def _job_links() -> dict[str, Any]:
+    """From an answer holding a job to every operation on that job (what a client, and
+    schemathesis's stateful phase, follows)."""
+    return {
+        f"{route.handler.__name__}": {
+            "operationId": route.handler.__name__,
+            "parameters": {"job_id": "$response.body#/job_id"},
+        }
+        for route in routes()
+        if "job_id" in _path_names(route.path)
+    }
 
 
 def _error_statuses(route: Route) -> list[int]:

@@ -26,6 +26,7 @@ from batchline.services.api.models import (
     ListQuery,
     ResultsQuery,
     SubmittedJob,
+    WebhookReceipt,
 )
 
 
@@ -39,6 +40,11 @@ class Media:
 
 
 JSON_OBJECT = Media("application/json", {"type": "object"}, "A JSON object.")
+OPENAI_EVENT = Media(
+    "application/json",
+    {"type": "object"},
+    "An OpenAI webhook event (`batch.completed`, `batch.failed`, ...).",
+)
 JSONL = Media(
     "application/jsonl",
     {"type": "string"},
@@ -56,13 +62,15 @@ class Route:
     summary: str
     #: Success statuses and what each answers.
     replies: Mapping[int, type[BaseModel] | Media]
-    body: type[BaseModel] | None = None
+    body: type[BaseModel] | Media | None = None
     query: type[BaseModel] | None = None
     #: Error statuses besides those every operation may answer (400, 500, 503; 404 with
     #: a path parameter; 413 and 415 with a body).
     errors: tuple[int, ...] = ()
     #: Takes an `Idempotency-Key` header.
     idempotent: bool = False
+    #: Headers the operation needs: name -> description.
+    headers: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
@@ -143,6 +151,23 @@ def routes() -> tuple[Route, ...]:
             query=ResultsQuery,
             description="`status` keeps the lines of that status; `offset` and `limit` count "
             "the lines kept.",
+        ),
+        Route(
+            "POST",
+            "/v1/webhooks/openai",
+            handlers.openai_webhook,
+            "OpenAI's batch events: a batch ended, advance its job now",
+            {200: WebhookReceipt},
+            body=OPENAI_EVENT,
+            errors=(404,),
+            headers={
+                "webhook-id": "The event's id (a redelivery has the same).",
+                "webhook-timestamp": "Seconds since the epoch.",
+                "webhook-signature": "`v1,<base64 HMAC-SHA256>` with the webhook secret.",
+            },
+            description="Signed by OpenAI (Standard Webhooks); a bad signature is a 400. "
+            "Events for unknown batches, ended jobs, redeliveries and stale timestamps are "
+            "acknowledged and ignored. 404 when the deployment has no OpenAI webhook secret.",
         ),
         Route(
             "GET",

@@ -12,8 +12,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from batchline.domain.models import JobOptions
-from batchline.domain.options import OptionError, OptionTooLarge
-from batchline.domain.options import from_api as job_options_from_api
 from batchline.services.api.errors import BadRequest, TooLarge
 from batchline.services.api.models import JobInput
 
@@ -71,6 +69,9 @@ def job_request(body: Any) -> JobRequest:
         raise TooLarge(
             f"at most {MAX_INLINE_REQUESTS} inline requests; use 'input_uri'", "requests"
         )
+    from batchline.domain.options import OptionError, OptionTooLarge
+    from batchline.domain.options import from_api as job_options_from_api
+
     raw: Mapping[str, Any] = body.get("options") or {}
     try:
         options = job_options_from_api(raw)
