@@ -115,6 +115,7 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
         _schemas(options, found.unread_schemas),
         default_model=options.model or deps.settings.default_model,
         max_line_bytes=deps.settings.max_line_bytes,
+        enabled=deps.settings.enabled_providers,
         job_id="dry-run",
     ).take
     for number, line in _lines(stream, deps.settings.max_line_bytes, found):

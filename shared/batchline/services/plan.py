@@ -211,6 +211,7 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
         schemas,
         default_model=job.options.model or settings.default_model,
         max_line_bytes=settings.max_line_bytes,
+        enabled=settings.enabled_providers,
         job_id=job.job_id,
     ).take
 
@@ -325,6 +326,7 @@ class LineWork:
 
     __slots__ = (
         "_default_model",
+        "_enabled",
         "_explicit_ids",
         "_job_id",
         "_max_line_bytes",
@@ -340,6 +342,7 @@ class LineWork:
         *,
         default_model: str | None,
         max_line_bytes: int,
+        enabled: frozenset[str],
         job_id: str,
     ) -> None:
         self._planner = planner
@@ -347,6 +350,7 @@ class LineWork:
         self._schemas = schemas
         self._default_model = default_model
         self._max_line_bytes = max_line_bytes
+        self._enabled = enabled
         self._job_id = job_id
 
     def take(
@@ -360,6 +364,7 @@ class LineWork:
                 default_model=self._default_model,
                 max_line_bytes=self._max_line_bytes,
                 schemas=self._schemas,
+                enabled=self._enabled,
             )
             if not isinstance(parsed, Request):  # (isinstance is cheapest when it holds)
                 return parsed, None

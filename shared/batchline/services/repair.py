@@ -26,13 +26,13 @@ from batchline.domain import claims
 from batchline.domain.claims import Change
 from batchline.domain.models import Chunk, Job, ProviderResult
 from batchline.domain.paths import WorkPaths
+from batchline.domain.providers import registry
 from batchline.domain.results import superseded
 from batchline.domain.schemas import (
     ResponseSchema,
     SchemaCheck,
     Validator,
     Violation,
-    openai_strict,
     repair_feedback,
 )
 from batchline.log import fields, get_logger
@@ -69,7 +69,7 @@ class SchemaChecks:
         raw = orjson.loads(self._deps.blobs.read_bytes(self._paths.schema(digest)))
         schema = ResponseSchema.from_dict(raw)
         # OpenAI strict mode answers `null` for optional properties: drop those again.
-        strict = provider == "openai" and openai_strict(schema) is not None
+        strict = registry.provider(provider).strips_nulls(schema)
         validator = self._validators[digest, provider] = Validator(schema, strip_nulls=strict)
         return validator
 
