@@ -2,7 +2,8 @@
 looks like. Every caller and every byte is treated as hostile here: bodies are bounded
 before they are read whole, parsed strictly, and every error is one JSON shape,
 `{"error": {"type", "message", "field"?}}`, with the right status — never an HTML page,
-never a trace.
+never a trace. The one exception is the jobs page (`batchline.web`): its own routes (`/`,
+`/jobs/{id}`, `/assets/{name}`) answer HTML, their 404s and 405s too.
 
 Operations live in `services.api` (its route table: `services.api.routes`); this module
 only routes and translates.
@@ -20,6 +21,7 @@ import orjson
 
 from batchline.errors import PermanentError, RetryableError
 from batchline.log import fields, get_logger
+from batchline.web import is_page
 
 if TYPE_CHECKING:
     from flask import Request, Response
@@ -65,7 +67,14 @@ class ApiError(Exception):
 
 
 def handle(request: Request) -> Response:
-    """Answer one request: route it, run it, and shape whatever comes out as JSON."""
+    """Answer one request: route it, run it, and shape whatever comes out as JSON.
+
+    The jobs page's routes (`/`, `/jobs/...`, `/assets/...`) answer HTML, their errors
+    included (`batchline.web.pages`); every other path is the JSON API."""
+    if is_page(request.path):
+        from batchline.web import pages
+
+        return pages.handle(request)
     try:
         status, body = _route(request)
         return _reply(status, body)

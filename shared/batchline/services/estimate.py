@@ -117,6 +117,7 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
         _schemas(options, found.unread_schemas),
         default_model=options.model or deps.settings.default_model,
         max_line_bytes=deps.settings.max_line_bytes,
+        enabled=deps.settings.enabled_providers,
         job_id="dry-run",
         enabled=deps.settings.enabled_providers,
     ).take
