@@ -44,6 +44,22 @@ class PlannedChunk:
         return self.payload.tell()
 
 
+class _ByteCount(io.BytesIO):
+    """Stands for a chunk's buffer when only its size matters (a dry run): counts what is
+    written and keeps none of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._size = 0
+
+    def write(self, data: Any, /) -> int:
+        self._size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._size
+
+
 class RequestRefused(ValueError):
     """A request the planner will not send; `field` and `reason` make its invalid line."""
 
@@ -76,10 +92,15 @@ class ChunkPlanner:
         limits: Callable[[str], ChunkLimits],
         encoders: Callable[[str], Encoder],
         observe: Observer | None = None,
+        *,
+        sizes_only: bool = False,
     ) -> None:
+        """`sizes_only`: the chunks keep their sizes and counts, not their bytes (for a
+        dry run, whose memory then stays small however large the chunks)."""
         self._limits = limits
         self._encoders = encoders
         self._observe = observe
+        self._sizes_only = sizes_only
         self._open: dict[tuple[str, str], PlannedChunk] = {}
         self._per_provider: dict[str, tuple[ChunkLimits, Encoder]] = {}
 
@@ -125,6 +146,8 @@ class ChunkPlanner:
             current = None
         if current is None:
             current = PlannedChunk(request.provider, request.model, first_line=request.line)
+            if self._sizes_only:
+                current.payload, current.manifest = _ByteCount(), _ByteCount()
             self._open[key] = current
         current.payload.write(encoded)
         current.manifest.write(manifest_line)

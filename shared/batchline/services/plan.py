@@ -191,7 +191,7 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = lambda: Non
         heartbeat()
         plan.chunks.append(_stage_chunk(deps, job, paths, len(plan.chunks), planned))
 
-    take = _LineWork(
+    take = LineWork(
         planner,
         explicit_ids,
         schemas,
@@ -299,7 +299,7 @@ def _schema_context(deps: Deps, job: Job) -> SchemaContext:
     return SchemaContext(lookup=lookup, default=default)
 
 
-class _LineWork:
+class LineWork:
     """One line's work: parse it, check its id, add it to its chunk.
 
     `take` each line: it returns the planned request and the chunk it displaced, or
