@@ -119,7 +119,6 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
         max_line_bytes=deps.settings.max_line_bytes,
         enabled=deps.settings.enabled_providers,
         job_id="dry-run",
-        enabled=deps.settings.enabled_providers,
     ).take
     for number, line in _lines(stream, deps.settings.max_line_bytes, found):
         outcome, full = take(number, line)
