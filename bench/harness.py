@@ -51,7 +51,7 @@ from batchline.domain.providers import openai as wire
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.ports import BlobStore, StagedPayload
 from batchline.services.collect import collect
-from batchline.services.plan import Plan, build_plan
+from batchline.services.plan_file import Plan, build_plan
 
 INPUT_BUCKET, OUTPUT_BUCKET, WORK_BUCKET = "bench-in", "bench-out", "bench-work"
 INPUT_NAME = "bench/input.jsonl"

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from batchline.domain.limits import ChunkLimits as ChunkLimits  # re-exported: settings build them
 from batchline.errors import ConfigError
 
 # OpenAI's own limits are 50,000 requests and 200 MB per input file; we stay under them
@@ -40,16 +41,6 @@ SAFETY_MARGIN = 0.95
 # Memory: planning holds one line at a time (a longer one is skipped in 64 KiB pieces),
 # so the limit bounds a line's share of the submit function's memory (1 GiB by default).
 MAX_LINE_BYTES = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ChunkLimits:
-    """How much one provider batch may hold. `max_bytes` limits what is sent: the chunk's
-    payload plus `envelope_bytes`, the fixed bytes a provider's request wraps around it."""
-
-    max_requests: int
-    max_bytes: int
-    envelope_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from batchline.adapters.memory import MemoryBlobStore
 from batchline.bootstrap import Deps
 from batchline.domain.models import Job, JobOptions, Source
 from batchline.domain.paths import WorkPaths
-from batchline.services.plan import Plan, build_plan
+from batchline.services.plan_file import Plan, build_plan
 
 
 @dataclass

@@ -246,6 +246,9 @@ class Chunk:
     repair_round: int = 0
     #: A re-ask chunk: the chunk whose invalid answers it asks again.
     repair_of: int | None = None
+    #: Each request as planning accepted it, in payload order (`domain/workfiles/requests`):
+    #: what a later round encodes again. None: planned before batchline kept them.
+    requests_uri: str | None = None
 
     def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
         check_chunk_transition(self.state, target)

@@ -40,30 +40,7 @@ def provider_result_line(
     if usage is not None and price is not None:
         both = line_cost(price, usage)
         cost, realtime = both.batch_usd, both.realtime_usd
-    status = result.status
-    error = result.error
-    output: dict[str, Any] | None = None
-    if status is ResultStatus.SUCCEEDED:
-        output = {"text": result.text, "finish_reason": result.finish_reason}
-        if check is not None:
-            if check.violation is None:
-                raw = check.verbatim
-                # A line of results.jsonl holds no raw newline: JSON whitespace may.
-                if raw is not None and "\n" not in raw and "\r" not in raw:
-                    output["parsed"] = orjson.Fragment(raw)
-                else:
-                    output["parsed"] = check.parsed
-            else:
-                status = ResultStatus.FAILED
-                output["parsed"] = None
-                if output["text"] is None and result.structured is not None:
-                    output["text"] = orjson.dumps(result.structured).decode()
-                error = {
-                    "type": SCHEMA_VALIDATION,
-                    "message": check.violation.text,
-                    "path": check.violation.path,
-                    "retryable": False,
-                }
+    status, output, error = _outcome(result, check)
     attempt: dict[str, Any] = {
         "batch_id": batch_id,
         "status": str(status),
@@ -93,7 +70,41 @@ def provider_result_line(
     return ResultLine(record, realtime if cost is not None else None)
 
 
+def _outcome(
+    result: ProviderResult, check: SchemaCheck | None
+) -> tuple[ResultStatus, dict[str, Any] | None, dict[str, Any] | None]:
+    """The line's status, output and error: the provider's, except that an answer that
+    broke its schema makes the line `failed` (`schema_validation`), its text kept."""
+    status = result.status
+    error = result.error
+    output: dict[str, Any] | None = None
+    if status is ResultStatus.SUCCEEDED:
+        output = {"text": result.text, "finish_reason": result.finish_reason}
+        if check is not None:
+            if check.violation is None:
+                raw = check.verbatim
+                # A line of results.jsonl holds no raw newline: JSON whitespace may.
+                if raw is not None and "\n" not in raw and "\r" not in raw:
+                    output["parsed"] = orjson.Fragment(raw)
+                else:
+                    output["parsed"] = check.parsed
+            else:
+                status = ResultStatus.FAILED
+                output["parsed"] = None
+                if output["text"] is None and result.structured is not None:
+                    output["text"] = orjson.dumps(result.structured).decode()
+                error = {
+                    "type": SCHEMA_VALIDATION,
+                    "message": check.violation.text,
+                    "path": check.violation.path,
+                    "retryable": False,
+                }
+    return status, output, error
+
+
 class ResultLine(NamedTuple):
+    """A line of results.jsonl (`record`) and what its usage would have cost in real time."""
+
     record: dict[str, Any]
     realtime_usd: float | None
 
