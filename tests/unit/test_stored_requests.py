@@ -192,6 +192,8 @@ def test_a_stored_row_of_another_line_is_refused() -> None:
         WorkFileError, match=r"gs://w/r: row 2.line: expected 5 \(the manifest's\), got 4"
     ):
         checked_row(row, "gs://w/r", 2, 5)
+    with pytest.raises(WorkFileError, match=r"gs://w/r: row 3: missing: the file ends before"):
+        checked_row(b"", "gs://w/r", 3, 5)
 
 
 def stored_of(blobs: MemoryBlobStore, chunk: Chunk) -> list[StoredRequest]:

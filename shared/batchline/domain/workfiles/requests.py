@@ -123,6 +123,8 @@ def open_stored(blobs: WorkBlobs, uri: str) -> Iterator[Iterator[StoredRequest]]
 def checked_row(raw: bytes, uri: str, number: int, line: int) -> bytes:
     """Row `number` of the requests file at `uri`, unchanged, once it is known to be the
     stored request of input line `line` (the manifest's row of the same number)."""
+    if not raw:
+        raise WorkFileError(uri, f"row {number}", "missing: the file ends before the manifest")
     found = decode_stored(raw, uri, number).line
     if found != line:
         raise WorkFileError(
