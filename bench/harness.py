@@ -395,7 +395,8 @@ def collect_phase(deps: Deps, job: Job) -> Job:
 def reask_phase(deps: Deps, job: Job) -> Job:
     """A collect whose job allows re-asks: every `collect_chunk` (answers validated), the
     invalid answers' requests staged again (`repair.stage`), and the next round's chunks
-    created (`repair.start_round`); no merge yet. The job is back to `running`."""
+    created (`repair.plan_round`, `repair.start_round`); no merge yet. The job is back to
+    `running`."""
     done = collect(deps, job.job_id)
     if done is None or done.state is not JobState.RUNNING or done.chunk_count <= job.chunk_count:
         raise RuntimeError(f"collect did not start a re-ask round: {done}")

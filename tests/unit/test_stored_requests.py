@@ -341,3 +341,23 @@ def test_stored_requests_stream_out_while_their_chunk_fills() -> None:
         assert planner.add(parsed(n, NEUTRAL_LINES[0])) is None
         assert len(written) == n
     assert [s.line for s in iter_stored(written, "gs://x")] == [1, 2, 3]
+
+
+def test_a_re_ask_that_no_longer_fits_a_batch_is_not_sent_and_its_line_stays_failed() -> None:
+    """A repair turn makes a request longer; one the provider's batch cannot take is
+    refused by the planner like any other, so its line keeps its failed answer."""
+    deps, provider = setup({"bl-1"})
+    job = handle_object_finalized(deps, upload(deps, lines(2)))
+    assert job is not None
+    [chunk] = deps.store.get_chunks(job.job_id)
+    blobs = deps.blobs
+    assert isinstance(blobs, MemoryBlobStore)
+    longest = max(len(x) + 1 for x in blobs.read_bytes(chunk.payload_uri).splitlines())
+    deps.settings = replace(deps.settings, openai_limits=ChunkLimits(4, longest + 10))  # type: ignore[misc]
+    drive(deps, provider, job.job_id)
+    done = deps.store.get_job(job.job_id)
+    assert done is not None and done.state is JobState.PARTIAL
+    assert [c.repair_round for c in deps.store.get_chunks(job.job_id)] == [0]
+    results = [orjson.loads(x) for x in blobs.read_bytes(done.results_uri).splitlines()]
+    assert [r["status"] for r in results] == ["failed", "succeeded"]
+    assert results[0]["error"]["type"] == "schema_validation" and len(results[0]["attempts"]) == 1

@@ -121,13 +121,12 @@ class ChunkPlanner:
         self._observe = observe
         self._open_sink = open_sink
         self._open: dict[tuple[str, str], PlannedChunk] = {}
-        self._per_provider: dict[str, tuple[ChunkLimits, Encoder]] = {}
+        self._per_provider: dict[str, tuple[ChunkLimits, Encoder, int]] = {}
 
-    def _provider(self, provider: str) -> tuple[ChunkLimits, Encoder]:
-        known = self._per_provider.get(provider)
-        if known is None:
-            known = (self._limits(provider), self._encoders(provider))
-            self._per_provider[provider] = known
+    def _provider(self, provider: str) -> tuple[ChunkLimits, Encoder, int]:
+        """The provider's limits, encoder and payload room, looked up once."""
+        limits = self._limits(provider)
+        known = self._per_provider[provider] = (limits, self._encoders(provider), limits.room)
         return known
 
     def add(self, request: Request, source: object = None) -> PlannedChunk | None:
@@ -137,7 +136,8 @@ class ChunkPlanner:
         orjson had to read as a float is told from a float written as one. Raises
         `RequestTooLarge` or `UnencodableRequest`, leaving the planner unchanged.
         """
-        limits, encode = self._provider(request.provider)
+        known = self._per_provider.get(request.provider) or self._provider(request.provider)
+        limits, encode, room = known
         try:
             line = encode(request)
             encoded = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
@@ -146,7 +146,8 @@ class ChunkPlanner:
             raise _unencodable(exc, source) from exc
         if _PLUS in encoded and isinstance(source, bytes) and _EXPONENT in encoded:
             _refuse_changed_integers(source)
-        _check_size(encoded, request.provider, limits)
+        if len(encoded) > room:
+            raise _too_large(encoded, request.provider, room)
         schema = request.schema
         entry = encode_entry(request.line, request.custom_id, schema.digest if schema else None)
         if self._observe is not None:
@@ -161,8 +162,9 @@ class ChunkPlanner:
         """Buffer a request a later round staged already: its payload line (`encoded`), its
         manifest row and its stored request row (empty: none), each with its newline, for
         input line `line`. Returns and raises as `add`."""
-        limits, _ = self._provider(provider)
-        _check_size(encoded, provider, limits)
+        limits, _, room = self._per_provider.get(provider) or self._provider(provider)
+        if len(encoded) > room:
+            raise _too_large(encoded, provider, room)
         return self._place(provider, model, line, limits, encoded, entry, stored)
 
     def _place(
@@ -175,19 +177,19 @@ class ChunkPlanner:
         entry: bytes,
         stored: bytes,
     ) -> PlannedChunk | None:
+        """Add a checked request to its group's chunk, opening a new one when it is full."""
         key = (provider, model)
         full: PlannedChunk | None = None
         current = self._open.get(key)
         if current is not None and (
             current.request_count + 1 > limits.max_requests
-            or current.payload_bytes + len(encoded) > limits.room
+            or current.payload_bytes + len(encoded) > limits.max_bytes - limits.envelope_bytes
         ):
             full, current = current, None
         try:
             if current is None:
-                current = PlannedChunk(
-                    provider, model, line, self._open_sink(provider, model, line)
-                )
+                sink = self._open_sink(provider, model, line)
+                current = PlannedChunk(provider, model, line, sink)
             if stored:
                 current.requests.write(stored)
         except Exception as exc:
@@ -209,12 +211,10 @@ class ChunkPlanner:
         return list(self._open.values())
 
 
-def _check_size(encoded: bytes, provider: str, limits: ChunkLimits) -> None:
-    room = limits.room
-    if len(encoded) > room:
-        raise RequestTooLarge(
-            f"{len(encoded)} bytes once encoded; one {provider} batch takes at most {room}"
-        )
+def _too_large(encoded: bytes, provider: str, room: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"{len(encoded)} bytes once encoded; one {provider} batch takes at most {room}"
+    )
 
 
 def _refuse_changed_integers(source: bytes) -> None:

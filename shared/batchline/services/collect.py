@@ -2,10 +2,10 @@
 
 Each chunk is collected on its own (`collect_chunk`: results sorted by line, then a
 tally); when some answers failed their schema and may be asked again, a re-ask round
-starts instead (`repair.start_round`); otherwise the sorted runs of every chunk and the
-invalid lines are merged, streamed, into results.jsonl (`merge`) and the job finishes
-(`finish`). Every step writes under a deterministic name, so a collect that dies is
-simply run again.
+starts instead (`repair.plan_round`, `repair.start_round`); otherwise the sorted runs of
+every chunk and the invalid lines are merged, streamed, into results.jsonl (`merge`) and
+the job finishes (`finish`). Every step writes under a deterministic name, so a collect
+that dies is simply run again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from batchline.services import reporting
 from batchline.services.collect_chunk import collect_chunk
 from batchline.services.finish import finish_job
 from batchline.services.merge import merge_runs
-from batchline.services.repair import SchemaChecks, start_round
+from batchline.services.repair import SchemaChecks, plan_round, start_round
 
 log = get_logger(__name__)
 
@@ -51,7 +51,9 @@ def collect(deps: Deps, job_id: str) -> Job | None:
     chunks = deps.store.get_chunks(job_id)
     tally, runs, pending = _collect_chunks(deps, job, paths, plan, chunks)
     if pending and job.cancel_requested_at is None:
-        return start_round(deps, job, paths, chunks, pending)
+        new = plan_round(deps, paths, chunks, pending)
+        if new:  # (none: no re-ask fits a batch; their lines keep their answers)
+            return start_round(deps, job, chunks, new, pending)
     if not deps.blobs.exists(job.results_uri):
         with contextlib.suppress(PreconditionFailed):  # a concurrent collect wrote it
             merge_runs(deps, job.results_uri, runs)

@@ -7,17 +7,17 @@ payload once and writes the noted requests again, each with its previous answer 
 was wrong with it appended to the conversation, beside the chunk's runs, with their
 manifest rows and stored requests; the chunk's `collected.json` commits them with the
 rest. When every chunk is collected and some have re-asks that no chunk answers yet,
-`start_round` has the chunk planner cut them into new chunks under the provider's limits,
-as it cuts the first round's, and moves the job back to running, in one transaction; poll
-submits them like any chunk, and the next collect replaces the re-asked lines with the
-new answer (the result line lists every attempt). Every name is deterministic and every
-write create-if-absent, so racing or repeated collects stage the same round once.
+`plan_round` has the chunk planner cut them into new chunks under the provider's limits,
+as it cuts the first round's, and `start_round` commits them and moves the job back to
+running, in one transaction; poll submits them like any chunk, and the next collect
+replaces the re-asked lines with the new answer (the result line lists every attempt).
+Every name is deterministic and every write create-if-absent, so racing or repeated
+collects stage the same round once.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,10 +36,10 @@ from batchline.domain.schemas import (
     openai_strict,
     repair_feedback,
 )
-from batchline.domain.workfiles._io import JSONL
 from batchline.domain.workfiles.collected import Repairs
-from batchline.domain.workfiles.manifest import ManifestEntry, iter_entries
-from batchline.domain.workfiles.requests import checked_row
+from batchline.domain.workfiles.manifest import ManifestEntry, open_manifest, write_manifest
+from batchline.domain.workfiles.payload import open_payload, write_payload
+from batchline.domain.workfiles.requests import checked_row, open_rows, write_stored
 from batchline.domain.workfiles.schemas import read_schema
 from batchline.log import fields, get_logger
 from batchline.services.staging import ChunkStager
@@ -111,8 +111,8 @@ def stage(
     add_turn = deps.repair_turn(chunk.provider)
     payload, manifest, stored = io.BytesIO(), io.BytesIO(), io.BytesIO()
     with ExitStack() as stack:
-        staged = stack.enter_context(deps.blobs.open_read(chunk.payload_uri))
-        rows = _stored_rows(stack, deps, chunk.requests_uri)
+        staged = stack.enter_context(open_payload(deps.blobs, chunk.payload_uri))
+        rows = stack.enter_context(open_rows(deps.blobs, chunk.requests_uri))
         for number, (line, raw) in enumerate(zip(order, staged, strict=False), 1):
             row = next(rows, b"")
             ask = asks.lines.get(line)
@@ -131,31 +131,32 @@ def stage(
         len(asks),
         paths.repairs_requests(chunk.index, attempt) if chunk.requests_uri else None,
     )
-    deps.blobs.write_bytes(repairs.payload, payload.getvalue(), JSONL)
-    deps.blobs.write_bytes(repairs.manifest, manifest.getvalue(), JSONL)
+    write_payload(deps.blobs, repairs.payload, payload.getvalue())
+    write_manifest(deps.blobs, repairs.manifest, manifest.getvalue())
     if repairs.stored is not None:
-        deps.blobs.write_bytes(repairs.stored, stored.getvalue(), JSONL)
+        write_stored(deps.blobs, repairs.stored, stored.getvalue())
     return repairs
 
 
-def _stored_rows(stack: ExitStack, deps: Deps, uri: str | None) -> Iterator[bytes]:
-    """The rows of a stored-requests file, streamed; none when there is no file."""
-    if uri is None:
-        return iter(())
-    return iter(stack.enter_context(deps.blobs.open_read(uri)))
+def plan_round(
+    deps: Deps, paths: WorkPaths, chunks: list[Chunk], pending: list[tuple[Chunk, Repairs]]
+) -> list[Chunk]:
+    """Cut and stage the pending re-asks as the next chunks (not yet committed); none when
+    no re-ask fits a batch any more."""
+    new: list[Chunk] = []
+    for source, repairs in pending:
+        new.extend(_plan_repairs(deps, paths, source, repairs, len(chunks) + len(new)))
+    return new
 
 
 def start_round(
     deps: Deps,
     job: Job,
-    paths: WorkPaths,
     chunks: list[Chunk],
+    new: list[Chunk],
     pending: list[tuple[Chunk, Repairs]],
 ) -> Job | None:
-    """Stage the pending re-asks as new chunks and move the job back to running."""
-    new: list[Chunk] = []
-    for source, repairs in pending:
-        new.extend(_plan_repairs(deps, paths, source, repairs, len(chunks) + len(new)))
+    """Commit the re-ask chunks `new` (`plan_round`) and move the job back to running."""
     now = deps.clock.now()
     count = len(chunks)
 
@@ -199,11 +200,9 @@ def _plan_repairs(
     staged: list[Chunk] = []
     with ExitStack() as stack:
         stack.enter_context(stager.abandoning(planner))
-        lines = stack.enter_context(deps.blobs.open_read(repairs.payload))
-        entries = iter_entries(
-            stack.enter_context(deps.blobs.open_read(repairs.manifest)), repairs.manifest
-        )
-        rows = _stored_rows(stack, deps, repairs.stored)
+        lines = stack.enter_context(open_payload(deps.blobs, repairs.payload))
+        entries = stack.enter_context(open_manifest(deps.blobs, repairs.manifest))
+        rows = stack.enter_context(open_rows(deps.blobs, repairs.stored))
         for number, (encoded, entry) in enumerate(zip(lines, entries, strict=True), 1):
             row = next(rows, b"")
             if repairs.stored is not None:

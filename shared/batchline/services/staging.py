@@ -18,7 +18,9 @@ from batchline.domain.models import Chunk
 from batchline.domain.paths import WorkPaths
 from batchline.domain.planning import ChunkPlanner, Observer, PlannedChunk, Sink
 from batchline.domain.workfiles import StreamedFile
-from batchline.domain.workfiles._io import JSONL
+from batchline.domain.workfiles.manifest import write_manifest
+from batchline.domain.workfiles.payload import write_payload
+from batchline.domain.workfiles.requests import stream_stored
 
 
 class ChunkStager:
@@ -52,8 +54,7 @@ class ChunkStager:
 
     def open_sink(self, provider: str, model: str, first_line: int) -> StreamedFile:
         """The file a new chunk's stored requests stream to (the planner's `open_sink`)."""
-        uri = self._paths.requests(self._repair_round, first_line)
-        return StreamedFile(self._deps.blobs, uri, JSONL)
+        return stream_stored(self._deps.blobs, self._paths.requests(self._repair_round, first_line))
 
     def stage(self, planned: PlannedChunk) -> Chunk:
         """Write a cut chunk's files and return its record (not yet committed)."""
@@ -66,8 +67,8 @@ class ChunkStager:
             requests_uri = planned.requests.uri
         payload_uri, manifest_uri = paths.payload(index), paths.manifest(index)
         # False means an invocation before us wrote the same bytes: nothing to do.
-        blobs.write_bytes(payload_uri, planned.payload.getvalue(), JSONL)
-        blobs.write_bytes(manifest_uri, planned.manifest.getvalue(), JSONL)
+        write_payload(blobs, payload_uri, planned.payload.getvalue())
+        write_manifest(blobs, manifest_uri, planned.manifest.getvalue())
         return Chunk(
             job_id=self._paths.job_id,
             index=index,

@@ -10,11 +10,10 @@ in batchline formats or parses them.
 | `requests/<round>/<first line>.jsonl` (and a re-ask's) | `requests` | `NeutralRequest`, `NativeRequest` |
 | `chunks/<n>/collected.json`                          | `collected`  | `CollectedRecord`, `Repairs` |
 | `schemas/<digest>.json`                              | `schemas`    | `ResponseSchema`  |
+| `chunks/<n>/input.jsonl` (and a re-ask's `repairs.jsonl`) | `payload` | the provider's lines |
 
-A chunk's payload (`chunks/<n>/input.jsonl`, and a re-ask's `repairs.jsonl`) is its
-provider's batch input, one encoded request a line: the provider's encoder writes its
-lines (`domain/providers/`), the chunk planner cuts them (`domain/planning.py`) and the
-provider's client reads them. Vertex AI writes its output beside it
+A chunk's payload is its provider's batch input, one encoded request a line, in the
+provider's own format (`domain/providers/`). Vertex AI writes its output beside it
 (`chunks/<n>/prediction-model-<time>/`), which its client reads.
 
 Readers raise `WorkFileError` (permanent: reading again cannot help), naming the file

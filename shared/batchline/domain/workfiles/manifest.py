@@ -13,11 +13,12 @@ of a few type tests, and refuses a row (or a file) that is not a manifest's.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import orjson
 
-from batchline.domain.workfiles._io import WorkBlobs, WorkFileError, kind
+from batchline.domain.workfiles._io import JSONL, WorkBlobs, WorkFileError, kind
 
 _APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
@@ -115,11 +116,23 @@ def parse_manifest(
     return found
 
 
+def write_manifest(blobs: WorkBlobs, uri: str, rows: bytes) -> bool:
+    """Create the manifest at `uri` from its encoded rows; False when it exists already."""
+    return blobs.write_bytes(uri, rows, JSONL)
+
+
 def read_manifest(
     blobs: WorkBlobs, uri: str, collisions: Mapping[int, str] | None = None
 ) -> dict[int, ManifestEntry]:
     """Read the manifest at `uri` (see `parse_manifest`)."""
     return parse_manifest(blobs.read_bytes(uri), uri, collisions)
+
+
+@contextmanager
+def open_manifest(blobs: WorkBlobs, uri: str) -> Iterator[Iterator[ManifestEntry]]:
+    """The entries of the manifest at `uri`, in order, read as a stream (ids unresolved)."""
+    with blobs.open_read(uri) as stream:
+        yield iter_entries(stream, uri)
 
 
 def _bad_row(uri: str, number: int, raw: bytes, exc: Exception) -> WorkFileError:

@@ -25,7 +25,7 @@ import orjson
 
 from batchline.domain.requests import Request
 from batchline.domain.schemas import ResponseSchema
-from batchline.domain.workfiles._io import Fields, WorkBlobs, WorkFileError
+from batchline.domain.workfiles._io import JSONL, Fields, StreamedFile, WorkBlobs, WorkFileError
 
 _APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 NEUTRAL = "neutral"
@@ -86,6 +86,17 @@ def encode_request(request: Request) -> bytes:
     return orjson.dumps(row, option=_APPEND_NEWLINE)
 
 
+def stream_stored(blobs: WorkBlobs, uri: str) -> StreamedFile:
+    """The requests file at `uri`, written row by row as its chunk fills (see
+    `StreamedFile`: `commit` when the chunk is cut)."""
+    return StreamedFile(blobs, uri, JSONL)
+
+
+def write_stored(blobs: WorkBlobs, uri: str, rows: bytes) -> bool:
+    """Create the requests file at `uri` from its rows at once; False when it exists."""
+    return blobs.write_bytes(uri, rows, JSONL)
+
+
 def decode_stored(raw: bytes, uri: str, number: int) -> StoredRequest:
     """Row `number` (from 1) of the requests file at `uri`; raises `WorkFileError` naming
     the row and field when it is not a stored request."""
@@ -118,6 +129,18 @@ def open_stored(blobs: WorkBlobs, uri: str) -> Iterator[Iterator[StoredRequest]]
     """The stored requests of the file at `uri`, read as a stream (one row at a time)."""
     with blobs.open_read(uri) as stream:
         yield iter_stored(stream, uri)
+
+
+@contextmanager
+def open_rows(blobs: WorkBlobs, uri: str | None) -> Iterator[Iterator[bytes]]:
+    """The rows of the requests file at `uri` as written (to copy, see `checked_row`),
+    read as a stream; none when there is no file (`uri` None: a chunk planned before
+    requests were stored)."""
+    if uri is None:
+        yield iter(())
+        return
+    with blobs.open_read(uri) as stream:
+        yield iter(stream)
 
 
 def checked_row(raw: bytes, uri: str, number: int, line: int) -> bytes:
