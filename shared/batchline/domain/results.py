@@ -140,6 +140,7 @@ def superseded(record: dict[str, Any], realtime_usd: float | None) -> dict[str, 
 
 
 def invalid_result_line(invalid: InvalidLine, custom_id: str) -> dict[str, Any]:
+    """The line of results.jsonl for an invalid input line: its error names the field."""
     return {
         "custom_id": custom_id,
         "line": invalid.line,
@@ -225,6 +226,7 @@ class Tally:
         entry["realtime_cost_usd"] += sign * realtime
 
     def merge(self, other: Tally) -> None:
+        """Add `other`'s counts, tokens and costs to this tally."""
         for status, n in other.counts.items():
             _bump(self.counts, status, n)
         for kind, n in other.errors.items():
@@ -243,9 +245,11 @@ class Tally:
 
     @property
     def total(self) -> int:
+        """How many lines the tally counts."""
         return sum(self.counts.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """The tally as JSON (summary.json, and the work files that keep one)."""
         return {
             "counts": dict(sorted(self.counts.items())),
             "input_tokens": self.input_tokens,
@@ -260,6 +264,7 @@ class Tally:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tally:
+        """The tally `to_dict` wrote (raises KeyError or TypeError on anything else)."""
         return cls(
             counts=dict(data["counts"]),
             input_tokens=data["input_tokens"],
