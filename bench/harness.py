@@ -27,7 +27,6 @@ from typing import BinaryIO
 import orjson
 from generate import InputMeta, ProviderCounts
 
-from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.adapters.providers.vertex import VertexProvider
 from batchline.bootstrap import Deps, Providers
@@ -52,6 +51,7 @@ from batchline.errors import NotFound, PreconditionFailed
 from batchline.ports import BlobStore, StagedPayload
 from batchline.services.collect import collect
 from batchline.services.plan_file import Plan, build_plan
+from batchline_tools.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 
 INPUT_BUCKET, OUTPUT_BUCKET, WORK_BUCKET = "bench-in", "bench-out", "bench-work"
 INPUT_NAME = "bench/input.jsonl"

@@ -33,6 +33,13 @@ def collect(event: CloudEvent) -> None:
     entrypoints.run_event("collect", lambda deps: entrypoints.collect(deps, message))
 
 
+@functions_framework.cloud_event
+def notify(event: CloudEvent) -> None:
+    """Pub/Sub message on the notify topic: POST one job's webhook (raises to be retried)."""
+    message = _pubsub_json(event.data)
+    entrypoints.run_event("notify", lambda deps: entrypoints.notify(deps, message))
+
+
 @functions_framework.http
 def api(request: Request) -> Response:
     """HTTP API: POST /v1/jobs, GET /v1/jobs/{job_id}."""

@@ -14,14 +14,21 @@ it has no secret here.
 
 destroy: `terraform destroy` with the same variables.
 
+The webhook secrets (infra's local.webhooks) are filled the same way: OPENAI_WEBHOOK_SECRET
+(only with webhooks.openai_inbound) from the environment; BATCHLINE_WEBHOOK_SECRET, which
+signs the jobs' webhooks, from the environment or, when unset, made here (`whsec_` and 32
+random bytes): read it with `gcloud secrets versions access latest --secret=...`.
+
 Environment: TFVARS (default infra/terraform.tfvars), AUTO_APPROVE=1 to skip Terraform's
-prompts, and the provider keys.
+prompts, the provider keys and the webhook secrets.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets as random_bytes
 import shutil
 import subprocess
 import sys
@@ -31,6 +38,9 @@ from typing import Any
 INFRA = Path(__file__).resolve().parent
 ROOT = INFRA.parent
 SECRETS = "google_secret_manager_secret.api_key"
+WEBHOOK_SECRETS = "google_secret_manager_secret.webhook"
+#: The secret that signs the jobs' webhooks: made here when the environment has none.
+GENERATED_SECRET_ENV = "BATCHLINE_WEBHOOK_SECRET"
 ENV_LABEL = "batchline-env"
 # Provider -> the variable holding its API key: the providers in infra's local.providers
 # (main.tf) that have an api_key_env, which tests/infra checks this equals. Keyless ones
@@ -72,7 +82,7 @@ def secrets_in_state() -> list[dict[str, Any]]:
     state = json.loads(terraform("show", "-json", capture=True) or "{}")
     found = []
     for resource in (state.get("values") or {}).get("root_module", {}).get("resources", []):
-        if resource.get("address", "").startswith(SECRETS + "["):
+        if resource.get("address", "").startswith((SECRETS + "[", WEBHOOK_SECRETS + "[")):
             values = resource["values"]
             found.append(
                 {
@@ -120,6 +130,14 @@ def fill_secrets() -> None:
         if has_version(secret):
             continue
         value = os.environ.get(secret["env"], "")
+        if not value and secret["env"] == GENERATED_SECRET_ENV:
+            value = "whsec_" + base64.b64encode(random_bytes.token_bytes(32)).decode()
+            print(
+                f"deploy: made a webhook signing secret in {secret['secret_id']}; give it to "
+                f"your receivers: gcloud secrets versions access latest --secret="
+                f"{secret['secret_id']} --project={secret['project']}",
+                file=sys.stderr,
+            )
         if not value:
             missing.append(secret)
             continue
@@ -165,7 +183,7 @@ def main(argv: list[str]) -> int:
         if action == "destroy":
             terraform("destroy", *variables, *approve)
             return 0
-        terraform("apply", *variables, *approve, f"-target={SECRETS}")
+        terraform("apply", *variables, *approve, f"-target={SECRETS}", f"-target={WEBHOOK_SECRETS}")
         fill_secrets()
         terraform("apply", *variables, *approve)
         terraform("output")

@@ -1,4 +1,4 @@
-# The four functions (Cloud Run functions, 2nd gen), built by Cloud Build with a dedicated
+# The functions (Cloud Run functions, 2nd gen), built by Cloud Build with a dedicated
 # build account into a repository of our own, each running as its own service account.
 
 resource "google_cloudfunctions2_function" "function" {
@@ -33,12 +33,25 @@ resource "google_cloudfunctions2_function" "function" {
     # Event functions are reached only through Eventarc; api through its URL, with IAM.
     ingress_settings      = each.value.trigger == "http" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
     environment_variables = local.function_environment
+    # The provider API keys where the code calls a provider, and each webhook secret
+    # where local.webhook_secrets says.
     dynamic "secret_environment_variables" {
-      for_each = { for k, v in local.api_key_secrets : k => v if local.access[each.key].provider_keys }
+      for_each = merge(
+        {
+          for k, v in local.api_key_secrets : "api-key/${k}" => {
+            env = v.env, secret = google_secret_manager_secret.api_key[k].secret_id
+          } if local.access[each.key].provider_keys
+        },
+        {
+          for k, v in local.webhook_secrets : "webhook/${k}" => {
+            env = v.env, secret = google_secret_manager_secret.webhook[k].secret_id
+          } if contains(v.functions, each.key)
+        },
+      )
       content {
         key        = secret_environment_variables.value.env
         project_id = var.project_id
-        secret     = google_secret_manager_secret.api_key[secret_environment_variables.key].secret_id
+        secret     = secret_environment_variables.value.secret
         version    = "latest"
       }
     }
@@ -71,6 +84,7 @@ resource "google_cloudfunctions2_function" "function" {
     google_project_service.enabled,
     google_firestore_database.default,
     google_secret_manager_secret_iam_member.api_key_accessor,
+    google_secret_manager_secret_iam_member.webhook_accessor,
     google_storage_bucket_iam_member.reader,
     google_storage_bucket_iam_member.creator,
     google_pubsub_topic_iam_member.publisher,
@@ -93,6 +107,7 @@ locals {
   topic_ids = {
     poll    = google_pubsub_topic.poll.id
     collect = google_pubsub_topic.collect.id
+    notify  = google_pubsub_topic.notify.id
   }
 }
 

@@ -5,19 +5,21 @@ locals {
   bucket_prefix   = coalesce(var.buckets.name_prefix, "${var.project_id}-${var.prefix}")
   bucket_location = upper(coalesce(var.buckets.location, var.region))
 
-  # The four functions: the entry point in functions/main.py and what triggers it.
+  # The functions: the entry point in functions/main.py and what triggers it.
   # tests/infra checks every entry point exists with the signature its trigger needs
   # (storage and pubsub: @functions_framework.cloud_event; http: @functions_framework.http).
   functions = {
     submit  = { entry_point = "submit", trigger = "storage", topic = null }
     poll    = { entry_point = "poll", trigger = "pubsub", topic = "poll" }
     collect = { entry_point = "collect", trigger = "pubsub", topic = "collect" }
+    notify  = { entry_point = "notify", trigger = "pubsub", topic = "notify" }
     api     = { entry_point = "api", trigger = "http", topic = null }
   }
   function_config = {
     submit  = var.functions.submit
     poll    = var.functions.poll
     collect = var.functions.collect
+    notify  = var.functions.notify
     api     = merge(var.functions.api, { retry = null })
   }
 
@@ -26,6 +28,7 @@ locals {
   # submit and poll plan jobs (read input, stage in work, may reject into output);
   # collect merges chunk results from work into output (and lists a Vertex AI job's
   # prediction files there: objectViewer covers list); those three reach a provider client.
+  # notify only POSTs the webhooks it is handed (and notes the outcome on the job).
   # api is the edge, reached by callers: it reads only the input bucket (to check a
   # caller's input_uri), creates only its staged inline requests (work, under inline/:
   # create_under), reads no job's data, calls no provider and asks poll to plan. It only
@@ -36,9 +39,10 @@ locals {
   # provider use and the Vertex AI calls from the code's call graph and fails if this table
   # grants more or fewer, or gives a function reached over HTTP read on work or output.
   access = {
-    submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events"], provider_keys = true, vertex = "user" }
-    poll    = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events"], provider_keys = true, vertex = "user" }
-    collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events"], provider_keys = true, vertex = "viewer" }
+    submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
+    poll    = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
+    collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify"], provider_keys = true, vertex = "viewer" }
+    notify  = { read = [], create = [], create_under = {}, names_only = [], publish = [], provider_keys = false, vertex = null }
     api     = { read = ["input"], create = ["work"], create_under = { work = "inline/" }, names_only = ["output"], publish = ["poll"], provider_keys = false, vertex = null }
   }
 
@@ -51,6 +55,7 @@ locals {
     BATCHLINE_POLL_TOPIC            = google_pubsub_topic.poll.name
     BATCHLINE_COLLECT_TOPIC         = google_pubsub_topic.collect.name
     BATCHLINE_EVENTS_TOPIC          = google_pubsub_topic.events.name
+    BATCHLINE_NOTIFY_TOPIC          = google_pubsub_topic.notify.name
     BATCHLINE_LEASE_SECONDS         = var.settings.lease_seconds
     BATCHLINE_WORK_BUDGET_SECONDS   = var.settings.work_budget_seconds
     BATCHLINE_COLLECT_RETRY_SECONDS = var.settings.collect_retry_seconds
@@ -100,6 +105,17 @@ locals {
     for k, p in local.providers : k => { env = p.api_key_env }
     if p.api_key_env != null && contains(var.enabled_providers, k)
   }
+
+  # Webhook secrets, each mounted as `env` into the named functions only: notify signs the
+  # jobs' job.completed webhooks with the deployment's secret (make deploy makes one when
+  # there is none); api checks OpenAI's webhooks with the secret OpenAI's dashboard gave
+  # (OPENAI_WEBHOOK_SECRET), only when var.webhooks.openai_inbound is on.
+  # tests/infra checks that each goes to exactly the functions whose code reads it.
+  webhooks = {
+    notify = { env = "BATCHLINE_WEBHOOK_SECRET", functions = ["notify"], enabled = true }
+    openai = { env = "OPENAI_WEBHOOK_SECRET", functions = ["api"], enabled = var.webhooks.openai_inbound }
+  }
+  webhook_secrets = { for k, w in local.webhooks : k => w if w.enabled }
 
   services = concat([
     "artifactregistry.googleapis.com",

@@ -1,6 +1,6 @@
 # Topics: poll (scheduler ticks), collect (a job whose batches all ended), events
-# (job.completed for other services) and dead-letter. Eventarc owns the subscriptions that
-# deliver poll and collect to their functions (their retry policy is set on the function);
+# (job.completed for other services), notify (jobs' webhooks) and dead-letter. Eventarc owns the subscriptions that
+# deliver poll, collect and notify to their functions (their retry policy is set on the function);
 # the subscriptions below are the ones batchline owns.
 
 resource "google_pubsub_topic" "poll" {
@@ -20,6 +20,16 @@ resource "google_pubsub_topic" "collect" {
 
 resource "google_pubsub_topic" "events" {
   name                       = "${var.prefix}-events"
+  project                    = var.project_id
+  kms_key_name               = var.kms_key
+  message_retention_duration = var.pubsub.message_retention
+  depends_on                 = [google_project_service.enabled, google_kms_crypto_key_iam_member.pubsub]
+}
+
+# A job's job.completed webhook, for the notify function to POST (retried by its
+# trigger until the receiver answers 2xx, within the topic's retention).
+resource "google_pubsub_topic" "notify" {
+  name                       = "${var.prefix}-notify"
   project                    = var.project_id
   kms_key_name               = var.kms_key
   message_retention_duration = var.pubsub.message_retention

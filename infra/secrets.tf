@@ -37,6 +37,41 @@ resource "google_secret_manager_secret_iam_member" "api_key_accessor" {
   member    = google_service_account.function[each.value.function].member
 }
 
+# The webhook secrets (local.webhook_secrets): the same rules, one accessor per function
+# that mounts it, nothing else.
+resource "google_secret_manager_secret" "webhook" {
+  for_each  = local.webhook_secrets
+  project   = var.project_id
+  secret_id = "${var.prefix}-${each.key}-webhook-secret"
+  labels = {
+    batchline-env = lower(each.value.env)
+  }
+  replication {
+    user_managed {
+      replicas {
+        location = var.region
+        dynamic "customer_managed_encryption" {
+          for_each = var.kms_key == null ? [] : [var.kms_key]
+          content {
+            kms_key_name = customer_managed_encryption.value
+          }
+        }
+      }
+    }
+  }
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.secretmanager]
+}
+
+resource "google_secret_manager_secret_iam_member" "webhook_accessor" {
+  for_each = merge([
+    for k, v in local.webhook_secrets : { for f in v.functions : "${f}/${k}" => { function = f, secret = k } }
+  ]...)
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.webhook[each.value.secret].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function[each.value.function].member
+}
+
 resource "google_project_service_identity" "secretmanager" {
   count      = var.kms_key == null ? 0 : 1
   provider   = google-beta

@@ -21,6 +21,7 @@ locals {
     poll    = google_pubsub_topic.poll.name
     collect = google_pubsub_topic.collect.name
     events  = google_pubsub_topic.events.name
+    notify  = google_pubsub_topic.notify.name
   }
   bucket_readers = merge([
     for f, a in local.access : { for b in a.read : "${f}/${b}" => { function = f, bucket = b } }

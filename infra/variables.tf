@@ -185,7 +185,7 @@ variable "functions" {
   description = <<-EOT
     Runtime and per-function sizing. For each function:
     - memory: "512M", "1Gi", ...; cpu: "0.583", "1", "2", ... (concurrency above 1 needs cpu of at least 1).
-    - timeout: seconds; at most 540 for the event functions (submit, poll, collect), 3600 for api.
+    - timeout: seconds; at most 540 for the event functions (submit, poll, collect, notify), 3600 for api.
     - max_instances, min_instances, concurrency (requests per instance).
     - retry: event functions only; true retries a failed invocation (the code raises only for retryable failures).
   EOT
@@ -218,6 +218,15 @@ variable "functions" {
       concurrency   = optional(number, 1)
       retry         = optional(bool, true)
     }), {})
+    notify = optional(object({
+      memory        = optional(string, "256Mi")
+      cpu           = optional(string, "0.167")
+      timeout       = optional(number, 60)
+      max_instances = optional(number, 10)
+      min_instances = optional(number, 0)
+      concurrency   = optional(number, 1)
+      retry         = optional(bool, true)
+    }), {})
     api = optional(object({
       memory        = optional(string, "1Gi")
       cpu           = optional(string, "1")
@@ -236,13 +245,13 @@ variable "functions" {
   }
   validation {
     condition = alltrue([
-      for f in [var.functions.submit, var.functions.poll, var.functions.collect] : f.timeout >= 60 && f.timeout <= 540
+      for f in [var.functions.submit, var.functions.poll, var.functions.collect, var.functions.notify] : f.timeout >= 60 && f.timeout <= 540
     ]) && var.functions.api.timeout >= 10 && var.functions.api.timeout <= 3600
-    error_message = "Timeouts: 60-540 s for submit, poll and collect (event functions); 10-3600 s for api."
+    error_message = "Timeouts: 60-540 s for submit, poll, collect and notify (event functions); 10-3600 s for api."
   }
   validation {
     condition = alltrue([
-      for f in [var.functions.submit, var.functions.poll, var.functions.collect, var.functions.api] :
+      for f in [var.functions.submit, var.functions.poll, var.functions.collect, var.functions.notify, var.functions.api] :
       can(regex("^[0-9]+(M|Mi|G|Gi)$", f.memory))
       && f.max_instances >= 1 && f.min_instances >= 0 && f.min_instances <= f.max_instances
       && f.concurrency >= 1 && f.concurrency <= 1000
@@ -373,4 +382,21 @@ variable "api_invokers" {
     ])
     error_message = "api_invokers must be IAM principals such as user:EMAIL, serviceAccount:EMAIL or group:EMAIL; allUsers and allAuthenticatedUsers are refused."
   }
+}
+
+variable "webhooks" {
+  description = <<-EOT
+    Webhooks (README "Webhooks").
+    - openai_inbound: accept OpenAI's batch.* webhooks on the api function (POST /v1/webhooks/openai), which then
+      advances the batch's job at once. Creates the OPENAI_WEBHOOK_SECRET secret, mounted into api only; make deploy
+      fills it from OPENAI_WEBHOOK_SECRET (the secret OpenAI's dashboard shows for the endpoint). OpenAI's requests
+      carry no Google identity: the api function's IAM invocation (api_invokers) must let them through (see README).
+    Jobs' own webhooks (the notify_url option) need nothing here: they are signed with the deployment's
+    BATCHLINE_WEBHOOK_SECRET, which make deploy creates when it has none.
+  EOT
+  type = object({
+    openai_inbound = optional(bool, false)
+  })
+  default  = {}
+  nullable = false
 }

@@ -3,7 +3,9 @@
 The zip holds what Cloud Functions' Python build expects at its root:
 
     main.py            functions/main.py, the four entry points
-    batchline/         the package from shared/batchline (without the local stack and CLI),
+    batchline/         the package from shared/batchline, whole: the CLI, the local stack and
+                       the provider emulators are packages of their own (batchline_tools,
+                       batchline_emulators) that the functions never import,
                        with tiktoken's BPE files (batchline/domain/_tokenizers/*.tiktoken.gz)
                        so that the deployed functions never download them
     requirements.txt   pyproject's [project].dependencies, every one pinned with ==
@@ -27,10 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "batchline-functions"
-# The local stack (emulators, process runner), the CLI and the tokenizer refresh are
-# developer tools with their own dependencies; the deployed functions never import them
-# (tests/infra checks).
-EXCLUDED = ("batchline/local/", "batchline/cli.py", "batchline/domain/_tokenizers/refresh.py")
 # Data files the functions read at run time: the zip is refused without them.
 REQUIRED_DATA = (
     "batchline/domain/_tokenizers/cl100k_base.tiktoken.gz",
@@ -71,8 +69,6 @@ def members(root: Path = ROOT) -> Iterator[tuple[str, bytes]]:
     for path in package.rglob("*"):
         name = "batchline/" + path.relative_to(package).as_posix()
         if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
-            continue
-        if name.startswith(EXCLUDED):
             continue
         files[name] = path.read_bytes()
     missing = [name for name in REQUIRED_DATA if name not in files]

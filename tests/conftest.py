@@ -30,7 +30,7 @@ try:
 except ImportError:  # the package is not installed: use the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 
-from batchline.local import processes, stack
+from batchline_tools.local import processes, stack
 
 START_TIMEOUT = 60.0
 #: In the environment of every process this session starts (see the module docstring).

@@ -89,6 +89,15 @@ class Settings:
     max_repair_attempts: int = 1
     # BATCHLINE_PRICES: JSON overriding the price table (`domain.pricing.load_prices`).
     prices_json: str | None = None
+    # Jobs' webhooks (services.notify): the topic the notify function takes them from, and
+    # the Standard Webhooks secret (`whsec_...`) they are signed with (notify only).
+    notify_topic: str = "batchline-notify"
+    webhook_secret: str | None = field(default=None, repr=False)
+    # Only the local stack and tests: a notify_url may be http:// on this machine.
+    webhook_allow_insecure_local: bool = False
+    # The secret OpenAI signs its webhooks with (`whsec_...`), for POST
+    # /v1/webhooks/openai (api only). None: that route refuses every event.
+    openai_webhook_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -165,7 +174,19 @@ class Settings:
                 env, "BATCHLINE_MAX_REPAIR_ATTEMPTS", defaults.max_repair_attempts
             ),
             prices_json=(env.get("BATCHLINE_PRICES") or "").strip() or None,
+            notify_topic=env.get("BATCHLINE_NOTIFY_TOPIC") or defaults.notify_topic,
+            webhook_secret=env.get("BATCHLINE_WEBHOOK_SECRET") or None,
+            webhook_allow_insecure_local=webhook_allow_insecure_local(env),
+            openai_webhook_secret=env.get("OPENAI_WEBHOOK_SECRET") or None,
         )
+
+
+def webhook_allow_insecure_local(env: Mapping[str, str] | None = None) -> bool:
+    """BATCHLINE_WEBHOOK_ALLOW_INSECURE_LOCAL=1: a job's notify_url may be http:// on this
+    machine (the local stack's receiver). Set by the local stack and tests only, never by
+    infra (tests/infra checks it). Read where options are parsed, which has no Settings."""
+    env = os.environ if env is None else env
+    return (env.get("BATCHLINE_WEBHOOK_ALLOW_INSECURE_LOCAL") or "").strip() == "1"
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:

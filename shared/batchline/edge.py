@@ -99,6 +99,8 @@ def _route(request: Request) -> tuple[int, Any]:
             job_id, methods = rest.removesuffix(":cancel"), {"POST": _cancel_job}
         else:
             job_id, methods = rest, {"GET": _get_job}
+    elif path == "/v1/webhooks/openai":
+        methods = {"POST": _openai_webhook}
     else:
         raise ApiError(404, "not_found", f"{request.method} {path} is not an operation")
     handler = methods.get(request.method)
@@ -182,6 +184,12 @@ def _cancel_job(_: Request, job_id: str | None) -> tuple[int, Any]:
     if found is None:
         raise ApiError(404, "not_found", f"no job {job_id}", "job_id")
     return (200 if found.state.terminal else 202), service.job_view(found)
+
+
+def _openai_webhook(request: Request, _: str | None) -> tuple[int, Any]:
+    from batchline.services.openai_webhooks import receive
+
+    return receive(request)
 
 
 # ------------------------------------------------------------------------------ bodies

@@ -68,6 +68,16 @@ def collect(deps: Deps, message: Any) -> None:
     run_collect(deps, job_id)
 
 
+def notify(deps: Deps, message: Any) -> None:
+    from batchline.services.notify import Delivery, deliver
+
+    delivery = Delivery.from_message(message)
+    if delivery is None:
+        log.error("notify: message without a delivery, acknowledged")
+        return
+    deliver(deps, delivery)
+
+
 def api(request: Request) -> Response:
     from batchline.edge import handle
 

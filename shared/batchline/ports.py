@@ -125,6 +125,10 @@ class JobStore(Protocol):
         """The job and chunk that recorded provider batch `batch_id`, if any does."""
         ...
 
+    def jobs_to_notify(self) -> list[Job]:
+        """Jobs that ended with their webhook not yet published (`notify_pending`)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StagedPayload:

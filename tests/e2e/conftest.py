@@ -20,7 +20,7 @@ from batchline.adapters.gcs import make_client as gcs_client
 from batchline.config import Settings
 from batchline.domain.ids import job_id_for_object
 from batchline.domain.models import Chunk, Job
-from batchline.local.stack import COMPONENTS, LocalStack, LocalStackError, StackConfig
+from batchline_tools.local.stack import COMPONENTS, LocalStack, LocalStackError, StackConfig
 
 pytestmark = pytest.mark.e2e
 

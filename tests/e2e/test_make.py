@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import requests
 
-from batchline.local import processes
-from batchline.local.stack import COMPONENTS, LocalStack, LocalStackError
+from batchline_tools.local import processes
+from batchline_tools.local.stack import COMPONENTS, LocalStack, LocalStackError
 
 pytestmark = pytest.mark.e2e
 

@@ -100,7 +100,11 @@ RETENTION_SETTING = "retention_days"
 # Variables the deployed code reads that only the local stack sets, and infra must not:
 # the emulators' hosts, and the Vertex AI endpoint (an http:// one is the emulator; unset,
 # the code uses Google's regional endpoint for BATCHLINE_VERTEX_LOCATION).
-LOCAL_ONLY_ENV = re.compile(r"_EMULATOR_HOST$|^BATCHLINE_VERTEX_API_ENDPOINT$")
+# BATCHLINE_WEBHOOK_ALLOW_INSECURE_LOCAL lets a notify_url be http:// on this machine (the
+# local stack's receiver): never in a deployment.
+LOCAL_ONLY_ENV = re.compile(
+    r"_EMULATOR_HOST$|^BATCHLINE_VERTEX_API_ENDPOINT$|^BATCHLINE_WEBHOOK_ALLOW_INSECURE_LOCAL$"
+)
 # Google client libraries a provider adapter may call with the function's own credentials
 # (no API key), by import prefix, and the API each calls.
 GOOGLE_APIS = {"google.cloud.aiplatform": "aiplatform.googleapis.com"}
@@ -386,6 +390,7 @@ class CodeFacts:
     expiry_fields: dict[str, frozenset[str]] = field(default_factory=dict)
     provider_facts: dict[str, ProviderFacts] = field(default_factory=dict)
     payload_prefix: str | None = None  # where chunk payloads are staged in the work bucket
+    secret_settings: frozenset[str] = frozenset()  # Settings fields declared repr=False
 
 
 def deployed_sources(package: Path = PACKAGE, main: Path = MAIN) -> dict[str, str]:
@@ -1022,6 +1027,7 @@ def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
         expiry_fields=expiry_fields(sources),
         provider_facts=providers,
         payload_prefix=payload_prefix(sources),
+        secret_settings=_secret_settings(sources["batchline.config"]),
     )
 
 
@@ -1067,12 +1073,69 @@ def _environment(infra: InfraFacts) -> dict[str, str]:
 
 
 def _secret_env(infra: InfraFacts) -> dict[str, str]:
-    """Provider with an API key -> environment variable the key is mounted as."""
-    return {
+    """Provider with an API key, or `webhook/<name>` -> the variable it is mounted as."""
+    found = {
         k: v["api_key_env"]
         for k, v in infra.locals.get("providers", {}).items()
         if v.get("api_key_env")
     }
+    found.update({f"webhook/{k}": v["env"] for k, v in _webhook_table(infra).items()})
+    return found
+
+
+def _webhook_table(infra: InfraFacts) -> dict[str, dict[str, Any]]:
+    """local.webhooks: name -> {env, functions, enabled} (every one, enabled or not)."""
+    table = infra.locals.get("webhooks") or {}
+    return {k: v for k, v in table.items() if isinstance(v, dict) and v.get("env")}
+
+
+def check_webhook_secrets(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
+    """Each webhook secret (local.webhooks) is a secret setting the code reads, mounted
+    into exactly the functions whose code reads that setting, and read by their accounts
+    only; and every secret setting of the code is a provider key or one of these."""
+    table = _webhook_table(infra)
+    functions = infra.locals.get("functions", {})
+    by_env = {env: name for name, envs in code.settings_env.items() for env in envs}
+    mounted = {v["env"] for v in table.values()}
+    provider_keys = {f.api_key_env for f in code.provider_facts.values()}
+    for secret in sorted(code.secret_settings):
+        envs = code.settings_env.get(secret, frozenset())
+        if not envs & mounted and not any(envs & keys for keys in provider_keys):
+            yield f"Settings.{secret} is a secret ({' or '.join(sorted(envs))}) that infra neither mounts as a provider key nor lists in local.webhooks"
+    for name, entry in sorted(table.items()):
+        env = entry["env"]
+        setting = by_env.get(env)
+        if setting is None or setting not in code.secret_settings:
+            yield f"infra: local.webhooks.{name} mounts {env}, which is not a secret setting the code reads (a Settings field with repr=False)"
+            continue
+        readers = {
+            f
+            for f, spec in functions.items()
+            if setting
+            in code.uses.get(
+                spec.get("entry_point"), FunctionUse(frozenset(), frozenset(), frozenset(), False)
+            ).settings
+        }
+        given = set(entry.get("functions", []))
+        for f in sorted(readers - given):
+            yield f"function {f}: its code reads Settings.{setting} ({env}) but local.webhooks.{name} does not mount it there"
+        for f in sorted(given - readers):
+            yield f"function {f}: local.webhooks.{name} mounts {env} there, but its code never reads Settings.{setting}"
+    if (
+        _ref(infra.locals.get("webhook_secrets", "")).replace(" ", "")
+        != "{fork,winlocal.webhooks:k=>wifw.enabled}"
+    ):
+        yield "infra: local.webhook_secrets must be the enabled entries of local.webhooks"
+    body = infra.resource(*FUNCTION)
+    service = (body.get("service_config") or [{}])[0]
+    dynamic = {k: v for d in service.get("dynamic", []) for k, v in d.items()}
+    mounts = _ref(dynamic.get("secret_environment_variables", {}).get("for_each", ""))
+    if "local.webhook_secrets" not in mounts or "contains(v.functions, each.key)" not in mounts:
+        yield "infra: each function must mount the webhook secrets whose local.webhook_secrets entry lists it (contains(v.functions, each.key))"
+    accessor = infra.resource("google_secret_manager_secret_iam_member", "webhook_accessor")
+    grants = _ref(accessor.get("for_each", ""))
+    if "local.webhook_secrets" not in grants or "v.functions" not in grants:
+        yield "infra: google_secret_manager_secret_iam_member.webhook_accessor must grant each webhook secret to the functions local.webhook_secrets lists, and no others"
 
 
 def check_environment(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
@@ -1615,6 +1678,7 @@ def check_timeouts(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
 
 CHECKS = (
     check_entry_points,
+    check_webhook_secrets,
     check_environment,
     check_triggers,
     check_access,

@@ -66,6 +66,7 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
         "submit": "cloudevent",
         "poll": "cloudevent",
         "collect": "cloudevent",
+        "notify": "cloudevent",
         "api": "http",
     }
     assert {
@@ -77,10 +78,21 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
     } <= code.env_read
     assert frozenset({"BATCHLINE_WORK_BUCKET"}) in code.required_env
     assert {"BATCHLINE_RETENTION_DAYS", "BATCHLINE_ANTHROPIC_MAX_TOKENS"} <= code.numeric_env
-    assert code.uses["collect"].published == {"events_topic"}
-    assert code.uses["poll"].published == {"collect_topic", "events_topic"}
-    assert all(use.uses_providers for name, use in code.uses.items() if name != "api")
-    assert not code.uses["api"].uses_providers
+    assert code.uses["collect"].published == {"events_topic", "notify_topic"}
+    assert code.uses["poll"].published == {"collect_topic", "events_topic", "notify_topic"}
+    assert code.uses["notify"].published == frozenset()
+    assert all(
+        use.uses_providers for name, use in code.uses.items() if name not in ("api", "notify")
+    )
+    assert not code.uses["api"].uses_providers and not code.uses["notify"].uses_providers
+    # Webhook secrets: read by the function that signs (notify) and the one that verifies
+    # OpenAI's (api), and nowhere else.
+    assert {"webhook_secret", "openai_webhook_secret"} <= code.secret_settings
+    assert "webhook_secret" in code.uses["notify"].settings
+    assert "openai_webhook_secret" in code.uses["api"].settings
+    assert not {"webhook_secret", "openai_webhook_secret"} & (
+        code.uses["poll"].settings | code.uses["collect"].settings | code.uses["submit"].settings
+    )
     assert {"openai", "anthropic"} <= code.providers
     assert code.queries, "no Firestore query found in the code"
     assert any(q.scope == "COLLECTION_GROUP" and q.collection == "chunks" for q in code.queries)
@@ -321,8 +333,8 @@ def test_keys_not_mounted_where_the_code_calls_a_provider_is_reported(
     files = changed(
         infra_files,
         "main.tf",
-        'publish = ["events"], provider_keys = true',
-        'publish = ["events"], provider_keys = false',
+        'publish = ["events", "notify"], provider_keys = true',
+        'publish = ["events", "notify"], provider_keys = false',
     )
     assert_reported(
         problems_with_infra(files, code),
@@ -445,7 +457,7 @@ def test_vertex_roles_follow_the_calls_the_code_makes(
         problems_with_infra(wider, code),
         "function collect: its code calls ['get_batch_prediction_job'] on aiplatform.googleapis.com, which needs roles/aiplatform.viewer, but infra grants roles/aiplatform.user",
     )
-    submit = 'submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events"], provider_keys = true, vertex = "user" }'
+    submit = 'submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }'
     narrower = changed(infra_files, "main.tf", submit, submit.replace('"user"', "null"))
     assert_reported(
         problems_with_infra(narrower, code),
@@ -622,8 +634,8 @@ def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.C
     narrower = changed(
         infra_files,
         "main.tf",
-        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events"]',
-        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = []',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["notify"]',
     )
     assert_reported(
         problems_with_infra(narrower, code),
@@ -632,8 +644,8 @@ def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.C
     wider = changed(
         infra_files,
         "main.tf",
-        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events"]',
-        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "collect"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify", "collect"]',
     )
     assert_reported(problems_with_infra(wider, code), "infra lets it publish to the collect topic")
 
@@ -641,7 +653,7 @@ def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.C
 def test_blob_operation_the_roles_do_not_allow_is_reported(
     infra: c.InfraFacts, sources: dict[str, str]
 ) -> None:
-    module = "batchline.services.reporting"
+    module = "batchline.services.messages"
     old = "def request_collect(deps: Deps, job: Job) -> None:\n"
     assert old in sources[module]
     mutated = {
@@ -986,4 +998,99 @@ def test_api_granted_read_on_the_work_bucket_is_reported(
     assert_reported(
         problems_with_infra(anywhere, code),
         "its create access on the work bucket must be limited to a prefix",
+    )
+
+
+# ------------------------------------------------------------------- webhook secrets
+
+
+def test_a_webhook_secret_mounted_where_the_code_does_not_read_it_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        'env = "BATCHLINE_WEBHOOK_SECRET", functions = ["notify"]',
+        'env = "BATCHLINE_WEBHOOK_SECRET", functions = ["notify", "poll"]',
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "function poll: local.webhooks.notify mounts BATCHLINE_WEBHOOK_SECRET there",
+    )
+
+
+def test_a_webhook_secret_not_mounted_where_the_code_reads_it_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        'env = "OPENAI_WEBHOOK_SECRET", functions = ["api"]',
+        'env = "OPENAI_WEBHOOK_SECRET", functions = []',
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "function api: its code reads Settings.openai_webhook_secret (OPENAI_WEBHOOK_SECRET)",
+    )
+
+
+def test_a_secret_setting_infra_does_not_mount_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        '    openai = { env = "OPENAI_WEBHOOK_SECRET", functions = ["api"], enabled = var.webhooks.openai_inbound }\n',
+        "",
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "Settings.openai_webhook_secret is a secret (OPENAI_WEBHOOK_SECRET)",
+        "the code reads OPENAI_WEBHOOK_SECRET but infra cannot set it",
+    )
+
+
+def test_webhook_secrets_mounted_or_granted_to_every_function_are_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(infra_files, "functions.tf", "if contains(v.functions, each.key)", "")
+    assert_reported(
+        problems_with_infra(files, code), "each function must mount the webhook secrets"
+    )
+    files = changed(
+        infra_files,
+        "secrets.tf",
+        'for f in v.functions : "${f}/${k}"',
+        'for f in keys(local.functions) : "${f}/${k}"',
+    )
+    assert_reported(
+        problems_with_infra(files, code), "webhook_accessor must grant each webhook secret"
+    )
+
+
+def test_infra_setting_the_insecure_local_webhook_switch_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files,
+        "main.tf",
+        "    BATCHLINE_NOTIFY_TOPIC          = google_pubsub_topic.notify.name\n",
+        "    BATCHLINE_NOTIFY_TOPIC          = google_pubsub_topic.notify.name\n"
+        '    BATCHLINE_WEBHOOK_ALLOW_INSECURE_LOCAL = "1"\n',
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "infra sets BATCHLINE_WEBHOOK_ALLOW_INSECURE_LOCAL, which only the local stack may set",
+    )
+
+
+def test_a_function_publishing_to_notify_without_the_grant_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    files = changed(
+        infra_files, "main.tf", 'publish = ["events", "notify"]', 'publish = ["events"]'
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "function collect: its code publishes to the notify topic but infra does not let it",
     )

@@ -4,6 +4,7 @@ only through stdin, and stopping with instructions when a key is missing."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import importlib.util
 import itertools
@@ -248,3 +249,41 @@ def test_make_targets_run_these_steps(target: str, expected: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     for step in expected:
         assert step in result.stdout, f"make {target} does not run {step!r}:\n{result.stdout}"
+
+
+WEBHOOK_SECRET = {
+    "address": 'google_secret_manager_secret.webhook["notify"]',
+    "values": {
+        "secret_id": "batchline-notify-webhook-secret",
+        "project": "my-project",
+        "labels": {"batchline-env": "batchline_webhook_secret"},
+    },
+}
+
+
+def test_deploy_makes_the_webhook_signing_secret_when_none_is_given(
+    stubs: dict[str, Any],
+) -> None:
+    state = copy.deepcopy(STATE)
+    state["values"]["root_module"]["resources"].append(WEBHOOK_SECRET)
+    (stubs["dir"] / "state.json").write_text(json.dumps(state))
+    result, calls = deploy(stubs, "apply", OPENAI_API_KEY="sk-o")
+    assert result.returncode == 0, result.stderr
+    first_apply = next(c for c in calls if steps([c])[0] == "terraform apply")
+    assert "-target=google_secret_manager_secret.webhook" in first_apply["args"]
+    added = {
+        c["args"][3]: c["stdin"] for c in calls if steps([c])[0] == "gcloud secrets versions add"
+    }
+    made = added["batchline-notify-webhook-secret"]
+    assert made.startswith("whsec_") and len(base64.b64decode(made[6:])) == 32
+    assert not any(made in " ".join(c["args"]) for c in calls)  # stdin only
+    assert made not in result.stderr and made not in result.stdout
+    assert "gcloud secrets versions access latest --secret=batchline-notify-webhook-secret" in (
+        result.stderr
+    )
+    # Given in the environment, that one is used.
+    result, calls = deploy(
+        stubs, "apply", OPENAI_API_KEY="sk-o", BATCHLINE_WEBHOOK_SECRET="whsec_QUJD"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "whsec_QUJD" in [c["stdin"] for c in calls]

@@ -190,7 +190,10 @@ def test_a_directory_bundle_is_accepted(terraform: str, probe: Path) -> None:
             {"bundle_path": "/nonexistent/batchline-functions-0123.zip"},
             "bundle_path must be a zip named by its own MD5",
         ),
-        ({"functions": {"poll": {"timeout": 600}}}, "60-540 s for submit, poll and collect"),
+        (
+            {"functions": {"poll": {"timeout": 600}}},
+            "60-540 s for submit, poll, collect and notify",
+        ),
         ({"functions": {"api": {"cpu": "0.5", "concurrency": 8}}}, "cpu >= 1 when concurrency > 1"),
         ({"functions": {"runtime": "python39"}}, "functions.runtime must be"),
         ({"settings": {"work_budget_seconds": 500}}, "must leave at least 60 s"),

@@ -15,15 +15,15 @@ import pytest
 from openai import OpenAI
 
 from batchline.adapters.gcs import GcsBlobStore
-from batchline.local.emulators import anthropic as anthropic_emulator_module
-from batchline.local.emulators import vertex as vertex_emulator_module
-from batchline.local.stack import create_bucket
 from batchline.ports import StagedPayload
+from batchline_emulators import anthropic as anthropic_emulator_module
+from batchline_emulators import vertex as vertex_emulator_module
+from batchline_tools.local.stack import create_bucket
 
 if TYPE_CHECKING:
     from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.openai import EmulatorConfig, OpenAIBatchEmulator, make_app
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.openai import EmulatorConfig, OpenAIBatchEmulator, make_app
 
 #: Fast timings so that a small batch finishes in a fraction of a second.
 FAST_OPENAI_CONFIG: dict[str, Any] = {
@@ -86,9 +86,15 @@ def _http_json(method: str, url: str, payload: Any = None) -> Any:
 
 
 class HeldBatches:
-    """The hold control every emulator shares (`hold_after_lines`, /_emulator/release)."""
+    """The admin controls every emulator shares: holds (`hold_after_lines`,
+    /_emulator/release) and the quota view (/_emulator/quota)."""
 
     root_url: str
+
+    def quota(self) -> dict[str, Any]:
+        """What counts against the emulator's quotas now, and the limits."""
+        result: dict[str, Any] = _http_json("GET", f"{self.root_url}/_emulator/quota")
+        return result
 
     def release(self, batch: str | None = None) -> list[str]:
         """Let held batches (or one) go on (POST /_emulator/release); the ids released."""

@@ -24,8 +24,8 @@ from anthropic.types.messages import (
     MessageBatchIndividualResponse,
 )
 
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.anthropic import CONTENT_PREFIX, EmulatorConfig, make_app
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.anthropic import CONTENT_PREFIX, EmulatorConfig, make_app
 
 from .anthropic_types import model_problems
 from .conftest import WAIT_SECONDS, AnthropicEmulatorHandle, ManualClock, wait_held
@@ -551,19 +551,149 @@ def test_admin_endpoints(anthropic_emulator: AnthropicEmulatorHandle) -> None:
     assert anthropic_emulator.admin({})["lines_per_second"] == 2000.0
 
 
+# --------------------------------------------------------------------------- quota
+
+ORG = "batchline-emulator-org"
+
+
+def batch_of(prefix: str, n: int) -> list[dict[str, Any]]:
+    return [request(f"{prefix}{i}", f"q {i}") for i in range(n)]
+
+
+def queue_message(limit: str, queued: str, wanted: str) -> str:
+    return (
+        f"This request would exceed the rate limit for your organization ({ORG}) of {limit} "
+        f"batch requests in the processing queue: {queued} are queued and this batch has "
+        f"{wanted}. For details, refer to: https://docs.claude.com/en/api/rate-limits. "
+        "Please try again once some batches have ended."
+    )
+
+
+def refused(client: anthropic.Anthropic, requests: list[dict[str, Any]]) -> tuple[str, str]:
+    """Create a batch that must be refused as over the queue limit: (message, retry-after)."""
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    assert info.value.status_code == 429
+    body = info.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "rate_limit_error"
+    message: str = body["error"]["message"]
+    return message, info.value.response.headers["retry-after"]
+
+
+def queue_use(root: str) -> dict[str, Any]:
+    status, _, body = http("GET", f"{root}/_emulator/quota")
+    assert status == 200
+    return body  # type: ignore[no-any-return]
+
+
+def test_a_create_past_the_queue_limit_answers_429(
+    manual: Callable[..., tuple[anthropic.Anthropic, ManualClock, str]],
+) -> None:
+    client, clock, root = manual(
+        start_seconds=1.0, lines_per_second=10.0, queued_request_limit=1_005
+    )
+    client.messages.batches.create(requests=batch_of("a", 3))  # type: ignore[arg-type]
+    assert queue_use(root)["anthropic"] == {"queued_requests": 3, "limit": 1_005}
+    clock.now += 0.5
+    message, retry_after = refused(client, batch_of("b", 1_003))
+    assert message == queue_message("1,005", "3", "1,003")
+    assert retry_after == "1"  # the first batch is due to end 0.8 s later
+    later = client.messages.batches.create(requests=batch_of("c", 2))  # type: ignore[arg-type]
+    assert queue_use(root) == {
+        "anthropic": {"queued_requests": 5, "limit": 1_005},
+        "over_quota": 1,
+    }
+    clock.now += 1.5  # both batches have ended: the queue is empty
+    assert client.messages.batches.retrieve(later.id).processing_status == "ended"
+    assert queue_use(root)["anthropic"]["queued_requests"] == 0
+    message, retry_after = refused(client, batch_of("d", 1_006))  # never fits: 60
+    assert (message, retry_after) == (queue_message("1,005", "0", "1,006"), "60")
+
+
+def test_the_queue_frees_when_a_batch_is_canceled_or_expires(
+    manual: Callable[..., tuple[anthropic.Anthropic, ManualClock, str]],
+) -> None:
+    client, clock, root = manual(
+        start_seconds=0.0,
+        hold_after_lines=0,  # every batch stays in_progress until it is canceled or expires
+        cancel_seconds=5.0,
+        expire_after_seconds=300.0,
+        queued_request_limit=4,
+    )
+    held = client.messages.batches.create(requests=batch_of("h", 3))  # type: ignore[arg-type]
+    clock.now += 100
+    assert refused(client, batch_of("x", 2))[1] == "60"  # held: due to end at its expiry (200 s)
+    client.messages.batches.cancel(held.id)
+    clock.now += 1
+    assert client.messages.batches.retrieve(held.id).processing_status == "canceling"
+    assert queue_use(root)["anthropic"]["queued_requests"] == 3  # until it has ended
+    assert refused(client, batch_of("x", 2))[1] == "4"
+    clock.now += 4
+    assert client.messages.batches.retrieve(held.id).processing_status == "ended"
+    second = client.messages.batches.create(requests=batch_of("s", 4))  # type: ignore[arg-type]
+    clock.now += 299
+    message, retry_after = refused(client, batch_of("y", 1))
+    assert message == queue_message("4", "4", "1") and retry_after == "1"
+    clock.now += 1
+    assert client.messages.batches.retrieve(second.id).request_counts.expired == 4
+    client.messages.batches.create(requests=batch_of("y", 1))  # type: ignore[arg-type]
+    assert queue_use(root) == {
+        "anthropic": {"queued_requests": 1, "limit": 4},
+        "over_quota": 3,
+    }
+
+
+def test_quota_exceeded_next_refuses_creates_with_room(
+    manual: Callable[..., tuple[anthropic.Anthropic, ManualClock, str]],
+) -> None:
+    client, _, root = manual(quota_exceeded_next=1)
+    assert refused(client, batch_of("f", 2)) == (queue_message("0", "0", "2"), "1")
+    client.messages.batches.create(requests=batch_of("g", 2))  # type: ignore[arg-type]
+    status, _, config = http("POST", f"{root}/_emulator/config", b'{"quota_exceeded_next": 1}')
+    assert status == 200 and config["queued_request_limit"] is None
+    http("POST", f"{root}/_emulator/config", b'{"queued_request_limit": 10}')
+    assert refused(client, batch_of("h", 2)) == (queue_message("10", "2", "2"), "1")
+    assert queue_use(root) == {"anthropic": {"queued_requests": 2, "limit": 10}, "over_quota": 2}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "wanted"),
+    [
+        ({"queued_request_limit": -1}, "config queued_request_limit must be >= 0"),
+        ({"queued_request_limit": 2.5}, "config queued_request_limit must be an integer"),
+        ({"queued_request_limit": "many"}, "config queued_request_limit must be a number"),
+        ({"queued_request_limit": {"claude-haiku-4-5": 5}}, "queued_request_limit must be a"),
+        ({"quota_exceeded_next": -2}, "config quota_exceeded_next must be >= 0"),
+    ],
+)
+def test_queue_config_is_checked(
+    anthropic_emulator: AnthropicEmulatorHandle, overrides: dict[str, Any], wanted: str
+) -> None:
+    root = anthropic_emulator.root_url
+    status, _, body = http("POST", f"{root}/_emulator/config", json.dumps(overrides).encode())
+    assert status == 400 and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert wanted in body["error"]["message"]
+    assert anthropic_emulator.admin({})["queued_request_limit"] is None
+    assert (
+        anthropic_emulator.admin({"queued_request_limit": 1e5})["queued_request_limit"] == 100_000
+    )
+
+
 def test_command_line_serves_until_terminated(tmp_path: Any) -> None:
     import signal
     import subprocess
     import sys
 
-    from batchline.local.processes import free_port
+    from batchline_tools.local.processes import free_port
 
     port = free_port("127.0.0.1")
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "batchline.local.emulators.anthropic",
+            "batchline_emulators.anthropic",
             "--port",
             str(port),
             "--config-json",

@@ -24,8 +24,8 @@ from batchline.domain.ids import MAX_OBJECT_NAME_BYTES
 from batchline.domain.models import JobState
 from batchline.edge import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from batchline.errors import RetryableError
-from batchline.local.bridge import storage_cloudevent
 from batchline.services.api import key_id_for
+from batchline_tools.local.bridge import storage_cloudevent
 
 from .test_functions import (  # noqa: F401  (fixtures)
     Cloud,

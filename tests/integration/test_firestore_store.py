@@ -29,7 +29,7 @@ from batchline.domain.models import (
     Source,
 )
 from batchline.errors import RetryableError
-from batchline.local.stack import wipe_firestore
+from batchline_tools.local.stack import wipe_firestore
 
 pytestmark = pytest.mark.integration
 

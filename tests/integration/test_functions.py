@@ -37,7 +37,7 @@ from batchline.adapters.gcs import GcsBlobStore
 from batchline.adapters.gcs import make_client as gcs_client
 from batchline.domain.ids import job_id_for_object
 from batchline.domain.models import Job, JobState
-from batchline.local.stack import (
+from batchline_tools.local.stack import (
     create_bucket,
     create_subscription,
     create_topic,

@@ -17,8 +17,8 @@ from google.cloud import storage
 
 from batchline.adapters.gcs import WRITE_CHUNK_BYTES, GcsBlobStore, make_client
 from batchline.errors import NotFound, PreconditionFailed
-from batchline.local.stack import create_bucket
 from batchline.ports import ObjectInfo
+from batchline_tools.local.stack import create_bucket
 
 pytestmark = pytest.mark.integration
 

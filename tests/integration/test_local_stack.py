@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from batchline.local import processes, stack
-from batchline.local.stack import LocalStack, LocalStackError, StackConfig
+from batchline_tools.local import processes, stack
+from batchline_tools.local.stack import LocalStack, LocalStackError, StackConfig
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +125,7 @@ def _cli(*args: str, timeout: float = START_SECONDS) -> subprocess.CompletedProc
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHARED), env.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "batchline.local.cli", "local", *args],
+        [sys.executable, "-m", "batchline_tools.local.cli", "local", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -341,7 +341,15 @@ def test_ctrl_c_on_foreground_up_stops_everything(run_dir: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHARED), env.get("PYTHONPATH")) if p)
     up = subprocess.Popen(
-        [sys.executable, "-m", "batchline.local.cli", "local", "up", "--run-dir", str(run_dir)],
+        [
+            sys.executable,
+            "-m",
+            "batchline_tools.local.cli",
+            "local",
+            "up",
+            "--run-dir",
+            str(run_dir),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -26,10 +26,10 @@ from batchline.domain.models import BatchState, BatchTag, ProviderBatch, ResultS
 from batchline.domain.providers.openai import encode
 from batchline.domain.requests import InvalidLine, Request, parse_line
 from batchline.errors import ProviderError
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
-from batchline.local.processes import free_port
 from batchline.ports import StagedPayload
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
+from batchline_tools.local.processes import free_port
 
 from .conftest import WAIT_SECONDS, ManualClock
 

@@ -24,8 +24,8 @@ from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
 
 from .conftest import WAIT_SECONDS, ManualClock
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
@@ -672,6 +672,247 @@ def test_admin_config_rejects_unknown_keys(openai_emulator: Any) -> None:
     assert openai_emulator.admin({"line_fail_rate": 0.5})["line_fail_rate"] == 0.5
     openai_emulator.reset()
     assert openai_emulator.admin({})["line_fail_rate"] == 0.0
+
+
+# --------------------------------------------------------------------------- quotas
+
+QUOTA_MODEL = "gpt-4.1-mini"
+ORG = "org-batchlineEmulator0000000"
+
+
+def token_lines(prefix: str, n: int, model: str = QUOTA_MODEL) -> list[dict[str, Any]]:
+    """`n` lines of 2,000 characters each: 500 prompt tokens a line at ~4 characters a token."""
+    return [chat_line(f"{prefix}{i}", "x" * 2000, model=model) for i in range(n)]
+
+
+def admin_get(client: OpenAI, path: str) -> Any:
+    root = str(client.base_url).removesuffix("/").removesuffix("/v1")
+    status, _, body = raw_request(f"{root}/_emulator/{path}")
+    assert status == 200, body
+    return body
+
+
+def enqueued(client: OpenAI, model: str = QUOTA_MODEL) -> tuple[int, int | None]:
+    entry = admin_get(client, "quota")["openai"][model]
+    return entry["enqueued_tokens"], entry["limit"]
+
+
+def token_limit_message(model: str, limit: str) -> str:
+    return (
+        f"Enqueued token limit reached for {model} in organization {ORG}. Limit: {limit} "
+        "enqueued tokens. Please try again once some in_progress batches have been completed."
+    )
+
+
+def assert_token_limit_failed(batch: Any, model: str, limit: str) -> None:
+    assert batch.status == "failed" and batch.failed_at is not None
+    assert batch.errors.object == "list"
+    [error] = batch.errors.data
+    assert (error.code, error.param, error.line) == ("token_limit_exceeded", None, None)
+    assert error.message == token_limit_message(model, limit)
+    assert batch.request_counts.total == 0 and batch.output_file_id is None
+
+
+def test_a_batch_over_the_enqueued_token_limit_is_created_then_fails(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(
+        validating_seconds=1.0,
+        lines_per_second=10.0,
+        finalizing_seconds=1.0,
+        enqueued_token_limit=2500,
+    )
+    t0 = clock.now
+    first = create(client, upload(client, token_lines("a", 3)))  # 1,500 tokens: fits
+    assert enqueued(client) == (1500, 2500)  # held from validating on
+    over = create(client, upload(client, token_lines("b", 3)))  # 1,500 more: 3,000 > 2,500
+    assert over.status == "validating" and over.errors is None  # created, as OpenAI does
+    assert enqueued(client) == (1500, 2500)  # a batch over the limit holds nothing
+    clock.now = t0 + 1.1
+    assert client.batches.retrieve(first.id).status == "in_progress"
+    assert_token_limit_failed(client.batches.retrieve(over.id), QUOTA_MODEL, "2,500")
+    assert enqueued(client) == (1500, 2500)
+
+    clock.now = t0 + 2.2  # the first batch is finalizing: still enqueued
+    assert client.batches.retrieve(first.id).status == "finalizing"
+    assert enqueued(client) == (1500, 2500)
+    clock.now = t0 + 2.5
+    done = client.batches.retrieve(first.id)
+    assert done.status == "completed" and done.request_counts.completed == 3
+    assert done.usage.input_tokens == 1500  # usage and the quota count alike
+    assert enqueued(client) == (0, 2500)
+    again = create(client, upload(client, token_lines("c", 3)))
+    assert enqueued(client) == (1500, 2500)
+    clock.now += 1.1
+    assert client.batches.retrieve(again.id).status == "in_progress"
+    quota = admin_get(client, "quota")
+    assert quota["over_quota"] == 1
+
+
+def test_enqueued_tokens_free_on_cancel_and_expiry(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(
+        validating_seconds=1.0,
+        lines_per_second=10.0,
+        cancel_seconds=5.0,
+        hold_after_lines=1,
+        enqueued_token_limit=1500,
+    )
+    held = create(client, upload(client, token_lines("h", 3)))
+    clock.now += 3600  # held in_progress however long: still enqueued
+    assert client.batches.retrieve(held.id).status == "in_progress"
+    assert enqueued(client) == (1500, 1500)
+    blocked = create(client, upload(client, token_lines("x", 1)))
+    client.batches.cancel(held.id)
+    assert client.batches.retrieve(held.id).status == "cancelling"
+    assert enqueued(client) == (0, 1500)  # OpenAI counts validating/in_progress/finalizing
+    after_cancel = create(client, upload(client, token_lines("y", 3)))
+    clock.now += 1.1
+    assert_token_limit_failed(client.batches.retrieve(blocked.id), QUOTA_MODEL, "1,500")
+    assert client.batches.retrieve(after_cancel.id).status == "in_progress"
+
+    # A batch that expires gives its tokens back too.
+    admin_post(client, "config", {"expire_after_seconds": 10.0})
+    client.batches.cancel(after_cancel.id)
+    clock.now += 5
+    short = create(client, upload(client, token_lines("s", 3)))
+    assert enqueued(client) == (1500, 1500)
+    clock.now += 10
+    assert client.batches.retrieve(short.id).status == "expired"
+    assert enqueued(client) == (0, 1500)
+    # A file that fails validation holds no tokens, even while validating.
+    bad = create(client, upload(client, [*token_lines("v", 3), b"not json"]))
+    assert enqueued(client) == (0, 1500)
+    clock.now += 1.1
+    assert client.batches.retrieve(bad.id).errors.data[0].code == "invalid_json_line"
+
+
+def test_enqueued_token_limits_per_model(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(
+        validating_seconds=1.0,
+        hold_after_lines=0,  # every batch stays in_progress
+        enqueued_token_limit={QUOTA_MODEL: 1500, "*": 600},
+    )
+    fits = create(client, upload(client, token_lines("m", 3)))
+    other = create(client, upload(client, token_lines("o", 2, model="gpt-4o-mini")))  # 1,000
+    small = create(client, upload(client, token_lines("p", 1, model="gpt-4o")))  # 500
+    clock.now += 1.1
+    assert client.batches.retrieve(fits.id).status == "in_progress"
+    assert_token_limit_failed(client.batches.retrieve(other.id), "gpt-4o-mini", "600")
+    assert client.batches.retrieve(small.id).status == "in_progress"
+    assert admin_get(client, "quota")["openai"] == {
+        "gpt-4.1-mini": {"enqueued_tokens": 1500, "limit": 1500},
+        "gpt-4o": {"enqueued_tokens": 500, "limit": 600},
+        "gpt-4o-mini": {"enqueued_tokens": 0, "limit": 600},
+    }
+
+    # Without "*", a model the object does not name has no limit.
+    assert admin_post(client, "config", {"enqueued_token_limit": {"gpt-4o": 100}})[0] == 200
+    big = create(client, upload(client, token_lines("q", 6, model="gpt-4o-mini")))
+    capped = create(client, upload(client, token_lines("r", 1, model="gpt-4o")))
+    clock.now += 1.1
+    assert client.batches.retrieve(big.id).status == "in_progress"
+    assert_token_limit_failed(client.batches.retrieve(capped.id), "gpt-4o", "100")
+    assert enqueued(client, "gpt-4o-mini") == (3000, None)
+    assert enqueued(client, "gpt-4.1-mini") == (1500, None)
+
+    # One number limits every model alike.
+    assert admin_post(client, "config", {"enqueued_token_limit": 2_000_000})[0] == 200
+    assert enqueued(client, "gpt-4o") == (500, 2_000_000)
+
+
+def test_quota_exceeded_next_fails_batches_under_the_limit(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(validating_seconds=1.0, hold_after_lines=0, quota_exceeded_next=1)
+    forced = create(client, upload(client, token_lines("f", 2)))
+    status, config = admin_post(client, "config", {"enqueued_token_limit": 10_000})
+    assert status == 200 and config["quota_exceeded_next"] == 0
+    ok = create(client, upload(client, token_lines("g", 2)))
+    admin_post(client, "config", {"quota_exceeded_next": 1})
+    forced_again = create(client, upload(client, token_lines("h", 2)))
+    clock.now += 1.1
+    # No limit set: the message names the tokens enqueued then, a limit it broke.
+    assert_token_limit_failed(client.batches.retrieve(forced.id), QUOTA_MODEL, "0")
+    assert client.batches.retrieve(ok.id).status == "in_progress"
+    assert_token_limit_failed(client.batches.retrieve(forced_again.id), QUOTA_MODEL, "10,000")
+    assert admin_get(client, "quota")["over_quota"] == 2
+    assert enqueued(client) == (1000, 10_000)
+
+
+def test_batch_creates_per_hour_answer_429_past_the_limit(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(batch_creates_per_hour=2)
+    file_id = upload(client, [chat_line("a", "hi")])
+    t0 = clock.now
+    create(client, file_id)
+    clock.now = t0 + 600
+    create(client, file_id)
+    clock.now = t0 + 1200
+    with pytest.raises(openai.RateLimitError) as info:
+        create(client, file_id)
+    assert info.value.status_code == 429
+    assert info.value.response.headers["retry-after"] == "2400"  # when the first leaves
+    assert info.value.body == {
+        "message": f"Rate limit reached for batch creation in organization {ORG} on requests "
+        "per hour: Limit 2, Used 2, Requested 1. Please try again in 2400s.",
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+    assert admin_get(client, "quota")["batch_creates"] == {
+        "last_hour": 2,
+        "limit": 2,
+        "refused": 1,
+    }
+    clock.now = t0 + 3600  # the first create has left the hour
+    create(client, file_id)
+    assert len(client.batches.list().data) == 3
+    with pytest.raises(openai.RateLimitError):
+        create(client, file_id)
+    admin_post(client, "config", {"batch_creates_per_hour": None})
+    create(client, file_id)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "wanted"),
+    [
+        ({"enqueued_token_limit": -1}, "config enqueued_token_limit must be >= 0"),
+        ({"enqueued_token_limit": 1.5}, "config enqueued_token_limit must be an integer"),
+        ({"enqueued_token_limit": "lots"}, "config enqueued_token_limit must be null, a number"),
+        ({"enqueued_token_limit": True}, "config enqueued_token_limit must be null, a number"),
+        ({"enqueued_token_limit": [5]}, "config enqueued_token_limit must be null, a number"),
+        ({"enqueued_token_limit": {"gpt-4o": -5}}, "enqueued_token_limit.gpt-4o must be >= 0"),
+        ({"enqueued_token_limit": {"gpt-4o": "5"}}, "enqueued_token_limit.gpt-4o must be a"),
+        ({"enqueued_token_limit": {"": 5}}, "must name models by non-empty strings"),
+        ({"batch_creates_per_hour": 0}, "config batch_creates_per_hour must be >= 1"),
+        ({"quota_exceeded_next": -1}, "config quota_exceeded_next must be >= 0"),
+        ({"quota_exceeded_next": None}, "config quota_exceeded_next must not be null"),
+    ],
+)
+def test_quota_config_is_checked(
+    openai_emulator: Any, client: OpenAI, overrides: dict[str, Any], wanted: str
+) -> None:
+    before = openai_emulator.admin({})
+    status, body = admin_post(client, "config", overrides)
+    assert status == 400
+    assert wanted in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_request_error"
+    assert openai_emulator.admin({}) == before  # nothing of a refused change applies
+
+
+def test_quota_config_takes_numbers_and_objects(openai_emulator: Any) -> None:
+    config = openai_emulator.admin({"enqueued_token_limit": {"gpt-4o": 9e4, "*": 2_000_000}})
+    assert config["enqueued_token_limit"] == {"gpt-4o": 90_000, "*": 2_000_000}
+    assert (
+        openai_emulator.admin({"enqueued_token_limit": 40e6})["enqueued_token_limit"] == 40_000_000
+    )
+    assert openai_emulator.admin({"enqueued_token_limit": None})["enqueued_token_limit"] is None
+    assert openai_emulator.admin({})["batch_creates_per_hour"] == 2000  # OpenAI's default
 
 
 # --------------------------------------------------------------------------- schema

@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.adapters.providers.anthropic import AnthropicProvider
 from batchline.adapters.providers.openai import OpenAIProvider
 from batchline.adapters.providers.vertex import VertexProvider
@@ -36,6 +35,7 @@ from batchline.ports import BlobStore, ProviderClient, StagedPayload
 from batchline.services.collect import collect
 from batchline.services.poll import poll
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
+from batchline_tools.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 
 from .conftest import (
     WAIT_SECONDS,

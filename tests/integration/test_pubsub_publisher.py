@@ -13,7 +13,7 @@ from google.cloud import pubsub_v1
 
 from batchline.adapters.pubsub import PubSubPublisher
 from batchline.errors import RetryableError
-from batchline.local.stack import create_subscription, create_topic
+from batchline_tools.local.stack import create_subscription, create_topic
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,9 @@ from pydantic import BaseModel
 
 from batchline import BatchError, BatchSuccess, ResultsFileError, read_results
 from batchline.adapters.gcs import make_client
-from batchline.cli import main
 from batchline.domain.paths import registered_schema_uri
-from batchline.local.stack import create_bucket
+from batchline_tools.cli import main
+from batchline_tools.local.stack import create_bucket
 
 pytestmark = pytest.mark.integration
 

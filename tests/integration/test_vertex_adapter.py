@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryBlobStore
 from batchline.adapters.providers.vertex import VertexProvider, output_prefix, regional_endpoint
 from batchline.bootstrap import PROVIDERS
 from batchline.config import Settings
@@ -25,8 +24,9 @@ from batchline.domain.providers.vertex import encode
 from batchline.domain.requests import Request, parse_line
 from batchline.domain.schemas import Validator
 from batchline.errors import ProviderError
-from batchline.local.processes import free_port
 from batchline.ports import StagedPayload
+from batchline_tools.local.processes import free_port
+from batchline_tools.memory import MemoryBlobStore
 
 from .conftest import WAIT_SECONDS, VertexEmulatorHandle
 from .vertex_types import request_line_problems

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,8 +22,8 @@ from google.cloud.aiplatform_v1.types import (
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
-from batchline.local.emulators._wsgi import start_in_thread
-from batchline.local.emulators.vertex import EmulatorConfig, make_app
+from batchline_emulators._wsgi import start_in_thread
+from batchline_emulators.vertex import EmulatorConfig, make_app
 
 from .conftest import FAST_VERTEX_CONFIG, WAIT_SECONDS, ManualClock, VertexEmulatorHandle
 from .emulator_answers import RECIPE_SCHEMA, Recipe, answer_kind, assert_kinds
@@ -353,6 +354,167 @@ def test_a_job_queued_past_its_window_expires_without_output(
     assert seen[-1].state == JobState.JOB_STATE_EXPIRED
     assert seen[-1].completion_stats.incomplete_count == 1
     assert not seen[-1].output_info.gcs_output_directory
+
+
+# --------------------------------------------------------------------------- quota
+
+FLASH = "publishers/google/models/gemini-2.5-flash"
+PRO = "publishers/google/models/gemini-2.5-pro"
+
+
+def job_limit_message(model: str, limit: int, active: int) -> str:
+    return (
+        "Quota exceeded for aiplatform.googleapis.com/concurrent_batch_prediction_jobs_per_"
+        f"base_model with base model: {model}. Limit: {limit} concurrent jobs, {active} in "
+        "use. Please try again once a batch prediction job has ended."
+    )
+
+
+def refused(emulator: VertexEmulatorHandle, model: str = FLASH) -> str:
+    """Create a job that must be refused as over the concurrent-job limit; the message."""
+    jobs_before = len(emulator.batches())
+    with pytest.raises(exceptions.TooManyRequests) as info:
+        create(emulator, [line("q", 1)], model=model)
+    body = info.value.response.json()  # type: ignore[union-attr]
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "status"}
+    assert (body["error"]["code"], body["error"]["status"]) == (429, "RESOURCE_EXHAUSTED")
+    assert len(emulator.batches()) == jobs_before  # no job was made
+    message: str = body["error"]["message"]
+    assert info.value.message.endswith(f": {message}")  # the SDK prefixes the request
+    return message
+
+
+def jobs_in_use(emulator: VertexEmulatorHandle, model: str = "gemini-2.5-flash") -> Any:
+    entry = emulator.quota()["vertex"][model]
+    return entry["concurrent_jobs"], entry["limit"]
+
+
+def test_a_create_past_the_concurrent_job_limit_answers_429(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, clock = manual(
+        queued_seconds=60, pending_seconds=3600, lines_per_second=10, concurrent_job_limit=2
+    )
+    t0 = clock.now
+    first = create(emulator, [line(f"q {i}", i) for i in range(20)])  # runs 2 s
+    create(emulator, [line(f"q {i}", i) for i in range(20)])
+    assert jobs_in_use(emulator) == (2, 2)
+    assert refused(emulator) == job_limit_message("gemini-2.5-flash", 2, 2)
+    client = emulator.client()
+    for at, state in (
+        (30, JobState.JOB_STATE_QUEUED),
+        (1800, JobState.JOB_STATE_PENDING),  # an hour in Vertex's queue: still counted
+        (3661, JobState.JOB_STATE_RUNNING),
+    ):
+        clock.now = t0 + at
+        assert client.get_batch_prediction_job(name=first.name).state == state
+        assert jobs_in_use(emulator) == (2, 2)
+        refused(emulator)
+    clock.now = t0 + 3663  # both have succeeded
+    assert client.get_batch_prediction_job(name=first.name).state == JobState.JOB_STATE_SUCCEEDED
+    assert jobs_in_use(emulator) == (0, 2)
+    create(emulator, [line("q", 1)])
+    assert emulator.quota() == {
+        "vertex": {"gemini-2.5-flash": {"concurrent_jobs": 1, "limit": 2}},
+        "over_quota": 4,
+    }
+
+
+def test_concurrent_jobs_free_on_cancel_failure_and_expiry(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, clock = manual(
+        queued_seconds=1, pending_seconds=1, hold_after_lines=0, cancel_seconds=5
+    )
+    emulator.admin({"concurrent_job_limit": 1})
+    client = emulator.client()
+    held = create(emulator, [line("q", 1)])
+    clock.now += 3600  # held running: counted however long
+    refused(emulator)
+    client.cancel_batch_prediction_job(name=held.name)
+    assert client.get_batch_prediction_job(name=held.name).state == JobState.JOB_STATE_CANCELLING
+    assert jobs_in_use(emulator) == (0, 1)
+    body = job_body(f"gs://{emulator.work_bucket}/missing/input.jsonl")
+    missing = client.create_batch_prediction_job(parent=emulator.parent, batch_prediction_job=body)
+    assert missing.state == JobState.JOB_STATE_QUEUED
+    refused(emulator)  # a job that will fail counts while it waits
+    clock.now += 2
+    assert client.get_batch_prediction_job(name=missing.name).state == JobState.JOB_STATE_FAILED
+    emulator.admin({"expire_after_seconds": 100})
+    expiring = create(emulator, [line("q", 1)])
+    clock.now += 99
+    refused(emulator)
+    clock.now += 1
+    assert client.get_batch_prediction_job(name=expiring.name).state == JobState.JOB_STATE_EXPIRED
+    create(emulator, [line("q", 1)])
+    assert jobs_in_use(emulator) == (1, 1)
+
+
+def test_concurrent_job_limits_per_model(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, _ = manual(hold_after_lines=0)  # every job stays running
+    emulator.admin({"concurrent_job_limit": {"gemini-2.5-flash": 1, "*": 2}})
+    create(emulator, [line("q", 1)], model=FLASH)
+    assert refused(emulator, FLASH) == job_limit_message("gemini-2.5-flash", 1, 1)
+    create(emulator, [line("q", 1)], model=PRO)
+    create(emulator, [line("q", 1)], model=PRO)
+    assert refused(emulator, PRO) == job_limit_message("gemini-2.5-pro", 2, 2)
+    assert emulator.quota()["vertex"] == {
+        "gemini-2.5-flash": {"concurrent_jobs": 1, "limit": 1},
+        "gemini-2.5-pro": {"concurrent_jobs": 2, "limit": 2},
+    }
+    emulator.admin({"concurrent_job_limit": {"gemini-2.5-flash": 1}})  # no "*": pro is free
+    create(emulator, [line("q", 1)], model=PRO)
+    assert jobs_in_use(emulator, "gemini-2.5-pro") == (3, None)
+    refused(emulator, FLASH)
+    emulator.admin({"concurrent_job_limit": 4})  # one number: every model
+    create(emulator, [line("q", 1)], model=PRO)
+    refused(emulator, PRO)
+    assert jobs_in_use(emulator, "gemini-2.5-flash") == (1, 4)
+
+
+def test_quota_exceeded_next_refuses_creates_with_room(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, _ = manual(hold_after_lines=0, quota_exceeded_next=1)
+    assert refused(emulator) == job_limit_message("gemini-2.5-flash", 0, 0)
+    create(emulator, [line("q", 1)])
+    config = emulator.admin({"quota_exceeded_next": 1, "concurrent_job_limit": 8})
+    assert config["quota_exceeded_next"] == 1
+    assert refused(emulator) == job_limit_message("gemini-2.5-flash", 8, 1)
+    assert emulator.admin({})["quota_exceeded_next"] == 0
+    create(emulator, [line("q", 1)])
+    assert emulator.quota()["over_quota"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "wanted"),
+    [
+        ({"concurrent_job_limit": -1}, "config concurrent_job_limit must be >= 0"),
+        ({"concurrent_job_limit": 0.5}, "config concurrent_job_limit must be an integer"),
+        ({"concurrent_job_limit": "8"}, "config concurrent_job_limit must be null, a number"),
+        ({"concurrent_job_limit": {"gemini-2.5-pro": None}}, "gemini-2.5-pro must be a number"),
+        ({"concurrent_job_limit": {"gemini-2.5-pro": 1.5}}, "gemini-2.5-pro must be an integer"),
+        ({"quota_exceeded_next": 0.5}, "config quota_exceeded_next must be an integer"),
+    ],
+)
+def test_quota_config_is_checked(
+    vertex_emulator: VertexEmulatorHandle, overrides: dict[str, Any], wanted: str
+) -> None:
+    request = urllib.request.Request(
+        f"{vertex_emulator.root_url}/_emulator/config",
+        data=orjson.dumps(overrides),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 400
+    error = orjson.loads(info.value.read())["error"]
+    assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
+    assert wanted in error["message"]
+    assert vertex_emulator.admin({})["concurrent_job_limit"] is None
 
 
 # --------------------------------------------------------------------------- list

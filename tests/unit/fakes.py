@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
-from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.bootstrap import Deps, Providers
 from batchline.config import ChunkLimits, Settings
 from batchline.domain.models import (
@@ -18,6 +17,7 @@ from batchline.domain.models import (
     ResultStatus,
 )
 from batchline.ports import StagedPayload
+from batchline_tools.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 
 
 class FakeClock:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import orjson
 
-from batchline.adapters.memory import MemoryBlobStore
 from batchline.bootstrap import Deps
 from batchline.domain.models import Job, JobOptions, Source
 from batchline.domain.paths import WorkPaths
 from batchline.services.plan_file import Plan, build_plan
+from batchline_tools.memory import MemoryBlobStore
 
 
 @dataclass

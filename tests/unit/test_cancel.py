@@ -7,12 +7,12 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryJobStore
 from batchline.bootstrap import Deps
 from batchline.domain.models import BatchState, ChunkState, Job, JobState
 from batchline.services.cancel import JobEnded, request_cancel
 from batchline.services.poll import poll
 from batchline.services.submit import handle_object_finalized
+from batchline_tools.memory import MemoryJobStore
 
 from .fakes import CrashAfterSubmit, make_deps
 from .test_pipeline import finish, line, upload
@@ -135,7 +135,7 @@ def test_a_cancel_that_came_too_late_to_stop_anything_leaves_the_earned_state() 
 
 
 def test_status_shows_a_cancel_until_the_job_ends(capsys: pytest.CaptureFixture[str]) -> None:
-    from batchline.cli import _print_job
+    from batchline_tools.cli import _print_job
 
     deps, provider, _ = make_deps()
     job = cancel(deps, submitted(deps, 1))

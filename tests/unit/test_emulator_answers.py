@@ -1,4 +1,4 @@
-"""The emulators' structured-answer generator (`batchline.local.emulators._answers`),
+"""The emulators' structured-answer generator (`batchline_emulators._answers`),
 checked with the `jsonschema` library, which the generator itself does not use."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from batchline.local.emulators._answers import (
+from batchline_emulators._answers import (
     INVALID_KINDS,
     InvalidAnswers,
     from_google_schema,

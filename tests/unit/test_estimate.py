@@ -32,7 +32,6 @@ from batchline.domain._tokenizers import (
     bpe_file,
     get_encoding,
 )
-from batchline.domain._tokenizers import refresh as tokenizer_refresh
 from batchline.domain.estimate import (
     ANTHROPIC_IMAGE_TOKENS,
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -48,6 +47,7 @@ from batchline.domain.estimate import (
 from batchline.domain.pricing import PRICES, load_prices
 from batchline.domain.providers import anthropic, openai, vertex
 from batchline.domain.requests import Request
+from batchline_tools import tokenizers as tokenizer_refresh
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TEXT = "Summarise this invoice, please.\nTotal: 1,234.56 € — due 2026-06-01. 東京 🙂 <|endoftext|>"

@@ -8,13 +8,13 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 from batchline.bootstrap import Deps
 from batchline.domain.models import BatchState, ChunkState, Job, JobOptions, JobState, Lease, Source
 from batchline.services.collect import collect
 from batchline.services.plan import LeaseLost, _Heartbeat
 from batchline.services.poll import poll
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
+from batchline_tools.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 
 from .fakes import CrashAfterSubmit, FakeProvider, make_deps
 

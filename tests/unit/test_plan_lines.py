@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryBlobStore
 from batchline.domain.estimate import Estimate
 from batchline.domain.models import JobOptions, JobState
 from batchline.errors import RetryableError
 from batchline.services.submit import handle_object_finalized
+from batchline_tools.memory import MemoryBlobStore
 
 from .fakes import make_deps
 from .plan_helpers import plan_file

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from batchline.local import processes
+from batchline_tools.local import processes
 
 SLEEPER = "import time; time.sleep(600)"
 #: Ignores SIGTERM (as a busy JVM or a gunicorn worker mid-request may seem to).

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from batchline.adapters.memory import MemoryJobStore
 from batchline.bootstrap import Deps
 from batchline.domain.models import BatchState, ChunkState, ProviderBatch
 from batchline.services.poll import poll
 from batchline.services.submit import handle_object_finalized
+from batchline_tools.memory import MemoryJobStore
 
 from .fakes import CrashAfterSubmit, FakeBatch, FakeProvider, make_deps
 from .test_pipeline import line, upload

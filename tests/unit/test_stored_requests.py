@@ -9,7 +9,6 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryBlobStore
 from batchline.bootstrap import Deps
 from batchline.domain.limits import ChunkLimits
 from batchline.domain.models import Chunk, Job, JobOptions, JobState, Source
@@ -34,6 +33,7 @@ from batchline.domain.workfiles.schemas import read_schema
 from batchline.services.plan import LeaseLost
 from batchline.services.plan_file import build_plan
 from batchline.services.submit import handle_object_finalized
+from batchline_tools.memory import MemoryBlobStore
 
 from .fakes import make_deps
 from .plan_helpers import plan_file

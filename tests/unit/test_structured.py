@@ -7,13 +7,13 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from batchline.adapters.memory import RecordingPublisher
 from batchline.bootstrap import Deps
 from batchline.domain.models import Job, JobState, ProviderResult, ResultStatus
 from batchline.ports import StagedPayload
 from batchline.services.collect import collect
 from batchline.services.poll import poll
 from batchline.services.submit import handle_object_finalized
+from batchline_tools.memory import RecordingPublisher
 
 from .fakes import FakeClock, FakeProvider, make_deps
 from .test_pipeline import upload

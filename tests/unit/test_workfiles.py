@@ -8,7 +8,6 @@ import io
 import orjson
 import pytest
 
-from batchline.adapters.memory import MemoryBlobStore
 from batchline.domain.paths import WorkPaths
 from batchline.domain.results import Tally
 from batchline.domain.schemas import ResponseSchema
@@ -30,6 +29,7 @@ from batchline.domain.workfiles.plan import PlanRecord, read_plan, write_plan
 from batchline.domain.workfiles.runs import RunWriter, encode_rows, iter_rows, open_rows
 from batchline.domain.workfiles.schemas import read_schema, write_schema
 from batchline.errors import PreconditionFailed
+from batchline_tools.memory import MemoryBlobStore
 
 PATHS = WorkPaths("work", "job-1")
 

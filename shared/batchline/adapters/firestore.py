@@ -178,6 +178,14 @@ class FirestoreJobStore:
             docs = list(query.stream())
         return [Job.from_dict(doc.to_dict() or {}) for doc in docs]
 
+    def jobs_to_notify(self) -> list[Job]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self._db.collection(JOBS).where(filter=FieldFilter("notify_pending", "==", True))
+        with translated("listing jobs with a webhook to publish"):
+            docs = list(query.stream())
+        return [Job.from_dict(doc.to_dict() or {}) for doc in docs]
+
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
         """A collection-group query over every job's chunks. It needs the single-field
         index on `batch_id` with collection-group scope, which Firestore does not keep by

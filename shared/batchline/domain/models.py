@@ -130,15 +130,18 @@ class JobOptions:
     max_repair_attempts: int | None = None
     #: Reject the job before anything is sent when its worst-case estimate is above this.
     max_cost_usd: float | None = None
+    #: Where the job's `job.completed` webhook is POSTed when it ends (services.notify).
+    notify_url: str | None = None
 
 
 @dataclass(frozen=True)
 class Lease:
+    """An invocation's claim on a job or chunk: `owner` may act on it until `until`
+    (epoch seconds). The rules for taking, renewing and releasing one are
+    `domain/claims.py`."""
+
     owner: str
     until: float
-
-    def held_by_other(self, owner: str, now: float) -> bool:
-        return self.owner != owner and self.until > now
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,11 @@ class Job:
     cancel_requested_at: float | None = None
     ended_at: float | None = None
     event_published: bool = False
+    #: The job ended and its webhook is still to be handed to the notify topic; set with
+    #: the terminal state (`to`), cleared once published (services.notify).
+    notify_pending: bool = False
+    #: How the webhook's delivery went: published_at, attempts, delivered_at, last_error.
+    notify: dict[str, Any] = field(default_factory=dict)
     expire_at: datetime | None = None  # for a Firestore TTL policy, once the job has ended
     version: int = 0
 
@@ -178,6 +186,10 @@ class Job:
 
     def to(self, target: JobState, now: float, **changes: Any) -> Job:
         check_job_transition(self.state, target)
+        if target.terminal and self.options.notify_url is not None:
+            # In the same write as the end: a crash before the webhook is published
+            # leaves it pending, for a redelivery or the next poll tick to publish.
+            changes.setdefault("notify_pending", True)
         return replace(self, state=target, updated_at=now, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,6 +258,9 @@ class Chunk:
     repair_round: int = 0
     #: A re-ask chunk: the chunk whose invalid answers it asks again.
     repair_of: int | None = None
+    #: The `webhook-id`s of the provider webhooks already acted on for this batch (the
+    #: latest few), so that a redelivered one is ignored (services.openai_webhooks).
+    webhook_ids: list[str] = field(default_factory=list)
     #: Each request as planning accepted it, in payload order (`domain/workfiles/requests`):
     #: what a later round encodes again. None: planned before batchline kept them.
     requests_uri: str | None = None

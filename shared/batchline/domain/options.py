@@ -13,10 +13,12 @@ from typing import Any
 
 import orjson
 
+from batchline.config import webhook_allow_insecure_local
 from batchline.domain.models import JobOptions
 from batchline.domain.paths import SCHEMA_NAME_PATTERN
 from batchline.domain.requests import model_problem
 from batchline.domain.schemas import ResponseSchema, SchemaError
+from batchline.domain.webhooks import notify_url_problem
 
 
 class OptionError(ValueError):
@@ -33,7 +35,15 @@ class OptionTooLarge(OptionError):
 LABEL_PREFIX = "label-"
 #: The options the API's `options` object takes; any other name is an error.
 API_OPTIONS = frozenset(
-    {"model", "labels", "schema", "response_schema", "max_repair_attempts", "max_cost_usd"}
+    {
+        "model",
+        "labels",
+        "schema",
+        "response_schema",
+        "max_repair_attempts",
+        "max_cost_usd",
+        "notify_url",
+    }
 )
 #: A label's key: what Firestore, Cloud Logging and GCS metadata all take as a name
 #: (`__x__` is reserved by Firestore, an empty name by everyone).
@@ -46,7 +56,7 @@ MAX_RESPONSE_SCHEMA_BYTES = 256 * 1024
 
 def from_metadata(metadata: Mapping[str, str]) -> JobOptions:
     """Options from an object's custom metadata: `model`, `schema` (a registered name),
-    `max_repair_attempts`, `max_cost_usd`, and `label-<key>` labels."""
+    `max_repair_attempts`, `max_cost_usd`, `notify_url`, and `label-<key>` labels."""
     labels = {k[len(LABEL_PREFIX) :]: v for k, v in metadata.items() if k.startswith(LABEL_PREFIX)}
     for key in labels:
         _label_key(key, f"{LABEL_PREFIX}{key}")
@@ -57,6 +67,7 @@ def from_metadata(metadata: Mapping[str, str]) -> JobOptions:
         schema=_schema_name(metadata.get("schema") or None),
         max_repair_attempts=_attempts(metadata.get("max_repair_attempts")),
         max_cost_usd=_budget(metadata.get("max_cost_usd")),
+        notify_url=_notify_url(metadata.get("notify_url") or None),
     )
 
 
@@ -99,6 +110,7 @@ def from_api(options: Mapping[str, Any]) -> JobOptions:
         response_schema=inline,
         max_repair_attempts=_attempts(options.get("max_repair_attempts")),
         max_cost_usd=_budget(options.get("max_cost_usd")),
+        notify_url=_notify_url(options.get("notify_url")),
     )
 
 
@@ -134,6 +146,15 @@ def _model(value: str | None) -> str | None:
     if problem is not None:
         raise OptionError("model", problem)
     return value
+
+
+def _notify_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    problem = notify_url_problem(value, allow_insecure_local=webhook_allow_insecure_local())
+    if problem is not None:
+        raise OptionError("notify_url", problem)
+    return str(value)
 
 
 def _schema_name(value: str | None) -> str | None:

@@ -6,21 +6,24 @@ Used by submit (right after planning) and by every poll tick; safe to run concur
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change
 from batchline.domain.models import ChunkState, Job, JobState
 from batchline.log import fields, get_logger
-from batchline.services import cancel, dispatch, reporting
+from batchline.services import cancel, dispatch, messages
 from batchline.services.plan import plan_job
 
 log = get_logger(__name__)
 
 
 def advance_job(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None:
+    """Take `job` one step further as `owner` until `deadline`: plan it (unless a live
+    planner holds it), submit, follow or cancel its chunks, or ask for its collect again.
+    Returns the job as this step left it, None when planning found nothing to do."""
     now = deps.clock.now()
     if job.state is JobState.ACCEPTED:
-        if job.lease is not None and job.lease.until > now:
+        if claims.lease_state(job.lease, owner, now).live:
             return job  # a live planner holds it
         log.info("planning in poll", extra=fields(job_id=job.job_id))
         planned = plan_job(deps, job.job_id, owner)
@@ -33,17 +36,9 @@ def advance_job(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None
         # The collect message may have been lost (crash after the state change, or a
         # collect that died): ask again once the last request is old enough.
         retry = deps.settings.collect_retry_seconds
-
-        def restamp(current: Job) -> Job | None:
-            if current.state is not JobState.COLLECTING:
-                return None
-            if (current.collect_requested_at or 0) + retry > now:
-                return None
-            return replace(current, collect_requested_at=now, updated_at=now)
-
-        updated = deps.store.update_job(job.job_id, restamp)
+        updated = deps.store.update_job(job.job_id, Change(claims.ask_collect_again, now, retry))
         if updated is not None:
-            reporting.request_collect(deps, updated)
+            messages.request_collect(deps, updated)
             return updated
     return job
 
@@ -57,7 +52,7 @@ def _advance_chunks(deps: Deps, job: Job, owner: str, deadline: float) -> Job | 
         updated = None
         if canceling:
             updated = cancel.settle(deps, chunk, owner)
-        elif dispatch.needs_submit(chunk, deps.clock.now()):
+        elif claims.submit_due(chunk, owner, deps.clock.now()):
             updated = dispatch.dispatch(deps, chunk, owner)
         elif chunk.state is ChunkState.RUNNING:
             updated = dispatch.refresh(deps, chunk)
@@ -65,31 +60,13 @@ def _advance_chunks(deps: Deps, job: Job, owner: str, deadline: float) -> Job | 
             chunks[i] = updated
     now = deps.clock.now()
     if all(c.state is ChunkState.ENDED for c in chunks):
-
-        def to_collect(current: Job) -> Job | None:
-            if current.state not in (JobState.SUBMITTING, JobState.RUNNING):
-                return None
-            return current.to(
-                JobState.COLLECTING,
-                now,
-                submitted_at=current.submitted_at or now,
-                collect_requested_at=now,
-            )
-
-        collecting = deps.store.update_job(job.job_id, to_collect)
+        collecting = deps.store.update_job(job.job_id, Change(claims.start_collecting, now))
         if collecting is not None:
             log.info("all batches ended", extra=fields(job_id=job.job_id))
-            reporting.request_collect(deps, collecting)
+            messages.request_collect(deps, collecting)
         return collecting
     if job.state is JobState.SUBMITTING and all(
         c.state in (ChunkState.RUNNING, ChunkState.ENDED) for c in chunks
     ):
-        return deps.store.update_job(
-            job.job_id,
-            lambda j: (
-                j.to(JobState.RUNNING, now, submitted_at=now)
-                if j.state is JobState.SUBMITTING
-                else None
-            ),
-        )
+        return deps.store.update_job(job.job_id, Change(claims.start_running, now))
     return job

@@ -11,9 +11,9 @@ input line as always (answers that came back before the cancel as they are, the 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change
 from batchline.domain.models import BatchState, Chunk, ChunkState, Job
 from batchline.log import fields, get_logger
 from batchline.ports import JobStore
@@ -36,13 +36,7 @@ def request_cancel(store: JobStore, job_id: str, now: float) -> Job | None:
     Asking again, or asking for a job already canceled, returns the job unchanged; asking
     for a job that ended otherwise raises JobEnded.
     """
-
-    def ask(current: Job) -> Job | None:
-        if current.state.terminal or current.cancel_requested_at is not None:
-            return None
-        return replace(current, cancel_requested_at=now, updated_at=now)
-
-    asked = store.update_job(job_id, ask)
+    asked = store.update_job(job_id, Change(claims.ask_cancel, now))
     if asked is not None:
         log.info("cancel requested", extra=fields(job_id=job_id, state=str(asked.state)))
         return asked
@@ -56,11 +50,13 @@ def settle(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
     """One poll tick's part in canceling `chunk`'s job; the updated chunk, if it changed."""
     now = deps.clock.now()
     if chunk.state is ChunkState.PENDING:
-        return deps.store.update_chunk(chunk.job_id, chunk.index, lambda c: _end_pending(c, now))
+        return deps.store.update_chunk(
+            chunk.job_id, chunk.index, Change(claims.cancel_pending, now)
+        )
     if chunk.state is ChunkState.SUBMITTING:
         # A live lease: its holder records the batch, which the next tick cancels. An
         # expired one: the batch its holder may have created is adopted, never a new one.
-        if dispatch.needs_submit(chunk, now):
+        if claims.submit_due(chunk, owner, now):
             return dispatch.dispatch(deps, chunk, owner, submit_new=False)
         return None
     if chunk.state is ChunkState.RUNNING and chunk.batch_id is not None:
@@ -72,9 +68,3 @@ def settle(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
             )
         return dispatch.refresh(deps, chunk)
     return None
-
-
-def _end_pending(chunk: Chunk, now: float) -> Chunk | None:
-    if chunk.state is not ChunkState.PENDING:
-        return None
-    return chunk.to(ChunkState.ENDED, now, batch_state=BatchState.CANCELED)

@@ -20,10 +20,10 @@ from batchline.domain.workfiles.collected import Repairs
 from batchline.domain.workfiles.plan import PlanRecord, read_plan
 from batchline.errors import PreconditionFailed
 from batchline.log import fields, get_logger
-from batchline.services import reporting
 from batchline.services.collect_chunk import collect_chunk
 from batchline.services.finish import finish_job
 from batchline.services.merge import merge_runs
+from batchline.services.messages import publish_completed
 from batchline.services.repair import SchemaChecks, plan_round, start_round
 
 log = get_logger(__name__)
@@ -38,7 +38,7 @@ def collect(deps: Deps, job_id: str) -> Job | None:
         log.warning("collect for an unknown job", extra=fields(job_id=job_id))
         return None
     if job.state.terminal:
-        reporting.publish_completed(deps, job)  # in case the last collect died before it
+        publish_completed(deps, job)  # in case the last collect died before it
         return job
     if job.state is not JobState.COLLECTING:
         log.info(

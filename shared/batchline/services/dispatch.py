@@ -11,17 +11,11 @@ expires; whoever takes it over first looks for that batch at the provider and ad
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 
 from batchline.bootstrap import Deps
-from batchline.domain.models import (
-    BatchState,
-    BatchTag,
-    Chunk,
-    ChunkState,
-    Lease,
-    ProviderBatch,
-)
+from batchline.domain import claims
+from batchline.domain.claims import Change, LeaseTerms
+from batchline.domain.models import BatchTag, Chunk, ChunkState, ProviderBatch
 from batchline.errors import ProviderError
 from batchline.log import fields, get_logger
 from batchline.ports import ProviderClient, StagedPayload
@@ -32,14 +26,6 @@ log = get_logger(__name__)
 CLOCK_SKEW_SECONDS = 120.0
 
 
-def needs_submit(chunk: Chunk, now: float) -> bool:
-    if chunk.state is ChunkState.PENDING:
-        return True
-    return chunk.state is ChunkState.SUBMITTING and (
-        chunk.lease is None or chunk.lease.until <= now
-    )
-
-
 def dispatch(deps: Deps, chunk: Chunk, owner: str, *, submit_new: bool = True) -> Chunk | None:
     """Submit `chunk` unless another invocation holds it; returns the updated chunk.
 
@@ -48,72 +34,63 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str, *, submit_new: bool = True) -
     unsubmitted, its lines canceled.
     """
     now = deps.clock.now()
-    lease = Lease(owner, now + deps.settings.lease_seconds)
-
-    lease_ended: float | None = None
-
-    def take(current: Chunk) -> Chunk | None:
-        nonlocal lease_ended
-        if not needs_submit(current, now):
-            return None
-        lease_ended = current.lease.until if current.lease is not None else None
-        return current.to(
-            ChunkState.SUBMITTING,
-            now,
-            lease=lease,
-            attempts=current.attempts + 1,
-            # Keep the first attempt's start: the batch we may have to find is that old.
-            submit_started_at=current.submit_started_at or now,
-        )
-
+    take = Change(claims.take_for_submit, owner, now, LeaseTerms(deps.settings.lease_seconds))
     leased = deps.store.update_chunk(chunk.job_id, chunk.index, take)
     if leased is None:
         return None
     provider = deps.providers.get(leased.provider)
-    tag = BatchTag(leased.job_id, leased.index)
     try:
         batch = None
         if leased.attempts > 1:
-            batch = reconcile(deps, provider, leased, lease_ended or now)
+            batch = reconcile(deps, provider, leased, _lease_ended(take.seen, now))
         if batch is None and not submit_new:
-            return deps.store.update_chunk(
-                leased.job_id, leased.index, lambda c: _unsubmitted(c, owner, deps.clock.now())
-            )
+            return _settle(deps, leased, Change(claims.end_unsubmitted, owner, deps.clock.now()))
         if batch is None:
-            payload = StagedPayload(
-                leased.payload_uri,
-                leased.payload_bytes,
-                functools.partial(deps.blobs.open_read, leased.payload_uri),
-            )
-            batch = provider.submit(payload, tag, leased.model)
-            log.info(
-                "submitted",
-                extra=fields(
-                    job_id=tag.job_id,
-                    chunk=tag.chunk,
-                    batch_id=batch.batch_id,
-                    requests=leased.request_count,
-                ),
-            )
+            batch = _submit(deps, provider, leased)
     except ProviderError as exc:
         if exc.retryable:
             # Give the lease back now; the next try reconciles first, in case the
             # provider did create the batch before the error reached us.
-            deps.store.update_chunk(
-                leased.job_id, leased.index, lambda c: _release(c, owner, deps.clock.now())
-            )
+            _settle(deps, leased, Change(claims.release_submit, owner, deps.clock.now()))
             raise
         reason = str(exc)
-        log.error("submit failed", extra=fields(job_id=tag.job_id, chunk=tag.chunk, error=reason))
-        return deps.store.update_chunk(
-            leased.job_id, leased.index, lambda c: _fail(c, owner, reason, deps.clock.now())
+        log.error(
+            "submit failed", extra=fields(job_id=leased.job_id, chunk=leased.index, error=reason)
         )
-    recorded = deps.store.update_chunk(
-        leased.job_id, leased.index, lambda c: _record(c, batch, deps.clock.now())
-    )
+        return _settle(deps, leased, Change(claims.fail_submit, owner, reason, deps.clock.now()))
+    recorded = _settle(deps, leased, Change(claims.record_batch, batch, deps.clock.now()))
     if recorded is None:
-        _withdraw(deps, provider, tag, batch)
+        _withdraw(deps, provider, BatchTag(leased.job_id, leased.index), batch)
     return recorded
+
+
+def _settle(deps: Deps, chunk: Chunk, change: Change[Chunk]) -> Chunk | None:
+    return deps.store.update_chunk(chunk.job_id, chunk.index, change)
+
+
+def _lease_ended(taken_over: Chunk | None, now: float) -> float:
+    """Where the earlier attempts' window ends: when the lease we took over ran out."""
+    lease = taken_over.lease if taken_over is not None else None
+    return lease.until if lease is not None else now
+
+
+def _submit(deps: Deps, provider: ProviderClient, chunk: Chunk) -> ProviderBatch:
+    payload = StagedPayload(
+        chunk.payload_uri,
+        chunk.payload_bytes,
+        functools.partial(deps.blobs.open_read, chunk.payload_uri),
+    )
+    batch = provider.submit(payload, BatchTag(chunk.job_id, chunk.index), chunk.model)
+    log.info(
+        "submitted",
+        extra=fields(
+            job_id=chunk.job_id,
+            chunk=chunk.index,
+            batch_id=batch.batch_id,
+            requests=chunk.request_count,
+        ),
+    )
+    return batch
 
 
 def reconcile(
@@ -155,33 +132,6 @@ def reconcile(
     return None
 
 
-def _held(chunk: Chunk, owner: str) -> bool:
-    """Still submitting under `owner`'s lease (nobody took it over)."""
-    return (
-        chunk.state is ChunkState.SUBMITTING
-        and chunk.lease is not None
-        and chunk.lease.owner == owner
-    )
-
-
-def _release(chunk: Chunk, owner: str, now: float) -> Chunk | None:
-    if not _held(chunk, owner):
-        return None
-    return replace(chunk, lease=Lease(owner, now), updated_at=now)
-
-
-def _unsubmitted(chunk: Chunk, owner: str, now: float) -> Chunk | None:
-    if not _held(chunk, owner):
-        return None
-    return chunk.to(ChunkState.ENDED, now, lease=None, batch_state=BatchState.CANCELED)
-
-
-def _fail(chunk: Chunk, owner: str, error: str, now: float) -> Chunk | None:
-    if not _held(chunk, owner):
-        return None
-    return chunk.to(ChunkState.ENDED, now, lease=None, error=error)
-
-
 def _withdraw(deps: Deps, provider: ProviderClient, tag: BatchTag, batch: ProviderBatch) -> None:
     """Our submit outlived its lease and another attempt settled the chunk first.
 
@@ -208,20 +158,6 @@ def _withdraw(deps: Deps, provider: ProviderClient, tag: BatchTag, batch: Provid
         log.error("could not cancel a duplicate batch", extra=fields(**context, error=str(exc)))
 
 
-def _record(chunk: Chunk, batch: ProviderBatch, now: float) -> Chunk | None:
-    if chunk.state is not ChunkState.SUBMITTING:
-        return None
-    target = ChunkState.ENDED if batch.state.ended else ChunkState.RUNNING
-    return chunk.to(
-        target,
-        now,
-        lease=None,
-        batch_id=batch.batch_id,
-        batch_state=batch.state,
-        batch_counts=batch.counts,
-    )
-
-
 def refresh(deps: Deps, chunk: Chunk) -> Chunk | None:
     """Ask the provider how a running chunk's batch is doing; record it."""
     if chunk.state is not ChunkState.RUNNING or chunk.batch_id is None:
@@ -229,12 +165,4 @@ def refresh(deps: Deps, chunk: Chunk) -> Chunk | None:
     batch = deps.providers.get(chunk.provider).get_batch(chunk.batch_id)
     if batch.state == chunk.batch_state and batch.counts == chunk.batch_counts:
         return chunk
-    now = deps.clock.now()
-
-    def update(current: Chunk) -> Chunk | None:
-        if current.state is not ChunkState.RUNNING or current.batch_id != batch.batch_id:
-            return None
-        target = ChunkState.ENDED if batch.state.ended else ChunkState.RUNNING
-        return current.to(target, now, batch_state=batch.state, batch_counts=batch.counts)
-
-    return deps.store.update_chunk(chunk.job_id, chunk.index, update)
+    return _settle(deps, chunk, Change(claims.follow_batch, batch, deps.clock.now()))

@@ -8,16 +8,18 @@ is run again and redoes them harmlessly.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change
 from batchline.domain.models import Chunk, Job, JobState, ResultStatus
 from batchline.domain.results import Tally
 from batchline.domain.workfiles.plan import PlanRecord
-from batchline.services import reporting
+from batchline.services.messages import publish_completed
+from batchline.services.summary import summary
 
 
 def finish_job(
@@ -28,37 +30,19 @@ def finish_job(
     job_id = job.job_id
     state = final_state(tally, canceled=job.cancel_requested_at is not None)
     batches = provider_batches(chunks)
-    body = reporting.summary(
-        deps, job, state, tally, provider_batches=batches, estimate=plan.estimate
-    )
+    body = summary(deps, job, state, tally, provider_batches=batches, estimate=plan.estimate)
     deps.blobs.write_bytes(
         job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
     )
     now = deps.clock.now()
-    counts = {**job.counts, **tally.counts}
-
-    def finish(current: Job) -> Job | None:
-        if current.state is not JobState.COLLECTING:
-            return None
-        return current.to(
-            state,
-            now,
-            counts=counts,
-            usage={"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
-            cost_usd=round(tally.cost_usd, 10),
-            ended_at=now,
-            expire_at=expiry,
-        )
-
-    expiry = reporting.expire_at(deps, now)
+    expiry = claims.expiry(now, deps.settings.retention_days)
+    finish = Change(claims.finish, state, now, tally=tally, expire_at=expiry)
     done = deps.store.update_job(job_id, finish) or deps.store.get_job(job_id)
     if expiry is not None:
         for chunk in chunks:
-            deps.store.update_chunk(
-                job_id, chunk.index, lambda c: None if c.expire_at else replace(c, expire_at=expiry)
-            )
+            deps.store.update_chunk(job_id, chunk.index, Change(claims.stamp_expiry, expiry))
     if done is not None and done.state.terminal:
-        reporting.publish_completed(deps, done)
+        publish_completed(deps, done)
     return done
 
 

@@ -1,7 +1,8 @@
 """Planning a job under its lease: take the lease, plan the file, commit its chunks.
 
-The job's planning lease is taken before anything is read (`take`) and renewed while a
-long file is read (`_Heartbeat`); the plan itself is `plan_file.build_plan`. A plan over
+The job's planning lease is taken before anything is read (`claims.take_for_plan`) and
+renewed while a long file is read (`_Heartbeat`); the plan itself is
+`plan_file.build_plan`. A plan over
 the job's budget rejects the job; otherwise the chunks are committed with the job's move
 to `submitting` (or `collecting`, when no line is a request) in one transaction, which
 only the lease's holder can make. Every file planning writes has a deterministic name and
@@ -11,16 +12,18 @@ content, so a planner that takes over an expired lease redoes the same work harm
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change, LeaseTerms
 from batchline.domain.estimate import Estimate
 from batchline.domain.lines import UnreadableInput
-from batchline.domain.models import Job, JobState, Lease
+from batchline.domain.models import Job, JobState
 from batchline.errors import BatchlineError, RetryableError
 from batchline.log import fields, get_logger
-from batchline.services import reporting
+from batchline.services import messages
 from batchline.services.plan_file import Plan, build_plan
+from batchline.services.reject import reject
 
 log = get_logger(__name__)
 
@@ -37,15 +40,7 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
     trigger comes back rather than losing the job if that invocation dies.
     """
     now = deps.clock.now()
-    lease = Lease(owner, now + deps.settings.lease_seconds)
-
-    def take(job: Job) -> Job | None:
-        if job.state is not JobState.ACCEPTED:
-            return None
-        if job.lease is not None and job.lease.held_by_other(owner, now):
-            return None
-        return replace(job, lease=lease, updated_at=now)
-
+    take = Change(claims.take_for_plan, owner, now, LeaseTerms(deps.settings.lease_seconds))
     job = deps.store.update_job(job_id, take)
     if job is None:
         current = deps.store.get_job(job_id)
@@ -56,7 +51,7 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
     try:
         plan = build_plan(deps, job, heartbeat=_Heartbeat(deps, job_id, owner))
     except UnreadableInput as exc:
-        return reporting.reject(deps, job, str(exc))
+        return reject(deps, job, str(exc))
     except LeaseLost:
         log.warning(
             "lost the planning lease; the new holder carries on", extra=fields(job_id=job_id)
@@ -64,7 +59,7 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
         return None
     over = over_budget(job, plan.estimate)
     if over is not None:
-        return reporting.reject(deps, job, over, estimate=plan.estimate.to_dict())
+        return reject(deps, job, over, estimate=plan.estimate.to_dict())
     return _commit(deps, job, plan, owner)
 
 
@@ -108,16 +103,10 @@ class _Heartbeat:
 
     def __call__(self) -> None:
         now = self._deps.clock.now()
-        seconds = self._deps.settings.lease_seconds
-        if now - self._renewed < seconds / 3:
+        terms = LeaseTerms(self._deps.settings.lease_seconds)
+        if not terms.renewal_due(self._renewed, now):
             return
-        owner = self._owner
-
-        def renew(job: Job) -> Job | None:
-            if job.state is not JobState.ACCEPTED or job.lease is None or job.lease.owner != owner:
-                return None
-            return replace(job, lease=Lease(owner, now + seconds), updated_at=now)
-
+        renew = Change(claims.renew_plan, self._owner, now, terms)
         if self._deps.store.update_job(self._job_id, renew) is None:
             raise LeaseLost(f"job {self._job_id}: planning lease lost")
         self._renewed = now
@@ -131,22 +120,7 @@ def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:
         "invalid": plan.invalid,
         "requests": plan.requests,
     }
-    target = JobState.SUBMITTING if plan.chunks else JobState.COLLECTING
-
-    def commit(current: Job) -> Job | None:
-        if current.state is not JobState.ACCEPTED or current.lease is None:
-            return None
-        if current.lease.owner != owner:
-            return None
-        return current.to(
-            target,
-            now,
-            lease=None,
-            counts=counts,
-            chunk_count=len(plan.chunks),
-            collect_requested_at=now if target is JobState.COLLECTING else None,
-        )
-
+    commit = Change(claims.commit_plan, owner, now, counts=counts, chunk_count=len(plan.chunks))
     committed = deps.store.update_job(job.job_id, commit, new_chunks=plan.chunks)
     if committed is None:
         log.warning("lost the planning lease", extra=fields(job_id=job.job_id))
@@ -155,6 +129,6 @@ def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:
         "planned",
         extra=fields(job_id=job.job_id, chunks=len(plan.chunks), **counts),
     )
-    if target is JobState.COLLECTING:
-        reporting.request_collect(deps, committed)
+    if committed.state is JobState.COLLECTING:
+        messages.request_collect(deps, committed)
     return committed

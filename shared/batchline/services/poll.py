@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from batchline.bootstrap import Deps
 from batchline.errors import PermanentError, RetryableError
 from batchline.log import fields, get_logger
+from batchline.services import notify
 from batchline.services.advance import advance_job
 from batchline.services.plan import new_owner
 
@@ -15,6 +16,9 @@ log = get_logger(__name__)
 
 @dataclass
 class PollReport:
+    """What one tick did: how many jobs it took up, and why those it could not advance
+    failed."""
+
     jobs: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -40,4 +44,9 @@ def poll(deps: Deps) -> PollReport:
             # One broken job must not starve the others; the next tick tries it again.
             log.exception("job failed to advance", extra=fields(job_id=job.job_id))
             report.errors.append(f"{job.job_id}: {exc!r}")
+    try:
+        notify.publish_pending(deps, deadline)
+    except (RetryableError, PermanentError) as exc:
+        log.warning("pending webhooks not published this tick", extra=fields(error=str(exc)))
+        report.errors.append(f"webhooks: {exc}")
     return report

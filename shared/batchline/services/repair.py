@@ -25,7 +25,9 @@ from typing import Any
 import orjson
 
 from batchline.bootstrap import Deps
-from batchline.domain.models import Chunk, Job, JobState, ProviderResult
+from batchline.domain import claims
+from batchline.domain.claims import Change
+from batchline.domain.models import Chunk, Job, ProviderResult
 from batchline.domain.paths import WorkPaths
 from batchline.domain.planning import RequestTooLarge
 from batchline.domain.results import superseded
@@ -158,17 +160,7 @@ def start_round(
 ) -> Job | None:
     """Commit the re-ask chunks `new` (`plan_round`) and move the job back to running."""
     now = deps.clock.now()
-    count = len(chunks)
-
-    def reopen(current: Job) -> Job | None:
-        if current.state is not JobState.COLLECTING or current.chunk_count != count:
-            return None  # another collect started this round
-        if current.cancel_requested_at is not None:
-            return None  # canceled meanwhile: the next collect finishes without re-asks
-        return current.to(
-            JobState.RUNNING, now, chunk_count=count + len(new), collect_requested_at=None
-        )
-
+    reopen = Change(claims.reopen_for_repair, now, chunk_count=len(chunks), new_chunks=len(new))
     reopened = deps.store.update_job(job.job_id, reopen, new_chunks=new)
     if reopened is None:
         return deps.store.get_job(job.job_id)

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field, replace
 
 from batchline.bootstrap import Deps
 from batchline.domain import options
+from batchline.domain.claims import LeaseTerms
 from batchline.domain.ids import job_id_for_object, output_prefix
-from batchline.domain.models import Job, JobOptions, JobState, Lease, Source
+from batchline.domain.models import Job, JobOptions, JobState, Source
 from batchline.domain.paths import INPUT_SUFFIXES
 from batchline.log import fields, get_logger
-from batchline.services import advance, reporting
+from batchline.services import advance
 from batchline.services.plan import new_owner, plan_job
+from batchline.services.reject import reject
 
 log = get_logger(__name__)
 
@@ -30,6 +32,9 @@ class ObjectFinalized:
 
 
 def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
+    """Start the job of a JSONL object dropped into the input bucket: the job as it is
+    now, None for an object that is not input. Object metadata that is not a valid job
+    option rejects the job once, naming it."""
     if event.bucket != deps.settings.input_bucket:
         log.warning(
             "event for another bucket ignored", extra=fields(bucket=event.bucket, name=event.name)
@@ -63,7 +68,7 @@ def handle_object_finalized(deps: Deps, event: ObjectFinalized) -> Job | None:
     if problem is not None:
         claimed = claim_job(deps, job)
         if claimed is not None and claimed.state is JobState.ACCEPTED:
-            return reporting.reject(deps, claimed, problem)
+            return reject(deps, claimed, problem)
         return claimed
     return start_job(deps, job)
 
@@ -83,7 +88,8 @@ def start_job(deps: Deps, job: Job, submit_budget: float | None = None) -> Job |
     plan does not take it for abandoned.
     """
     owner = new_owner()
-    job = replace(job, lease=Lease(owner, deps.clock.now() + deps.settings.lease_seconds))
+    terms = LeaseTerms(deps.settings.lease_seconds)
+    job = replace(job, lease=terms.lease(owner, deps.clock.now()))
     if deps.store.create_job(job):
         log.info("job accepted", extra=fields(job_id=job.job_id, source=job.source.uri))
     else:

@@ -42,7 +42,7 @@ Structured outputs (a forced tool): with ``tools: [{"name", "description"?,
 "input_schema"}]`` and ``tool_choice: {"type": "tool", "name"}`` (or ``{"type": "any"}``:
 the first custom tool) the ``content`` is one ``tool_use`` block (``toolu_...`` id, the
 tool's name, ``input`` generated for its ``input_schema``, deterministic: see
-`batchline.local.emulators._answers`) and ``stop_reason`` is ``tool_use``. The tool
+`batchline_emulators._answers`) and ``stop_reason`` is ``tool_use``. The tool
 definitions count as input tokens, the input's JSON text as output tokens; when that
 passes ``max_tokens`` the call is cut off (``max_tokens``, an empty ``input``). Tools and
 tool_choice are checked like the other params (an ``errored`` result naming the field):
@@ -71,6 +71,19 @@ Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``)
   that fraction of ``/v1`` calls (a seeded sequence), or the next N calls, answer with
   that error, with ``retry-after: 0`` and ``retry-after-ms``.
 
+Quota (Anthropic's processing queue; the config holds it as the account's: a change
+applies to the next create; ``GET /_emulator/quota`` shows its use):
+``queued_request_limit`` (null, the default: no limit) bounds the requests in the
+processing queue: those of every batch not yet ended (``in_progress`` or ``canceling``,
+held or not, whatever the model), as its ``request_counts.processing`` shows them. A
+create that would pass it answers 429 ``{"type": "error", "error": {"type":
+"rate_limit_error", "message": "This request would exceed the rate limit for your
+organization (<org>) of 100,000 batch requests in the processing queue: ..."}}`` with
+``retry-after``: whole seconds until the batches due to end first leave room (1 to 60; 60
+when they never would). The SDK honours ``retry-after`` and retries 429s: a test sees the
+error with ``max_retries=0``. ``quota_exceeded_next: N`` refuses the next N creates so,
+whatever the limit (``retry-after: 1`` when there was room).
+
 A batch keeps the config current at its creation; the API error faults apply at once.
 
 Admin endpoints (no auth, never faulted): ``GET /`` (health), ``GET|POST
@@ -78,7 +91,8 @@ Admin endpoints (no auth, never faulted): ``GET /`` (health), ``GET|POST
 ``GET /_emulator/batches`` (every batch ever created, deleted ones too, newest first, each
 with an ``emulator`` object: request count, models, whether deleted, whether ``held``),
 ``GET /_emulator/batches/{id}/requests`` (the requests as received), ``GET
-/_emulator/stats`` (API calls, injected errors, creates).
+/_emulator/stats`` (API calls, injected errors, creates), ``GET /_emulator/quota``
+(``{"anthropic": {"queued_requests": N, "limit": L}, "over_quota": <creates refused>}``).
 
 Hold: with ``hold_after_lines: N``, batches created from then on answer N requests and
 stay ``in_progress`` until ``POST /_emulator/release`` (``{}`` or ``{"batch": ID}``); see
@@ -86,7 +100,7 @@ the OpenAI emulator and ``_common.Hold``.
 
 Every response carries ``x-emulator: batchline-anthropic`` and a ``request-id``.
 
-Command line: ``python -m batchline.local.emulators.anthropic --host 127.0.0.1 --port P
+Command line: ``python -m batchline_emulators.anthropic --host 127.0.0.1 --port P
 [--config-json '{...}'] [--verbose]``; serves until SIGTERM/SIGINT.
 """
 
@@ -94,6 +108,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import random
 import re
 import secrets
@@ -110,8 +125,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from batchline.local.emulators._answers import InvalidAnswers, structured_answer
-from batchline.local.emulators._common import (
+from batchline_emulators._answers import InvalidAnswers, structured_answer
+from batchline_emulators._common import (
     ConfigRules,
     Hold,
     fraction,
@@ -119,7 +134,7 @@ from batchline.local.emulators._common import (
     merged_config,
     tokens,
 )
-from batchline.local.emulators._wsgi import (
+from batchline_emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
     admin_rules,
@@ -139,6 +154,10 @@ OLDEST_VERSION = "2023-06-01"
 FAIL_MARKER = re.compile(r"\[emulator:fail=(\d{3}|expired)\]")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
+#: The organization the emulator's rate-limit messages name.
+ORGANIZATION = "batchline-emulator-org"
+#: The longest `retry-after` a queue-limit 429 carries (the SDK honours any value).
+MAX_RETRY_AFTER = 60
 
 #: Keys of the SDK's MessageCreateParamsNonStreaming.
 PARAM_KEYS = frozenset(
@@ -244,6 +263,12 @@ class EmulatorConfig:
     #: Batches created from now on answer this many requests, then stay in_progress until
     #: `POST /_emulator/release` (None: never held). See `Hold`.
     hold_after_lines: int | None = None
+    #: Requests that may be in the processing queue (those of every batch not yet ended,
+    #: whatever its model); None: no limit. A create that would pass it answers 429.
+    queued_request_limit: int | None = None
+    #: Refuse the next N batch creates as over the queue limit (429), whatever the limit
+    #: (decremented by each), as a limit lower than the client believes would.
+    quota_exceeded_next: int = 0
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -270,6 +295,8 @@ _CONFIG_RULES: ConfigRules = {
     "results_part_bytes": (int, False, 1, None),
     "invalid_answer_rate": (float, False, 0, 1),
     "hold_after_lines": (int, True, 0, None),
+    "queued_request_limit": (int, True, 0, None),
+    "quota_exceeded_next": (int, False, 0, None),
 }
 
 
@@ -698,6 +725,12 @@ class BatchRecord:
     def ended_by(self, now: float) -> bool:
         return self.phase(now).status == "ended"
 
+    def due_end(self) -> float:
+        """When the batch ends as things stand (a held one: at its expiry)."""
+        if self.cancel_requested_at is not None:
+            return self.cancel_requested_at + self.config.cancel_seconds
+        return min(self.expires_at, self.lines_end)
+
     def counts(self, ph: Phase) -> dict[str, int]:
         n = len(self.requests)
         if ph.status != "ended":
@@ -743,6 +776,21 @@ class EmulatorState:
     api_requests: int = 0
     injected_errors: int = 0
     creates: int = 0
+    over_quota: int = 0  # creates answered 429 for the queue limit
+
+
+def _retry_after(queued: list[BatchRecord], wanted: int, limit: int, now: float) -> int:
+    """Whole seconds (1 to MAX_RETRY_AFTER) until the `queued` batches due to end first
+    leave room for `wanted` more requests under `limit`."""
+    in_queue = sum(len(b.requests) for b in queued)
+    room_at = now
+    for end, size in sorted((b.due_end(), len(b.requests)) for b in queued):
+        if in_queue + wanted <= limit:
+            break
+        in_queue, room_at = in_queue - size, end
+    if in_queue + wanted > limit:
+        return MAX_RETRY_AFTER
+    return min(MAX_RETRY_AFTER, max(1, math.ceil(room_at - now)))
 
 
 def _batch_id() -> str:
@@ -889,11 +937,13 @@ class AnthropicBatchEmulator(AdminEndpoints):
         order = hex_digest(config.seed, "order", *(p.custom_id for p in plans))
         random.Random(order).shuffle(plans)
         with self.lock:
+            now = self.clock()
+            self._check_queue(len(plans), now)
             seq = self.state.next_seq
             self.state.next_seq += 1
             self.state.creates += 1
             hold = Hold(config.hold_after_lines)
-            batch = BatchRecord(_batch_id(), seq, self.clock(), config, plans, hold=hold)
+            batch = BatchRecord(_batch_id(), seq, now, config, plans, hold=hold)
             self.state.batches[batch.id] = batch
             return json_response(batch.to_api(batch.created, _root_url(request)))
 
@@ -944,6 +994,50 @@ class AnthropicBatchEmulator(AdminEndpoints):
             if not isinstance(item.get("params"), dict):
                 raise api_error(400, f"{where}.params: Input should be a valid dictionary")
         return requests
+
+    # ---- the processing queue (call with the lock held)
+    def _queued(self, now: float) -> list[BatchRecord]:
+        """The batches whose requests are in the processing queue: those not yet ended."""
+        return [b for b in self.state.batches.values() if not b.ended_by(now)]
+
+    def _check_queue(self, wanted: int, now: float) -> None:
+        """429 when `wanted` more requests would pass `queued_request_limit`, or a test
+        asked for one with `quota_exceeded_next`."""
+        cfg = self.config
+        limit = cfg.queued_request_limit
+        queued = self._queued(now)
+        in_queue = sum(len(b.requests) for b in queued)
+        over = limit is not None and in_queue + wanted > limit
+        if cfg.quota_exceeded_next > 0:
+            self.config = dataclasses.replace(cfg, quota_exceeded_next=cfg.quota_exceeded_next - 1)
+        elif not over:
+            return
+        self.state.over_quota += 1
+        shown = in_queue if limit is None else limit  # forced with no limit: the queue now
+        wait = _retry_after(queued, wanted, shown, now) if over else 1
+        # Anthropic limits the batch requests in its processing queue, across models (its
+        # rate-limits page); the wording follows its rate_limit_error bodies ("This request
+        # would exceed the rate limit for your organization (<id>) of 50,000 input tokens
+        # per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits.
+        # ..."), naming this limit instead.
+        raise api_error(
+            429,
+            f"This request would exceed the rate limit for your organization ({ORGANIZATION}) "
+            f"of {shown:,} batch requests in the processing queue: {in_queue:,} are queued "
+            f"and this batch has {wanted:,}. For details, refer to: "
+            "https://docs.claude.com/en/api/rate-limits. Please try again once some "
+            "batches have ended.",
+            headers={"retry-after": str(wait)},
+        )
+
+    def quota(self) -> dict[str, Any]:
+        """The requests in the processing queue now and the limit; how many creates were
+        refused for it."""
+        queued = sum(len(b.requests) for b in self._queued(self.clock()))
+        return {
+            "anthropic": {"queued_requests": queued, "limit": self.config.queued_request_limit},
+            "over_quota": self.state.over_quota,
+        }
 
     def h_list_batches(self, request: Request) -> Response:
         raw = request.args.get("limit", "")

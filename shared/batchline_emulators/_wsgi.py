@@ -24,7 +24,7 @@ from werkzeug.routing import Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from batchline.local.emulators._common import Hold
+from batchline_emulators._common import Hold
 
 WSGIApp = Callable[..., Iterable[bytes]]
 
@@ -177,15 +177,18 @@ def admin_rules() -> list[Rule]:
         Rule("/_emulator/config", endpoint="admin_set_config", methods=["POST"]),
         Rule("/_emulator/reset", endpoint="admin_reset", methods=["POST"]),
         Rule("/_emulator/release", endpoint="admin_release", methods=["POST"]),
+        Rule("/_emulator/quota", endpoint="admin_quota", methods=["GET"]),
     ]
 
 
 class AdminEndpoints:
-    """The admin endpoints every emulator serves alike: health, config, reset, release.
+    """The admin endpoints every emulator serves alike: health, config, reset, release,
+    quota.
 
     No auth and never faulted. A subclass names itself (`emulator_name`), says how its
-    provider shapes a 400 (`api_error`), has `lock`, `config`, `clock` and `reset()`, and
-    lists its batches' holds (`holds()`).
+    provider shapes a 400 (`api_error`), has `lock`, `config`, `clock` and `reset()`,
+    lists its batches' holds (`holds()`) and says how much of its quotas is in use
+    (`quota()`).
     """
 
     emulator_name: str
@@ -199,6 +202,10 @@ class AdminEndpoints:
 
     def holds(self) -> Iterable[tuple[str, Hold]]:
         """(batch id, its hold) for every batch (call with the lock held)."""
+        raise NotImplementedError
+
+    def quota(self) -> dict[str, Any]:
+        """Quota use and limits now, keyed by the provider's name (call with the lock held)."""
         raise NotImplementedError
 
     def h_root(self, request: Request) -> Response:
@@ -217,6 +224,11 @@ class AdminEndpoints:
                 return json_response(self.config.to_dict())
         except ValueError as exc:
             raise type(self).api_error(400, str(exc)) from None
+
+    def h_admin_quota(self, request: Request) -> Response:
+        """`GET /_emulator/quota`: what counts against each quota now, and the limits."""
+        with self.lock:
+            return json_response(self.quota())
 
     def h_admin_reset(self, request: Request) -> Response:
         self.reset()

@@ -86,6 +86,10 @@ class MemoryJobStore:
         with self._lock:
             return [j for j in self.jobs.values() if not j.state.terminal]
 
+    def jobs_to_notify(self) -> list[Job]:
+        with self._lock:
+            return [j for j in self.jobs.values() if j.notify_pending]
+
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
         with self._lock:
             for job_id, chunks in self.chunks.items():

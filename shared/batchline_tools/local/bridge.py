@@ -6,7 +6,7 @@ JSON_API_V1) to the Pub/Sub emulator, whose push subscription delivers it here; 
 re-sends it to the function as the CloudEvent Eventarc would deliver, in binary content
 mode, and answers Pub/Sub with the function's status so that a failure is redelivered.
 
-    python -m batchline.local.bridge --port P --target http://127.0.0.1:Q/
+    python -m batchline_tools.local.bridge --port P --target http://127.0.0.1:Q/
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-log = logging.getLogger("batchline.local.bridge")
+log = logging.getLogger("batchline_tools.local.bridge")
 
 FINALIZED_TYPE = "google.cloud.storage.object.v1.finalized"
 _ACK = 204
@@ -156,7 +156,9 @@ class Bridge:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchline.local.bridge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m batchline_tools.local.bridge", description=__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--target", required=True, help="URL of the submit function")

@@ -63,7 +63,7 @@ from typing import Any, TypeGuard, TypeVar
 import jsonschema_rs
 import orjson
 
-from batchline.local.emulators._common import fraction, hex_digest
+from batchline_emulators._common import fraction, hex_digest
 
 JSON_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 ALL_TYPES = frozenset(JSON_TYPES)

@@ -3,7 +3,7 @@
 In production Cloud Scheduler publishes this message; locally this loop does, through the
 official Pub/Sub client (which talks to the emulator when PUBSUB_EMULATOR_HOST is set).
 
-    python -m batchline.local.ticker --project P --topic T --every S
+    python -m batchline_tools.local.ticker --project P --topic T --every S
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import threading
 from types import FrameType
 
-log = logging.getLogger("batchline.local.ticker")
+log = logging.getLogger("batchline_tools.local.ticker")
 
 TICK_MESSAGE = {"source": "scheduler"}
 
@@ -46,7 +46,9 @@ def run(project: str, topic: str, every: float, *, stop: threading.Event, count:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchline.local.ticker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m batchline_tools.local.ticker", description=__doc__
+    )
     parser.add_argument("--project", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--every", type=float, default=60.0, help="seconds between ticks")

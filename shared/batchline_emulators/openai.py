@@ -39,7 +39,7 @@ none failed.
 Structured outputs: a chat body with ``response_format: {"type": "json_schema",
 "json_schema": {"name", "schema", "strict"}}`` is answered with the compact JSON text of a
 value generated for the schema (deterministic: the same request gets the same value; see
-`batchline.local.emulators._answers` for what schemas it handles), ``finish_reason:
+`batchline_emulators._answers` for what schemas it handles), ``finish_reason:
 "stop"``; ``{"type": "json_object"}`` (or a ``json_schema`` without ``schema``) with a
 JSON object such as ``{"answer": "..."}``. A malformed ``response_format`` fails that line
 with a 400. Usage counts the schema as prompt and the JSON text as completion, ~4
@@ -70,6 +70,30 @@ Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``)
   error. The answer carries ``retry-after: 0`` and ``retry-after-ms`` (so the SDK retries
   at once instead of backing off for half a second).
 
+Quotas (OpenAI's batch limits; the config holds them as the account's: a change applies
+to the next create; ``GET /_emulator/quota`` shows their use):
+
+- ``enqueued_token_limit``: the prompt tokens a model may have enqueued: null (no limit,
+  the default), a number for every model, or ``{"<model>": number}`` (``"*"``: every
+  model not named; without it those have no limit). A batch's tokens are the sum of its
+  lines' prompt tokens, estimated as each answer's ``usage.prompt_tokens`` is (~4
+  characters a token, a structured ``response_format`` included; lines that fail count
+  too), so a batch whose lines all succeed ends with ``usage.input_tokens`` equal to what
+  it held. They count while the batch is ``validating``, ``in_progress`` (held or not) or
+  ``finalizing``, as OpenAI counts; a ``cancelling`` or ended batch holds none. A create
+  that would pass its model's limit on top of what is enqueued is created all the same
+  (``validating``), then ``failed`` with ``errors.data[0]`` ``{"code":
+  "token_limit_exceeded", "message": "Enqueued token limit reached for <model> in
+  organization <org>. Limit: 2,000,000 enqueued tokens. Please try again once some
+  in_progress batches have been completed.", "param": null, "line": null}``, holding no
+  tokens. ``quota_exceeded_next: N`` fails the next N creates so, whatever the limit
+  (the message then names the limit, or, with none, the tokens enqueued).
+- ``batch_creates_per_hour`` (OpenAI's 2,000; null: no limit): a create past it within
+  the last hour of the emulator's clock answers 429 ``{"type": "requests", "code":
+  "rate_limit_exceeded"}`` with ``retry-after`` (seconds until the oldest create of the
+  hour leaves it). The SDK retries a 429 (up to two minutes' ``retry-after``): a test
+  sees it with ``max_retries=0``.
+
 Cancel: ``cancelling`` for ``cancel_seconds``, then ``cancelled``. The API reference says
 a cancelled batch "will have partial results (if any) available in the output file", and
 says nothing about the rest; so lines finished before the cancel request are in the
@@ -88,7 +112,10 @@ the config), ``POST /_emulator/reset`` (drops all files and batches, restores th
 startup config), ``POST /_emulator/release`` (held batches go on, see below),
 ``GET /_emulator/batches`` (every batch, newest first, with its metadata and an
 ``emulator`` object saying whether it is ``held``), ``GET /_emulator/stats`` (API calls
-seen, errors injected, counts).
+seen, errors injected, counts), ``GET /_emulator/quota`` (``{"openai": {"<model>":
+{"enqueued_tokens": N, "limit": L}}, "over_quota": <batches failed so>,
+"batch_creates": {"last_hour", "limit", "refused"}}``; every model of a batch, or of the
+limit, is listed).
 
 Hold (for tests that need a batch "still running"): with ``hold_after_lines: N`` in the
 config, batches created from then on answer N lines on schedule and then stay
@@ -96,10 +123,21 @@ config, batches created from then on answer N lines on schedule and then stay
 one); the rest then follow at the configured pace. Cancel and expiry apply to a held
 batch as to any other, so "N of M answered, then cancelled" needs no race with a clock.
 
+Webhooks: with ``webhook_url`` and ``webhook_secret`` (``whsec_...``) in the config, a
+batch that ends sends OpenAI's event to that URL: ``{"id": "evt_...", "object": "event",
+"created_at", "type": "batch.completed" | "batch.failed" | "batch.expired" |
+"batch.cancelled", "data": {"id": <batch id>}}``, signed as OpenAI signs it (Standard
+Webhooks: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``), so the SDK's
+``webhooks.unwrap`` takes it. A non-2xx answer or no answer is retried (same
+``webhook-id``, signed anew) up to ``webhook_max_attempts`` in all, after
+``webhook_retry_seconds``, doubling. A thread moves batches on while a URL is set, so an
+event goes out when the batch ends, not at the next request. ``GET /_emulator/webhooks``
+lists every event with its attempts.
+
 Every response carries ``x-emulator: batchline-openai``; every chat answer starts with
 ``[batchline openai emulator]``.
 
-Command line: ``python -m batchline.local.emulators.openai --host 127.0.0.1 --port P
+Command line: ``python -m batchline_emulators.openai --host 127.0.0.1 --port P
 [--config-json '{...}'] [--verbose]``; serves until SIGTERM/SIGINT.
 """
 
@@ -126,16 +164,21 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from batchline.local.emulators._answers import InvalidAnswers, structured_answer
-from batchline.local.emulators._common import (
+from batchline_emulators._answers import InvalidAnswers, structured_answer
+from batchline_emulators._common import (
+    ANY_MODEL,
     ConfigRules,
     Hold,
+    ModelLimit,
+    PerModel,
     fraction,
     hex_digest,
+    limit_for,
     merged_config,
     tokens,
 )
-from batchline.local.emulators._wsgi import (
+from batchline_emulators._webhooks import WebhookOutbox, secret_key
+from batchline_emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
     admin_rules,
@@ -174,6 +217,12 @@ CREATE_BATCH_KEYS = frozenset(
 FAIL_MARKER = re.compile(r"\[emulator:fail=(\d{3})\]")
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+#: The statuses whose batches hold their prompt tokens against the enqueued-token limit.
+ENQUEUED = frozenset({"validating", "in_progress", "finalizing"})
+#: The organization the emulator's quota messages name.
+ORGANIZATION = "org-batchlineEmulator0000000"
+#: `batch_creates_per_hour` counts the creates of the last hour of the emulator's clock.
+CREATE_WINDOW_SECONDS = 3600
 
 
 # --------------------------------------------------------------------------- config
@@ -200,6 +249,15 @@ class EmulatorConfig:
     max_requests: int = 50_000
     #: OpenAI says 200 MB; 200,000,000 is the stricter reading (batchline's own constant).
     max_bytes: int = 200_000_000
+    #: Prompt tokens each model may have enqueued (see `ENQUEUED`): None (no limit), a
+    #: number for every model, or {model: number} ("*": every model not named; without
+    #: it those have no limit). A batch that would pass it is created, then fails.
+    enqueued_token_limit: ModelLimit = None
+    #: Batch creates in any hour of the emulator's clock (OpenAI: 2,000); more answer 429.
+    batch_creates_per_hour: int | None = 2000
+    #: Fail the next N batch creates with token_limit_exceeded, whatever the limit
+    #: (decremented by each), as a limit lower than the client believes would.
+    quota_exceeded_next: int = 0
     #: Vector length for /v1/embeddings when the request has no `dimensions`.
     embedding_dimensions: int = 8
     #: Fraction of structured first answers (picked by a seeded hash of the custom_id)
@@ -208,10 +266,34 @@ class EmulatorConfig:
     #: Batches created from now on answer this many lines, then stay in_progress until
     #: `POST /_emulator/release` (None: never held). See `Hold`.
     hold_after_lines: int | None = None
+    #: Where `batch.*` webhook events are POSTed when a batch ends (None: nowhere), signed
+    #: with `webhook_secret` (`whsec_` + base64, as OpenAI's dashboard gives it). A
+    #: non-2xx answer is retried up to `webhook_max_attempts` times in all, after
+    #: `webhook_retry_seconds`, doubling.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = 5
+    webhook_retry_seconds: float = 0.5
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
-        return merged_config(self, overrides, _CONFIG_RULES)
+        if not isinstance(overrides, Mapping):
+            raise ValueError("config overrides must be a JSON object")
+        texts = {k: v for k, v in overrides.items() if k in _TEXT_CONFIG}
+        for name, value in texts.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"config {name} must be a string or null")
+        if texts.get("webhook_secret") is not None:
+            try:
+                secret_key(texts["webhook_secret"])
+            except ValueError as exc:
+                raise ValueError(f"config webhook_secret: {exc}") from None
+        numbers = {k: v for k, v in overrides.items() if k not in _TEXT_CONFIG}
+        merged = merged_config(self, numbers, _CONFIG_RULES)
+        merged = dataclasses.replace(merged, **texts)
+        if merged.webhook_url and not merged.webhook_secret:
+            raise ValueError("config webhook_url needs a webhook_secret to sign with")
+        return merged
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,9 +314,22 @@ _CONFIG_RULES: ConfigRules = {
     "api_error_retry_after_ms": (int, True, 1, None),
     "max_requests": (int, False, 1, None),
     "max_bytes": (int, False, 1, None),
+    "enqueued_token_limit": (PerModel, True, 0, None),
+    "batch_creates_per_hour": (int, True, 1, None),
+    "quota_exceeded_next": (int, False, 0, None),
     "embedding_dimensions": (int, False, 1, 65536),
     "invalid_answer_rate": (float, False, 0, 1),
     "hold_after_lines": (int, True, 0, None),
+    "webhook_max_attempts": (int, False, 1, 100),
+    "webhook_retry_seconds": (float, False, 0, None),
+}
+_TEXT_CONFIG = ("webhook_url", "webhook_secret")
+#: The webhook event type of each status a batch ends in.
+WEBHOOK_EVENTS = {
+    "completed": "batch.completed",
+    "failed": "batch.failed",
+    "expired": "batch.expired",
+    "cancelled": "batch.cancelled",
 }
 
 
@@ -307,6 +402,8 @@ class LinePlan:
     body: dict[str, Any]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Its prompt tokens, counted whatever its outcome: what it enqueues (`_prompt_tokens`).
+    enqueued_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -363,6 +460,7 @@ class BatchRecord:
     materialized: bool = False
     output_file_id: str | None = None
     error_file_id: str | None = None
+    enqueued_tokens: int = 0  # of all its lines
 
     def __post_init__(self) -> None:
         ok, tin, tout = [0], [0], [0]
@@ -372,6 +470,7 @@ class BatchRecord:
             tin.append(tin[-1] + (line.prompt_tokens if good else 0))
             tout.append(tout[-1] + (line.completion_tokens if good else 0))
         self.ok_prefix, self.in_prefix, self.out_prefix = ok, tin, tout
+        self.enqueued_tokens = sum(line.enqueued_tokens for line in self.lines)
 
     # ---- timeline
     @property
@@ -402,6 +501,14 @@ class BatchRecord:
         if not self.valid:
             return 0
         return self.hold.done(t, self.validated_at, self.config.lines_per_second, len(self.lines))
+
+    def enqueued(self, now: float) -> int:
+        """The prompt tokens this batch holds against its model's enqueued-token limit at
+        `now`: all of them while it is validating, in_progress or finalizing, else none. A
+        batch that fails validation (or the limit) never held any."""
+        if not self.valid or self.phase(now).status not in ENQUEUED:
+            return 0
+        return self.enqueued_tokens
 
     def held(self, now: float) -> bool:
         """Waiting for `POST /_emulator/release` (not canceled, not expired) at `now`."""
@@ -564,6 +671,8 @@ class EmulatorState:
     next_seq: int = 0
     api_requests: int = 0
     injected_errors: int = 0
+    over_quota: int = 0  # batches failed with token_limit_exceeded
+    creates_refused: int = 0  # creates answered 429 for batch_creates_per_hour
 
 
 # --------------------------------------------------------------------------- answers
@@ -699,10 +808,7 @@ def _chat_answer(body: dict[str, Any], custom_id: str, invalid: InvalidAnswers) 
         content = content[: limit * 4]
         completion_tokens = limit
         finish_reason = "length"
-    prompt_chars = sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
-    if structured:  # the schema is part of the prompt
-        prompt_chars += len(orjson.dumps(body["response_format"]))
-    prompt_tokens = tokens(prompt_chars)
+    prompt_tokens = _prompt_tokens(body, "/v1/chat/completions")
     choice = {
         "index": 0,
         "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
@@ -731,6 +837,25 @@ def _chat_answer(body: dict[str, Any], custom_id: str, invalid: InvalidAnswers) 
         "system_fingerprint": "fp_batchline_emulator",
     }
     return LinePlan(custom_id, 200, answer, prompt_tokens, completion_tokens * n)
+
+
+def _prompt_tokens(body: dict[str, Any], endpoint: str) -> int:
+    """A request's prompt tokens as its answer's `usage.prompt_tokens` counts them: ~4
+    characters a token of the messages' text, a structured `response_format` included
+    (chat); each string input's estimate, or each token array's length (embeddings)."""
+    if endpoint == "/v1/embeddings":
+        inputs = _embedding_inputs(body.get("input")) or []
+        return sum(tokens(len(x)) if isinstance(x, str) else len(x) for x in inputs)
+    messages = body.get("messages")
+    chars = sum(
+        len(_text_of(m.get("content")))
+        for m in (messages if isinstance(messages, list) else [])
+        if isinstance(m, dict)
+    )
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        chars += len(orjson.dumps(fmt))  # the schema is part of the prompt
+    return tokens(chars)
 
 
 def _embedding_inputs(value: Any) -> list[str | list[int]] | None:
@@ -763,9 +888,7 @@ def _embedding_answer(body: dict[str, Any], custom_id: str, default_dims: int) -
             400, "Invalid 'encoding_format': expected 'float' or 'base64'.", "encoding_format"
         )
     data = []
-    prompt_tokens = 0
     for index, item in enumerate(inputs):
-        prompt_tokens += tokens(len(item)) if isinstance(item, str) else len(item)
         seed = hashlib.sha256(orjson.dumps(item)).digest()
         rng = random.Random(seed)
         vector = [rng.uniform(-1.0, 1.0) for _ in range(dims)]
@@ -775,6 +898,7 @@ def _embedding_answer(body: dict[str, Any], custom_id: str, default_dims: int) -
         if fmt == "base64":
             embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": embedding})
+    prompt_tokens = _prompt_tokens(body, "/v1/embeddings")
     answer = {
         "object": "list",
         "data": data,
@@ -981,6 +1105,7 @@ def plan_batch(
         else:
             plan = _embedding_answer(body, custom_id, config.embedding_dimensions)
         plan.custom_id = custom_id
+        plan.enqueued_tokens = _prompt_tokens(body, endpoint)
         lines.append(plan)
     order_seed = hex_digest(config.seed, "order", *(line.custom_id for line in lines))
     random.Random(order_seed).shuffle(lines)
@@ -1005,6 +1130,7 @@ def _url_map() -> Map:
             *admin_rules(),
             Rule("/_emulator/batches", endpoint="admin_batches", methods=["GET"]),
             Rule("/_emulator/stats", endpoint="admin_stats", methods=["GET"]),
+            Rule("/_emulator/webhooks", endpoint="admin_webhooks", methods=["GET"]),
         ],
         strict_slashes=False,
         merge_slashes=False,
@@ -1057,6 +1183,9 @@ class OpenAIBatchEmulator(AdminEndpoints):
         self.state = EmulatorState()
         self.lock = threading.RLock()
         self.url_map = _url_map()
+        self.outbox = WebhookOutbox(self._tick)
+        if config.webhook_url:
+            self.outbox.ensure_started()
 
     # ---- WSGI
     def __call__(
@@ -1090,7 +1219,10 @@ class OpenAIBatchEmulator(AdminEndpoints):
         except HTTPException:
             raise api_error(404, f"Invalid URL ({request.method} {request.path})") from None
         handler: Callable[..., Response] = getattr(self, f"h_{endpoint}")
-        return handler(request, **args)
+        response = handler(request, **args)
+        if self.config.webhook_url:
+            self.outbox.ensure_started()  # a config that names a webhook URL
+        return response
 
     def _authenticate(self, request: Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -1136,6 +1268,11 @@ class OpenAIBatchEmulator(AdminEndpoints):
             headers=headers,
         )
 
+    def _tick(self) -> None:
+        """Move every batch on (the webhook thread's round): ended ones send events."""
+        with self.lock:
+            self._advance_all(self.clock())
+
     # ---- state helpers (call with the lock held)
     def _advance_all(self, now: float) -> None:
         for batch_id in list(self.state.active):
@@ -1149,6 +1286,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
             return
         batch.materialized = True
         self.state.active.discard(batch.id)
+        self._send_webhook(batch, ph, now)
         if ph.status == "failed":
             return
         output, errors = batch.result_files(ph)
@@ -1170,6 +1308,28 @@ class OpenAIBatchEmulator(AdminEndpoints):
                 batch.output_file_id = stored.id
             else:
                 batch.error_file_id = stored.id
+
+    def _send_webhook(self, batch: BatchRecord, ph: Phase, now: float) -> None:
+        """Queue the `batch.*` event of a batch that just ended, when a URL is configured
+        (the current config: OpenAI's webhook endpoints belong to the project)."""
+        cfg = self.config
+        if not cfg.webhook_url or not cfg.webhook_secret:
+            return
+        ended = ph.ended_at
+        event = {
+            "id": "evt_" + secrets.token_hex(16),
+            "object": "event",
+            "created_at": int(now if ended is None else ended),
+            "type": WEBHOOK_EVENTS[ph.status],
+            "data": {"id": batch.id},
+        }
+        self.outbox.enqueue(
+            cfg.webhook_url,
+            cfg.webhook_secret,
+            event,
+            max_attempts=cfg.webhook_max_attempts,
+            retry_seconds=cfg.webhook_retry_seconds,
+        )
 
     def _file(self, file_id: str) -> StoredFile:
         stored = self.state.files.get(file_id)
@@ -1357,6 +1517,11 @@ class OpenAIBatchEmulator(AdminEndpoints):
         # The file is immutable and the config a frozen snapshot: plan without the lock.
         errors, model, lines = plan_batch(content, endpoint, config)
         with self.lock:
+            now = self.clock()
+            self._check_create_rate(now)
+            if not errors and model is not None:
+                wanted = sum(line.enqueued_tokens for line in lines)
+                errors = self._token_limit_errors(model, wanted, now)
             seq = self.state.next_seq
             self.state.next_seq += 1
             batch = BatchRecord(
@@ -1366,17 +1531,91 @@ class OpenAIBatchEmulator(AdminEndpoints):
                 endpoint=endpoint,
                 completion_window="24h",
                 metadata=metadata,
-                created=self.clock(),
+                created=now,
                 config=config,
                 output_ttl=output_ttl,
                 errors=errors,
                 model=model,
-                lines=lines,
+                lines=[] if errors else lines,
                 hold=Hold(config.hold_after_lines),
             )
             self.state.batches[batch.id] = batch
             self.state.active.add(batch.id)
             return json_response(batch.to_api(batch.created))
+
+    # ---- quotas (call with the lock held)
+    def _check_create_rate(self, now: float) -> None:
+        """429 when `batch_creates_per_hour` batches were created in the last hour."""
+        per_hour = self.config.batch_creates_per_hour
+        since = now - CREATE_WINDOW_SECONDS
+        recent = sorted(b.created for b in self.state.batches.values() if b.created > since)
+        if per_hour is None or len(recent) < per_hour:
+            return
+        self.state.creates_refused += 1
+        # Once this create leaves the hour, per_hour - 1 remain: room for one more.
+        wait = max(1, math.ceil(recent[-per_hour] - since))
+        # OpenAI's rate-limit shape (type "requests", code "rate_limit_exceeded") and
+        # wording ("Rate limit reached for ... on requests per min (RPM): Limit ..., Used
+        # ..., Requested 1. Please try again in ...s."), for its 2,000 batch creates an hour.
+        raise api_error(
+            429,
+            f"Rate limit reached for batch creation in organization {ORGANIZATION} on "
+            f"requests per hour: Limit {per_hour:,}, Used {len(recent):,}, Requested 1. "
+            f"Please try again in {wait}s.",
+            "requests",
+            code="rate_limit_exceeded",
+            headers={"retry-after": str(wait)},
+        )
+
+    def _enqueued_tokens(self, model: str, now: float) -> int:
+        return sum(b.enqueued(now) for b in self.state.batches.values() if b.model == model)
+
+    def _token_limit_errors(self, model: str, wanted: int, now: float) -> list[dict[str, Any]]:
+        """The batch's `errors` when `wanted` more prompt tokens of `model` would pass its
+        enqueued-token limit, or a test asked for that with `quota_exceeded_next`; else []."""
+        cfg = self.config
+        limit = limit_for(cfg.enqueued_token_limit, model)
+        enqueued = self._enqueued_tokens(model, now)
+        if cfg.quota_exceeded_next > 0:
+            self.config = dataclasses.replace(cfg, quota_exceeded_next=cfg.quota_exceeded_next - 1)
+        elif limit is None or enqueued + wanted <= limit:
+            return []
+        self.state.over_quota += 1
+        # Code and message as OpenAI answers them (openai/openai-python#2084: "Enqueued
+        # token limit reached for gpt-4o-mini in organization org-... Limit: 2,000,000
+        # enqueued tokens. Please try again once some in_progress batches have been
+        # completed.", param and line null), in the spec's Batch.errors: {"object": "list",
+        # "data": [BatchError {code, message, param, line}]} (reference/openai/openapi.yaml).
+        # Forced with no limit set, it names the tokens enqueued: a limit this batch breaks.
+        shown = enqueued if limit is None else limit
+        message = (
+            f"Enqueued token limit reached for {model} in organization {ORGANIZATION}. "
+            f"Limit: {shown:,} enqueued tokens. Please try again once some in_progress "
+            "batches have been completed."
+        )
+        return [_verror("token_limit_exceeded", message)]
+
+    def quota(self) -> dict[str, Any]:
+        """Per model: the prompt tokens enqueued now and the limit; the batch creates of the
+        last hour and their limit; how many creates were refused or failed for either."""
+        now = self.clock()
+        limits = self.config.enqueued_token_limit
+        models = {b.model for b in self.state.batches.values() if b.model}
+        if isinstance(limits, dict):
+            models |= set(limits) - {ANY_MODEL}
+        since = now - CREATE_WINDOW_SECONDS
+        return {
+            "openai": {
+                m: {"enqueued_tokens": self._enqueued_tokens(m, now), "limit": limit_for(limits, m)}
+                for m in sorted(models)
+            },
+            "over_quota": self.state.over_quota,
+            "batch_creates": {
+                "last_hour": sum(1 for b in self.state.batches.values() if b.created > since),
+                "limit": self.config.batch_creates_per_hour,
+                "refused": self.state.creates_refused,
+            },
+        }
 
     def h_list_batches(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 20, 1, MAX_LIST_BATCHES)
@@ -1430,6 +1669,10 @@ class OpenAIBatchEmulator(AdminEndpoints):
     def holds(self) -> Iterable[tuple[str, Hold]]:
         return [(b.id, b.hold) for b in self.state.batches.values()]
 
+    def h_admin_webhooks(self, request: Request) -> Response:
+        """Every webhook event queued, oldest first, with its delivery attempts."""
+        return json_response({"object": "list", "data": self.outbox.deliveries()})
+
     def h_admin_stats(self, request: Request) -> Response:
         with self.lock:
             return json_response(
@@ -1446,6 +1689,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
         with self.lock:
             self.state = EmulatorState()
             self.config = self.startup_config
+            self.outbox.clear()
 
 
 def _expires_after_seconds(anchor: Any, seconds: Any, param: str) -> int:

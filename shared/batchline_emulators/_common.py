@@ -1,6 +1,6 @@
-"""What the provider emulators share beyond HTTP: checked config overrides, the schedule
-a batch's lines finish on (with a test's hold on it), and the deterministic hashes,
-fractions and token estimates their answers are made of."""
+"""What the provider emulators share beyond HTTP: checked config overrides (quota limits
+per model among them), the schedule a batch's lines finish on (with a test's hold on it),
+and the deterministic hashes, fractions and token estimates their answers are made of."""
 
 from __future__ import annotations
 
@@ -11,8 +11,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-#: name -> (type, nullable, minimum, maximum)
+#: name -> (type, nullable, minimum, maximum); the type `PerModel` for a `ModelLimit`.
 ConfigRules = dict[str, tuple[type, bool, float | None, float | None]]
+
+#: A quota knob: None (no limit), one number for every model, or an object {model: number}
+#: in which the key "*" gives every model not named (without "*" those have no limit).
+ModelLimit = int | dict[str, int] | None
+
+#: The key of a `ModelLimit` object that applies to the models it does not name.
+ANY_MODEL = "*"
+
+
+class PerModel:
+    """The type, in `ConfigRules`, of a `ModelLimit` knob (its minimum bounds each number)."""
+
+
+def limit_for(limit: ModelLimit, model: str) -> int | None:
+    """The limit `limit` sets for `model`; None when it sets none."""
+    if limit is None or isinstance(limit, int):
+        return limit
+    return limit.get(model, limit.get(ANY_MODEL))
+
 
 _Config = TypeVar("_Config")
 
@@ -31,11 +50,37 @@ def merged_config(config: _Config, overrides: Mapping[str, Any], rules: ConfigRu
 
 
 def check_config_value(rules: ConfigRules, name: str, value: Any) -> Any:
+    """`value` checked (and normalised: an integral float becomes an int) for the config
+    key `name`; ValueError naming the key and the rule it breaks."""
     kind, nullable, lo, hi = rules[name]
     if value is None:
         if nullable:
             return None
         raise ValueError(f"config {name} must not be null")
+    if kind is PerModel:
+        return _check_model_limit(name, value, lo, hi)
+    return _check_number(name, value, kind, lo, hi)
+
+
+def _check_model_limit(name: str, value: Any, lo: float | None, hi: float | None) -> ModelLimit:
+    if not isinstance(value, Mapping):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(
+                f'config {name} must be null, a number or an object {{"<model>": number}}'
+            )
+        checked: int = _check_number(name, value, int, lo, hi)
+        return checked
+    limits: dict[str, int] = {}
+    for model, limit in value.items():
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"config {name} must name models by non-empty strings")
+        if isinstance(limit, bool) or not isinstance(limit, int | float):
+            raise ValueError(f"config {name}.{model} must be a number")
+        limits[model] = _check_number(f"{name}.{model}", limit, int, lo, hi)
+    return limits
+
+
+def _check_number(name: str, value: Any, kind: type, lo: float | None, hi: float | None) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"config {name} must be a number")
     if kind is int:

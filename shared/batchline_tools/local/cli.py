@@ -1,7 +1,7 @@
 """`batchline local up|down|status|env`: run the local stack from the command line.
 
 The main CLI calls `register(subparsers)`; every command sets its handler, `(args) -> int`,
-as both `args.run` and `args.func`. `python -m batchline.local.cli ...` runs the same commands on their own.
+as both `args.run` and `args.func`. `python -m batchline_tools.local.cli ...` runs the same commands on their own.
 """
 
 from __future__ import annotations
@@ -86,7 +86,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from batchline.local.stack import LocalStack, LocalStackError, StackConfig, default_run_dir
+    from batchline_tools.local.stack import (
+        LocalStack,
+        LocalStackError,
+        StackConfig,
+        default_run_dir,
+    )
 
     function_env: dict[str, str] = {}
     for item in args.env:
@@ -168,7 +173,7 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def cmd_down(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from batchline.local.stack import LocalStack, LocalStackError, default_run_dir
+    from batchline_tools.local.stack import LocalStack, LocalStackError, default_run_dir
 
     run_dir = args.run_dir or default_run_dir()
     try:
@@ -183,7 +188,7 @@ def cmd_down(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from batchline.local.stack import LocalStack, LocalStackError, default_run_dir
+    from batchline_tools.local.stack import LocalStack, LocalStackError, default_run_dir
 
     run_dir = args.run_dir or default_run_dir()
     try:
@@ -202,7 +207,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def cmd_env(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from batchline.local.stack import LocalStack, LocalStackError, default_run_dir
+    from batchline_tools.local.stack import LocalStack, LocalStackError, default_run_dir
 
     run_dir = args.run_dir or default_run_dir()
     try:

@@ -5,9 +5,11 @@
 - the Firestore and Pub/Sub emulators (Google's jars, started with `java` directly),
 - fake-gcs-server publishing GCS notifications to the Pub/Sub emulator,
 - the OpenAI, Anthropic and Vertex AI batch emulators (Vertex's reads and writes GCS),
-- the four functions under functions-framework,
+- the five functions under functions-framework,
 - the event bridge (GCS notification → Eventarc storage CloudEvent → `submit`),
 - the scheduler ticker (publishes to the poll topic),
+- a webhook receiver (`batchline_tools.local.receiver`) that records and verifies what the
+  notify function POSTs to a job's `notify_url` (`receiver_url`),
 
 creates the topics, subscriptions and buckets, and records ports, pids and URLs in
 `<run_dir>/state.json` so that another process can `LocalStack.attach(run_dir)` to read
@@ -38,14 +40,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from batchline.local import processes
-from batchline.local.processes import ManagedProcess, ProcessStartError
+from batchline_tools.local import processes
+from batchline_tools.local.processes import ManagedProcess, ProcessStartError
 
 STATE_VERSION = 1
 HOST = "127.0.0.1"
 DEFAULT_SDK_ROOT = "/usr/lib/google-cloud-sdk"
 LOCAL_OPENAI_API_KEY = "sk-batchline-local-emulator"
 LOCAL_ANTHROPIC_API_KEY = "sk-ant-batchline-local-emulator"
+#: The local stack's webhook secrets, as the emulator keys above: never a deployment's.
+#: The notify function signs jobs' webhooks with the first (the receiver checks it); the
+#: OpenAI emulator signs its batch.* events with the second (the api function checks it).
+LOCAL_WEBHOOK_SECRET = "whsec_YmF0Y2hsaW5lLWxvY2FsLXN0YWNrLW5vdGlmeS1zZWNyZXQ="
+LOCAL_OPENAI_WEBHOOK_SECRET = "whsec_YmF0Y2hsaW5lLWxvY2FsLW9wZW5haS13ZWJob29rLXNlY3JldA=="
+OPENAI_WEBHOOK_PATH = "/v1/webhooks/openai"
 
 # Start order. `stop()` stops what does the work (the functions, the bridge and the ticker:
 # `WORKERS`) first, then the emulators they talk to.
@@ -59,18 +67,26 @@ COMPONENTS = (
     "submit",
     "poll",
     "collect",
+    "notify",
     "api",
     "bridge",
     "ticker",
+    "receiver",
 )
-FUNCTIONS = {"submit": "cloudevent", "poll": "cloudevent", "collect": "cloudevent", "api": "http"}
+FUNCTIONS = {
+    "submit": "cloudevent",
+    "poll": "cloudevent",
+    "collect": "cloudevent",
+    "notify": "cloudevent",
+    "api": "http",
+}
 WORKERS = (*FUNCTIONS, "bridge", "ticker")
 #: Provider emulators: component name -> (module run with `python -m`, the path its SDK's
 #: base URL ends with: OpenAI's paths start after /v1, Anthropic's and Vertex's include it).
 PROVIDER_EMULATORS = {
-    "openai": ("batchline.local.emulators.openai", "/v1"),
-    "anthropic": ("batchline.local.emulators.anthropic", ""),
-    "vertex": ("batchline.local.emulators.vertex", ""),
+    "openai": ("batchline_emulators.openai", "/v1"),
+    "anthropic": ("batchline_emulators.anthropic", ""),
+    "vertex": ("batchline_emulators.vertex", ""),
 }
 
 
@@ -442,12 +458,13 @@ class StackConfig:
     poll_topic: str = "batchline-poll"
     collect_topic: str = "batchline-collect"
     events_topic: str = "batchline-events"
+    notify_topic: str = "batchline-notify"
     notifications_topic: str = "batchline-gcs-notifications"
     dead_letter_topic: str = "batchline-dead-letter"
     events_subscription: str = "batchline-events-local"
     dead_letter_subscription: str = "batchline-dead-letter-local"
     tick_seconds: float = 2.0
-    # Extra environment for the four functions (e.g. small chunk limits in tests).
+    # Extra environment for the functions (e.g. small chunk limits in tests).
     function_env: dict[str, str] = field(default_factory=dict)
     # Passed to the OpenAI emulator as --config-json (faults, speed, ...).
     openai_emulator_config: dict[str, Any] = field(default_factory=dict)
@@ -463,6 +480,8 @@ class StackConfig:
     vertex_emulator_command: list[str] | None = None
     # Where the event bridge POSTs storage CloudEvents (default: the submit function).
     bridge_target: str | None = None
+    # The OpenAI emulator sends its batch.* webhooks to the api function.
+    openai_webhooks: bool = True
     start_timeout: float = 60.0
     #: Seconds a component has to exit after SIGTERM before its group gets SIGKILL.
     stop_grace: float = processes.DEFAULT_GRACE_SECONDS
@@ -550,6 +569,11 @@ class LocalStack:
         return f"http://{HOST}:{self.port(name)}/"
 
     @property
+    def receiver_url(self) -> str:
+        """The webhook receiver: a job's notify_url may be any path under it."""
+        return f"http://{HOST}:{self.port('receiver')}"
+
+    @property
     def bridge_url(self) -> str:
         return f"http://{HOST}:{self.port('bridge')}/"
 
@@ -572,6 +596,7 @@ class LocalStack:
             "BATCHLINE_POLL_TOPIC": cfg.poll_topic,
             "BATCHLINE_COLLECT_TOPIC": cfg.collect_topic,
             "BATCHLINE_EVENTS_TOPIC": cfg.events_topic,
+            "BATCHLINE_NOTIFY_TOPIC": cfg.notify_topic,
             "BATCHLINE_EVENTS_SUBSCRIPTION": cfg.events_subscription,
             "BATCHLINE_OPENAI_BASE_URL": self.openai_base_url,
             "OPENAI_API_KEY": cfg.openai_api_key,
@@ -594,6 +619,13 @@ class LocalStack:
         extra["K_SERVICE"] = name
         extra["FUNCTION_TARGET"] = name
         extra["FUNCTION_SIGNATURE_TYPE"] = FUNCTIONS[name]
+        # Webhooks: the local receiver is http:// on loopback, which only a local stack
+        # may deliver to; the secrets are the stack's own (constants above).
+        extra["BATCHLINE_WEBHOOK_ALLOW_INSECURE_LOCAL"] = "1"
+        if name == "notify":
+            extra["BATCHLINE_WEBHOOK_SECRET"] = LOCAL_WEBHOOK_SECRET
+        if name == "api":
+            extra["OPENAI_WEBHOOK_SECRET"] = LOCAL_OPENAI_WEBHOOK_SECRET
         extra.update(self.config.function_env)
         env = child_env(extra)
         # Never hand real credentials to a local stack.
@@ -640,6 +672,7 @@ class LocalStack:
         for name in FUNCTIONS:
             self._add(self._start_function(name))
         self._add(self._start_bridge())
+        self._add(self._start_receiver())
 
         # Topics before fake-gcs-server (it drops events for a missing topic) and the ticker.
         self._wait("pubsub", timeout)
@@ -658,7 +691,7 @@ class LocalStack:
 
         self._wait("gcs", timeout)
         self._guard("gcs", self._setup_buckets)
-        for name in ("firestore", *PROVIDER_EMULATORS, *FUNCTIONS, "bridge", "ticker"):
+        for name in ("firestore", *PROVIDER_EMULATORS, *FUNCTIONS, "bridge", "ticker", "receiver"):
             self._wait(name, timeout)
 
     def _add(self, component: Component) -> None:
@@ -692,6 +725,7 @@ class LocalStack:
                 cfg.poll_topic,
                 cfg.collect_topic,
                 cfg.events_topic,
+                cfg.notify_topic,
                 cfg.dead_letter_topic,
             ):
                 create_topic(host, project, topic)
@@ -701,6 +735,12 @@ class LocalStack:
                 "batchline-collect-push": (
                     cfg.collect_topic,
                     self.push_endpoint("collect", cfg.collect_topic),
+                ),
+                # A failed webhook comes back with backoff (1 s to 10 s here), as the
+                # notify trigger's retry policy does it in production.
+                "batchline-notify-push": (
+                    cfg.notify_topic,
+                    self.push_endpoint("notify", cfg.notify_topic),
                 ),
             }
             for name, (topic, endpoint) in push.items():
@@ -732,6 +772,12 @@ class LocalStack:
         argv += ["--host", HOST, "--port", str(port)]
         if name == "vertex":
             argv += ["--storage-url", self.gcs_url]
+        if name == "openai" and cfg.openai_webhooks:
+            emulator_config = {
+                "webhook_url": f"http://{HOST}:{self._ports['api']}{OPENAI_WEBHOOK_PATH}",
+                "webhook_secret": LOCAL_OPENAI_WEBHOOK_SECRET,
+                **emulator_config,
+            }
         if emulator_config:
             argv += ["--config-json", json.dumps(emulator_config)]
         proc = processes.start_process(name, argv, log_path=self.log_path(name), env=child_env())
@@ -780,7 +826,7 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.bridge",
+            "batchline_tools.local.bridge",
             "--host",
             HOST,
             "--port",
@@ -794,12 +840,32 @@ class LocalStack:
         url = f"http://{HOST}:{port}/"
         return Component("bridge", proc, port, url, health_url=url + "healthz")
 
+    def _start_receiver(self) -> Component:
+        port = self._ports["receiver"]
+        argv = [
+            sys.executable,
+            "-m",
+            "batchline_tools.local.receiver",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--secret-env",
+            "BATCHLINE_WEBHOOK_SECRET",
+        ]
+        env = child_env({"BATCHLINE_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET})
+        proc = processes.start_process(
+            "receiver", argv, log_path=self.log_path("receiver"), env=env
+        )
+        url = f"http://{HOST}:{port}"
+        return Component("receiver", proc, port, url, health_url=url + "/")
+
     def _start_ticker(self) -> Component:
         cfg = self.config
         argv = [
             sys.executable,
             "-m",
-            "batchline.local.ticker",
+            "batchline_tools.local.ticker",
             "--project",
             cfg.project,
             "--topic",

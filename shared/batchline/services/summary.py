@@ -1,39 +1,14 @@
-"""Telling the rest of the system about a job: collect requests, summaries, events.
-
-Order matters for exactly-once: summary.json is written last of the outputs, then the
-job's terminal state, then the `job.completed` event, then `event_published`.
-"""
+"""summary.json: what a job did, in counts, tokens, cost (at batch and at real-time
+prices) and timings. It is written last of a job's outputs, before its terminal state."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from batchline.bootstrap import Deps
 from batchline.domain.models import Job, JobState
 from batchline.domain.pricing import PRICES_AS_OF
 from batchline.domain.results import Tally
-from batchline.log import fields, get_logger
-
-log = get_logger(__name__)
-
-COMPLETED_EVENT = "job.completed"
-
-
-def expire_at(deps: Deps, now: float) -> datetime | None:
-    """When a job that ends now may be deleted by the TTL policy (None: never)."""
-    days = deps.settings.retention_days
-    if days is None:
-        return None
-    return datetime.fromtimestamp(now + days * 86400, tz=UTC)
-
-
-def request_collect(deps: Deps, job: Job) -> None:
-    deps.publisher.publish(deps.settings.collect_topic, {"job_id": job.job_id}, job_id=job.job_id)
-    log.info("collect requested", extra=fields(job_id=job.job_id))
 
 
 def summary(
@@ -46,6 +21,9 @@ def summary(
     error: str | None = None,
     estimate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The summary.json document of `job` ending in `state` now, from the `tally` of its
+    result lines (None: no line was collected), with its provider batches, the error that
+    ended it and the planner's cost estimate."""
     now = deps.clock.now()
     tally = tally or Tally()
     counts = dict(sorted(tally.counts.items()))
@@ -109,58 +87,3 @@ def _by_provider(tally: Tally) -> dict[str, dict[str, Any]]:
         for name in ("lines", "input_tokens", "output_tokens", "cost_usd", "realtime_cost_usd"):
             mine[name] = mine.get(name, 0) + entry.get(name, 0)
     return {provider: _costs(entry) for provider, entry in sorted(grouped.items())}
-
-
-def reject(
-    deps: Deps, job: Job, reason: str, *, estimate: dict[str, Any] | None = None
-) -> Job | None:
-    """The job cannot run (unreadable file, bad options, over budget): summary.json says
-    why; nothing reaches a provider."""
-    log.warning("rejected", extra=fields(job_id=job.job_id, reason=reason))
-    body = summary(deps, job, JobState.REJECTED, None, error=reason, estimate=estimate)
-    deps.blobs.write_bytes(
-        job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
-    )
-    now = deps.clock.now()
-
-    def finish(current: Job) -> Job | None:
-        if current.state is not JobState.ACCEPTED:
-            return None
-        return current.to(
-            JobState.REJECTED,
-            now,
-            lease=None,
-            error=reason,
-            ended_at=now,
-            expire_at=expire_at(deps, now),
-        )
-
-    done = deps.store.update_job(job.job_id, finish)
-    if done is not None:
-        publish_completed(deps, done)
-    return done
-
-
-def publish_completed(deps: Deps, job: Job) -> None:
-    """Publish `job.completed` for a terminal job, at least once."""
-    if job.event_published:
-        return
-    deps.publisher.publish(
-        deps.settings.events_topic,
-        {
-            "type": COMPLETED_EVENT,
-            "job_id": job.job_id,
-            "state": str(job.state),
-            "counts": job.counts,
-            "results_uri": job.results_uri if job.state is not JobState.REJECTED else None,
-            "summary_uri": job.summary_uri,
-            "error": job.error,
-        },
-        type=COMPLETED_EVENT,
-        job_id=job.job_id,
-        state=str(job.state),
-    )
-    deps.store.update_job(
-        job.job_id, lambda j: None if j.event_published else replace(j, event_published=True)
-    )
-    log.info("job completed", extra=fields(job_id=job.job_id, state=str(job.state)))

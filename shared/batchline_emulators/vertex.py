@@ -28,7 +28,10 @@ camelCase names, int64 as strings; enums as numbers when the query has
   ``GET .../operations/{id}`` returns it again.
 
 Lifecycle, computed from timestamps on every request (no background thread):
-``JOB_STATE_QUEUED`` (``queued_seconds``) → ``JOB_STATE_PENDING`` (``pending_seconds``) →
+``JOB_STATE_QUEUED`` (``queued_seconds``: just created, not yet taken up, as the SDK's
+``JobState`` puts it) → ``JOB_STATE_PENDING`` (``pending_seconds``: waiting for capacity,
+the state Vertex's Gemini batch documentation gives a job that may queue for up to 72 h
+before it runs; set it to hours, on a test's clock, to emulate that queue) →
 ``JOB_STATE_RUNNING`` (rows run one per ``1/lines_per_second``, in a shuffled order) →
 ``JOB_STATE_SUCCEEDED``, or ``JOB_STATE_PARTIALLY_SUCCEEDED`` when some rows failed. Cancel:
 ``JOB_STATE_CANCELLING`` for ``cancel_seconds``, then ``JOB_STATE_CANCELLED``. A job not
@@ -51,7 +54,7 @@ Structured outputs: with ``generationConfig.responseMimeType: "application/json"
 types in any case, ``nullable``, ``enum``, ``properties``, ``required``, ``items``,
 ``minItems``, ``maxItems``, ``minimum``, ``maximum``, ``format``, ``anyOf``,
 ``propertyOrdering``...) the candidate's text is the compact JSON of a value generated for
-the schema (deterministic: see `batchline.local.emulators._answers`); with neither, a
+the schema (deterministic: see `batchline_emulators._answers`); with neither, a
 JSON object such as ``{"answer": "..."}``. With ``responseMimeType: "text/x.enum"`` (enum
 mode) the text is one of the schema's enum values. The schema counts as prompt tokens;
 stop sequences do not cut JSON, ``maxOutputTokens`` does (``MAX_TOKENS``).
@@ -76,11 +79,28 @@ is always answered validly: the model corrects itself when told what was wrong. 
 with ``EmulatorConfig(invalid_answer_rate=0.2)``, ``--config-json
 '{"invalid_answer_rate": 0.2}'`` or ``POST /_emulator/config``.
 
+Quota (the config holds it as the project's: a change applies to the next create; ``GET
+/_emulator/quota`` shows its use): ``concurrent_job_limit`` bounds the jobs of each model
+that are ``JOB_STATE_QUEUED``, ``JOB_STATE_PENDING`` or ``JOB_STATE_RUNNING`` (held or not;
+a cancelling or ended job does not count): null (no limit, the default), a number for
+every model, or ``{"gemini-2.5-flash": number}`` (``"*"``: every model not named; without
+it those have no limit). Jobs count across every project and location the emulator
+serves: it stands for one project and region. A create past the limit makes no job and
+answers 429 ``{"error": {"code": 429, "message": "Quota exceeded for
+aiplatform.googleapis.com/concurrent_batch_prediction_jobs_per_base_model with base model:
+gemini-2.5-flash. Limit: 4 concurrent jobs, 4 in use. ...", "status":
+"RESOURCE_EXHAUSTED"}}``. ``quota_exceeded_next: N`` refuses the next N creates so,
+whatever the limit. (Vertex's quota page says Gemini batch jobs past the concurrent limit
+wait in a queue instead; the emulator refuses them, which is the harder case for a
+client, and ``pending_seconds`` gives the queue.)
+
 Admin endpoints (never faulted): ``GET /`` (health), ``GET|POST /_emulator/config``,
 ``POST /_emulator/reset``, ``POST /_emulator/release``, ``GET /_emulator/batches`` (every
 job, deleted ones too, newest first, each with ``id`` (its name) and an ``emulator``
 object, ``held`` among its fields), ``GET /_emulator/batches/{id}/requests`` (the input
-lines as read), ``GET /_emulator/stats``.
+lines as read), ``GET /_emulator/stats``, ``GET /_emulator/quota`` (``{"vertex":
+{"<model>": {"concurrent_jobs": N, "limit": L}}, "over_quota": <creates refused>}``; every
+model of a job, or of the limit, is listed).
 
 Hold: with ``hold_after_lines: N``, jobs created from then on run N rows and stay
 ``JOB_STATE_RUNNING`` until ``POST /_emulator/release`` (``{}`` or ``{"batch": ID or
@@ -88,7 +108,7 @@ name}``); see the OpenAI emulator and ``_common.Hold``.
 
 Every response carries ``x-emulator: batchline-vertex``.
 
-Command line: ``python -m batchline.local.emulators.vertex --host 127.0.0.1 --port P
+Command line: ``python -m batchline_emulators.vertex --host 127.0.0.1 --port P
 [--storage-url http://127.0.0.1:G] [--config-json '{...}'] [--verbose]``.
 """
 
@@ -118,21 +138,25 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from batchline.local.emulators._answers import (
+from batchline_emulators._answers import (
     InvalidAnswers,
     from_google_schema,
     generate,
     structured_answer,
 )
-from batchline.local.emulators._common import (
+from batchline_emulators._common import (
+    ANY_MODEL,
     ConfigRules,
     Hold,
+    ModelLimit,
+    PerModel,
     fraction,
     hex_digest,
+    limit_for,
     merged_config,
     tokens,
 )
-from batchline.local.emulators._wsgi import (
+from batchline_emulators._wsgi import (
     AdminEndpoints,
     HTTPError,
     admin_rules,
@@ -184,6 +208,8 @@ STATES = (
     "JOB_STATE_UPDATING",
     "JOB_STATE_PARTIALLY_SUCCEEDED",
 )
+#: The states whose jobs count against `concurrent_job_limit`.
+ACTIVE = frozenset({"JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING"})
 ENDED = frozenset(
     {
         "JOB_STATE_SUCCEEDED",
@@ -321,6 +347,13 @@ class EmulatorConfig:
     #: Jobs created from now on run this many rows, then stay JOB_STATE_RUNNING until
     #: `POST /_emulator/release` (None: never held). See `Hold`.
     hold_after_lines: int | None = None
+    #: Jobs each model may have queued, pending or running (`ACTIVE`): None (no limit), a
+    #: number for every model, or {model: number} ("*": every model not named; without
+    #: it those have no limit). A create past it answers 429 RESOURCE_EXHAUSTED.
+    concurrent_job_limit: ModelLimit = None
+    #: Refuse the next N job creates as over the limit (429), whatever the limit
+    #: (decremented by each), as a limit lower than the client believes would.
+    quota_exceeded_next: int = 0
 
     def merged(self, overrides: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `overrides` applied; ValueError on unknown keys or bad values."""
@@ -346,6 +379,8 @@ _CONFIG_RULES: ConfigRules = {
     "max_bytes": (int, False, 1, None),
     "invalid_answer_rate": (float, False, 0, 1),
     "hold_after_lines": (int, True, 0, None),
+    "concurrent_job_limit": (PerModel, True, 0, None),
+    "quota_exceeded_next": (int, False, 0, None),
 }
 
 
@@ -638,6 +673,11 @@ class JobRecord:
         self.failed_prefix = prefix
 
     @property
+    def model(self) -> str:
+        """The model's id (`gemini-2.5-flash`), without `publishers/google/models/`."""
+        return str(self.body["model"]).removeprefix(MODEL_PREFIX)
+
+    @property
     def started_at(self) -> float:
         return self.created + self.config.queued_seconds + self.config.pending_seconds
 
@@ -751,6 +791,7 @@ class EmulatorState:
     api_requests: int = 0
     injected_errors: int = 0
     creates: int = 0
+    over_quota: int = 0  # creates answered 429 for the concurrent-job limit
 
 
 def _check_label_map(labels: Any) -> None:
@@ -1025,17 +1066,62 @@ class VertexBatchEmulator(AdminEndpoints):
         order = hex_digest(config.seed, "order", len(rows), *uris)
         random.Random(order).shuffle(rows)
         with self.lock:
+            now = self.clock()
+            self._check_concurrent_jobs(model, now)
             seq = self.state.next_seq
             self.state.next_seq += 1
             self.state.creates += 1
             job_id = str(secrets.randbelow(9 * 10**18) + 10**18)
             name = f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}"
             hold = Hold(config.hold_after_lines)
-            job = JobRecord(
-                job_id, name, seq, self.clock(), config, checked, rows, failure, hold=hold
-            )
+            job = JobRecord(job_id, name, seq, now, config, checked, rows, failure, hold=hold)
             self.state.jobs[job_id] = job
             return json_response(job.to_api(job.phase(job.created), self._enum_ints(request)))
+
+    # ---- quota (call with the lock held)
+    def _active_jobs(self, model: str, now: float) -> int:
+        return sum(
+            1 for j in self.state.jobs.values() if j.model == model and j.phase(now).state in ACTIVE
+        )
+
+    def _check_concurrent_jobs(self, model: str, now: float) -> None:
+        """429 when `model` has `concurrent_job_limit` jobs queued, pending or running, or
+        a test asked for one with `quota_exceeded_next`."""
+        cfg = self.config
+        limit = limit_for(cfg.concurrent_job_limit, model)
+        active = self._active_jobs(model, now)
+        if cfg.quota_exceeded_next > 0:
+            self.config = dataclasses.replace(cfg, quota_exceeded_next=cfg.quota_exceeded_next - 1)
+        elif limit is None or active < limit:
+            return
+        self.state.over_quota += 1
+        shown = active if limit is None else limit  # forced with no limit: the jobs now
+        # Google's error shape with Vertex's quota wording ("Quota exceeded for
+        # aiplatform.googleapis.com/<metric> with base model: <model>."); the metric is
+        # named after the documented `<model>_concurrent_batch_prediction_jobs` quotas.
+        raise api_error(
+            429,
+            "Quota exceeded for aiplatform.googleapis.com/"
+            f"concurrent_batch_prediction_jobs_per_base_model with base model: {model}. "
+            f"Limit: {shown} concurrent jobs, {active} in use. Please try again once a "
+            "batch prediction job has ended.",
+        )
+
+    def quota(self) -> dict[str, Any]:
+        """Per model: the jobs queued, pending or running now and the limit; how many
+        creates were refused for it."""
+        now = self.clock()
+        limits = self.config.concurrent_job_limit
+        models = {j.model for j in self.state.jobs.values()}
+        if isinstance(limits, dict):
+            models |= set(limits) - {ANY_MODEL}
+        return {
+            "vertex": {
+                m: {"concurrent_jobs": self._active_jobs(m, now), "limit": limit_for(limits, m)}
+                for m in sorted(models)
+            },
+            "over_quota": self.state.over_quota,
+        }
 
     def h_list(self, request: Request, project: str, location: str) -> Response:
         raw = request.args.get("pageSize", "")

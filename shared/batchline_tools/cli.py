@@ -13,11 +13,12 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from batchline_tools.deployment import CliError, upload, wait_for
 
 if TYPE_CHECKING:
     from batchline.config import Settings
@@ -41,12 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
-class CliError(Exception):
-    pass
-
-
 def _parser() -> argparse.ArgumentParser:
-    from batchline.local import cli as local_cli
+    from batchline_tools.local import cli as local_cli
 
     parser = argparse.ArgumentParser(prog="batchline", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -76,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--max-cost-usd", type=float, metavar="X", help="the job's spending limit in USD"
+    )
+    submit.add_argument(
+        "--notify-url",
+        metavar="URL",
+        help="POST the job's signed job.completed webhook here when it ends (https://)",
     )
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
@@ -173,7 +175,7 @@ def _settings(args: argparse.Namespace, *, work_bucket: bool = False) -> Setting
             return Settings.from_env(env)
         except ConfigError as exc:
             raise CliError(f"{exc} (or pass the matching flag)") from exc
-    from batchline.local.stack import LocalStack, LocalStackError
+    from batchline_tools.local.stack import LocalStack, LocalStackError
 
     try:
         stack = LocalStack.attach(args.run_dir)
@@ -201,30 +203,6 @@ def _blobs(settings: Settings) -> Any:
 # -- commands ----------------------------------------------------------------------------
 
 
-def upload(
-    settings: Settings,
-    file: Path,
-    name: str,
-    model: str | None,
-    options: Mapping[str, str] | None = None,
-) -> str:
-    """Upload `file` as gs://INPUT/name with the job options (`model` and `options`) as
-    its custom metadata; returns the job id the upload starts."""
-    from batchline.adapters.gcs import make_client
-    from batchline.domain.ids import job_id_for_object
-
-    if not file.is_file():
-        raise CliError(f"{file}: no such file")
-    blob = make_client(settings.project).bucket(settings.input_bucket).blob(name)
-    metadata = {"model": model} if model else {}
-    metadata.update(options or {})
-    if metadata:
-        blob.metadata = metadata
-    content_type = "application/gzip" if name.endswith(".gz") else "application/jsonl"
-    blob.upload_from_filename(str(file), content_type=content_type)
-    return job_id_for_object(settings.input_bucket, name, str(blob.generation))
-
-
 def _submit(args: argparse.Namespace) -> int:
     options = _job_options(args)
     settings = _settings(args)
@@ -247,7 +225,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _job_options(args: argparse.Namespace) -> dict[str, str]:
-    """`submit`'s structured-output flags as the custom metadata the pipeline reads."""
+    """`submit`'s job-option flags as the custom metadata the pipeline reads."""
     options: dict[str, str] = {}
     if args.schema is not None:
         options["schema"] = _schema_name(args.schema)
@@ -259,6 +237,10 @@ def _job_options(args: argparse.Namespace) -> dict[str, str]:
         if not args.max_cost_usd > 0 or args.max_cost_usd == float("inf"):
             raise CliError("--max-cost-usd must be a positive number")
         options["max_cost_usd"] = repr(args.max_cost_usd)
+    if args.notify_url:
+        # Checked by the pipeline, against the deployment's rules (a bad one rejects the
+        # job, naming notify_url).
+        options["notify_url"] = args.notify_url
     return options
 
 
@@ -336,34 +318,6 @@ def _results(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-def wait_for(store: JobStore, job_id: str, timeout: float, *, show: bool) -> Job | None:
-    """Follow a job until it ends or `timeout` passes; prints progress when `show`."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    job = None
-    while time.monotonic() < deadline:
-        job = store.get_job(job_id)
-        line = _progress(store, job_id, job)
-        if show and line != last:
-            print(line, file=sys.stderr, flush=True)
-            last = line
-        if job is not None and job.state.terminal:
-            return job
-        time.sleep(0.5)
-    return job
-
-
-def _progress(store: JobStore, job_id: str, job: Job | None) -> str:
-    if job is None:
-        return f"{job_id}: waiting for the submit function"
-    done = total = 0
-    for chunk in store.get_chunks(job_id) if job.chunk_count else []:
-        total += chunk.request_count
-        done += chunk.batch_counts.get("completed", 0) + chunk.batch_counts.get("failed", 0)
-    progress = f" {done}/{total} requests done at the provider" if total else ""
-    return f"{job_id}: {job.state}{progress} ({job.chunk_count} batch(es))"
 
 
 def _job_json(job_id: str, job: Job | None) -> dict[str, Any]:
@@ -556,7 +510,7 @@ def _schema_show(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from batchline.local.demo import run_demo
+    from batchline_tools.local.demo import run_demo
 
     return run_demo(args.examples, run_dir=args.run_dir, timeout=args.timeout, stay=args.stay)
 

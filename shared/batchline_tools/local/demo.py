@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from batchline.local.stack import LocalStack, StackConfig
+from batchline_tools.local.stack import LocalStack, StackConfig
 
 PREVIEW_LINES = 2
 
@@ -98,8 +98,8 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
     from batchline.adapters.firestore import make_client as firestore_client
     from batchline.adapters.gcs import GcsBlobStore
     from batchline.adapters.gcs import make_client as gcs_client
-    from batchline.cli import upload, wait_for
     from batchline.config import Settings
+    from batchline_tools.deployment import upload, wait_for
 
     files = _example_files(examples)
     expected_path = examples / "expected.json"

@@ -1,7 +1,7 @@
 """Rebuild (or check) the shipped BPE files: `make tokenizers`.
 
-    python -m batchline.domain._tokenizers.refresh           # from npm, then check
-    python -m batchline.domain._tokenizers.refresh --check   # check the shipped files only
+    python -m batchline_tools.tokenizers           # from npm, then check
+    python -m batchline_tools.tokenizers --check   # check the shipped files only
 
 The npm package `tiktoken` ships every encoding's ranks as `encoders/<name>.json`, whose
 `bpe_ranks` holds lines of `<label> <first rank> <base64 token> <base64 token> ...`, the
@@ -22,10 +22,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import batchline.domain._tokenizers as tokenizers
 from batchline.domain._tokenizers import EXPECTED_SHA256, data_file
 
 NPM_PACKAGE = "tiktoken@1.0.22"
-HERE = Path(__file__).resolve().parent
+#: Where the shipped BPE files live: beside the domain code that reads them.
+HERE = Path(tokenizers.__file__).resolve().parent
 
 
 def tiktoken_file(bpe_ranks: str) -> bytes:

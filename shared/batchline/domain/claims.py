@@ -1,0 +1,367 @@
+"""Claims: the rules that let at-least-once triggers change jobs and chunks exactly once.
+
+Triggers deliver twice and invocations die half-way, so every step that must happen once
+is guarded by its record in Firestore: before acting, an invocation changes the record in
+a transaction to say that it is at the step (a lease: its owner and until when it may
+act) or that the step is done; whoever reads the record after it knows to leave it, to
+take over, or that nothing is left to do. Powertools' idempotency records are the model:
+explicit states, an expiry, and one place that decides takeover (`lease_state`).
+
+Each rule here is a pure function of the record as it is now, the invocation (`owner`),
+the time and what the step brings. It returns the new record, or why it leaves the record
+as it is (`Leave`). Services run a rule inside `JobStore.update_job`/`update_chunk`
+through `Change`. `tests/unit/test_claims.py` is the table of every rule against every
+lease state: the readable specification of exactly-once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Concatenate, Generic, ParamSpec, TypeVar
+
+from batchline.domain.models import (
+    BatchState,
+    Chunk,
+    ChunkState,
+    Job,
+    JobState,
+    Lease,
+    ProviderBatch,
+)
+from batchline.domain.results import Tally
+
+# ---------------------------------------------------------------------------- leases
+
+
+class LeaseState(StrEnum):
+    """A lease as one invocation (`owner`) sees it at one moment."""
+
+    FREE = "free"  # no lease
+    MINE = "mine"  # mine and live
+    MINE_EXPIRED = "mine, expired"  # mine, run out, and nobody has taken it over
+    HELD = "held"  # another invocation's, live: its holder is at work
+    EXPIRED = "expired"  # another invocation's, run out: its holder is taken for dead
+
+    @property
+    def live(self) -> bool:
+        """Someone (me or another) may still act under this lease."""
+        return self in (LeaseState.MINE, LeaseState.HELD)
+
+    @property
+    def mine(self) -> bool:
+        """The lease is mine, live or not: nobody took it over, I may act on it."""
+        return self in (LeaseState.MINE, LeaseState.MINE_EXPIRED)
+
+
+def lease_state(lease: Lease | None, owner: str, now: float) -> LeaseState:
+    """What `lease` is to `owner` at `now`; the one place that decides a lease has run out
+    (at `until` itself it has)."""
+    if lease is None:
+        return LeaseState.FREE
+    live = lease.until > now
+    if lease.owner == owner:
+        return LeaseState.MINE if live else LeaseState.MINE_EXPIRED
+    return LeaseState.HELD if live else LeaseState.EXPIRED
+
+
+@dataclass(frozen=True)
+class LeaseTerms:
+    """How long a lease lasts and when its holder renews it: every lease a rule grants
+    comes from here (`BATCHLINE_LEASE_SECONDS`)."""
+
+    seconds: float
+
+    def lease(self, owner: str, now: float) -> Lease:
+        """A lease for `owner`, taken or renewed at `now`."""
+        return Lease(owner, now + self.seconds)
+
+    def renewal_due(self, renewed_at: float, now: float) -> bool:
+        """Whether a holder that last took or renewed its lease at `renewed_at` renews it
+        now: once a third of it has gone, so a live holder is never taken for dead."""
+        return now - renewed_at >= self.seconds / 3
+
+
+def expiry(now: float, retention_days: float | None) -> datetime | None:
+    """When a record that ends at `now` may be deleted by the TTL policy (None: never)."""
+    if retention_days is None:
+        return None
+    return datetime.fromtimestamp(now + retention_days * 86400, tz=UTC)
+
+
+# ---------------------------------------------------------------------------- outcomes
+
+
+class Leave(StrEnum):
+    """Why a rule leaves a record as it is."""
+
+    DONE = "done"  # the step happened already, or the record is past it
+    HELD = "held"  # a live lease holds the record: its holder is at the step
+    NOT_MINE = "not mine"  # the caller holds no lease on it (never did, or lost it)
+    NOT_DUE = "not due"  # too early to do it again
+    CANCELED = "canceled"  # a cancel was asked for: nothing new starts
+
+
+R = TypeVar("R", Job, Chunk)
+P = ParamSpec("P")
+
+
+class Change(Generic[R]):
+    """A rule bound to its arguments, in the shape `JobStore.update_job`/`update_chunk`
+    take: called with the current record, it returns the rule's new record, or None to
+    leave the record as it is.
+
+    It remembers its last run (a store runs it again when a transaction retries):
+    `seen`, the record as the rule saw it, and `left`, why the rule left it (None when
+    it changed it, or never ran because the record does not exist).
+    """
+
+    def __init__(
+        self, rule: Callable[Concatenate[R, P], R | Leave], /, *args: P.args, **kwargs: P.kwargs
+    ) -> None:
+        self._apply: Callable[[R], R | Leave] = lambda current: rule(current, *args, **kwargs)
+        self.seen: R | None = None
+        self.left: Leave | None = None
+
+    def __call__(self, current: R) -> R | None:
+        self.seen = current
+        outcome = self._apply(current)
+        self.left = outcome if isinstance(outcome, Leave) else None
+        return None if isinstance(outcome, Leave) else outcome
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def take_for_plan(job: Job, owner: str, now: float, terms: LeaseTerms) -> Job | Leave:
+    """Take the planning lease of an accepted job, or extend my own; a live lease of
+    another planner is left alone, an expired one is taken over."""
+    if job.state is not JobState.ACCEPTED:
+        return Leave.DONE
+    if lease_state(job.lease, owner, now) is LeaseState.HELD:
+        return Leave.HELD
+    return replace(job, lease=terms.lease(owner, now), updated_at=now)
+
+
+def renew_plan(job: Job, owner: str, now: float, terms: LeaseTerms) -> Job | Leave:
+    """Extend my planning lease while I read, if it is still mine (even run out: nobody
+    took it over); a planner that lost it stops."""
+    if job.state is not JobState.ACCEPTED:
+        return Leave.DONE
+    if not lease_state(job.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    return replace(job, lease=terms.lease(owner, now), updated_at=now)
+
+
+def commit_plan(
+    job: Job, owner: str, now: float, *, counts: dict[str, int], chunk_count: int
+) -> Job | Leave:
+    """End my planning: the job goes to submitting with its `chunk_count` chunks (to
+    collecting when it has none, its collect asked for now) and the lease is released.
+    Only the lease's holder commits, so one plan's chunks are ever created."""
+    if job.state is not JobState.ACCEPTED:
+        return Leave.DONE
+    if not lease_state(job.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    target = JobState.SUBMITTING if chunk_count else JobState.COLLECTING
+    return job.to(
+        target,
+        now,
+        lease=None,
+        counts=counts,
+        chunk_count=chunk_count,
+        collect_requested_at=now if target is JobState.COLLECTING else None,
+    )
+
+
+def reject(job: Job, reason: str, now: float, expire_at: datetime | None) -> Job | Leave:
+    """An accepted job that cannot run ends rejected with `reason`, whoever holds its
+    planning lease (the file is as unreadable for any planner); nothing was sent."""
+    if job.state is not JobState.ACCEPTED:
+        return Leave.DONE
+    return job.to(
+        JobState.REJECTED, now, lease=None, error=reason, ended_at=now, expire_at=expire_at
+    )
+
+
+def ask_cancel(job: Job, now: float) -> Job | Leave:
+    """Record that the job is to be canceled, once; poll carries it out."""
+    if job.state.terminal or job.cancel_requested_at is not None:
+        return Leave.DONE
+    return replace(job, cancel_requested_at=now, updated_at=now)
+
+
+def start_running(job: Job, now: float) -> Job | Leave:
+    """Every chunk of a submitting job has reached its provider: the job runs."""
+    if job.state is not JobState.SUBMITTING:
+        return Leave.DONE
+    return job.to(JobState.RUNNING, now, submitted_at=now)
+
+
+def start_collecting(job: Job, now: float) -> Job | Leave:
+    """Every chunk has ended: the job is to be collected, asked for now."""
+    if job.state not in (JobState.SUBMITTING, JobState.RUNNING):
+        return Leave.DONE
+    return job.to(
+        JobState.COLLECTING,
+        now,
+        submitted_at=job.submitted_at or now,
+        collect_requested_at=now,
+    )
+
+
+def ask_collect_again(job: Job, now: float, retry_seconds: float) -> Job | Leave:
+    """Ask again for the collect of a job whose last ask is `retry_seconds` old (the
+    message may be lost, or its collect died)."""
+    if job.state is not JobState.COLLECTING:
+        return Leave.DONE
+    if (job.collect_requested_at or 0) + retry_seconds > now:
+        return Leave.NOT_DUE
+    return replace(job, collect_requested_at=now, updated_at=now)
+
+
+def reopen_for_repair(job: Job, now: float, *, chunk_count: int, new_chunks: int) -> Job | Leave:
+    """Back to running for a round of re-asks: `new_chunks` chunks after the
+    `chunk_count` the collecting job had. A collect that saw another number of chunks
+    comes after another round started; a job being canceled re-asks nothing."""
+    if job.state is not JobState.COLLECTING or job.chunk_count != chunk_count:
+        return Leave.DONE
+    if job.cancel_requested_at is not None:
+        return Leave.CANCELED
+    return job.to(
+        JobState.RUNNING, now, chunk_count=chunk_count + new_chunks, collect_requested_at=None
+    )
+
+
+def finish(
+    job: Job, state: JobState, now: float, *, tally: Tally, expire_at: datetime | None
+) -> Job | Leave:
+    """A collected job ends in `state`, with the counts, tokens and cost of `tally`;
+    only the first collect to get here ends it."""
+    if job.state is not JobState.COLLECTING:
+        return Leave.DONE
+    return job.to(
+        state,
+        now,
+        counts={**job.counts, **tally.counts},
+        usage={"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
+        cost_usd=round(tally.cost_usd, 10),
+        ended_at=now,
+        expire_at=expire_at,
+    )
+
+
+def mark_published(job: Job) -> Job | Leave:
+    """Record that `job.completed` went out (it may go out twice; it is marked once)."""
+    if job.event_published:
+        return Leave.DONE
+    return replace(job, event_published=True)
+
+
+# ---------------------------------------------------------------------------- chunks
+
+
+def submit_due(chunk: Chunk, owner: str, now: float) -> bool:
+    """Whether `owner` is to send `chunk` to its provider now: it is pending, or
+    submitting under no live lease (its holder is taken for dead; while my own lease is
+    live, I am at it already)."""
+    if chunk.state is ChunkState.PENDING:
+        return True
+    return chunk.state is ChunkState.SUBMITTING and not lease_state(chunk.lease, owner, now).live
+
+
+def take_for_submit(chunk: Chunk, owner: str, now: float, terms: LeaseTerms) -> Chunk | Leave:
+    """Lease a chunk that is due (`submit_due`) before creating its batch; one more
+    attempt, and the first attempt's start kept (the batch a takeover may have to find
+    at the provider is that old)."""
+    if chunk.state not in (ChunkState.PENDING, ChunkState.SUBMITTING):
+        return Leave.DONE
+    if not submit_due(chunk, owner, now):
+        return Leave.HELD
+    return chunk.to(
+        ChunkState.SUBMITTING,
+        now,
+        lease=terms.lease(owner, now),
+        attempts=chunk.attempts + 1,
+        submit_started_at=chunk.submit_started_at or now,
+    )
+
+
+def _submitting_under(chunk: Chunk, owner: str, now: float) -> Leave | None:
+    """Why `owner` may not settle `chunk`'s submit (None: it may): the chunk is still
+    submitting under `owner`'s lease, live or not, which nobody took over."""
+    if chunk.state is not ChunkState.SUBMITTING:
+        return Leave.DONE
+    if not lease_state(chunk.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    return None
+
+
+def release_submit(chunk: Chunk, owner: str, now: float) -> Chunk | Leave:
+    """Give my submit lease back (it ends now) after a failure worth retrying, so that
+    the next attempt need not wait for it to run out; that attempt reconciles first."""
+    left = _submitting_under(chunk, owner, now)
+    if left is not None:
+        return left
+    return replace(chunk, lease=Lease(owner, now), updated_at=now)
+
+
+def fail_submit(chunk: Chunk, owner: str, error: str, now: float) -> Chunk | Leave:
+    """The provider refused my batch for good: the chunk ends with `error`, unsubmitted."""
+    left = _submitting_under(chunk, owner, now)
+    if left is not None:
+        return left
+    return chunk.to(ChunkState.ENDED, now, lease=None, error=error)
+
+
+def end_unsubmitted(chunk: Chunk, owner: str, now: float) -> Chunk | Leave:
+    """Its job is being canceled and no batch of an earlier attempt was found: the chunk
+    ends canceled without reaching its provider."""
+    left = _submitting_under(chunk, owner, now)
+    if left is not None:
+        return left
+    return chunk.to(ChunkState.ENDED, now, lease=None, batch_state=BatchState.CANCELED)
+
+
+def record_batch(chunk: Chunk, batch: ProviderBatch, now: float) -> Chunk | Leave:
+    """Record the batch created (or adopted) for a submitting chunk. The first record
+    wins, whoever holds the lease: a submit that outlived its lease may still record,
+    and the loser of such a race withdraws its own batch."""
+    if chunk.state is not ChunkState.SUBMITTING:
+        return Leave.DONE
+    return chunk.to(
+        ChunkState.ENDED if batch.state.ended else ChunkState.RUNNING,
+        now,
+        lease=None,
+        batch_id=batch.batch_id,
+        batch_state=batch.state,
+        batch_counts=batch.counts,
+    )
+
+
+def follow_batch(chunk: Chunk, batch: ProviderBatch, now: float) -> Chunk | Leave:
+    """Record how the running chunk's batch is doing; the chunk ends when it has."""
+    if chunk.state is not ChunkState.RUNNING or chunk.batch_id != batch.batch_id:
+        return Leave.DONE
+    return chunk.to(
+        ChunkState.ENDED if batch.state.ended else ChunkState.RUNNING,
+        now,
+        batch_state=batch.state,
+        batch_counts=batch.counts,
+    )
+
+
+def cancel_pending(chunk: Chunk, now: float) -> Chunk | Leave:
+    """Its job is being canceled: a chunk nobody has started to submit ends canceled."""
+    if chunk.state is not ChunkState.PENDING:
+        return Leave.DONE
+    return chunk.to(ChunkState.ENDED, now, batch_state=BatchState.CANCELED)
+
+
+def stamp_expiry(chunk: Chunk, expire_at: datetime) -> Chunk | Leave:
+    """Its job has ended: the chunk may be deleted with it (stamped once)."""
+    if chunk.expire_at is not None:
+        return Leave.DONE
+    return replace(chunk, expire_at=expire_at)

@@ -1,1 +1,0 @@
-"""Local emulators of the providers' batch APIs, for development and tests."""

@@ -1,0 +1,543 @@
+"""The claim rules (`domain/claims.py`) as a table: the specification of exactly-once.
+
+How to read LEASES: one row per event, one column per state of the record's lease as I
+(`ME`) see it at `NOW`. A cell is what the rule makes of the record: the row's verb when
+it changes it (to exactly `Event.effect`), or why it leaves it (`Leave`):
+
+- free: no lease on the record;
+- mine: my lease, live; mine, expired: my lease, run out, and nobody took it over;
+- held: another invocation's lease, live; expired: another's, run out (its holder is
+  taken for dead);
+- past: the record is past the step (planned, ended, ...): the lease does not matter.
+
+A lease runs out at its `until` itself; the expired columns sit exactly there. Steps that
+no lease guards (cancel, collect, finish, ...) act on records that carry no lease; their
+rows show that a lease left on one would change nothing. STATES then covers what the
+lease columns cannot: other record states and the conditions besides the lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from batchline.domain import claims
+from batchline.domain.claims import Change, LeaseState, LeaseTerms, Leave
+from batchline.domain.models import (
+    BatchState,
+    Chunk,
+    ChunkState,
+    Job,
+    JobOptions,
+    JobState,
+    Lease,
+    ProviderBatch,
+    Source,
+)
+from batchline.domain.results import Tally
+
+ME, OTHER = "me", "other"
+NOW = 1_800_000_000.0
+TERMS = LeaseTerms(60.0)
+EXPIRY = datetime(2027, 1, 1, tzinfo=UTC)
+COUNTS = {"lines": 3, "blank_lines": 0, "invalid": 0, "requests": 3}
+TALLY = Tally(counts={"succeeded": 3}, input_tokens=30, output_tokens=15, cost_usd=0.123456789012)
+BATCH = ProviderBatch("batch_1", BatchState.RUNNING, {"total": 3})
+ENDED_BATCH = ProviderBatch("batch_1", BatchState.COMPLETED, {"total": 3, "completed": 3})
+
+LEASE_COLUMNS: dict[str, Lease | None] = {
+    "free": None,
+    "mine": Lease(ME, NOW + 30),
+    "mine, expired": Lease(ME, NOW),
+    "held": Lease(OTHER, NOW + 30),
+    "expired": Lease(OTHER, NOW),
+}
+PAST = "past"
+
+
+def job(state: JobState, **changes: Any) -> Job:
+    base = Job(
+        job_id="j",
+        source=Source("in", "x.jsonl", "1", 100),
+        options=JobOptions(),
+        output_prefix="gs://out/x/j/",
+        state=state,
+        counts=COUNTS if state is not JobState.ACCEPTED else {},
+        chunk_count=2 if state is not JobState.ACCEPTED else 0,
+        created_at=NOW - 1000,
+        updated_at=NOW - 100,
+    )
+    return replace(base, **changes)
+
+
+def chunk(state: ChunkState, **changes: Any) -> Chunk:
+    base = Chunk(
+        job_id="j",
+        index=0,
+        provider="openai",
+        model="gpt-4o-mini",
+        request_count=3,
+        payload_bytes=300,
+        payload_uri="gs://work/jobs/j/chunks/0/input.jsonl",
+        manifest_uri="gs://work/jobs/j/chunks/0/manifest.jsonl",
+        state=state,
+        updated_at=NOW - 100,
+    )
+    if state is ChunkState.SUBMITTING:
+        base = replace(base, attempts=1, submit_started_at=NOW - 900)
+    if state in (ChunkState.RUNNING, ChunkState.ENDED):
+        base = replace(base, attempts=1, batch_id="batch_1", batch_state=BatchState.RUNNING)
+    return replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row: the rule as called by its service, what it makes of a record it changes,
+    the record as it is when the step may run, and a record past the step."""
+
+    verb: str
+    rule: Callable[[Any], Any]
+    effect: Callable[[Any], Any]
+    at: Job | Chunk
+    past: Job | Chunk
+
+
+EVENTS: dict[str, Event] = {
+    # ------------------------------------------------------------------ planning a job
+    "take for plan": Event(
+        "taken",
+        lambda j: claims.take_for_plan(j, ME, NOW, TERMS),
+        lambda j: replace(j, lease=Lease(ME, NOW + 60), updated_at=NOW),
+        job(JobState.ACCEPTED),
+        job(JobState.SUBMITTING),
+    ),
+    "renew the planning lease": Event(
+        "renewed",
+        lambda j: claims.renew_plan(j, ME, NOW, TERMS),
+        lambda j: replace(j, lease=Lease(ME, NOW + 60), updated_at=NOW),
+        job(JobState.ACCEPTED),
+        job(JobState.SUBMITTING),
+    ),
+    "commit the plan": Event(
+        "committed",
+        lambda j: claims.commit_plan(j, ME, NOW, counts=COUNTS, chunk_count=2),
+        lambda j: replace(
+            j, state=JobState.SUBMITTING, lease=None, counts=COUNTS, chunk_count=2, updated_at=NOW
+        ),
+        job(JobState.ACCEPTED),
+        job(JobState.SUBMITTING),
+    ),
+    "reject": Event(
+        "rejected",
+        lambda j: claims.reject(j, "the file is empty", NOW, EXPIRY),
+        lambda j: replace(
+            j,
+            state=JobState.REJECTED,
+            lease=None,
+            error="the file is empty",
+            ended_at=NOW,
+            expire_at=EXPIRY,
+            updated_at=NOW,
+        ),
+        job(JobState.ACCEPTED),
+        job(JobState.SUBMITTING),
+    ),
+    # ------------------------------------------------------------------ submitting a chunk
+    "take for submit": Event(
+        "taken",
+        lambda c: claims.take_for_submit(c, ME, NOW, TERMS),
+        lambda c: replace(
+            c,
+            state=ChunkState.SUBMITTING,
+            lease=Lease(ME, NOW + 60),
+            attempts=c.attempts + 1,
+            submit_started_at=c.submit_started_at or NOW,
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING),
+    ),
+    "release (a retryable error)": Event(
+        "released",
+        lambda c: claims.release_submit(c, ME, NOW),
+        lambda c: replace(c, lease=Lease(ME, NOW), updated_at=NOW),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING),
+    ),
+    "fail (refused for good)": Event(
+        "failed",
+        lambda c: claims.fail_submit(c, ME, "400: bad model", NOW),
+        lambda c: replace(
+            c, state=ChunkState.ENDED, lease=None, error="400: bad model", updated_at=NOW
+        ),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING),
+    ),
+    "nothing to adopt (canceling)": Event(
+        "ended unsent",
+        lambda c: claims.end_unsubmitted(c, ME, NOW),
+        lambda c: replace(
+            c,
+            state=ChunkState.ENDED,
+            lease=None,
+            batch_state=BatchState.CANCELED,
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING),
+    ),
+    "record the batch": Event(
+        "recorded",
+        lambda c: claims.record_batch(c, BATCH, NOW),
+        lambda c: replace(
+            c,
+            state=ChunkState.RUNNING,
+            lease=None,
+            batch_id="batch_1",
+            batch_state=BatchState.RUNNING,
+            batch_counts={"total": 3},
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING, batch_id="batch_0"),
+    ),
+    # ------------------------------------------------------------------ following a chunk
+    "batch ended": Event(
+        "ended",
+        lambda c: claims.follow_batch(c, ENDED_BATCH, NOW),
+        lambda c: replace(
+            c,
+            state=ChunkState.ENDED,
+            batch_state=BatchState.COMPLETED,
+            batch_counts={"total": 3, "completed": 3},
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.RUNNING),
+        chunk(ChunkState.ENDED, batch_state=BatchState.COMPLETED),
+    ),
+    "cancel a pending chunk": Event(
+        "ended canceled",
+        lambda c: claims.cancel_pending(c, NOW),
+        lambda c: replace(
+            c, state=ChunkState.ENDED, batch_state=BatchState.CANCELED, updated_at=NOW
+        ),
+        chunk(ChunkState.PENDING),
+        chunk(ChunkState.SUBMITTING),
+    ),
+    # ------------------------------------------------------------------ a job's life after
+    "cancel asked": Event(
+        "asked",
+        lambda j: claims.ask_cancel(j, NOW),
+        lambda j: replace(j, cancel_requested_at=NOW, updated_at=NOW),
+        job(JobState.RUNNING),
+        job(JobState.SUCCEEDED),
+    ),
+    "every chunk sent": Event(
+        "running",
+        lambda j: claims.start_running(j, NOW),
+        lambda j: replace(j, state=JobState.RUNNING, submitted_at=NOW, updated_at=NOW),
+        job(JobState.SUBMITTING),
+        job(JobState.RUNNING),
+    ),
+    "every chunk ended": Event(
+        "collecting",
+        lambda j: claims.start_collecting(j, NOW),
+        lambda j: replace(
+            j,
+            state=JobState.COLLECTING,
+            submitted_at=j.submitted_at or NOW,
+            collect_requested_at=NOW,
+            updated_at=NOW,
+        ),
+        job(JobState.RUNNING, submitted_at=NOW - 500),
+        job(JobState.COLLECTING),
+    ),
+    "collect not done in time": Event(
+        "asked again",
+        lambda j: claims.ask_collect_again(j, NOW, 600),
+        lambda j: replace(j, collect_requested_at=NOW, updated_at=NOW),
+        job(JobState.COLLECTING, collect_requested_at=NOW - 600),
+        job(JobState.SUCCEEDED, collect_requested_at=NOW - 600),
+    ),
+    "reopen for a repair round": Event(
+        "reopened",
+        lambda j: claims.reopen_for_repair(j, NOW, chunk_count=2, new_chunks=1),
+        lambda j: replace(
+            j, state=JobState.RUNNING, chunk_count=3, collect_requested_at=None, updated_at=NOW
+        ),
+        job(JobState.COLLECTING, collect_requested_at=NOW - 10),
+        job(JobState.RUNNING, chunk_count=3),
+    ),
+    "finish": Event(
+        "finished",
+        lambda j: claims.finish(j, JobState.SUCCEEDED, NOW, tally=TALLY, expire_at=EXPIRY),
+        lambda j: replace(
+            j,
+            state=JobState.SUCCEEDED,
+            counts={**COUNTS, "succeeded": 3},
+            usage={"input_tokens": 30, "output_tokens": 15},
+            cost_usd=0.123456789,
+            ended_at=NOW,
+            expire_at=EXPIRY,
+            updated_at=NOW,
+        ),
+        job(JobState.COLLECTING),
+        job(JobState.PARTIAL),
+    ),
+    "job.completed sent": Event(
+        "marked",
+        lambda j: claims.mark_published(j),
+        lambda j: replace(j, event_published=True),
+        job(JobState.SUCCEEDED),
+        job(JobState.SUCCEEDED, event_published=True),
+    ),
+    "job ended (retention)": Event(
+        "stamped",
+        lambda c: claims.stamp_expiry(c, EXPIRY),
+        lambda c: replace(c, expire_at=EXPIRY),
+        chunk(ChunkState.ENDED),
+        chunk(ChunkState.ENDED, expire_at=EXPIRY),
+    ),
+}
+
+DONE, HELD, NOT_MINE = Leave.DONE, Leave.HELD, Leave.NOT_MINE
+
+# fmt: off
+LEASES: dict[str, tuple[str, ...]] = {
+    #                               free          mine          mine, expired held          expired       past
+    # Planning: whoever holds a live lease plans; an expired planner is taken over.
+    "take for plan":                ("taken",     "taken",      "taken",      HELD,         "taken",      DONE),
+    "renew the planning lease":     (NOT_MINE,    "renewed",    "renewed",    NOT_MINE,     NOT_MINE,     DONE),
+    "commit the plan":              (NOT_MINE,    "committed",  "committed",  NOT_MINE,     NOT_MINE,     DONE),
+    # An unreadable file is unreadable for every planner.
+    "reject":                       ("rejected",  "rejected",   "rejected",   "rejected",   "rejected",   DONE),
+    # Submitting: a live lease, mine included, means someone is at it.
+    "take for submit":              ("taken",     HELD,         "taken",      HELD,         "taken",      DONE),
+    "release (a retryable error)":  (NOT_MINE,    "released",   "released",   NOT_MINE,     NOT_MINE,     DONE),
+    "fail (refused for good)":      (NOT_MINE,    "failed",     "failed",     NOT_MINE,     NOT_MINE,     DONE),
+    "nothing to adopt (canceling)": (NOT_MINE,    "ended unsent", "ended unsent", NOT_MINE, NOT_MINE,     DONE),
+    # The first batch recorded wins, even from a submit that outlived its lease.
+    "record the batch":             ("recorded",  "recorded",   "recorded",   "recorded",   "recorded",   DONE),
+    # No lease guards the rest: the record's state does.
+    "batch ended":                  ("ended",     "ended",      "ended",      "ended",      "ended",      DONE),
+    "cancel a pending chunk":       ("ended canceled", "ended canceled", "ended canceled", "ended canceled", "ended canceled", DONE),
+    "cancel asked":                 ("asked",     "asked",      "asked",      "asked",      "asked",      DONE),
+    "every chunk sent":             ("running",   "running",    "running",    "running",    "running",    DONE),
+    "every chunk ended":            ("collecting", "collecting", "collecting", "collecting", "collecting", DONE),
+    "collect not done in time":     ("asked again", "asked again", "asked again", "asked again", "asked again", DONE),
+    "reopen for a repair round":    ("reopened",  "reopened",   "reopened",   "reopened",   "reopened",   DONE),
+    "finish":                       ("finished",  "finished",   "finished",   "finished",   "finished",   DONE),
+    "job.completed sent":           ("marked",    "marked",     "marked",     "marked",     "marked",     DONE),
+    "job ended (retention)":        ("stamped",   "stamped",    "stamped",    "stamped",    "stamped",    DONE),
+}
+# fmt: on
+
+COLUMNS = [*LEASE_COLUMNS, PAST]
+
+
+def test_the_table_has_every_event_and_every_column() -> None:
+    assert set(LEASES) == set(EVENTS)
+    assert all(len(row) == len(COLUMNS) for row in LEASES.values())
+
+
+def check(event: Event, before: Job | Chunk, expected: str) -> None:
+    """The rule leaves `before` for the reason `expected` names, or changes it to
+    exactly the event's effect."""
+    outcome = event.rule(before)
+    if isinstance(expected, Leave):
+        assert outcome is expected
+        return
+    assert expected == event.verb, f"the table says {expected!r}, the event {event.verb!r}"
+    assert not isinstance(outcome, Leave), f"left: {outcome}"
+    assert outcome == event.effect(before)
+
+
+@pytest.mark.parametrize(
+    ("name", "column"),
+    [(name, column) for name in LEASES for column in COLUMNS],
+    ids=[f"{name} | {column}" for name in LEASES for column in COLUMNS],
+)
+def test_lease_state_by_event(name: str, column: str) -> None:
+    event = EVENTS[name]
+    expected = LEASES[name][COLUMNS.index(column)]
+    before = event.past if column == PAST else replace(event.at, lease=LEASE_COLUMNS[column])
+    check(event, before, expected)
+
+
+# What the lease columns cannot show: other states of the record, and the conditions
+# besides the lease.
+STATES = [
+    pytest.param(
+        "take for submit", chunk(ChunkState.PENDING), "taken", id="a pending chunk is taken"
+    ),
+    pytest.param(
+        "take for submit", chunk(ChunkState.ENDED), DONE, id="an ended chunk is not taken"
+    ),
+    pytest.param("take for plan", job(JobState.REJECTED), DONE, id="a rejected job is not planned"),
+    pytest.param("reject", job(JobState.REJECTED), DONE, id="a job is rejected once"),
+    pytest.param("cancel asked", job(JobState.ACCEPTED), "asked", id="cancel while planning"),
+    pytest.param("cancel asked", job(JobState.COLLECTING), "asked", id="cancel while collecting"),
+    pytest.param(
+        "cancel asked",
+        job(JobState.RUNNING, cancel_requested_at=NOW - 5),
+        DONE,
+        id="cancel asked twice keeps the first time",
+    ),
+    pytest.param("cancel asked", job(JobState.CANCELED), DONE, id="cancel of a canceled job"),
+    pytest.param(
+        "every chunk ended",
+        job(JobState.SUBMITTING),
+        "collecting",
+        id="every chunk ended while submitting",
+    ),
+    pytest.param(
+        "collect not done in time",
+        job(JobState.COLLECTING, collect_requested_at=NOW - 599),
+        Leave.NOT_DUE,
+        id="collect asked less than retry_seconds ago",
+    ),
+    pytest.param(
+        "collect not done in time",
+        job(JobState.COLLECTING, collect_requested_at=None),
+        "asked again",
+        id="collect never asked",
+    ),
+    pytest.param(
+        "reopen for a repair round",
+        job(JobState.COLLECTING, chunk_count=3),
+        DONE,
+        id="another collect started a round already",
+    ),
+    pytest.param(
+        "reopen for a repair round",
+        job(JobState.COLLECTING, cancel_requested_at=NOW - 5),
+        Leave.CANCELED,
+        id="no repair round once a cancel is asked",
+    ),
+    pytest.param(
+        "finish", job(JobState.RUNNING), DONE, id="finish after a repair round reopened the job"
+    ),
+    pytest.param(
+        "batch ended",
+        chunk(ChunkState.RUNNING, batch_id="batch_0"),
+        DONE,
+        id="news of a batch the chunk did not record",
+    ),
+    pytest.param(
+        "batch ended",
+        chunk(ChunkState.SUBMITTING),
+        DONE,
+        id="news of a batch before the chunk recorded it",
+    ),
+    pytest.param(
+        "record the batch", chunk(ChunkState.PENDING), DONE, id="no record without a lease taken"
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "before", "expected"), STATES)
+def test_record_state_by_event(name: str, before: Job | Chunk, expected: str) -> None:
+    check(EVENTS[name], before, expected)
+
+
+def test_commit_of_a_plan_without_chunks_goes_to_collecting_and_asks_for_it() -> None:
+    planning = job(JobState.ACCEPTED, lease=Lease(ME, NOW + 30))
+    committed = claims.commit_plan(planning, ME, NOW, counts=COUNTS, chunk_count=0)
+    assert isinstance(committed, Job)
+    assert committed.state is JobState.COLLECTING
+    assert (committed.chunk_count, committed.collect_requested_at) == (0, NOW)
+
+
+def test_a_running_batch_keeps_the_chunk_running() -> None:
+    running = chunk(ChunkState.RUNNING)
+    progressed = ProviderBatch("batch_1", BatchState.RUNNING, {"total": 3, "completed": 1})
+    followed = claims.follow_batch(running, progressed, NOW)
+    assert isinstance(followed, Chunk)
+    assert followed.state is ChunkState.RUNNING
+    assert followed.batch_counts == {"total": 3, "completed": 1}
+    ended = claims.record_batch(chunk(ChunkState.SUBMITTING), ENDED_BATCH, NOW)
+    assert isinstance(ended, Chunk) and ended.state is ChunkState.ENDED
+
+
+# ------------------------------------------------------------------ leases
+
+
+@pytest.mark.parametrize(
+    ("lease", "state"),
+    [
+        (None, LeaseState.FREE),
+        (Lease(ME, NOW + 0.001), LeaseState.MINE),
+        (Lease(ME, NOW), LeaseState.MINE_EXPIRED),
+        (Lease(OTHER, NOW + 0.001), LeaseState.HELD),
+        (Lease(OTHER, NOW), LeaseState.EXPIRED),
+        (Lease(OTHER, NOW - 3600), LeaseState.EXPIRED),
+    ],
+)
+def test_a_lease_runs_out_at_its_until(lease: Lease | None, state: LeaseState) -> None:
+    assert claims.lease_state(lease, ME, NOW) is state
+    assert state.live == (state in (LeaseState.MINE, LeaseState.HELD))
+
+
+def test_lease_terms_set_expiry_and_renewal() -> None:
+    terms = LeaseTerms(900.0)
+    assert terms.lease(ME, NOW) == Lease(ME, NOW + 900)
+    assert not terms.renewal_due(NOW, NOW + 299.9)
+    assert terms.renewal_due(NOW, NOW + 300)
+
+
+def test_expiry_follows_retention() -> None:
+    assert claims.expiry(NOW, None) is None
+    assert claims.expiry(NOW, 7) == datetime.fromtimestamp(NOW + 7 * 86400, tz=UTC)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [chunk(ChunkState.PENDING), chunk(ChunkState.RUNNING), chunk(ChunkState.ENDED)]
+    + [replace(chunk(ChunkState.SUBMITTING), lease=lease) for lease in LEASE_COLUMNS.values()],
+    ids=lambda c: f"{c.state} {c.lease}",
+)
+def test_a_chunk_is_due_exactly_when_it_can_be_taken_for_submit(record: Chunk) -> None:
+    taken = claims.take_for_submit(record, ME, NOW, TERMS)
+    assert claims.submit_due(record, ME, NOW) == isinstance(taken, Chunk)
+
+
+# ------------------------------------------------------------------ a story
+
+
+def test_two_submitters_one_chunk_one_batch() -> None:
+    """The table in action: a submitter dies mid-submit; the next takes over once its
+    lease has run out, and only one batch is ever recorded."""
+    pending = chunk(ChunkState.PENDING)
+    first = claims.take_for_submit(pending, "a", NOW, TERMS)
+    assert isinstance(first, Chunk) and first.attempts == 1
+    assert claims.take_for_submit(first, "b", NOW + 59, TERMS) is Leave.HELD
+    second = claims.take_for_submit(first, "b", NOW + 60, TERMS)  # "a" is taken for dead
+    assert isinstance(second, Chunk)
+    assert (second.attempts, second.submit_started_at, second.lease) == (
+        2,
+        NOW,
+        Lease("b", NOW + 120),
+    )
+    assert claims.fail_submit(second, "a", "late", NOW + 61) is Leave.NOT_MINE
+    recorded = claims.record_batch(second, BATCH, NOW + 62)
+    assert isinstance(recorded, Chunk) and recorded.batch_id == "batch_1"
+    late = ProviderBatch("batch_2", BatchState.RUNNING, {"total": 3})
+    assert claims.record_batch(recorded, late, NOW + 63) is Leave.DONE
+
+
+# ------------------------------------------------------------------ Change
+
+
+def test_change_hands_the_store_a_new_record_or_none_and_remembers_why() -> None:
+    planning = job(JobState.ACCEPTED, lease=Lease(OTHER, NOW + 30))
+    take = Change(claims.take_for_plan, ME, NOW, TERMS)
+    assert take(planning) is None
+    assert (take.seen, take.left) == (planning, Leave.HELD)
+    free = replace(planning, lease=None)
+    taken = take(free)
+    assert taken is not None and taken.lease == Lease(ME, NOW + 60)
+    assert (take.seen, take.left) == (free, None)
