@@ -418,7 +418,7 @@ def real_size(report: Report, lines: int, seed: int, baseline: int) -> None:
     run = on_disk(path, meta, "real", "openai")
     chunks = run["submit"]["chunks"]
     largest = max(c["payload_bytes"] for c in chunks)
-    limit = harness.settings().openai_limits
+    limit = harness.settings().provider("openai").limits
     rows = [
         ["input", f"{lines:,} lines, {mb(meta.size)}"],
         [

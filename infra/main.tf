@@ -59,6 +59,8 @@ locals {
     BATCHLINE_LEASE_SECONDS         = var.settings.lease_seconds
     BATCHLINE_WORK_BUDGET_SECONDS   = var.settings.work_budget_seconds
     BATCHLINE_COLLECT_RETRY_SECONDS = var.settings.collect_retry_seconds
+    # Lines for a provider not listed are invalid ("not enabled in this deployment").
+    BATCHLINE_ENABLED_PROVIDERS = join(",", sort(tolist(var.enabled_providers)))
     # Vertex AI batch jobs run in the deployment's region unless told otherwise.
     BATCHLINE_VERTEX_LOCATION = coalesce(var.settings.vertex_location, var.region)
   }

@@ -361,7 +361,7 @@ variable "settings" {
 }
 
 variable "enabled_providers" {
-  description = "Providers this deployment runs, e.g. [\"openai\", \"anthropic\", \"vertex\"]. openai and anthropic each get a Secret Manager secret for their API key (OPENAI_API_KEY, ANTHROPIC_API_KEY), mounted into the functions that call providers; `make deploy` fills an empty one from the variable of that name and stops if it is not set. Terraform creates the secret only, never its value. vertex has no key: it enables aiplatform.googleapis.com and grants the functions and the Vertex AI service agent what batch prediction needs. Lines for a provider left out fail; nothing else is affected."
+  description = "Providers this deployment runs, e.g. [\"openai\", \"anthropic\", \"vertex\"]. openai and anthropic each get a Secret Manager secret for their API key (OPENAI_API_KEY, ANTHROPIC_API_KEY), mounted into the functions that call providers; `make deploy` fills an empty one from the variable of that name and stops if it is not set. Terraform creates the secret only, never its value. vertex has no key: it enables aiplatform.googleapis.com and grants the functions and the Vertex AI service agent what batch prediction needs. The functions get the list as BATCHLINE_ENABLED_PROVIDERS: a line for a provider left out is invalid (\"provider ... is not enabled in this deployment\"); nothing else is affected."
   type        = set(string)
   default     = ["openai"]
   nullable    = false

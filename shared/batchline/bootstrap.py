@@ -1,25 +1,31 @@
-"""Wires settings to adapters in one place. Functions call `deps()` once per instance."""
+"""Wires settings to adapters in one place. Functions call `deps()` once per instance.
+
+Providers come from one registry (`domain/providers/registry.py`): a provider's limits,
+encoder and re-ask turn from its descriptor and its settings block, its client from
+`adapters/providers/<name>.py`'s `make_client`, imported (with its SDK) on first use.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 from batchline.config import ChunkLimits, Settings
-from batchline.domain.planning import Encoder
 from batchline.domain.pricing import PRICES, Price, load_prices
+from batchline.domain.providers.base import Encoder, RepairTurn
+from batchline.domain.providers.registry import KNOWN_PROVIDERS, provider
 from batchline.errors import ConfigError
 from batchline.ports import BlobStore, Clock, JobStore, ProviderClient, Publisher
 
-#: (staged request line, previous answer, feedback) -> None, changing the line in place.
-RepairTurn = Callable[[dict[str, Any], str, str], None]
-
 
 class SystemClock:
+    """The wall clock, in epoch seconds."""
+
     def now(self) -> float:
+        """Seconds since the epoch."""
         return time.time()
 
 
@@ -31,6 +37,7 @@ class Providers:
         self._clients: dict[str, ProviderClient] = {}
 
     def get(self, name: str) -> ProviderClient:
+        """The client of provider `name`; ConfigError when none is configured."""
         if name not in self._clients:
             if name not in self._factories:
                 raise ConfigError(f"provider {name!r} is not configured")
@@ -38,113 +45,22 @@ class Providers:
         return self._clients[name]
 
 
-@dataclass(frozen=True)
-class ProviderSpec:
-    """Everything batchline needs to run one provider, built from the settings.
-
-    Each callable imports what it needs when called: the wire formats are cheap, the
-    SDK behind `client` is not (cold start).
-    """
-
-    encoder: Callable[[Settings], Encoder]
-    limits: Callable[[Settings], ChunkLimits]
-    #: Built from the settings and the deployment's BlobStore (Vertex reads GCS through it).
-    client: Callable[[Settings, BlobStore], ProviderClient]
-    #: Appends a re-ask turn (previous answer, what was wrong) to a staged request line.
-    repair_turn: Callable[[], RepairTurn]
-
-
-def _openai_encoder(settings: Settings) -> Encoder:
-    from batchline.domain.providers import openai
-
-    return openai.encode_line
-
-
-def _openai_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
-    from batchline.adapters.providers.openai import OpenAIProvider
-
-    return OpenAIProvider(api_key=settings.openai_api_key, base_url=settings.openai_base_url)
-
-
-def _anthropic_encoder(settings: Settings) -> Encoder:
-    from batchline.domain.providers import anthropic
-
-    return anthropic.make_line_encoder(settings.anthropic_max_tokens)
-
-
-def _anthropic_limits(settings: Settings) -> ChunkLimits:
-    from batchline.domain.providers import anthropic
-
-    # The limit is on the request body, which wraps the payload in {"requests":[...]}.
-    return replace(settings.anthropic_limits, envelope_bytes=anthropic.ENVELOPE_BYTES)
-
-
-def _anthropic_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
-    from batchline.adapters.providers.anthropic import AnthropicProvider
-
-    return AnthropicProvider(
-        api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url
+def make_client(name: str, settings: Settings, blobs: BlobStore) -> ProviderClient:
+    """Provider `name`'s client: `adapters/providers/<name>.py`'s `make_client`, given its
+    settings block, the deployment's project and its BlobStore (Vertex reads GCS)."""
+    provider(name)  # a known provider, or ConfigError
+    adapter = importlib.import_module(f"batchline.adapters.providers.{name}")
+    client: ProviderClient = adapter.make_client(
+        settings.provider(name), project=settings.project, blobs=blobs
     )
-
-
-def _vertex_encoder(settings: Settings) -> Encoder:
-    from batchline.domain.providers import vertex
-
-    return vertex.encode_line
-
-
-def _vertex_client(settings: Settings, blobs: BlobStore) -> ProviderClient:
-    from batchline.adapters.providers.vertex import VertexProvider
-
-    return VertexProvider(
-        project=settings.vertex_project or settings.project,
-        location=settings.vertex_location,
-        blobs=blobs,
-        api_endpoint=settings.vertex_api_endpoint,
-    )
-
-
-def _openai_repair() -> RepairTurn:
-    from batchline.domain.providers import openai
-
-    return openai.add_repair_turn
-
-
-def _anthropic_repair() -> RepairTurn:
-    from batchline.domain.providers import anthropic
-
-    return anthropic.add_repair_turn
-
-
-def _vertex_repair() -> RepairTurn:
-    from batchline.domain.providers import vertex
-
-    return vertex.add_repair_turn
-
-
-#: The providers this deployment runs (the same names as `domain.requests.ENABLED_PROVIDERS`).
-PROVIDERS: dict[str, ProviderSpec] = {
-    "openai": ProviderSpec(
-        _openai_encoder, lambda s: s.openai_limits, _openai_client, _openai_repair
-    ),
-    "anthropic": ProviderSpec(
-        _anthropic_encoder, _anthropic_limits, _anthropic_client, _anthropic_repair
-    ),
-    "vertex": ProviderSpec(
-        _vertex_encoder, lambda s: s.vertex_limits, _vertex_client, _vertex_repair
-    ),
-}
-
-
-def provider_spec(provider: str) -> ProviderSpec:
-    try:
-        return PROVIDERS[provider]
-    except KeyError:
-        raise ConfigError(f"provider {provider!r} is not configured") from None
+    return client
 
 
 @dataclass
 class Deps:
+    """What the services work with: settings, stores, publisher, provider clients, clock
+    and prices."""
+
     settings: Settings
     store: JobStore
     blobs: BlobStore
@@ -153,23 +69,29 @@ class Deps:
     clock: Clock = field(default_factory=SystemClock)
     prices: dict[str, Price] = field(default_factory=lambda: dict(PRICES))
 
-    def limits(self, provider: str) -> ChunkLimits:
-        return provider_spec(provider).limits(self.settings)
+    def limits(self, name: str) -> ChunkLimits:
+        """What one batch of provider `name` may hold, under these settings."""
+        return provider(name).chunk_limits(self.settings.provider(name))
 
-    def encoder(self, provider: str) -> Encoder:
-        return provider_spec(provider).encoder(self.settings)
+    def encoder(self, name: str) -> Encoder:
+        """Provider `name`'s request encoder, under these settings."""
+        return provider(name).encoder(self.settings.provider(name))
 
-    def repair_turn(self, provider: str) -> RepairTurn:
-        return provider_spec(provider).repair_turn()
+    def repair_turn(self, name: str) -> RepairTurn:
+        """Provider `name`'s re-ask turn (appended to a staged request line)."""
+        return provider(name).add_repair_turn
 
 
 def default_providers(settings: Settings, blobs: BlobStore) -> Providers:
+    """A client factory for every known provider (a job planned while a provider was
+    enabled is still followed after it is not)."""
     return Providers(
-        {name: functools.partial(spec.client, settings, blobs) for name, spec in PROVIDERS.items()}
+        {name: functools.partial(make_client, name, settings, blobs) for name in KNOWN_PROVIDERS}
     )
 
 
 def build(settings: Settings | None = None) -> Deps:
+    """The production dependencies: Firestore, GCS, Pub/Sub and the providers' clients."""
     from batchline.adapters import firestore, gcs
     from batchline.adapters.pubsub import PubSubPublisher
 

@@ -11,24 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from batchline.domain.limits import ChunkLimits as ChunkLimits  # re-exported: settings build them
+from batchline.domain.providers.base import ChunkLimits as ChunkLimits
+from batchline.domain.providers.base import ProviderSettings
+from batchline.domain.providers.registry import KNOWN_PROVIDERS, descriptors
 from batchline.errors import ConfigError
 
-# OpenAI's own limits are 50,000 requests and 200 MB per input file; we stay under them
-# with a margin so that an encoding detail never tips a chunk over.
-OPENAI_MAX_REQUESTS = 50_000
-OPENAI_MAX_BYTES = 200 * 1000 * 1000
-# Anthropic's are 100,000 requests and 256 MB of request body per Message Batch.
-ANTHROPIC_MAX_REQUESTS = 100_000
-ANTHROPIC_MAX_BYTES = 256 * 1000 * 1000
-# Anthropic requires max_tokens on every request: lines that give none get this.
-ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
-# Vertex AI's are 200,000 requests and a 1 GB input file per batch prediction job.
-VERTEX_MAX_REQUESTS = 200_000
-VERTEX_MAX_BYTES = 1000 * 1000 * 1000
-VERTEX_DEFAULT_LOCATION = "us-central1"
-SAFETY_MARGIN = 0.95
 # The longest input line batchline reads, from the providers' own per-request limits, so
 # that a request carrying a document (a PDF or image as base64, a long prompt) is not
 # refused before a provider would take it:
@@ -41,10 +30,37 @@ SAFETY_MARGIN = 0.95
 # Memory: planning holds one line at a time (a longer one is skipped in 64 KiB pieces),
 # so the limit bounds a line's share of the submit function's memory (1 GiB by default).
 MAX_LINE_BYTES = 32 * 1024 * 1024
+ENABLED_PROVIDERS_ENV = "BATCHLINE_ENABLED_PROVIDERS"
+
+
+def default_provider_settings() -> dict[str, ProviderSettings]:
+    """Every known provider's settings block with its defaults (no environment)."""
+    return {p.name: p.settings_from_env({}) for p in descriptors()}
+
+
+def provider_settings_from_env(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
+    """Every known provider's settings block, each parsed by its descriptor."""
+    return {p.name: p.settings_from_env(env) for p in descriptors()}
+
+
+def enabled_providers(raw: str | None) -> frozenset[str]:
+    """BATCHLINE_ENABLED_PROVIDERS's value: comma-separated provider names, every known
+    provider when unset or blank; ConfigError naming an unknown one."""
+    names = {name.strip() for name in (raw or "").split(",") if name.strip()}
+    unknown = sorted(names - KNOWN_PROVIDERS)
+    if unknown:
+        raise ConfigError(
+            f"{ENABLED_PROVIDERS_ENV}: unknown provider {unknown[0]!r} "
+            f"(known: {', '.join(sorted(KNOWN_PROVIDERS))})"
+        )
+    return frozenset(names) if names else KNOWN_PROVIDERS
 
 
 @dataclass(frozen=True)
 class Settings:
+    """The deployment's settings: buckets, topics, limits, and a settings block per
+    provider (`providers`), all from environment variables (`from_env`)."""
+
     project: str
     input_bucket: str
     output_bucket: str
@@ -53,26 +69,10 @@ class Settings:
     collect_topic: str = "batchline-collect"
     events_topic: str = "batchline-events"
     default_model: str | None = None
-    openai_base_url: str | None = None
-    openai_api_key: str | None = field(default=None, repr=False)
-    openai_limits: ChunkLimits = ChunkLimits(
-        int(OPENAI_MAX_REQUESTS * SAFETY_MARGIN), int(OPENAI_MAX_BYTES * SAFETY_MARGIN)
-    )
-    anthropic_base_url: str | None = None
-    anthropic_api_key: str | None = field(default=None, repr=False)
-    anthropic_limits: ChunkLimits = ChunkLimits(
-        int(ANTHROPIC_MAX_REQUESTS * SAFETY_MARGIN), int(ANTHROPIC_MAX_BYTES * SAFETY_MARGIN)
-    )
-    anthropic_max_tokens: int = ANTHROPIC_DEFAULT_MAX_TOKENS
-    # None: the deployment's own project.
-    vertex_project: str | None = None
-    vertex_location: str = VERTEX_DEFAULT_LOCATION
-    # An http:// endpoint is an emulator (REST, no credentials); None is Google's regional
-    # endpoint for `vertex_location`, with the default transport and credentials.
-    vertex_api_endpoint: str | None = None
-    vertex_limits: ChunkLimits = ChunkLimits(
-        int(VERTEX_MAX_REQUESTS * SAFETY_MARGIN), int(VERTEX_MAX_BYTES * SAFETY_MARGIN)
-    )
+    #: The providers lines may use (BATCHLINE_ENABLED_PROVIDERS); default every known one.
+    enabled_providers: frozenset[str] = KNOWN_PROVIDERS
+    #: Each known provider's settings block, by name (its descriptor parses it).
+    providers: Mapping[str, ProviderSettings] = field(default_factory=default_provider_settings)
     max_input_bytes: int = 2 * 1024**3
     max_line_bytes: int = MAX_LINE_BYTES
     # Longer than the slowest provider call can take (SDK timeout times retries), so a live
@@ -99,8 +99,16 @@ class Settings:
     # /v1/webhooks/openai (api only). None: that route refuses every event.
     openai_webhook_secret: str | None = field(default=None, repr=False)
 
+    def provider(self, name: str) -> Any:
+        """Provider `name`'s settings block (its descriptor's settings class)."""
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise ConfigError(f"provider {name!r} is not configured") from None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings from the environment; ConfigError naming a missing or bad variable."""
         env = os.environ if env is None else env
 
         def required(name: str) -> str:
@@ -119,11 +127,6 @@ class Settings:
                 raise ConfigError(f"{name}={raw!r} is not a number") from exc
 
         defaults = cls(project="", input_bucket="", output_bucket="", work_bucket="")
-        anthropic_max_tokens = int(
-            number("BATCHLINE_ANTHROPIC_MAX_TOKENS", defaults.anthropic_max_tokens)
-        )
-        if anthropic_max_tokens < 1:
-            raise ConfigError("BATCHLINE_ANTHROPIC_MAX_TOKENS must be a positive integer")
         project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or ""
         if not project:
             raise ConfigError("environment variable GOOGLE_CLOUD_PROJECT is required")
@@ -136,30 +139,8 @@ class Settings:
             collect_topic=env.get("BATCHLINE_COLLECT_TOPIC") or defaults.collect_topic,
             events_topic=env.get("BATCHLINE_EVENTS_TOPIC") or defaults.events_topic,
             default_model=env.get("BATCHLINE_DEFAULT_MODEL") or None,
-            openai_base_url=env.get("BATCHLINE_OPENAI_BASE_URL") or None,
-            openai_api_key=env.get("OPENAI_API_KEY") or None,
-            openai_limits=ChunkLimits(
-                int(number("BATCHLINE_OPENAI_MAX_REQUESTS", defaults.openai_limits.max_requests)),
-                int(number("BATCHLINE_OPENAI_MAX_BYTES", defaults.openai_limits.max_bytes)),
-            ),
-            anthropic_base_url=env.get("BATCHLINE_ANTHROPIC_BASE_URL") or None,
-            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
-            anthropic_limits=ChunkLimits(
-                int(
-                    number(
-                        "BATCHLINE_ANTHROPIC_MAX_REQUESTS", defaults.anthropic_limits.max_requests
-                    )
-                ),
-                int(number("BATCHLINE_ANTHROPIC_MAX_BYTES", defaults.anthropic_limits.max_bytes)),
-            ),
-            anthropic_max_tokens=anthropic_max_tokens,
-            vertex_project=env.get("BATCHLINE_VERTEX_PROJECT") or None,
-            vertex_location=env.get("BATCHLINE_VERTEX_LOCATION") or defaults.vertex_location,
-            vertex_api_endpoint=env.get("BATCHLINE_VERTEX_API_ENDPOINT") or None,
-            vertex_limits=ChunkLimits(
-                int(number("BATCHLINE_VERTEX_MAX_REQUESTS", defaults.vertex_limits.max_requests)),
-                int(number("BATCHLINE_VERTEX_MAX_BYTES", defaults.vertex_limits.max_bytes)),
-            ),
+            enabled_providers=enabled_providers(env.get("BATCHLINE_ENABLED_PROVIDERS")),
+            providers=provider_settings_from_env(env),
             max_input_bytes=int(number("BATCHLINE_MAX_INPUT_BYTES", defaults.max_input_bytes)),
             max_line_bytes=int(number("BATCHLINE_MAX_LINE_BYTES", defaults.max_line_bytes)),
             lease_seconds=number("BATCHLINE_LEASE_SECONDS", defaults.lease_seconds),

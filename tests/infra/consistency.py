@@ -13,10 +13,10 @@ What is checked:
   stack sets it (LOCAL_ONLY_ENV), which infra must then never set; each bucket and topic
   variable names the resource that plays that part; location settings default to the
   deployment's region;
-- providers: infra can enable exactly the providers the code runs (bootstrap.PROVIDERS and
-  domain.requests.ENABLED_PROVIDERS), and var.enabled_providers accepts them; a provider
-  whose client reads an API key (a `repr=False` setting) has a secret mounted as that
-  variable, one whose client reads none has no secret; a provider whose adapter calls a
+- providers: infra can enable exactly the providers the code runs (the keys of
+  domain/providers/registry.py's PROVIDERS), and var.enabled_providers accepts them; a
+  provider whose client (adapters/providers/<name>.py's make_client) reads an API key (a
+  `repr=False` field of its settings block) has a secret mounted as that variable, one whose client reads none has no secret; a provider whose adapter calls a
   Google API with the function's own credentials (GOOGLE_APIS) has that API enabled, and
   each function gets the role (GOOGLE_API_ROLES) of the strongest API call in the provider
   methods its code calls, no more; where the adapter has the provider's jobs read and write
@@ -59,6 +59,11 @@ MAIN = ROOT / "functions" / "main.py"
 PACKAGE = ROOT / "shared" / "batchline"
 # Not deployed (scripts/package.py leaves them out of the zip).
 NOT_DEPLOYED = ("local/", "cli.py")
+# The provider registry, the descriptors (each with its settings block) and the clients.
+REGISTRY = "batchline.domain.providers.registry"
+DESCRIPTORS = "batchline.domain.providers"
+ADAPTERS = "batchline.adapters.providers"
+_BASE_SOURCE = (PACKAGE / "domain" / "providers" / "base.py").read_text()
 
 PRIMITIVE_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 PUBLIC_MEMBERS = {"allUsers", "allAuthenticatedUsers"}
@@ -365,7 +370,7 @@ class FunctionUse:
 
 @dataclass(frozen=True)
 class ProviderFacts:
-    """What one provider's client (bootstrap.PROVIDERS) needs from the deployment."""
+    """What one provider's client (adapters/providers/<name>.py) needs from the deployment."""
 
     adapter: str  # module.Class
     api_key_env: frozenset[str]  # variables of the secret settings its client is built with
@@ -458,11 +463,9 @@ def _names_in(node: ast.AST) -> frozenset[str]:
     )
 
 
-def settings_from_config(
-    config_source: str,
-) -> tuple[dict[str, frozenset[str]], list[frozenset[str]], frozenset[str]]:
-    """(Settings field -> env names, required groups, numeric names) from from_env."""
-    function = _from_env(config_source)
+def _keyword_env(function: ast.FunctionDef, prefix: str = "") -> dict[str, frozenset[str]]:
+    """`cls(field=...)` in `function`: field (with `prefix`) -> the env names its value
+    reads (directly, or through a local variable assigned from them)."""
     assigned: dict[str, ast.AST] = {}
     for node in ast.walk(function):
         if (
@@ -479,19 +482,55 @@ def settings_from_config(
                 if isinstance(value, ast.Name) and value.id in assigned:
                     value = assigned[value.id]
                 if keyword.arg and _names_in(value):
-                    fields[keyword.arg] = _names_in(value)
-    required: list[frozenset[str]] = []
+                    fields[prefix + keyword.arg] = _names_in(value)
+    return fields
+
+
+def _numeric_names(function: ast.FunctionDef, parsers: frozenset[str]) -> set[str]:
+    """Env names passed to a number parser in `function`."""
     numeric: set[str] = set()
-    parsers = _number_parsers(config_source)
+    for node in ast.walk(function):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.args
+            and node.func.id in parsers
+        ):
+            numeric.update(c for a in node.args if (c := _constant_str(a)) and ENV_NAME.match(c))
+    return numeric
+
+
+def settings_from_config(
+    config_source: str, provider_sources: dict[str, str] | None = None
+) -> tuple[dict[str, frozenset[str]], list[frozenset[str]], frozenset[str]]:
+    """(Settings field -> env names, required groups, numeric names) from from_env, and
+    from each provider's settings block (`provider_sources`: name -> its descriptor
+    module's source, its `from_env`), whose fields are keyed `<provider>_<field>`."""
+    function = _from_env(config_source)
+    assigned: dict[str, ast.AST] = {}
+    for node in ast.walk(function):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            assigned[node.targets[0].id] = node.value
+    fields = _keyword_env(function)
+    required: list[frozenset[str]] = []
+    blocks = provider_sources or {}
+    parsers = _number_parsers(config_source, *blocks.values())
+    numeric = _numeric_names(function, parsers)
+    for name, source in sorted(blocks.items()):
+        if "def from_env(" not in source:
+            continue  # a provider without a descriptor: reported as one without a client
+        block = _from_env(source)
+        fields.update(_keyword_env(block, f"{name}_"))
+        numeric |= _numeric_names(block, parsers)
     for node in ast.walk(function):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
             name = _constant_str(node.args[0])
             if name and node.func.id == "required":
                 required.append(frozenset({name}))
-            if node.func.id in parsers:
-                numeric.update(
-                    c for a in node.args if (c := _constant_str(a)) and ENV_NAME.match(c)
-                )
         # `if not x: raise ...` where x was read from the environment
         if (
             isinstance(node, ast.If)
@@ -507,15 +546,17 @@ def settings_from_config(
     return fields, required, frozenset(numeric)
 
 
-def _number_parsers(config_source: str) -> frozenset[str]:
-    """Functions in config.py (nested ones too) that turn a value into a number."""
+def _number_parsers(*sources: str) -> frozenset[str]:
+    """Functions (nested ones too) that turn a value into a number: in config.py, the
+    providers' base module (the settings helpers) and the given sources."""
     found = set()
-    for node in ast.walk(ast.parse(config_source)):
-        if isinstance(node, ast.FunctionDef) and any(
-            isinstance(n, ast.Call) and getattr(n.func, "id", "") in ("float", "int")
-            for n in ast.walk(node)
-        ):
-            found.add(node.name)
+    for source in (*sources, _BASE_SOURCE):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef) and any(
+                isinstance(n, ast.Call) and getattr(n.func, "id", "") in ("float", "int")
+                for n in ast.walk(node)
+            ):
+                found.add(node.name)
     return frozenset(found)
 
 
@@ -715,10 +756,11 @@ def function_use(
     )
 
 
-def _secret_settings(config_source: str) -> frozenset[str]:
-    """Settings fields declared `field(..., repr=False)`: the secrets (API keys)."""
+def _secret_settings(source: str, prefix: str = "") -> frozenset[str]:
+    """Settings fields declared `field(..., repr=False)`: the secrets (API keys), with
+    `prefix` (a provider's settings block: `<provider>_`)."""
     found = set()
-    for node in ast.walk(ast.parse(config_source)):
+    for node in ast.walk(ast.parse(source)):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)
@@ -728,7 +770,7 @@ def _secret_settings(config_source: str) -> frozenset[str]:
                 for k in node.value.keywords
             )
         ):
-            found.add(node.target.id)
+            found.add(prefix + node.target.id)
     return frozenset(found)
 
 
@@ -765,39 +807,22 @@ def provider_facts(
     settings_env: dict[str, frozenset[str]],
     client_methods: frozenset[str],
 ) -> dict[str, ProviderFacts]:
-    """Per provider in bootstrap.PROVIDERS: its client factory (ProviderSpec's third
-    argument), the secret settings it reads, and its adapter class's methods."""
-    boot = graph.modules.get("batchline.bootstrap")
-    if boot is None:
-        return {}
-    secrets = _secret_settings(sources.get("batchline.config", ""))
-    table = next(
-        (
-            node.value
-            for node in boot.tree.body
-            if isinstance(node, ast.Assign | ast.AnnAssign)
-            and "PROVIDERS" in [getattr(t, "id", "") for t in _targets(node)]
-            and isinstance(node.value, ast.Dict)
-        ),
-        None,
-    )
+    """Per provider in the registry: its client factory (`make_client` in
+    adapters/providers/<name>.py), the secret settings of its block it reads, and its
+    adapter class's methods."""
     found: dict[str, ProviderFacts] = {}
-    for key, spec in zip(getattr(table, "keys", []), getattr(table, "values", []), strict=True):
-        name = _constant_str(key)
-        if name is None or not isinstance(spec, ast.Call):
+    for name in registry_providers(sources):
+        secrets = _secret_settings(sources.get(f"{DESCRIPTORS}.{name}", ""), f"{name}_")
+        client_module = graph.modules.get(f"{ADAPTERS}.{name}")
+        factory = client_module.defs.get("make_client") if client_module else None
+        if client_module is None or factory is None:
             continue
-        client = next((k.value for k in spec.keywords if k.arg == "client"), None)
-        if client is None and len(spec.args) > 2:
-            client = spec.args[2]
-        factory = boot.defs.get(getattr(client, "id", ""))
-        if factory is None:
-            continue
-        fields = {f for n in ast.walk(factory) if (f := _settings_field(n))}
+        fields = {f"{name}_{f}" for n in ast.walk(factory) if (f := _settings_field(n))}
         keys = frozenset().union(*(settings_env.get(f, frozenset()) for f in fields & secrets))
         adapter = None
         for node in ast.walk(factory):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                target = graph._resolve(boot, [node.func.id])
+                target = graph._resolve(client_module, [node.func.id])
                 if target and isinstance(graph.modules[target[0]].defs[target[1]], ast.ClassDef):
                     adapter = target
         if adapter is None:
@@ -836,10 +861,6 @@ def provider_facts(
             f"{adapter[0]}.{adapter[1]}", keys, api, agent_io and api is not None, methods
         )
     return found
-
-
-def _targets(node: ast.Assign | ast.AnnAssign) -> list[ast.expr]:
-    return list(node.targets) if isinstance(node, ast.Assign) else [node.target]
 
 
 def payload_prefix(sources: dict[str, str]) -> str | None:
@@ -955,12 +976,24 @@ def _module_constants(source: str) -> dict[str, ast.expr]:
     }
 
 
-def enabled_providers(sources: dict[str, str]) -> frozenset[str]:
-    """The string literals in domain/requests.py's ENABLED_PROVIDERS."""
-    value = _module_constants(sources.get("batchline.domain.requests", "")).get("ENABLED_PROVIDERS")
-    if value is None:
+def registry_providers(sources: dict[str, str]) -> frozenset[str]:
+    """The keys of domain/providers/registry.py's PROVIDERS: the providers the code runs."""
+    value = next(
+        (
+            node.value
+            for node in ast.parse(sources.get(REGISTRY, "")).body
+            if isinstance(node, ast.AnnAssign | ast.Assign)
+            and "PROVIDERS"
+            in [
+                getattr(t, "id", "")
+                for t in getattr(node, "targets", [getattr(node, "target", None)])
+            ]
+        ),
+        None,
+    )
+    if not isinstance(value, ast.Dict):
         return frozenset()
-    return frozenset(c for n in ast.walk(value) if (c := _constant_str(n)) is not None)
+    return frozenset(c for k in value.keys if (c := _constant_str(k)) is not None)
 
 
 def expiry_fields(sources: dict[str, str]) -> dict[str, frozenset[str]]:
@@ -997,7 +1030,10 @@ def expiry_fields(sources: dict[str, str]) -> dict[str, frozenset[str]]:
 
 def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
     sources = deployed_sources() if sources is None else sources
-    fields, required, numeric = settings_from_config(sources["batchline.config"])
+    blocks = {
+        name: sources.get(f"{DESCRIPTORS}.{name}", "") for name in registry_providers(sources)
+    }
+    fields, required, numeric = settings_from_config(sources["batchline.config"], blocks)
     graph = CallGraph(sources)
     points = entry_points(sources["main"])
     client_methods = provider_client_methods(sources)
@@ -1023,7 +1059,7 @@ def code_facts(sources: dict[str, str] | None = None) -> CodeFacts:
         uses=uses,
         queries=firestore_queries(sources),
         work_prefixes=work_prefixes(sources),
-        providers=enabled_providers(sources),
+        providers=registry_providers(sources),
         expiry_fields=expiry_fields(sources),
         provider_facts=providers,
         payload_prefix=payload_prefix(sources),
@@ -1449,13 +1485,18 @@ def check_providers(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
     for provider in sorted(known - code.providers):
         yield f"infra can enable provider {provider}, which the code does not run"
     for provider in sorted(code.providers - set(code.provider_facts)):
-        yield f"the code runs provider {provider} but the check finds no client for it in bootstrap.PROVIDERS"
+        yield f"the code runs provider {provider} but the check finds no client for it (make_client in {ADAPTERS}.{provider})"
     accepted: set[str] = set()
     for validation in infra.variables.get("enabled_providers", {}).get("validation", []):
         for listed in re.findall(r"contains\(\[([^\]]*)\]", str(validation.get("condition", ""))):
             accepted |= set(re.findall(r'"([^"]+)"', listed))
     if accepted != known:
         yield f"var.enabled_providers accepts {sorted(accepted)}, but infra knows the providers {sorted(known)}"
+    # The code's list of enabled providers is infra's var.enabled_providers, always set.
+    for variable in sorted(code.settings_env.get("enabled_providers", frozenset())):
+        value = _ref(infra.locals.get("environment", {}).get(variable, ""))
+        if "var.enabled_providers" not in value:
+            yield f"{variable} (Settings.enabled_providers) must always be set from var.enabled_providers in local.environment; it is {value or 'not set there'}"
     secrets = _ref(infra.locals.get("api_key_secrets", ""))
     if "var.enabled_providers" not in secrets or "api_key_env != null" not in secrets:
         yield "infra: local.api_key_secrets must hold the providers in var.enabled_providers that have an api_key_env"
@@ -1703,5 +1744,10 @@ def sample_environment(infra: InfraFacts, numeric: Iterable[str]) -> dict[str, s
         name: ("60" if name in numbers else f"sample-{name.lower()}")
         for name in _environment(infra)
     }
+    # A list of providers (from var.enabled_providers): the ones infra can enable.
+    providers = ",".join(sorted(infra.locals.get("providers", {})))
+    for name, value in _environment(infra).items():
+        if "var.enabled_providers" in _ref(value):
+            env[name] = providers
     env.update({name: "sk-sample" for name in _secret_env(infra).values()})
     return env

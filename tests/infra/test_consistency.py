@@ -128,14 +128,16 @@ def test_settings_load_from_the_environment_infra_sets(
     assert settings.work_bucket == env["BATCHLINE_WORK_BUCKET"]
     assert settings.collect_topic == env["BATCHLINE_COLLECT_TOPIC"]
     assert settings.events_topic == env["BATCHLINE_EVENTS_TOPIC"]
-    assert settings.openai_api_key == env["OPENAI_API_KEY"]
-    assert settings.anthropic_api_key == env["ANTHROPIC_API_KEY"]
-    assert settings.anthropic_max_tokens == int(env["BATCHLINE_ANTHROPIC_MAX_TOKENS"])
+    openai, anthropic, vertex = (settings.provider(n) for n in ("openai", "anthropic", "vertex"))
+    assert openai.api_key == env["OPENAI_API_KEY"]
+    assert anthropic.api_key == env["ANTHROPIC_API_KEY"]
+    assert anthropic.max_tokens == int(env["BATCHLINE_ANTHROPIC_MAX_TOKENS"])
     assert settings.retention_days == float(env["BATCHLINE_RETENTION_DAYS"])
-    assert settings.vertex_project == env["BATCHLINE_VERTEX_PROJECT"]
-    assert settings.vertex_location == env["BATCHLINE_VERTEX_LOCATION"]
-    assert settings.vertex_limits.max_requests == int(env["BATCHLINE_VERTEX_MAX_REQUESTS"])
-    assert settings.vertex_api_endpoint is None  # never set by infra: the emulator's
+    assert settings.enabled_providers == set(env["BATCHLINE_ENABLED_PROVIDERS"].split(","))
+    assert vertex.project == env["BATCHLINE_VERTEX_PROJECT"]
+    assert vertex.location == env["BATCHLINE_VERTEX_LOCATION"]
+    assert vertex.limits.max_requests == int(env["BATCHLINE_VERTEX_MAX_REQUESTS"])
+    assert vertex.api_endpoint is None  # never set by infra: the emulator's
 
 
 def test_every_variable_is_typed_and_described(infra: c.InfraFacts) -> None:
@@ -306,12 +308,31 @@ def test_provider_infra_cannot_enable_is_reported(
 
 
 def test_new_provider_in_code_is_reported(infra: c.InfraFacts, sources: dict[str, str]) -> None:
-    module = "batchline.domain.requests"
-    old = "ENABLED_PROVIDERS = frozenset({"
-    mutated = {**sources, module: sources[module].replace(old, old + '"mistral", ')}
+    module = "batchline.domain.providers.registry"
+    old = "PROVIDERS: dict[str, Provider] = {\n"
+    mutated = {
+        **sources,
+        module: sources[module].replace(old, old + '    "mistral": openai.DESCRIPTOR,\n'),
+    }
     assert mutated != sources
     assert_reported(
         problems_with_code(infra, mutated), "the code runs provider mistral but infra cannot"
+    )
+
+
+def test_enabled_providers_not_passed_to_the_code_is_reported(
+    infra_files: dict[str, str], code: c.CodeFacts
+) -> None:
+    assert code.settings_env["enabled_providers"] == {"BATCHLINE_ENABLED_PROVIDERS"}
+    files = changed(
+        infra_files,
+        "main.tf",
+        'BATCHLINE_ENABLED_PROVIDERS = join(",", sort(tolist(var.enabled_providers)))',
+        'BATCHLINE_ENABLED_PROVIDERS = "openai,anthropic,vertex"',
+    )
+    assert_reported(
+        problems_with_infra(files, code),
+        "BATCHLINE_ENABLED_PROVIDERS (Settings.enabled_providers) must always be set from var.enabled_providers",
     )
 
 

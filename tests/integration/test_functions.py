@@ -572,6 +572,44 @@ def test_poll_then_collect_finishes_the_job_and_publishes_job_completed_once(
     assert cloud.job(job_id) == job
 
 
+def test_lines_for_a_provider_the_deployment_does_not_enable_are_invalid(
+    functions: Functions,
+    cloud: Cloud,
+    set_client_env: Callable[[Mapping[str, str]], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BATCHLINE_ENABLED_PROVIDERS=openai: Anthropic lines (batchline and native) are
+    invalid, saying so; the OpenAI line runs; no Anthropic batch is made."""
+    set_client_env({"BATCHLINE_ENABLED_PROVIDERS": "openai"})
+    monkeypatch.setattr(bootstrap, "_deps", None)
+    message = [{"role": "user", "content": "Name a colour."}]
+    lines = [
+        request_line(0, "ok"),
+        {"custom_id": "claude", "model": "anthropic/claude-haiku-4-5", "messages": message},
+        {"custom_id": "native", "params": {"model": "claude-haiku-4-5", "messages": message}},
+        {"custom_id": "acme", "model": "acme/x", "messages": message},
+    ]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    resource = cloud.upload(unique("mixed/providers.jsonl"), data)
+    job_id = job_id_for_object(cloud.input_bucket, resource["name"], resource["generation"])
+    assert deliver_storage_event(functions, storage_event(resource)) == 200
+    job, _ = run_to_end(functions, cloud, job_id)
+    assert job.state is JobState.PARTIAL
+    results = results_of(cloud, job)
+    assert [(r["custom_id"], r["status"]) for r in results] == [
+        ("ok", "succeeded"),
+        ("claude", "invalid"),
+        ("native", "invalid"),
+        ("acme", "invalid"),
+    ]
+    disabled = "provider 'anthropic' is not enabled in this deployment"
+    assert results[1]["error"]["field"] == "model"
+    assert results[2]["error"]["field"] == "params.model"
+    assert all(disabled in r["error"]["message"] for r in results[1:3])
+    assert "unknown provider 'acme'" in results[3]["error"]["message"]
+    assert [c.provider for c in cloud.store.get_chunks(job_id)] == ["openai"]
+
+
 def test_poll_with_nothing_to_do_is_acknowledged(functions: Functions, cloud: Cloud) -> None:
     assert poll_tick(functions, cloud) == 200
     # Cloud Scheduler's message body is not read: any payload is a tick.

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -25,7 +25,7 @@ from batchline.adapters.providers.anthropic import AnthropicProvider
 from batchline.adapters.providers.openai import OpenAIProvider
 from batchline.adapters.providers.vertex import VertexProvider
 from batchline.bootstrap import Deps, Providers
-from batchline.config import ChunkLimits, Settings
+from batchline.config import ChunkLimits, Settings, default_provider_settings
 from batchline.domain.models import BatchState, BatchTag, ChunkState, JobState, ProviderBatch
 from batchline.domain.providers import anthropic as anthropic_wire
 from batchline.domain.providers import openai as openai_wire
@@ -333,9 +333,10 @@ def pipeline(
         input_bucket=subject.bucket,
         output_bucket=subject.bucket,
         work_bucket=subject.bucket,
-        openai_limits=limits,
-        anthropic_limits=limits,
-        vertex_limits=limits,
+        providers={
+            name: replace(block, limits=limits)
+            for name, block in default_provider_settings().items()
+        },
         lease_seconds=60,
     )
     provider = subject.name

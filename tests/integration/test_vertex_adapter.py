@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from batchline.adapters.providers.vertex import VertexProvider, output_prefix, regional_endpoint
-from batchline.bootstrap import PROVIDERS
+from batchline.bootstrap import make_client
 from batchline.config import Settings
 from batchline.domain.models import BatchState, BatchTag, ProviderBatch, ResultStatus
 from batchline.domain.providers.vertex import encode
@@ -331,8 +331,10 @@ def settings(**env: str) -> Settings:
 
 
 def test_an_http_endpoint_is_the_emulator(vertex_emulator: VertexEmulatorHandle) -> None:
-    client = PROVIDERS["vertex"].client(
-        settings(BATCHLINE_VERTEX_API_ENDPOINT=vertex_emulator.api_endpoint), MemoryBlobStore()
+    client = make_client(
+        "vertex",
+        settings(BATCHLINE_VERTEX_API_ENDPOINT=vertex_emulator.api_endpoint),
+        MemoryBlobStore(),
     )
     assert isinstance(client, VertexProvider) and client.emulated
     assert client.parent == "projects/proj/locations/us-central1"
@@ -347,7 +349,8 @@ def test_without_an_endpoint_it_is_the_regional_service(monkeypatch: pytest.Monk
 
     # Default credentials, as on Cloud Run (stood in for: this machine has none).
     monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "proj"))
-    client = PROVIDERS["vertex"].client(
+    client = make_client(
+        "vertex",
         settings(BATCHLINE_VERTEX_LOCATION="europe-west4", BATCHLINE_VERTEX_PROJECT="other"),
         MemoryBlobStore(),
     )
@@ -361,9 +364,10 @@ def test_without_an_endpoint_it_is_the_regional_service(monkeypatch: pytest.Monk
 
 def test_vertex_limits_and_settings() -> None:
     s = settings(BATCHLINE_VERTEX_MAX_REQUESTS="10", BATCHLINE_VERTEX_MAX_BYTES="5000")
-    assert (s.vertex_limits.max_requests, s.vertex_limits.max_bytes) == (10, 5000)
-    defaults = settings()
-    assert defaults.vertex_limits.max_requests == 190_000
-    assert defaults.vertex_limits.max_bytes == 950_000_000
-    assert defaults.vertex_location == "us-central1" and defaults.vertex_project is None
-    assert defaults.vertex_api_endpoint is None
+    limits = s.provider("vertex").limits
+    assert (limits.max_requests, limits.max_bytes) == (10, 5000)
+    defaults = settings().provider("vertex")
+    assert defaults.limits.max_requests == 190_000
+    assert defaults.limits.max_bytes == 950_000_000
+    assert defaults.location == "us-central1" and defaults.project is None
+    assert defaults.api_endpoint is None

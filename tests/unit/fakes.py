@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import orjson
 
 from batchline.bootstrap import Deps, Providers
-from batchline.config import ChunkLimits, Settings
+from batchline.config import ChunkLimits, Settings, default_provider_settings
 from batchline.domain.models import (
     BatchState,
     BatchTag,
@@ -132,6 +133,16 @@ class FakeProvider:
         fake.batch = replace(fake.batch, state=BatchState.CANCELED)
 
 
+def with_limits(limits: ChunkLimits, *names: str) -> dict[str, Any]:
+    """Every provider's default settings block, the named ones (all when none is named)
+    with `limits`."""
+    blocks = default_provider_settings()
+    return {
+        name: replace(block, limits=limits) if not names or name in names else block
+        for name, block in blocks.items()
+    }
+
+
 def make_deps(
     max_requests: int = 1000, *, tags: bool = True
 ) -> tuple[Deps, FakeProvider, FakeClock]:
@@ -142,7 +153,7 @@ def make_deps(
         input_bucket="in",
         output_bucket="out",
         work_bucket="work",
-        openai_limits=ChunkLimits(max_requests, 10_000_000),
+        providers=with_limits(ChunkLimits(max_requests, 10_000_000), "openai"),
         lease_seconds=60,
     )
     deps = Deps(

@@ -33,19 +33,19 @@ from batchline.domain._tokenizers import (
     get_encoding,
 )
 from batchline.domain.estimate import (
-    ANTHROPIC_IMAGE_TOKENS,
     DEFAULT_MAX_OUTPUT_TOKENS,
-    GEMINI_IMAGE_TOKENS,
-    OPENAI_IMAGE_TOKENS,
-    OPENAI_IMAGE_TOKENS_LOW,
     Estimate,
     LineEstimate,
     estimate_input_tokens,
     estimate_line,
-    openai_encoding_name,
 )
 from batchline.domain.pricing import PRICES, load_prices
 from batchline.domain.providers import anthropic, openai, vertex
+from batchline.domain.providers.anthropic import IMAGE_TOKENS as ANTHROPIC_IMAGE_TOKENS
+from batchline.domain.providers.openai import IMAGE_TOKENS as OPENAI_IMAGE_TOKENS
+from batchline.domain.providers.openai import IMAGE_TOKENS_LOW as OPENAI_IMAGE_TOKENS_LOW
+from batchline.domain.providers.openai import openai_encoding_name
+from batchline.domain.providers.vertex import IMAGE_TOKENS as GEMINI_IMAGE_TOKENS
 from batchline.domain.requests import Request
 from batchline_tools import tokenizers as tokenizer_refresh
 

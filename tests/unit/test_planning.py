@@ -3,7 +3,6 @@ import io
 import orjson
 import pytest
 
-from batchline.domain.limits import ChunkLimits
 from batchline.domain.planning import (
     ChunkPlanner,
     RequestTooLarge,
@@ -11,6 +10,7 @@ from batchline.domain.planning import (
     UnencodableRequest,
 )
 from batchline.domain.providers import anthropic, openai
+from batchline.domain.providers.base import ChunkLimits
 from batchline.domain.requests import Request, parse_line
 
 

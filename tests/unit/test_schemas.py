@@ -11,13 +11,13 @@ import pytest
 from pydantic import BaseModel, Field
 
 from batchline.domain.providers import anthropic, openai, vertex
+from batchline.domain.providers.registry import provider as provider_of
 from batchline.domain.requests import InvalidLine, Request, SchemaContext, parse_line
 from batchline.domain.schemas import (
     NullStripper,
     ResponseSchema,
     SchemaError,
     Validator,
-    check_for_provider,
     openai_strict,
     strict_blocker,
 )
@@ -113,6 +113,10 @@ def test_constructs_strict_mode_cannot_take_send_the_schema_non_strict(
     )
     fmt = orjson.loads(openai.encode(request))["body"]["response_format"]
     assert fmt["json_schema"]["strict"] is False and fmt["json_schema"]["schema"] == value
+
+
+def check_for_provider(s: ResponseSchema, provider: str) -> None:
+    provider_of(provider).check_schema(s)
 
 
 def test_an_array_root_is_rejected_for_openai_and_anthropic_naming_the_construct() -> None:

@@ -10,11 +10,11 @@ import orjson
 import pytest
 
 from batchline.bootstrap import Deps
-from batchline.domain.limits import ChunkLimits
 from batchline.domain.models import Chunk, Job, JobOptions, JobState, Source
 from batchline.domain.paths import WorkPaths
 from batchline.domain.planning import ChunkPlanner
 from batchline.domain.providers import openai
+from batchline.domain.providers.base import ChunkLimits
 from batchline.domain.requests import Request, SchemaContext, parse_line
 from batchline.domain.schemas import ResponseSchema
 from batchline.domain.workfiles import WorkFileError
@@ -35,7 +35,7 @@ from batchline.services.plan_file import build_plan
 from batchline.services.submit import handle_object_finalized
 from batchline_tools.memory import MemoryBlobStore
 
-from .fakes import make_deps
+from .fakes import make_deps, with_limits
 from .plan_helpers import plan_file
 from .test_pipeline import upload
 from .test_structured import drive, lines, setup
@@ -299,7 +299,9 @@ def test_re_asks_keep_their_stored_requests_and_are_cut_by_the_chunk_planner() -
     assert job is not None
     first = {c.index: stored_of(deps.blobs, c) for c in deps.store.get_chunks(job.job_id)}  # type: ignore[arg-type]
     # Re-asks go out two to a batch (the limits of the round they are cut in).
-    deps.settings = replace(deps.settings, openai_limits=ChunkLimits(2, 10_000_000))  # type: ignore[misc]
+    deps.settings = replace(
+        deps.settings, providers=with_limits(ChunkLimits(2, 10_000_000), "openai")
+    )  # type: ignore[misc]
     provider.end()
     drive(deps, provider, job.job_id, rounds=1)
     job_now = deps.store.get_job(job.job_id)
@@ -353,7 +355,9 @@ def test_a_re_ask_that_no_longer_fits_a_batch_is_not_sent_and_its_line_stays_fai
     blobs = deps.blobs
     assert isinstance(blobs, MemoryBlobStore)
     longest = max(len(x) + 1 for x in blobs.read_bytes(chunk.payload_uri).splitlines())
-    deps.settings = replace(deps.settings, openai_limits=ChunkLimits(4, longest + 10))  # type: ignore[misc]
+    deps.settings = replace(
+        deps.settings, providers=with_limits(ChunkLimits(4, longest + 10), "openai")
+    )  # type: ignore[misc]
     drive(deps, provider, job.job_id)
     done = deps.store.get_job(job.job_id)
     assert done is not None and done.state is JobState.PARTIAL

@@ -3,7 +3,9 @@
 Everything is estimated from what batchline sends, the encoded provider request lines
 (the bytes the encoders in `domain/providers` write). What a provider bills as input is
 taken out of a line — message texts, roles and names, the system prompt, tool and
-response-schema definitions — instead of tokenizing the JSON around it.
+response-schema definitions — by its descriptor (`token_parts`), instead of tokenizing the
+JSON around it; its `token_rule` says how those texts become tokens. The rules and their
+sources:
 
 Input tokens
 - OpenAI: tiktoken, o200k_base for gpt-4o, gpt-4.1, gpt-4.5, gpt-5, the o-series and
@@ -48,22 +50,9 @@ from typing import Any, TypeAlias
 import orjson
 
 from batchline.domain.pricing import PRICES, PRICES_AS_OF, Price, price_for
-
-# OpenAI's documented chat overhead (also used, undocumented, for the other providers).
-TOKENS_PER_MESSAGE = 3
-TOKENS_PER_NAME = 1
-REPLY_PRIMING_TOKENS = 3
-
-CHARS_PER_TOKEN = {"anthropic": 3.5, "vertex": 4.0}
-#: For text whose tokens/character ratio nothing measured.
-FALLBACK_CHARS_PER_TOKEN = 4.0
-
-OPENAI_IMAGE_TOKENS_LOW = 85
-OPENAI_IMAGE_TOKENS = 765
-ANTHROPIC_IMAGE_TOKENS = 1600
-GEMINI_IMAGE_TOKENS = 258
-#: Anthropic's tool-use system prompt, by tool_choice type (Claude 4.x).
-ANTHROPIC_TOOL_PROMPT_TOKENS = {"auto": 346, "none": 346, "any": 313, "tool": 313}
+from batchline.domain.providers.registry import provider as provider_of
+from batchline.domain.providers.tokens import FALLBACK_CHARS_PER_TOKEN, RequestParts
+from batchline.errors import ConfigError
 
 #: Worst-case output of a request to a model with no limit in the request or the table.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -76,29 +65,6 @@ TOKENIZE_SLICE = 1 << 20
 EXACT_REQUESTS = 256
 SAMPLE_EVERY = 64
 
-_O200K_PREFIXES = (
-    "gpt-4o",
-    "chatgpt-4o",
-    "gpt-4.1",
-    "gpt-4.5",
-    "gpt-5",
-    "gpt-oss",
-    "o1",
-    "o3",
-    "o4",
-    "codex-",
-)
-_CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-", "davinci-002", "babbage")
-
-
-def openai_encoding_name(model: str) -> str:
-    """The tiktoken encoding of an OpenAI model (o200k_base for any model it cannot tell)."""
-    if model.startswith(_O200K_PREFIXES):
-        return "o200k_base"
-    if model.startswith(_CL100K_PREFIXES):
-        return "cl100k_base"
-    return "o200k_base"
-
 
 @dataclass(frozen=True, slots=True)
 class LineEstimate:
@@ -106,16 +72,6 @@ class LineEstimate:
 
     input_tokens: int
     max_output_tokens: int
-
-
-@dataclass(slots=True)
-class _Parts:
-    """What one request bills as input, and the output it allows."""
-
-    texts: list[str]
-    fixed_tokens: int = 0  # overheads, images, tool prompts
-    max_output: int | None = None  # as the request sets it
-    choices: int = 1
 
 
 Line: TypeAlias = bytes | bytearray | memoryview | str | Mapping[str, Any]
@@ -386,8 +342,9 @@ class _Counter:
     __slots__ = ("_encode", "_per_token", "encoding")
 
     def __init__(self, provider: str, model: str) -> None:
-        self.encoding = openai_encoding_name(model) if provider == "openai" else None
-        self._per_token = CHARS_PER_TOKEN.get(provider, FALLBACK_CHARS_PER_TOKEN)
+        rule = provider_of(provider).token_rule(model)
+        self.encoding = rule.encoding
+        self._per_token = rule.chars_per_token
         self._encode: Callable[[str], list[int]] | None = None
 
     @property
@@ -415,7 +372,7 @@ class _Counter:
         return math.ceil(sum(map(len, texts)) / self._per_token)
 
 
-def _max_output(parts: _Parts, model_max: int | None) -> int:
+def _max_output(parts: RequestParts, model_max: int | None) -> int:
     limit = parts.max_output
     if limit is None:
         limit = model_max if model_max is not None else DEFAULT_MAX_OUTPUT_TOKENS
@@ -432,244 +389,9 @@ def _decoded(line: Line) -> Any:
     return orjson.loads(line)
 
 
-def _extract(provider: str, obj: Any) -> _Parts:
+def _extract(provider: str, obj: Any) -> RequestParts:
     try:
-        extract = _EXTRACTORS[provider]
-    except KeyError:
+        descriptor = provider_of(provider)
+    except ConfigError:
         raise ValueError(f"no token estimate for provider {provider!r}") from None
-    return extract(obj if isinstance(obj, dict) else {})
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _count(value: Any) -> int | None:
-    """A positive whole number from a request field (Vertex may send int64s as strings)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def _get(obj: dict[str, Any], camel: str, snake: str) -> Any:
-    value = obj.get(camel)
-    return obj.get(snake) if value is None else value
-
-
-# ------------------------------------------------------------------------------ OpenAI
-
-
-def _openai(line: dict[str, Any]) -> _Parts:
-    body = line.get("body", line)
-    if not isinstance(body, dict):
-        return _Parts([])
-    parts = _Parts([])
-    texts = parts.texts
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        parts.fixed_tokens += REPLY_PRIMING_TOKENS + TOKENS_PER_MESSAGE * len(messages)
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            role = message.get("role")
-            if isinstance(role, str):
-                texts.append(role)
-            name = message.get("name")
-            if isinstance(name, str):
-                texts.append(name)
-                parts.fixed_tokens += TOKENS_PER_NAME
-            content = message.get("content")
-            if isinstance(content, str):
-                texts.append(content)
-            elif isinstance(content, list):
-                parts.fixed_tokens += _openai_content(content, texts)
-            calls = message.get("tool_calls")
-            if calls and type(calls) is list:
-                for call in calls:
-                    function = call.get("function") if isinstance(call, dict) else None
-                    if isinstance(function, dict):
-                        texts.extend(
-                            v
-                            for v in (function.get("name"), function.get("arguments"))
-                            if isinstance(v, str)
-                        )
-    else:
-        # Other endpoints' text: `instructions`, and `input`/`prompt` as text or a list.
-        for field in ("instructions", "input", "prompt"):
-            value = body.get(field)
-            if isinstance(value, str):
-                texts.append(value)
-            elif isinstance(value, list):
-                texts.extend(v for v in value if isinstance(v, str))
-    for field in ("tools", "functions"):
-        tools = body.get(field)
-        if tools and type(tools) is list:  # a native line may hold anything here
-            texts.extend(_json(tool) for tool in tools)
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict) and "json_schema" in response_format:
-        texts.append(_json(response_format["json_schema"]))
-    limit = body.get("max_completion_tokens")
-    parts.max_output = _count(body.get("max_tokens") if limit is None else limit)
-    parts.choices = _count(body.get("n")) or 1
-    return parts
-
-
-def _openai_content(content: list[Any], texts: list[str]) -> int:
-    fixed = 0
-    for part in content:
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        if kind in ("text", "input_text", "output_text"):
-            text = part.get("text")
-            if isinstance(text, str):
-                texts.append(text)
-        elif kind in ("image_url", "input_image"):
-            image = part.get("image_url")
-            detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
-            fixed += OPENAI_IMAGE_TOKENS_LOW if detail == "low" else OPENAI_IMAGE_TOKENS
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
-        # input_audio and file parts: not counted (see the module's docstring).
-    return fixed
-
-
-# --------------------------------------------------------------------------- Anthropic
-
-
-def _anthropic(line: dict[str, Any]) -> _Parts:
-    params = line.get("params", line)
-    if not isinstance(params, dict):
-        return _Parts([])
-    parts = _Parts([], fixed_tokens=REPLY_PRIMING_TOKENS)
-    texts = parts.texts
-    system = params.get("system")
-    if isinstance(system, str):
-        texts.append(system)
-    elif isinstance(system, list):
-        parts.fixed_tokens += _anthropic_blocks(system, texts)
-    messages = params.get("messages")
-    if isinstance(messages, list):
-        parts.fixed_tokens += TOKENS_PER_MESSAGE * len(messages)
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                texts.append(content)
-            elif isinstance(content, list):
-                parts.fixed_tokens += _anthropic_blocks(content, texts)
-    tools = params.get("tools")
-    if isinstance(tools, list) and tools:
-        texts.extend(_json(tool) for tool in tools)
-        choice = params.get("tool_choice")
-        kind = choice.get("type") if isinstance(choice, dict) else None
-        parts.fixed_tokens += ANTHROPIC_TOOL_PROMPT_TOKENS.get(str(kind or "auto"), 346)
-    parts.max_output = _count(params.get("max_tokens"))
-    return parts
-
-
-def _anthropic_blocks(blocks: list[Any], texts: list[str]) -> int:
-    fixed = 0
-    for block in blocks:
-        if not isinstance(block, dict):
-            continue
-        kind = block.get("type")
-        if kind == "text":
-            text = block.get("text")
-            if isinstance(text, str):
-                texts.append(text)
-        elif kind == "image":
-            fixed += ANTHROPIC_IMAGE_TOKENS
-        elif kind == "tool_use":
-            texts.append(str(block.get("name") or ""))
-            texts.append(_json(block.get("input")))
-        elif kind == "tool_result":
-            content = block.get("content")
-            if isinstance(content, str):
-                texts.append(content)
-            elif isinstance(content, list):
-                fixed += _anthropic_blocks(content, texts)
-        elif kind == "document":
-            source = block.get("source")
-            if (
-                isinstance(source, dict)
-                and source.get("type") == "text"
-                and isinstance(source.get("data"), str)
-            ):
-                texts.append(source["data"])
-        # Thinking blocks of earlier turns are not billed as input; PDFs are not counted.
-    return fixed
-
-
-# ------------------------------------------------------------------------ Vertex Gemini
-
-
-def _vertex(line: dict[str, Any]) -> _Parts:
-    request = line.get("request", line)
-    if not isinstance(request, dict):
-        return _Parts([])
-    parts = _Parts([], fixed_tokens=REPLY_PRIMING_TOKENS)
-    texts = parts.texts
-    system = _get(request, "systemInstruction", "system_instruction")
-    if isinstance(system, dict) and isinstance(system.get("parts"), list):
-        parts.fixed_tokens += _gemini_parts(system["parts"], texts)
-    contents = request.get("contents")
-    if isinstance(contents, list):
-        parts.fixed_tokens += TOKENS_PER_MESSAGE * len(contents)
-        for content in contents:
-            if isinstance(content, dict) and isinstance(content.get("parts"), list):
-                parts.fixed_tokens += _gemini_parts(content["parts"], texts)
-    tools = request.get("tools")
-    if tools and type(tools) is list:  # a native line may hold anything here
-        texts.extend(_json(tool) for tool in tools)
-    config = _get(request, "generationConfig", "generation_config")
-    if isinstance(config, dict):
-        for camel, snake in (
-            ("responseSchema", "response_schema"),
-            ("responseJsonSchema", "response_json_schema"),
-        ):
-            schema = _get(config, camel, snake)
-            if schema is not None:
-                texts.append(_json(schema))
-        parts.max_output = _count(_get(config, "maxOutputTokens", "max_output_tokens"))
-        parts.choices = _count(_get(config, "candidateCount", "candidate_count")) or 1
-    return parts
-
-
-def _gemini_parts(items: list[Any], texts: list[str]) -> int:
-    fixed = 0
-    for part in items:
-        if not isinstance(part, dict):
-            continue
-        text = part.get("text")
-        if isinstance(text, str):
-            texts.append(text)
-            continue
-        for camel, snake in (("inlineData", "inline_data"), ("fileData", "file_data")):
-            media = _get(part, camel, snake)
-            if isinstance(media, dict):
-                mime = str(_get(media, "mimeType", "mime_type") or "")
-                if mime.startswith("image/"):
-                    fixed += GEMINI_IMAGE_TOKENS
-                # Audio, video and PDFs: not counted (see the module's docstring).
-        for camel, snake in (
-            ("functionCall", "function_call"),
-            ("functionResponse", "function_response"),
-        ):
-            call = _get(part, camel, snake)
-            if call is not None:
-                texts.append(_json(call))
-        code = _get(part, "executableCode", "executable_code")
-        if isinstance(code, dict) and isinstance(code.get("code"), str):
-            texts.append(code["code"])
-    return fixed
-
-
-_EXTRACTORS: dict[str, Callable[[dict[str, Any]], _Parts]] = {
-    "openai": _openai,
-    "anthropic": _anthropic,
-    "vertex": _vertex,
-}
+    return descriptor.token_parts(obj if isinstance(obj, dict) else {})

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import orjson
 
 from batchline.domain.jsonscan import integer_out_of_range
-from batchline.domain.limits import ChunkLimits
+from batchline.domain.providers.base import ChunkLimits
 from batchline.domain.requests import Request
 from batchline.domain.workfiles.manifest import encode_entry
 from batchline.domain.workfiles.requests import encode_request
@@ -126,7 +126,8 @@ class ChunkPlanner:
     def _provider(self, provider: str) -> tuple[ChunkLimits, Encoder, int]:
         """The provider's limits, encoder and payload room, looked up once."""
         limits = self._limits(provider)
-        known = self._per_provider[provider] = (limits, self._encoders(provider), limits.room)
+        room = limits.max_bytes - limits.envelope_bytes
+        known = self._per_provider[provider] = (limits, self._encoders(provider), room)
         return known
 
     def add(self, request: Request, source: object = None) -> PlannedChunk | None:

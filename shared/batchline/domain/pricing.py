@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from batchline.domain.providers.registry import KNOWN_PROVIDERS, PROVIDERS
 from batchline.errors import ConfigError
 
 PRICES_AS_OF = "2026-06-01"
@@ -181,7 +182,6 @@ PRICES: dict[str, Price] = {
 # A snapshot's suffix on its base model id: OpenAI's -2025-04-14 (and the older -0613),
 # Anthropic's -20251001 (@20251001 on Vertex AI), Gemini's -001, and -latest aliases.
 _SNAPSHOT_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|-\d{4}|-\d{3}|-latest)$")
-_VERTEX_MODEL_PATH = "publishers/google/models/"
 
 
 def price_for(prices: Mapping[str, Price], provider: str, model: str) -> Price | None:
@@ -195,7 +195,8 @@ def price_for(prices: Mapping[str, Price], provider: str, model: str) -> Price |
     found = prices.get(f"{provider}/{model}")
     if found is not None:
         return found
-    base = model.removeprefix(_VERTEX_MODEL_PATH)
+    descriptor = PROVIDERS.get(provider)
+    base = descriptor.model_id(model) if descriptor is not None else model
     base = _SNAPSHOT_SUFFIX.sub("", base, count=1)
     if base == model or not base:
         return None
@@ -273,8 +274,6 @@ def load_prices(
     override replaces the model's whole entry. Raises ConfigError naming the model and
     the field for anything else.
     """
-    from batchline.domain.requests import KNOWN_PROVIDERS
-
     table = PRICES if base is None else base
     prices = dict(table)
     if override_json is None or not override_json.strip():
@@ -301,6 +300,7 @@ def load_prices(
 
 
 def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
+    """One BATCHLINE_PRICES entry as a price; ConfigError naming the model and field."""
     where = f"{PRICES_ENV}[{key!r}]"
     if isinstance(value, list):
         if len(value) != 2:
@@ -321,6 +321,12 @@ def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
     for required in ("input", "output"):
         if required not in value:
             raise ConfigError(f"{where}: {required} is required")
+    return _price_of(where, value, max_output_tokens)
+
+
+def _price_of(where: str, value: dict[str, Any], max_output_tokens: int | None) -> Price:
+    """An override object's price: batch rates as given, a missing real-time rate twice
+    its batch rate, a missing `max_output_tokens` the table's."""
 
     def rate(name: str) -> float | None:
         given = value.get(name)
@@ -334,32 +340,20 @@ def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
         cache_write_1h_input=rate("cache_write_1h_input"),
     )
     realtime_input, realtime_output = rate("realtime_input"), rate("realtime_output")
-    realtime_cached_input = rate("realtime_cached_input")
-    realtime_cache_write_input = rate("realtime_cache_write_input")
-    realtime_cache_write_1h_input = rate("realtime_cache_write_1h_input")
+    realtime_cached = rate("realtime_cached_input")
+    realtime_write = rate("realtime_cache_write_input")
+    realtime_write_1h = rate("realtime_cache_write_1h_input")
     if "max_output_tokens" in value:
         max_output_tokens = _max_tokens(f"{where}.max_output_tokens", value["max_output_tokens"])
-    return Price(
-        input=batch.input,
-        output=batch.output,
-        cached_input=batch.cached_input,
+    return replace(
+        batch,
         realtime_input=_given(realtime_input, batch.realtime_input),
         realtime_output=_given(realtime_output, batch.realtime_output),
-        realtime_cached_input=(
-            batch.realtime_cached_input if realtime_cached_input is None else realtime_cached_input
-        ),
+        realtime_cached_input=_given(realtime_cached, batch.realtime_cached_input),
         max_output_tokens=max_output_tokens,
-        cache_write_input=batch.cache_write_input,
-        realtime_cache_write_input=(
-            batch.realtime_cache_write_input
-            if realtime_cache_write_input is None
-            else realtime_cache_write_input
-        ),
-        cache_write_1h_input=batch.cache_write_1h_input,
-        realtime_cache_write_1h_input=(
-            batch.realtime_cache_write_1h_input
-            if realtime_cache_write_1h_input is None
-            else realtime_cache_write_1h_input
+        realtime_cache_write_input=_given(realtime_write, batch.realtime_cache_write_input),
+        realtime_cache_write_1h_input=_given(
+            realtime_write_1h, batch.realtime_cache_write_1h_input
         ),
     )
 

@@ -2,8 +2,8 @@
 
 A `ResponseSchema` is a JSON Schema with a name, given inline on a line (`response_schema`),
 registered in the work bucket (`schema`), or set as the job's default. Before anything is
-sent, `check_for_provider` rejects a schema a provider cannot express, naming the
-construct. Each provider gets its own encoding (see `domain/providers/*`); OpenAI's strict
+sent, each provider's descriptor rejects a schema it cannot express, naming the
+construct (`check_expressible` does the work). Each provider gets its own encoding (see `domain/providers/*`); OpenAI's strict
 mode gets the strict-compatible form `openai_strict` builds when that keeps the schema's
 meaning. On collect, `Validator` checks each answer with a compiled validator.
 """
@@ -24,7 +24,7 @@ DEFAULT_NAME = "response"
 
 #: Keywords that change which values are valid and that Gemini's responseJsonSchema
 #: cannot express. Annotation-only keywords (title, description, examples...) are fine.
-_VERTEX_UNSUPPORTED = frozenset(
+GEMINI_INEXPRESSIBLE = frozenset(
     {
         "not",
         "if",
@@ -41,7 +41,7 @@ _VERTEX_UNSUPPORTED = frozenset(
 )
 #: What OpenAI's strict mode does not take (structured outputs' "supported schemas"):
 #: all of the above, and these.
-_STRICT_UNSUPPORTED = _VERTEX_UNSUPPORTED | {
+_STRICT_UNSUPPORTED = GEMINI_INEXPRESSIBLE | {
     "allOf",
     "minContains",
     "maxContains",
@@ -185,14 +185,26 @@ def resolve(root: dict[str, Any], ref: str) -> dict[str, Any] | None:
     return node if isinstance(node, dict) else None
 
 
-def check_for_provider(schema: ResponseSchema, provider: str) -> None:
-    """Raise SchemaError naming the construct if `provider` cannot express `schema`."""
+def check_expressible(
+    schema: ResponseSchema,
+    provider: str,
+    *,
+    root_object_in: str | None = None,
+    inexpressible: frozenset[str] = frozenset(),
+    inexpressible_in: str = "",
+) -> None:
+    """Raise SchemaError naming the construct if `provider` cannot express `schema`.
+
+    A provider that puts the schema where only an object goes (`root_object_in`, e.g. "a
+    tool's input_schema") refuses any other root; `inexpressible` are the keywords it
+    cannot express (in `inexpressible_in`, e.g. "Gemini's responseJsonSchema"). Remote
+    `$ref`s are refused for every provider: nothing is fetched.
+    """
     root = schema.schema
-    if provider in ("openai", "anthropic") and not _root_is_object(root):
-        what = "response_format's schema" if provider == "openai" else "a tool's input_schema"
+    if root_object_in is not None and not _root_is_object(root):
         raise SchemaError(
             "type",
-            f"{provider} takes an object at the root of {what} (type 'object'), "
+            f"{provider} takes an object at the root of {root_object_in} (type 'object'), "
             f"got {root.get('type', 'no type')!r}: wrap the value in an object",
         )
     for where, node in walk(root):
@@ -201,13 +213,12 @@ def check_for_provider(schema: ResponseSchema, provider: str) -> None:
                 f"{where}.$ref" if where else "$ref",
                 f"only local references ('#/$defs/...') can be sent, got {node['$ref']!r}",
             )
-        if provider == "vertex":
-            for key in _VERTEX_UNSUPPORTED:
-                if key in node:
-                    raise SchemaError(
-                        f"{where}.{key}" if where else key,
-                        f"Gemini's responseJsonSchema cannot express {key!r}",
-                    )
+        for key in inexpressible:
+            if key in node:
+                raise SchemaError(
+                    f"{where}.{key}" if where else key,
+                    f"{inexpressible_in} cannot express {key!r}",
+                )
 
 
 # -- OpenAI strict mode -------------------------------------------------------------------

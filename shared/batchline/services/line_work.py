@@ -92,6 +92,7 @@ class LineWork:
 
     __slots__ = (
         "_default_model",
+        "_enabled",
         "_explicit_ids",
         "_job_id",
         "_max_line_bytes",
@@ -107,6 +108,7 @@ class LineWork:
         *,
         default_model: str | None,
         max_line_bytes: int,
+        enabled: frozenset[str],
         job_id: str,
     ) -> None:
         self._planner = planner
@@ -114,6 +116,7 @@ class LineWork:
         self._schemas = schemas
         self._default_model = default_model
         self._max_line_bytes = max_line_bytes
+        self._enabled = enabled
         self._job_id = job_id
 
     def take(
@@ -128,6 +131,7 @@ class LineWork:
                 default_model=self._default_model,
                 max_line_bytes=self._max_line_bytes,
                 schemas=self._schemas,
+                enabled=self._enabled,
             )
             if not isinstance(parsed, Request):  # (isinstance is cheapest when it holds)
                 return parsed, None

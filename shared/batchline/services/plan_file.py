@@ -142,6 +142,7 @@ def _read_and_stage(
         schemas,
         default_model=job.options.model or deps.settings.default_model,
         max_line_bytes=deps.settings.max_line_bytes,
+        enabled=deps.settings.enabled_providers,
         job_id=job.job_id,
     ).take
 

@@ -30,12 +30,12 @@ from batchline.domain.claims import Change
 from batchline.domain.models import Chunk, Job, ProviderResult
 from batchline.domain.paths import WorkPaths
 from batchline.domain.planning import RequestTooLarge
+from batchline.domain.providers import registry
 from batchline.domain.results import superseded
 from batchline.domain.schemas import (
     SchemaCheck,
     Validator,
     Violation,
-    openai_strict,
     repair_feedback,
 )
 from batchline.domain.workfiles.collected import Repairs
@@ -68,7 +68,7 @@ class SchemaChecks:
     def _load(self, digest: str, provider: str) -> Validator:
         schema = read_schema(self._deps.blobs, self._paths, digest)
         # OpenAI strict mode answers `null` for optional properties: drop those again.
-        strict = provider == "openai" and openai_strict(schema) is not None
+        strict = registry.provider(provider).strips_nulls(schema)
         validator = self._validators[digest, provider] = Validator(schema, strip_nulls=strict)
         return validator
 

@@ -81,12 +81,14 @@ FUNCTIONS = {
     "api": "http",
 }
 WORKERS = (*FUNCTIONS, "bridge", "ticker")
-#: Provider emulators: component name -> (module run with `python -m`, the path its SDK's
-#: base URL ends with: OpenAI's paths start after /v1, Anthropic's and Vertex's include it).
+#: Provider emulators, one per provider in `domain/providers/registry.py`: component name
+#: -> (module run with `python -m`, the path its SDK's base URL ends with: OpenAI's paths
+#: start after /v1, Anthropic's and Vertex's include it, whether it reads and writes the
+#: stack's GCS: Vertex's jobs do).
 PROVIDER_EMULATORS = {
-    "openai": ("batchline_emulators.openai", "/v1"),
-    "anthropic": ("batchline_emulators.anthropic", ""),
-    "vertex": ("batchline_emulators.vertex", ""),
+    "openai": ("batchline_emulators.openai", "/v1", False),
+    "anthropic": ("batchline_emulators.anthropic", "", False),
+    "vertex": ("batchline_emulators.vertex", "", True),
 }
 
 
@@ -770,7 +772,7 @@ class LocalStack:
         emulator_config: dict[str, Any] = getattr(cfg, f"{name}_emulator_config")
         argv = list(command or [sys.executable, "-m", PROVIDER_EMULATORS[name][0]])
         argv += ["--host", HOST, "--port", str(port)]
-        if name == "vertex":
+        if PROVIDER_EMULATORS[name][2]:
             argv += ["--storage-url", self.gcs_url]
         if name == "openai" and cfg.openai_webhooks:
             emulator_config = {

@@ -25,8 +25,9 @@ from batchline.adapters.providers._errors import TranslateErrors, http_retryable
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import anthropic as wire
+from batchline.domain.providers.anthropic import AnthropicSettings
 from batchline.errors import ProviderError
-from batchline.ports import StagedPayload
+from batchline.ports import BlobStore, StagedPayload
 
 if TYPE_CHECKING:
     import anthropic
@@ -190,3 +191,10 @@ class _errors(TranslateErrors):
         if isinstance(exc, anthropic.AnthropicError):
             return ProviderError(f"Anthropic {self._doing}: {exc}", retryable=False)
         return None
+
+
+def make_client(
+    settings: AnthropicSettings, *, project: str, blobs: BlobStore
+) -> AnthropicProvider:
+    """The client for Anthropic's settings block (the project and blobs are not needed)."""
+    return AnthropicProvider(api_key=settings.api_key, base_url=settings.base_url)

@@ -17,8 +17,9 @@ from batchline.adapters.providers._errors import TranslateErrors, http_retryable
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import openai as wire
+from batchline.domain.providers.openai import OpenAISettings
 from batchline.errors import ProviderError
-from batchline.ports import StagedPayload
+from batchline.ports import BlobStore, StagedPayload
 
 if TYPE_CHECKING:
     import openai
@@ -163,3 +164,8 @@ class _errors(TranslateErrors):
         if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError):
             return ProviderError(f"OpenAI {self._doing}: {exc}", retryable=True)
         return None
+
+
+def make_client(settings: OpenAISettings, *, project: str, blobs: BlobStore) -> OpenAIProvider:
+    """The client for OpenAI's settings block (the project and blobs are not needed)."""
+    return OpenAIProvider(api_key=settings.api_key, base_url=settings.base_url)

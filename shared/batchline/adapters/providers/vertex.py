@@ -28,6 +28,7 @@ from batchline.adapters.providers._errors import TranslateErrors
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import vertex as wire
+from batchline.domain.providers.vertex import VertexSettings
 from batchline.errors import ProviderError
 from batchline.ports import BlobStore, StagedPayload
 
@@ -251,3 +252,14 @@ class _errors(TranslateErrors):
         if isinstance(exc, exceptions.GoogleAPIError | auth_exceptions.GoogleAuthError):
             return ProviderError(f"Vertex AI {self._doing}: {exc}", retryable=False)
         return None
+
+
+def make_client(settings: VertexSettings, *, project: str, blobs: BlobStore) -> VertexProvider:
+    """The client for Vertex AI's settings block: its jobs run in the settings' project,
+    else the deployment's, and read and write the work bucket through `blobs`."""
+    return VertexProvider(
+        project=settings.project or project,
+        location=settings.location,
+        blobs=blobs,
+        api_endpoint=settings.api_endpoint,
+    )

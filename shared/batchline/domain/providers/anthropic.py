@@ -1,4 +1,9 @@
-"""Anthropic Message Batches: encoding requests and normalising results. Pure: no SDK, no I/O.
+"""Anthropic Message Batches: the provider's descriptor. Pure: no SDK, no I/O.
+
+Its native lines (`custom_id`, `params`), what a batchline line may ask of it (no
+`temperature`), its schema encoding (a forced tool), request encoding, result
+normalisation, token counting (3.5 characters per token), re-ask turn, limits and
+settings. The client is `adapters/providers/anthropic.py`.
 
 A chunk's payload is staged as JSONL, one `{"custom_id", "params"}` per line, like every
 provider's. Anthropic takes a JSON body `{"requests": [...]}` instead of a file:
@@ -10,16 +15,59 @@ second copy of the payload, and `ENVELOPE_BYTES` is what it adds to the payload'
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from batchline.domain.ids import request_id
 from batchline.domain.models import BatchState, ProviderResult, ResultStatus
-from batchline.domain.requests import Request
+from batchline.domain.providers.base import (
+    ChunkLimits,
+    Encoder,
+    InvalidField,
+    NativeContext,
+    Request,
+    check_known_fields,
+    check_messages_field,
+    check_model_id,
+    env_limits,
+    env_number,
+    env_text,
+    kind,
+    margin_limits,
+    no_check,
+)
+from batchline.domain.providers.tokens import (
+    REPLY_PRIMING_TOKENS,
+    TOKENS_PER_MESSAGE,
+    RequestParts,
+    TokenRule,
+    compact_json,
+    positive_count,
+)
+from batchline.domain.schemas import ResponseSchema, check_expressible
+from batchline.errors import ConfigError
 
 NAME = "anthropic"
+# Anthropic's own limits are 100,000 requests and 256 MB of request body per batch.
+MAX_REQUESTS = 100_000
+MAX_BYTES = 256 * 1000 * 1000
+#: What one batch may hold by default: the provider's limits less a 5% margin.
+DEFAULT_LIMITS = margin_limits(MAX_REQUESTS, MAX_BYTES)
+# Anthropic requires max_tokens on every request: lines that give none get this.
+DEFAULT_MAX_TOKENS = 1024
+#: Anthropic's rule of thumb for Claude.
+CHARS_PER_TOKEN = 3.5
+IMAGE_TOKENS = 1600
+#: Anthropic's tool-use system prompt, by tool_choice type (Claude 4.x).
+TOOL_PROMPT_TOKENS = {"auto": 346, "none": 346, "any": 313, "tool": 313}
+
+_NATIVE_FIELDS = frozenset({"custom_id", "params"})
+# Anthropic's messages are {role, content}; its SDK's MessageParam takes these roles.
+_ROLES = frozenset({"user", "assistant", "system"})
+MESSAGE_FIELDS = frozenset({"role", "content"})
 
 BODY_PREFIX = b'{"requests":['
 BODY_SUFFIX = b"]}"
@@ -97,6 +145,8 @@ def add_repair_turn(line: dict[str, Any], answer: str, feedback: str) -> None:
 
 
 def make_encoder(default_max_tokens: int) -> Callable[[Request], bytes]:
+    """`encode` with the deployment's default `max_tokens` bound."""
+
     def encode_request(request: Request) -> bytes:
         return encode(request, default_max_tokens)
 
@@ -104,6 +154,8 @@ def make_encoder(default_max_tokens: int) -> Callable[[Request], bytes]:
 
 
 def make_line_encoder(default_max_tokens: int) -> Callable[[Request], dict[str, Any]]:
+    """`encode_line` with the deployment's default `max_tokens` bound."""
+
     def encode_request(request: Request) -> dict[str, Any]:
         return encode_line(request, default_max_tokens)
 
@@ -248,3 +300,237 @@ def _success(rid: str, message: dict[str, Any]) -> ProviderResult:
         response=message,
         structured=structured,
     )
+
+
+# ------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class AnthropicSettings:
+    """Anthropic's settings block: where its API is, its key, the chunk limits and the
+    `max_tokens` of requests that give none."""
+
+    # e.g. an emulator's http://127.0.0.1:P (no /v1); None is Anthropic's own.
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    limits: ChunkLimits = DEFAULT_LIMITS
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AnthropicSettings:
+        """BATCHLINE_ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, BATCHLINE_ANTHROPIC_MAX_REQUESTS/
+        _BYTES and BATCHLINE_ANTHROPIC_MAX_TOKENS (a positive integer)."""
+        max_tokens = int(env_number(env, "BATCHLINE_ANTHROPIC_MAX_TOKENS", cls.max_tokens))
+        if max_tokens < 1:
+            raise ConfigError("BATCHLINE_ANTHROPIC_MAX_TOKENS must be a positive integer")
+        return cls(
+            base_url=env_text(env, "BATCHLINE_ANTHROPIC_BASE_URL"),
+            api_key=env_text(env, "ANTHROPIC_API_KEY"),
+            limits=env_limits(
+                env,
+                "BATCHLINE_ANTHROPIC_MAX_REQUESTS",
+                "BATCHLINE_ANTHROPIC_MAX_BYTES",
+                cls.limits,
+            ),
+            max_tokens=max_tokens,
+        )
+
+
+# -------------------------------------------------------------------- input lines
+
+
+def parse_native(obj: dict[str, Any], context: NativeContext) -> tuple[str, dict[str, Any]]:
+    """(model id, params) of a native line; raises `InvalidField` naming the field."""
+    check_known_fields(obj, _NATIVE_FIELDS, "an Anthropic batch line")
+    params = obj.get("params")
+    if not isinstance(params, dict):
+        raise InvalidField("params", f"expected an object, got {kind(params)}")
+    model = params.get("model")
+    if model is None:
+        model = context.default_for(NAME, "params.model", "an Anthropic model")
+        params = {**params, "model": model}
+    elif not isinstance(model, str) or not model:
+        raise InvalidField("params.model", f"expected a non-empty string, got {kind(model)}")
+    else:
+        check_model_id(model, "params.model")
+    if params.get("stream"):
+        raise InvalidField("params.stream", "a batch request cannot stream")
+    check_messages_field(params, "params", check_message)
+    return model, params
+
+
+def check_message(where: str, message: dict[str, Any]) -> None:
+    """An Anthropic message: a role it takes, only `role` and `content`, content a string
+    or a non-empty list of content blocks (which pass through as given)."""
+    role = message.get("role")
+    try:
+        known = role in _ROLES
+    except TypeError:  # a list or object where a role goes
+        known = False
+    if not known:
+        raise InvalidField(
+            f"{where}.role", f"Anthropic takes one of {sorted(_ROLES)}, got {role!r}"
+        )
+    for key in message:
+        if key not in MESSAGE_FIELDS:
+            raise InvalidField(f"{where}.{key}", "not a field of an Anthropic message")
+    content = message.get("content")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise InvalidField(
+            f"{where}.content", f"expected a string or a list of blocks, got {kind(content)}"
+        )
+    if not content:
+        raise InvalidField(f"{where}.content", "must not be an empty list")
+    for j, block in enumerate(content):
+        # Blocks pass through as given (text, image, document, ...): Anthropic checks them.
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise InvalidField(
+                f"{where}.content[{j}]", "expected a content block (an object with a 'type')"
+            )
+
+
+def check_temperature(temperature: Any) -> None:
+    """Always refused: the SDK's MessageCreateParams has no temperature, and models from
+    Claude Opus 4.7 on answer 400 to it: a value batchline cannot deliver is an error."""
+    raise InvalidField(
+        "temperature",
+        "Anthropic's Messages API takes no temperature (deprecated; newer models reject "
+        "it): remove it, or send it in an Anthropic native line",
+    )
+
+
+def native_schema(body: dict[str, Any]) -> tuple[Any, str | None] | None:
+    """The `input_schema` of the tool that `tool_choice` forces, with its name, or None."""
+    choice = body.get("tool_choice")
+    found = None
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        tools = body.get("tools")
+        for tool in tools if isinstance(tools, list) else ():
+            if isinstance(tool, dict) and tool.get("name") == choice.get("name"):
+                found = tool.get("input_schema"), tool.get("name")
+    return found
+
+
+def check_schema(schema: ResponseSchema) -> None:
+    """A tool's `input_schema` takes an object at the root."""
+    check_expressible(schema, NAME, root_object_in="a tool's input_schema")
+
+
+# ------------------------------------------------------------------------- tokens
+
+
+def token_parts(line: dict[str, Any]) -> RequestParts:
+    """What a request line (or bare params) bills: system, messages, tools (and the tool-use
+    system prompt); its `max_tokens`."""
+    params = line.get("params", line)
+    if not isinstance(params, dict):
+        return RequestParts([])
+    parts = RequestParts([], fixed_tokens=REPLY_PRIMING_TOKENS)
+    texts = parts.texts
+    system = params.get("system")
+    if isinstance(system, str):
+        texts.append(system)
+    elif isinstance(system, list):
+        parts.fixed_tokens += _blocks(system, texts)
+    messages = params.get("messages")
+    if isinstance(messages, list):
+        parts.fixed_tokens += TOKENS_PER_MESSAGE * len(messages)
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                parts.fixed_tokens += _blocks(content, texts)
+    tools = params.get("tools")
+    if isinstance(tools, list) and tools:
+        texts.extend(compact_json(tool) for tool in tools)
+        choice = params.get("tool_choice")
+        choice_type = choice.get("type") if isinstance(choice, dict) else None
+        parts.fixed_tokens += TOOL_PROMPT_TOKENS.get(str(choice_type or "auto"), 346)
+    parts.max_output = positive_count(params.get("max_tokens"))
+    return parts
+
+
+def _blocks(blocks: list[Any], texts: list[str]) -> int:
+    fixed = 0
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        block_type = block.get("type")
+        if block_type == "text":
+            text = block.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+        elif block_type == "image":
+            fixed += IMAGE_TOKENS
+        elif block_type == "tool_use":
+            texts.append(str(block.get("name") or ""))
+            texts.append(compact_json(block.get("input")))
+        elif block_type == "tool_result":
+            content = block.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                fixed += _blocks(content, texts)
+        elif block_type == "document":
+            source = block.get("source")
+            if (
+                isinstance(source, dict)
+                and source.get("type") == "text"
+                and isinstance(source.get("data"), str)
+            ):
+                texts.append(source["data"])
+        # Thinking blocks of earlier turns are not billed as input; PDFs are not counted.
+    return fixed
+
+
+# --------------------------------------------------------------------- descriptor
+
+
+class Anthropic:
+    """Anthropic Message Batches' descriptor (see `domain.providers.base.Provider`)."""
+
+    name = NAME
+    native_keys = frozenset({"params"})
+    #: A native line's id is its `custom_id`.
+    id_key: str | None = None
+    #: Where a native line names its model.
+    model_field = "params.model"
+
+    settings_from_env = staticmethod(AnthropicSettings.from_env)
+    parse_native = staticmethod(parse_native)
+    native_schema = staticmethod(native_schema)
+    check_message = staticmethod(check_message)
+    check_temperature = staticmethod(check_temperature)
+    check_stop = staticmethod(no_check)
+    check_schema = staticmethod(check_schema)
+    add_repair_turn = staticmethod(add_repair_turn)
+    token_parts = staticmethod(token_parts)
+
+    def chunk_limits(self, settings: AnthropicSettings) -> ChunkLimits:
+        """The limit is on the request body, which wraps the payload in
+        `{"requests":[...]}`: the settings' limits with that envelope."""
+        return ChunkLimits(settings.limits.max_requests, settings.limits.max_bytes, ENVELOPE_BYTES)
+
+    def encoder(self, settings: AnthropicSettings) -> Encoder:
+        """`encode_line` with the settings' default `max_tokens`."""
+        return make_line_encoder(settings.max_tokens)
+
+    def model_id(self, model: str) -> str:
+        """The model id as written."""
+        return model
+
+    def strips_nulls(self, schema: ResponseSchema) -> bool:
+        """False: a forced tool's input is the answer as given."""
+        return False
+
+    def token_rule(self, model: str) -> TokenRule:
+        """3.5 characters per token."""
+        return TokenRule(chars_per_token=CHARS_PER_TOKEN)
+
+
+DESCRIPTOR = Anthropic()
