@@ -4,6 +4,9 @@ foreign file refused with an error naming the file and the field."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
 
 import orjson
 import pytest
@@ -28,7 +31,7 @@ from batchline.domain.workfiles.manifest import (
 from batchline.domain.workfiles.plan import PlanRecord, read_plan, write_plan
 from batchline.domain.workfiles.runs import RunWriter, encode_rows, iter_rows, open_rows
 from batchline.domain.workfiles.schemas import read_schema, write_schema
-from batchline.errors import PreconditionFailed
+from batchline.errors import PreconditionFailed, RetryableError
 from batchline_tools.memory import MemoryBlobStore
 
 PATHS = WorkPaths("work", "job-1")
@@ -306,3 +309,52 @@ def test_a_streamed_file_created_meanwhile_by_another_writer_is_not_an_error() -
     assert blobs.read_bytes("gs://w/a") == b"theirs\n"
     with pytest.raises(PreconditionFailed), blobs.open_write("gs://w/a", "x"):
         pass  # (the store does refuse a second file)
+
+
+class _Raising:
+    """A store writer whose writes fail with `error` (an SDK's own exception)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def write(self, data: bytes) -> int:
+        raise self.error
+
+
+class _TranslatingBlobs(MemoryBlobStore):
+    """A store whose writer fails with raw errors that its context translates, as the GCS
+    adapter's does (`adapters/_google.translated`)."""
+
+    def __init__(self, raw: Exception) -> None:
+        super().__init__()
+        self.raw = raw
+
+    @contextmanager
+    def open_write(self, uri: str, content_type: str) -> Iterator[BinaryIO]:
+        try:
+            yield _Raising(self.raw)  # type: ignore[misc]
+        except KeyError as exc:
+            raise PreconditionFailed(f"{uri}: 412") from exc
+        except TimeoutError as exc:
+            raise RetryableError(f"{uri}: {exc}") from exc
+
+
+def test_a_write_s_error_is_the_store_s_own_error_for_it() -> None:
+    """Found existing mid-stream (a raw 412): no error, nothing more written."""
+    exists = StreamedFile(_TranslatingBlobs(KeyError("412")), "gs://w/a", "x")
+    exists.write(b"one\n")
+    assert not exists.open
+    exists.write(b"two\n")
+    exists.commit()
+    # A transient failure comes out as the store's retryable error, not the SDK's.
+    flaky = StreamedFile(_TranslatingBlobs(TimeoutError("slow")), "gs://w/b", "x")
+    with pytest.raises(RetryableError, match="slow"):
+        flaky.write(b"one\n")
+    # An error the store does not translate comes out as it is.
+    odd = StreamedFile(_TranslatingBlobs(ValueError("odd")), "gs://w/c", "x")
+    with pytest.raises(ValueError, match="odd"):
+        odd.write(b"one\n")
+    # Abandoning after a failure raises nothing of its own.
+    gone = StreamedFile(_TranslatingBlobs(TimeoutError("slow")), "gs://w/d", "x")
+    gone.abandon(RuntimeError("planning failed"))
+    assert not gone.open

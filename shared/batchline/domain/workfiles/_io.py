@@ -142,7 +142,8 @@ class StreamedFile:
     absent (`BlobStore.open_write`). Work files have deterministic names and content, so
     a file that exists already holds these bytes (an earlier invocation wrote it): then
     the writes go nowhere. `commit` finishes the file; `abandon` (on failure) leaves no
-    file behind."""
+    file behind. A write's error goes through the store's writer as it would leaving a
+    `with` block (the store raises its own error for it)."""
 
     def __init__(self, blobs: WorkBlobs, uri: str, content_type: str) -> None:
         self.uri = uri
@@ -159,7 +160,7 @@ class StreamedFile:
             return
         try:
             self._out.write(data)
-        except PreconditionFailed as exc:
+        except Exception as exc:
             self._end(exc)
 
     def commit(self) -> None:
@@ -167,15 +168,24 @@ class StreamedFile:
         self._end(None)
 
     def abandon(self, exc: BaseException) -> None:
-        """Give the file up after `exc`: nothing is created."""
-        self._end(exc)
+        """Give the file up after `exc` (planning failed): nothing is created, and nothing
+        is raised here (the caller raises `exc`)."""
+        with contextlib.suppress(Exception):
+            self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:
+        """Leave the store's writer, with `exc` when one ended the writing: the store's
+        error for it is raised, or `exc` itself, except that a file found to exist already
+        (PreconditionFailed) is no error."""
         context, self._context, self._out = self._context, None, None
         if context is None:
             return
-        with contextlib.suppress(PreconditionFailed):  # written meanwhile: the same bytes
-            context.__exit__(*_info(exc))
+        try:
+            suppressed = context.__exit__(*_info(exc))
+        except PreconditionFailed:
+            return  # written meanwhile, or before us: the same bytes
+        if exc is not None and not suppressed and not isinstance(exc, PreconditionFailed):
+            raise exc
 
     @property
     def open(self) -> bool:
