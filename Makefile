@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
 .PHONY: setup run demo test test-unit test-integration test-e2e lint format bench clean \
-	package deploy destroy lint-infra test-infra tokenizers
+	package deploy destroy lint-infra test-infra tokenizers openapi schemathesis
 
 ## setup: create .venv and install batchline with the local stack and dev tools
 setup: $(VENV)/.installed
@@ -29,13 +29,13 @@ demo: setup
 PYTEST_FLAGS ?= --durations=25
 
 ## test: unit, integration (emulators) and end-to-end (whole local stack) tests
-test: setup
+test: setup schemathesis
 	$(PY) -m pytest $(PYTEST_FLAGS)
 
 test-unit: setup
 	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit
 
-test-integration: setup
+test-integration: setup schemathesis
 	$(PY) -m pytest $(PYTEST_FLAGS) tests/integration
 
 test-e2e: setup
@@ -51,9 +51,13 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## openapi: regenerate the api's OpenAPI document from its route table and models
+openapi: setup
+	$(PY) -m batchline.services.api.openapi shared/batchline/services/api/openapi.json
+
 ## bench: submit/collect throughput, peak RSS and cold import; writes bench/RESULTS.md;
 ## then the heavy tests (fuzzing, scale runs) with their long budget
-bench: setup
+bench: setup schemathesis
 	$(PY) bench/run.py
 	BATCHLINE_TEST_BUDGET=bench $(PY) -m pytest $(PYTEST_FLAGS) -m heavy || [ $$? -eq 5 ]
 
@@ -85,6 +89,20 @@ $(TOOLS)/.installed-checkov-$(CHECKOV_VERSION):
 	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
 	$(TOOLS)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
 	@rm -f $(TOOLS)/.installed-checkov-*
+	@touch $@
+
+# schemathesis fuzzes the running api function from its openapi.json; it has its own venv,
+# so that its dependencies never move the app's pins.
+SCHEMATHESIS         ?= .venv-schemathesis
+SCHEMATHESIS_VERSION := 4.32.5
+
+schemathesis: $(SCHEMATHESIS)/.installed-$(SCHEMATHESIS_VERSION)
+
+$(SCHEMATHESIS)/.installed-$(SCHEMATHESIS_VERSION):
+	$(PYTHON) -m venv $(SCHEMATHESIS)
+	$(SCHEMATHESIS)/bin/python -m pip install --quiet --upgrade pip
+	$(SCHEMATHESIS)/bin/python -m pip install --quiet schemathesis==$(SCHEMATHESIS_VERSION)
+	@rm -f $(SCHEMATHESIS)/.installed-*
 	@touch $@
 
 ## lint-infra: terraform fmt -check and checkov (no failed check; skips are inline, with reasons)

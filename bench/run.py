@@ -486,7 +486,7 @@ IMPORT_CASES = {
     "submit": f"import main; {_CLIENTS}; import batchline.services.submit",
     "poll": f"import main; {_CLIENTS}; import batchline.services.poll",
     "collect": f"import main; {_CLIENTS}; import batchline.services.collect",
-    "api": f"import main; {_CLIENTS}; import batchline.services.api",
+    "api": f"import main; {_CLIENTS}; import batchline.edge, batchline.services.api.routes",
 }
 
 

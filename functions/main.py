@@ -10,6 +10,7 @@ import functions_framework
 import orjson
 from cloudevents.http import CloudEvent
 from flask import Request, Response
+from flask import request as current_request
 
 from batchline import entrypoints
 
@@ -42,8 +43,15 @@ def notify(event: CloudEvent) -> None:
 
 @functions_framework.http
 def api(request: Request) -> Response:
-    """HTTP API: POST /v1/jobs, GET /v1/jobs/{job_id}."""
+    """HTTP API: the operations of `batchline.services.api.routes`."""
     return entrypoints.api(request)
+
+
+@functions_framework.errorhandler(404)
+def not_routed(error: Exception) -> Response:
+    """A path functions-framework's router keeps from the function (one holding a line
+    break): answered as the API answers any path it does not know, in JSON."""
+    return entrypoints.not_routed(current_request)
 
 
 def _pubsub_json(data: Any) -> Any:

@@ -18,9 +18,28 @@ locals {
   # fails unless one of these serves it.
   #
   # Composite indexes, by name: collection, scope (COLLECTION or COLLECTION_GROUP) and
-  # fields in index order, each as [field path, ASCENDING or DESCENDING]. None is needed:
-  # `jobs` where state in [...active states] has one field and no order.
-  firestore_indexes = {}
+  # fields in index order, each as [field path, ASCENDING, DESCENDING or CONTAINS].
+  # `jobs` where state in [...active states] has one field and no order: none needed.
+  # Listing jobs (FirestoreJobStore.list_jobs, GET /v1/jobs) orders by created_at, newest
+  # first, within a range of it, filtered by state and/or one label (`label_pairs`, the
+  # job's labels as key=value, array-contains); further labels are filtered in code.
+  firestore_indexes = {
+    jobs_by_state = {
+      collection = "jobs"
+      scope      = "COLLECTION"
+      fields     = [["state", "ASCENDING"], ["created_at", "DESCENDING"]]
+    }
+    jobs_by_label = {
+      collection = "jobs"
+      scope      = "COLLECTION"
+      fields     = [["label_pairs", "CONTAINS"], ["created_at", "DESCENDING"]]
+    }
+    jobs_by_state_and_label = {
+      collection = "jobs"
+      scope      = "COLLECTION"
+      fields     = [["state", "ASCENDING"], ["label_pairs", "CONTAINS"], ["created_at", "DESCENDING"]]
+    }
+  }
 
   # Single-field index overrides, by name: collection group, field, and every index the
   # field keeps, each as [scope, ASCENDING, DESCENDING or CONTAINS]. An override replaces
@@ -61,8 +80,9 @@ resource "google_firestore_index" "composite" {
   dynamic "fields" {
     for_each = each.value.fields
     content {
-      field_path = fields.value[0]
-      order      = fields.value[1]
+      field_path   = fields.value[0]
+      order        = fields.value[1] == "CONTAINS" ? null : fields.value[1]
+      array_config = fields.value[1] == "CONTAINS" ? "CONTAINS" : null
     }
   }
   depends_on = [google_firestore_database.default]

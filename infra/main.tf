@@ -29,21 +29,24 @@ locals {
   # collect merges chunk results from work into output (and lists a Vertex AI job's
   # prediction files there: objectViewer covers list); those three reach a provider client.
   # notify only POSTs the webhooks it is handed (and notes the outcome on the job).
-  # api is the edge, reached by callers: it reads only the input bucket (to check a
-  # caller's input_uri), creates only its staged inline requests (work, under inline/:
-  # create_under), reads no job's data, calls no provider and asks poll to plan. It only
-  # names objects in output (a job's output prefix): names_only, no access.
+  # api is the edge, reached by callers: it reads the input bucket (a caller's input_uri,
+  # checked and, for an estimate, planned dry) and the output bucket (a job's summary and
+  # results: what the API is for; it follows only the job record's own output prefix),
+  # creates only its staged inline requests (work, under inline/: create_under), never
+  # reads the work bucket (other jobs' working data), calls no provider and asks poll to
+  # plan.
   # provider_keys: the API key secrets are mounted. vertex: the Vertex AI role granted when
   # vertex is enabled (vertex.tf): "user" where the code creates batch prediction jobs,
   # "viewer" where it only reads them (collect). tests/infra derives the topics, the
   # provider use and the Vertex AI calls from the code's call graph and fails if this table
-  # grants more or fewer, or gives a function reached over HTTP read on work or output.
+  # grants more or fewer, or gives a function reached over HTTP read on work, or create on
+  # work or output beyond a prefix.
   access = {
     submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
     poll    = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
     collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify"], provider_keys = true, vertex = "viewer" }
     notify  = { read = [], create = [], create_under = {}, names_only = [], publish = [], provider_keys = false, vertex = null }
-    api     = { read = ["input"], create = ["work"], create_under = { work = "inline/" }, names_only = ["output"], publish = ["poll"], provider_keys = false, vertex = null }
+    api     = { read = ["input", "output"], create = ["work"], create_under = { work = "inline/" }, names_only = [], publish = ["poll"], provider_keys = false, vertex = null }
   }
 
   # Settings, under the names shared/batchline/config.py reads (tests/infra checks both ways).

@@ -7,7 +7,8 @@ The zip holds what Cloud Functions' Python build expects at its root:
                        the provider emulators are packages of their own (batchline_tools,
                        batchline_emulators) that the functions never import,
                        with tiktoken's BPE files (batchline/domain/_tokenizers/*.tiktoken.gz)
-                       so that the deployed functions never download them
+                       so that the deployed functions never download them, and the
+                       jobs page's templates and static files (batchline/web/)
     requirements.txt   pyproject's [project].dependencies, every one pinned with ==
 
 It is reproducible (sorted entries, fixed timestamps and modes), so its MD5 changes only
@@ -33,6 +34,12 @@ NAME = "batchline-functions"
 REQUIRED_DATA = (
     "batchline/domain/_tokenizers/cl100k_base.tiktoken.gz",
     "batchline/domain/_tokenizers/o200k_base.tiktoken.gz",
+    # The jobs page (the api function serves it).
+    "batchline/web/templates/layout.html",
+    "batchline/web/templates/jobs.html",
+    "batchline/web/templates/job.html",
+    "batchline/web/assets/page.js",
+    "batchline/web/assets/page.css",
 )
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?==[A-Za-z0-9.+!-]+$")

@@ -2,9 +2,11 @@
 looks like. Every caller and every byte is treated as hostile here: bodies are bounded
 before they are read whole, parsed strictly, and every error is one JSON shape,
 `{"error": {"type", "message", "field"?}}`, with the right status — never an HTML page,
-never a trace.
+never a trace. The one exception is the jobs page (`batchline.web`): its own routes (`/`,
+`/jobs/{id}`, `/assets/{name}`) answer HTML, their 404s and 405s too.
 
-Operations live in `services.api` and `services.cancel`; this module only translates.
+Operations live in `services.api` (its route table: `services.api.routes`); this module
+only routes and translates.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 
 from batchline.errors import PermanentError, RetryableError
 from batchline.log import fields, get_logger
+from batchline.web import is_page
 
 if TYPE_CHECKING:
     from flask import Request, Response
@@ -63,11 +66,15 @@ class ApiError(Exception):
         return {"error": error}
 
 
-Handler = Callable[["Request", str | None], tuple[int, Any]]
-
-
 def handle(request: Request) -> Response:
-    """Answer one request: route it, run it, and shape whatever comes out as JSON."""
+    """Answer one request: route it, run it, and shape whatever comes out as JSON.
+
+    The jobs page's routes (`/`, `/jobs/...`, `/assets/...`) answer HTML, their errors
+    included (`batchline.web.pages`); every other path is the JSON API."""
+    if is_page(request.path):
+        from batchline.web import pages
+
+        return pages.handle(request)
     try:
         status, body = _route(request)
         return _reply(status, body)
@@ -88,49 +95,51 @@ def handle(request: Request) -> Response:
         )
 
 
+def not_routed(request: Request) -> Response:
+    """The answer to a request the framework did not route to the function."""
+    error = ApiError(404, "not_found", f"{request.method} {request.path!r} is not an operation")
+    return _reply(error.status, error.body())
+
+
 def _route(request: Request) -> tuple[int, Any]:
+    from batchline.services.api.call import Call
+    from batchline.services.api.routes import find
+
     path = request.path.rstrip("/") or "/"
-    job_id: str | None = None
-    if path == "/v1/jobs":
-        methods: dict[str, Handler] = {"POST": _create_job}
-    elif path.startswith("/v1/jobs/") and "/" not in path[len("/v1/jobs/") :]:
-        rest = path[len("/v1/jobs/") :]
-        if rest.endswith(":cancel"):
-            job_id, methods = rest.removesuffix(":cancel"), {"POST": _cancel_job}
-        else:
-            job_id, methods = rest, {"GET": _get_job}
-    elif path == "/v1/webhooks/openai":
-        methods = {"POST": _openai_webhook}
-    else:
+    route, params, allowed = find(request.method, path)
+    if route is None and not allowed:
         raise ApiError(404, "not_found", f"{request.method} {path} is not an operation")
-    handler = methods.get(request.method)
-    if handler is None:
-        allowed = ", ".join(sorted(methods))
+    if route is None:
         raise ApiError(
             405,
             "method_not_allowed",
-            f"{request.method} is not allowed on {path}; use {allowed}",
-            headers={"Allow": allowed},
+            f"{request.method} is not allowed on {path}; use {', '.join(allowed)}",
+            headers={"Allow": ", ".join(allowed)},
         )
+    job_id = params.get("job_id")
     if job_id is not None and not JOB_ID.fullmatch(job_id):
         shown = job_id if len(job_id) <= 80 else job_id[:80] + "..."
         raise ApiError(
             400, "bad_request", f"{shown!r} is not a job id (job- and 24 hex digits)", "job_id"
         )
-    return _run(handler, request, job_id)
+    return _run(lambda: route.handler(Call(request, params)))
 
 
-def _run(handler: Handler, request: Request, job_id: str | None) -> tuple[int, Any]:
-    from batchline.services import api as service
+def _run(work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
+    from batchline.services.api import errors
 
     try:
-        return handler(request, job_id)
-    except service.TooLarge as exc:
+        return work()
+    except errors.TooLarge as exc:
         raise ApiError(413, "too_large", str(exc), exc.field) from None
-    except service.BadRequest as exc:
+    except errors.BadRequest as exc:
         raise ApiError(400, "bad_request", str(exc), exc.field) from None
-    except service.KeyReused as exc:
+    except errors.KeyReused as exc:
         raise ApiError(422, "idempotency_key_reused", str(exc), "Idempotency-Key") from None
+    except errors.Missing as exc:
+        raise ApiError(404, "not_found", str(exc), exc.field) from None
+    except errors.Conflict as exc:
+        raise ApiError(409, "job_ended", str(exc), exc.field) from None
     except RetryableError as exc:
         log.warning("api: transient failure", extra=fields(error=str(exc)))
         raise ApiError(
@@ -141,55 +150,6 @@ def _run(handler: Handler, request: Request, job_id: str | None) -> tuple[int, A
         ) from None
     except PermanentError:
         raise  # ours, not the caller's: the catch-all logs it under an error id
-
-
-# ------------------------------------------------------------------------- operations
-
-
-def _create_job(request: Request, _: str | None) -> tuple[int, Any]:
-    from batchline.bootstrap import deps
-    from batchline.services import api as service
-
-    key = service.check_idempotency_key(request.headers.getlist("Idempotency-Key"))
-    body = read_json_body(request)
-    command = service.SubmitJob.from_http(body, key)
-    job, created = service.submit_job(deps(), command)
-    view = service.job_view(job)
-    view["idempotency_key"] = command.idempotency_key
-    return (202 if created else 200), view
-
-
-def _get_job(_: Request, job_id: str | None) -> tuple[int, Any]:
-    from batchline.bootstrap import deps
-    from batchline.services import api as service
-
-    assert job_id is not None
-    found = deps().store.get_job(job_id)
-    if found is None:
-        raise ApiError(404, "not_found", f"no job {job_id}", "job_id")
-    return 200, service.job_view(found)
-
-
-def _cancel_job(_: Request, job_id: str | None) -> tuple[int, Any]:
-    from batchline.bootstrap import deps
-    from batchline.services import api as service
-    from batchline.services.cancel import JobEnded, request_cancel
-
-    assert job_id is not None
-    wired = deps()
-    try:
-        found = request_cancel(wired.store, job_id, wired.clock.now())
-    except JobEnded as exc:
-        raise ApiError(409, "job_ended", str(exc), "job_id") from None
-    if found is None:
-        raise ApiError(404, "not_found", f"no job {job_id}", "job_id")
-    return (200 if found.state.terminal else 202), service.job_view(found)
-
-
-def _openai_webhook(request: Request, _: str | None) -> tuple[int, Any]:
-    from batchline.services.openai_webhooks import receive
-
-    return receive(request)
 
 
 # ------------------------------------------------------------------------------ bodies
@@ -309,9 +269,19 @@ def _locate(raw: bytes, text: str) -> str | None:
 
 
 def _reply(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer; a model is dumped as its fields were set (optional ones left out)."""
     from flask import Response
 
-    response = Response(orjson.dumps(body), status=status, mimetype="application/json")
+    from batchline.services.api.call import Raw, Stream
+
+    if isinstance(body, Stream):
+        response = Response(body.blocks, status=status, mimetype=body.media_type)
+    elif isinstance(body, Raw):
+        response = Response(body.data, status=status, mimetype=body.media_type)
+    else:
+        if hasattr(body, "model_dump"):
+            body = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        response = Response(orjson.dumps(body), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response

@@ -82,3 +82,9 @@ def api(request: Request) -> Response:
     from batchline.edge import handle
 
     return handle(request)
+
+
+def not_routed(request: Request) -> Response:
+    from batchline.edge import not_routed as answer
+
+    return answer(request)

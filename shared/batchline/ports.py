@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from batchline.domain.models import (
@@ -18,6 +18,7 @@ from batchline.domain.models import (
     Chunk,
     IdempotencyKey,
     Job,
+    JobState,
     ProviderBatch,
     ProviderResult,
 )
@@ -37,6 +38,10 @@ class ObjectInfo:
     size: int
     content_encoding: str | None = None
     md5: str | None = None
+    #: When it was last written (epoch seconds), where the store says.
+    updated: float | None = None
+    #: Its custom metadata.
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 class BlobStore(Protocol):
@@ -63,6 +68,17 @@ class BlobStore(Protocol):
 
     def exists(self, uri: str) -> bool: ...
 
+    def put(
+        self,
+        uri: str,
+        data: bytes | BinaryIO,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create or replace the object (a user's upload: the CLI, never a function) and
+        return its generation. `data` is bytes or a stream read to its end."""
+        ...
+
     def create(self, uri: str, data: bytes, content_type: str) -> str:
         """Create the object only if absent and return its generation; raises
         PreconditionFailed when it already existed. Needs no read access."""
@@ -81,6 +97,50 @@ class Publisher(Protocol):
     def publish(self, topic: str, message: dict[str, Any], **attributes: str) -> None:
         """Publish and wait for the server's acknowledgement."""
         ...
+
+
+#: The most jobs one page of `JobStore.list_jobs` holds.
+MAX_PAGE_SIZE = 100
+
+
+class InvalidCursor(ValueError):
+    """A `JobQuery.cursor` that this store did not hand out for this query (tampered with,
+    from another deployment, or from a query with other filters)."""
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs to list, newest first (by `created_at`, then job id): every filter given
+    must hold. `labels` must all be on the job; `created_after`/`created_before` are epoch
+    seconds, both exclusive. `cursor` is a page's `next_cursor`, for the page after it."""
+
+    state: JobState | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 20
+    cursor: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be 1 to {MAX_PAGE_SIZE}, not {self.limit}")
+
+    def matches(self, job: Job) -> bool:
+        """Whether `job` passes every filter (the cursor aside)."""
+        return (
+            (self.state is None or job.state is self.state)
+            and all(job.options.labels.get(k) == v for k, v in self.labels.items())
+            and (self.created_after is None or job.created_at > self.created_after)
+            and (self.created_before is None or job.created_at < self.created_before)
+        )
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of jobs, newest first; `next_cursor` is None on the last page."""
+
+    jobs: list[Job]
+    next_cursor: str | None = None
 
 
 JobChange = Callable[[Job], Job | None]
@@ -123,6 +183,13 @@ class JobStore(Protocol):
 
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
         """The job and chunk that recorded provider batch `batch_id`, if any does."""
+        ...
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        """One page of the jobs `query` asks for, newest first. Raises InvalidCursor for a
+        cursor this store did not hand out for the same filters. A page may hold fewer
+        than `limit` jobs (even none) and still have a `next_cursor`: the store bounds
+        the work one page takes."""
         ...
 
     def jobs_to_notify(self) -> list[Job]:

@@ -23,7 +23,7 @@ from batchline_tools.deployment import CliError, upload, wait_for
 if TYPE_CHECKING:
     from batchline.config import Settings
     from batchline.domain.models import Job
-    from batchline.ports import JobStore
+    from batchline.ports import BlobStore, JobStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,14 +48,34 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchline", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     local_cli.register(commands)
+    _add_submit(commands)
+    _add_job_commands(commands)
+    _add_schema_commands(commands)
+    demo = commands.add_parser(
+        "demo", help="start the local stack, run the examples, check and preview the results"
+    )
+    demo.add_argument("--examples", type=Path, default=Path("examples"))
+    demo.add_argument("--run-dir")
+    demo.add_argument("--timeout", type=float, default=120.0)
+    demo.add_argument(
+        "--stay", action="store_true", help="keep the stack up afterwards until Ctrl-C"
+    )
+    demo.set_defaults(run=_demo)
+    return parser
 
-    def target_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--run-dir", help="local stack run directory (default .batchline/local)")
-        p.add_argument("--project", help="a GCP project instead of the local stack")
-        p.add_argument("--input-bucket", help="with --project (else BATCHLINE_INPUT_BUCKET)")
-        p.add_argument("--output-bucket", help="with --project (else BATCHLINE_OUTPUT_BUCKET)")
-        p.add_argument("--work-bucket", help="with --project (else BATCHLINE_WORK_BUCKET)")
 
+Commands = Any  # argparse's private _SubParsersAction
+
+
+def _target_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="local stack run directory (default .batchline/local)")
+    p.add_argument("--project", help="a GCP project instead of the local stack")
+    p.add_argument("--input-bucket", help="with --project (else BATCHLINE_INPUT_BUCKET)")
+    p.add_argument("--output-bucket", help="with --project (else BATCHLINE_OUTPUT_BUCKET)")
+    p.add_argument("--work-bucket", help="with --project (else BATCHLINE_WORK_BUCKET)")
+
+
+def _add_submit(commands: Commands) -> None:
     submit = commands.add_parser("submit", help="upload a JSONL file to the input bucket")
     submit.add_argument("file", type=Path)
     submit.add_argument(
@@ -82,14 +102,28 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
-    target_flags(submit)
+    _target_flags(submit)
     submit.set_defaults(run=_submit)
+
+
+def _add_job_commands(commands: Commands) -> None:
+    from batchline.domain.models import JobState, ResultStatus
+    from batchline.ports import MAX_PAGE_SIZE
 
     status = commands.add_parser("status", help="show a job")
     status.add_argument("job_id")
     status.add_argument("--json", action="store_true")
-    target_flags(status)
+    _target_flags(status)
     status.set_defaults(run=_status)
+
+    listing = commands.add_parser("list", help="list jobs, newest first")
+    listing.add_argument("--state", choices=[str(s) for s in JobState])
+    listing.add_argument(
+        "--limit", type=int, default=20, help=f"jobs to show, 1 to {MAX_PAGE_SIZE} (default 20)"
+    )
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    _target_flags(listing)
+    listing.set_defaults(run=_list)
 
     cancel = commands.add_parser(
         "cancel", help="cancel a job: answers already in are kept, the rest end canceled"
@@ -98,16 +132,19 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("--wait", action="store_true", help="follow the job until it ends")
     cancel.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
     cancel.add_argument("--json", action="store_true", help="print one JSON object")
-    target_flags(cancel)
+    _target_flags(cancel)
     cancel.set_defaults(run=_cancel)
 
-    results = commands.add_parser("results", help="download a job's results.jsonl")
+    results = commands.add_parser("results", help="print or save a job's results.jsonl")
     results.add_argument("job_id")
+    results.add_argument("--status", choices=[str(s) for s in ResultStatus])
     results.add_argument("--out", type=Path, help="write to this file (default: stdout)")
     results.add_argument("--head", type=int, help="only the first N lines")
-    target_flags(results)
+    _target_flags(results)
     results.set_defaults(run=_results)
 
+
+def _add_schema_commands(commands: Commands) -> None:
     schema = commands.add_parser(
         "schema", help="register JSON Schemas for structured outputs (push, list, show)"
     )
@@ -120,28 +157,16 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("source", help="mypkg.models:Invoice, or path/to/schema.json")
     push.add_argument("--name", help="the name lines and jobs use (default: the class name)")
     push.add_argument("--json", action="store_true", help="print one JSON object")
-    target_flags(push)
+    _target_flags(push)
     push.set_defaults(run=_schema_push)
     schema_list = schema_commands.add_parser("list", help="list the registered schemas")
     schema_list.add_argument("--json", action="store_true", help="print one JSON array")
-    target_flags(schema_list)
+    _target_flags(schema_list)
     schema_list.set_defaults(run=_schema_list)
     show = schema_commands.add_parser("show", help="print a registered schema")
     show.add_argument("name")
-    target_flags(show)
+    _target_flags(show)
     show.set_defaults(run=_schema_show)
-
-    demo = commands.add_parser(
-        "demo", help="start the local stack, run the examples, check and preview the results"
-    )
-    demo.add_argument("--examples", type=Path, default=Path("examples"))
-    demo.add_argument("--run-dir")
-    demo.add_argument("--timeout", type=float, default=120.0)
-    demo.add_argument(
-        "--stay", action="store_true", help="keep the stack up afterwards until Ctrl-C"
-    )
-    demo.set_defaults(run=_demo)
-    return parser
 
 
 # -- target ------------------------------------------------------------------------------
@@ -194,7 +219,7 @@ def _store(settings: Settings) -> JobStore:
     return FirestoreJobStore(make_client(settings.project))
 
 
-def _blobs(settings: Settings) -> Any:
+def _blobs(settings: Settings) -> BlobStore:
     from batchline.adapters.gcs import GcsBlobStore, make_client
 
     return GcsBlobStore(make_client(settings.project))
@@ -249,12 +274,11 @@ def _check_schema_registered(settings: Settings, name: str) -> None:
     unknown or unreadable from here, leave the check to the pipeline."""
     if settings.work_bucket == _UNUSED_BUCKET:
         return
-    from batchline.adapters.gcs import GcsBlobStore, make_client
     from batchline.domain.paths import registered_schema_uri
 
     uri = registered_schema_uri(settings.work_bucket, name)
     try:
-        exists = GcsBlobStore(make_client(settings.project)).exists(uri)
+        exists = _blobs(settings).exists(uri)
     except Exception:  # no permission or no network: not ours to decide here
         return
     if not exists:
@@ -297,21 +321,42 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0 if job.state.terminal or not args.wait else 1
 
 
+def _list(args: argparse.Namespace) -> int:
+    from batchline.domain.models import JobState
+    from batchline.ports import MAX_PAGE_SIZE, JobQuery
+
+    if not 1 <= args.limit <= MAX_PAGE_SIZE:
+        raise CliError(f"--limit must be 1 to {MAX_PAGE_SIZE}")
+    state = JobState(args.state) if args.state else None
+    page = _store(_settings(args)).list_jobs(JobQuery(state=state, limit=args.limit))
+    if args.json:
+        views = [_job_json(job.job_id, job) for job in page.jobs]
+        print(orjson.dumps({"jobs": views, "next_cursor": page.next_cursor}).decode())
+        return 0
+    if not page.jobs:
+        print("no jobs" + (f" {args.state}" if args.state else ""))
+    for job in page.jobs:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(job.created_at))
+        requests = job.counts.get("requests")
+        counted = "" if requests is None else f"  {requests} requests"
+        print(f"{job.job_id}  {job.state!s:<10}  {created}Z  {job.source.uri}{counted}")
+    return 0
+
+
 def _results(args: argparse.Namespace) -> int:
+    from batchline.services.api.errors import Missing
+    from batchline.services.api.outputs import Outputs, ResultsWanted, results
+
     settings = _settings(args)
-    job = _store(settings).get_job(args.job_id)
-    if job is None:
-        raise CliError(f"no job {args.job_id}")
-    if not job.state.terminal:
-        raise CliError(f"job {args.job_id} is {job.state}; results come when it ends")
-    blobs = _blobs(settings)
+    place = Outputs(_store(settings), _blobs(settings), settings.output_bucket)
+    try:
+        blocks = results(place, args.job_id, ResultsWanted(args.status, 0, args.head))
+    except Missing as exc:
+        raise CliError(str(exc)) from exc
     out = args.out.open("wb") if args.out else sys.stdout.buffer
     try:
-        with blobs.open_read(job.results_uri) as reader:
-            for n, line in enumerate(reader):
-                if args.head is not None and n >= args.head:
-                    break
-                out.write(line)
+        for block in blocks:
+            out.write(block)
     finally:
         if args.out:
             out.close()
@@ -323,7 +368,7 @@ def _results(args: argparse.Namespace) -> int:
 def _job_json(job_id: str, job: Job | None) -> dict[str, Any]:
     if job is None:
         return {"job_id": job_id, "state": None, "counts": {}}
-    from batchline.services.api import job_view
+    from batchline.services.api.views import job_view
 
     return job_view(job)
 
@@ -438,54 +483,32 @@ def _check_object_schema(schema: Any, source: str) -> None:
 
 
 def _schema_push(args: argparse.Namespace) -> int:
-    from batchline.adapters.gcs import make_client, split_uri
-    from batchline.domain.paths import registered_schema_uri
+    from batchline.services import schemas
 
     schema, default_name = load_schema(args.source)
     if not args.name and default_name is None:
         raise CliError(f"{args.source}: give the schema a name with --name")
     name = _schema_name(args.name or str(default_name))
     settings = _settings(args, work_bucket=True)
-    uri = registered_schema_uri(settings.work_bucket, name)
-    # Key order is kept: property order is the order models write the answer in.
-    data = orjson.dumps(schema, option=orjson.OPT_INDENT_2) + b"\n"
-    bucket, object_name = split_uri(uri)
-    blob = make_client(settings.project).bucket(bucket).blob(object_name)
-    blob.metadata = {"source": args.source}
-    blob.upload_from_string(data, content_type="application/json")
+    uri, size = schemas.push(_blobs(settings), settings.work_bucket, name, schema, args.source)
     if args.json:
-        print(orjson.dumps({"name": name, "uri": uri, "size": len(data)}).decode())
+        print(orjson.dumps({"name": name, "uri": uri, "size": size}).decode())
     else:
-        print(f"pushed schema {name} to {uri} ({len(data)} bytes)")
+        print(f"pushed schema {name} to {uri} ({size} bytes)")
     return 0
 
 
 def _schema_list(args: argparse.Namespace) -> int:
-    from batchline.adapters.gcs import make_client, split_uri
     from batchline.domain.paths import registered_schema_uri
+    from batchline.services import schemas
 
     settings = _settings(args, work_bucket=True)
-    # The folder registered_schema_uri puts every schema in.
-    bucket, marker = split_uri(registered_schema_uri(settings.work_bucket, "NAME"))
-    prefix = marker.removesuffix("NAME.json")
-    rows = []
-    for blob in make_client(settings.project).list_blobs(bucket, prefix=prefix):
-        name = blob.name.removeprefix(prefix)
-        if "/" in name or not name.endswith(".json"):
-            continue
-        rows.append(
-            {
-                "name": name.removesuffix(".json"),
-                "uri": f"gs://{bucket}/{blob.name}",
-                "size": blob.size,
-                "updated": blob.updated.isoformat() if blob.updated else None,
-                "source": (blob.metadata or {}).get("source"),
-            }
-        )
+    rows = [r.to_dict() for r in schemas.registered(_blobs(settings), settings.work_bucket)]
     if args.json:
         print(orjson.dumps(rows).decode())
     elif not rows:
-        print(f"no schemas registered in gs://{bucket}/{prefix}")
+        folder = registered_schema_uri(settings.work_bucket, "NAME").removesuffix("NAME.json")
+        print(f"no schemas registered in {folder}")
     else:
         width = max(len(r["name"]) for r in rows)
         for r in rows:
@@ -494,16 +517,16 @@ def _schema_list(args: argparse.Namespace) -> int:
 
 
 def _schema_show(args: argparse.Namespace) -> int:
-    from batchline.adapters.gcs import GcsBlobStore, make_client
     from batchline.domain.paths import registered_schema_uri
     from batchline.errors import NotFound
+    from batchline.services import schemas
 
     name = _schema_name(args.name)
     settings = _settings(args, work_bucket=True)
-    uri = registered_schema_uri(settings.work_bucket, name)
     try:
-        data = GcsBlobStore(make_client(settings.project)).read_bytes(uri)
+        data = schemas.read(_blobs(settings), settings.work_bucket, name)
     except NotFound as exc:
+        uri = registered_schema_uri(settings.work_bucket, name)
         raise CliError(f"no schema {name!r} is registered ({uri})") from exc
     sys.stdout.write(data.decode() if data.endswith(b"\n") else data.decode() + "\n")
     return 0

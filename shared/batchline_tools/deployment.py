@@ -29,19 +29,18 @@ def upload(
 ) -> str:
     """Upload `file` as gs://INPUT/name with the job options (`model` and `options`) as
     its custom metadata; returns the job id the upload starts."""
-    from batchline.adapters.gcs import make_client
+    from batchline.adapters.gcs import GcsBlobStore, make_client
     from batchline.domain.ids import job_id_for_object
 
     if not file.is_file():
         raise CliError(f"{file}: no such file")
-    blob = make_client(settings.project).bucket(settings.input_bucket).blob(name)
     metadata = {"model": model} if model else {}
     metadata.update(options or {})
-    if metadata:
-        blob.metadata = metadata
     content_type = "application/gzip" if name.endswith(".gz") else "application/jsonl"
-    blob.upload_from_filename(str(file), content_type=content_type)
-    return job_id_for_object(settings.input_bucket, name, str(blob.generation))
+    blobs = GcsBlobStore(make_client(settings.project))
+    with file.open("rb") as data:
+        generation = blobs.put(f"gs://{settings.input_bucket}/{name}", data, content_type, metadata)
+    return job_id_for_object(settings.input_bucket, name, generation)
 
 
 def wait_for(store: JobStore, job_id: str, timeout: float, *, show: bool) -> Job | None:

@@ -8,15 +8,17 @@ used by the deployed functions or by integration tests.
 from __future__ import annotations
 
 import io
+import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, BinaryIO
 
+from batchline.adapters import _listing
 from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job
 from batchline.errors import NotFound, PreconditionFailed
-from batchline.ports import ChunkChange, JobChange, ObjectInfo
+from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery, ObjectInfo
 
 
 class MemoryJobStore:
@@ -25,6 +27,7 @@ class MemoryJobStore:
         self.jobs: dict[str, Job] = {}
         self.chunks: dict[str, dict[int, Chunk]] = {}
         self.keys: dict[str, IdempotencyKey] = {}
+        self._cursor_key = _listing.store_key("memory", os.urandom(16).hex())
 
     def create_job(self, job: Job) -> bool:
         with self._lock:
@@ -98,18 +101,47 @@ class MemoryJobStore:
                         return BatchTag(job_id, index)
             return None
 
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        position = _listing.decode(self._cursor_key, query)
+        with self._lock:
+            found = sorted(
+                (j for j in self.jobs.values() if query.matches(j)),
+                key=lambda j: (j.created_at, j.job_id),
+                reverse=True,
+            )
+        if position is not None:
+            found = [j for j in found if (j.created_at, j.job_id) < position]
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        last = page[-1] if more else None
+        cursor = (
+            None
+            if last is None
+            else _listing.encode(self._cursor_key, query, last.created_at, last.job_id)
+        )
+        return JobPage(page, cursor)
+
 
 class MemoryBlobStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.objects: dict[str, tuple[int, bytes]] = {}
+        self.metadata: dict[str, dict[str, str]] = {}
         self._generation = 1000
 
-    def put(self, uri: str, data: bytes) -> str:
+    def put(
+        self,
+        uri: str,
+        data: bytes | BinaryIO,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
         """Create or overwrite (as a user's upload does); returns the new generation."""
+        body = data if isinstance(data, bytes) else data.read()
         with self._lock:
             self._generation += 1
-            self.objects[uri] = (self._generation, data)
+            self.objects[uri] = (self._generation, body)
+            self.metadata[uri] = dict(metadata or {})
             return str(self._generation)
 
     def _get(self, uri: str, generation: str | None = None) -> bytes:
@@ -160,7 +192,9 @@ class MemoryBlobStore:
             found = self.objects.get(uri)
         if found is None:
             raise NotFound(f"{uri} does not exist")
-        return ObjectInfo(generation=str(found[0]), size=len(found[1]))
+        return ObjectInfo(
+            generation=str(found[0]), size=len(found[1]), metadata=self.metadata.get(uri, {})
+        )
 
     def list_prefix(self, prefix: str) -> Iterator[str]:
         with self._lock:

@@ -289,6 +289,15 @@ def test_make_run_stays_up_with_results_until_ctrl_c(run_dir: Path) -> None:
             assert summary.status_code == 200, uri
             assert summary.json()["state"] in ("succeeded", "partial")
 
+        # The jobs page it printed lists them.
+        page_urls = set(re.findall(r"jobs page: (http://\S+?)\.?$", output, re.MULTILINE))
+        assert page_urls == {env["BATCHLINE_API_URL"] + "/"}, output
+        page = requests.get(page_urls.pop(), timeout=30)
+        assert (page.status_code, page.headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+        assert {job_id for _, job_id in jobs} <= set(
+            re.findall(r"/jobs/(job-[0-9a-f]+)", page.text)
+        )
+
         # The /proc check below sees the stack's processes while they run.
         running = run_processes(run_dir)
         assert {pid for pid, _ in watcher.groups.values()} <= set(running), running
@@ -320,6 +329,8 @@ def test_cli_round_trip_against_a_detached_stack(run_dir: Path, tmp_path: Path) 
         groups = {n: (c["pid"], c["pgid"]) for n, c in state.get("components", {}).items()}
         assert up.returncode == 0, up.stdout + up.stderr
         assert set(groups) == set(COMPONENTS)
+        api = state["env"]["BATCHLINE_API_URL"]
+        assert f"jobs page: {api}/\n" in up.stdout, up.stdout
         running = run_processes(run_dir)
         assert {pid for pid, _ in groups.values()} <= set(running), running
 
@@ -355,6 +366,12 @@ def test_cli_round_trip_against_a_detached_stack(run_dir: Path, tmp_path: Path) 
         inputs = [json.loads(line) for line in QUICKSTART.read_text().splitlines() if line.strip()]
         assert [r["custom_id"] for r in results] == [i["custom_id"] for i in inputs]
         assert {r["status"] for r in results} == {"succeeded"}
+        failed = run([cli, "results", job_id, "--status", "failed"], run_dir)
+        assert (failed.returncode, failed.stdout) == (0, ""), failed.stderr
+
+        listed = run([cli, "list", "--state", "succeeded", "--limit", "10", "--json"], run_dir)
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["jobs"][0] == job
 
         local = run([cli, "local", "status", "--json"], run_dir)
         assert local.returncode == 0, local.stdout + local.stderr

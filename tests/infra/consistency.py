@@ -1268,7 +1268,11 @@ def check_triggers(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
             yield f"infra: var.functions.{name} has no explicit retry setting"
 
 
-#: Buckets holding jobs' data that a function reached over HTTP may not read.
+#: The bucket holding jobs' working data, which a function reached over HTTP may not read:
+#: a caller could get it to read another job's. Output it may read: serving a job's
+#: results is what the API is for (its code follows the job record's own output prefix).
+EDGE_UNREADABLE_BUCKETS = frozenset({"work"})
+#: Buckets where a function reached over HTTP may create objects only under a prefix.
 EDGE_PRIVATE_BUCKETS = frozenset({"work", "output"})
 
 
@@ -1298,7 +1302,7 @@ def check_access(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
         read, create = set(grant.get("read", [])), set(grant.get("create", []))
         if spec.get("trigger") == "http":
             # Reached by callers: what it can read, a caller may get it to read.
-            for bucket in sorted(read & EDGE_PRIVATE_BUCKETS):
+            for bucket in sorted(read & EDGE_UNREADABLE_BUCKETS):
                 yield f"function {name}: reached over HTTP, it must not read the {bucket} bucket (other jobs' data)"
             under = grant.get("create_under") or {}
             for bucket in sorted((create & EDGE_PRIVATE_BUCKETS) - set(under)):

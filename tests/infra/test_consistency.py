@@ -713,10 +713,30 @@ def test_query_needing_a_composite_index_is_reported_until_declared(
     declared = changed(
         infra_files,
         "firestore.tf",
-        "firestore_indexes = {}",
-        'firestore_indexes = {\n    active = { collection = "jobs", scope = "COLLECTION", fields = [["state", "ASCENDING"], ["updated_at", "DESCENDING"]] }\n  }',
+        "firestore_indexes = {\n",
+        'firestore_indexes = {\n    active = { collection = "jobs", scope = "COLLECTION", fields = [["state", "ASCENDING"], ["updated_at", "DESCENDING"]] }\n',
     )
     assert c.check(c.infra_facts_from(declared), code) == []
+
+
+@pytest.mark.parametrize(
+    ("index", "fields"),
+    [
+        ("jobs_by_state", '[["state", "ASCENDING"], ["created_at", "DESCENDING"]]'),
+        ("jobs_by_label", '[["label_pairs", "CONTAINS"], ["created_at", "DESCENDING"]]'),
+        (
+            "jobs_by_state_and_label",
+            '[["state", "ASCENDING"], ["label_pairs", "CONTAINS"], ["created_at", "DESCENDING"]]',
+        ),
+    ],
+)
+def test_each_job_listing_query_needs_its_composite_index(
+    infra_files: dict[str, str], code: c.CodeFacts, index: str, fields: str
+) -> None:
+    """FirestoreJobStore.list_jobs: by state, by one label, by both, newest first."""
+    line = f"      fields     = {fields}\n"
+    wrong = changed(infra_files, "firestore.tf", line, line.replace("DESCENDING", "ASCENDING"))
+    assert_reported(problems_with_infra(wrong, code), "needs a composite index")
 
 
 CG_INDEX = '        ["COLLECTION_GROUP", "ASCENDING"],\n'
@@ -884,7 +904,7 @@ def test_retention_variable_and_ttl_policies_must_go_together(
 def test_work_prefix_without_lifecycle_is_reported(
     infra: c.InfraFacts, sources: dict[str, str]
 ) -> None:
-    module = "batchline.services.api"
+    module = "batchline.services.api.submit"
     old = 'f"gs://{deps.settings.work_bucket}/inline/{job_id}.jsonl"'
     assert old in sources[module]
     mutated = {
@@ -981,37 +1001,45 @@ def test_checkov_skips_are_inline_and_give_a_reason() -> None:
     assert sorted(skips) == ["CKV_GCP_62", "CKV_GCP_62", "CKV_GCP_62", "CKV_GCP_78"]
 
 
-def test_api_plans_nothing_and_reads_no_job_data(code: c.CodeFacts) -> None:
-    """The api function only claims jobs (poll plans them): no work budget, no provider,
-    no blob reads beyond describing a caller's input object."""
+def test_api_plans_nothing_and_reads_no_working_data(code: c.CodeFacts) -> None:
+    """The api function claims jobs (poll plans them): no work budget, no provider. It
+    reads blobs (a caller's input object, a job's summary and results) and creates its
+    staged inline requests; its grants say where (input and output read, work create
+    under inline/)."""
     use = code.uses["api"]
     assert "work_budget_seconds" not in use.settings
     assert not use.uses_providers
-    assert use.blob_operations <= {"create", "describe"}, use.blob_operations
+    assert use.blob_operations <= {"create", "describe", "open_read", "read_bytes"}, (
+        use.blob_operations
+    )
+    assert {"open_read", "read_bytes"} <= use.blob_operations
     assert use.published == {"poll_topic"}
 
 
 def test_api_granted_read_on_the_work_bucket_is_reported(
     infra_files: dict[str, str], code: c.CodeFacts
 ) -> None:
-    api_line = 'api     = { read = ["input"], create = ["work"]'
+    """Reading output is what the API is for (a job's results); reading work, where every
+    job's working data lies, stays forbidden to a function reached over HTTP."""
+    api_line = 'api     = { read = ["input", "output"], create = ["work"]'
     assert api_line in infra_files["main.tf"]
+    assert not [p for p in problems_with_infra(infra_files, code) if "function api" in p]
     reads_work = changed(
-        infra_files, "main.tf", api_line, 'api     = { read = ["input", "work"], create = ["work"]'
+        infra_files,
+        "main.tf",
+        api_line,
+        'api     = { read = ["input", "output", "work"], create = ["work"]',
     )
     assert_reported(
         problems_with_infra(reads_work, code),
         "function api: reached over HTTP, it must not read the work bucket",
     )
-    reads_output = changed(
-        infra_files,
-        "main.tf",
-        api_line,
-        'api     = { read = ["input", "output"], create = ["work"]',
+    no_output = changed(
+        infra_files, "main.tf", api_line, 'api     = { read = ["input"], create = ["work"]'
     )
     assert_reported(
-        problems_with_infra(reads_output, code),
-        "function api: reached over HTTP, it must not read the output bucket",
+        problems_with_infra(no_output, code),
+        "function api: its code uses the output bucket but infra grants it nothing there",
     )
     anywhere = changed(
         infra_files, "main.tf", 'create_under = { work = "inline/" }', "create_under = {}"

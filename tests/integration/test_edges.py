@@ -24,7 +24,7 @@ from batchline.domain.ids import MAX_OBJECT_NAME_BYTES
 from batchline.domain.models import JobState
 from batchline.edge import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from batchline.errors import RetryableError
-from batchline.services.api import key_id_for
+from batchline.services.api.submit import key_id_for
 from batchline_tools.local.bridge import storage_cloudevent
 
 from .test_functions import (  # noqa: F401  (fixtures)
@@ -369,8 +369,8 @@ def test_body_size_media_type_method_and_job_ids(functions: Functions) -> None:
     status, body = raw_post(functions, b"{}", **{"Content-Type": ""})
     assert status == 415
 
-    reply = functions.api.get("/v1/jobs")
-    assert (reply.status_code, reply.headers["Allow"]) == (405, "POST")
+    reply = functions.api.delete("/v1/jobs")
+    assert (reply.status_code, reply.headers["Allow"]) == (405, "GET, POST")
     assert json_reply(reply)[1]["error"]["type"] == "method_not_allowed"
     reply = functions.api.delete(f"/v1/jobs/job-{'0' * 24}")
     assert (reply.status_code, reply.headers["Allow"]) == (405, "GET")

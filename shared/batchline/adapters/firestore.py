@@ -8,13 +8,14 @@ client's errors the same way (`adapters._google.translated`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from batchline.adapters import _listing
 from batchline.adapters._google import translated
 from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, JobState
 from batchline.errors import RetryableError
-from batchline.ports import ChunkChange, JobChange
+from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -22,6 +23,14 @@ if TYPE_CHECKING:
 JOBS = "jobs"
 CHUNKS = "chunks"
 KEYS = "idempotency_keys"
+CREATED_AT = "created_at"
+#: A job's labels as `key=value` strings, beside the job's fields (written by this adapter
+#: only, never read back into a Job): Firestore filters one label with array-contains, and
+#: an index can serve that for any key (a label key itself cannot be in an index).
+LABEL_PAIRS = "label_pairs"
+#: How many job documents one `list_jobs` page reads at most when filters it checks
+#: itself (a second label) skip some: a sparse match returns a short page and a cursor.
+LIST_SCAN_LIMIT = 1000
 #: A key record whose job does not exist yet is its creator's for this long (it creates
 #: the job right after the key); after that its creator is taken for dead.
 KEY_CLAIM_GRACE_SECONDS = 60.0
@@ -55,7 +64,7 @@ class FirestoreJobStore:
 
         with translated(f"creating job {job.job_id}"):
             try:
-                self._job_ref(job.job_id).create(job.to_dict())
+                self._job_ref(job.job_id).create(_job_doc(job))
             except (AlreadyExists, Conflict):
                 return False
         return True
@@ -63,7 +72,7 @@ class FirestoreJobStore:
     def get_job(self, job_id: str) -> Job | None:
         with translated(f"reading job {job_id}"):
             snapshot = self._job_ref(job_id).get()
-        return Job.from_dict(snapshot.to_dict()) if snapshot.exists else None
+        return _job_of(snapshot.to_dict() or {}) if snapshot.exists else None
 
     def job_for_key(self, key_id: str) -> tuple[IdempotencyKey, Job] | None:
         with translated(f"reading idempotency key {key_id}"):
@@ -88,7 +97,7 @@ class FirestoreJobStore:
                 key_ref.create(key.to_dict())
             except (AlreadyExists, Conflict):
                 return self._held_or_taken_over(key, job)
-            self._job_ref(job.job_id).create(job.to_dict())
+            self._job_ref(job.job_id).create(_job_doc(job))
         return job, True
 
     def _held_or_taken_over(self, key: IdempotencyKey, job: Job) -> tuple[Job, bool]:
@@ -113,7 +122,7 @@ class FirestoreJobStore:
                 if now_holder.job_id != seen:
                     raise RetryableError(f"idempotency key {key.key_id} was just claimed")
             transaction.set(key_ref, key.to_dict())
-            transaction.create(self._job_ref(job.job_id), job.to_dict())
+            transaction.create(self._job_ref(job.job_id), _job_doc(job))
             return job, True
 
         result: tuple[Job, bool] = _committed(run, self._db.transaction())
@@ -131,12 +140,12 @@ class FirestoreJobStore:
             snapshot = ref.get(transaction=transaction)
             if not snapshot.exists:
                 return None
-            current = Job.from_dict(snapshot.to_dict())
+            current = _job_of(snapshot.to_dict() or {})
             updated = change(current)
             if updated is None:
                 return None
             updated = _bump(updated, current.version)
-            transaction.set(ref, updated.to_dict())
+            transaction.set(ref, _job_doc(updated))
             for chunk in new_chunks:
                 transaction.set(self._chunk_ref(job_id, chunk.index), chunk.to_dict())
             return updated
@@ -176,7 +185,7 @@ class FirestoreJobStore:
         query = self._db.collection(JOBS).where(filter=FieldFilter("state", "in", ACTIVE_STATES))
         with translated("listing active jobs"):
             docs = list(query.stream())
-        return [Job.from_dict(doc.to_dict() or {}) for doc in docs]
+        return [_job_of(doc.to_dict() or {}) for doc in docs]
 
     def jobs_to_notify(self) -> list[Job]:
         from google.cloud.firestore_v1.base_query import FieldFilter
@@ -184,7 +193,7 @@ class FirestoreJobStore:
         query = self._db.collection(JOBS).where(filter=FieldFilter("notify_pending", "==", True))
         with translated("listing jobs with a webhook to publish"):
             docs = list(query.stream())
-        return [Job.from_dict(doc.to_dict() or {}) for doc in docs]
+        return [_job_of(doc.to_dict() or {}) for doc in docs]
 
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
         """A collection-group query over every job's chunks. It needs the single-field
@@ -203,6 +212,99 @@ class FirestoreJobStore:
             data = doc.to_dict() or {}
             return BatchTag(str(data["job_id"]), int(data["index"]))
         return None
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        """Newest first: the query orders by `created_at` descending, and Firestore breaks
+        ties by document id in the same direction (the client adds that order explicitly
+        when it starts after a cursor). The state and the first label are filtered by
+        Firestore (infra/firestore.tf has the composite indexes), further labels here."""
+        key = _listing.store_key(self._db.project, getattr(self._db, "_database", ""))
+        position = _listing.decode(key, query)
+        jobs: list[Job] = []
+        scanned = 0
+        with translated("listing jobs"):
+            for job in self._scan(query, position):
+                scanned += 1
+                if query.matches(job):
+                    if len(jobs) == query.limit:  # one more exists: this page is full
+                        newest = jobs[-1]
+                        return JobPage(jobs, _listing.encode(key, query, *_at(newest)))
+                    jobs.append(job)
+                if scanned >= LIST_SCAN_LIMIT:  # enough work for one page: go on from here
+                    return JobPage(jobs, _listing.encode(key, query, *_at(job)))
+        return JobPage(jobs, None)
+
+    def _scan(self, query: JobQuery, position: tuple[float, str] | None) -> Iterator[Job]:
+        """The jobs after `position` that Firestore's filters let through, newest first,
+        read a batch at a time."""
+        from google.cloud.firestore_v1.base_document import DocumentSnapshot
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        batch = query.limit + 1
+        while True:
+            page = self._list_query(query)
+            if query.created_after is not None:
+                page = page.where(filter=FieldFilter(CREATED_AT, ">", query.created_after))
+            if query.created_before is not None:
+                page = page.where(filter=FieldFilter(CREATED_AT, "<", query.created_before))
+            if position is not None:
+                after = self._job_ref(position[1])
+                snapshot = DocumentSnapshot(
+                    after, {CREATED_AT: position[0]}, True, None, None, None
+                )
+                page = page.start_after(snapshot)
+            docs = list(page.limit(batch).stream())
+            for doc in docs:
+                job = _job_of(doc.to_dict() or {})
+                position = _at(job)
+                yield job
+            if len(docs) < batch:
+                return
+            batch = min(batch * 2, LIST_SCAN_LIMIT)
+
+    def _list_query(self, query: JobQuery) -> Any:
+        """The query for the state and the first label, one whole chain per shape so that
+        tests/infra reads each one and finds the index that serves it."""
+        from google.cloud import firestore
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        state = None if query.state is None else str(query.state)
+        label = next((f"{k}={v}" for k, v in sorted(query.labels.items())), None)
+        if state is not None and label is not None:
+            return (
+                self._db.collection(JOBS)
+                .where(filter=FieldFilter("state", "==", state))
+                .where(filter=FieldFilter(LABEL_PAIRS, "array_contains", label))
+                .order_by(CREATED_AT, direction=firestore.Query.DESCENDING)
+            )
+        if state is not None:
+            return (
+                self._db.collection(JOBS)
+                .where(filter=FieldFilter("state", "==", state))
+                .order_by(CREATED_AT, direction=firestore.Query.DESCENDING)
+            )
+        if label is not None:
+            return (
+                self._db.collection(JOBS)
+                .where(filter=FieldFilter(LABEL_PAIRS, "array_contains", label))
+                .order_by(CREATED_AT, direction=firestore.Query.DESCENDING)
+            )
+        return self._db.collection(JOBS).order_by(CREATED_AT, direction=firestore.Query.DESCENDING)
+
+
+def _at(job: Job) -> tuple[float, str]:
+    return job.created_at, job.job_id
+
+
+def _job_doc(job: Job) -> dict[str, Any]:
+    """A job as its document: its fields, and its labels as `key=value` for listing."""
+    doc = job.to_dict()
+    doc[LABEL_PAIRS] = sorted(f"{k}={v}" for k, v in job.options.labels.items())
+    return doc
+
+
+def _job_of(doc: dict[str, Any]) -> Job:
+    return Job.from_dict({k: v for k, v in doc.items() if k != LABEL_PAIRS})
 
 
 def _committed(run: Any, transaction: Any) -> Any:

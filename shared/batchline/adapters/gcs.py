@@ -6,7 +6,7 @@ Every call translates the client's errors the same way (`adapters._google.transl
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -95,6 +95,23 @@ class GcsBlobStore:
         ):
             yield writer
 
+    def put(
+        self,
+        uri: str,
+        data: bytes | BinaryIO,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        blob = self._blob(uri)
+        if metadata:
+            blob.metadata = dict(metadata)
+        with translated(f"writing {uri}"):
+            if isinstance(data, bytes):
+                blob.upload_from_string(data, content_type=content_type)
+            else:
+                blob.upload_from_file(data, content_type=content_type)
+        return str(blob.generation)
+
     def exists(self, uri: str) -> bool:
         with translated(f"looking up {uri}"):
             return bool(self._blob(uri).exists())
@@ -110,6 +127,8 @@ class GcsBlobStore:
             size=int(blob.size or 0),
             content_encoding=blob.content_encoding or None,
             md5=blob.md5_hash or None,
+            updated=blob.updated.timestamp() if blob.updated else None,
+            metadata=dict(blob.metadata or {}),
         )
 
     def list_prefix(self, prefix: str) -> Iterator[str]:

@@ -16,7 +16,6 @@ import orjson
 from batchline.config import webhook_allow_insecure_local
 from batchline.domain.models import JobOptions
 from batchline.domain.paths import SCHEMA_NAME_PATTERN
-from batchline.domain.requests import model_problem
 from batchline.domain.schemas import ResponseSchema, SchemaError
 from batchline.domain.webhooks import notify_url_problem
 
@@ -142,6 +141,10 @@ def _label_key(key: Any, option: str) -> None:
 def _model(value: str | None) -> str | None:
     if value is None:
         return None
+    # Here, not at the top: the request parser is the larger import, and only options
+    # that name a model need it (the api's cold start answering reads does not).
+    from batchline.domain.requests import model_problem
+
     problem = model_problem(value)
     if problem is not None:
         raise OptionError("model", problem)

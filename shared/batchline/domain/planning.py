@@ -50,6 +50,10 @@ def _memory_sink(provider: str, model: str, first_line: int) -> Sink:
     return io.BytesIO()
 
 
+def _discarding_sink(provider: str, model: str, first_line: int) -> Sink:
+    return _ByteCount()
+
+
 @dataclass
 class PlannedChunk:
     """A cut chunk: its requests as the provider's batch input (`payload`), its manifest
@@ -67,6 +71,22 @@ class PlannedChunk:
     def payload_bytes(self) -> int:
         """The payload's size so far."""
         return self.payload.tell()
+
+
+class _ByteCount(io.BytesIO):
+    """Stands for a chunk's buffer when only its size matters (a dry run): counts what is
+    written and keeps none of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._size = 0
+
+    def write(self, data: Any, /) -> int:
+        self._size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._size
 
 
 class RequestRefused(ValueError):
@@ -115,11 +135,18 @@ class ChunkPlanner:
         encoders: Callable[[str], Encoder],
         observe: Observer | None = None,
         open_sink: OpenSink = _memory_sink,
+        *,
+        sizes_only: bool = False,
     ) -> None:
+        """`open_sink` opens each new chunk's stored-requests sink (in memory by default).
+        `sizes_only`: the chunks keep their sizes and counts, not their bytes, stored
+        requests included (for a dry run, whose memory then stays small however large the
+        chunks)."""
         self._limits = limits
         self._encoders = encoders
         self._observe = observe
-        self._open_sink = open_sink
+        self._open_sink: OpenSink = _discarding_sink if sizes_only else open_sink
+        self._sizes_only = sizes_only
         self._open: dict[tuple[str, str], PlannedChunk] = {}
         self._per_provider: dict[str, tuple[ChunkLimits, Encoder, int]] = {}
 
@@ -191,6 +218,8 @@ class ChunkPlanner:
             if current is None:
                 sink = self._open_sink(provider, model, line)
                 current = PlannedChunk(provider, model, line, sink)
+                if self._sizes_only:
+                    current.payload, current.manifest = _ByteCount(), _ByteCount()
             if stored:
                 current.requests.write(stored)
         except Exception as exc:

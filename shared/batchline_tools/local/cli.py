@@ -235,6 +235,8 @@ def _print_status(status: dict[str, Any], out: TextIO) -> None:
         cells = [row[i].ljust(widths[i]) for i in range(4)]
         print("  ".join([*cells, row[4]]).rstrip(), file=out)
     print(f"run dir: {status['run_dir']}", file=out)
+    if status.get("page_url"):
+        print(f"jobs page: {status['page_url']}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:

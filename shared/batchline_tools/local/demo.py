@@ -118,6 +118,7 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
         started = time.monotonic()
         owned = stack = LocalStack(config).start()
         print(f"up in {time.monotonic() - started:.1f}s; logs in {stack.log_dir}")
+    print(f"jobs page: {stack.page_url}", flush=True)
     try:
         os.environ.update(stack.client_env())
         settings = Settings.from_env()
@@ -147,8 +148,8 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
         ok = _report(runs)
         if stay:
             print(
-                "\nThe stack stays up: drop more files with `batchline submit FILE --wait`. "
-                "Ctrl-C stops it."
+                "\nThe stack stays up: drop more files with `batchline submit FILE --wait`, "
+                f"follow them on the jobs page at {stack.page_url}. Ctrl-C stops it."
             )
             _wait_for_interrupt()
         return 0 if ok else 1

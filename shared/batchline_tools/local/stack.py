@@ -576,6 +576,11 @@ class LocalStack:
         return f"http://{HOST}:{self.port('receiver')}"
 
     @property
+    def page_url(self) -> str:
+        """The jobs page: the api function's root."""
+        return self.function_url("api")
+
+    @property
     def bridge_url(self) -> str:
         return f"http://{HOST}:{self.port('bridge')}/"
 
@@ -966,6 +971,8 @@ class LocalStack:
         result["healthy"] = bool(comps) and all(c["healthy"] for c in comps)
         if self.components:
             result["env"] = self.client_env()
+        if "api" in self.components:
+            result["page_url"] = self.page_url
         return result
 
     # -- state file ----------------------------------------------------------------------

@@ -1,6 +1,4 @@
-"""The HTTP API's operations: submit a job (inline requests or a gs:// URI in the input
-bucket), read one, cancel one. The HTTP mechanics (routes, body limits, error shapes) are
-in `batchline.edge`.
+"""Submitting a job over the API: inline requests or a gs:// URI in the input bucket.
 
 Idempotent by the `Idempotency-Key` header: the key is claimed for one job, with the
 digest of the request, in one transaction. The same request again gets that job; another
@@ -16,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,43 +23,24 @@ import orjson
 from batchline.bootstrap import Deps
 from batchline.domain.ids import output_prefix
 from batchline.domain.models import IdempotencyKey, Job, JobOptions, Source
-from batchline.domain.options import OptionError, OptionTooLarge
-from batchline.domain.options import from_api as job_options_from_api
 from batchline.domain.paths import INPUT_SUFFIXES
-from batchline.errors import AccessDenied, NotFound, PermanentError, RetryableError
+from batchline.errors import AccessDenied, NotFound, RetryableError
 from batchline.log import fields, get_logger
+from batchline.services.api.errors import BadRequest, KeyReused
+from batchline.services.api.validation import job_request
+from batchline.services.api.views import options_view
 
 log = get_logger(__name__)
 
-MAX_INLINE_REQUESTS = 10_000
 MAX_IDEMPOTENCY_KEY_CHARS = 256
-BODY_FIELDS = frozenset({"requests", "input_uri", "options"})
 #: An idempotency key outlives its job's record by this much when records expire.
 KEY_GRACE_DAYS = 7
 
 
-class BadRequest(PermanentError):
-    """The API call itself is malformed (HTTP 400); `field` names what to fix."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class TooLarge(BadRequest):
-    """A part of the call is over its documented size limit (HTTP 413)."""
-
-
-class KeyReused(PermanentError):
-    """The Idempotency-Key was first used with a different request (HTTP 422)."""
-
-    def __init__(self, message: str, job_id: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
-
-
 @dataclass(frozen=True)
 class SubmitJob:
+    """A POST /v1/jobs: its key (given or made), input and options."""
+
     idempotency_key: str
     requests: list[Any] | None
     input_uri: str | None
@@ -73,51 +52,16 @@ class SubmitJob:
         body = {
             "requests": self.requests,
             "input_uri": self.input_uri,
-            "options": _options_view(self.options),
+            "options": options_view(self.options),
         }
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     @classmethod
     def from_http(cls, body: Any, idempotency_key: str | None) -> SubmitJob:
         """The command a parsed JSON body asks for; raises BadRequest naming the field."""
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        for name in body:
-            if name not in BODY_FIELDS:
-                raise BadRequest(
-                    f"unknown field {name!r} (known: {', '.join(sorted(BODY_FIELDS))})", name
-                )
-        requests = body.get("requests")
-        input_uri = body.get("input_uri")
-        if (requests is None) == (input_uri is None):
-            raise BadRequest("give exactly one of 'requests' (a list) or 'input_uri' (gs://...)")
-        if requests is not None and (not isinstance(requests, list) or not requests):
-            raise BadRequest("'requests' must be a non-empty list", "requests")
-        if requests is not None and len(requests) > MAX_INLINE_REQUESTS:
-            raise TooLarge(
-                f"at most {MAX_INLINE_REQUESTS} inline requests; use 'input_uri'", "requests"
-            )
-        if input_uri is not None and (
-            not isinstance(input_uri, str) or not input_uri.startswith("gs://")
-        ):
-            raise BadRequest("'input_uri' must be a gs:// URI", "input_uri")
-        options = body.get("options")
-        if options is None:
-            options = {}
-        if not isinstance(options, dict):
-            raise BadRequest("'options' must be an object", "options")
-        try:
-            job_options = job_options_from_api(options)
-        except OptionTooLarge as exc:
-            raise TooLarge(
-                f"'options.{exc.option}': {exc.reason}", f"options.{exc.option}"
-            ) from None
-        except OptionError as exc:
-            raise BadRequest(
-                f"'options.{exc.option}': {exc.reason}", f"options.{exc.option}"
-            ) from None
+        job = job_request(body)
         key = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
-        return cls(key, requests, input_uri, job_options)
+        return cls(key, job.requests, job.input_uri, job.options)
 
 
 def check_idempotency_key(values: list[str]) -> str | None:
@@ -173,7 +117,7 @@ def submit_job(deps: Deps, command: SubmitJob) -> tuple[Job, bool]:
         out_name = "api/inline.jsonl"
     else:
         assert command.input_uri is not None
-        source = _input_object(deps, command.input_uri)
+        source = input_object(deps, command.input_uri)
         out_name = source.name
     job = Job(
         job_id=job_id,
@@ -222,7 +166,7 @@ def _stage_inline(deps: Deps, job_id: str, requests: list[Any]) -> Source:
     return Source(bucket=bucket, name=name, generation=generation, size=len(data))
 
 
-def _input_object(deps: Deps, uri: str) -> Source:
+def input_object(deps: Deps, uri: str) -> Source:
     """The input object a `gs://` URI names, checked before anything is read: it must be
     a JSONL object in the deployment's input bucket, as the bucket trigger takes them."""
     bucket, _, name = uri[5:].partition("/")
@@ -254,33 +198,3 @@ def _key_expiry(deps: Deps, now: float) -> datetime | None:
     if days is None:
         return None
     return datetime.fromtimestamp(now, UTC) + timedelta(days=days + KEY_GRACE_DAYS)
-
-
-def job_view(job: Job) -> dict[str, Any]:
-    """The public shape of a job (no leases, no internals)."""
-    return {
-        "job_id": job.job_id,
-        "state": str(job.state),
-        "origin": job.origin,
-        "source": job.source.uri,
-        "options": _options_view(job.options),
-        "counts": job.counts,
-        "chunks": job.chunk_count,
-        "usage": job.usage,
-        "cost_usd": job.cost_usd,
-        "results_uri": job.results_uri
-        if job.state.terminal and job.state.value != "rejected"
-        else None,
-        "summary_uri": job.summary_uri if job.state.terminal else None,
-        "error": job.error,
-        "created_at": job.created_at,
-        "cancel_requested_at": job.cancel_requested_at,
-        "ended_at": job.ended_at,
-    }
-
-
-def _options_view(options: JobOptions) -> dict[str, Any]:
-    """Model and labels always; the other options when set."""
-    view = {"model": options.model, "labels": options.labels}
-    view.update({k: v for k, v in asdict(options).items() if k not in view and v is not None})
-    return view
