@@ -112,6 +112,8 @@ def full_job(job_id: str = "job-full") -> Job:
         cancel_requested_at=NOW + 2.5,
         ended_at=NOW + 3.0,
         event_published=True,
+        notify_pending=True,
+        notify={"published_at": NOW + 3.5, "attempts": 2, "last_status": 500},
         expire_at=EXPIRE_AT,
         version=7,
     )
@@ -233,6 +235,7 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         batch_counts={"total": 13, "completed": 11, "failed": 2},
         error="expired",
         updated_at=NOW + 1,
+        webhook_ids=["msg_2", "msg_1"],
         expire_at=EXPIRE_AT,
         repair_round=1,
         repair_of=0,
