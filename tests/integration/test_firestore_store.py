@@ -239,6 +239,7 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         expire_at=EXPIRE_AT,
         repair_round=1,
         repair_of=0,
+        requests_uri="gs://work/jobs/job-c/requests/01/0000000004.jsonl",
     )
     bare = Chunk("job-c", 3, "", "", 0, 0, "", "")
     assert defaulted(chunk, bare) == ["job_id", "index"]  # every other field is set

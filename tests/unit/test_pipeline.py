@@ -242,9 +242,9 @@ def test_planning_heartbeat_renews_its_lease_and_notices_a_takeover() -> None:
 def test_collect_in_many_small_runs_still_merges_in_order_and_first_result_wins(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from batchline.services import collect as collect_module
+    from batchline.domain.workfiles import runs
 
-    monkeypatch.setattr(collect_module, "RUN_BYTES", 300)  # a few records per run
+    monkeypatch.setattr(runs, "RUN_BYTES", 300)  # a few records per run
     deps, provider, _ = make_deps(max_requests=40)
     data = b"\n".join(line(custom_id=f"m{i}") for i in range(100))
     job = handle_object_finalized(deps, upload(deps, data))
