@@ -50,7 +50,7 @@ from batchline.domain.providers import openai as wire
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.ports import BlobStore, StagedPayload
 from batchline.services.collect import collect
-from batchline.services.plan import Plan, build_plan
+from batchline.services.plan_file import Plan, build_plan
 from batchline_tools.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
 
 INPUT_BUCKET, OUTPUT_BUCKET, WORK_BUCKET = "bench-in", "bench-out", "bench-work"
@@ -395,7 +395,8 @@ def collect_phase(deps: Deps, job: Job) -> Job:
 def reask_phase(deps: Deps, job: Job) -> Job:
     """A collect whose job allows re-asks: every `collect_chunk` (answers validated), the
     invalid answers' requests staged again (`repair.stage`), and the next round's chunks
-    created (`repair.start_round`); no merge yet. The job is back to `running`."""
+    created (`repair.plan_round`, `repair.start_round`); no merge yet. The job is back to
+    `running`."""
     done = collect(deps, job.job_id)
     if done is None or done.state is not JobState.RUNNING or done.chunk_count <= job.chunk_count:
         raise RuntimeError(f"collect did not start a re-ask round: {done}")

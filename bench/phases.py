@@ -75,14 +75,14 @@ def _submit(input_path: Path, workdir: Path, max_repair_attempts: int | None) ->
             {
                 "job": job.to_dict(),
                 "chunks": [c.to_dict() for c in plan.chunks],
-                "plan": plan.to_dict(),
+                "plan": plan.record().to_dict(),
             }
         )
     )
     return {
         "seconds": seconds,
         "cpu": cpu,
-        "plan": plan.to_dict(),
+        "plan": plan.record().to_dict(),
         "chunks": [
             {
                 "index": c.index,

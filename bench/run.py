@@ -691,8 +691,9 @@ METHOD = """
   comparison and the same targets as collect. For information, a second job per
   repetition allows one re-ask: its collect validates the same answers, then stages the
   re-asks (`repair.stage`: the chunk's payload read once, each invalid answer's request
-  written again with a repair turn) and starts the next round (`repair.start_round`)
-  instead of merging; it is checked to stage exactly the invalid answers.
+  written again with a repair turn) and starts the next round (`repair.plan_round`,
+  `repair.start_round`) instead of merging; it is checked to stage exactly the invalid
+  answers.
 - **Provider files**: generated from each staged chunk payload, the way the provider
   answers it, shuffled. OpenAI: the real output/error envelope (`chat.completion` bodies
   with usage details); 2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no

@@ -510,7 +510,7 @@ def test_a_new_provider_call_in_a_function_changes_its_vertex_role(
     infra: c.InfraFacts, sources: dict[str, str]
 ) -> None:
     """collect cancelling a job would need roles/aiplatform.user, which it is not given."""
-    module = "batchline.services.collect"
+    module = "batchline.services.collect_chunk"
     old = "        batch = provider.get_batch(chunk.batch_id)\n"
     assert old in sources[module]
     indent = "        "

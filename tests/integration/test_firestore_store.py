@@ -116,7 +116,7 @@ def full_job(job_id: str = "job-full") -> Job:
         ended_at=NOW + 3.0,
         event_published=True,
         notify_pending=True,
-        notify={"attempts": 2, "last_status": 503},
+        notify={"published_at": NOW + 3.5, "attempts": 2, "last_status": 500},
         expire_at=EXPIRE_AT,
         version=7,
     )
@@ -238,11 +238,12 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         batch_counts={"total": 13, "completed": 11, "failed": 2},
         error="expired",
         updated_at=NOW + 1,
+        webhook_ids=["msg_2", "msg_1"],
         expire_at=EXPIRE_AT,
         repair_round=1,
         repair_of=0,
         orphans=["batch_dup"],
-        webhook_ids=["msg_1", "msg_2"],
+        requests_uri="gs://work/jobs/job-c/requests/01/0000000004.jsonl",
     )
     bare = Chunk("job-c", 3, "", "", 0, 0, "", "")
     assert defaulted(chunk, bare) == ["job_id", "index"]  # every other field is set

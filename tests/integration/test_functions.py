@@ -931,7 +931,7 @@ def test_api_input_uri_of_an_uploaded_object_is_accepted(
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/"), ("GET", "/v2/jobs"), ("GET", "/v1/jobs/a/b"), ("DELETE", "/v1/other")],
+    [("GET", "/v0"), ("GET", "/v2/jobs"), ("GET", "/v1/jobs/a/b"), ("DELETE", "/v1/other")],
 )
 def test_api_unknown_path_is_404(functions: Functions, method: str, path: str) -> None:
     reply = functions.api.open(path, method=method)

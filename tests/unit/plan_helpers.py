@@ -9,7 +9,7 @@ import orjson
 from batchline.bootstrap import Deps
 from batchline.domain.models import Job, JobOptions, Source
 from batchline.domain.paths import WorkPaths
-from batchline.services.plan import Plan, build_plan
+from batchline.services.plan_file import Plan, build_plan
 from batchline_tools.memory import MemoryBlobStore
 
 

@@ -216,9 +216,9 @@ def test_submit_out_of_time_leaves_chunks_pending_for_poll() -> None:
 def test_collect_in_many_small_runs_still_merges_in_order_and_first_result_wins(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from batchline.services import collect as collect_module
+    from batchline.domain.workfiles import runs
 
-    monkeypatch.setattr(collect_module, "RUN_BYTES", 300)  # a few records per run
+    monkeypatch.setattr(runs, "RUN_BYTES", 300)  # a few records per run
     deps, provider, _ = make_deps(max_requests=40)
     data = b"\n".join(line(custom_id=f"m{i}") for i in range(100))
     job = handle_object_finalized(deps, upload(deps, data))

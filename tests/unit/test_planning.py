@@ -1,9 +1,16 @@
+import io
+
 import orjson
 import pytest
 
-from batchline.config import ChunkLimits
-from batchline.domain.planning import ChunkPlanner, RequestTooLarge, UnencodableRequest
+from batchline.domain.planning import (
+    ChunkPlanner,
+    RequestTooLarge,
+    SinkFailed,
+    UnencodableRequest,
+)
 from batchline.domain.providers import anthropic, openai
+from batchline.domain.providers.base import ChunkLimits
 from batchline.domain.requests import Request, parse_line
 
 
@@ -177,3 +184,53 @@ def test_big_numbers_orjson_keeps_or_that_were_floats_are_sent_as_written() -> N
     p.add(parse_native(raw), source=raw)
     [chunk] = p.finish()
     assert orjson.loads(chunk.payload.getvalue())["body"] == body
+
+
+def test_lines_a_later_round_staged_are_cut_by_the_same_rules() -> None:
+    """`add_encoded` (a re-ask's staged line) cuts where `add` cuts the same lines."""
+    size = len(openai.encode(request(1)))
+    first = planner(max_requests=3, max_bytes=size * 2 + 1)
+    again = planner(max_requests=3, max_bytes=size * 2 + 1)
+    cut_first, cut_again = [], []
+    for n in range(1, 8):
+        if (full := first.add(request(n))) is not None:
+            cut_first.append(full)
+        encoded = openai.encode(request(n))
+        entry = b'{"line":%d}\n' % n
+        if (full := again.add_encoded("openai", "gpt-4o-mini", n, encoded, entry, b"")) is not None:
+            cut_again.append(full)
+    cut_first += first.finish()
+    cut_again += again.finish()
+    assert (
+        [c.request_count for c in cut_first]
+        == [c.request_count for c in cut_again]
+        == [
+            2,
+            2,
+            2,
+            1,
+        ]
+    )
+    assert [c.payload.getvalue() for c in cut_first] == [c.payload.getvalue() for c in cut_again]
+    assert [c.first_line for c in cut_again] == [1, 3, 5, 7]
+    with pytest.raises(RequestTooLarge):
+        planner(max_bytes=50).add_encoded("openai", "m", 1, b"x" * 51, b"{}\n", b"")
+
+
+def test_a_failing_sink_is_not_the_request_s_fault_and_leaves_the_planner_unchanged() -> None:
+    class Broken:
+        def write(self, data: bytes, /) -> int:
+            raise OSError("the work bucket is away")
+
+    sinks = iter([io.BytesIO(), Broken()])
+    p = ChunkPlanner(
+        lambda _: ChunkLimits(10, 10_000),
+        lambda _: openai.encode_line,
+        open_sink=lambda *_: next(sinks),
+    )
+    assert p.add(request(1)) is None
+    with pytest.raises(SinkFailed) as failed:
+        p.add(request(2, model="other"))
+    assert isinstance(failed.value.error, OSError)
+    [chunk] = p.finish()
+    assert chunk.request_count == 1 and chunk.model == "gpt-4o-mini"

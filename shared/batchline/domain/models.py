@@ -312,6 +312,9 @@ class Chunk:
     #: The `webhook-id`s of the provider webhooks already acted on for this batch (the
     #: latest few), so that a redelivered one is ignored (services.openai_webhooks).
     webhook_ids: list[str] = field(default_factory=list)
+    #: Each request as planning accepted it, in payload order (`domain/workfiles/requests`):
+    #: what a later round encodes again. None: planned before batchline kept them.
+    requests_uri: str | None = None
 
     def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
         check_chunk_transition(self.state, target)

@@ -8,29 +8,43 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class WorkPaths:
+    """The names of one job's files in the work bucket (their formats: `domain/workfiles`)."""
+
     work_bucket: str
     job_id: str
 
     @property
     def root(self) -> str:
+        """The job's prefix: every file of the job is under it."""
         return f"gs://{self.work_bucket}/jobs/{self.job_id}/"
 
     @property
     def plan(self) -> str:
+        """What planning found (`workfiles.plan`)."""
         return self.root + "plan.json"
 
     @property
     def invalid(self) -> str:
+        """The invalid lines' result lines, sorted by line (`workfiles.runs`)."""
         return self.root + "invalid.tsv"
 
     def chunk(self, index: int) -> str:
+        """The folder of chunk `index`."""
         return f"{self.root}chunks/{index:05d}/"
 
     def payload(self, index: int) -> str:
+        """Chunk `index`'s requests as its provider's batch input."""
         return self.chunk(index) + "input.jsonl"
 
     def manifest(self, index: int) -> str:
+        """Which input line each request of chunk `index` is (`workfiles.manifest`)."""
         return self.chunk(index) + "manifest.jsonl"
+
+    def requests(self, repair_round: int, first_line: int) -> str:
+        """The stored requests of the chunk of round `repair_round` whose first request is
+        input line `first_line` (`workfiles.requests`). Named by its first line, not its
+        index, because the file streams out while the chunk fills, before it has one."""
+        return f"{self.root}requests/{repair_round:02d}/{first_line:010d}.jsonl"
 
     def results_run(self, index: int, attempt: str, run: int) -> str:
         """One sorted run of a chunk's normalised result lines: `<line>\\t<json>`."""
@@ -45,7 +59,12 @@ class WorkPaths:
         return f"{self.chunk(index)}collect-{attempt}/repairs.jsonl"
 
     def repairs_manifest(self, index: int, attempt: str) -> str:
+        """The manifest rows of a chunk's staged re-asks."""
         return f"{self.chunk(index)}collect-{attempt}/repairs-manifest.jsonl"
+
+    def repairs_requests(self, index: int, attempt: str) -> str:
+        """The stored requests of a chunk's staged re-asks."""
+        return f"{self.chunk(index)}collect-{attempt}/repairs-requests.jsonl"
 
     def collected(self, index: int) -> str:
         """Written last: the chunk's tally and the runs it was collected into."""

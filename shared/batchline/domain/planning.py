@@ -1,8 +1,10 @@
-"""Cutting valid requests into chunks under each provider's limits.
+"""Cutting requests into chunks under each provider's limits: the one place chunks are cut,
+for the first round and for every round after it.
 
 Requests are grouped by (provider, model); each group fills one buffer at a time, and a
 buffer is handed out as a `PlannedChunk` as soon as the next request would not fit. Peak
-memory is one chunk's payload per open group, never the file.
+memory is one chunk's payload per open group, never the file: a chunk's stored requests
+(`workfiles.requests`, what a later round encodes again) stream out to a sink as it fills.
 
 A request that cannot be sent as written is refused, never changed: one too large for a
 batch (`RequestTooLarge`), one whose encoding fails (nested deeper than orjson writes, an
@@ -16,13 +18,15 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from batchline.config import ChunkLimits
 from batchline.domain.jsonscan import integer_out_of_range
+from batchline.domain.providers.base import ChunkLimits
 from batchline.domain.requests import Request
+from batchline.domain.workfiles.manifest import encode_entry
+from batchline.domain.workfiles.requests import encode_request
 
 #: A request as one line of its provider's batch input, as an object (dumped here).
 Encoder = Callable[[Request], dict[str, Any]]
@@ -30,17 +34,42 @@ Encoder = Callable[[Request], dict[str, Any]]
 Observer = Callable[[Request, dict[str, Any]], None]
 
 
+class Sink(Protocol):
+    """Where a chunk's stored requests go as the chunk fills."""
+
+    def write(self, data: bytes, /) -> object:
+        """Append `data`."""
+        ...
+
+
+#: Opens the sink of a new chunk's stored requests: (provider, model, first line) -> sink.
+OpenSink = Callable[[str, str, int], Sink]
+
+
+def _memory_sink(provider: str, model: str, first_line: int) -> Sink:
+    return io.BytesIO()
+
+
+def _discarding_sink(provider: str, model: str, first_line: int) -> Sink:
+    return _ByteCount()
+
+
 @dataclass
 class PlannedChunk:
+    """A cut chunk: its requests as the provider's batch input (`payload`), its manifest
+    rows and its stored requests (`requests`, streamed to its sink), all in one order."""
+
     provider: str
     model: str
+    first_line: int
+    requests: Sink
     payload: io.BytesIO = field(default_factory=io.BytesIO)
     manifest: io.BytesIO = field(default_factory=io.BytesIO)
     request_count: int = 0
-    first_line: int = 0
 
     @property
     def payload_bytes(self) -> int:
+        """The payload's size so far."""
         return self.payload.tell()
 
 
@@ -77,6 +106,15 @@ class UnencodableRequest(RequestRefused):
     """A request that cannot be sent as its line wrote it."""
 
 
+class SinkFailed(Exception):
+    """Writing a chunk's stored requests failed: not the request's fault (`error` is why,
+    e.g. the work bucket's); planning cannot go on."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 # orjson writes every float from 1e16 up with an exponent, so an integer it read as a float
 # (beyond 64 bits, so >= 2**63) shows as `e+` in the encoded line: a cheap test of every
 # line, and the exact one (the line's own text) only for those.
@@ -87,22 +125,37 @@ MAX_ENCODED_DEPTH = 254
 
 
 class ChunkPlanner:
+    """Cuts requests into chunks under each provider's `ChunkLimits`, one (provider, model)
+    group at a time; `add` a request of the first round, `add_encoded` one a later round
+    staged already, `finish` for the partly filled chunks at the end."""
+
     def __init__(
         self,
         limits: Callable[[str], ChunkLimits],
         encoders: Callable[[str], Encoder],
         observe: Observer | None = None,
+        open_sink: OpenSink = _memory_sink,
         *,
         sizes_only: bool = False,
     ) -> None:
-        """`sizes_only`: the chunks keep their sizes and counts, not their bytes (for a
-        dry run, whose memory then stays small however large the chunks)."""
+        """`open_sink` opens each new chunk's stored-requests sink (in memory by default).
+        `sizes_only`: the chunks keep their sizes and counts, not their bytes, stored
+        requests included (for a dry run, whose memory then stays small however large the
+        chunks)."""
         self._limits = limits
         self._encoders = encoders
         self._observe = observe
+        self._open_sink: OpenSink = _discarding_sink if sizes_only else open_sink
         self._sizes_only = sizes_only
         self._open: dict[tuple[str, str], PlannedChunk] = {}
-        self._per_provider: dict[str, tuple[ChunkLimits, Encoder]] = {}
+        self._per_provider: dict[str, tuple[ChunkLimits, Encoder, int]] = {}
+
+    def _provider(self, provider: str) -> tuple[ChunkLimits, Encoder, int]:
+        """The provider's limits, encoder and payload room, looked up once."""
+        limits = self._limits(provider)
+        room = limits.max_bytes - limits.envelope_bytes
+        known = self._per_provider[provider] = (limits, self._encoders(provider), room)
+        return known
 
     def add(self, request: Request, source: object = None) -> PlannedChunk | None:
         """Buffer `request`; return the chunk it displaced when that chunk was full.
@@ -111,46 +164,69 @@ class ChunkPlanner:
         orjson had to read as a float is told from a float written as one. Raises
         `RequestTooLarge` or `UnencodableRequest`, leaving the planner unchanged.
         """
-        key = (request.provider, request.model)
-        known = self._per_provider.get(request.provider)
-        if known is None:
-            known = (self._limits(request.provider), self._encoders(request.provider))
-            self._per_provider[request.provider] = known
-        limits, encode = known
+        known = self._per_provider.get(request.provider) or self._provider(request.provider)
+        limits, encode, room = known
         try:
             line = encode(request)
             encoded = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+            stored = encode_request(request)
         except Exception as exc:
             raise _unencodable(exc, source) from exc
         if _PLUS in encoded and isinstance(source, bytes) and _EXPONENT in encoded:
             _refuse_changed_integers(source)
-        room = limits.max_bytes - limits.envelope_bytes
         if len(encoded) > room:
-            raise RequestTooLarge(
-                f"{len(encoded)} bytes once encoded; one {request.provider} batch takes at most "
-                f"{room}"
-            )
-        entry: dict[str, object] = {"line": request.line, "custom_id": request.custom_id}
-        if request.schema is not None:
-            entry["schema"] = request.schema.digest
-        manifest_line = orjson.dumps(entry) + b"\n"
+            raise _too_large(encoded, request.provider, room)
+        schema = request.schema
+        entry = encode_entry(request.line, request.custom_id, schema.digest if schema else None)
         if self._observe is not None:
             self._observe(request, line)
+        return self._place(
+            request.provider, request.model, request.line, limits, encoded, entry, stored
+        )
+
+    def add_encoded(
+        self, provider: str, model: str, line: int, encoded: bytes, entry: bytes, stored: bytes
+    ) -> PlannedChunk | None:
+        """Buffer a request a later round staged already: its payload line (`encoded`), its
+        manifest row and its stored request row (empty: none), each with its newline, for
+        input line `line`. Returns and raises as `add`."""
+        limits, _, room = self._per_provider.get(provider) or self._provider(provider)
+        if len(encoded) > room:
+            raise _too_large(encoded, provider, room)
+        return self._place(provider, model, line, limits, encoded, entry, stored)
+
+    def _place(
+        self,
+        provider: str,
+        model: str,
+        line: int,
+        limits: ChunkLimits,
+        encoded: bytes,
+        entry: bytes,
+        stored: bytes,
+    ) -> PlannedChunk | None:
+        """Add a checked request to its group's chunk, opening a new one when it is full."""
+        key = (provider, model)
         full: PlannedChunk | None = None
         current = self._open.get(key)
         if current is not None and (
             current.request_count + 1 > limits.max_requests
-            or current.payload_bytes + len(encoded) > room
+            or current.payload_bytes + len(encoded) > limits.max_bytes - limits.envelope_bytes
         ):
-            full = current
-            current = None
-        if current is None:
-            current = PlannedChunk(request.provider, request.model, first_line=request.line)
-            if self._sizes_only:
-                current.payload, current.manifest = _ByteCount(), _ByteCount()
-            self._open[key] = current
+            full, current = current, None
+        try:
+            if current is None:
+                sink = self._open_sink(provider, model, line)
+                current = PlannedChunk(provider, model, line, sink)
+                if self._sizes_only:
+                    current.payload, current.manifest = _ByteCount(), _ByteCount()
+            if stored:
+                current.requests.write(stored)
+        except Exception as exc:
+            raise SinkFailed(exc) from exc
+        self._open[key] = current
         current.payload.write(encoded)
-        current.manifest.write(manifest_line)
+        current.manifest.write(entry)
         current.request_count += 1
         return full
 
@@ -159,6 +235,16 @@ class ChunkPlanner:
         rest = sorted(self._open.values(), key=lambda c: c.first_line)
         self._open.clear()
         return rest
+
+    def open_chunks(self) -> list[PlannedChunk]:
+        """The chunks still filling (to give up their sinks when planning fails)."""
+        return list(self._open.values())
+
+
+def _too_large(encoded: bytes, provider: str, room: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"{len(encoded)} bytes once encoded; one {provider} batch takes at most {room}"
+    )
 
 
 def _refuse_changed_integers(source: bytes) -> None:

@@ -40,30 +40,7 @@ def provider_result_line(
     if usage is not None and price is not None:
         both = line_cost(price, usage)
         cost, realtime = both.batch_usd, both.realtime_usd
-    status = result.status
-    error = result.error
-    output: dict[str, Any] | None = None
-    if status is ResultStatus.SUCCEEDED:
-        output = {"text": result.text, "finish_reason": result.finish_reason}
-        if check is not None:
-            if check.violation is None:
-                raw = check.verbatim
-                # A line of results.jsonl holds no raw newline: JSON whitespace may.
-                if raw is not None and "\n" not in raw and "\r" not in raw:
-                    output["parsed"] = orjson.Fragment(raw)
-                else:
-                    output["parsed"] = check.parsed
-            else:
-                status = ResultStatus.FAILED
-                output["parsed"] = None
-                if output["text"] is None and result.structured is not None:
-                    output["text"] = orjson.dumps(result.structured).decode()
-                error = {
-                    "type": SCHEMA_VALIDATION,
-                    "message": check.violation.text,
-                    "path": check.violation.path,
-                    "retryable": False,
-                }
+    status, output, error = _outcome(result, check)
     attempt: dict[str, Any] = {
         "batch_id": batch_id,
         "status": str(status),
@@ -93,7 +70,41 @@ def provider_result_line(
     return ResultLine(record, realtime if cost is not None else None)
 
 
+def _outcome(
+    result: ProviderResult, check: SchemaCheck | None
+) -> tuple[ResultStatus, dict[str, Any] | None, dict[str, Any] | None]:
+    """The line's status, output and error: the provider's, except that an answer that
+    broke its schema makes the line `failed` (`schema_validation`), its text kept."""
+    status = result.status
+    error = result.error
+    output: dict[str, Any] | None = None
+    if status is ResultStatus.SUCCEEDED:
+        output = {"text": result.text, "finish_reason": result.finish_reason}
+        if check is not None:
+            if check.violation is None:
+                raw = check.verbatim
+                # A line of results.jsonl holds no raw newline: JSON whitespace may.
+                if raw is not None and "\n" not in raw and "\r" not in raw:
+                    output["parsed"] = orjson.Fragment(raw)
+                else:
+                    output["parsed"] = check.parsed
+            else:
+                status = ResultStatus.FAILED
+                output["parsed"] = None
+                if output["text"] is None and result.structured is not None:
+                    output["text"] = orjson.dumps(result.structured).decode()
+                error = {
+                    "type": SCHEMA_VALIDATION,
+                    "message": check.violation.text,
+                    "path": check.violation.path,
+                    "retryable": False,
+                }
+    return status, output, error
+
+
 class ResultLine(NamedTuple):
+    """A line of results.jsonl (`record`) and what its usage would have cost in real time."""
+
     record: dict[str, Any]
     realtime_usd: float | None
 
@@ -129,6 +140,7 @@ def superseded(record: dict[str, Any], realtime_usd: float | None) -> dict[str, 
 
 
 def invalid_result_line(invalid: InvalidLine, custom_id: str) -> dict[str, Any]:
+    """The line of results.jsonl for an invalid input line: its error names the field."""
     return {
         "custom_id": custom_id,
         "line": invalid.line,
@@ -214,6 +226,7 @@ class Tally:
         entry["realtime_cost_usd"] += sign * realtime
 
     def merge(self, other: Tally) -> None:
+        """Add `other`'s counts, tokens and costs to this tally."""
         for status, n in other.counts.items():
             _bump(self.counts, status, n)
         for kind, n in other.errors.items():
@@ -232,9 +245,11 @@ class Tally:
 
     @property
     def total(self) -> int:
+        """How many lines the tally counts."""
         return sum(self.counts.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """The tally as JSON (summary.json, and the work files that keep one)."""
         return {
             "counts": dict(sorted(self.counts.items())),
             "input_tokens": self.input_tokens,
@@ -249,6 +264,7 @@ class Tally:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tally:
+        """The tally `to_dict` wrote (raises KeyError or TypeError on anything else)."""
         return cls(
             counts=dict(data["counts"]),
             input_tokens=data["input_tokens"],

@@ -1,6 +1,6 @@
 """A dry run of planning: what a job would be, without staging, uploading or calling a
 provider. Lines are read, parsed, encoded and cut into chunks by the same code that plans
-a job (`services.plan.LineWork`, `domain.planning.ChunkPlanner`, `domain.estimate`), with
+a job (`services.line_work.LineWork`, `domain.planning.ChunkPlanner`, `domain.estimate`), with
 the chunks keeping only their sizes, so memory stays small.
 
 Registered schemas live in the work bucket, which a dry run does not read (the api
@@ -28,7 +28,7 @@ from batchline.domain.pricing import price_for
 from batchline.domain.requests import InvalidLine, Request, SchemaContext
 from batchline.domain.schemas import ResponseSchema
 from batchline.errors import NotFound
-from batchline.services.plan import LineWork
+from batchline.services.line_work import LineWork
 
 #: Invalid lines a dry run lists (it counts them all).
 LISTED_INVALID = 20
@@ -117,8 +117,8 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
         _schemas(options, found.unread_schemas),
         default_model=options.model or deps.settings.default_model,
         max_line_bytes=deps.settings.max_line_bytes,
-        job_id="dry-run",
         enabled=deps.settings.enabled_providers,
+        job_id="dry-run",
     ).take
     for number, line in _lines(stream, deps.settings.max_line_bytes, found):
         outcome, full = take(number, line)

@@ -4,20 +4,23 @@ While a chunk is collected, each answer with a schema is validated (`SchemaCheck
 invalid one is written as `failed` (`schema_validation`) like any other line, and, while
 the job allows more attempts, noted (`Asks`). `stage` then reads the chunk's staged
 payload once and writes the noted requests again, each with its previous answer and what
-was wrong with it appended to the conversation, beside the chunk's runs; the chunk's
-`collected.json` commits them with the rest. When every chunk is collected and some have
-re-asks that no chunk answers yet, `start_round` cuts them into new chunks under the
-provider's limits and moves the job back to running, in one transaction; poll submits
-them like any chunk, and the next collect replaces the re-asked lines with the new answer
-(the result line lists every attempt). Every name is deterministic and every write
-create-if-absent, so racing or repeated collects stage the same round once.
+was wrong with it appended to the conversation, beside the chunk's runs, with their
+manifest rows and stored requests; the chunk's `collected.json` commits them with the
+rest. When every chunk is collected and some have re-asks that no chunk answers yet,
+`plan_round` has the chunk planner cut them into new chunks under the provider's limits,
+as it cuts the first round's, and `start_round` commits them and moves the job back to
+running, in one transaction; poll submits them like any chunk, and the next collect
+replaces the re-asked lines with the new answer (the result line lists every attempt).
+Every name is deterministic and every write create-if-absent, so racing or repeated
+collects stage the same round once.
 """
 
 from __future__ import annotations
 
 import io
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
@@ -26,28 +29,24 @@ from batchline.domain import claims
 from batchline.domain.claims import Change
 from batchline.domain.models import Chunk, Job, ProviderResult
 from batchline.domain.paths import WorkPaths
+from batchline.domain.planning import RequestTooLarge
 from batchline.domain.providers import registry
 from batchline.domain.results import superseded
 from batchline.domain.schemas import (
-    ResponseSchema,
     SchemaCheck,
     Validator,
     Violation,
     repair_feedback,
 )
+from batchline.domain.workfiles.collected import Repairs
+from batchline.domain.workfiles.manifest import ManifestEntry, open_manifest, write_manifest
+from batchline.domain.workfiles.payload import open_payload, write_payload
+from batchline.domain.workfiles.requests import checked_row, open_rows, write_stored
+from batchline.domain.workfiles.schemas import read_schema
 from batchline.log import fields, get_logger
+from batchline.services.staging import ChunkStager
 
 log = get_logger(__name__)
-
-
-class Entry(NamedTuple):
-    """A chunk manifest's line: its custom_id, schema digest and, for a re-ask, the
-    attempts before and the line they made (which a tally takes back)."""
-
-    custom_id: str
-    schema: str | None
-    earlier: list[dict[str, Any]] | None
-    previous: dict[str, Any] | None
 
 
 class SchemaChecks:
@@ -60,14 +59,14 @@ class SchemaChecks:
         self._validators: dict[tuple[str, str], Validator] = {}
 
     def check(self, digest: str, provider: str, result: ProviderResult) -> SchemaCheck:
+        """Validate `result`'s answer against the job's schema of digest `digest`."""
         validator = self._validators.get((digest, provider))
         if validator is None:
             validator = self._load(digest, provider)
         return validator.check(result.text, result.structured)
 
     def _load(self, digest: str, provider: str) -> Validator:
-        raw = orjson.loads(self._deps.blobs.read_bytes(self._paths.schema(digest)))
-        schema = ResponseSchema.from_dict(raw)
+        schema = read_schema(self._deps.blobs, self._paths, digest)
         # OpenAI strict mode answers `null` for optional properties: drop those again.
         strict = registry.provider(provider).strips_nulls(schema)
         validator = self._validators[digest, provider] = Validator(schema, strip_nulls=strict)
@@ -78,58 +77,46 @@ class SchemaChecks:
 class Asks:
     """The lines of one chunk to ask again: line -> (manifest entry, answer, feedback)."""
 
-    lines: dict[int, tuple[dict[str, Any], str, str]] = field(default_factory=dict)
+    lines: dict[int, tuple[ManifestEntry, str, str]] = field(default_factory=dict)
 
     def add(
         self,
         line: int,
-        entry: Entry,
+        entry: ManifestEntry,
         record: dict[str, Any],
         realtime_usd: float | None,
         violation: Violation,
     ) -> None:
+        """Note line `line` (its manifest `entry`, its result line `record`) to ask again."""
         answer = record["output"]["text"] if record.get("output") else None
-        next_entry = {
-            "line": line,
-            "custom_id": entry.custom_id,
-            "schema": entry.schema,
-            "attempts": record["attempts"],
-            "previous": superseded(record, realtime_usd),
-        }
+        next_entry = ManifestEntry(
+            line,
+            entry.custom_id,
+            entry.schema,
+            record["attempts"],
+            superseded(record, realtime_usd),
+        )
         self.lines[line] = (next_entry, answer or "", repair_feedback(violation))
 
     def __len__(self) -> int:
         return len(self.lines)
 
 
-@dataclass(frozen=True)
-class Repairs:
-    """A chunk's staged re-asks: request lines and their manifest, in the same order."""
-
-    payload: str
-    manifest: str
-    requests: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"payload": self.payload, "manifest": self.manifest, "requests": self.requests}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Repairs:
-        return cls(data["payload"], data["manifest"], int(data["requests"]))
-
-
 def stage(
     deps: Deps, paths: WorkPaths, chunk: Chunk, order: list[int], attempt: str, asks: Asks
 ) -> Repairs:
-    """Write the chunk's re-asks: its staged request lines, each with a repair turn.
+    """Write the chunk's re-asks: its staged request lines, each with a repair turn, their
+    manifest rows and their stored requests (when the chunk has them).
 
     `order` is the line of each staged request, in payload order (the chunk's manifest).
     """
     add_turn = deps.repair_turn(chunk.provider)
-    payload = io.BytesIO()
-    manifest = io.BytesIO()
-    with deps.blobs.open_read(chunk.payload_uri) as staged:
-        for line, raw in zip(order, staged, strict=False):
+    payload, manifest, stored = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    with ExitStack() as stack:
+        staged = stack.enter_context(open_payload(deps.blobs, chunk.payload_uri))
+        rows = stack.enter_context(open_rows(deps.blobs, chunk.requests_uri))
+        for number, (line, raw) in enumerate(zip(order, staged, strict=False), 1):
+            row = next(rows, b"")
             ask = asks.lines.get(line)
             if ask is None:
                 continue
@@ -137,59 +124,41 @@ def stage(
             request = orjson.loads(raw)
             add_turn(request, answer, feedback)
             payload.write(orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE))
-            manifest.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+            manifest.write(entry.encode())
+            if chunk.requests_uri is not None:
+                stored.write(checked_row(row, chunk.requests_uri, number, line))
     repairs = Repairs(
         paths.repairs(chunk.index, attempt),
         paths.repairs_manifest(chunk.index, attempt),
         len(asks),
+        paths.repairs_requests(chunk.index, attempt) if chunk.requests_uri else None,
     )
-    deps.blobs.write_bytes(repairs.payload, payload.getvalue(), "application/jsonl")
-    deps.blobs.write_bytes(repairs.manifest, manifest.getvalue(), "application/jsonl")
+    write_payload(deps.blobs, repairs.payload, payload.getvalue())
+    write_manifest(deps.blobs, repairs.manifest, manifest.getvalue())
+    if repairs.stored is not None:
+        write_stored(deps.blobs, repairs.stored, stored.getvalue())
     return repairs
+
+
+def plan_round(
+    deps: Deps, paths: WorkPaths, chunks: list[Chunk], pending: list[tuple[Chunk, Repairs]]
+) -> list[Chunk]:
+    """Cut and stage the pending re-asks as the next chunks (not yet committed); none when
+    no re-ask fits a batch any more."""
+    new: list[Chunk] = []
+    for source, repairs in pending:
+        new.extend(_plan_repairs(deps, paths, source, repairs, len(chunks) + len(new)))
+    return new
 
 
 def start_round(
     deps: Deps,
     job: Job,
-    paths: WorkPaths,
     chunks: list[Chunk],
+    new: list[Chunk],
     pending: list[tuple[Chunk, Repairs]],
 ) -> Job | None:
-    """Stage the pending re-asks as new chunks and move the job back to running."""
-    new: list[Chunk] = []
-    for source, repairs in pending:
-        limits = deps.limits(source.provider)
-        room = limits.max_bytes - limits.envelope_bytes
-        lines = deps.blobs.read_bytes(repairs.payload).splitlines(keepends=True)
-        entries = deps.blobs.read_bytes(repairs.manifest).splitlines(keepends=True)
-        start = 0
-        while start < len(lines):
-            end, size = start, 0
-            while end < len(lines) and end - start < limits.max_requests:
-                if size + len(lines[end]) > room and end > start:
-                    break
-                size += len(lines[end])
-                end += 1
-            index = len(chunks) + len(new)
-            payload_uri, manifest_uri = paths.payload(index), paths.manifest(index)
-            deps.blobs.write_bytes(payload_uri, b"".join(lines[start:end]), "application/jsonl")
-            deps.blobs.write_bytes(manifest_uri, b"".join(entries[start:end]), "application/jsonl")
-            new.append(
-                Chunk(
-                    job_id=job.job_id,
-                    index=index,
-                    provider=source.provider,
-                    model=source.model,
-                    request_count=end - start,
-                    payload_bytes=size,
-                    payload_uri=payload_uri,
-                    manifest_uri=manifest_uri,
-                    updated_at=deps.clock.now(),
-                    repair_round=source.repair_round + 1,
-                    repair_of=source.index,
-                )
-            )
-            start = end
+    """Commit the re-ask chunks `new` (`plan_round`) and move the job back to running."""
     now = deps.clock.now()
     reopen = Change(claims.reopen_for_repair, now, chunk_count=len(chunks), new_chunks=len(new))
     reopened = deps.store.update_job(job.job_id, reopen, new_chunks=new)
@@ -204,3 +173,45 @@ def start_round(
         ),
     )
     return reopened
+
+
+def _plan_repairs(
+    deps: Deps, paths: WorkPaths, source: Chunk, repairs: Repairs, index: int
+) -> list[Chunk]:
+    """Cut one chunk's staged re-asks into chunks `index`, `index + 1`, ... (the chunk
+    planner, as for the first round) and stage them."""
+    stager = ChunkStager(
+        deps,
+        paths,
+        index,
+        repair_round=source.repair_round + 1,
+        repair_of=source.index,
+        store_requests=repairs.stored is not None,
+    )
+    planner = stager.planner()
+    staged: list[Chunk] = []
+    with ExitStack() as stack:
+        stack.enter_context(stager.abandoning(planner))
+        lines = stack.enter_context(open_payload(deps.blobs, repairs.payload))
+        entries = stack.enter_context(open_manifest(deps.blobs, repairs.manifest))
+        rows = stack.enter_context(open_rows(deps.blobs, repairs.stored))
+        for number, (encoded, entry) in enumerate(zip(lines, entries, strict=True), 1):
+            row = next(rows, b"")
+            if repairs.stored is not None:
+                row = checked_row(row, repairs.stored, number, entry.line)
+            try:
+                full = planner.add_encoded(
+                    source.provider, source.model, entry.line, encoded, entry.encode(), row
+                )
+            except RequestTooLarge as exc:
+                log.warning(
+                    "a re-ask does not fit a batch; its line keeps the failed answer",
+                    extra=fields(
+                        job_id=source.job_id, chunk=source.index, line=entry.line, error=str(exc)
+                    ),
+                )
+                continue
+            if full is not None:
+                staged.append(stager.stage(full))
+        staged.extend(stager.stage(planned) for planned in planner.finish())
+    return staged

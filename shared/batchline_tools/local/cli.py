@@ -1,7 +1,8 @@
 """`batchline local up|down|status|env`: run the local stack from the command line.
 
 The main CLI calls `register(subparsers)`; every command sets its handler, `(args) -> int`,
-as both `args.run` and `args.func`. `python -m batchline_tools.local.cli ...` runs the same commands on their own.
+as both `args.run` and `args.func`. `python -m batchline_tools.local.cli ...` runs the
+same commands on their own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from batchline_tools.local.stack import LocalStack, StackConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -29,17 +33,37 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     commands = local.add_subparsers(dest="local_command", metavar="COMMAND")
     commands.required = True
+    _add_up(commands)
 
-    def run_dir_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--run-dir",
-            type=Path,
-            default=None,
-            help="state and logs directory (default: $BATCHLINE_LOCAL_DIR or ./.batchline/local)",
-        )
+    down = commands.add_parser("down", help="stop the local stack")
+    _run_dir_arg(down)
+    down.set_defaults(run=cmd_down, func=cmd_down)
+
+    status = commands.add_parser("status", help="show each component's state")
+    _run_dir_arg(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(run=cmd_status, func=cmd_status)
+
+    env = commands.add_parser("env", help="print `export` lines for a client shell")
+    _run_dir_arg(env)
+    env.set_defaults(run=cmd_env, func=cmd_env)
+    return local
+
+
+def _run_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="state and logs directory (default: $BATCHLINE_LOCAL_DIR or ./.batchline/local)",
+    )
+
+
+def _add_up(commands: Any) -> None:
+    from batchline_tools.local.stack import PROVIDER_EMULATORS
 
     up = commands.add_parser("up", help="start the local stack")
-    run_dir_arg(up)
+    _run_dir_arg(up)
     up.add_argument(
         "--detach",
         action="store_true",
@@ -53,76 +77,54 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="extra environment variable for the functions (repeatable)",
     )
-    up.add_argument(
-        "--openai-config", default=None, metavar="JSON", help="OpenAI emulator configuration"
-    )
-    up.add_argument(
-        "--anthropic-config",
-        default=None,
-        metavar="JSON",
-        help="Anthropic emulator configuration",
-    )
-    up.add_argument(
-        "--vertex-config",
-        default=None,
-        metavar="JSON",
-        help="Vertex AI emulator configuration",
-    )
+    for provider in PROVIDER_EMULATORS:
+        up.add_argument(
+            f"--{provider}-config",
+            default=None,
+            metavar="JSON",
+            help=f"the {provider} emulator's configuration",
+        )
     up.set_defaults(run=cmd_up, func=cmd_up)
 
-    down = commands.add_parser("down", help="stop the local stack")
-    run_dir_arg(down)
-    down.set_defaults(run=cmd_down, func=cmd_down)
 
-    status = commands.add_parser("status", help="show each component's state")
-    run_dir_arg(status)
-    status.add_argument("--json", action="store_true", help="print the status as JSON")
-    status.set_defaults(run=cmd_status, func=cmd_status)
-
-    env = commands.add_parser("env", help="print `export` lines for a client shell")
-    run_dir_arg(env)
-    env.set_defaults(run=cmd_env, func=cmd_env)
-    return local
+class _BadArguments(Exception):
+    """`local up` was given an argument it cannot use; the message says which."""
 
 
-def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from batchline_tools.local.stack import (
-        LocalStack,
-        LocalStackError,
-        StackConfig,
-        default_run_dir,
-    )
+def _stack_config(args: argparse.Namespace) -> StackConfig:
+    """The stack's configuration from `local up`'s arguments; _BadArguments if one is bad."""
+    from batchline_tools.local.stack import PROVIDER_EMULATORS, StackConfig, default_run_dir
 
     function_env: dict[str, str] = {}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            print(f"--env expects KEY=VALUE, got {item!r}", file=sys.stderr)
-            return EXIT_FAILED
+            raise _BadArguments(f"--env expects KEY=VALUE, got {item!r}")
         function_env[key] = value
-    emulator_configs: dict[str, dict[str, Any]] = {}
-    for option, given in (
-        ("--openai-config", args.openai_config),
-        ("--anthropic-config", args.anthropic_config),
-        ("--vertex-config", args.vertex_config),
-    ):
+    config = StackConfig(run_dir=args.run_dir or default_run_dir(), function_env=function_env)
+    for provider in PROVIDER_EMULATORS:
+        given = getattr(args, f"{provider}_config")
         try:
-            emulator_configs[option] = json.loads(given) if given else {}
+            setattr(config, f"{provider}_emulator_config", json.loads(given) if given else {})
         except ValueError as exc:
-            print(f"{option} is not JSON: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-    config = StackConfig(
-        run_dir=args.run_dir or default_run_dir(),
-        function_env=function_env,
-        openai_emulator_config=emulator_configs["--openai-config"],
-        anthropic_emulator_config=emulator_configs["--anthropic-config"],
-        vertex_emulator_config=emulator_configs["--vertex-config"],
-    )
+            raise _BadArguments(f"--{provider}-config is not JSON: {exc}") from None
     if args.tick is not None:
         if args.tick <= 0:
-            print("--tick must be positive", file=sys.stderr)
-            return EXIT_FAILED
+            raise _BadArguments("--tick must be positive")
         config.tick_seconds = args.tick
+    return config
+
+
+def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Start the local stack; stay in the foreground until Ctrl-C, or leave it running
+    with --detach."""
+    from batchline_tools.local.stack import LocalStack, LocalStackError
+
+    try:
+        config = _stack_config(args)
+    except _BadArguments as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
     stack = LocalStack(config)
 
     # SIGTERM behaves like Ctrl-C, so that `kill` of a foreground `up` stops its children.
@@ -141,35 +143,40 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         except KeyboardInterrupt:
             print("interrupted; stopped", file=sys.stderr)
             return EXIT_FAILED
-        detached = False
-        try:
-            # From here on a Ctrl-C, even during the status print, stops what started.
-            _print_status(stack.status(), out)
-            if args.detach:
-                stack.detach()
-                detached = True
-                print(
-                    f"\nrunning in the background; stop with: batchline local down --run-dir "
-                    f"{shlex.quote(str(config.run_dir))}",
-                    file=out,
-                )
-                return EXIT_OK
-            print("\nCtrl-C stops everything.", file=out, flush=True)
-            stack.wait(on_exit=lambda name: print(f"warning: {name} exited", file=sys.stderr))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if not detached:
-                # A second Ctrl-C must not cut the cleanup short and leave orphans.
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                print("stopping ...", file=out, flush=True)
-                report = stack.stop()
-                print(f"stopped: {report}", file=out, flush=True)
-        return EXIT_OK
+        return _serve(stack, args.detach, out)
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
+
+
+def _serve(stack: LocalStack, detach: bool, out: TextIO) -> int:
+    """Show the started stack; detach, or wait until Ctrl-C and stop everything."""
+    detached = False
+    try:
+        # From here on a Ctrl-C, even during the status print, stops what started.
+        _print_status(stack.status(), out)
+        if detach:
+            stack.detach()
+            detached = True
+            print(
+                f"\nrunning in the background; stop with: batchline local down --run-dir "
+                f"{shlex.quote(str(stack.config.run_dir))}",
+                file=out,
+            )
+            return EXIT_OK
+        print("\nCtrl-C stops everything.", file=out, flush=True)
+        stack.wait(on_exit=lambda name: print(f"warning: {name} exited", file=sys.stderr))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if not detached:
+            # A second Ctrl-C must not cut the cleanup short and leave orphans.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            print("stopping ...", file=out, flush=True)
+            report = stack.stop()
+            print(f"stopped: {report}", file=out, flush=True)
+    return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -99,7 +99,7 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
     from batchline.adapters.gcs import GcsBlobStore
     from batchline.adapters.gcs import make_client as gcs_client
     from batchline.config import Settings
-    from batchline_tools.deployment import upload, wait_for
+    from batchline_tools.deployment import upload
 
     files = _example_files(examples)
     expected_path = examples / "expected.json"
@@ -131,20 +131,7 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
             runs.append(ExampleRun(file, job_id))
         deadline = time.monotonic() + timeout
         for run in runs:
-            job = wait_for(store, run.job_id, max(1.0, deadline - time.monotonic()), show=True)
-            if job is None or not job.state.terminal:
-                run.problems.append(
-                    f"not finished within {timeout:.0f}s (state {job.state if job else 'unknown'})"
-                )
-                continue
-            if job.state.value == "rejected":
-                run.problems.append(f"rejected: {job.error}")
-                continue
-            run.results_uri, run.summary_uri = job.results_uri, job.summary_uri
-            results = [orjson.loads(x) for x in blobs.read_bytes(job.results_uri).splitlines()]
-            summary = orjson.loads(blobs.read_bytes(job.summary_uri))
-            run.preview = results[:PREVIEW_LINES]
-            check(run, results, summary, expected.get(run.file.name))
+            _follow(run, store, blobs, deadline, timeout, expected.get(run.file.name))
         ok = _report(runs)
         if stay:
             print(
@@ -157,6 +144,27 @@ def run_demo(examples: Path, *, run_dir: str | None, timeout: float, stay: bool)
         if owned is not None:
             print("stopping the local stack…", flush=True)
             print(f"stopped: {owned.stop()}", flush=True)
+
+
+def _follow(
+    run: ExampleRun, store: Any, blobs: Any, deadline: float, timeout: float, expected: Any
+) -> None:
+    """Wait for one example's job to end, then check its results against `expected`."""
+    from batchline_tools.deployment import wait_for
+
+    job = wait_for(store, run.job_id, max(1.0, deadline - time.monotonic()), show=True)
+    if job is None or not job.state.terminal:
+        state = job.state if job else "unknown"
+        run.problems.append(f"not finished within {timeout:.0f}s (state {state})")
+        return
+    if job.state.value == "rejected":
+        run.problems.append(f"rejected: {job.error}")
+        return
+    run.results_uri, run.summary_uri = job.results_uri, job.summary_uri
+    results = [orjson.loads(x) for x in blobs.read_bytes(job.results_uri).splitlines()]
+    summary = orjson.loads(blobs.read_bytes(job.summary_uri))
+    run.preview = results[:PREVIEW_LINES]
+    check(run, results, summary, expected)
 
 
 def _report(runs: list[ExampleRun]) -> bool:

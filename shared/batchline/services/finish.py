@@ -1,0 +1,78 @@
+"""Finishing a job once its answers are merged: its summary, its final state, its event.
+
+`summary.json` is written before the job's state changes (the state is what says the job
+has ended), then the job moves to its final state in one transaction, its records get
+their expiry, and `job.completed` is published. A collect that dies between these steps
+is run again and redoes them harmlessly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change
+from batchline.domain.models import Chunk, Job, JobState, ResultStatus
+from batchline.domain.results import Tally
+from batchline.domain.workfiles.plan import PlanRecord
+from batchline.services.messages import publish_completed
+from batchline.services.summary import summary
+
+
+def finish_job(
+    deps: Deps, job: Job, chunks: list[Chunk], tally: Tally, plan: PlanRecord
+) -> Job | None:
+    """Write the job's summary and move it to the final state its `tally` earned (or
+    `canceled`); the job as it is afterwards."""
+    job_id = job.job_id
+    state = final_state(tally, canceled=job.cancel_requested_at is not None)
+    batches = provider_batches(chunks)
+    body = summary(deps, job, state, tally, provider_batches=batches, estimate=plan.estimate)
+    deps.blobs.write_bytes(
+        job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
+    )
+    now = deps.clock.now()
+    expiry = claims.expiry(now, deps.settings.retention_days)
+    finish = Change(claims.finish, state, now, tally=tally, expire_at=expiry)
+    done = deps.store.update_job(job_id, finish) or deps.store.get_job(job_id)
+    if expiry is not None:
+        for chunk in chunks:
+            deps.store.update_chunk(job_id, chunk.index, Change(claims.stamp_expiry, expiry))
+    if done is not None and done.state.terminal:
+        publish_completed(deps, done)
+    return done
+
+
+def provider_batches(chunks: list[Chunk]) -> list[dict[str, Any]]:
+    """summary.json's `provider_batches`: each chunk's batch, re-asks with their round."""
+    return [
+        {
+            "chunk": c.index,
+            "provider": c.provider,
+            "model": c.model,
+            "batch_id": c.batch_id,
+            "state": str(c.batch_state) if c.batch_state else None,
+            "requests": c.request_count,
+            "error": c.error,
+            **(
+                {"repair_round": c.repair_round, "repair_of": c.repair_of} if c.repair_round else {}
+            ),
+        }
+        for c in chunks
+    ]
+
+
+def final_state(tally: Tally, *, canceled: bool) -> JobState:
+    """`canceled` when a cancel was asked for and cut some line short; a cancel that came
+    too late to stop anything leaves the state the answers earned."""
+    if canceled and tally.counts.get(str(ResultStatus.CANCELED), 0):
+        return JobState.CANCELED
+    succeeded = tally.counts.get(str(ResultStatus.SUCCEEDED), 0)
+    if succeeded == tally.total and succeeded > 0:
+        return JobState.SUCCEEDED
+    if succeeded == 0:
+        return JobState.FAILED
+    return JobState.PARTIAL
