@@ -7,6 +7,8 @@ fake-gcs-server, the provider emulators) and with processes that really die.
   batch is left running unread, every line is answered once.
 - A submitter killed mid-create with the default settings is taken over within 90 s
   (on the clock the services take); a live one whose create takes 5 minutes never is.
+- The collect safety net: a chunk whose record points at another chunk's batch is put
+  right, its own requests sent, and no line is written as `missing_result`.
 - Five copies of a finalize event, with poll ticks every second, through the functions
   as functions-framework serves them: no 500, a handful of aborted transactions at most,
   and the job done about as soon as with one delivery.
@@ -283,6 +285,82 @@ def _tags(count: int) -> list[str]:
     """Job tags whose lines are alike but for the tag (the same line numbers, the same
     request counts)."""
     return [f"j{uuid.uuid4().hex[:6]}" for _ in range(count)]
+
+
+# ------------------------------------------------------------------ the collect safety net
+
+
+def run_to_end(deps: Deps, job_id: str) -> Job:
+    """Poll ticks and collects until the job has ended (a collect may send it back to
+    running); the ended job."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        poll(deps)
+        job = deps.store.get_job(job_id)
+        assert job is not None
+        if job.state is JobState.COLLECTING:
+            job = collect(deps, job_id)
+            assert job is not None
+        if job.state.terminal:
+            return job
+        assert time.monotonic() < deadline, f"not ended: {job}"
+        time.sleep(0.1)
+
+
+def point_at(deps: Deps, job_id: str, index: int, batch_id: str | None) -> None:
+    """Make chunk `index`'s record say `batch_id` is its batch (None: back to pending)."""
+
+    def change(chunk: Chunk) -> Chunk:
+        if batch_id is None:
+            return replace(chunk, state=ChunkState.PENDING, batch_id=None, lease=None)
+        return replace(chunk, state=ChunkState.RUNNING, batch_id=batch_id, lease=None)
+
+    assert deps.store.update_chunk(job_id, index, change) is not None
+
+
+@pytest.mark.parametrize(
+    "owner_sent_again",
+    [False, True],
+    ids=["its owner recorded it too", "its owner sent its requests again"],
+)
+def test_a_chunk_recording_another_chunk_s_batch_is_put_right_with_no_missing_result(
+    deps: Deps, stack: Stack, owner_sent_again: bool
+) -> None:
+    job_tag = _tags(1)[0]
+    job_id = planned_job(deps, job_tag, 2 * CHUNK)
+    before = {b["id"] for b in stack.anthropic.batches()}
+    [_, second] = deps.store.get_chunks(job_id)
+    sent = dispatch.dispatch(deps, second, "a-submitter")
+    assert sent is not None and sent.batch_id is not None
+    wrong = sent.batch_id
+    point_at(deps, job_id, 0, wrong)  # chunk 0 "adopted" chunk 1's batch, never sent
+    if owner_sent_again:
+        point_at(deps, job_id, 1, None)  # and chunk 1 sent its own requests once more
+    done = run_to_end(deps, job_id)
+    assert done.state is JobState.SUCCEEDED, done
+    results = [orjson.loads(x) for x in deps.blobs.read_bytes(done.results_uri).splitlines()]
+    assert [r["custom_id"] for r in results] == [f"{job_tag}-{i}" for i in range(2 * CHUNK)]
+    assert {r["status"] for r in results} == {"succeeded"}  # no missing_result
+    chunks = deps.store.get_chunks(job_id)
+    made = [b["id"] for b in stack.anthropic.batches() if b["id"] not in before]
+    for chunk in chunks:  # every chunk's batch holds its own requests
+        assert chunk.batch_id is not None and chunk.batch_id != (
+            wrong if chunk.index == 0 else None
+        )
+        texts = [
+            r["params"]["messages"][0]["content"] for r in stack.anthropic.requests(chunk.batch_id)
+        ]
+        lines = manifest_lines(deps, chunk)
+        assert sorted(texts) == sorted(f"{job_tag} question {n - 1}" for n in lines)
+    summary = orjson.loads(deps.blobs.read_bytes(done.summary_uri))
+    if owner_sent_again:
+        assert len(made) == 3 and chunks[1].orphans == [wrong]
+        [orphan] = summary["orphans"]
+        assert (orphan["chunk"], orphan["batch_id"], orphan["state"]) == (1, wrong, "completed")
+        assert orphan["counts"]["completed"] == CHUNK  # it ran, and was billed, unread
+    else:
+        assert len(made) == 2 and summary["orphans"] == []
+        assert chunks[1].batch_id == wrong
 
 
 # ------------------------------------------------------------------ a dead holder, a slow one

@@ -13,9 +13,13 @@ from batchline.domain.models import (
     JobState,
     Source,
 )
+from batchline.services.collect import collect
 from batchline.services.mixups import MixUp, put_right
+from batchline.services.poll import poll
+from batchline.services.submit import handle_object_finalized
 
 from .fakes import make_deps
+from .test_pipeline import finish, line, upload
 
 NOW = 1_800_000_000.0
 LINES = {0: [1, 2, 3], 1: [4, 5, 6], 2: [7, 8, 9]}
@@ -94,3 +98,27 @@ def test_a_batch_of_no_chunk_of_the_job_is_an_orphan_of_the_chunk_that_held_it()
         ["foreign"],
     )
     assert after[1].orphans == []
+
+
+def test_collect_puts_swapped_batches_back_and_answers_every_line_from_its_own_batch() -> None:
+    deps, provider, _ = make_deps(max_requests=2)
+    event = upload(deps, b"\n".join(line(custom_id=f"c{i}") for i in range(4)))
+    job = handle_object_finalized(deps, event)
+    assert job is not None
+    for index, batch_id in ((0, "batch_1"), (1, "batch_0")):  # the records swapped
+        deps.store.update_chunk(
+            job.job_id,
+            index,
+            lambda c, b=batch_id: replace(c, batch_id=b),  # type: ignore[misc]
+        )
+    provider.end()
+    poll(deps)
+    reopened = collect(deps, job.job_id)  # finds the swap: puts the records right
+    assert reopened is not None and reopened.state is JobState.RUNNING
+    final, lines = finish(deps, job.job_id)
+    assert final.state is JobState.SUCCEEDED
+    assert [(r["custom_id"], r["status"]) for r in lines] == [
+        (f"c{i}", "succeeded") for i in range(4)
+    ]
+    assert [c.batch_id for c in deps.store.get_chunks(job.job_id)] == ["batch_0", "batch_1"]
+    assert len(provider.batches) == 2  # nothing was sent again
