@@ -66,7 +66,9 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str, *, submit_new: bool = True) -
             keeper.add(lock.renew)
             return _send_locked(deps, provider, leased, owner, lock, submit_new, keeper)
     except LeaseLost:
-        log.warning("lost the submit lease; stopped", extra=context(leased))
+        # Nothing was created since the lease was lost: give back what is still mine.
+        log.warning("lost a lease; stopped before creating", extra=context(leased))
+        settle(deps, leased, Change(claims.release_submit, owner, deps.clock.now()))
         return None
 
 
