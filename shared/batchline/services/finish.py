@@ -76,9 +76,9 @@ def provider_batches(chunks: list[Chunk]) -> list[dict[str, Any]]:
 
 def orphan_batches(deps: Deps, chunks: list[Chunk]) -> list[dict[str, Any]]:
     """summary.json's `orphans`: batches made with a chunk's requests that nobody read
-    (duplicates the create lock found, a batch a chunk held that was not its own), with
-    how far each ran: its requests were billed for what it answered. One still running is
-    cancelled now."""
+    (duplicates the create lock found and cancelled, a batch a chunk held that was not its
+    own: ended, as every chunk's batch is by now), with how far each ran: what it answered
+    was billed. Collect only reads them (its provider access is read-only)."""
     found: list[dict[str, Any]] = []
     for chunk in chunks:
         provider = deps.providers.get(chunk.provider)
@@ -87,8 +87,6 @@ def orphan_batches(deps: Deps, chunks: list[Chunk]) -> list[dict[str, Any]]:
             entry.update(batch_id=batch_id, state=None, counts={})
             try:
                 batch = provider.get_batch(batch_id)
-                if not batch.state.ended:
-                    provider.cancel(batch_id)
                 entry.update(state=str(batch.state), counts=batch.counts)
             except ProviderError as exc:
                 entry["error"] = str(exc)
