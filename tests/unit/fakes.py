@@ -60,7 +60,7 @@ class FakeProvider:
         self.stall_before_create: Callable[[], object] | None = None
         self.stall_after_create: Callable[[], object] | None = None
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         with payload.open() as stream:
             ids = [orjson.loads(line)["custom_id"] for line in stream.read().splitlines()]
         if self.stall_before_create is not None:

@@ -41,7 +41,7 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # A canceled job is collected too (every line gets its result): canceled comes after.
     JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.COLLECTING}),
     JobState.RUNNING: frozenset({JobState.COLLECTING}),
-    # Back to running: answers that failed their schema are re-asked in follow-up batches.
+    # Back to running: answers that failed their schema are repaired in follow-up batches.
     JobState.COLLECTING: frozenset(
         {JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELED, JobState.RUNNING}
     ),
@@ -126,7 +126,7 @@ class JobOptions:
     #: inline JSON Schema (`{"name", "schema"}` or a bare schema; API jobs).
     schema: str | None = None
     response_schema: dict[str, Any] | None = None
-    #: Re-asks of an answer that fails its schema; None: the deployment's default.
+    #: Repairs of an answer that fails its schema; None: the deployment's default.
     max_repair_attempts: int | None = None
     #: Reject the job before anything is sent when its worst-case estimate is above this.
     max_cost_usd: float | None = None
@@ -254,9 +254,9 @@ class Chunk:
     error: str | None = None
     updated_at: float = 0.0
     expire_at: datetime | None = None  # set with the job's, once the job has ended
-    #: 0 for the first answers; n for the n-th re-ask of answers that failed their schema.
+    #: 0 for the first answers; n for the n-th repair of answers that failed their schema.
     repair_round: int = 0
-    #: A re-ask chunk: the chunk whose invalid answers it asks again.
+    #: A repair chunk: the chunk whose invalid answers it asks again.
     repair_of: int | None = None
     #: The `webhook-id`s of the provider webhooks already acted on for this batch (the
     #: latest few), so that a redelivered one is ignored (services.openai_webhooks).

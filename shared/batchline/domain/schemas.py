@@ -476,7 +476,7 @@ def json_path(parts: Any) -> str:
 
 
 def repair_feedback(violation: Violation) -> str:
-    """What a re-ask tells the model about its previous answer."""
+    """What a repair tells the model about its previous answer."""
     return (
         "Your previous answer does not match the required JSON schema: "
         f"at {violation.path}, {violation.message}. "

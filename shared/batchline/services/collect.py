@@ -1,7 +1,7 @@
 """Turning ended provider batches into one ordered results.jsonl and a summary.
 
 Each chunk is collected on its own (`collect_chunk`: results sorted by line, then a
-tally); when some answers failed their schema and may be asked again, a re-ask round
+tally); when some answers failed their schema and may be asked again, a repair round
 starts instead (`repair.plan_round`, `repair.start_round`); otherwise the sorted runs of
 every chunk and the invalid lines are merged, streamed, into results.jsonl (`merge`) and
 the job finishes (`finish`). Every step writes under a deterministic name, so a collect
@@ -30,7 +30,7 @@ log = get_logger(__name__)
 
 
 def collect(deps: Deps, job_id: str) -> Job | None:
-    """Collect a job in `collecting`: start its next re-ask round, or write its results
+    """Collect a job in `collecting`: start its next repair round, or write its results
     and summary and finish it. Anything else is left alone (a finished job's event is
     published again, in case the collect that finished it died before it)."""
     job = deps.store.get_job(job_id)
@@ -52,7 +52,7 @@ def collect(deps: Deps, job_id: str) -> Job | None:
     tally, runs, pending = _collect_chunks(deps, job, paths, plan, chunks)
     if pending and job.cancel_requested_at is None:
         new = plan_round(deps, paths, chunks, pending)
-        if new:  # (none: no re-ask fits a batch; their lines keep their answers)
+        if new:  # (none: no repair fits a batch; their lines keep their answers)
             return start_round(deps, job, chunks, new, pending)
     if not deps.blobs.exists(job.results_uri):
         with contextlib.suppress(PreconditionFailed):  # a concurrent collect wrote it
@@ -64,7 +64,7 @@ def _collect_chunks(
     deps: Deps, job: Job, paths: WorkPaths, plan: PlanRecord, chunks: list[Chunk]
 ) -> tuple[Tally, list[str], list[tuple[Chunk, Repairs]]]:
     """Collect every chunk: the job's tally, every sorted run to merge (the invalid lines
-    first, then chunk order), and the chunks whose re-asks no chunk answers yet."""
+    first, then chunk order), and the chunks whose repairs no chunk answers yet."""
     tally = plan.invalid_tally
     runs = [paths.invalid]
     checks = SchemaChecks(deps, paths, _repair_limit(deps, job))
@@ -73,7 +73,7 @@ def _collect_chunks(
     for chunk in chunks:
         collected = collect_chunk(deps, paths, chunk, plan.id_collisions, checks)
         tally.merge(collected.tally)
-        runs.extend(collected.runs)  # chunk order: a re-ask's lines come after the first
+        runs.extend(collected.runs)  # chunk order: a repair's lines come after the first
         if collected.repairs is not None and chunk.index not in repaired:
             pending.append((chunk, collected.repairs))
     return tally, runs, pending

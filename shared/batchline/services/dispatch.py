@@ -26,10 +26,10 @@ log = get_logger(__name__)
 CLOCK_SKEW_SECONDS = 120.0
 
 
-def dispatch(deps: Deps, chunk: Chunk, owner: str, *, submit_new: bool = True) -> Chunk | None:
+def dispatch(deps: Deps, chunk: Chunk, owner: str, *, send_new: bool = True) -> Chunk | None:
     """Submit `chunk` unless another invocation holds it; returns the updated chunk.
 
-    With `submit_new=False` (its job is being canceled) nothing new is submitted: the
+    With `send_new=False` (its job is being canceled) nothing new is submitted: the
     batch an earlier attempt created is adopted if it can be found, else the chunk ends
     unsubmitted, its lines canceled.
     """
@@ -43,7 +43,7 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str, *, submit_new: bool = True) -
         batch = None
         if leased.attempts > 1:
             batch = reconcile(deps, provider, leased, _lease_ended(take.seen, now))
-        if batch is None and not submit_new:
+        if batch is None and not send_new:
             return _settle(deps, leased, Change(claims.end_unsubmitted, owner, deps.clock.now()))
         if batch is None:
             batch = _submit(deps, provider, leased)
@@ -80,7 +80,7 @@ def _submit(deps: Deps, provider: ProviderClient, chunk: Chunk) -> ProviderBatch
         chunk.payload_bytes,
         functools.partial(deps.blobs.open_read, chunk.payload_uri),
     )
-    batch = provider.submit(payload, BatchTag(chunk.job_id, chunk.index), chunk.model)
+    batch = provider.create_batch(payload, BatchTag(chunk.job_id, chunk.index), chunk.model)
     log.info(
         "submitted",
         extra=fields(

@@ -70,7 +70,7 @@ class AnthropicProvider:
             )
         return self._sdk_client
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         from anthropic.types.messages import MessageBatch
 
         with payload.open() as stream:

@@ -2,7 +2,7 @@
 
 Its native lines (`custom_id`, `params`), what a batchline line may ask of it (no
 `temperature`), its schema encoding (a forced tool), request encoding, result
-normalisation, token counting (3.5 characters per token), re-ask turn, limits and
+normalisation, token counting (3.5 characters per token), repair turn, limits and
 settings. The client is `adapters/providers/anthropic.py`.
 
 A chunk's payload is staged as JSONL, one `{"custom_id", "params"}` per line, like every

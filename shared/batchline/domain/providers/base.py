@@ -4,7 +4,7 @@ provider's descriptor shares. Pure: no SDK, no I/O.
 A provider's descriptor (`domain/providers/<name>.py`) owns everything batchline knows
 about that provider's wire format: which native lines are its own and how they are checked,
 what a batchline line may ask of it, which response schemas it refuses, how a request is
-encoded and a result normalised, how its input tokens are counted, how a re-ask turn is
+encoded and a result normalised, how its input tokens are counted, how a repair turn is
 appended, its chunk limits and its settings block. Its client (`adapters/providers/<name>.py`,
 `make_client`) is the only part that talks to the provider. The rest of the code looks a
 provider up in `domain/providers/registry.py` and never compares a provider's name.

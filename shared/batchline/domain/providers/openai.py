@@ -2,7 +2,7 @@
 
 Its native lines (`custom_id`, `method`, `url`, `body`), what a batchline line may ask of
 it, its schema encoding (strict mode where it keeps the schema's meaning), request
-encoding, result normalisation, token counting (tiktoken), re-ask turn, limits and
+encoding, result normalisation, token counting (tiktoken), repair turn, limits and
 settings. The client is `adapters/providers/openai.py`.
 """
 

@@ -2,7 +2,7 @@
 
 Its native lines (`request`, a `GenerateContentRequest`, with an optional `key`), what a
 batchline line may ask of it, the schemas Gemini cannot express, request encoding, result
-normalisation, token counting (4 characters per token), re-ask turn, limits and settings.
+normalisation, token counting (4 characters per token), repair turn, limits and settings.
 The client is `adapters/providers/vertex.py`.
 
 A chunk's payload is staged as Vertex's own input file, one `{"request": GenerateContentRequest}`
