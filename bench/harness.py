@@ -8,7 +8,7 @@
   adapters' own `jsonl_lines`) and `normalise(orjson.loads(line))` each one.
 - `submit_phase` runs `build_plan` (parse, validate, encode, chunk, stage);
   `collect_phase` runs `collect` (every `collect_chunk`, the ordered merge, the summary);
-  `reask_phase` runs a `collect` that stages re-asks of the answers that failed their
+  `repair_phase` runs a `collect` that stages repairs of the answers that failed their
   schema and starts the next round instead of merging.
 """
 
@@ -193,7 +193,7 @@ class BenchOpenAI:
             batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
         )
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
 
     def find_batches(
@@ -237,7 +237,7 @@ class BenchAnthropic:
             batch_id, BatchState.COMPLETED, {}, tag=None, created_at=0.0, native=native
         )
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
 
     def find_batches(
@@ -287,7 +287,7 @@ class BenchVertex:
             batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
         )
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
 
     def find_batches(
@@ -392,14 +392,14 @@ def collect_phase(deps: Deps, job: Job) -> Job:
     return done
 
 
-def reask_phase(deps: Deps, job: Job) -> Job:
-    """A collect whose job allows re-asks: every `collect_chunk` (answers validated), the
+def repair_phase(deps: Deps, job: Job) -> Job:
+    """A collect whose job allows repairs: every `collect_chunk` (answers validated), the
     invalid answers' requests staged again (`repair.stage`), and the next round's chunks
     created (`repair.plan_round`, `repair.start_round`); no merge yet. The job is back to
     `running`."""
     done = collect(deps, job.job_id)
     if done is None or done.state is not JobState.RUNNING or done.chunk_count <= job.chunk_count:
-        raise RuntimeError(f"collect did not start a re-ask round: {done}")
+        raise RuntimeError(f"collect did not start a repair round: {done}")
     return done
 
 

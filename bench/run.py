@@ -9,7 +9,7 @@
    The same for structured outputs: every input line carries a DocumentAnalysis
    `response_schema`, the provider answers it (2% of the answers invalid), and collect
    validates every answer (max_repair_attempts 0: one round); a collect that stages the
-   re-asks instead (max_repair_attempts 1) is shown beside it.
+   repairs instead (max_repair_attempts 1) is shown beside it.
 2. Peak RSS of submit and of collect, for each provider (and with schemas), each in its
    own process on on-disk stores, net of a process that imports the same modules and
    does nothing; against the largest chunk.
@@ -146,22 +146,22 @@ def throughput(
 ) -> dict[str, Any]:
     """Raw pass vs submit on the input, raw pass vs collect on the provider's result files.
 
-    With an input whose lines carry a schema (`meta.schema`), the job allows no re-ask, so
+    With an input whose lines carry a schema (`meta.schema`), the job allows no repair, so
     collect validates every answer and finishes in one round; each repetition also runs
-    a second job that allows one re-ask, whose collect stages the re-asks instead
-    (`reask`, shown for information).
+    a second job that allows one repair, whose collect stages the repairs instead
+    (`repair`, shown for information).
     """
     label = PROVIDERS[provider_name]
     schema = bool(meta.schema)
     repairs = 0 if schema else None
     data = input_path.read_bytes()
-    keys = ["raw_in", "submit", "raw_out", "collect"] + (["reask"] if schema else [])
+    keys = ["raw_in", "submit", "raw_out", "collect"] + (["repair"] if schema else [])
     times: dict[str, list[Timing]] = {k: [] for k in keys}
     provider_bytes: list[tuple[bytes, ...]] = []
     counts = ProviderCounts()
     chunks_info: list[tuple[int, int]] = []
     raw_out_lines = 0
-    reasked = 0
+    repaired = 0
     for rep in range(reps):
         t, _ = timed(raw_pass, data)
         times["raw_in"].append(t)
@@ -192,19 +192,19 @@ def throughput(
             del results
         del deps, provider, plan, job, done
         if schema:
-            # The same job allowing one re-ask, on fresh stores: its collect stages them.
+            # The same job allowing one repair, on fresh stores: its collect stages them.
             provider = harness.BENCH_PROVIDERS[provider_name]()
             deps = harness.make_deps(provider=provider)
             generation = deps.blobs.put(harness.input_uri(), data)  # type: ignore[attr-defined]
             job = harness.make_job(generation, len(data), 1)
             plan = harness.submit_phase(deps, job)
             job = harness.ready_for_collect(deps, job, plan.chunks, provider, provider_bytes)
-            t, done = timed(harness.reask_phase, deps, job)
-            times["reask"].append(t)
+            t, done = timed(harness.repair_phase, deps, job)
+            times["repair"].append(t)
             new_chunks = deps.store.get_chunks(job.job_id)[len(plan.chunks) :]
-            reasked = sum(c.request_count for c in new_chunks)
-            if reasked != counts.schema_invalid:
-                raise AssertionError(f"{reasked} re-asks staged, expected {counts.schema_invalid}")
+            repaired = sum(c.request_count for c in new_chunks)
+            if repaired != counts.schema_invalid:
+                raise AssertionError(f"{repaired} repairs staged, expected {counts.schema_invalid}")
             del deps, provider, plan, job, done, new_chunks
         print(
             f"  rep {rep + 1}/{reps} (CPU s / wall s): "
@@ -233,7 +233,7 @@ def throughput(
         "collect": (best("raw_out") / best("collect"), paired("raw_out", "collect")),
     }
     if schema:
-        ratios["reask"] = (best("raw_out") / best("reask"), paired("raw_out", "reask"))
+        ratios["repair"] = (best("raw_out") / best("repair"), paired("raw_out", "repair"))
     lines = meta.lines
     results = lines - len(meta.blank)
     out_size = sum(len(part) for files in provider_bytes for part in files)
@@ -272,9 +272,9 @@ def throughput(
     if schema:
         rows.append(
             row(
-                f"collect staging {reasked:,} re-asks (max_repair_attempts 1; "
+                f"collect staging {repaired:,} repairs (max_repair_attempts 1; "
                 "no merge: the job runs again), for information",
-                "reask",
+                "repair",
                 out_size,
                 results,
             )
@@ -320,7 +320,7 @@ def throughput(
         + "; ".join(
             f"{key} "
             + ", ".join(f"{r.cpu / b.cpu:.0%}" for r, b in zip(times[raw], times[key], strict=True))
-            for key, raw in (("submit", "raw_in"), ("collect", "raw_out"), ("reask", "raw_out"))
+            for key, raw in (("submit", "raw_in"), ("collect", "raw_out"), ("repair", "raw_out"))
             if key in times
         )
         + "."
@@ -357,7 +357,7 @@ def on_disk(input_path: Path, meta: Any, label: str, provider_name: str) -> dict
     workdir = DATA / f"work-{label}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    # With schemas, no re-ask: collect finishes in one round.
+    # With schemas, no repair: collect finishes in one round.
     repairs = ["--max-repair-attempts", "0"] if meta.schema else []
     submit = phase("submit", "--input", str(input_path), "--workdir", str(workdir), *repairs)
     blobs = harness.DiskBlobStore(workdir / "blobs")
@@ -689,8 +689,8 @@ METHOD = """
   sets `max_repair_attempts` 0, so collect validates every answer and finishes in one
   round: "collect with schema validation" is that collect, with the same raw-pass
   comparison and the same targets as collect. For information, a second job per
-  repetition allows one re-ask: its collect validates the same answers, then stages the
-  re-asks (`repair.stage`: the chunk's payload read once, each invalid answer's request
+  repetition allows one repair: its collect validates the same answers, then stages the
+  repairs (`repair.stage`: the chunk's payload read once, each invalid answer's request
   written again with a repair turn) and starts the next round (`repair.plan_round`,
   `repair.start_round`) instead of merging; it is checked to stage exactly the invalid
   answers.

@@ -1,7 +1,7 @@
 """Wires settings to adapters in one place. Functions call `deps()` once per instance.
 
 Providers come from one registry (`domain/providers/registry.py`): a provider's limits,
-encoder and re-ask turn from its descriptor and its settings block, its client from
+encoder and repair turn from its descriptor and its settings block, its client from
 `adapters/providers/<name>.py`'s `make_client`, imported (with its SDK) on first use.
 """
 
@@ -78,7 +78,7 @@ class Deps:
         return provider(name).encoder(self.settings.provider(name))
 
     def repair_turn(self, name: str) -> RepairTurn:
-        """Provider `name`'s re-ask turn (appended to a staged request line)."""
+        """Provider `name`'s repair turn (appended to a staged request line)."""
         return provider(name).add_repair_turn
 
 

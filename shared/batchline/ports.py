@@ -230,7 +230,7 @@ class ProviderClient(Protocol):
 
     name: str
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         """Create a batch from a staged payload, tagged so it can be found again."""
         ...
 

@@ -1145,7 +1145,7 @@ class InvalidAnswers:
 
     A request gets an invalid first answer when a hash of (`seed`, its id) falls below
     `rate`; the kinds cycle through `INVALID_KINDS` in the order the batch's requests are
-    planned (input order), so three invalid answers show all three. Re-asks (a
+    planned (input order), so three invalid answers show all three. Repairs (a
     conversation that already has a model turn) are always answered validly."""
 
     def __init__(self, rate: float, seed: int) -> None:

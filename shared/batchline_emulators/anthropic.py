@@ -63,7 +63,7 @@ Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``)
   ``missing_field`` (a required property left out; ``wrong_type`` when none is required)
   and ``not_json`` (a ``text`` block instead of the ``tool_use``, ``stop_reason:
   end_turn``). A first answer is one to a conversation with no ``assistant`` message; a
-  re-ask (the conversation carries an earlier assistant turn, as batchline's repair does)
+  repair (the conversation carries an earlier assistant turn, as batchline's repair does)
   is always answered validly: the model corrects itself when told what was wrong. Set it
   with ``EmulatorConfig(invalid_answer_rate=0.2)``, ``--config-json
   '{"invalid_answer_rate": 0.2}'`` or ``POST /_emulator/config``.

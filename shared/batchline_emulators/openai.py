@@ -52,7 +52,7 @@ Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``)
   order, through ``wrong_type`` (a property, or the root, of a type the schema refuses),
   ``missing_field`` (a required property left out; ``wrong_type`` when none is required)
   and ``not_json`` (prose that is not JSON). A first answer is one to a conversation with
-  no ``assistant`` message. A re-ask (the conversation carries an earlier assistant turn,
+  no ``assistant`` message. A repair (the conversation carries an earlier assistant turn,
   as batchline's repair does) is always answered validly: the model corrects itself when
   told what was wrong. Set it like the other faults: ``EmulatorConfig(
   invalid_answer_rate=0.2)``, ``--config-json '{"invalid_answer_rate": 0.2}'`` or ``POST

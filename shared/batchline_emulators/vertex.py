@@ -74,7 +74,7 @@ their schema, picked by a seeded hash of the request's ``labels.batchline_reques
 ``wrong_type`` (a property, or the root, of a type the schema refuses), ``missing_field``
 (a required property left out; ``wrong_type`` when none is required) and ``not_json``
 (prose that is not JSON). A first answer is one to a conversation with no ``model``
-content; a re-ask (the contents carry an earlier model turn, as batchline's repair does)
+content; a repair (the contents carry an earlier model turn, as batchline's repair does)
 is always answered validly: the model corrects itself when told what was wrong. Set it
 with ``EmulatorConfig(invalid_answer_rate=0.2)``, ``--config-json
 '{"invalid_answer_rate": 0.2}'`` or ``POST /_emulator/config``.

@@ -209,12 +209,12 @@ from batchline.bootstrap import build
 from batchline.adapters.providers.anthropic import AnthropicProvider
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
 
-real_submit = AnthropicProvider.submit
+real_submit = AnthropicProvider.create_batch
 def submit_then_die(self, payload, tag, model):
     batch = real_submit(self, payload, tag, model)
     print("provider accepted", batch.batch_id, flush=True)
     os._exit(137)  # killed before Firestore records the batch
-AnthropicProvider.submit = submit_then_die
+AnthropicProvider.create_batch = submit_then_die
 
 bucket, name, generation, size = sys.argv[1:5]
 handle_object_finalized(build(), ObjectFinalized(bucket, name, generation, int(size)))

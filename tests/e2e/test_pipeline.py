@@ -186,12 +186,12 @@ from batchline.bootstrap import build
 from batchline.adapters.providers.openai import OpenAIProvider
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
 
-real_submit = OpenAIProvider.submit
+real_submit = OpenAIProvider.create_batch
 def submit_then_die(self, payload, tag, model):
     batch = real_submit(self, payload, tag, model)
     print("provider accepted", batch.batch_id, flush=True)
     os._exit(137)  # killed before Firestore records the batch
-OpenAIProvider.submit = submit_then_die
+OpenAIProvider.create_batch = submit_then_die
 
 bucket, name, generation, size = sys.argv[1:5]
 handle_object_finalized(build(), ObjectFinalized(bucket, name, generation, int(size)))

@@ -1,5 +1,5 @@
 """Structured outputs through the whole local stack, on all three providers: answers
-validated on collect, invalid first answers re-asked in follow-up batches, typed reading."""
+validated on collect, invalid first answers repaired in follow-up batches, typed reading."""
 
 from __future__ import annotations
 
@@ -91,26 +91,26 @@ def run(pipeline: Pipeline, name: str, metadata: dict[str, str] | None = None) -
 
 
 @pytest.mark.usefixtures("invalid_first_answers")
-def test_invalid_first_answers_are_reasked_and_every_line_ends_valid(pipeline: Pipeline) -> None:
+def test_invalid_first_answers_are_repaired_and_every_line_ends_valid(pipeline: Pipeline) -> None:
     job, results = run(pipeline, "e2e/structured/extract.jsonl")
     assert job.state is JobState.SUCCEEDED
     assert [r["custom_id"] for r in results] == [f"doc-{i:03d}" for i in range(LINES)]
     assert {r["status"] for r in results} == {"succeeded"}
     for r in results:
         jsonschema.validate(r["output"]["parsed"], SCHEMA)
-    reasked = [r for r in results if len(r["attempts"]) == 2]
+    repaired = [r for r in results if len(r["attempts"]) == 2]
     assert all(len(r["attempts"]) in (1, 2) for r in results)
     # About a tenth of the first answers were invalid, on every provider.
-    assert 20 <= len(reasked) <= 110, len(reasked)
-    assert {r["provider"] for r in reasked} == {"openai", "anthropic", "vertex"}
-    for r in reasked:
+    assert 20 <= len(repaired) <= 110, len(repaired)
+    assert {r["provider"] for r in repaired} == {"openai", "anthropic", "vertex"}
+    for r in repaired:
         first, second = r["attempts"]
         assert first["status"] == "failed" and first["error"]["type"] == "schema_validation"
         assert first["error"]["path"].startswith("$")
         assert second["status"] == "succeeded" and second["batch_id"] != first["batch_id"]
     summary = pipeline.summary(job)
     assert summary["counts"] == {"succeeded": LINES}
-    assert summary["reasked"] == len(reasked)
+    assert summary["repaired"] == len(repaired)
     rounds = Counter(b.get("repair_round", 0) for b in summary["provider_batches"])
     assert rounds[0] >= 3 and rounds[1] >= 3  # a follow-up batch per provider
 
@@ -122,16 +122,16 @@ def test_invalid_first_answers_are_reasked_and_every_line_ends_valid(pipeline: P
 
 
 @pytest.mark.usefixtures("invalid_first_answers")
-def test_without_reasks_the_invalid_answers_fail_naming_the_path(pipeline: Pipeline) -> None:
-    _, with_reasks = run(pipeline, "e2e/structured/compare.jsonl")
-    reasked = [r["custom_id"] for r in with_reasks if len(r["attempts"]) == 2]
+def test_without_repairs_the_invalid_answers_fail_naming_the_path(pipeline: Pipeline) -> None:
+    _, with_repairs = run(pipeline, "e2e/structured/compare.jsonl")
+    repaired = [r["custom_id"] for r in with_repairs if len(r["attempts"]) == 2]
     job, results = run(
         pipeline, "e2e/structured/no-repairs.jsonl", metadata={"max_repair_attempts": "0"}
     )
     assert job.state is JobState.PARTIAL
     failed = [r for r in results if r["status"] != "succeeded"]
-    # The same lines: the ones a re-ask repaired are the ones that fail without one.
-    assert [r["custom_id"] for r in failed] == reasked and 20 <= len(failed) <= 110
+    # The same lines: the ones a repair repaired are the ones that fail without one.
+    assert [r["custom_id"] for r in failed] == repaired and 20 <= len(failed) <= 110
     assert len(results) == LINES and all(len(r["attempts"]) == 1 for r in results)
     for r in failed:
         assert r["status"] == "failed" and r["error"]["type"] == "schema_validation"

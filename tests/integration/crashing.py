@@ -56,9 +56,9 @@ class OffsetClock:
 
 def die_at(hook):
     def killer(cls):
-        real = cls.submit
+        real = cls.create_batch
 
-        def submit(self, payload, tag, model):
+        def create_batch(self, payload, tag, model):
             if hook == "before_create":
                 os.kill(os.getpid(), signal.SIGKILL)
             batch = real(self, payload, tag, model)
@@ -66,7 +66,7 @@ def die_at(hook):
                 os.kill(os.getpid(), signal.SIGKILL)
             return batch
 
-        cls.submit = submit
+        cls.create_batch = create_batch
 
     for cls in (AnthropicProvider, OpenAIProvider):
         killer(cls)

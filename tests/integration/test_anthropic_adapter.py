@@ -123,7 +123,7 @@ def test_submit_sends_the_payload_as_one_body_with_its_length() -> None:
         requests = simple_requests(50)
         data = b"".join(encode(r, DEFAULT_MAX_TOKENS) for r in requests)
         started = time.time()
-        batch = provider.submit(StagedPayload.of_bytes(data), BatchTag("job-x", 3), MODEL)
+        batch = provider.create_batch(StagedPayload.of_bytes(data), BatchTag("job-x", 3), MODEL)
         # Two overloaded answers (no batch made), then the third attempt sent the same body.
         assert len(recorder.creates) == 3 and emulator.state.creates == 1
         for create in recorder.creates:
@@ -149,7 +149,7 @@ def test_a_body_over_the_limit_is_refused_for_good(
 ) -> None:
     anthropic_emulator.admin({"max_bytes": 2000})
     with pytest.raises(ProviderError) as info:
-        provider.submit(payload(simple_requests(40)), BatchTag("j", 0), MODEL)
+        provider.create_batch(payload(simple_requests(40)), BatchTag("j", 0), MODEL)
     assert (info.value.status, info.value.retryable) == (413, False)
     assert anthropic_emulator.stats()["creates"] == 0
 
@@ -219,7 +219,7 @@ def test_every_request_sent_is_an_sdk_batch_request(
         parse(n, obj, default_model=f"anthropic/{MODEL}")
         for n, obj in enumerate(ENCODED_LINES.values(), start=1)
     ]
-    batch = provider.submit(payload(requests), BatchTag("job-types", 0), MODEL)
+    batch = provider.create_batch(payload(requests), BatchTag("job-types", 0), MODEL)
     received = anthropic_emulator.requests(batch.batch_id)  # as they arrived over HTTP
     assert len(received) == len(ENCODED_LINES)
     problems = {r["custom_id"]: params_problems(r) for r in received}
@@ -317,7 +317,7 @@ def test_find_batches_by_window_and_count(
     before = time.time() - 1
     sizes = [3, 5, 3, 3, 4, 3, 5]
     made = [
-        provider.submit(payload(simple_requests(n)), BatchTag("j", i), MODEL)
+        provider.create_batch(payload(simple_requests(n)), BatchTag("j", i), MODEL)
         for i, n in enumerate(sizes)
     ]
     after = time.time() + 1
@@ -341,7 +341,7 @@ def test_iter_results_reads_a_stream_in_many_parts(
     anthropic_emulator.admin({"results_part_bytes": 97})  # lines split across reads
     requests = [parse(i, batchline_line(f"question {i} " + "ü" * (i % 40))) for i in range(1, 301)]
     batch = wait_ended(
-        provider, provider.submit(payload(requests), BatchTag("job-big", 0), MODEL).batch_id
+        provider, provider.create_batch(payload(requests), BatchTag("job-big", 0), MODEL).batch_id
     )
     results = list(provider.iter_results(batch))
     assert Counter(r.request_id for r in results) == Counter(f"bl-{i}" for i in range(1, 301))
@@ -354,7 +354,8 @@ def test_iter_results_reads_a_stream_in_many_parts(
 
 def test_cancel_of_an_ended_batch_is_a_no_op(provider: AnthropicProvider) -> None:
     batch = wait_ended(
-        provider, provider.submit(payload(simple_requests(1)), BatchTag("j", 0), MODEL).batch_id
+        provider,
+        provider.create_batch(payload(simple_requests(1)), BatchTag("j", 0), MODEL).batch_id,
     )
     provider.cancel(batch.batch_id)
     assert provider.get_batch(batch.batch_id).state is BatchState.COMPLETED
@@ -401,7 +402,7 @@ def test_persistent_server_errors_are_retryable(
     provider = AnthropicProvider("k", base_url=anthropic_emulator.base_url, max_retries=0)
     anthropic_emulator.admin({"api_error_rate": 1.0, "api_error_status": status})
     calls = [
-        lambda: provider.submit(payload(simple_requests(1)), BatchTag("j", 0), MODEL),
+        lambda: provider.create_batch(payload(simple_requests(1)), BatchTag("j", 0), MODEL),
         lambda: provider.get_batch("msgbatch_x"),
         lambda: provider.find_batches(BatchTag("j", 0), 0, 1e12, 1),
         lambda: provider.cancel("msgbatch_x"),
@@ -421,7 +422,7 @@ def test_client_errors_are_permanent(
     assert (info.value.retryable, info.value.status) == (False, 404)
     anthropic_emulator.admin({"api_error_next": 1, "api_error_status": 401})
     with pytest.raises(ProviderError) as info:
-        provider.submit(payload(simple_requests(1)), BatchTag("j", 0), MODEL)
+        provider.create_batch(payload(simple_requests(1)), BatchTag("j", 0), MODEL)
     assert (info.value.retryable, info.value.status) == (False, 401)
     with pytest.raises(ProviderError) as info:
         AnthropicProvider(None, base_url=anthropic_emulator.base_url).get_batch("msgbatch_x")

@@ -727,16 +727,16 @@ RECIPE_TOOL = {
 
 
 def tool_request(
-    custom_id: str, text: str, *, reask: bool = False, choice: dict[str, Any] | None = None
+    custom_id: str, text: str, *, repair: bool = False, choice: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A request forcing the recipe tool; a re-ask carries an earlier answer and feedback."""
+    """A request forcing the recipe tool; a repair carries an earlier answer and feedback."""
     r = request(
         custom_id,
         text,
         tools=[RECIPE_TOOL],
         tool_choice=choice or {"type": "tool", "name": "record_recipe"},
     )
-    if reask:
+    if repair:
         r["params"]["messages"] += [
             {"role": "assistant", "content": '{"title": 7}'},
             {"role": "user", "content": "servings is required and title must be a string."},
@@ -765,7 +765,7 @@ def test_a_forced_tool_is_answered_with_a_tool_use_block(
 ) -> None:
     reqs = [tool_request(f"t{i}", f"A recipe with {i} eggs") for i in range(6)]
     reqs.append(tool_request("any", "Any tool will do", choice={"type": "any"}))
-    reqs += [tool_request(f"r{i}", "A recipe again", reask=True) for i in range(2)]
+    reqs += [tool_request(f"r{i}", "A recipe again", repair=True) for i in range(2)]
     cut = tool_request("cut", "A recipe, briefly")
     cut["params"]["max_tokens"] = 5
     reqs.append(cut)
@@ -814,7 +814,7 @@ def test_invalid_answer_rate_spoils_first_tool_answers_only(
 ) -> None:
     anthropic_emulator.admin({"invalid_answer_rate": 1.0})
     reqs = [tool_request(f"f{i}", f"Recipe {i}") for i in range(9)]
-    reqs += [tool_request(f"r{i}", f"Recipe {i}", reask=True) for i in range(3)]
+    reqs += [tool_request(f"r{i}", f"Recipe {i}", repair=True) for i in range(3)]
     reqs.append(request("plain", "Just talk"))
     by_id = run_ended(client, served, reqs)
     first = {f"f{i}": tool_answer_kind(by_id[f"f{i}"]["message"]) for i in range(9)}
@@ -827,8 +827,8 @@ def test_invalid_answer_rate_spoils_first_tool_answers_only(
             assert message["usage"]["output_tokens"] == math.ceil(len(text) / 4)
             with pytest.raises(ValueError):
                 json.loads(text)
-    reasks = {f"r{i}": tool_answer_kind(by_id[f"r{i}"]["message"]) for i in range(3)}
-    assert_kinds(reasks, "valid")
+    repairs = {f"r{i}": tool_answer_kind(by_id[f"r{i}"]["message"]) for i in range(3)}
+    assert_kinds(repairs, "valid")
     assert by_id["plain"]["message"]["content"][0]["text"].startswith(CONTENT_PREFIX)
 
 

@@ -427,15 +427,15 @@ def test_a_live_submitter_whose_create_takes_five_minutes_is_never_taken_over(
     job_id = planned_job(deps, _tags(1)[0], CHUNK)
     before = {b["id"] for b in stack.anthropic.batches()}
     provider = slow.providers.get("anthropic")
-    real_submit = provider.submit
+    real_create = provider.create_batch
     started, gate = threading.Event(), threading.Event()
 
     def five_minutes(payload: StagedPayload, tag: Any, model: str) -> Any:
         started.set()
         assert gate.wait(WAIT), "the test never let the create finish"
-        return real_submit(payload, tag, model)
+        return real_create(payload, tag, model)
 
-    monkeypatch.setattr(provider, "submit", five_minutes)
+    monkeypatch.setattr(provider, "create_batch", five_minutes)
     job = deps.store.get_job(job_id)
     assert job is not None
     worker = threading.Thread(

@@ -117,7 +117,7 @@ def test_submit_poll_and_collect(provider: OpenAIProvider, openai_emulator: Any)
     data = b"".join(encode(r) for r in requests)
     tag = BatchTag("job-0123456789abcdef", 3)
 
-    batch = provider.submit(StagedPayload.of_bytes(data), tag, MODEL)
+    batch = provider.create_batch(StagedPayload.of_bytes(data), tag, MODEL)
     assert batch.tag == tag
     assert batch.state in (BatchState.QUEUED, BatchState.RUNNING)
     assert batch.native["metadata"] == {
@@ -179,7 +179,7 @@ def test_iter_results_reads_a_large_output_file(
     joined again, and none lost or duplicated."""
     requests = [parse(i, batchline_line(f"question {i} " + "x" * (i % 50))) for i in range(1, 401)]
     batch = wait_ended(
-        provider, provider.submit(payload(requests), BatchTag("job-big", 0), MODEL).batch_id
+        provider, provider.create_batch(payload(requests), BatchTag("job-big", 0), MODEL).batch_id
     )
     assert batch.state is BatchState.COMPLETED
     results = list(provider.iter_results(batch))
@@ -194,7 +194,7 @@ def test_iter_results_of_a_batch_that_never_ran(
     bad = StagedPayload.of_bytes(
         b'{"custom_id": "bl-1", "method": "GET", "url": "/v1/chat/completions"}\n'
     )
-    batch = wait_ended(provider, provider.submit(bad, BatchTag("job-bad", 0), MODEL).batch_id)
+    batch = wait_ended(provider, provider.create_batch(bad, BatchTag("job-bad", 0), MODEL).batch_id)
     assert batch.state is BatchState.FAILED
     assert batch.errors and all("(line 1)" in e for e in batch.errors)
     assert list(provider.iter_results(batch)) == []
@@ -216,7 +216,7 @@ def test_find_batches_by_tag(provider: OpenAIProvider, openai_emulator: Any) -> 
     tags = [BatchTag("job-a", 0), BatchTag("job-a", 1), BatchTag("job-b", 0)]
     submitted = {}
     for n, tag in enumerate(tags):
-        submitted[tag] = provider.submit(payload(simple_requests(2)), tag, MODEL)
+        submitted[tag] = provider.create_batch(payload(simple_requests(2)), tag, MODEL)
         # Batches that are not batchline's, or whose tag does not parse, sit in between.
         file_id = submitted[tag].native["input_file_id"]
         client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
@@ -240,7 +240,7 @@ def test_find_batches_by_tag(provider: OpenAIProvider, openai_emulator: Any) -> 
 
 def test_find_batches_beyond_the_first_page(provider: OpenAIProvider, openai_emulator: Any) -> None:
     target = BatchTag("job-old", 7)
-    first = provider.submit(payload(simple_requests(1)), target, MODEL)
+    first = provider.create_batch(payload(simple_requests(1)), target, MODEL)
     client = openai_emulator.client()
     file_id = first.native["input_file_id"]
     for n in range(105):
@@ -264,7 +264,7 @@ def test_find_batches_created_in_the_same_second() -> None:
         provider = OpenAIProvider("sk-emulator", base_url=f"{root}/v1", max_retries=0)
         started = clock.now
         clock.now += 0.5  # the batch is created half a second after `started`
-        batch = provider.submit(payload(simple_requests(1)), BatchTag("job-s", 0), MODEL)
+        batch = provider.create_batch(payload(simple_requests(1)), BatchTag("job-s", 0), MODEL)
         assert batch.created_at == 1_800_000_000  # whole seconds, as at OpenAI
         found = find(provider, BatchTag("job-s", 0), created_after=started)
         assert found is not None and found.batch_id == batch.batch_id
@@ -279,7 +279,7 @@ def test_expired_batch_keeps_finished_lines(provider: OpenAIProvider, openai_emu
     openai_emulator.admin({"lines_per_second": 10.0, "expire_after_seconds": 0.5})
     requests = simple_requests(10)
     batch = wait_ended(
-        provider, provider.submit(payload(requests), BatchTag("job-x", 0), MODEL).batch_id
+        provider, provider.create_batch(payload(requests), BatchTag("job-x", 0), MODEL).batch_id
     )
     assert batch.state is BatchState.EXPIRED
     results = list(provider.iter_results(batch))
@@ -298,7 +298,7 @@ def test_expired_batch_keeps_finished_lines(provider: OpenAIProvider, openai_emu
 def test_cancel_keeps_lines_finished_before(provider: OpenAIProvider, openai_emulator: Any) -> None:
     # 6 lines run, then the batch is held until the cancel, however slow this machine.
     openai_emulator.admin({"hold_after_lines": 6, "cancel_seconds": 0.05})
-    batch = provider.submit(payload(simple_requests(40)), BatchTag("job-k", 0), MODEL)
+    batch = provider.create_batch(payload(simple_requests(40)), BatchTag("job-k", 0), MODEL)
     openai_emulator.wait_held(batch.batch_id)
     running = provider.get_batch(batch.batch_id)
     assert running.state is BatchState.RUNNING and running.counts["completed"] == 6
@@ -317,7 +317,8 @@ def test_cancel_of_an_ended_batch_is_not_retryable(
     provider: OpenAIProvider, openai_emulator: Any
 ) -> None:
     batch = wait_ended(
-        provider, provider.submit(payload(simple_requests(1)), BatchTag("j", 0), MODEL).batch_id
+        provider,
+        provider.create_batch(payload(simple_requests(1)), BatchTag("j", 0), MODEL).batch_id,
     )
     assert batch.state is BatchState.COMPLETED
     try:
@@ -336,7 +337,7 @@ def test_transient_5xx_are_retried_by_the_sdk(
 ) -> None:
     openai_emulator.admin({"api_error_next": 2, "api_error_status": 500})
     before = openai_emulator.stats()
-    batch = provider.submit(payload(simple_requests(2)), BatchTag("job-r", 0), MODEL)
+    batch = provider.create_batch(payload(simple_requests(2)), BatchTag("job-r", 0), MODEL)
     after = openai_emulator.stats()
     assert after["injected_errors"] - before["injected_errors"] == 2
     assert after["api_requests"] - before["api_requests"] == 4  # 2 failed + file + batch
@@ -349,7 +350,7 @@ def test_persistent_server_errors_are_retryable(openai_emulator: Any, status: in
     provider = OpenAIProvider("sk-emulator", base_url=openai_emulator.base_url, max_retries=0)
     openai_emulator.admin({"api_error_rate": 1.0, "api_error_status": status})
     calls = [
-        lambda: provider.submit(payload(simple_requests(1)), BatchTag("j", 0), MODEL),
+        lambda: provider.create_batch(payload(simple_requests(1)), BatchTag("j", 0), MODEL),
         lambda: provider.get_batch("batch_x"),
         lambda: provider.find_batches(BatchTag("j", 0), 0, 0, 1),
         lambda: provider.cancel("batch_x"),
@@ -369,7 +370,7 @@ def test_client_errors_are_permanent(provider: OpenAIProvider, openai_emulator: 
     # The emulator takes any key: a rejected key is injected as the 401 OpenAI sends.
     openai_emulator.admin({"api_error_next": 1, "api_error_status": 401})
     with pytest.raises(ProviderError) as info:
-        provider.submit(payload(simple_requests(1)), BatchTag("j", 0), MODEL)
+        provider.create_batch(payload(simple_requests(1)), BatchTag("j", 0), MODEL)
     assert (info.value.retryable, info.value.status) == (False, 401)
     assert openai_emulator.batches() == []
 

@@ -1144,15 +1144,19 @@ def test_every_response_is_marked(client: OpenAI, openai_emulator: Any) -> None:
 
 
 def schema_line(
-    custom_id: str, text: str, schema: dict[str, Any] | None = RECIPE_SCHEMA, *, reask: bool = False
+    custom_id: str,
+    text: str,
+    schema: dict[str, Any] | None = RECIPE_SCHEMA,
+    *,
+    repair: bool = False,
 ) -> dict[str, Any]:
     """A chat line asking for JSON: `response_format` json_schema, or json_object when
-    `schema` is None; a re-ask carries an earlier (wrong) answer and the feedback."""
+    `schema` is None; a repair carries an earlier (wrong) answer and the feedback."""
     fmt: dict[str, Any] = {"type": "json_object"}
     if schema is not None:
         fmt = {"type": "json_schema", "json_schema": {"name": "recipe", "schema": schema}}
     line = chat_line(custom_id, text, response_format=fmt)
-    if reask:
+    if repair:
         line["body"]["messages"] += [
             {"role": "assistant", "content": '{"title": 7}'},
             {"role": "user", "content": "servings is required and title must be a string."},
@@ -1172,7 +1176,7 @@ def content_of(body: dict[str, Any]) -> str:
 def test_structured_outputs_answer_json_valid_for_the_schema(client: OpenAI) -> None:
     lines = [schema_line(f"s{i}", f"A recipe with {i} eggs") for i in range(6)]
     lines += [schema_line(f"j{i}", f"Reply in JSON, please ({i})", None) for i in range(2)]
-    lines += [schema_line(f"r{i}", "A recipe again", reask=True) for i in range(2)]
+    lines += [schema_line(f"r{i}", "A recipe again", repair=True) for i in range(2)]
     lines.append(chat_line("plain", "Just talk"))
     batch, outputs, errors = run(client, lines)
     assert batch.status == "completed" and errors == []
@@ -1211,7 +1215,7 @@ def test_invalid_answer_rate_spoils_first_answers_only(
     assert openai_emulator.admin({"invalid_answer_rate": 1.0})["invalid_answer_rate"] == 1.0
     lines = [schema_line(f"f{i}", f"Recipe {i}") for i in range(9)]
     lines += [schema_line(f"j{i}", f"JSON {i}", None) for i in range(3)]
-    lines += [schema_line(f"r{i}", f"Recipe {i}", reask=True) for i in range(3)]
+    lines += [schema_line(f"r{i}", f"Recipe {i}", repair=True) for i in range(3)]
     lines.append(chat_line("plain", "Just talk"))
     batch, outputs, errors = run(client, lines)
     assert batch.status == "completed" and errors == []
@@ -1221,8 +1225,8 @@ def test_invalid_answer_rate_spoils_first_answers_only(
     assert Counter(first.values()) == {"wrong_type": 3, "missing_field": 3, "not_json": 3}
     json_mode = {f"j{i}": answer_kind(content_of(bodies[f"j{i}"]), None) for i in range(3)}
     assert "valid" not in json_mode.values() and "not_json" in json_mode.values()
-    reasks = {f"r{i}": answer_kind(content_of(bodies[f"r{i}"]), RECIPE_SCHEMA) for i in range(3)}
-    assert_kinds(reasks, "valid")
+    repairs = {f"r{i}": answer_kind(content_of(bodies[f"r{i}"]), RECIPE_SCHEMA) for i in range(3)}
+    assert_kinds(repairs, "valid")
     assert content_of(bodies["plain"]).startswith(CONTENT_PREFIX)
     for body in bodies.values():
         assert_valid("CreateChatCompletionResponse", body)

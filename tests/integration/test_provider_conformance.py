@@ -91,7 +91,9 @@ class ProviderUnderTest:
         return self.stage(b"".join(encoded))
 
     def submit(self, texts: list[str], tag: BatchTag | None = None) -> ProviderBatch:
-        return self.client.submit(self.payload(texts), tag or BatchTag("job-c", 0), self.model)
+        return self.client.create_batch(
+            self.payload(texts), tag or BatchTag("job-c", 0), self.model
+        )
 
     def wait_ended(
         self, batch_id: str, timeout: float = WAIT_SECONDS
@@ -312,8 +314,8 @@ class CrashingOnce:
         self.name = inner.name
         self.crashed = False
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
-        batch = self.inner.submit(payload, tag, model)
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+        batch = self.inner.create_batch(payload, tag, model)
         if not self.crashed:
             self.crashed = True
             raise CrashAfterSubmit

@@ -125,7 +125,7 @@ def test_the_job_reads_the_staged_payload_in_place(
     before = set(vertex_emulator.blobs.list_prefix(f"gs://{vertex_emulator.work_bucket}/"))
     tag = BatchTag("job-0123456789abcdef", 3)
 
-    batch = provider.submit(staged, tag, MODEL)
+    batch = provider.create_batch(staged, tag, MODEL)
     assert batch.tag == tag and batch.state is BatchState.QUEUED
     native = batch.native
     assert native["inputConfig"] == {
@@ -201,7 +201,9 @@ def test_answers_to_a_native_response_schema_are_validated_against_its_translati
     staged = vertex_emulator.stage(
         b"".join(encode(r) for r in requests), "jobs/job-00000000000000000000000a/chunks/00000"
     )
-    batch = wait_ended(provider, provider.submit(staged, BatchTag("job-a", 0), MODEL).batch_id)
+    batch = wait_ended(
+        provider, provider.create_batch(staged, BatchTag("job-a", 0), MODEL).batch_id
+    )
     validator = Validator(schema)
     verdicts = {
         r.request_id: validator.check(r.text, r.structured).violation is None
@@ -213,7 +215,7 @@ def test_answers_to_a_native_response_schema_are_validated_against_its_translati
 
 def test_a_payload_outside_gcs_is_refused(provider: VertexProvider) -> None:
     with pytest.raises(ProviderError, match="reads its input from GCS") as caught:
-        provider.submit(StagedPayload.of_bytes(simple(1)), BatchTag("j", 0), MODEL)
+        provider.create_batch(StagedPayload.of_bytes(simple(1)), BatchTag("j", 0), MODEL)
     assert caught.value.retryable is False
 
 
@@ -224,7 +226,9 @@ def test_output_split_across_many_files_is_read_completely(
     provider: VertexProvider, vertex_emulator: VertexEmulatorHandle
 ) -> None:
     vertex_emulator.admin({"rows_per_file": 7})
-    batch = provider.submit(vertex_emulator.stage(simple(60)), BatchTag("job-split", 0), MODEL)
+    batch = provider.create_batch(
+        vertex_emulator.stage(simple(60)), BatchTag("job-split", 0), MODEL
+    )
     batch = wait_ended(provider, batch.batch_id)
     directory = batch.native["outputInfo"]["gcsOutputDirectory"]
     files = list(vertex_emulator.blobs.list_prefix(directory + "/"))
@@ -239,7 +243,9 @@ def test_output_split_across_many_files_is_read_completely(
 def test_a_failed_job_has_no_rows_and_says_why(
     provider: VertexProvider, vertex_emulator: VertexEmulatorHandle
 ) -> None:
-    batch = provider.submit(vertex_emulator.stage(simple(3)), BatchTag("job-f", 0), "gemini-0")
+    batch = provider.create_batch(
+        vertex_emulator.stage(simple(3)), BatchTag("job-f", 0), "gemini-0"
+    )
     batch = wait_ended(provider, batch.batch_id)
     assert batch.state is BatchState.FAILED
     assert batch.errors and batch.errors[0].startswith("NOT_FOUND: Publisher Model")
@@ -267,7 +273,7 @@ def test_find_batches_by_labels(
 ) -> None:
     started = time.time()
     made = {
-        tag: provider.submit(vertex_emulator.stage(simple(2)), tag, MODEL)
+        tag: provider.create_batch(vertex_emulator.stage(simple(2)), tag, MODEL)
         for tag in (BatchTag("job-a", 0), BatchTag("job-a", 1), BatchTag("job-b", 0))
     }
     for tag, batch in made.items():
@@ -276,7 +282,7 @@ def test_find_batches_by_labels(
         ]
     assert provider.find_batches(BatchTag("job-a", 2), started - 5, time.time(), 2) == []
     assert provider.find_batches(BatchTag("job-a", 0), time.time() + 60, time.time() + 90, 2) == []
-    again = provider.submit(vertex_emulator.stage(simple(2)), BatchTag("job-a", 0), MODEL)
+    again = provider.create_batch(vertex_emulator.stage(simple(2)), BatchTag("job-a", 0), MODEL)
     [newest] = provider.find_batches(BatchTag("job-a", 0), started - 5, time.time(), 2)
     assert newest.batch_id == again.batch_id
 
@@ -287,12 +293,12 @@ def test_find_batches_by_labels(
 def test_idempotent_calls_are_retried_and_create_is_not(
     provider: VertexProvider, vertex_emulator: VertexEmulatorHandle
 ) -> None:
-    batch = provider.submit(vertex_emulator.stage(simple(1)), BatchTag("job-e", 0), MODEL)
+    batch = provider.create_batch(vertex_emulator.stage(simple(1)), BatchTag("job-e", 0), MODEL)
     vertex_emulator.admin({"api_error_next": 2, "api_error_status": 503})
     assert provider.get_batch(batch.batch_id).batch_id == batch.batch_id
     vertex_emulator.admin({"api_error_next": 1, "api_error_status": 429})
     with pytest.raises(ProviderError) as caught:
-        provider.submit(vertex_emulator.stage(simple(1)), BatchTag("job-e", 1), MODEL)
+        provider.create_batch(vertex_emulator.stage(simple(1)), BatchTag("job-e", 1), MODEL)
     assert caught.value.retryable is True and caught.value.status == 429
     with pytest.raises(ProviderError) as refused:
         provider.get_batch(f"{provider.parent}/batchPredictionJobs/123")
@@ -302,7 +308,7 @@ def test_idempotent_calls_are_retried_and_create_is_not(
 def test_cancel_an_ended_job_is_a_no_op(
     provider: VertexProvider, vertex_emulator: VertexEmulatorHandle
 ) -> None:
-    batch = provider.submit(vertex_emulator.stage(simple(1)), BatchTag("job-c", 0), MODEL)
+    batch = provider.create_batch(vertex_emulator.stage(simple(1)), BatchTag("job-c", 0), MODEL)
     wait_ended(provider, batch.batch_id)
     provider.cancel(batch.batch_id)
     assert provider.get_batch(batch.batch_id).state is BatchState.COMPLETED
@@ -313,7 +319,7 @@ def test_an_unreachable_endpoint_is_retryable(vertex_emulator: VertexEmulatorHan
         "p", "us-central1", vertex_emulator.blobs, f"http://127.0.0.1:{free_port()}", 2
     )
     with pytest.raises(ProviderError) as caught:
-        provider.submit(vertex_emulator.stage(simple(1)), BatchTag("j", 0), MODEL)
+        provider.create_batch(vertex_emulator.stage(simple(1)), BatchTag("j", 0), MODEL)
     assert caught.value.retryable is True
 
 

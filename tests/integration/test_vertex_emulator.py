@@ -708,12 +708,12 @@ GOOGLE_RECIPE = {
 }
 
 
-def json_line(text: str, n: int, *, reask: bool = False, **config: Any) -> dict[str, Any]:
-    """A line asking for JSON (responseJsonSchema unless `config` says otherwise); a re-ask
+def json_line(text: str, n: int, *, repair: bool = False, **config: Any) -> dict[str, Any]:
+    """A line asking for JSON (responseJsonSchema unless `config` says otherwise); a repair
     carries an earlier (wrong) model answer and the feedback."""
     config = config or {"responseJsonSchema": RECIPE_SCHEMA}
     result = line(text, n, generationConfig={"responseMimeType": "application/json", **config})
-    if reask:
+    if repair:
         result["request"]["contents"] += [
             {"role": "model", "parts": [{"text": '{"title": 7}'}]},
             {"role": "user", "parts": [{"text": "servings is required, title a string."}]},
@@ -744,7 +744,7 @@ def test_json_mode_answers_json_valid_for_the_schema(vertex_emulator: VertexEmul
         "responseMimeType": "text/x.enum",
         "responseSchema": {"type": "STRING", "format": "enum", "enum": ["yes", "no"]},
     }))  # fmt: skip
-    lines += [json_line("A recipe again", i, reask=True) for i in (10, 11)]
+    lines += [json_line("A recipe again", i, repair=True) for i in (10, 11)]
     lines.append(line("Just talk", 12, generationConfig={"stopSequences": ["nothing"]}))
     rows = answers_by_id(vertex_emulator, lines)
     schema_ids = ["bl-1", "bl-2", "bl-3", "bl-4", "bl-5", "bl-6", "bl-8", "bl-10", "bl-11"]
@@ -775,14 +775,14 @@ def test_invalid_answer_rate_spoils_first_answers_only(
 ) -> None:
     vertex_emulator.admin({"invalid_answer_rate": 1.0})
     lines = [json_line(f"Recipe {i}", i) for i in range(1, 10)]
-    lines += [json_line(f"Recipe {i}", i, reask=True) for i in range(10, 13)]
+    lines += [json_line(f"Recipe {i}", i, repair=True) for i in range(10, 13)]
     lines.append(line("Just talk", 13))
     rows = answers_by_id(vertex_emulator, lines)
     first = {f"bl-{i}": answer_kind(text_of(rows[f"bl-{i}"]), RECIPE_SCHEMA) for i in range(1, 10)}
     assert_kinds(first, "invalid")
     assert Counter(first.values()) == {"wrong_type": 3, "missing_field": 3, "not_json": 3}
-    reasks = {rid: answer_kind(text_of(rows[rid]), RECIPE_SCHEMA) for rid in ("bl-10", "bl-11")}
-    assert_kinds(reasks, "valid")
+    repairs = {rid: answer_kind(text_of(rows[rid]), RECIPE_SCHEMA) for rid in ("bl-10", "bl-11")}
+    assert_kinds(repairs, "valid")
     assert text_of(rows["bl-13"]).startswith("[batchline vertex emulator]")
     for i in range(1, 10):
         usage = rows[f"bl-{i}"]["response"]["usageMetadata"]

@@ -62,7 +62,7 @@ class FakeProvider:
         # Raised by the next submit, once, before anything is created.
         self.fail_create: Exception | None = None
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         with payload.open() as stream:
             ids = [orjson.loads(line)["custom_id"] for line in stream.read().splitlines()]
         if self.fail_create is not None:

@@ -535,7 +535,7 @@ def test_invalid_answers_choose_first_answers_and_cycle_kinds() -> None:
     every = InvalidAnswers(1.0, seed=0)
     kinds = [every.kind(f"r{i}", first_answer=True) for i in range(7)]
     assert kinds == [*INVALID_KINDS, *INVALID_KINDS, INVALID_KINDS[0]]
-    assert every.kind("r-again", first_answer=False) is None  # a re-ask
+    assert every.kind("r-again", first_answer=False) is None  # a repair
     assert InvalidAnswers(0.0, seed=0).kind("r0", first_answer=True) is None
 
     def chosen(seed: int) -> set[str]:

@@ -187,7 +187,7 @@ def test_big_numbers_orjson_keeps_or_that_were_floats_are_sent_as_written() -> N
 
 
 def test_lines_a_later_round_staged_are_cut_by_the_same_rules() -> None:
-    """`add_encoded` (a re-ask's staged line) cuts where `add` cuts the same lines."""
+    """`add_encoded` (a repair's staged line) cuts where `add` cuts the same lines."""
     size = len(openai.encode(request(1)))
     first = planner(max_requests=3, max_bytes=size * 2 + 1)
     again = planner(max_requests=3, max_bytes=size * 2 + 1)

@@ -289,7 +289,7 @@ def _job(deps: Deps, data: bytes) -> Job:
 
 
 def test_re_asks_keep_their_stored_requests_and_are_cut_by_the_chunk_planner() -> None:
-    """A re-ask round's chunks are cut under the provider's limits as the first round's
+    """A repair round's chunks are cut under the provider's limits as the first round's
     are, and carry the stored requests of the lines they ask again."""
     bad = {"bl-1", "bl-2", "bl-3", "bl-6"}
     deps, provider = setup(bad)
@@ -298,7 +298,7 @@ def test_re_asks_keep_their_stored_requests_and_are_cut_by_the_chunk_planner() -
     job = handle_object_finalized(deps, upload(deps, data))
     assert job is not None
     first = {c.index: stored_of(deps.blobs, c) for c in deps.store.get_chunks(job.job_id)}  # type: ignore[arg-type]
-    # Re-asks go out two to a batch (the limits of the round they are cut in).
+    # Repairs go out two to a batch (the limits of the round they are cut in).
     deps.settings = replace(
         deps.settings, providers=with_limits(ChunkLimits(2, 10_000_000), "openai")
     )  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""Structured outputs on in-memory ports: validation on collect, re-asks, one line each."""
+"""Structured outputs on in-memory ports: validation on collect, repairs, one line each."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ class SchemaProvider(FakeProvider):
         self.turns: dict[tuple[str, str], int] = {}
         self.sent: list[dict[str, object]] = []
 
-    def submit(self, payload: StagedPayload, tag, model):  # type: ignore[no-untyped-def]
-        batch = super().submit(payload, tag, model)
+    def create_batch(self, payload: StagedPayload, tag, model):  # type: ignore[no-untyped-def]
+        batch = super().create_batch(payload, tag, model)
         with payload.open() as stream:
             for raw in stream.read().splitlines():
                 request = orjson.loads(raw)
@@ -149,14 +149,14 @@ def test_invalid_answers_are_asked_again_and_the_line_lists_both_attempts() -> N
     assert first["status"] == "failed" and first["error"]["type"] == "schema_validation"
     assert first["error"]["path"] == "$.score" and '"score":11' in first["text"]
     assert results[1]["usage"] == {"input_tokens": 20, "output_tokens": 10}
-    # The re-ask carried the answer and what was wrong with it.
-    reasks = [s for s in provider.sent if len(s["body"]["messages"]) == 3]  # type: ignore[index]
-    assert sorted(s["custom_id"] for s in reasks) == ["bl-2", "bl-7"]
-    assert "$.score" in reasks[0]["body"]["messages"][2]["content"]  # type: ignore[index]
+    # The repair carried the answer and what was wrong with it.
+    repairs = [s for s in provider.sent if len(s["body"]["messages"]) == 3]  # type: ignore[index]
+    assert sorted(s["custom_id"] for s in repairs) == ["bl-2", "bl-7"]
+    assert "$.score" in repairs[0]["body"]["messages"][2]["content"]  # type: ignore[index]
     summary = summary_of(deps, job)
     assert job.state is JobState.SUCCEEDED
-    assert summary["counts"]["succeeded"] == 9 and summary["reasked"] == 2
-    assert summary["usage"]["input_tokens"] == 110  # nine answers and two re-asks
+    assert summary["counts"]["succeeded"] == 9 and summary["repaired"] == 2
+    assert summary["usage"]["input_tokens"] == 110  # nine answers and two repairs
 
 
 def test_without_repairs_invalid_answers_fail_naming_the_path() -> None:
@@ -209,7 +209,7 @@ def test_bad_option_metadata_rejects_the_job(value: str) -> None:
     assert provider.batches == {}
 
 
-def test_a_duplicate_collect_starts_one_reask_round() -> None:
+def test_a_duplicate_collect_starts_one_repair_round() -> None:
     deps, provider = setup(bad={"bl-1", "bl-5"})
     job = handle_object_finalized(deps, upload(deps, lines(6)))
     assert job is not None
@@ -220,17 +220,17 @@ def test_a_duplicate_collect_starts_one_reask_round() -> None:
     reopened = deps.store.get_job(job.job_id)
     assert reopened is not None and reopened.state is JobState.RUNNING
     chunks = deps.store.get_chunks(job.job_id)
-    reasks = [c for c in chunks if c.repair_round == 1]
-    assert sum(c.request_count for c in reasks) == 2 and reopened.chunk_count == len(chunks)
+    repairs = [c for c in chunks if c.repair_round == 1]
+    assert sum(c.request_count for c in repairs) == 2 and reopened.chunk_count == len(chunks)
     drive(deps, provider, job.job_id)
     final = deps.store.get_job(job.job_id)
     assert final is not None and final.state is JobState.SUCCEEDED
-    assert len(provider.batches) == len(chunks)  # one batch per chunk, re-asks included
+    assert len(provider.batches) == len(chunks)  # one batch per chunk, repairs included
     results = [orjson.loads(x) for x in deps.blobs.read_bytes(final.results_uri).splitlines()]
     assert [len(r["attempts"]) for r in results] == [2, 1, 1, 1, 2, 1]
 
 
-def test_a_reask_that_fails_again_is_failed_with_every_attempt() -> None:
+def test_a_repair_that_fails_again_is_failed_with_every_attempt() -> None:
     deps, provider = setup(bad={"bl-3"})
     provider.bad_always = True
     results = run(deps, provider, lines(3), max_repair_attempts="2")

@@ -211,10 +211,12 @@ class Estimate:
             tally.counted_chars += chars
 
     def merge(self, other: Estimate) -> None:
+        """Add another estimate's tallies to this one (e.g. a chunk's into the job's)."""
         for key, theirs in other._tallies.items():
             self._tallies.setdefault(key, _Tally()).add(theirs)
 
     def by_model(self) -> dict[str, ModelEstimate]:
+        """Per provider/model: requests, tokens and worst-case batch and real-time cost (None where the model has no price)."""
         found = {}
         for key, tally in sorted(self._tallies.items()):
             provider, _, model = key.partition("/")
@@ -235,14 +237,17 @@ class Estimate:
 
     @property
     def requests(self) -> int:
+        """Requests estimated, over every model."""
         return sum(t.requests for t in self._tallies.values())
 
     @property
     def input_tokens(self) -> int:
+        """Estimated input tokens, over every model."""
         return sum(t.input_tokens for t in self._tallies.values())
 
     @property
     def max_output_tokens(self) -> int:
+        """The most output tokens the requests may bill, over every model."""
         return sum(t.max_output_tokens for t in self._tallies.values())
 
     @property
@@ -256,6 +261,7 @@ class Estimate:
         return _total([m.realtime_usd for m in self.by_model().values()])
 
     def to_dict(self) -> dict[str, Any]:
+        """The estimate as summary.json and the API show it: totals and per model."""
         models = self.by_model()
         by_model: dict[str, Any] = {}
         for key, m in models.items():

@@ -9,11 +9,13 @@ _REQUEST_PREFIX = "bl-"
 
 
 def job_id_for_object(bucket: str, name: str, generation: str) -> str:
+    """The job id of one generation of an input object: the same for every delivery of its event."""
     digest = hashlib.sha256(f"gs://{bucket}/{name}#{generation}".encode()).hexdigest()
     return f"job-{digest[:24]}"
 
 
 def job_id_for_key(idempotency_key: str) -> str:
+    """A job id derived from an API Idempotency-Key (the same key gives the same id)."""
     digest = hashlib.sha256(f"api:{idempotency_key}".encode()).hexdigest()
     return f"job-{digest[:24]}"
 
@@ -24,6 +26,7 @@ def request_id(line: int) -> str:
 
 
 def line_of(request_id_: str) -> int | None:
+    """The input line number a provider-facing request id names; None for an id batchline did not make."""
     if not request_id_.startswith(_REQUEST_PREFIX):
         return None
     try:

@@ -80,6 +80,7 @@ class TopLevelIdScanner:
         return self._key if self._has_request else None
 
     def feed(self, piece: bytes) -> None:
+        """Scan the next piece of an over-long line; stops looking after MAX_SCANNED_BYTES."""
         self._scanned += len(piece)
         if self._scanned > MAX_SCANNED_BYTES:
             self._done = True

@@ -27,7 +27,11 @@ class UnreadableInput(PermanentError):
 
 
 class Readable(Protocol):
-    def readline(self, size: int = -1, /) -> bytes: ...
+    """A binary stream read line by line (a file, a GCS reader, a gzip stream)."""
+
+    def readline(self, size: int = -1, /) -> bytes:
+        """The next line with its newline, at most `size` bytes; b"" at the end."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from batchline.errors import InvalidTransition
 
 
 class JobState(StrEnum):
+    """Where a job is: accepted, submitting, running, collecting, or ended (terminal)."""
+
     ACCEPTED = "accepted"
     SUBMITTING = "submitting"
     RUNNING = "running"
@@ -29,6 +31,7 @@ class JobState(StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """The job has ended: nothing moves it again."""
         return self in _TERMINAL_JOB_STATES
 
 
@@ -41,7 +44,7 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # A canceled job is collected too (every line gets its result): canceled comes after.
     JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.COLLECTING}),
     JobState.RUNNING: frozenset({JobState.COLLECTING}),
-    # Back to running: answers that failed their schema are re-asked in follow-up batches.
+    # Back to running: answers that failed their schema are repaired in follow-up batches.
     JobState.COLLECTING: frozenset(
         {JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELED, JobState.RUNNING}
     ),
@@ -49,11 +52,14 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 
 def check_job_transition(current: JobState, target: JobState) -> None:
+    """Raise InvalidTransition unless a job may go from `current` to `target` (JOB_TRANSITIONS)."""
     if target not in JOB_TRANSITIONS.get(current, frozenset()):
         raise InvalidTransition(f"job cannot go from {current} to {target}")
 
 
 class ChunkState(StrEnum):
+    """Where a chunk is on its way to and from its provider batch."""
+
     PENDING = "pending"  # staged in the work bucket, not yet at the provider
     SUBMITTING = "submitting"  # leased by one invocation that is creating the provider batch
     RUNNING = "running"  # the provider batch exists and has not ended
@@ -70,6 +76,7 @@ CHUNK_TRANSITIONS: dict[ChunkState, frozenset[ChunkState]] = {
 
 
 def check_chunk_transition(current: ChunkState, target: ChunkState) -> None:
+    """Raise InvalidTransition unless a chunk may go from `current` to `target` (CHUNK_TRANSITIONS)."""
     if target not in CHUNK_TRANSITIONS[current]:
         raise InvalidTransition(f"chunk cannot go from {current} to {target}")
 
@@ -87,6 +94,7 @@ class BatchState(StrEnum):
 
     @property
     def ended(self) -> bool:
+        """The provider batch will not change again: its results can be read."""
         return self in {
             BatchState.COMPLETED,
             BatchState.FAILED,
@@ -96,6 +104,8 @@ class BatchState(StrEnum):
 
 
 class ResultStatus(StrEnum):
+    """How one input line ended, as its result line says."""
+
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     EXPIRED = "expired"
@@ -116,18 +126,21 @@ class Source:
 
     @property
     def uri(self) -> str:
+        """The input object's gs:// URI."""
         return f"gs://{self.bucket}/{self.name}"
 
 
 @dataclass(frozen=True)
 class JobOptions:
+    """What the user asked of a job as a whole: default model, labels, schema, repair attempts, budget, webhook."""
+
     model: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     #: The default schema of the job's batchline lines: a registered schema's name, or an
     #: inline JSON Schema (`{"name", "schema"}` or a bare schema; API jobs).
     schema: str | None = None
     response_schema: dict[str, Any] | None = None
-    #: Re-asks of an answer that fails its schema; None: the deployment's default.
+    #: Repairs of an answer that fails its schema; None: the deployment's default.
     max_repair_attempts: int | None = None
     #: Reject the job before anything is sent when its worst-case estimate is above this.
     max_cost_usd: float | None = None
@@ -191,6 +204,8 @@ class ProviderLock:
 
 @dataclass(frozen=True)
 class Job:
+    """A job's record in Firestore: one input file (or API request) on its way to one results file."""
+
     job_id: str
     source: Source
     options: JobOptions
@@ -226,13 +241,16 @@ class Job:
 
     @property
     def results_uri(self) -> str:
+        """Where the job's results.jsonl is (or will be) written."""
         return self.output_prefix + "results.jsonl"
 
     @property
     def summary_uri(self) -> str:
+        """Where the job's summary.json is (or will be) written."""
         return self.output_prefix + "summary.json"
 
     def to(self, target: JobState, now: float, **changes: Any) -> Job:
+        """A copy moved to `target` at `now` with `changes`; InvalidTransition if the move is not allowed. An end also marks the webhook pending when the job has one."""
         check_job_transition(self.state, target)
         if target.terminal and self.options.notify_url is not None:
             # In the same write as the end: a crash before the webhook is published
@@ -241,6 +259,7 @@ class Job:
         return replace(self, state=target, updated_at=now, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as stored in Firestore (the response schema as JSON text)."""
         data = asdict(self)
         data["state"] = str(self.state)
         # A user's JSON Schema is stored as text: as a map it would meet Firestore's
@@ -251,6 +270,7 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
+        """The record `to_dict` stored, read back."""
         data = dict(data)
         data["source"] = Source(**data["source"])
         options = dict(data["options"])
@@ -275,15 +295,19 @@ class IdempotencyKey:
     expire_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as stored in Firestore."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IdempotencyKey:
+        """The record `to_dict` stored, read back."""
         return cls(**data)
 
 
 @dataclass(frozen=True)
 class Chunk:
+    """A chunk's record in Firestore: requests staged together for one provider batch, and that batch's progress."""
+
     job_id: str
     index: int
     provider: str
@@ -302,9 +326,9 @@ class Chunk:
     error: str | None = None
     updated_at: float = 0.0
     expire_at: datetime | None = None  # set with the job's, once the job has ended
-    #: 0 for the first answers; n for the n-th re-ask of answers that failed their schema.
+    #: 0 for the first answers; n for the n-th repair of answers that failed their schema.
     repair_round: int = 0
-    #: A re-ask chunk: the chunk whose invalid answers it asks again.
+    #: A repair chunk: the chunk whose invalid answers it asks again.
     repair_of: int | None = None
     #: Batches made with this chunk's requests that nobody reads (duplicates found and
     #: cancelled): reported in the job's summary.
@@ -317,10 +341,12 @@ class Chunk:
     requests_uri: str | None = None
 
     def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
+        """A copy moved to `target` at `now` with `changes`; InvalidTransition if the move is not allowed."""
         check_chunk_transition(self.state, target)
         return replace(self, state=target, updated_at=now, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as stored in Firestore."""
         data = asdict(self)
         data["state"] = str(self.state)
         data["batch_state"] = str(self.batch_state) if self.batch_state else None
@@ -328,6 +354,7 @@ class Chunk:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Chunk:
+        """The record `to_dict` stored, read back."""
         data = dict(data)
         data["state"] = ChunkState(data["state"])
         data["batch_state"] = BatchState(data["batch_state"]) if data.get("batch_state") else None

@@ -21,6 +21,8 @@ from batchline.domain.webhooks import notify_url_problem
 
 
 class OptionError(ValueError):
+    """A job option that cannot be used; names the option and why."""
+
     def __init__(self, option: str, reason: str) -> None:
         super().__init__(f"option {option!r}: {reason}")
         self.option = option

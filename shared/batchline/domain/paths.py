@@ -55,15 +55,15 @@ class WorkPaths:
         return f"{self.root}schemas/{digest}.json"
 
     def repairs(self, index: int, attempt: str) -> str:
-        """Re-asks of a chunk's answers that failed their schema: staged request lines."""
+        """Repairs of a chunk's answers that failed their schema: staged request lines."""
         return f"{self.chunk(index)}collect-{attempt}/repairs.jsonl"
 
     def repairs_manifest(self, index: int, attempt: str) -> str:
-        """The manifest rows of a chunk's staged re-asks."""
+        """The manifest rows of a chunk's staged repairs."""
         return f"{self.chunk(index)}collect-{attempt}/repairs-manifest.jsonl"
 
     def repairs_requests(self, index: int, attempt: str) -> str:
-        """The stored requests of a chunk's staged re-asks."""
+        """The stored requests of a chunk's staged repairs."""
         return f"{self.chunk(index)}collect-{attempt}/repairs-requests.jsonl"
 
     def collected(self, index: int) -> str:

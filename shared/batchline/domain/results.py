@@ -32,7 +32,7 @@ def provider_result_line(
     `check` is the answer's schema validation, when the request had a schema: a valid
     answer gives `output.parsed`; an invalid one makes the line `failed` with a
     `schema_validation` error naming the path, the raw text kept in `output.text`.
-    `earlier` are the attempts before this one (re-asks): the line lists every attempt,
+    `earlier` are the attempts before this one (repairs): the line lists every attempt,
     and its usage and cost are the sums over them.
     """
     usage = result.usage
@@ -126,7 +126,7 @@ def _summed(attempts: list[dict[str, Any]]) -> tuple[dict[str, int] | None, floa
 
 
 def superseded(record: dict[str, Any], realtime_usd: float | None) -> dict[str, Any]:
-    """What a tally needs to take a line back when a re-ask replaces it."""
+    """What a tally needs to take a line back when a repair replaces it."""
     return {
         "realtime_usd": realtime_usd,
         "status": record["status"],
@@ -165,7 +165,7 @@ def invalid_result_line(invalid: InvalidLine, custom_id: str) -> dict[str, Any]:
 class Tally:
     """Counts, tokens and cost of a set of result lines; tallies add up.
 
-    A re-ask replaces a line that an earlier tally counted: `remove` takes the superseded
+    A repair replaces a line that an earlier tally counted: `remove` takes the superseded
     line back (its summary, see `superseded`) before `add` counts the new one, so that
     summing every chunk's tally counts each input line once, with every attempt's tokens.
     """
@@ -178,14 +178,14 @@ class Tally:
     unpriced: dict[str, int] = field(default_factory=dict)  # model -> lines with usage, no price
     by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # error type -> lines
-    reasked: int = 0  # lines answered more than once
+    repaired: int = 0  # lines answered more than once
 
     def add(self, record: dict[str, Any], realtime_usd: float | None = None) -> None:
         """Count a line, and what it would have cost in real time when it has a price."""
         self._count(record, 1, realtime_usd)
 
     def remove(self, line: dict[str, Any]) -> None:
-        """Take back a line (its `superseded` summary) that a re-ask replaces."""
+        """Take back a line (its `superseded` summary) that a repair replaces."""
         self._count(line, -1, line.get("realtime_usd"))
 
     def _count(self, record: dict[str, Any], sign: int, realtime: float | None) -> None:
@@ -201,7 +201,7 @@ class Tally:
             _bump(self.errors, str(error["type"]), sign)
         attempts = record.get("attempts")
         if (attempts if isinstance(attempts, int) else len(attempts or ())) > 1:
-            self.reasked += sign
+            self.repaired += sign
         usage = record.get("usage")
         if not usage:
             return
@@ -231,7 +231,7 @@ class Tally:
             _bump(self.counts, status, n)
         for kind, n in other.errors.items():
             _bump(self.errors, kind, n)
-        self.reasked += other.reasked
+        self.repaired += other.repaired
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost_usd += other.cost_usd
@@ -259,7 +259,7 @@ class Tally:
             "unpriced": self.unpriced,
             "by_model": self.by_model,
             "errors": dict(sorted(self.errors.items())),
-            "reasked": self.reasked,
+            "repaired": self.repaired,
         }
 
     @classmethod
@@ -274,7 +274,8 @@ class Tally:
             unpriced=dict(data.get("unpriced", {})),
             by_model={k: {**_model_entry(), **v} for k, v in data.get("by_model", {}).items()},
             errors=dict(data.get("errors", {})),
-            reasked=int(data.get("reasked", 0)),
+            # "reasked": the name records written before repair had one name.
+            repaired=int(data.get("repaired", data.get("reasked", 0))),
         )
 
 

@@ -73,6 +73,8 @@ class SchemaError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ResponseSchema:
+    """A checked JSON Schema that answers must match, with a provider-safe name and a digest naming both."""
+
     name: str
     schema: dict[str, Any]
     digest: str  # identifies name + schema: chunk manifests refer to it
@@ -113,10 +115,12 @@ class ResponseSchema:
         return cls.create(value)
 
     def to_dict(self) -> dict[str, Any]:
+        """The schema as the work bucket keeps it (name, schema, digest)."""
         return {"name": self.name, "schema": self.schema, "digest": self.digest}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResponseSchema:
+        """The schema `to_dict` kept, read back without checking it again."""
         return cls(data["name"], data["schema"], data["digest"])
 
 
@@ -414,6 +418,7 @@ class Violation:
 
     @property
     def text(self) -> str:
+        """The violation as one line: `path: message`."""
         return f"{self.path}: {self.message}"
 
 
@@ -464,6 +469,7 @@ _EMPTY = Violation("$", "the answer is empty, not JSON")
 
 
 def json_path(parts: Any) -> str:
+    """A JSONPath (`$.items[0].price`) from a validator's path parts."""
     out = "$"
     for part in parts:
         if isinstance(part, int):
@@ -476,7 +482,7 @@ def json_path(parts: Any) -> str:
 
 
 def repair_feedback(violation: Violation) -> str:
-    """What a re-ask tells the model about its previous answer."""
+    """What a repair tells the model about its previous answer."""
     return (
         "Your previous answer does not match the required JSON schema: "
         f"at {violation.path}, {violation.message}. "

@@ -6,7 +6,7 @@ every poll tick settles the job's chunks instead of submitting them (`settle`): 
 that never reached its provider ends as canceled; a running batch is asked to cancel
 once, then followed as usual until the provider ends it. Collect then writes one line per
 input line as always (answers that came back before the cancel as they are, the rest
-`canceled`) and ends the job `canceled`; no re-ask round starts after the ask.
+`canceled`) and ends the job `canceled`; no repair round starts after the ask.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def settle(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
         # A live lease: its holder records the batch, which the next tick cancels. An
         # expired one: the batch its holder may have created is adopted, never a new one.
         if claims.submit_due(chunk, owner, now):
-            return dispatch.dispatch(deps, chunk, owner, submit_new=False)
+            return dispatch.dispatch(deps, chunk, owner, send_new=False)
         return None
     if chunk.state is ChunkState.RUNNING and chunk.batch_id is not None:
         if chunk.batch_state is not BatchState.CANCELING:

@@ -3,10 +3,10 @@
 Each chunk is collected on its own (`collect_chunk`: results sorted by line, then a
 tally). A chunk whose batch holds another chunk's requests is put right first, and its
 own requests sent (`mixups.put_right`); when some answers failed their schema and may be
-asked again, a re-ask round starts (`repair.plan_round`, `repair.start_round`);
+asked again, a repair round starts (`repair.plan_round`, `repair.start_round`);
 otherwise the sorted runs of every chunk and the invalid lines are merged, streamed, into
-results.jsonl (`merge`) and the job finishes (`finish`). Every step writes under a deterministic name, so a collect
-that dies is simply run again.
+results.jsonl (`merge`) and the job finishes (`finish`). Every step writes under a
+deterministic name, so a collect that dies is simply run again.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ log = get_logger(__name__)
 
 
 def collect(deps: Deps, job_id: str) -> Job | None:
-    """Collect a job in `collecting`: start its next re-ask round, or write its results
+    """Collect a job in `collecting`: start its next repair round, or write its results
     and summary and finish it. Anything else is left alone (a finished job's event is
     published again, in case the collect that finished it died before it)."""
     job = deps.store.get_job(job_id)
@@ -59,7 +59,7 @@ def collect(deps: Deps, job_id: str) -> Job | None:
         return put_right(deps, job, chunks, mixed, _lines_of(deps))
     if pending and job.cancel_requested_at is None:
         new = plan_round(deps, paths, chunks, pending)
-        if new:  # (none: no re-ask fits a batch; their lines keep their answers)
+        if new:  # (none: no repair fits a batch; their lines keep their answers)
             return start_round(deps, job, chunks, new, pending)
     if not deps.blobs.exists(job.results_uri):
         with contextlib.suppress(PreconditionFailed):  # a concurrent collect wrote it
@@ -69,7 +69,7 @@ def collect(deps: Deps, job_id: str) -> Job | None:
 
 class _Collected(NamedTuple):
     """Every chunk collected: the job's tally, every sorted run to merge (the invalid
-    lines first, then chunk order), the chunks whose re-asks no chunk answers yet, and the
+    lines first, then chunk order), the chunks whose repairs no chunk answers yet, and the
     chunks whose batch turned out to be another's."""
 
     tally: Tally
@@ -92,7 +92,7 @@ def _collect_chunks(
             done.mixed.append(mixup)
             continue
         done.tally.merge(collected.tally)
-        done.runs.extend(collected.runs)  # chunk order: a re-ask's lines come after the first
+        done.runs.extend(collected.runs)  # chunk order: a repair's lines come after the first
         if collected.repairs is not None and chunk.index not in repaired:
             done.pending.append((chunk, collected.repairs))
     return done

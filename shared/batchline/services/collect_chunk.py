@@ -7,7 +7,7 @@ stays near one run, not the chunk's parsed results. A request the provider gave 
 for gets one saying why (the batch expired, failed, was canceled, or never sent); a result
 for a request that is not the chunk's means the batch is another chunk's (`MixUp`, put
 right by `mixups.put_right`), and nothing of the chunk is committed. Answers
-that failed their schema and may be asked again are staged as the chunk's re-asks
+that failed their schema and may be asked again are staged as the chunk's repairs
 (`repair.stage`). Each attempt writes its runs under a name of its own and
 `collected.json` (create-if-absent) commits exactly one attempt, so a collect that dies
 half-way, or two racing, can never mix their runs.
@@ -71,7 +71,7 @@ def collect_chunk(
     or return what an earlier attempt committed.
 
     Answers with a schema are validated (`checks`); invalid ones the job may ask again
-    are staged as the chunk's re-asks (`repair.stage`), committed with its runs.
+    are staged as the chunk's repairs (`repair.stage`), committed with its runs.
     `collisions` are the plan record's ids for lines without one.
     """
     committed = paths.collected(chunk.index)
@@ -100,7 +100,7 @@ def collect_chunk(
             chunk=chunk.index,
             counts=lines.tally.counts,
             runs=len(runs),
-            reasks=len(asks),
+            repairs=len(asks),
         ),
     )
     return record
@@ -108,7 +108,7 @@ def collect_chunk(
 
 class _Normaliser(NamedTuple):
     """`emit` makes the result line of (line, provider result) and writes it (`writer`),
-    counts it (`tally`) and notes a re-ask (`asks`)."""
+    counts it (`tally`) and notes a repair (`asks`)."""
 
     emit: Callable[[int, ProviderResult], None]
     writer: RunWriter

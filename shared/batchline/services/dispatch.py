@@ -40,10 +40,10 @@ log = get_logger(__name__)
 CLOCK_SKEW_SECONDS = 120.0
 
 
-def dispatch(deps: Deps, chunk: Chunk, owner: str, *, submit_new: bool = True) -> Chunk | None:
+def dispatch(deps: Deps, chunk: Chunk, owner: str, *, send_new: bool = True) -> Chunk | None:
     """Submit `chunk` unless another invocation holds it; returns the updated chunk.
 
-    With `submit_new=False` (its job is being canceled) nothing new is submitted: the
+    With `send_new=False` (its job is being canceled) nothing new is submitted: the
     batch an earlier attempt created is adopted if it can be found, else the chunk ends
     unsubmitted, its lines canceled. A chunk waiting for its provider's create lock is
     left as it is (None).
@@ -62,9 +62,9 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str, *, submit_new: bool = True) -
         with Keeper(deps, what, [_renewal(deps, leased, owner)]) as keeper:
             if lock is None:
                 ended = _lease_ended(take.seen, now)
-                return _send_tagged(deps, provider, leased, owner, ended, submit_new, keeper)
+                return _send_tagged(deps, provider, leased, owner, ended, send_new, keeper)
             keeper.add(lock.renew)
-            return _send_locked(deps, provider, leased, owner, lock, submit_new, keeper)
+            return _send_locked(deps, provider, leased, owner, lock, send_new, keeper)
     except LeaseLost:
         # Nothing was created since the lease was lost: give back what is still mine.
         log.warning("lost a lease; stopped before creating", extra=context(leased))
@@ -87,14 +87,14 @@ def _send_tagged(
     leased: Chunk,
     owner: str,
     lease_ended: float,
-    submit_new: bool,
+    send_new: bool,
     keeper: Keeper,
 ) -> Chunk | None:
     try:
         batch = None
         if leased.attempts > 1:
             batch = reconcile(deps, provider, leased, lease_ended)
-        if batch is None and not submit_new:
+        if batch is None and not send_new:
             return settle(deps, leased, Change(claims.end_unsubmitted, owner, deps.clock.now()))
         if batch is None:
             keeper.check()
@@ -110,7 +110,7 @@ def _send_locked(
     leased: Chunk,
     owner: str,
     lock: CreateLock,
-    submit_new: bool,
+    send_new: bool,
     keeper: Keeper,
 ) -> Chunk | None:
     """Under the provider's create lock: settle what a dead holder left, then create.
@@ -119,7 +119,7 @@ def _send_locked(
         settle(deps, leased, Change(claims.release_submit, owner, deps.clock.now()))
         return None  # another create is in flight: this chunk waits its turn
     try:
-        return _create_locked(deps, provider, leased, owner, lock, submit_new, keeper)
+        return _create_locked(deps, provider, leased, owner, lock, send_new, keeper)
     except ProviderError as exc:
         return refused(deps, leased, owner, exc)
     finally:
@@ -132,7 +132,7 @@ def _create_locked(
     leased: Chunk,
     owner: str,
     lock: CreateLock,
-    submit_new: bool,
+    send_new: bool,
     keeper: Keeper,
 ) -> Chunk | None:
     tag = BatchTag(leased.job_id, leased.index)
@@ -141,7 +141,7 @@ def _create_locked(
         current = lock.settle(left)
         if left.tag == tag and (current is None or current.state is not ChunkState.SUBMITTING):
             return current  # its batch was adopted (or the chunk settled otherwise)
-    if not submit_new:
+    if not send_new:
         return settle(deps, leased, Change(claims.end_unsubmitted, owner, deps.clock.now()))
     keeper.check()
     if lock.declare(leased) is None:

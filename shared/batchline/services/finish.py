@@ -56,7 +56,7 @@ def finish_job(
 
 
 def provider_batches(chunks: list[Chunk]) -> list[dict[str, Any]]:
-    """summary.json's `provider_batches`: each chunk's batch, re-asks with their round."""
+    """summary.json's `provider_batches`: each chunk's batch, repairs with their round."""
     return [
         {
             "chunk": c.index,

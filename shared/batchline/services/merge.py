@@ -13,8 +13,8 @@ def merge_runs(deps: Deps, results_uri: str, runs: list[str]) -> None:
     """k-way merge of sorted runs into `results_uri`, streamed in and out; one line per
     input line. Raises PreconditionFailed when the results exist already.
 
-    A re-asked line is in the runs of every round that asked it; `runs` are in chunk order
-    and re-ask chunks come after the chunks they repair, and of equal lines the one from
+    A repaired line is in the runs of every round that asked it; `runs` are in chunk order
+    and repair chunks come after the chunks they repair, and of equal lines the one from
     the later run sorts last: the newest, the one written.
     """
     with ExitStack() as stack:

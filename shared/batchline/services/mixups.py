@@ -77,7 +77,7 @@ def _owner(
     chunks: list[Chunk], mixup: MixUp, lines_of: Callable[[Chunk], Collection[int]]
 ) -> int | None:
     """The chunk of the job whose lines the batch answers (the one of its request count
-    first: a re-ask chunk holds some lines of the chunk it repairs); None: no chunk."""
+    first: a repair chunk holds some lines of the chunk it repairs); None: no chunk."""
     line = line_of(mixup.request_id)
     if line is None:
         return None

@@ -65,6 +65,7 @@ class Delivery:
     event: dict[str, Any]
 
     def to_message(self) -> dict[str, Any]:
+        """The delivery as the notify topic's message carries it."""
         return {
             "job_id": self.job_id,
             "url": self.url,

@@ -1,4 +1,4 @@
-"""Re-asking answers that failed their schema, in follow-up batches to the same provider.
+"""Repairing answers that failed their schema, in follow-up batches to the same provider.
 
 While a chunk is collected, each answer with a schema is validated (`SchemaChecks`). An
 invalid one is written as `failed` (`schema_validation`) like any other line, and, while
@@ -6,11 +6,11 @@ the job allows more attempts, noted (`Asks`). `stage` then reads the chunk's sta
 payload once and writes the noted requests again, each with its previous answer and what
 was wrong with it appended to the conversation, beside the chunk's runs, with their
 manifest rows and stored requests; the chunk's `collected.json` commits them with the
-rest. When every chunk is collected and some have re-asks that no chunk answers yet,
+rest. When every chunk is collected and some have repairs that no chunk answers yet,
 `plan_round` has the chunk planner cut them into new chunks under the provider's limits,
 as it cuts the first round's, and `start_round` commits them and moves the job back to
 running, in one transaction; poll submits them like any chunk, and the next collect
-replaces the re-asked lines with the new answer (the result line lists every attempt).
+replaces the repaired lines with the new answer (the result line lists every attempt).
 Every name is deterministic and every write create-if-absent, so racing or repeated
 collects stage the same round once.
 """
@@ -105,7 +105,7 @@ class Asks:
 def stage(
     deps: Deps, paths: WorkPaths, chunk: Chunk, order: list[int], attempt: str, asks: Asks
 ) -> Repairs:
-    """Write the chunk's re-asks: its staged request lines, each with a repair turn, their
+    """Write the chunk's repairs: its staged request lines, each with a repair turn, their
     manifest rows and their stored requests (when the chunk has them).
 
     `order` is the line of each staged request, in payload order (the chunk's manifest).
@@ -143,8 +143,8 @@ def stage(
 def plan_round(
     deps: Deps, paths: WorkPaths, chunks: list[Chunk], pending: list[tuple[Chunk, Repairs]]
 ) -> list[Chunk]:
-    """Cut and stage the pending re-asks as the next chunks (not yet committed); none when
-    no re-ask fits a batch any more."""
+    """Cut and stage the pending repairs as the next chunks (not yet committed); none when
+    no repair fits a batch any more."""
     new: list[Chunk] = []
     for source, repairs in pending:
         new.extend(_plan_repairs(deps, paths, source, repairs, len(chunks) + len(new)))
@@ -158,14 +158,14 @@ def start_round(
     new: list[Chunk],
     pending: list[tuple[Chunk, Repairs]],
 ) -> Job | None:
-    """Commit the re-ask chunks `new` (`plan_round`) and move the job back to running."""
+    """Commit the repair chunks `new` (`plan_round`) and move the job back to running."""
     now = deps.clock.now()
     reopen = Change(claims.reopen_for_repair, now, chunk_count=len(chunks), new_chunks=len(new))
     reopened = deps.store.update_job(job.job_id, reopen, new_chunks=new)
     if reopened is None:
         return deps.store.get_job(job.job_id)
     log.info(
-        "re-asking answers that failed their schema",
+        "repairing answers that failed their schema",
         extra=fields(
             job_id=job.job_id,
             requests=sum(r.requests for _, r in pending),
@@ -178,7 +178,7 @@ def start_round(
 def _plan_repairs(
     deps: Deps, paths: WorkPaths, source: Chunk, repairs: Repairs, index: int
 ) -> list[Chunk]:
-    """Cut one chunk's staged re-asks into chunks `index`, `index + 1`, ... (the chunk
+    """Cut one chunk's staged repairs into chunks `index`, `index + 1`, ... (the chunk
     planner, as for the first round) and stage them."""
     stager = ChunkStager(
         deps,
@@ -205,7 +205,7 @@ def _plan_repairs(
                 )
             except RequestTooLarge as exc:
                 log.warning(
-                    "a re-ask does not fit a batch; its line keeps the failed answer",
+                    "a repair does not fit a batch; its line keeps the failed answer",
                     extra=fields(
                         job_id=source.job_id, chunk=source.index, line=entry.line, error=str(exc)
                     ),

@@ -1,5 +1,5 @@
 """Staging the chunks the chunk planner cuts: their files in the work bucket and their
-`Chunk` records, for the first round (planning) and for every round after it (re-asks).
+`Chunk` records, for the first round (planning) and for every round after it (repairs).
 
 While a chunk fills, its stored requests stream to their file (`open_sink`); once the
 planner hands the chunk out, `stage` writes its payload and manifest, finishes the stored
@@ -25,8 +25,8 @@ from batchline.domain.workfiles.requests import stream_stored
 
 class ChunkStager:
     """Stages chunks as `index`, `index + 1`, ... in the order they are handed out. A
-    re-ask round's chunks name their round and the chunk they ask again (`repair_of`).
-    `store_requests=False` keeps no stored requests (a re-ask of a chunk that has none)."""
+    repair round's chunks name their round and the chunk they ask again (`repair_of`).
+    `store_requests=False` keeps no stored requests (a repair of a chunk that has none)."""
 
     def __init__(
         self,

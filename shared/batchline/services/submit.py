@@ -81,7 +81,7 @@ def claim_job(deps: Deps, job: Job) -> Job | None:
     return deps.store.get_job(job.job_id)
 
 
-def start_job(deps: Deps, job: Job, submit_budget: float | None = None) -> Job | None:
+def start_job(deps: Deps, job: Job, send_budget: float | None = None) -> Job | None:
     """Claim the job by creating it; a duplicate trigger finds it and carries on or stops.
 
     The job is created holding our planning lease, so a poll tick that sees it before we
@@ -100,15 +100,15 @@ def start_job(deps: Deps, job: Job, submit_budget: float | None = None) -> Job |
             return existing  # a live invocation is at it
         # Typically the retry of a delivery that failed mid-plan or mid-submit: carry on
         # now rather than wait for the next poll tick (the job's lease keeps it single).
-        _submit_pending(deps, existing, owner, submit_budget)
+        _send_pending(deps, existing, owner, send_budget)
         return deps.store.get_job(job.job_id)
     log.info("job accepted", extra=fields(job_id=job.job_id, source=job.source.uri))
     planned = plan_job(deps, job.job_id, owner)
     if planned is not None and planned.state is JobState.SUBMITTING:
-        _submit_pending(deps, planned, owner, submit_budget)
+        _send_pending(deps, planned, owner, send_budget)
     return deps.store.get_job(job.job_id)
 
 
-def _submit_pending(deps: Deps, job: Job, owner: str, budget: float | None) -> None:
+def _send_pending(deps: Deps, job: Job, owner: str, budget: float | None) -> None:
     deadline = deps.clock.now() + (deps.settings.work_budget_seconds if budget is None else budget)
     advance.advance_job(deps, job, owner, deadline)

@@ -32,7 +32,7 @@ def create(deps: Deps, provider: ProviderClient, chunk: Chunk) -> ProviderBatch:
         chunk.payload_bytes,
         functools.partial(deps.blobs.open_read, chunk.payload_uri),
     )
-    batch = provider.submit(payload, BatchTag(chunk.job_id, chunk.index), chunk.model)
+    batch = provider.create_batch(payload, BatchTag(chunk.job_id, chunk.index), chunk.model)
     log.info(
         "submitted",
         extra=context(chunk, batch_id=batch.batch_id, requests=chunk.request_count),

@@ -42,7 +42,7 @@ def summary(
         "blank_lines": job.counts.get("blank_lines", 0),
         "counts": counts,
         "errors": dict(sorted(tally.errors.items())),
-        "reasked": tally.reasked,
+        "repaired": tally.repaired,
         "usage": {"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
         "cost": {
             "batch_usd": round(tally.cost_usd, 10),

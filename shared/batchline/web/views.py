@@ -251,8 +251,8 @@ def progress(job: Job, chunks: list[Chunk]) -> Progress:
     """How many of the job's lines have their answer, from its records alone.
 
     A line is done once it is invalid (it never goes to a provider) or its provider
-    batch reports it completed or failed. Re-asked lines are counted once, by their
-    first answer; the note says when a re-ask round runs.
+    batch reports it completed or failed. Repaired lines are counted once, by their
+    first answer; the note says when a repair round runs.
     """
     lines = int(job.counts.get("lines", 0))
     state = job.state
@@ -269,10 +269,10 @@ def progress(job: Job, chunks: list[Chunk]) -> Progress:
             done += _answered(chunk)
     done = min(done, lines)
     note = f"{done} of {lines} lines"
-    reasks = [c for c in chunks if c.repair_round > 0 and c.state.value != "ended"]
-    if reasks:
-        asked = sum(c.request_count for c in reasks)
-        note += f"; re-asking {asked} line{'s' if asked != 1 else ''}"
+    repairs = [c for c in chunks if c.repair_round > 0 and c.state.value != "ended"]
+    if repairs:
+        asked = sum(c.request_count for c in repairs)
+        note += f"; repairing {asked} line{'s' if asked != 1 else ''}"
     elif state is JobState.COLLECTING:
         note += "; collecting the results"
     return Progress(done, lines, note)

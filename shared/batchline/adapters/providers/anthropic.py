@@ -79,7 +79,7 @@ class AnthropicProvider:
             )
         return self._sdk_client
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         """Create the batch. Retried only while Anthropic answers that it made none (429,
         529); any other failure may have made one, and is raised for the caller to settle
         (`services/create_lock.py`): a second create could make a second batch."""

@@ -62,7 +62,7 @@ class OpenAIProvider:
             )
         return self._sdk_client
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         with _errors("submitting"), payload.open() as stream:
             file = self._client.files.create(
                 file=(f"{tag.job_id}-{tag.chunk:05d}.jsonl", stream, "application/jsonl"),

@@ -120,7 +120,7 @@ class VertexProvider:
             )
         return self._retry
 
-    def submit(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         """Create the job over the staged payload (Vertex reads it from GCS: no upload).
 
         Not retried here: a create that failed on the way back may have created the job,

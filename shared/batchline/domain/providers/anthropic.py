@@ -2,7 +2,7 @@
 
 Its native lines (`custom_id`, `params`), what a batchline line may ask of it (no
 `temperature`), its schema encoding (a forced tool), request encoding, result
-normalisation, token counting (3.5 characters per token), re-ask turn, limits and
+normalisation, token counting (3.5 characters per token), repair turn, limits and
 settings. The client is `adapters/providers/anthropic.py`.
 
 A chunk's payload is staged as JSONL, one `{"custom_id", "params"}` per line, like every
@@ -29,9 +29,12 @@ from batchline.domain.providers.base import (
     InvalidField,
     NativeContext,
     Request,
+    check_fields,
     check_known_fields,
     check_messages_field,
     check_model_id,
+    check_role,
+    content_items,
     env_limits,
     env_number,
     env_text,
@@ -362,27 +365,11 @@ def parse_native(obj: dict[str, Any], context: NativeContext) -> tuple[str, dict
 def check_message(where: str, message: dict[str, Any]) -> None:
     """An Anthropic message: a role it takes, only `role` and `content`, content a string
     or a non-empty list of content blocks (which pass through as given)."""
-    role = message.get("role")
-    try:
-        known = role in _ROLES
-    except TypeError:  # a list or object where a role goes
-        known = False
-    if not known:
-        raise InvalidField(
-            f"{where}.role", f"Anthropic takes one of {sorted(_ROLES)}, got {role!r}"
-        )
-    for key in message:
-        if key not in MESSAGE_FIELDS:
-            raise InvalidField(f"{where}.{key}", "not a field of an Anthropic message")
-    content = message.get("content")
-    if isinstance(content, str):
+    check_role(where, message, _ROLES, "Anthropic takes")
+    check_fields(where, message, MESSAGE_FIELDS, "an Anthropic message")
+    content = content_items(where, message, "blocks")
+    if content is None:
         return
-    if not isinstance(content, list):
-        raise InvalidField(
-            f"{where}.content", f"expected a string or a list of blocks, got {kind(content)}"
-        )
-    if not content:
-        raise InvalidField(f"{where}.content", "must not be an empty list")
     for j, block in enumerate(content):
         # Blocks pass through as given (text, image, document, ...): Anthropic checks them.
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):

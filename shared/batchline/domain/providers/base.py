@@ -4,7 +4,7 @@ provider's descriptor shares. Pure: no SDK, no I/O.
 A provider's descriptor (`domain/providers/<name>.py`) owns everything batchline knows
 about that provider's wire format: which native lines are its own and how they are checked,
 what a batchline line may ask of it, which response schemas it refuses, how a request is
-encoded and a result normalised, how its input tokens are counted, how a re-ask turn is
+encoded and a result normalised, how its input tokens are counted, how a repair turn is
 appended, its chunk limits and its settings block. Its client (`adapters/providers/<name>.py`,
 `make_client`) is the only part that talks to the provider. The rest of the code looks a
 provider up in `domain/providers/registry.py` and never compares a provider's name.
@@ -218,6 +218,41 @@ def kind(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def check_role(where: str, message: dict[str, Any], roles: Any, takes: str) -> Any:
+    """The message's role when it is one of `roles`; else InvalidField on `<where>.role`
+    ("`takes` one of [...]"). A list or object where a role goes is unknown, not a crash."""
+    role = message.get("role")
+    try:
+        known = role in roles
+    except TypeError:  # unhashable: a list or object where a role goes
+        known = False
+    if not known:
+        raise InvalidField(f"{where}.role", f"{takes} one of {sorted(roles)}, got {role!r}")
+    return role
+
+
+def check_fields(where: str, message: dict[str, Any], fields: Any, what: str) -> None:
+    """InvalidField on the first key of `message` not in `fields` ("not a field of `what`")."""
+    for key in message:
+        if key not in fields:
+            raise InvalidField(f"{where}.{key}", f"not a field of {what}")
+
+
+def content_items(where: str, message: dict[str, Any], items: str) -> list[Any] | None:
+    """A message's content as a list of its `items` (blocks, parts); None when it is a
+    string. InvalidField on `<where>.content` when it is neither, or an empty list."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        raise InvalidField(
+            f"{where}.content", f"expected a string or a list of {items}, got {kind(content)}"
+        )
+    if not content:
+        raise InvalidField(f"{where}.content", "must not be an empty list")
+    return content
 
 
 def shown(value: str, limit: int = 80) -> str:

@@ -2,7 +2,7 @@
 
 Its native lines (`custom_id`, `method`, `url`, `body`), what a batchline line may ask of
 it, its schema encoding (strict mode where it keeps the schema's meaning), request
-encoding, result normalisation, token counting (tiktoken), re-ask turn, limits and
+encoding, result normalisation, token counting (tiktoken), repair turn, limits and
 settings. The client is `adapters/providers/openai.py`.
 """
 
@@ -25,6 +25,7 @@ from batchline.domain.providers.base import (
     check_known_fields,
     check_messages_field,
     check_model_id,
+    check_role,
     env_limits,
     env_text,
     kind,
@@ -249,13 +250,7 @@ def parse_native(obj: dict[str, Any], context: NativeContext) -> tuple[str, dict
 def check_message(where: str, message: dict[str, Any]) -> None:
     """A chat message: a known role, content a string or a non-empty list of parts (an
     assistant turn that only calls tools has none), a tool message's `tool_call_id`."""
-    role = message.get("role")
-    try:
-        known = role in _ROLES
-    except TypeError:  # a list or object where a role goes
-        known = False
-    if not known:
-        raise InvalidField(f"{where}.role", f"expected one of {sorted(_ROLES)}, got {role!r}")
+    role = check_role(where, message, _ROLES, "expected")
     content = message.get("content")
     if content is None and role == "assistant" and message.get("tool_calls"):
         return  # an assistant turn that only calls tools has no content

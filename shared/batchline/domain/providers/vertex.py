@@ -2,7 +2,7 @@
 
 Its native lines (`request`, a `GenerateContentRequest`, with an optional `key`), what a
 batchline line may ask of it, the schemas Gemini cannot express, request encoding, result
-normalisation, token counting (4 characters per token), re-ask turn, limits and settings.
+normalisation, token counting (4 characters per token), repair turn, limits and settings.
 The client is `adapters/providers/vertex.py`.
 
 A chunk's payload is staged as Vertex's own input file, one `{"request": GenerateContentRequest}`
@@ -32,7 +32,10 @@ from batchline.domain.providers.base import (
     NativeContext,
     Request,
     check_custom_id,
+    check_fields,
     check_model_id,
+    check_role,
+    content_items,
     env_limits,
     env_text,
     kind,
@@ -526,27 +529,11 @@ def check_message(where: str, message: dict[str, Any]) -> None:
     """A batchline message for Vertex: a role it maps, only `role` and `content`, content
     a string or a non-empty list of parts (`{"type": "text", "text"}` or Gemini parts;
     text only in a system message)."""
-    role = message.get("role")
-    try:
-        known = role in _ROLES
-    except TypeError:  # a list or object where a role goes
-        known = False
-    if not known:
-        raise InvalidField(
-            f"{where}.role", f"a Vertex line takes one of {sorted(_ROLES)}, got {role!r}"
-        )
-    for key in message:
-        if key not in _MESSAGE_FIELDS:
-            raise InvalidField(f"{where}.{key}", "not a field of a message for Vertex")
-    content = message.get("content")
-    if isinstance(content, str):
+    role = check_role(where, message, _ROLES, "a Vertex line takes")
+    check_fields(where, message, _MESSAGE_FIELDS, "a message for Vertex")
+    content = content_items(where, message, "parts")
+    if content is None:
         return
-    if not isinstance(content, list):
-        raise InvalidField(
-            f"{where}.content", f"expected a string or a list of parts, got {kind(content)}"
-        )
-    if not content:
-        raise InvalidField(f"{where}.content", "must not be an empty list")
     for j, part in enumerate(content):
         _check_message_part(f"{where}.content[{j}]", part, role)
 

@@ -6,11 +6,11 @@ in batchline formats or parses them.
 |------------------------------------------------------|--------------|-------------------|
 | `plan.json`                                          | `plan`       | `PlanRecord`      |
 | `invalid.tsv`, `chunks/<n>/collect-<a>/run-<k>.tsv`  | `runs`       | rows `<line>\\t<result line>` |
-| `chunks/<n>/manifest.jsonl` (and a re-ask's)         | `manifest`   | `ManifestEntry`   |
-| `requests/<round>/<first line>.jsonl` (and a re-ask's) | `requests` | `NeutralRequest`, `NativeRequest` |
+| `chunks/<n>/manifest.jsonl` (and a repair's)         | `manifest`   | `ManifestEntry`   |
+| `requests/<round>/<first line>.jsonl` (and a repair's) | `requests` | `NeutralRequest`, `NativeRequest` |
 | `chunks/<n>/collected.json`                          | `collected`  | `CollectedRecord`, `Repairs` |
 | `schemas/<digest>.json`                              | `schemas`    | `ResponseSchema`  |
-| `chunks/<n>/input.jsonl` (and a re-ask's `repairs.jsonl`) | `payload` | the provider's lines |
+| `chunks/<n>/input.jsonl` (and a repair's `repairs.jsonl`) | `payload` | the provider's lines |
 
 A chunk's payload is its provider's batch input, one encoded request a line, in the
 provider's own format (`domain/providers/`). Vertex AI writes its output beside it

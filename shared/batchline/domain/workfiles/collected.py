@@ -1,7 +1,7 @@
-"""A chunk's collect record (`chunks/<n>/collected.json`), and the re-asks it commits.
+"""A chunk's collect record (`chunks/<n>/collected.json`), and the repairs it commits.
 
 Written last by a collect attempt, create-if-absent: it commits exactly one attempt's
-runs (and re-asks), so a collect that dies half-way, or two that race, never mix theirs.
+runs (and repairs), so a collect that dies half-way, or two that race, never mix theirs.
 A collect that finds it uses it instead of collecting the chunk again.
 """
 
@@ -18,7 +18,7 @@ from batchline.domain.workfiles._io import JSON, Fields, WorkBlobs, WorkFileErro
 
 @dataclass(frozen=True)
 class Repairs:
-    """A chunk's staged re-asks: their request lines (`payload`), manifest rows and stored
+    """A chunk's staged repairs: their request lines (`payload`), manifest rows and stored
     requests (`requests`; None for a chunk planned before requests were stored), in the
     same order, and how many there are."""
 
@@ -28,7 +28,7 @@ class Repairs:
     stored: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The re-asks as collected.json holds them."""
+        """The repairs as collected.json holds them."""
         data: dict[str, Any] = {
             "payload": self.payload,
             "manifest": self.manifest,
@@ -40,7 +40,7 @@ class Repairs:
 
     @classmethod
     def from_dict(cls, data: object, uri: str) -> Repairs:
-        """The re-asks in `data` (the `repairs` of collected.json at `uri`)."""
+        """The repairs in `data` (the `repairs` of collected.json at `uri`)."""
         fields = Fields(data, uri, "repairs")
         return cls(
             fields.text("payload"),
@@ -53,7 +53,7 @@ class Repairs:
 @dataclass(frozen=True)
 class CollectedRecord:
     """One collect attempt's outcome for a chunk: the tally of its result lines, its sorted
-    runs (to be merged, in order) and the re-asks it staged, if any."""
+    runs (to be merged, in order) and the repairs it staged, if any."""
 
     tally: Tally
     runs: list[str]

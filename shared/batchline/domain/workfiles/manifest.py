@@ -1,9 +1,9 @@
 """A chunk's manifest: which input line each request of its payload is, in payload order.
 
-`chunks/<n>/manifest.jsonl` for every chunk (a re-ask's staged `repairs-manifest.jsonl`
+`chunks/<n>/manifest.jsonl` for every chunk (a repair's staged `repairs-manifest.jsonl`
 has the same rows). One JSON object a row: `line`, `custom_id` (null: none given, so a
 generated one), `schema` (the digest of the answer's schema, `schemas/<digest>.json`),
-and for a re-ask `attempts` (the attempts before it) and `previous` (the result line they
+and for a repair `attempts` (the attempts before it) and `previous` (the result line they
 made, as a tally takes it back: `results.superseded`).
 
 Collect reads every row of every chunk: the reader checks each row's fields at the cost
@@ -26,7 +26,7 @@ _APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 class ManifestEntry(NamedTuple):
     """One request of a chunk: its input line, its custom_id (None: the line gave none and
     the generated one applies), the digest of the schema its answer must match, and for
-    a re-ask the attempts before this one and the result line they made."""
+    a repair the attempts before this one and the result line they made."""
 
     line: int
     custom_id: str | None

@@ -1,9 +1,9 @@
-"""A chunk's payload (`chunks/<n>/input.jsonl`, and a re-ask's staged `repairs.jsonl`): its
+"""A chunk's payload (`chunks/<n>/input.jsonl`, and a repair's staged `repairs.jsonl`): its
 requests as its provider's batch input, one encoded request a line.
 
 The lines are the provider's own format: its encoder writes them (`domain/providers/`),
 the chunk planner cuts them into chunks, its client sends them (Vertex AI reads the file
-in place) and its repair turn rewrites one for a re-ask. This module only stores them.
+in place) and its repair turn rewrites one for a repair. This module only stores them.
 """
 
 from __future__ import annotations
