@@ -175,6 +175,7 @@ class CreateIntent:
 
     @property
     def tag(self) -> BatchTag:
+        """The job and chunk the intent's batch is for."""
         return BatchTag(self.job_id, self.chunk)
 
 
@@ -189,10 +190,12 @@ class ProviderLock:
     intent: CreateIntent | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The lock as its Firestore document."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProviderLock:
+        """The lock its Firestore document holds."""
         lease = data.get("lease")
         intent = data.get("intent")
         return cls(
