@@ -374,7 +374,7 @@ def test_a_create_answered_with_an_error_that_may_have_made_a_batch_is_not_sent_
         provider = AnthropicProvider("k", base_url=root)
         data = b"".join(encode(r, DEFAULT_MAX_TOKENS) for r in simple_requests(2))
         with pytest.raises(ProviderError) as info:
-            provider.submit(StagedPayload.of_bytes(data), BatchTag("job-x", 0), MODEL)
+            provider.create_batch(StagedPayload.of_bytes(data), BatchTag("job-x", 0), MODEL)
         assert (info.value.retryable, info.value.status) == (True, status)
         assert len(recorder.creates) == 1
     finally:
@@ -385,7 +385,9 @@ def test_latest_batch_is_the_newest_one_listed(
     provider: AnthropicProvider, anthropic_emulator: AnthropicEmulatorHandle
 ) -> None:
     assert provider.latest_batch() is None  # none yet (the emulator was reset)
-    made = [provider.submit(payload(simple_requests(n)), BatchTag("j", n), MODEL) for n in (1, 2)]
+    made = [
+        provider.create_batch(payload(simple_requests(n)), BatchTag("j", n), MODEL) for n in (1, 2)
+    ]
     newest = provider.latest_batch()
     assert newest is not None and newest.batch_id == made[-1].batch_id
     assert newest.created_at is not None and made[0].created_at is not None
