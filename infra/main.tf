@@ -60,6 +60,8 @@ locals {
     BATCHLINE_EVENTS_TOPIC          = google_pubsub_topic.events.name
     BATCHLINE_NOTIFY_TOPIC          = google_pubsub_topic.notify.name
     BATCHLINE_LEASE_SECONDS         = var.settings.lease_seconds
+    BATCHLINE_HEARTBEAT_SECONDS     = var.settings.heartbeat_seconds
+    BATCHLINE_MAX_HOLD_SECONDS      = var.settings.max_hold_seconds
     BATCHLINE_WORK_BUDGET_SECONDS   = var.settings.work_budget_seconds
     BATCHLINE_COLLECT_RETRY_SECONDS = var.settings.collect_retry_seconds
     # Lines for a provider not listed are invalid ("not enabled in this deployment").

@@ -275,7 +275,9 @@ variable "settings" {
     - vertex_location (BATCHLINE_VERTEX_LOCATION): region of the Vertex AI batch jobs; default the deployment's region (it must offer Gemini batch prediction for the models used).
     - vertex_max_requests, vertex_max_bytes: Vertex AI chunk limits (requests and bytes of input file per job).
     - max_input_bytes, max_line_bytes: file and line limits.
-    - lease_seconds: planning and submit leases; must outlive any invocation (longer than every event timeout).
+    - lease_seconds: how soon a dead holder (planner, submitter, a job's advancer, the Anthropic create lock) is noticed: a lease not renewed for this long is taken over.
+    - heartbeat_seconds: how often a live holder renews its leases while it works (at most a third of lease_seconds; 0 never).
+    - max_hold_seconds: how long a call may take: the longest a holder keeps renewing a lease; must outlive any invocation (longer than every function's timeout).
     - work_budget_seconds: time submit, poll and api spend planning and submitting before leaving work to the next tick; at least 60 s under their timeouts.
     - collect_retry_seconds: re-request a collect that has not finished after this long.
     - max_repair_attempts (BATCHLINE_MAX_REPAIR_ATTEMPTS): times an answer that fails its schema is asked again (0-5); a job's own option overrides it.
@@ -296,7 +298,9 @@ variable "settings" {
     vertex_max_bytes       = optional(number)
     max_input_bytes        = optional(number)
     max_line_bytes         = optional(number)
-    lease_seconds          = optional(number, 900)
+    lease_seconds          = optional(number, 60)
+    heartbeat_seconds      = optional(number, 10)
+    max_hold_seconds       = optional(number, 900)
     work_budget_seconds    = optional(number, 420)
     collect_retry_seconds  = optional(number, 600)
     max_repair_attempts    = optional(number)
@@ -349,10 +353,14 @@ variable "settings" {
     error_message = "settings.work_budget_seconds must leave at least 60 s of the submit, poll and api timeouts for the work in flight."
   }
   validation {
-    condition = var.settings.lease_seconds > max(
+    condition = var.settings.max_hold_seconds > max(
       var.functions.submit.timeout, var.functions.poll.timeout, var.functions.collect.timeout, var.functions.api.timeout
     )
-    error_message = "settings.lease_seconds must be longer than every function's timeout, or a live invocation's lease could be taken over."
+    error_message = "settings.max_hold_seconds must be longer than every function's timeout, or a live invocation's lease could be taken over."
+  }
+  validation {
+    condition     = var.settings.lease_seconds >= 15 && var.settings.heartbeat_seconds >= 0 && var.settings.heartbeat_seconds * 3 <= var.settings.lease_seconds
+    error_message = "settings.lease_seconds must be at least 15 s and three heartbeats (heartbeat_seconds) long."
   }
   validation {
     condition     = var.settings.collect_retry_seconds > var.functions.collect.timeout

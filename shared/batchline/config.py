@@ -75,9 +75,15 @@ class Settings:
     providers: Mapping[str, ProviderSettings] = field(default_factory=default_provider_settings)
     max_input_bytes: int = 2 * 1024**3
     max_line_bytes: int = MAX_LINE_BYTES
-    # Longer than the slowest provider call can take (SDK timeout times retries), so a live
-    # submit is never taken over; planning renews its lease as it goes.
-    lease_seconds: float = 900.0
+    # How soon a dead holder is noticed: a lease (planning, advancing a job, submitting a
+    # chunk, a provider's create lock) not renewed for this long is taken over.
+    lease_seconds: float = 60.0
+    # How often a live holder renews its leases, from a background thread, while it works
+    # (0: never; a lease then lasts lease_seconds from its take).
+    heartbeat_seconds: float = 10.0
+    # How long a call may take: the longest a holder keeps renewing one lease. Longer than
+    # any invocation (function timeout), so a live one is never taken over.
+    max_hold_seconds: float = 900.0
     # Time a submit or poll invocation allows itself before leaving work for the next tick.
     work_budget_seconds: float = 420.0
     # A job stuck in "collecting" for this long gets its collect message published again.
@@ -105,6 +111,14 @@ class Settings:
             return self.providers[name]
         except KeyError:
             raise ConfigError(f"provider {name!r} is not configured") from None
+
+    @property
+    def heartbeat_every(self) -> float:
+        """How often a live holder renews: `heartbeat_seconds`, but at least three times a
+        lease (0: never)."""
+        if self.heartbeat_seconds <= 0:
+            return 0.0
+        return min(self.heartbeat_seconds, self.lease_seconds / 3)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +158,8 @@ class Settings:
             max_input_bytes=int(number("BATCHLINE_MAX_INPUT_BYTES", defaults.max_input_bytes)),
             max_line_bytes=int(number("BATCHLINE_MAX_LINE_BYTES", defaults.max_line_bytes)),
             lease_seconds=number("BATCHLINE_LEASE_SECONDS", defaults.lease_seconds),
+            heartbeat_seconds=number("BATCHLINE_HEARTBEAT_SECONDS", defaults.heartbeat_seconds),
+            max_hold_seconds=number("BATCHLINE_MAX_HOLD_SECONDS", defaults.max_hold_seconds),
             work_budget_seconds=number(
                 "BATCHLINE_WORK_BUDGET_SECONDS", defaults.work_budget_seconds
             ),

@@ -20,6 +20,12 @@ class RetryableError(BatchlineError):
     """A transient failure: the same work done again later may succeed."""
 
 
+class Contention(RetryableError):
+    """A transaction kept losing to concurrent ones and gave up: someone else changed
+    the record; trying later may succeed, and where the winner does the work, nothing is
+    left to do (`services.leases.contended`)."""
+
+
 class PermanentError(BatchlineError):
     """Retrying cannot help: record it and move on."""
 

@@ -11,7 +11,7 @@ import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from batchline.domain.models import (
     BatchTag,
@@ -20,6 +20,7 @@ from batchline.domain.models import (
     Job,
     JobState,
     ProviderBatch,
+    ProviderLock,
     ProviderResult,
 )
 
@@ -145,6 +146,7 @@ class JobPage:
 
 JobChange = Callable[[Job], Job | None]
 ChunkChange = Callable[[Chunk], Chunk | None]
+LockChange = Callable[[ProviderLock], ProviderLock | None]
 
 
 class JobStore(Protocol):
@@ -183,6 +185,14 @@ class JobStore(Protocol):
 
     def batch_recorded_by(self, batch_id: str) -> BatchTag | None:
         """The job and chunk that recorded provider batch `batch_id`, if any does."""
+        ...
+
+    def get_lock(self, provider: str) -> ProviderLock:
+        """`provider`'s create lock as it is now (a plain read; free if never written)."""
+        ...
+
+    def update_lock(self, provider: str, change: LockChange) -> ProviderLock | None:
+        """Apply `change` to `provider`'s create lock (a free one if never written)."""
         ...
 
     def list_jobs(self, query: JobQuery) -> JobPage:
@@ -242,3 +252,15 @@ class ProviderClient(Protocol):
         ...
 
     def cancel(self, batch_id: str) -> None: ...
+
+
+@runtime_checkable
+class UntaggedProvider(ProviderClient, Protocol):
+    """A provider whose batches carry no tag (Anthropic): an unrecorded batch can only be
+    told apart by when it was made, so its creates go one at a time through a create
+    lock (`services/create_lock.py`), and `find_batches` lists by time and count."""
+
+    def latest_batch(self) -> ProviderBatch | None:
+        """The newest batch the provider lists (None: it lists none): the mark after which
+        a create lock's holder creates."""
+        ...

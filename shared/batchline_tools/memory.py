@@ -16,9 +16,9 @@ from dataclasses import replace
 from typing import Any, BinaryIO
 
 from batchline.adapters import _listing
-from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job
+from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, ProviderLock
 from batchline.errors import NotFound, PreconditionFailed
-from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery, ObjectInfo
+from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery, LockChange, ObjectInfo
 
 
 class MemoryJobStore:
@@ -27,6 +27,8 @@ class MemoryJobStore:
         self.jobs: dict[str, Job] = {}
         self.chunks: dict[str, dict[int, Chunk]] = {}
         self.keys: dict[str, IdempotencyKey] = {}
+        self.locks: dict[str, ProviderLock] = {}
+
         self._cursor_key = _listing.store_key("memory", os.urandom(16).hex())
 
     def create_job(self, job: Job) -> bool:
@@ -100,6 +102,17 @@ class MemoryJobStore:
                     if chunk.batch_id == batch_id:
                         return BatchTag(job_id, index)
             return None
+
+    def get_lock(self, provider: str) -> ProviderLock:
+        with self._lock:
+            return self.locks.get(provider, ProviderLock(provider))
+
+    def update_lock(self, provider: str, change: LockChange) -> ProviderLock | None:
+        with self._lock:
+            updated = change(self.locks.get(provider, ProviderLock(provider)))
+            if updated is not None:
+                self.locks[provider] = updated
+            return updated
 
     def list_jobs(self, query: JobQuery) -> JobPage:
         position = _listing.decode(self._cursor_key, query)

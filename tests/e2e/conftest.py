@@ -33,9 +33,9 @@ ANTHROPIC_CHUNK_BYTES = 200_000
 #: VERTEX_ROWS_PER_FILE rows, so that every job's results span several prediction files.
 VERTEX_CHUNK_REQUESTS = 350
 VERTEX_ROWS_PER_FILE = 90
-# Short, so the crash tests see a lease expire quickly; but longer than a submit call can
-# take on a loaded CI machine: a submit that outlives its lease may be raced by a second
-# submitter (the residual risk dispatch.py documents; production leases are 900 s).
+# Short, so the crash tests see a dead holder's lease expire quickly; a live holder renews
+# its leases every 5 s (a third of a lease) however long its calls take (production: 60 s
+# leases, 10 s heartbeats).
 LEASE_SECONDS = 15
 #: Bounds a wait that ends as soon as what it waits for happens: generous, since it only
 #: bounds a failure (a loaded 2-core machine is slow, not wrong).

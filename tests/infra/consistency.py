@@ -39,7 +39,7 @@ What is checked:
 - no IAM grant uses a primitive role or allUsers/allAuthenticatedUsers, and invoker is
   granted on single services only;
 - timeouts: at most 540 s for event functions; the work budget fits in the timeout of
-  every function whose code uses it; leases outlive them all.
+  every function whose code uses it; the longest hold (max_hold_seconds) outlives them all.
 """
 
 from __future__ import annotations
@@ -1700,7 +1700,7 @@ def check_timeouts(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
         limit = HTTP_TIMEOUT_LIMIT if spec.get("trigger") == "http" else EVENT_TIMEOUT_LIMIT
         if timeout > limit:
             yield f"function {name}: default timeout {timeout} s is over the {limit} s limit"
-    budget, lease = settings.get("work_budget_seconds"), settings.get("lease_seconds")
+    budget, hold = settings.get("work_budget_seconds"), settings.get("max_hold_seconds")
     # Functions whose code works against the budget (submit, poll, and api, which plans
     # and submits a job it accepts) must outlast it.
     planners = [
@@ -1709,13 +1709,13 @@ def check_timeouts(infra: InfraFacts, code: CodeFacts) -> Iterator[str]:
         if name in timeouts
         and "work_budget_seconds" in getattr(code.uses.get(spec.get("entry_point")), "settings", ())
     ]
-    if budget is None or lease is None:
-        yield "infra: var.settings must default work_budget_seconds and lease_seconds"
+    if budget is None or hold is None:
+        yield "infra: var.settings must default work_budget_seconds and max_hold_seconds"
         return
     if planners and budget + 60 > min(planners):
         yield f"work budget {budget} s does not leave 60 s of the shortest timeout of the functions that use it ({min(planners)} s)"
-    if timeouts and lease <= max(timeouts.values()):
-        yield f"lease {lease} s does not outlive the longest function timeout ({max(timeouts.values())} s)"
+    if timeouts and hold <= max(timeouts.values()):
+        yield f"max hold {hold} s does not outlive the longest function timeout ({max(timeouts.values())} s)"
     for name in ("functions", "settings"):
         if not infra.variables.get(name, {}).get("validation"):
             yield f"infra: var.{name} has no validation blocks"

@@ -108,10 +108,15 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
     assert facts["openai"].api_key_env == {"OPENAI_API_KEY"} and facts["openai"].google_api is None
     assert facts["vertex"].api_key_env == frozenset()
     assert facts["vertex"].google_api == "aiplatform.googleapis.com" and facts["vertex"].agent_io
-    assert facts["vertex"].methods["submit"][1] == {"create_batch_prediction_job"}
+    assert facts["vertex"].methods["create_batch"][1] == {"create_batch_prediction_job"}
     assert facts["vertex"].methods["iter_results"][0] == {"list_prefix", "open_read"}
     # cancel: a job canceled while it is planned, or a duplicate batch of a stalled submit.
-    assert code.uses["submit"].provider_methods == {"submit", "find_batches", "get_batch", "cancel"}
+    assert code.uses["submit"].provider_methods == {
+        "create_batch",
+        "find_batches",
+        "get_batch",
+        "cancel",
+    }
     assert code.uses["collect"].provider_methods == {"get_batch", "iter_results"}
     assert "list_prefix" in code.uses["collect"].blob_operations
     assert "BATCHLINE_VERTEX_API_ENDPOINT" in code.env_read

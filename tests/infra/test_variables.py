@@ -199,8 +199,12 @@ def test_a_directory_bundle_is_accepted(terraform: str, probe: Path) -> None:
         ({"settings": {"work_budget_seconds": 500}}, "must leave at least 60 s"),
         ({"functions": {"api": {"timeout": 300}}}, "must leave at least 60 s"),
         (
-            {"settings": {"lease_seconds": 500}},
-            "lease_seconds must be longer than every function's timeout",
+            {"settings": {"max_hold_seconds": 500}},
+            "max_hold_seconds must be longer than every function's timeout",
+        ),
+        (
+            {"settings": {"lease_seconds": 20, "heartbeat_seconds": 10}},
+            "three heartbeats",
         ),
         ({"settings": {"default_model": "gpt-4o"}}, "provider/model"),
         (

@@ -124,7 +124,7 @@ def test_submit_sends_the_payload_as_one_body_with_its_length() -> None:
         data = b"".join(encode(r, DEFAULT_MAX_TOKENS) for r in requests)
         started = time.time()
         batch = provider.create_batch(StagedPayload.of_bytes(data), BatchTag("job-x", 3), MODEL)
-        # Two overloaded answers, then the SDK's third attempt sent the same body again.
+        # Two overloaded answers (no batch made), then the third attempt sent the same body.
         assert len(recorder.creates) == 3 and emulator.state.creates == 1
         for create in recorder.creates:
             assert create["transfer_encoding"] is None  # not chunked
@@ -359,6 +359,39 @@ def test_cancel_of_an_ended_batch_is_a_no_op(provider: AnthropicProvider) -> Non
     )
     provider.cancel(batch.batch_id)
     assert provider.get_batch(batch.batch_id).state is BatchState.COMPLETED
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_create_answered_with_an_error_that_may_have_made_a_batch_is_not_sent_again(
+    status: int,
+) -> None:
+    """A 500 may come after the batch was made: a second create could make a second one,
+    so the error goes to the caller (the create lock's holder settles it)."""
+    emulator = make_app(EmulatorConfig(api_error_next=1, api_error_status=status))
+    recorder = Recorder(emulator)
+    root, stop = start_in_thread(recorder)
+    try:
+        provider = AnthropicProvider("k", base_url=root)
+        data = b"".join(encode(r, DEFAULT_MAX_TOKENS) for r in simple_requests(2))
+        with pytest.raises(ProviderError) as info:
+            provider.create_batch(StagedPayload.of_bytes(data), BatchTag("job-x", 0), MODEL)
+        assert (info.value.retryable, info.value.status) == (True, status)
+        assert len(recorder.creates) == 1
+    finally:
+        stop()
+
+
+def test_latest_batch_is_the_newest_one_listed(
+    provider: AnthropicProvider, anthropic_emulator: AnthropicEmulatorHandle
+) -> None:
+    assert provider.latest_batch() is None  # none yet (the emulator was reset)
+    made = [
+        provider.create_batch(payload(simple_requests(n)), BatchTag("j", n), MODEL) for n in (1, 2)
+    ]
+    newest = provider.latest_batch()
+    assert newest is not None and newest.batch_id == made[-1].batch_id
+    assert newest.created_at is not None and made[0].created_at is not None
+    assert newest.created_at >= made[0].created_at
 
 
 # --------------------------------------------------------------------------- HTTP errors

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from batchline.adapters.firestore import FirestoreJobStore, chunk_doc_id, make_client
+from batchline.adapters.firestore import CONTENTION, FirestoreJobStore, chunk_doc_id, make_client
 from batchline.domain.models import (
     BatchState,
     BatchTag,
@@ -26,9 +26,10 @@ from batchline.domain.models import (
     JobOptions,
     JobState,
     Lease,
+    ProviderLock,
     Source,
 )
-from batchline.errors import RetryableError
+from batchline.errors import Contention, RetryableError
 from batchline_tools.local.stack import wipe_firestore
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,7 @@ def full_job(job_id: str = "job-full") -> Job:
             response_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
             max_repair_attempts=2,
             max_cost_usd=12.5,
+            notify_url="https://hooks.example.com/batchline",
         ),
         output_prefix=f"gs://out-bucket/team/ünïcode input/{job_id}/",
         origin="api",
@@ -109,6 +111,7 @@ def full_job(job_id: str = "job-full") -> Job:
         updated_at=NOW + 1.5,
         submitted_at=NOW + 0.75,
         collect_requested_at=NOW + 2.0,
+        collect_sent_at=NOW + 2.25,
         cancel_requested_at=NOW + 2.5,
         ended_at=NOW + 3.0,
         event_published=True,
@@ -239,6 +242,7 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         expire_at=EXPIRE_AT,
         repair_round=1,
         repair_of=0,
+        orphans=["batch_dup"],
         requests_uri="gs://work/jobs/job-c/requests/01/0000000004.jsonl",
     )
     bare = Chunk("job-c", 3, "", "", 0, 0, "", "")
@@ -393,9 +397,10 @@ def test_transaction_that_cannot_commit_is_a_retryable_error(
 
     blocker = threading.Thread(target=lambda: hold(db.transaction()))
     blocker.start()
+    aborted, given_up = CONTENTION.aborted, CONTENTION.given_up
     try:
         assert holding.wait(10)
-        with pytest.raises(RetryableError):
+        with pytest.raises(Contention):  # a RetryableError
             store.update_chunk(
                 "job-held", 0, lambda c: c.to(ChunkState.SUBMITTING, NOW, lease=Lease("x", 1.0))
             )
@@ -403,6 +408,8 @@ def test_transaction_that_cannot_commit_is_a_retryable_error(
         release.set()
         blocker.join(30)
     assert store.get_chunks("job-held") == [chunk]
+    # Every aborted attempt is counted, for logs and tests to read.
+    assert CONTENTION.aborted - aborted >= 2 and CONTENTION.given_up == given_up + 1
 
 
 def test_update_chunk_of_missing_chunk_is_none(store: FirestoreJobStore) -> None:
@@ -478,3 +485,32 @@ def test_batch_recorded_by_finds_the_chunk_across_jobs(store: FirestoreJobStore)
     assert store.batch_recorded_by("msgbatch_unknown") is None
     store.update_chunk("job-a", 3, lambda c: replace(c, batch_id="msgbatch_late"))
     assert store.batch_recorded_by("msgbatch_late") == BatchTag("job-a", 3)
+
+
+# --------------------------------------------------------------------------- create locks
+
+
+def test_a_create_lock_never_written_is_free_and_its_race_has_one_holder(
+    store: FirestoreJobStore, new_store: Callable[[], FirestoreJobStore]
+) -> None:
+    from batchline.domain import claims
+    from batchline.domain.claims import Change, LeaseTerms
+    from batchline.domain.models import CreateIntent
+
+    assert store.get_lock("anthropic") == ProviderLock("anthropic")
+    stores = [new_store() for _ in range(RACERS)]
+
+    def take(i: int) -> ProviderLock | None:
+        change = Change(claims.take_lock, f"submitter-{i}", NOW, LeaseTerms(60))
+        return stores[i].update_lock("anthropic", change)
+
+    winners = split_outcomes(race(RACERS, take))
+    assert len(winners) == 1
+    [(index, won)] = winners
+    assert store.get_lock("anthropic") == won
+    intent = CreateIntent("job-a", 2, 3, NOW, "msgbatch_mark", NOW - 5.25)
+    declared = store.update_lock(
+        "anthropic", Change(claims.declare_intent, f"submitter-{index}", intent)
+    )
+    assert declared is not None and store.get_lock("anthropic") == declared  # round trip
+    assert store.get_lock("openai") == ProviderLock("openai")  # one lock per provider

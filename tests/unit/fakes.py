@@ -59,10 +59,15 @@ class FakeProvider:
         # plays a submit call that stalls past its lease while another one runs.
         self.stall_before_create: Callable[[], object] | None = None
         self.stall_after_create: Callable[[], object] | None = None
+        # Raised by the next submit, once, before anything is created.
+        self.fail_create: Exception | None = None
 
     def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         with payload.open() as stream:
             ids = [orjson.loads(line)["custom_id"] for line in stream.read().splitlines()]
+        if self.fail_create is not None:
+            error, self.fail_create = self.fail_create, None
+            raise error
         if self.stall_before_create is not None:
             stall, self.stall_before_create = self.stall_before_create, None
             stall()
@@ -133,6 +138,17 @@ class FakeProvider:
         fake.batch = replace(fake.batch, state=BatchState.CANCELED)
 
 
+class UntaggedFakeProvider(FakeProvider):
+    """A provider without batch metadata (Anthropic): its creates go through the create
+    lock, which marks the newest batch before each."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock, tags=False)
+
+    def latest_batch(self) -> ProviderBatch | None:
+        return next((fake.batch for fake in reversed(self.batches.values())), None)
+
+
 def with_limits(limits: ChunkLimits, *names: str) -> dict[str, Any]:
     """Every provider's default settings block, the named ones (all when none is named)
     with `limits`."""
@@ -147,7 +163,7 @@ def make_deps(
     max_requests: int = 1000, *, tags: bool = True
 ) -> tuple[Deps, FakeProvider, FakeClock]:
     clock = FakeClock()
-    provider = FakeProvider(clock, tags=tags)
+    provider = FakeProvider(clock) if tags else UntaggedFakeProvider(clock)
     settings = Settings(
         project="p",
         input_bucket="in",
@@ -155,6 +171,9 @@ def make_deps(
         work_bucket="work",
         providers=with_limits(ChunkLimits(max_requests, 10_000_000), "openai"),
         lease_seconds=60,
+        # No heartbeat threads: a holder's lease runs out when the test moves the clock
+        # past it (tests/unit/test_leases.py turns them on).
+        heartbeat_seconds=0,
     )
     deps = Deps(
         settings=settings,

@@ -29,13 +29,16 @@ from batchline.domain import claims
 from batchline.domain.claims import Change, LeaseState, LeaseTerms, Leave
 from batchline.domain.models import (
     BatchState,
+    BatchTag,
     Chunk,
     ChunkState,
+    CreateIntent,
     Job,
     JobOptions,
     JobState,
     Lease,
     ProviderBatch,
+    ProviderLock,
     Source,
 )
 from batchline.domain.results import Tally
@@ -48,6 +51,7 @@ COUNTS = {"lines": 3, "blank_lines": 0, "invalid": 0, "requests": 3}
 TALLY = Tally(counts={"succeeded": 3}, input_tokens=30, output_tokens=15, cost_usd=0.123456789012)
 BATCH = ProviderBatch("batch_1", BatchState.RUNNING, {"total": 3})
 ENDED_BATCH = ProviderBatch("batch_1", BatchState.COMPLETED, {"total": 3, "completed": 3})
+ENDED_OTHER = ProviderBatch("batch_2", BatchState.COMPLETED, {"total": 3, "completed": 3})
 
 LEASE_COLUMNS: dict[str, Lease | None] = {
     "free": None,
@@ -122,6 +126,28 @@ EVENTS: dict[str, Event] = {
         job(JobState.ACCEPTED),
         job(JobState.SUBMITTING),
     ),
+    # ------------------------------------------------------------------ advancing a job
+    "take for advance": Event(
+        "taken",
+        lambda j: claims.take_for_advance(j, ME, NOW, TERMS),
+        lambda j: replace(j, lease=Lease(ME, NOW + 60), updated_at=NOW),
+        job(JobState.RUNNING),
+        job(JobState.COLLECTING),
+    ),
+    "renew the advancing lease": Event(
+        "renewed",
+        lambda j: claims.renew_advance(j, ME, NOW, TERMS),
+        lambda j: replace(j, lease=Lease(ME, NOW + 60), updated_at=NOW),
+        job(JobState.SUBMITTING),
+        job(JobState.COLLECTING),
+    ),
+    "release the advancing lease": Event(
+        "released",
+        lambda j: claims.release_advance(j, ME, NOW),
+        lambda j: replace(j, lease=None, updated_at=NOW),
+        job(JobState.RUNNING),
+        job(JobState.SUCCEEDED),
+    ),
     "commit the plan": Event(
         "committed",
         lambda j: claims.commit_plan(j, ME, NOW, counts=COUNTS, chunk_count=2),
@@ -158,6 +184,13 @@ EVENTS: dict[str, Event] = {
             submit_started_at=c.submit_started_at or NOW,
             updated_at=NOW,
         ),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING),
+    ),
+    "renew the submit lease": Event(
+        "renewed",
+        lambda c: claims.renew_submit(c, ME, NOW, TERMS),
+        lambda c: replace(c, lease=Lease(ME, NOW + 60), updated_at=NOW),
         chunk(ChunkState.SUBMITTING),
         chunk(ChunkState.RUNNING),
     ),
@@ -219,6 +252,44 @@ EVENTS: dict[str, Event] = {
         chunk(ChunkState.RUNNING),
         chunk(ChunkState.ENDED, batch_state=BatchState.COMPLETED),
     ),
+    "sent again (its batch was another's)": Event(
+        "pending",
+        lambda c: claims.resend(c, "batch_1", NOW),
+        lambda c: replace(
+            c,
+            state=ChunkState.PENDING,
+            lease=None,
+            submit_started_at=None,
+            batch_id=None,
+            batch_state=None,
+            batch_counts={},
+            error=None,
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.ENDED, batch_state=BatchState.COMPLETED, submit_started_at=NOW - 900),
+        chunk(ChunkState.ENDED, batch_id="batch_9"),
+    ),
+    "given its own batch back": Event(
+        "rebound",
+        lambda c: claims.rebind(c, "batch_1", ENDED_OTHER, NOW),
+        lambda c: replace(
+            c,
+            batch_id="batch_2",
+            batch_state=BatchState.COMPLETED,
+            batch_counts={"total": 3, "completed": 3},
+            error=None,
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.ENDED, batch_state=BatchState.COMPLETED),
+        chunk(ChunkState.ENDED, batch_id="batch_2"),
+    ),
+    "orphans found": Event(
+        "noted",
+        lambda c: claims.note_orphans(c, ["batch_7", "batch_1"]),
+        lambda c: replace(c, orphans=[*c.orphans, "batch_7"]),
+        chunk(ChunkState.RUNNING),
+        chunk(ChunkState.RUNNING, orphans=["batch_7"]),
+    ),
     "cancel a pending chunk": Event(
         "ended canceled",
         lambda c: claims.cancel_pending(c, NOW),
@@ -249,6 +320,7 @@ EVENTS: dict[str, Event] = {
         lambda j: replace(
             j,
             state=JobState.COLLECTING,
+            lease=None,
             submitted_at=j.submitted_at or NOW,
             collect_requested_at=NOW,
             updated_at=NOW,
@@ -256,12 +328,26 @@ EVENTS: dict[str, Event] = {
         job(JobState.RUNNING, submitted_at=NOW - 500),
         job(JobState.COLLECTING),
     ),
+    "collect ask sent": Event(
+        "noted",
+        lambda j: claims.collect_sent(j, NOW - 5, NOW),
+        lambda j: replace(j, collect_sent_at=NOW),
+        job(JobState.COLLECTING, collect_requested_at=NOW - 5),
+        job(JobState.SUCCEEDED, collect_requested_at=NOW - 5),
+    ),
     "collect not done in time": Event(
         "asked again",
-        lambda j: claims.ask_collect_again(j, NOW, 600),
+        lambda j: claims.ask_collect_again(j, NOW, 600, 60),
         lambda j: replace(j, collect_requested_at=NOW, updated_at=NOW),
-        job(JobState.COLLECTING, collect_requested_at=NOW - 600),
+        job(JobState.COLLECTING, collect_requested_at=NOW - 600, collect_sent_at=NOW - 599),
         job(JobState.SUCCEEDED, collect_requested_at=NOW - 600),
+    ),
+    "reopen to send a chunk again": Event(
+        "reopened",
+        lambda j: claims.reopen_for_resend(j, NOW),
+        lambda j: replace(j, state=JobState.RUNNING, collect_requested_at=None, updated_at=NOW),
+        job(JobState.COLLECTING, collect_requested_at=NOW - 10),
+        job(JobState.RUNNING),
     ),
     "reopen for a repair round": Event(
         "reopened",
@@ -311,12 +397,18 @@ LEASES: dict[str, tuple[str, ...]] = {
     #                               free          mine          mine, expired held          expired       past
     # Planning: whoever holds a live lease plans; an expired planner is taken over.
     "take for plan":                ("taken",     "taken",      "taken",      HELD,         "taken",      DONE),
+    # Advancing: one invocation at a time moves a job on; the others leave it.
+    "take for advance":             ("taken",     "taken",      "taken",      HELD,         "taken",      DONE),
+    "renew the advancing lease":    (NOT_MINE,    "renewed",    "renewed",    NOT_MINE,     NOT_MINE,     DONE),
+    "release the advancing lease":  (NOT_MINE,    "released",   "released",   NOT_MINE,     NOT_MINE,     DONE),
     "renew the planning lease":     (NOT_MINE,    "renewed",    "renewed",    NOT_MINE,     NOT_MINE,     DONE),
     "commit the plan":              (NOT_MINE,    "committed",  "committed",  NOT_MINE,     NOT_MINE,     DONE),
     # An unreadable file is unreadable for every planner.
     "reject":                       ("rejected",  "rejected",   "rejected",   "rejected",   "rejected",   DONE),
     # Submitting: a live lease, mine included, means someone is at it.
     "take for submit":              ("taken",     HELD,         "taken",      HELD,         "taken",      DONE),
+    # A heartbeat renews a lease nobody took over, even run out; a taken one says stop.
+    "renew the submit lease":       (NOT_MINE,    "renewed",    "renewed",    NOT_MINE,     NOT_MINE,     DONE),
     "release (a retryable error)":  (NOT_MINE,    "released",   "released",   NOT_MINE,     NOT_MINE,     DONE),
     "fail (refused for good)":      (NOT_MINE,    "failed",     "failed",     NOT_MINE,     NOT_MINE,     DONE),
     "nothing to adopt (canceling)": (NOT_MINE,    "ended unsent", "ended unsent", NOT_MINE, NOT_MINE,     DONE),
@@ -324,11 +416,17 @@ LEASES: dict[str, tuple[str, ...]] = {
     "record the batch":             ("recorded",  "recorded",   "recorded",   "recorded",   "recorded",   DONE),
     # No lease guards the rest: the record's state does.
     "batch ended":                  ("ended",     "ended",      "ended",      "ended",      "ended",      DONE),
+    # A collect that finds a chunk's batch holding another chunk's requests (mix-ups).
+    "sent again (its batch was another's)": ("pending", "pending", "pending", "pending", "pending", DONE),
+    "given its own batch back":     ("rebound",   "rebound",    "rebound",    "rebound",    "rebound",    DONE),
+    "orphans found":                ("noted",     "noted",      "noted",      "noted",      "noted",      DONE),
     "cancel a pending chunk":       ("ended canceled", "ended canceled", "ended canceled", "ended canceled", "ended canceled", DONE),
     "cancel asked":                 ("asked",     "asked",      "asked",      "asked",      "asked",      DONE),
     "every chunk sent":             ("running",   "running",    "running",    "running",    "running",    DONE),
     "every chunk ended":            ("collecting", "collecting", "collecting", "collecting", "collecting", DONE),
+    "collect ask sent":             ("noted",     "noted",      "noted",      "noted",      "noted",      DONE),
     "collect not done in time":     ("asked again", "asked again", "asked again", "asked again", "asked again", DONE),
+    "reopen to send a chunk again": ("reopened",  "reopened",   "reopened",   "reopened",   "reopened",   DONE),
     "reopen for a repair round":    ("reopened",  "reopened",   "reopened",   "reopened",   "reopened",   DONE),
     "finish":                       ("finished",  "finished",   "finished",   "finished",   "finished",   DONE),
     "job.completed sent":           ("marked",    "marked",     "marked",     "marked",     "marked",     DONE),
@@ -396,9 +494,72 @@ STATES = [
     ),
     pytest.param(
         "collect not done in time",
-        job(JobState.COLLECTING, collect_requested_at=NOW - 599),
+        job(JobState.COLLECTING, collect_requested_at=NOW - 599, collect_sent_at=NOW - 599),
         Leave.NOT_DUE,
-        id="collect asked less than retry_seconds ago",
+        id="collect sent less than retry_seconds ago",
+    ),
+    pytest.param(
+        "collect not done in time",
+        job(JobState.COLLECTING, collect_requested_at=NOW - 60),
+        "asked again",
+        id="collect asked a lease ago and never sent: its sender died",
+    ),
+    pytest.param(
+        "collect not done in time",
+        job(JobState.COLLECTING, collect_requested_at=NOW - 59),
+        Leave.NOT_DUE,
+        id="collect asked less than a lease ago, not sent yet",
+    ),
+    pytest.param(
+        "collect not done in time",
+        job(JobState.COLLECTING, collect_requested_at=NOW - 60, collect_sent_at=NOW - 700),
+        "asked again",
+        id="an older ask was sent, this one not",
+    ),
+    pytest.param(
+        "collect ask sent",
+        job(JobState.COLLECTING, collect_requested_at=NOW),
+        DONE,
+        id="a newer ask is not marked by the older one's message",
+    ),
+    pytest.param(
+        "collect ask sent",
+        job(JobState.COLLECTING, collect_requested_at=NOW - 5, collect_sent_at=NOW - 4),
+        DONE,
+        id="an ask is marked sent once",
+    ),
+    pytest.param(
+        "take for advance",
+        job(JobState.SUBMITTING),
+        "taken",
+        id="a submitting job is advanced",
+    ),
+    pytest.param(
+        "take for advance", job(JobState.ACCEPTED), DONE, id="an accepted job is planned instead"
+    ),
+    pytest.param(
+        "reopen to send a chunk again",
+        job(JobState.COLLECTING, cancel_requested_at=NOW - 5),
+        "reopened",
+        id="a job being canceled is reopened too (its chunk is then canceled, not sent)",
+    ),
+    pytest.param(
+        "sent again (its batch was another's)",
+        chunk(ChunkState.RUNNING),
+        DONE,
+        id="only an ended chunk is sent again",
+    ),
+    pytest.param(
+        "given its own batch back",
+        chunk(ChunkState.ENDED, batch_id=None),
+        DONE,
+        id="a chunk that recorded no batch is not given one (its lines are collected)",
+    ),
+    pytest.param(
+        "orphans found",
+        chunk(ChunkState.RUNNING, orphans=["batch_7"]),
+        DONE,
+        id="an orphan is noted once, and the chunk's own batch never",
     ),
     pytest.param(
         "collect not done in time",
@@ -461,6 +622,115 @@ def test_a_running_batch_keeps_the_chunk_running() -> None:
     assert followed.batch_counts == {"total": 3, "completed": 1}
     ended = claims.record_batch(chunk(ChunkState.SUBMITTING), ENDED_BATCH, NOW)
     assert isinstance(ended, Chunk) and ended.state is ChunkState.ENDED
+
+
+# ------------------------------------------------------------------ create locks
+# A provider's create lock (Anthropic: one create in flight per deployment). Its columns
+# are the lease columns of a lock with no intent open, and two with one open: mine (I
+# declared it), and another's whose holder is taken for dead (the crash in the create
+# gap). TAG is the open intent's chunk; a release names the intent it settles.
+
+TAG = BatchTag("j", 0)
+INTENT = CreateIntent("j", 0, 3, NOW - 10, "msgbatch_mark", NOW - 500)
+MY_INTENT = CreateIntent("j", 1, 3, NOW, "msgbatch_mark", NOW - 500)
+LOCK_COLUMNS: dict[str, ProviderLock] = {
+    **{name: ProviderLock("anthropic", lease) for name, lease in LEASE_COLUMNS.items()},
+    "mine, intent open": ProviderLock("anthropic", Lease(ME, NOW + 30), INTENT),
+    "expired, intent open": ProviderLock("anthropic", Lease(OTHER, NOW), INTENT),
+}
+LOCK_EVENTS: dict[str, tuple[str, Callable[[ProviderLock], Any], Callable[[Any], Any]]] = {
+    "take": (
+        "taken",
+        lambda lock: claims.take_lock(lock, ME, NOW, TERMS),
+        lambda lock: replace(lock, lease=Lease(ME, NOW + 60)),
+    ),
+    "renew": (
+        "renewed",
+        lambda lock: claims.renew_lock(lock, ME, NOW, TERMS),
+        lambda lock: replace(lock, lease=Lease(ME, NOW + 60)),
+    ),
+    "declare my intent": (
+        "declared",
+        lambda lock: claims.declare_intent(lock, ME, MY_INTENT),
+        lambda lock: replace(lock, intent=MY_INTENT),
+    ),
+    "settle the open intent": (
+        "settled",
+        lambda lock: claims.settle_intent(lock, ME, NOW, TAG),
+        lambda lock: replace(lock, intent=None),
+    ),
+    "release": (
+        "released",
+        lambda lock: claims.release_lock(lock, ME, NOW),
+        lambda lock: replace(lock, lease=None, intent=None),
+    ),
+    "release, settling the intent": (
+        "released",
+        lambda lock: claims.release_lock(lock, ME, NOW, TAG),
+        lambda lock: replace(lock, lease=None, intent=None),
+    ),
+}
+UNSETTLED = Leave.UNSETTLED
+
+# fmt: off
+LOCKS: dict[str, tuple[str, ...]] = {
+    #                               free        mine        mine, exp.  held      expired     mine+intent  expired+intent
+    # Taken over with its intent kept: the new holder settles it before anything else.
+    "take":                         ("taken",   "taken",    "taken",    HELD,     "taken",    "taken",     "taken"),
+    "renew":                        (NOT_MINE,  "renewed",  "renewed",  NOT_MINE, NOT_MINE,   "renewed",   NOT_MINE),
+    # Nothing is created over an open intent, nor without the lock.
+    "declare my intent":            (NOT_MINE,  "declared", "declared", NOT_MINE, NOT_MINE,   UNSETTLED,   NOT_MINE),
+    "settle the open intent":       (NOT_MINE,  DONE,       DONE,       NOT_MINE, NOT_MINE,   "settled",   NOT_MINE),
+    # The lock is given back only once its intent is accounted for.
+    "release":                      (NOT_MINE,  "released", "released", NOT_MINE, NOT_MINE,   UNSETTLED,   NOT_MINE),
+    "release, settling the intent": (NOT_MINE,  "released", "released", NOT_MINE, NOT_MINE,   "released",  NOT_MINE),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("name", "column"),
+    [(name, column) for name in LOCKS for column in LOCK_COLUMNS],
+    ids=[f"{name} | {column}" for name in LOCKS for column in LOCK_COLUMNS],
+)
+def test_create_lock_by_event(name: str, column: str) -> None:
+    assert set(LOCKS) == set(LOCK_EVENTS)
+    verb, rule, effect = LOCK_EVENTS[name]
+    before = LOCK_COLUMNS[column]
+    expected = LOCKS[name][list(LOCK_COLUMNS).index(column)]
+    outcome = rule(before)
+    if isinstance(expected, Leave):
+        assert outcome is expected
+        return
+    assert expected == verb
+    assert outcome == effect(before)
+
+
+def test_an_intent_settled_by_another_chunk_s_name_stays_open() -> None:
+    lock = LOCK_COLUMNS["mine, intent open"]
+    assert claims.settle_intent(lock, ME, NOW, BatchTag("j", 1)) is DONE
+    assert claims.release_lock(lock, ME, NOW, BatchTag("other-job", 0)) is UNSETTLED
+
+
+def test_a_crash_in_the_create_gap_is_settled_by_the_lock_s_next_holder() -> None:
+    """The story the create lock tells: "a" declares and dies after the create; "b",
+    another chunk's submitter, waits while the lock is live, then takes it over with the
+    intent, and may declare its own only after settling that one."""
+    lock = claims.take_lock(ProviderLock("anthropic"), "a", NOW, TERMS)
+    assert isinstance(lock, ProviderLock)
+    intent = CreateIntent("j", 0, 3, NOW + 1, None, None)
+    lock = claims.declare_intent(lock, "a", intent)
+    assert isinstance(lock, ProviderLock) and lock.intent == intent
+    assert claims.take_lock(lock, "b", NOW + 59, TERMS) is HELD  # "a" creates
+    taken = claims.take_lock(lock, "b", NOW + 60, TERMS)  # "a" is taken for dead
+    assert isinstance(taken, ProviderLock) and taken.intent == intent
+    mine = CreateIntent("j", 1, 3, NOW + 61, None, None)
+    assert claims.declare_intent(taken, "b", mine) is UNSETTLED
+    assert claims.release_lock(taken, "a", NOW + 61, intent.tag) is NOT_MINE  # too late
+    settled = claims.settle_intent(taken, "b", NOW + 61, intent.tag)
+    assert isinstance(settled, ProviderLock) and settled.intent is None
+    declared = claims.declare_intent(settled, "b", mine)
+    assert isinstance(declared, ProviderLock) and declared.intent == mine
 
 
 # ------------------------------------------------------------------ leases

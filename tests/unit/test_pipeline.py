@@ -9,9 +9,8 @@ import orjson
 import pytest
 
 from batchline.bootstrap import Deps
-from batchline.domain.models import BatchState, ChunkState, Job, JobOptions, JobState, Lease, Source
+from batchline.domain.models import BatchState, ChunkState, Job, JobState
 from batchline.services.collect import collect
-from batchline.services.plan import LeaseLost, _Heartbeat
 from batchline.services.poll import poll
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
 from batchline_tools.memory import MemoryBlobStore, MemoryJobStore, RecordingPublisher
@@ -212,31 +211,6 @@ def test_submit_out_of_time_leaves_chunks_pending_for_poll() -> None:
     assert len(provider.batches) == 3
     current = deps.store.get_job(job.job_id)
     assert current is not None and current.state is JobState.RUNNING
-
-
-def test_planning_heartbeat_renews_its_lease_and_notices_a_takeover() -> None:
-    deps, _, clock = make_deps()
-    event = upload(deps, line() + b"\n")
-    job = Job(
-        job_id="j",
-        source=Source(event.bucket, event.name, event.generation, event.size),
-        options=JobOptions(),
-        output_prefix="gs://out/x/j/",
-        lease=Lease("me", clock.now() + 60),
-    )
-    assert deps.store.create_job(job)
-    beat = _Heartbeat(deps, "j", "me")
-    clock.advance(10)
-    beat()  # too soon to renew: nothing written
-    assert deps.store.get_job("j") == job
-    clock.advance(15)
-    beat()
-    renewed = deps.store.get_job("j")
-    assert renewed is not None and renewed.lease == Lease("me", clock.now() + 60)
-    deps.store.update_job("j", lambda j: replace(j, lease=Lease("other", clock.now() + 60)))
-    clock.advance(25)
-    with pytest.raises(LeaseLost):
-        beat()
 
 
 def test_collect_in_many_small_runs_still_merges_in_order_and_first_result_wins(

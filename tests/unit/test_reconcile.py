@@ -1,11 +1,16 @@
-"""Finding the batch a crashed submit created, for providers with and without batch tags."""
+"""Finding the batch a crashed submit created, for providers with batch tags (found by
+tag) and without (Anthropic: one create at a time under the create lock, found after the
+mark its intent recorded)."""
 
 from __future__ import annotations
 
 import pytest
 
 from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change, LeaseTerms
 from batchline.domain.models import BatchState, ChunkState, ProviderBatch
+from batchline.errors import ProviderError
 from batchline.services.poll import poll
 from batchline.services.submit import handle_object_finalized
 from batchline_tools.memory import MemoryJobStore
@@ -61,26 +66,96 @@ def test_a_candidate_another_chunk_recorded_is_not_ours() -> None:
     assert chunk.batch_id == "batch_1" and len(provider.batches) == 2
 
 
-def test_two_unclaimed_candidates_mean_submitting_again() -> None:
+def test_two_unrecorded_batches_after_the_mark_are_cancelled_and_the_chunk_sent_again() -> None:
     deps, provider, clock = make_deps(tags=False)
     job_id = crashed_job(deps, provider)
-    foreign = other_batch(provider, 3, clock.now())
+    foreign = other_batch(provider, 3, clock.now())  # which one was ours cannot be told
     clock.advance(61)
     poll(deps)
     [chunk] = deps.store.get_chunks(job_id)
     assert chunk.batch_id not in ("batch_0", foreign, None)
-    assert len(provider.batches) == 3
+    assert sorted(chunk.orphans) == sorted(["batch_0", foreign])
+    states = {batch_id: fake.batch.state for batch_id, fake in provider.batches.items()}
+    assert states == {
+        "batch_0": BatchState.CANCELED,
+        foreign: BatchState.CANCELED,
+        chunk.batch_id: BatchState.RUNNING,
+    }
 
 
-def test_batches_outside_the_submit_window_are_not_candidates() -> None:
+def test_batches_listed_before_the_mark_are_not_candidates() -> None:
     deps, provider, clock = make_deps(tags=False)
+    # Same size, same minute, unrecorded, but listed before the crashed create's mark.
+    before = other_batch(provider, 3, clock.now())
     job_id = crashed_job(deps, provider)
-    # Created long after the crashed holder's lease ended: no attempt of ours made it.
-    other_batch(provider, 3, clock.now() + 60 + 3600)
     clock.advance(61)
     poll(deps)
     [chunk] = deps.store.get_chunks(job_id)
-    assert chunk.batch_id == "batch_0"
+    assert (chunk.state, chunk.batch_id, chunk.orphans) == (ChunkState.RUNNING, "batch_1", [])
+    assert provider.batches[before].batch.state is BatchState.RUNNING
+
+
+def test_equal_chunks_crashing_one_after_another_each_get_their_own_batch() -> None:
+    """Three equal chunks; every create dies before its record. Each tick's holder of the
+    lock adopts the dead one's batch for the chunk its intent names, then creates its own
+    (and dies): no chunk ever takes another's batch, and nothing is created twice."""
+    deps, provider, clock = make_deps(max_requests=2, tags=False)
+    data = b"\n".join(line(custom_id=f"c{i}") for i in range(6))
+    provider.crash_after_submit = True
+    with pytest.raises(CrashAfterSubmit):
+        handle_object_finalized(deps, upload(deps, data))
+    store = deps.store
+    assert isinstance(store, MemoryJobStore)
+    [job_id] = store.jobs
+    for _ in range(2):  # chunks 1 and 2
+        clock.advance(61)
+        provider.crash_after_submit = True
+        with pytest.raises(CrashAfterSubmit):
+            poll(deps)
+    clock.advance(61)
+    poll(deps)  # adopts the last one, creates nothing
+    chunks = deps.store.get_chunks(job_id)
+    assert [c.state for c in chunks] == [ChunkState.RUNNING] * 3
+    assert len(provider.batches) == 3
+    for chunk in chunks:
+        assert chunk.batch_id is not None
+        ids = provider.batches[chunk.batch_id].request_ids
+        assert ids == [f"bl-{2 * chunk.index + n + 1}" for n in range(2)], chunk
+    assert deps.store.get_lock(provider.name).lease is None  # given back
+
+
+def test_a_chunk_waits_while_another_create_holds_the_lock() -> None:
+    deps, provider, clock = make_deps(tags=False)
+    held = Change(claims.take_lock, "another-invocation", clock.now(), LeaseTerms(60))
+    assert deps.store.update_lock(provider.name, held) is not None
+    job = handle_object_finalized(deps, upload(deps, line() + b"\n" + line()))
+    assert job is not None
+    [chunk] = deps.store.get_chunks(job.job_id)
+    assert (chunk.state, chunk.attempts) == (ChunkState.PENDING, 0)  # not even leased
+    assert provider.batches == {}
+    clock.advance(61)  # the other holder is taken for dead
+    poll(deps)
+    [chunk] = deps.store.get_chunks(job.job_id)
+    assert (chunk.state, chunk.batch_id) == (ChunkState.RUNNING, "batch_0")
+
+
+@pytest.mark.parametrize(
+    ("status", "left_open"), [(500, True), (None, True), (429, False), (400, False)]
+)
+def test_a_create_that_may_have_made_a_batch_leaves_its_intent_for_the_next_holder(
+    status: int | None, left_open: bool
+) -> None:
+    deps, provider, _ = make_deps(tags=False)
+    provider.fail_create = ProviderError("boom", retryable=status != 400, status=status)
+    event = upload(deps, line() + b"\n" + line())
+    if status == 400:
+        handle_object_finalized(deps, event)
+    else:
+        with pytest.raises(ProviderError):
+            handle_object_finalized(deps, event)
+    lock = deps.store.get_lock(provider.name)
+    assert (lock.intent is not None) == left_open
+    assert (lock.lease is not None) == left_open  # left to expire, or given back at once
 
 
 def stalled_submit(deps: Deps, provider: FakeProvider) -> str:

@@ -1,21 +1,30 @@
 """JobStore on Firestore (native mode; the emulator via FIRESTORE_EMULATOR_HOST).
 
 `jobs/{job_id}` holds the job; `jobs/{job_id}/chunks/{nnnnn}` its chunks;
-`idempotency_keys/{key_id}` the API keys claimed for jobs. Every update is a transaction,
+`idempotency_keys/{key_id}` the API keys claimed for jobs; `provider_locks/{provider}`
+the create lock of a provider whose batches carry no tag. Every update is a transaction,
 so two invocations racing on one record see one winner. Every call translates the
 client's errors the same way (`adapters._google.translated`).
+
+A transaction that loses a race is aborted (`ABORTED`, the emulator's "Transaction lock
+timeout") and tried again; every aborted attempt is counted (`CONTENTION`) and logged, and
+one that never commits raises `Contention`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from batchline.adapters import _listing
 from batchline.adapters._google import translated
-from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, JobState
-from batchline.errors import RetryableError
-from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery
+from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, JobState, ProviderLock
+from batchline.errors import Contention, RetryableError
+from batchline.log import fields, get_logger
+from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery, LockChange
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -31,6 +40,33 @@ LABEL_PAIRS = "label_pairs"
 #: How many job documents one `list_jobs` page reads at most when filters it checks
 #: itself (a second label) skip some: a sparse match returns a short page and a cursor.
 LIST_SCAN_LIMIT = 1000
+LOCKS = "provider_locks"
+#: Attempts of one update whose reads are aborted by concurrent transactions (an aborted
+#: commit is retried by the client itself).
+UPDATE_ATTEMPTS = 3
+
+log = get_logger(__name__)
+
+
+class ContentionCount:
+    """Aborted transaction attempts in this process, by what they updated (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.aborted = 0
+        self.given_up = 0
+
+    def add(self, aborted: int, given_up: bool, doing: str) -> None:
+        with self._lock:
+            self.aborted += aborted
+            self.given_up += int(given_up)
+        log.warning(
+            "transaction aborted by contention",
+            extra=fields(doing=doing, aborted=aborted, given_up=given_up),
+        )
+
+
+CONTENTION = ContentionCount()
 #: A key record whose job does not exist yet is its creator's for this long (it creates
 #: the job right after the key); after that its creator is taken for dead.
 KEY_CLAIM_GRACE_SECONDS = 60.0
@@ -101,8 +137,6 @@ class FirestoreJobStore:
         return job, True
 
     def _held_or_taken_over(self, key: IdempotencyKey, job: Job) -> tuple[Job, bool]:
-        from google.cloud import firestore
-
         key_ref = self._db.collection(KEYS).document(key.key_id)
         snapshot = key_ref.get()
         holder = IdempotencyKey.from_dict(snapshot.to_dict() or {}) if snapshot.exists else None
@@ -114,7 +148,6 @@ class FirestoreJobStore:
                 raise RetryableError(f"idempotency key {key.key_id} is being claimed")
         seen = holder.job_id if holder is not None else None
 
-        @firestore.transactional
         def run(transaction: Any) -> tuple[Job, bool]:
             again = key_ref.get(transaction=transaction)
             if again.exists:
@@ -125,17 +158,14 @@ class FirestoreJobStore:
             transaction.create(self._job_ref(job.job_id), _job_doc(job))
             return job, True
 
-        result: tuple[Job, bool] = _committed(run, self._db.transaction())
+        result: tuple[Job, bool] = _transact(self._db, run, f"claiming key {key.key_id}")
         return result
 
     def update_job(
         self, job_id: str, change: JobChange, new_chunks: Sequence[Chunk] = ()
     ) -> Job | None:
-        from google.cloud import firestore
-
         ref = self._job_ref(job_id)
 
-        @firestore.transactional
         def run(transaction: Any) -> Job | None:
             snapshot = ref.get(transaction=transaction)
             if not snapshot.exists:
@@ -150,8 +180,7 @@ class FirestoreJobStore:
                 transaction.set(self._chunk_ref(job_id, chunk.index), chunk.to_dict())
             return updated
 
-        with translated(f"updating job {job_id}"):
-            result: Job | None = _committed(run, self._db.transaction())
+        result: Job | None = _transact(self._db, run, f"updating job {job_id}")
         return result
 
     def get_chunks(self, job_id: str) -> list[Chunk]:
@@ -161,11 +190,8 @@ class FirestoreJobStore:
         return sorted(chunks, key=lambda c: c.index)
 
     def update_chunk(self, job_id: str, index: int, change: ChunkChange) -> Chunk | None:
-        from google.cloud import firestore
-
         ref = self._chunk_ref(job_id, index)
 
-        @firestore.transactional
         def run(transaction: Any) -> Chunk | None:
             snapshot = ref.get(transaction=transaction)
             if not snapshot.exists:
@@ -175,8 +201,33 @@ class FirestoreJobStore:
                 transaction.set(ref, updated.to_dict())
             return updated
 
-        with translated(f"updating chunk {index} of job {job_id}"):
-            result: Chunk | None = _committed(run, self._db.transaction())
+        doing = f"updating chunk {index} of job {job_id}"
+        result: Chunk | None = _transact(self._db, run, doing)
+        return result
+
+    def get_lock(self, provider: str) -> ProviderLock:
+        with translated(f"reading the {provider} create lock"):
+            snapshot = self._db.collection(LOCKS).document(provider).get()
+        if not snapshot.exists:
+            return ProviderLock(provider)
+        return ProviderLock.from_dict(snapshot.to_dict() or {})
+
+    def update_lock(self, provider: str, change: LockChange) -> ProviderLock | None:
+        ref = self._db.collection(LOCKS).document(provider)
+
+        def run(transaction: Any) -> ProviderLock | None:
+            snapshot = ref.get(transaction=transaction)
+            current = (
+                ProviderLock.from_dict(snapshot.to_dict() or {})
+                if snapshot.exists
+                else ProviderLock(provider)
+            )
+            updated = change(current)
+            if updated is not None:
+                transaction.set(ref, updated.to_dict())
+            return updated
+
+        result: ProviderLock | None = _transact(self._db, run, f"updating the {provider} lock")
         return result
 
     def active_jobs(self) -> list[Job]:
@@ -307,17 +358,52 @@ def _job_of(doc: dict[str, Any]) -> Job:
     return Job.from_dict({k: v for k, v in doc.items() if k != LABEL_PAIRS})
 
 
-def _committed(run: Any, transaction: Any) -> Any:
-    """Run a transactional function; contention that outlasts the client's own retries is
-    a retryable failure (the client raises a bare ValueError from Aborted for it)."""
+def _transact(db: Any, body: Callable[[Any], Any], doing: str) -> Any:
+    """Run `body(transaction)` in a transaction, counting aborted attempts. The client
+    retries an aborted commit itself (5 attempts); an abort while reading is tried again
+    here, a little later so that racers spread out. One that never commits raises
+    `Contention`."""
     from google.api_core.exceptions import Aborted
+    from google.cloud import firestore
 
-    try:
-        return run(transaction)
-    except ValueError as exc:
-        if isinstance(exc.__cause__, Aborted):
-            raise RetryableError(f"Firestore transaction did not commit: {exc}") from exc
-        raise
+    calls = 0
+
+    def counted(transaction: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return body(transaction)
+
+    run = firestore.transactional(counted)
+    aborted = 0
+    for attempt in range(UPDATE_ATTEMPTS):
+        before = calls
+        try:
+            with translated(doing):
+                result = run(db.transaction())
+        except (RetryableError, ValueError) as exc:
+            if not _aborted(exc, Aborted):
+                raise
+            aborted += max(calls - before, 1)
+            if isinstance(exc, ValueError) or attempt + 1 == UPDATE_ATTEMPTS:
+                break  # the client's own retries are spent: others keep winning
+            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+            continue
+        aborted += calls - before - 1
+        if aborted:
+            CONTENTION.add(aborted, False, doing)
+        return result
+    CONTENTION.add(aborted, True, doing)
+    raise Contention(f"{doing}: the transaction kept losing to concurrent ones")
+
+
+def _aborted(exc: BaseException, aborted: type[BaseException]) -> bool:
+    """Whether `exc` is (or wraps) Firestore's ABORTED: a transaction lost a race."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, aborted):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _bump(job: Job, version: int) -> Job:

@@ -24,12 +24,15 @@ from typing import Concatenate, Generic, ParamSpec, TypeVar
 
 from batchline.domain.models import (
     BatchState,
+    BatchTag,
     Chunk,
     ChunkState,
+    CreateIntent,
     Job,
     JobState,
     Lease,
     ProviderBatch,
+    ProviderLock,
 )
 from batchline.domain.results import Tally
 
@@ -102,9 +105,10 @@ class Leave(StrEnum):
     NOT_MINE = "not mine"  # the caller holds no lease on it (never did, or lost it)
     NOT_DUE = "not due"  # too early to do it again
     CANCELED = "canceled"  # a cancel was asked for: nothing new starts
+    UNSETTLED = "unsettled"  # a create lock's intent is open: settle it first
 
 
-R = TypeVar("R", Job, Chunk)
+R = TypeVar("R", Job, Chunk, ProviderLock)
 P = ParamSpec("P")
 
 
@@ -200,6 +204,36 @@ def start_running(job: Job, now: float) -> Job | Leave:
     return job.to(JobState.RUNNING, now, submitted_at=now)
 
 
+def take_for_advance(job: Job, owner: str, now: float, terms: LeaseTerms) -> Job | Leave:
+    """Take the lease that lets one invocation at a time move a submitting or running job
+    forward (submit, follow or cancel its chunks). Another's live lease is left alone:
+    its holder is at it, and a duplicate trigger or a tick has nothing to add."""
+    if job.state not in (JobState.SUBMITTING, JobState.RUNNING):
+        return Leave.DONE
+    if lease_state(job.lease, owner, now) is LeaseState.HELD:
+        return Leave.HELD
+    return replace(job, lease=terms.lease(owner, now), updated_at=now)
+
+
+def renew_advance(job: Job, owner: str, now: float, terms: LeaseTerms) -> Job | Leave:
+    """Extend my advancing lease (a heartbeat) while it is mine; one that was taken over
+    tells me to stop."""
+    if job.state not in (JobState.SUBMITTING, JobState.RUNNING):
+        return Leave.DONE
+    if not lease_state(job.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    return replace(job, lease=terms.lease(owner, now), updated_at=now)
+
+
+def release_advance(job: Job, owner: str, now: float) -> Job | Leave:
+    """Give my advancing lease back: the next tick may take the job up at once."""
+    if job.state not in (JobState.SUBMITTING, JobState.RUNNING):
+        return Leave.DONE
+    if job.lease is None or not lease_state(job.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    return replace(job, lease=None, updated_at=now)
+
+
 def start_collecting(job: Job, now: float) -> Job | Leave:
     """Every chunk has ended: the job is to be collected, asked for now."""
     if job.state not in (JobState.SUBMITTING, JobState.RUNNING):
@@ -207,19 +241,37 @@ def start_collecting(job: Job, now: float) -> Job | Leave:
     return job.to(
         JobState.COLLECTING,
         now,
+        lease=None,
         submitted_at=job.submitted_at or now,
         collect_requested_at=now,
     )
 
 
-def ask_collect_again(job: Job, now: float, retry_seconds: float) -> Job | Leave:
-    """Ask again for the collect of a job whose last ask is `retry_seconds` old (the
-    message may be lost, or its collect died)."""
+def ask_collect_again(
+    job: Job, now: float, retry_seconds: float, unsent_seconds: float | None = None
+) -> Job | Leave:
+    """Ask again for the collect of a collecting job: `retry_seconds` after the last ask
+    whose message went out (its collect may have died), or `unsent_seconds` after an ask
+    whose message never went out (its sender died between the state change and the
+    publish: taken for dead like any lease holder). None: `retry_seconds` for both."""
     if job.state is not JobState.COLLECTING:
         return Leave.DONE
-    if (job.collect_requested_at or 0) + retry_seconds > now:
+    asked = job.collect_requested_at or 0
+    sent = job.collect_sent_at is not None and job.collect_sent_at >= asked
+    wait = retry_seconds if sent or unsent_seconds is None else unsent_seconds
+    if asked + wait > now:
         return Leave.NOT_DUE
     return replace(job, collect_requested_at=now, updated_at=now)
+
+
+def collect_sent(job: Job, requested_at: float | None, now: float) -> Job | Leave:
+    """The collect message asked for at `requested_at` went out: from now on poll gives
+    that collect `collect_retry_seconds`. A newer ask, or one noted already, is left."""
+    if job.state is not JobState.COLLECTING or job.collect_requested_at != requested_at:
+        return Leave.DONE
+    if job.collect_sent_at is not None and job.collect_sent_at >= (requested_at or 0):
+        return Leave.DONE
+    return replace(job, collect_sent_at=now)
 
 
 def reopen_for_repair(job: Job, now: float, *, chunk_count: int, new_chunks: int) -> Job | Leave:
@@ -233,6 +285,15 @@ def reopen_for_repair(job: Job, now: float, *, chunk_count: int, new_chunks: int
     return job.to(
         JobState.RUNNING, now, chunk_count=chunk_count + new_chunks, collect_requested_at=None
     )
+
+
+def reopen_for_resend(job: Job, now: float) -> Job | Leave:
+    """Back to running: a collect found a chunk whose recorded batch holds another
+    chunk's requests, and sends the chunk's own (a job being canceled cancels them
+    instead, through poll like any pending chunk)."""
+    if job.state is not JobState.COLLECTING:
+        return Leave.DONE
+    return job.to(JobState.RUNNING, now, collect_requested_at=None)
 
 
 def finish(
@@ -299,6 +360,15 @@ def _submitting_under(chunk: Chunk, owner: str, now: float) -> Leave | None:
     return None
 
 
+def renew_submit(chunk: Chunk, owner: str, now: float, terms: LeaseTerms) -> Chunk | Leave:
+    """Extend my submit lease (a heartbeat) while I create the batch, even run out if
+    nobody took it over; one that was taken over tells me to stop."""
+    left = _submitting_under(chunk, owner, now)
+    if left is not None:
+        return left
+    return replace(chunk, lease=terms.lease(owner, now), updated_at=now)
+
+
 def release_submit(chunk: Chunk, owner: str, now: float) -> Chunk | Leave:
     """Give my submit lease back (it ends now) after a failure worth retrying, so that
     the next attempt need not wait for it to run out; that attempt reconciles first."""
@@ -353,6 +423,49 @@ def follow_batch(chunk: Chunk, batch: ProviderBatch, now: float) -> Chunk | Leav
     )
 
 
+def resend(chunk: Chunk, wrong_batch: str, now: float) -> Chunk | Leave:
+    """The chunk's recorded batch `wrong_batch` holds another chunk's requests: the chunk
+    forgets it and is sent again (its own requests never ran), once."""
+    if chunk.state is not ChunkState.ENDED or chunk.batch_id != wrong_batch:
+        return Leave.DONE
+    return chunk.to(
+        ChunkState.PENDING,
+        now,
+        lease=None,
+        submit_started_at=None,
+        batch_id=None,
+        batch_state=None,
+        batch_counts={},
+        error=None,
+    )
+
+
+def rebind(
+    chunk: Chunk, wrong_batch: str | None, batch: ProviderBatch, now: float
+) -> Chunk | Leave:
+    """`batch` holds this chunk's requests, and the chunk recorded `wrong_batch` (another
+    chunk's, or none): it records its own instead, ended as it is."""
+    if chunk.state is not ChunkState.ENDED or chunk.batch_id != wrong_batch:
+        return Leave.DONE
+    return replace(
+        chunk,
+        batch_id=batch.batch_id,
+        batch_state=batch.state,
+        batch_counts=batch.counts,
+        error=None,
+        updated_at=now,
+    )
+
+
+def note_orphans(chunk: Chunk, batch_ids: list[str]) -> Chunk | Leave:
+    """Batches made with this chunk's requests that nobody will read (duplicates, found
+    and cancelled): each noted once, for the job's summary."""
+    new = [b for b in batch_ids if b not in chunk.orphans and b != chunk.batch_id]
+    if not new:
+        return Leave.DONE
+    return replace(chunk, orphans=[*chunk.orphans, *new])
+
+
 def cancel_pending(chunk: Chunk, now: float) -> Chunk | Leave:
     """Its job is being canceled: a chunk nobody has started to submit ends canceled."""
     if chunk.state is not ChunkState.PENDING:
@@ -365,3 +478,62 @@ def stamp_expiry(chunk: Chunk, expire_at: datetime) -> Chunk | Leave:
     if chunk.expire_at is not None:
         return Leave.DONE
     return replace(chunk, expire_at=expire_at)
+
+
+# ---------------------------------------------------------------------------- create locks
+
+
+def take_lock(
+    lock: ProviderLock, owner: str, now: float, terms: LeaseTerms
+) -> ProviderLock | Leave:
+    """Take (or extend) a provider's create lock. Another's live lease is left alone: its
+    holder is creating. An expired one is taken over with its intent kept: the new
+    holder settles it (`settle_intent`) before anything else."""
+    if lease_state(lock.lease, owner, now) is LeaseState.HELD:
+        return Leave.HELD
+    return replace(lock, lease=terms.lease(owner, now))
+
+
+def renew_lock(
+    lock: ProviderLock, owner: str, now: float, terms: LeaseTerms
+) -> ProviderLock | Leave:
+    """Extend my create lock (a heartbeat), even run out if nobody took it over."""
+    if not lease_state(lock.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    return replace(lock, lease=terms.lease(owner, now))
+
+
+def declare_intent(lock: ProviderLock, owner: str, intent: CreateIntent) -> ProviderLock | Leave:
+    """Say what I am about to create, under my lock: from this record on, a batch the
+    provider lists after the intent's mark can only be this chunk's. An open intent
+    (mine or my predecessor's) is settled first; nothing is declared over it."""
+    if not lease_state(lock.lease, owner, intent.declared_at).mine:
+        return Leave.NOT_MINE
+    if lock.intent is not None:
+        return Leave.UNSETTLED
+    return replace(lock, intent=intent)
+
+
+def settle_intent(
+    lock: ProviderLock, owner: str, now: float, tag: BatchTag
+) -> ProviderLock | Leave:
+    """The batch of the intent for `tag` is accounted for: recorded on its chunk, or shown
+    not to exist after the last create that could have made it. The intent closes."""
+    if not lease_state(lock.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    if lock.intent is None or lock.intent.tag != tag:
+        return Leave.DONE
+    return replace(lock, intent=None)
+
+
+def release_lock(
+    lock: ProviderLock, owner: str, now: float, settled: BatchTag | None = None
+) -> ProviderLock | Leave:
+    """Give my create lock back, closing the intent for `settled` (its batch is accounted
+    for). With any other intent open it stays: if I die now, whoever takes the lock over
+    settles that intent first."""
+    if not lease_state(lock.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    if lock.intent is not None and lock.intent.tag != settled:
+        return Leave.UNSETTLED
+    return replace(lock, lease=None, intent=None)

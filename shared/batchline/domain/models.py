@@ -70,7 +70,8 @@ CHUNK_TRANSITIONS: dict[ChunkState, frozenset[ChunkState]] = {
     ChunkState.PENDING: frozenset({ChunkState.SUBMITTING, ChunkState.ENDED}),
     ChunkState.SUBMITTING: frozenset({ChunkState.SUBMITTING, ChunkState.RUNNING, ChunkState.ENDED}),
     ChunkState.RUNNING: frozenset({ChunkState.RUNNING, ChunkState.ENDED}),
-    ChunkState.ENDED: frozenset(),
+    # Sent again: its recorded batch turned out to hold another chunk's requests.
+    ChunkState.ENDED: frozenset({ChunkState.PENDING}),
 }
 
 
@@ -158,6 +159,53 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class CreateIntent:
+    """What the holder of a provider's create lock is creating: the batch of chunk
+    `chunk` of `job_id`, with `request_count` requests. `after_batch` and
+    `after_created_at` mark the newest batch the provider listed before the create
+    (None: it listed none): a batch the provider lists after the mark, while this intent
+    is open, can only be this chunk's (`services/create_lock.py`)."""
+
+    job_id: str
+    chunk: int
+    request_count: int
+    declared_at: float
+    after_batch: str | None = None
+    after_created_at: float | None = None
+
+    @property
+    def tag(self) -> BatchTag:
+        """The job and chunk the intent's batch is for."""
+        return BatchTag(self.job_id, self.chunk)
+
+
+@dataclass(frozen=True)
+class ProviderLock:
+    """The one create in flight at a provider whose batches carry no tag (Anthropic):
+    its holder's lease, and what it is creating. `provider_locks/{provider}` in
+    Firestore; a lock never written is free."""
+
+    provider: str
+    lease: Lease | None = None
+    intent: CreateIntent | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The lock as its Firestore document."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProviderLock:
+        """The lock its Firestore document holds."""
+        lease = data.get("lease")
+        intent = data.get("intent")
+        return cls(
+            provider=data["provider"],
+            lease=Lease(**lease) if lease else None,
+            intent=CreateIntent(**intent) if intent else None,
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """A job's record in Firestore: one input file (or API request) on its way to one results file."""
 
@@ -179,6 +227,9 @@ class Job:
     updated_at: float = 0.0
     submitted_at: float | None = None
     collect_requested_at: float | None = None
+    #: When the collect message asked for at `collect_requested_at` went out (None: not
+    #: yet, or its sender died before it did).
+    collect_sent_at: float | None = None
     #: Someone asked to cancel the job (API or CLI); poll carries it out.
     cancel_requested_at: float | None = None
     ended_at: float | None = None
@@ -282,6 +333,9 @@ class Chunk:
     repair_round: int = 0
     #: A repair chunk: the chunk whose invalid answers it asks again.
     repair_of: int | None = None
+    #: Batches made with this chunk's requests that nobody reads (duplicates found and
+    #: cancelled): reported in the job's summary.
+    orphans: list[str] = field(default_factory=list)
     #: The `webhook-id`s of the provider webhooks already acted on for this batch (the
     #: latest few), so that a redelivered one is ignored (services.openai_webhooks).
     webhook_ids: list[str] = field(default_factory=list)

@@ -1,17 +1,25 @@
 """Moving one active job forward: plan, submit (or cancel), follow its batches, hand over
 to collect.
 
-Used by submit (right after planning) and by every poll tick; safe to run concurrently.
+Used by submit (right after planning) and by every poll tick; safe to run concurrently:
+one invocation at a time advances a submitting or running job, under the job's lease
+(`claims.take_for_advance`, renewed by a heartbeat). The others read the job first and,
+finding the lease live, leave it without a transaction (duplicate triggers, ticks that
+come while the job is at work); one that loses the race for the lease leaves it to the
+winner rather than failing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from batchline.bootstrap import Deps
 from batchline.domain import claims
-from batchline.domain.claims import Change
+from batchline.domain.claims import Change, LeaseState, LeaseTerms, Leave
 from batchline.domain.models import ChunkState, Job, JobState
 from batchline.log import fields, get_logger
 from batchline.services import cancel, dispatch, messages
+from batchline.services.leases import Keeper, contended
 from batchline.services.plan import plan_job
 
 log = get_logger(__name__)
@@ -31,23 +39,69 @@ def advance_job(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None
             return None
         job = planned  # and go on submitting in this same tick
     if job.state in (JobState.SUBMITTING, JobState.RUNNING):
-        return _advance_chunks(deps, job, owner, deadline)
+        return _advance_held(deps, job, owner, deadline)
     if job.state is JobState.COLLECTING:
-        # The collect message may have been lost (crash after the state change, or a
-        # collect that died): ask again once the last request is old enough.
-        retry = deps.settings.collect_retry_seconds
-        updated = deps.store.update_job(job.job_id, Change(claims.ask_collect_again, now, retry))
-        if updated is not None:
-            messages.request_collect(deps, updated)
-            return updated
+        return _ask_collect_again(deps, job)
     return job
 
 
-def _advance_chunks(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None:
+def _ask_collect_again(deps: Deps, job: Job) -> Job:
+    """The collect message may have been lost, its sender may have died before sending
+    it, or its collect may have died: ask again once the last ask is old enough (read
+    first: most ticks find it is not)."""
+    settings = deps.settings
+    rule = Change(
+        claims.ask_collect_again,
+        deps.clock.now(),
+        settings.collect_retry_seconds,
+        settings.lease_seconds,
+    )
+    if rule(job) is None:
+        return job
+    updated = contended(deps.store.update_job, job.job_id, rule)
+    if updated is None:
+        return job
+    messages.request_collect(deps, updated)
+    return updated
+
+
+def _advance_held(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None:
+    """Advance the job's chunks under the job's lease, if it is free (or mine)."""
+    now = deps.clock.now()
+    if claims.lease_state(job.lease, owner, now) is LeaseState.HELD:
+        return job  # another invocation advances it: nothing to add
+    terms = LeaseTerms(deps.settings.lease_seconds)
+    take = Change(claims.take_for_advance, owner, now, terms)
+    taken = contended(deps.store.update_job, job.job_id, take)
+    if taken is None:
+        if take.left is not Leave.HELD:
+            log.info("job not advanced", extra=fields(job_id=job.job_id, left=str(take.left)))
+        return take.seen or job
+    what = f"advancing {job.job_id}"
+    try:
+        with Keeper(deps, what, [_renewal(deps, job.job_id, owner)]) as keeper:
+            return _advance_chunks(deps, taken, owner, deadline, keeper)
+    finally:
+        release = Change(claims.release_advance, owner, deps.clock.now())
+        contended(deps.store.update_job, job.job_id, release)
+
+
+def _renewal(deps: Deps, job_id: str, owner: str) -> Callable[[], bool]:
+    def renew() -> bool:
+        terms = LeaseTerms(deps.settings.lease_seconds)
+        change = Change(claims.renew_advance, owner, deps.clock.now(), terms)
+        return deps.store.update_job(job_id, change) is not None
+
+    return renew
+
+
+def _advance_chunks(
+    deps: Deps, job: Job, owner: str, deadline: float, keeper: Keeper
+) -> Job | None:
     chunks = deps.store.get_chunks(job.job_id)
     canceling = job.cancel_requested_at is not None
     for i, chunk in enumerate(chunks):
-        if deps.clock.now() >= deadline:
+        if deps.clock.now() >= deadline or keeper.lost:
             break
         updated = None
         if canceling:

@@ -1,22 +1,26 @@
 """Turning ended provider batches into one ordered results.jsonl and a summary.
 
 Each chunk is collected on its own (`collect_chunk`: results sorted by line, then a
-tally); when some answers failed their schema and may be asked again, a repair round
-starts instead (`repair.plan_round`, `repair.start_round`); otherwise the sorted runs of
-every chunk and the invalid lines are merged, streamed, into results.jsonl (`merge`) and
-the job finishes (`finish`). Every step writes under a deterministic name, so a collect
-that dies is simply run again.
+tally). A chunk whose batch holds another chunk's requests is put right first, and its
+own requests sent (`mixups.put_right`); when some answers failed their schema and may be
+asked again, a repair round starts (`repair.plan_round`, `repair.start_round`);
+otherwise the sorted runs of every chunk and the invalid lines are merged, streamed, into
+results.jsonl (`merge`) and the job finishes (`finish`). Every step writes under a
+deterministic name, so a collect that dies is simply run again.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Collection
+from typing import NamedTuple
 
 from batchline.bootstrap import Deps
 from batchline.domain.models import Chunk, Job, JobState
 from batchline.domain.paths import WorkPaths
 from batchline.domain.results import Tally
 from batchline.domain.workfiles.collected import Repairs
+from batchline.domain.workfiles.manifest import read_manifest
 from batchline.domain.workfiles.plan import PlanRecord, read_plan
 from batchline.errors import PreconditionFailed
 from batchline.log import fields, get_logger
@@ -24,6 +28,7 @@ from batchline.services.collect_chunk import collect_chunk
 from batchline.services.finish import finish_job
 from batchline.services.merge import merge_runs
 from batchline.services.messages import publish_completed
+from batchline.services.mixups import MixUp, put_right
 from batchline.services.repair import SchemaChecks, plan_round, start_round
 
 log = get_logger(__name__)
@@ -49,7 +54,9 @@ def collect(deps: Deps, job_id: str) -> Job | None:
     paths = WorkPaths(deps.settings.work_bucket, job_id)
     plan = read_plan(deps.blobs, paths.plan)
     chunks = deps.store.get_chunks(job_id)
-    tally, runs, pending = _collect_chunks(deps, job, paths, plan, chunks)
+    tally, runs, pending, mixed = _collect_chunks(deps, job, paths, plan, chunks)
+    if mixed:  # a chunk's batch is another's: put the records right, send what never ran
+        return put_right(deps, job, chunks, mixed, _lines_of(deps))
     if pending and job.cancel_requested_at is None:
         new = plan_round(deps, paths, chunks, pending)
         if new:  # (none: no repair fits a batch; their lines keep their answers)
@@ -60,23 +67,40 @@ def collect(deps: Deps, job_id: str) -> Job | None:
     return finish_job(deps, job, chunks, tally, plan)
 
 
+class _Collected(NamedTuple):
+    """Every chunk collected: the job's tally, every sorted run to merge (the invalid
+    lines first, then chunk order), the chunks whose repairs no chunk answers yet, and the
+    chunks whose batch turned out to be another's."""
+
+    tally: Tally
+    runs: list[str]
+    pending: list[tuple[Chunk, Repairs]]
+    mixed: list[MixUp]
+
+
 def _collect_chunks(
     deps: Deps, job: Job, paths: WorkPaths, plan: PlanRecord, chunks: list[Chunk]
-) -> tuple[Tally, list[str], list[tuple[Chunk, Repairs]]]:
-    """Collect every chunk: the job's tally, every sorted run to merge (the invalid lines
-    first, then chunk order), and the chunks whose repairs no chunk answers yet."""
-    tally = plan.invalid_tally
-    runs = [paths.invalid]
+) -> _Collected:
+    """Collect every chunk (see `_Collected`)."""
+    done = _Collected(plan.invalid_tally, [paths.invalid], [], [])
     checks = SchemaChecks(deps, paths, _repair_limit(deps, job))
-    pending: list[tuple[Chunk, Repairs]] = []
     repaired = {c.repair_of for c in chunks if c.repair_of is not None}
     for chunk in chunks:
-        collected = collect_chunk(deps, paths, chunk, plan.id_collisions, checks)
-        tally.merge(collected.tally)
-        runs.extend(collected.runs)  # chunk order: a repair's lines come after the first
+        try:
+            collected = collect_chunk(deps, paths, chunk, plan.id_collisions, checks)
+        except MixUp as mixup:
+            done.mixed.append(mixup)
+            continue
+        done.tally.merge(collected.tally)
+        done.runs.extend(collected.runs)  # chunk order: a repair's lines come after the first
         if collected.repairs is not None and chunk.index not in repaired:
-            pending.append((chunk, collected.repairs))
-    return tally, runs, pending
+            done.pending.append((chunk, collected.repairs))
+    return done
+
+
+def _lines_of(deps: Deps) -> Callable[[Chunk], Collection[int]]:
+    """A chunk's lines, from its manifest (to find whose lines a mixed-up batch holds)."""
+    return lambda chunk: read_manifest(deps.blobs, chunk.manifest_uri).keys()
 
 
 def _repair_limit(deps: Deps, job: Job) -> int:

@@ -4,7 +4,9 @@ Results arrive in any order. Each is matched to its request by batchline's id, t
 a result line (validated against its schema, priced, tallied) and serialised as it
 streams in; the lines are buffered and written as sorted runs (`RunWriter`), so memory
 stays near one run, not the chunk's parsed results. A request the provider gave no result
-for gets one saying why (the batch expired, failed, was canceled, or never sent). Answers
+for gets one saying why (the batch expired, failed, was canceled, or never sent); a result
+for a request that is not the chunk's means the batch is another chunk's (`MixUp`, put
+right by `mixups.put_right`), and nothing of the chunk is committed. Answers
 that failed their schema and may be asked again are staged as the chunk's repairs
 (`repair.stage`). Each attempt writes its runs under a name of its own and
 `collected.json` (create-if-absent) commits exactly one attempt, so a collect that dies
@@ -30,6 +32,7 @@ from batchline.domain.workfiles.runs import RunWriter
 from batchline.errors import NotFound
 from batchline.log import fields, get_logger
 from batchline.services import repair
+from batchline.services.mixups import MixUp
 from batchline.services.repair import SchemaChecks
 
 log = get_logger(__name__)
@@ -160,7 +163,8 @@ def _every_result(
     emit: Callable[[int, ProviderResult], None],
 ) -> None:
     """`emit` each of the chunk's results, once per request: the provider's, then one for
-    each request it gave none for."""
+    each request it gave none for. A result for a request that is not one of the chunk's
+    raises MixUp: the batch is another chunk's, and the chunk's own requests never ran."""
     seen: set[int] = set()
     batch_state = chunk.batch_state
     batch_errors: tuple[str, ...] = ()
@@ -170,9 +174,11 @@ def _every_result(
         batch_state, batch_errors = batch.state, batch.errors
         for result in provider.iter_results(batch):
             line = line_of(result.request_id)
-            if line is None or line not in manifest or line in seen:
+            if line is None or line not in manifest:
+                raise MixUp(chunk, result.request_id)  # the batch is another's
+            if line in seen:
                 log.warning(
-                    "result for an unknown or repeated request",
+                    "result for a repeated request",
                     extra=fields(
                         job_id=chunk.job_id, chunk=chunk.index, request_id=result.request_id
                     ),

@@ -1,24 +1,38 @@
 """Getting chunks to their provider exactly once, and following them until they end.
 
-A chunk is leased in a transaction before its batch is created; the lease records the
-submit intent: when the first attempt started (`submit_started_at`), until when the
-holder may act (`lease.until`) and how many requests it sends (`request_count`). If the
-holder dies between the provider accepting the batch and Firestore recording it, the lease
-expires; whoever takes it over first looks for that batch at the provider and adopts it
-(`reconcile`), and submits again only when it cannot be found.
+A chunk is leased in a transaction before its batch is created, and the lease is renewed
+by a heartbeat while the holder works (`leases.Keeper`), so a live holder is never taken
+over and a dead one is within `lease_seconds`. If the holder dies between the provider
+accepting the batch and Firestore recording it, the chunk's next taker finds that batch
+and adopts it, and submits again only when there is none:
+
+- OpenAI and Vertex AI batches carry the chunk's tag (metadata, labels): the batch is
+  found by its tag (`reconcile`); at most one carries it.
+- Anthropic batches carry nothing, so every Anthropic create goes through the
+  deployment's create lock (`create_lock.py`, where the argument is): the batch a dead
+  holder made is the one listed after the mark its intent recorded, adopted for the
+  chunk the intent names by whoever takes the lock next.
+
+Either way the first record wins (`claims.record_batch`): a submit that outlived its
+lease and loses that race cancels its own batch unless the winner adopted it
+(`submitting.withdraw`). A record that fails after the provider accepted the batch is retried with
+backoff before the holder gives up (its lease then runs out, and the batch is adopted).
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 
 from batchline.bootstrap import Deps
 from batchline.domain import claims
 from batchline.domain.claims import Change, LeaseTerms
 from batchline.domain.models import BatchTag, Chunk, ChunkState, ProviderBatch
 from batchline.errors import ProviderError
-from batchline.log import fields, get_logger
-from batchline.ports import ProviderClient, StagedPayload
+from batchline.log import get_logger
+from batchline.ports import ProviderClient
+from batchline.services.create_lock import CreateLock
+from batchline.services.leases import Keeper, LeaseLost
+from batchline.services.submitting import context, create, record, refused, settle
 
 log = get_logger(__name__)
 
@@ -31,41 +45,119 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str, *, send_new: bool = True) -> 
 
     With `send_new=False` (its job is being canceled) nothing new is submitted: the
     batch an earlier attempt created is adopted if it can be found, else the chunk ends
-    unsubmitted, its lines canceled.
+    unsubmitted, its lines canceled. A chunk waiting for its provider's create lock is
+    left as it is (None).
     """
+    provider = deps.providers.get(chunk.provider)
+    lock = CreateLock.of(deps, provider, owner)
+    if lock is not None and lock.busy():
+        return None  # another create is in flight: read before transact, try next tick
     now = deps.clock.now()
     take = Change(claims.take_for_submit, owner, now, LeaseTerms(deps.settings.lease_seconds))
     leased = deps.store.update_chunk(chunk.job_id, chunk.index, take)
     if leased is None:
         return None
-    provider = deps.providers.get(leased.provider)
+    what = f"submitting chunk {leased.index} of {leased.job_id}"
+    try:
+        with Keeper(deps, what, [_renewal(deps, leased, owner)]) as keeper:
+            if lock is None:
+                ended = _lease_ended(take.seen, now)
+                return _send_tagged(deps, provider, leased, owner, ended, send_new, keeper)
+            keeper.add(lock.renew)
+            return _send_locked(deps, provider, leased, owner, lock, send_new, keeper)
+    except LeaseLost:
+        # Nothing was created since the lease was lost: give back what is still mine.
+        log.warning("lost a lease; stopped before creating", extra=context(leased))
+        settle(deps, leased, Change(claims.release_submit, owner, deps.clock.now()))
+        return None
+
+
+def _renewal(deps: Deps, chunk: Chunk, owner: str) -> Callable[[], bool]:
+    def renew() -> bool:
+        terms = LeaseTerms(deps.settings.lease_seconds)
+        change = Change(claims.renew_submit, owner, deps.clock.now(), terms)
+        return deps.store.update_chunk(chunk.job_id, chunk.index, change) is not None
+
+    return renew
+
+
+def _send_tagged(
+    deps: Deps,
+    provider: ProviderClient,
+    leased: Chunk,
+    owner: str,
+    lease_ended: float,
+    send_new: bool,
+    keeper: Keeper,
+) -> Chunk | None:
     try:
         batch = None
         if leased.attempts > 1:
-            batch = reconcile(deps, provider, leased, _lease_ended(take.seen, now))
+            batch = reconcile(deps, provider, leased, lease_ended)
         if batch is None and not send_new:
-            return _settle(deps, leased, Change(claims.end_unsubmitted, owner, deps.clock.now()))
+            return settle(deps, leased, Change(claims.end_unsubmitted, owner, deps.clock.now()))
         if batch is None:
-            batch = _submit(deps, provider, leased)
+            keeper.check()
+            batch = create(deps, provider, leased)
     except ProviderError as exc:
-        if exc.retryable:
-            # Give the lease back now; the next try reconciles first, in case the
-            # provider did create the batch before the error reached us.
-            _settle(deps, leased, Change(claims.release_submit, owner, deps.clock.now()))
-            raise
-        reason = str(exc)
-        log.error(
-            "submit failed", extra=fields(job_id=leased.job_id, chunk=leased.index, error=reason)
-        )
-        return _settle(deps, leased, Change(claims.fail_submit, owner, reason, deps.clock.now()))
-    recorded = _settle(deps, leased, Change(claims.record_batch, batch, deps.clock.now()))
-    if recorded is None:
-        _withdraw(deps, provider, BatchTag(leased.job_id, leased.index), batch)
+        return refused(deps, leased, owner, exc)
+    return record(deps, provider, leased, batch)
+
+
+def _send_locked(
+    deps: Deps,
+    provider: ProviderClient,
+    leased: Chunk,
+    owner: str,
+    lock: CreateLock,
+    send_new: bool,
+    keeper: Keeper,
+) -> Chunk | None:
+    """Under the provider's create lock: settle what a dead holder left, then create.
+    The lock is given back at the end unless an intent is left open (`CreateLock`)."""
+    if not lock.take():
+        settle(deps, leased, Change(claims.release_submit, owner, deps.clock.now()))
+        return None  # another create is in flight: this chunk waits its turn
+    try:
+        return _create_locked(deps, provider, leased, owner, lock, send_new, keeper)
+    except ProviderError as exc:
+        return refused(deps, leased, owner, exc)
+    finally:
+        lock.release()
+
+
+def _create_locked(
+    deps: Deps,
+    provider: ProviderClient,
+    leased: Chunk,
+    owner: str,
+    lock: CreateLock,
+    send_new: bool,
+    keeper: Keeper,
+) -> Chunk | None:
+    tag = BatchTag(leased.job_id, leased.index)
+    left = lock.open
+    if left is not None:
+        current = lock.settle(left)
+        if left.tag == tag and (current is None or current.state is not ChunkState.SUBMITTING):
+            return current  # its batch was adopted (or the chunk settled otherwise)
+    if not send_new:
+        return settle(deps, leased, Change(claims.end_unsubmitted, owner, deps.clock.now()))
+    keeper.check()
+    if lock.declare(leased) is None:
+        raise LeaseLost(f"{tag}: create lock lost")
+    keeper.check()
+    try:
+        batch = create(deps, provider, leased)
+    except ProviderError as exc:
+        if exc.status is not None and (exc.status < 500 or exc.status == 529):
+            lock.accounted()  # the provider answered, and made no batch
+        # Otherwise a batch may exist, or yet appear: the intent stays open, and the
+        # lock's next holder settles it once this holder's lease has run out.
+        raise
+    recorded = record(deps, provider, leased, batch)
+    lock.accounted()
     return recorded
-
-
-def _settle(deps: Deps, chunk: Chunk, change: Change[Chunk]) -> Chunk | None:
-    return deps.store.update_chunk(chunk.job_id, chunk.index, change)
 
 
 def _lease_ended(taken_over: Chunk | None, now: float) -> float:
@@ -74,88 +166,27 @@ def _lease_ended(taken_over: Chunk | None, now: float) -> float:
     return lease.until if lease is not None else now
 
 
-def _submit(deps: Deps, provider: ProviderClient, chunk: Chunk) -> ProviderBatch:
-    payload = StagedPayload(
-        chunk.payload_uri,
-        chunk.payload_bytes,
-        functools.partial(deps.blobs.open_read, chunk.payload_uri),
-    )
-    batch = provider.create_batch(payload, BatchTag(chunk.job_id, chunk.index), chunk.model)
-    log.info(
-        "submitted",
-        extra=fields(
-            job_id=chunk.job_id,
-            chunk=chunk.index,
-            batch_id=batch.batch_id,
-            requests=chunk.request_count,
-        ),
-    )
-    return batch
-
-
 def reconcile(
     deps: Deps, provider: ProviderClient, chunk: Chunk, lease_ended: float
 ) -> ProviderBatch | None:
-    """The batch an earlier attempt at `chunk` created, if it can be told apart; None
-    means that no attempt got a batch created (or that it cannot be found): submit again.
-
-    Candidates were created inside the earlier attempts' window, from the first attempt's
-    start to the end of the last expired lease (`lease_ended`), widened by the clock skew,
-    and hold the chunk's request count. Where the provider tags batches (OpenAI metadata,
-    Vertex labels) there is at most one, and it is ours. Where it does not (Anthropic), a candidate that
-    another chunk has recorded as its batch is not ours; the chunk adopts the one that is
-    left, and only if exactly one is.
-
-    Residual risk without tags: a batch of the same size that something else created in
-    the window with the same API key (another job's chunk whose own record is not written
-    yet, or another program) and that is the only candidate left when ours was never
-    created, is adopted by mistake; two chunks of one job, both crashed mid-submit in one
-    window with equal counts, leave two candidates, so both are submitted again (the
-    orphans run and are billed, unread). A submit call that outlives its lease and races a
-    second submitter is settled when recording: the first record wins, and the loser
-    cancels its batch unless the winner adopted it (`_withdraw`).
-    """
+    """The batch an earlier attempt at `chunk` created, found by its tag (OpenAI metadata,
+    Vertex labels: at most one carries it); None: submit again. The search looks at the
+    batches created from the first attempt's start to the end of the expired lease,
+    widened by the clock skew."""
     tag = BatchTag(chunk.job_id, chunk.index)
     since = (chunk.submit_started_at or lease_ended) - CLOCK_SKEW_SECONDS
     until = lease_ended + CLOCK_SKEW_SECONDS
     candidates = provider.find_batches(tag, since, until, chunk.request_count)
     ours = [b for b in candidates if deps.store.batch_recorded_by(b.batch_id) in (None, tag)]
-    context = {"job_id": tag.job_id, "chunk": tag.chunk, "candidates": len(candidates)}
     if len(ours) == 1:
-        log.info("adopted batch", extra=fields(**context, batch_id=ours[0].batch_id))
+        log.info("adopted batch", extra=context(chunk, batch_id=ours[0].batch_id))
         return ours[0]
     if ours:
         log.warning(
-            "several unclaimed batches match the submit window and count; submitting again",
-            extra=fields(**context, batch_ids=[b.batch_id for b in ours]),
+            "several batches carry the chunk's tag; submitting again",
+            extra=context(chunk, batch_ids=[b.batch_id for b in ours]),
         )
     return None
-
-
-def _withdraw(deps: Deps, provider: ProviderClient, tag: BatchTag, batch: ProviderBatch) -> None:
-    """Our submit outlived its lease and another attempt settled the chunk first.
-
-    If that attempt adopted our batch, all is well. If it recorded a batch of its own (or
-    ended the chunk), ours is a duplicate nobody will read: cancel it, so that it neither
-    runs nor bills. A cancel that fails is logged with the batch id; it is not retried.
-    """
-    current = next((c for c in deps.store.get_chunks(tag.job_id) if c.index == tag.chunk), None)
-    if current is not None and current.batch_id == batch.batch_id:
-        return
-    context = {
-        "job_id": tag.job_id,
-        "chunk": tag.chunk,
-        "batch_id": batch.batch_id,
-        "recorded_batch_id": current.batch_id if current is not None else None,
-    }
-    log.warning(
-        "another attempt recorded the chunk first; cancelling our duplicate",
-        extra=fields(**context),
-    )
-    try:
-        provider.cancel(batch.batch_id)
-    except ProviderError as exc:
-        log.error("could not cancel a duplicate batch", extra=fields(**context, error=str(exc)))
 
 
 def refresh(deps: Deps, chunk: Chunk) -> Chunk | None:
@@ -165,4 +196,4 @@ def refresh(deps: Deps, chunk: Chunk) -> Chunk | None:
     batch = deps.providers.get(chunk.provider).get_batch(chunk.batch_id)
     if batch.state == chunk.batch_state and batch.counts == chunk.batch_counts:
         return chunk
-    return _settle(deps, chunk, Change(claims.follow_batch, batch, deps.clock.now()))
+    return settle(deps, chunk, Change(claims.follow_batch, batch, deps.clock.now()))

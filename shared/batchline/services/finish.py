@@ -18,6 +18,7 @@ from batchline.domain.claims import Change
 from batchline.domain.models import Chunk, Job, JobState, ResultStatus
 from batchline.domain.results import Tally
 from batchline.domain.workfiles.plan import PlanRecord
+from batchline.errors import ProviderError
 from batchline.services.messages import publish_completed
 from batchline.services.summary import summary
 
@@ -30,7 +31,15 @@ def finish_job(
     job_id = job.job_id
     state = final_state(tally, canceled=job.cancel_requested_at is not None)
     batches = provider_batches(chunks)
-    body = summary(deps, job, state, tally, provider_batches=batches, estimate=plan.estimate)
+    body = summary(
+        deps,
+        job,
+        state,
+        tally,
+        provider_batches=batches,
+        estimate=plan.estimate,
+        orphans=orphan_batches(deps, chunks),
+    )
     deps.blobs.write_bytes(
         job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
     )
@@ -63,6 +72,26 @@ def provider_batches(chunks: list[Chunk]) -> list[dict[str, Any]]:
         }
         for c in chunks
     ]
+
+
+def orphan_batches(deps: Deps, chunks: list[Chunk]) -> list[dict[str, Any]]:
+    """summary.json's `orphans`: batches made with a chunk's requests that nobody read
+    (duplicates the create lock found and cancelled, a batch a chunk held that was not its
+    own: ended, as every chunk's batch is by now), with how far each ran: what it answered
+    was billed. Collect only reads them (its provider access is read-only)."""
+    found: list[dict[str, Any]] = []
+    for chunk in chunks:
+        provider = deps.providers.get(chunk.provider)
+        for batch_id in chunk.orphans:
+            entry: dict[str, Any] = {"chunk": chunk.index, "provider": chunk.provider}
+            entry.update(batch_id=batch_id, state=None, counts={})
+            try:
+                batch = provider.get_batch(batch_id)
+                entry.update(state=str(batch.state), counts=batch.counts)
+            except ProviderError as exc:
+                entry["error"] = str(exc)
+            found.append(entry)
+    return found
 
 
 def final_state(tally: Tally, *, canceled: bool) -> JobState:

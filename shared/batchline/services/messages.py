@@ -10,6 +10,7 @@ from batchline.bootstrap import Deps
 from batchline.domain import claims
 from batchline.domain.claims import Change
 from batchline.domain.models import Job, JobState
+from batchline.errors import RetryableError
 from batchline.log import fields, get_logger
 from batchline.services import notify
 
@@ -19,9 +20,16 @@ COMPLETED_EVENT = "job.completed"
 
 
 def request_collect(deps: Deps, job: Job) -> None:
-    """Ask the collect function (through the collect topic) to collect `job`."""
+    """Ask the collect function (through the collect topic) to collect `job`, then note
+    that the ask went out (until it is noted, poll asks again within a lease: the
+    sender may have died between the job's change and the message)."""
     deps.publisher.publish(deps.settings.collect_topic, {"job_id": job.job_id}, job_id=job.job_id)
     log.info("collect requested", extra=fields(job_id=job.job_id))
+    sent = Change(claims.collect_sent, job.collect_requested_at, deps.clock.now())
+    try:
+        deps.store.update_job(job.job_id, sent)
+    except RetryableError as exc:  # the ask went out; at worst poll asks again
+        log.warning("collect ask not noted", extra=fields(job_id=job.job_id, error=str(exc)))
 
 
 def publish_completed(deps: Deps, job: Job) -> None:

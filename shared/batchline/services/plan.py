@@ -1,9 +1,8 @@
 """Planning a job under its lease: take the lease, plan the file, commit its chunks.
 
 The job's planning lease is taken before anything is read (`claims.take_for_plan`) and
-renewed while a long file is read (`_Heartbeat`); the plan itself is
-`plan_file.build_plan`. A plan over
-the job's budget rejects the job; otherwise the chunks are committed with the job's move
+renewed by a heartbeat while the file is read (`leases.Keeper`); the plan itself is
+`plan_file.build_plan`. A plan over the job's budget rejects the job; otherwise the chunks are committed with the job's move
 to `submitting` (or `collecting`, when no line is a request) in one transaction, which
 only the lease's holder can make. Every file planning writes has a deterministic name and
 content, so a planner that takes over an expired lease redoes the same work harmlessly.
@@ -12,6 +11,7 @@ content, so a planner that takes over an expired lease redoes the same work harm
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from batchline.bootstrap import Deps
 from batchline.domain import claims
@@ -19,9 +19,9 @@ from batchline.domain.claims import Change, LeaseTerms
 from batchline.domain.estimate import Estimate
 from batchline.domain.lines import UnreadableInput
 from batchline.domain.models import Job, JobState
-from batchline.errors import BatchlineError, RetryableError
 from batchline.log import fields, get_logger
 from batchline.services import messages
+from batchline.services.leases import Keeper, LeaseLost, contended
 from batchline.services.plan_file import Plan, build_plan
 from batchline.services.reject import reject
 
@@ -34,22 +34,21 @@ def new_owner() -> str:
 
 
 def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
-    """Take the planning lease and plan; None when there is nothing (left) to plan.
-
-    Raises RetryableError while another live invocation holds the lease, so that the
-    trigger comes back rather than losing the job if that invocation dies.
+    """Take the planning lease and plan; None when there is nothing (left) to plan, or
+    when another live invocation holds the lease (it plans; if it dies, a poll tick
+    takes the job over once its lease has run out).
     """
     now = deps.clock.now()
     take = Change(claims.take_for_plan, owner, now, LeaseTerms(deps.settings.lease_seconds))
-    job = deps.store.update_job(job_id, take)
+    job = contended(deps.store.update_job, job_id, take)
     if job is None:
-        current = deps.store.get_job(job_id)
-        if current is not None and current.state is JobState.ACCEPTED:
-            raise RetryableError(f"job {job_id} is being planned by another invocation")
+        log.info("planned or being planned elsewhere", extra=fields(job_id=job_id))
         return None
     log.info("planning", extra=fields(job_id=job_id, source=job.source.uri))
+    keeper = Keeper(deps, f"planning {job_id}", [_planning_renewal(deps, job_id, owner)])
     try:
-        plan = build_plan(deps, job, heartbeat=_Heartbeat(deps, job_id, owner))
+        with keeper:
+            plan = build_plan(deps, job, heartbeat=keeper.check)
     except UnreadableInput as exc:
         return reject(deps, job, str(exc))
     except LeaseLost:
@@ -87,29 +86,15 @@ def over_budget(job: Job, estimate: Estimate) -> str | None:
     return None
 
 
-class LeaseLost(BatchlineError):
-    """Another invocation took over an expired lease: stop, it carries on."""
+def _planning_renewal(deps: Deps, job_id: str, owner: str) -> Callable[[], bool]:
+    """The heartbeat's renewal of the planning lease: True while it is still mine."""
 
+    def renew() -> bool:
+        terms = LeaseTerms(deps.settings.lease_seconds)
+        change = Change(claims.renew_plan, owner, deps.clock.now(), terms)
+        return deps.store.update_job(job_id, change) is not None
 
-class _Heartbeat:
-    """Renews the planning lease while a long file is read, so that nobody takes over a
-    planner that is alive; raises LeaseLost if somebody did."""
-
-    def __init__(self, deps: Deps, job_id: str, owner: str) -> None:
-        self._deps = deps
-        self._job_id = job_id
-        self._owner = owner
-        self._renewed = deps.clock.now()
-
-    def __call__(self) -> None:
-        now = self._deps.clock.now()
-        terms = LeaseTerms(self._deps.settings.lease_seconds)
-        if not terms.renewal_due(self._renewed, now):
-            return
-        renew = Change(claims.renew_plan, self._owner, now, terms)
-        if self._deps.store.update_job(self._job_id, renew) is None:
-            raise LeaseLost(f"job {self._job_id}: planning lease lost")
-        self._renewed = now
+    return renew
 
 
 def _commit(deps: Deps, job: Job, plan: Plan, owner: str) -> Job | None:

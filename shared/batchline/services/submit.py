@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from batchline.bootstrap import Deps
-from batchline.domain import options
+from batchline.domain import claims, options
 from batchline.domain.claims import LeaseTerms
 from batchline.domain.ids import job_id_for_object, output_prefix
 from batchline.domain.models import Job, JobOptions, JobState, Source
@@ -85,23 +85,24 @@ def start_job(deps: Deps, job: Job, send_budget: float | None = None) -> Job | N
     """Claim the job by creating it; a duplicate trigger finds it and carries on or stops.
 
     The job is created holding our planning lease, so a poll tick that sees it before we
-    plan does not take it for abandoned.
+    plan does not take it for abandoned. A duplicate reads the job first and leaves it to
+    whoever is at it (a live planning or advancing lease): no transaction, no failure.
     """
     owner = new_owner()
     terms = LeaseTerms(deps.settings.lease_seconds)
     job = replace(job, lease=terms.lease(owner, deps.clock.now()))
-    if deps.store.create_job(job):
-        log.info("job accepted", extra=fields(job_id=job.job_id, source=job.source.uri))
-    else:
+    if not deps.store.create_job(job):
         existing = deps.store.get_job(job.job_id)
-        if existing is None or existing.state is not JobState.ACCEPTED:
-            log.info("duplicate trigger", extra=fields(job_id=job.job_id))
-            if existing is not None and existing.state is JobState.SUBMITTING:
-                # Typically the retry of a delivery that failed mid-submit: carry on now
-                # rather than wait for the next poll tick (chunk leases keep it single).
-                _send_pending(deps, existing, owner, send_budget)
-                return deps.store.get_job(job.job_id)
+        log.info("duplicate trigger", extra=fields(job_id=job.job_id))
+        if existing is None or existing.state.terminal or existing.state is JobState.COLLECTING:
             return existing
+        if claims.lease_state(existing.lease, owner, deps.clock.now()).live:
+            return existing  # a live invocation is at it
+        # Typically the retry of a delivery that failed mid-plan or mid-submit: carry on
+        # now rather than wait for the next poll tick (the job's lease keeps it single).
+        _send_pending(deps, existing, owner, send_budget)
+        return deps.store.get_job(job.job_id)
+    log.info("job accepted", extra=fields(job_id=job.job_id, source=job.source.uri))
     planned = plan_job(deps, job.job_id, owner)
     if planned is not None and planned.state is JobState.SUBMITTING:
         _send_pending(deps, planned, owner, send_budget)

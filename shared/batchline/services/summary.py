@@ -20,10 +20,12 @@ def summary(
     provider_batches: list[dict[str, Any]] | None = None,
     error: str | None = None,
     estimate: dict[str, Any] | None = None,
+    orphans: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The summary.json document of `job` ending in `state` now, from the `tally` of its
-    result lines (None: no line was collected), with its provider batches, the error that
-    ended it and the planner's cost estimate."""
+    result lines (None: no line was collected), with its provider batches, the batches
+    made with its requests that nobody read (`orphans`), the error that ended it and the
+    planner's cost estimate."""
     now = deps.clock.now()
     tally = tally or Tally()
     counts = dict(sorted(tally.counts.items()))
@@ -55,6 +57,7 @@ def summary(
         "estimate": estimate,
         "warnings": warnings,
         "provider_batches": provider_batches or [],
+        "orphans": orphans or [],
         "timings": {
             "created_at": job.created_at,
             "submitted_at": job.submitted_at,

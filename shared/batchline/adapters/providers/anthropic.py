@@ -10,12 +10,16 @@ OpenAI shape this adapter:
   re-serialised copy besides.
 - Counts other than `processing` stay 0 until the batch has ended.
 - Batches carry no metadata, so a batch cannot be found by its tag: `find_batches` returns
-  the batches created in a time window with the chunk's request count, and the dispatcher
-  tells them apart (`services.dispatch.reconcile`).
+  the batches created in a time window with the chunk's request count, and creates go one
+  at a time through a create lock, after a mark (`latest_batch`), so that the batch a
+  crashed create made is the only one listed after the mark (`services/create_lock.py`).
+  For the same reason a create is never retried by the SDK on an answer that may have
+  made a batch (a timeout, a 500): only on one that says it made none (429, 529).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -35,8 +39,13 @@ if TYPE_CHECKING:
 BATCHES_PATH = "/v1/messages/batches"
 LIST_PAGE = 1000  # the most Anthropic returns per page
 READ_PART = 1024 * 1024
-# Per HTTP request; with the SDK's retries a call stays well inside a chunk's lease.
+# Per HTTP request; a live create keeps its leases by heartbeat however long it takes.
 REQUEST_TIMEOUT_SECONDS = 120.0
+#: Answers to a create that say no batch was made (rate limited, overloaded): retried.
+NOT_CREATED = frozenset({429, 529})
+#: Pause before the n-th retry of a create refused with NOT_CREATED (then doubled, capped).
+CREATE_BACKOFF_SECONDS = 0.5
+CREATE_BACKOFF_MAX_SECONDS = 8.0
 
 
 class AnthropicProvider:
@@ -71,10 +80,24 @@ class AnthropicProvider:
         return self._sdk_client
 
     def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
-        from anthropic.types.messages import MessageBatch
-
+        """Create the batch. Retried only while Anthropic answers that it made none (429,
+        529); any other failure may have made one, and is raised for the caller to settle
+        (`services/create_lock.py`): a second create could make a second batch."""
         with payload.open() as stream:
             body = RequestBody(_read_all(stream))
+        for attempt in range(self._max_retries + 1):
+            try:
+                return self._create(body)
+            except ProviderError as exc:
+                if exc.status not in NOT_CREATED or attempt == self._max_retries:
+                    raise
+            pause = CREATE_BACKOFF_SECONDS * 2**attempt
+            time.sleep(min(pause, CREATE_BACKOFF_MAX_SECONDS))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create(self, body: RequestBody) -> ProviderBatch:
+        from anthropic.types.messages import MessageBatch
+
         with _errors("submitting"):
             batch = self._client.post(
                 BATCHES_PATH,
@@ -84,10 +107,18 @@ class AnthropicProvider:
                     "headers": {
                         "Content-Type": "application/json",
                         "Content-Length": str(len(body)),
-                    }
+                    },
+                    "max_retries": 0,
                 },
             )
         return _to_batch(batch)
+
+    def latest_batch(self) -> ProviderBatch | None:
+        """The newest batch Anthropic lists (None: none): a create lock's mark."""
+        with _errors("listing the newest batch"):
+            page = self._client.messages.batches.list(limit=1)
+            newest = next(iter(page.data), None)
+        return _to_batch(newest) if newest is not None else None
 
     def find_batches(
         self, tag: BatchTag, created_after: float, created_before: float, request_count: int

@@ -1,0 +1,112 @@
+"""One chunk's batch: create it, record it, withdraw a duplicate, or settle a refusal.
+
+The steps `dispatch` takes under a chunk's submit lease, whichever way the provider's
+batches are found again (tags, or the create lock).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from batchline.bootstrap import Deps
+from batchline.domain import claims
+from batchline.domain.claims import Change
+from batchline.domain.models import BatchTag, Chunk, ProviderBatch
+from batchline.errors import ProviderError, RetryableError
+from batchline.log import fields, get_logger
+from batchline.ports import ProviderClient, StagedPayload
+
+log = get_logger(__name__)
+
+#: Tries to record a batch the provider accepted, and the pause before the second (then
+#: doubled): about 15 s in all, well inside a lease the heartbeat keeps renewing.
+RECORD_ATTEMPTS = 5
+RECORD_BACKOFF_SECONDS = 1.0
+
+
+def create(deps: Deps, provider: ProviderClient, chunk: Chunk) -> ProviderBatch:
+    """Create `chunk`'s batch from its staged payload."""
+    payload = StagedPayload(
+        chunk.payload_uri,
+        chunk.payload_bytes,
+        functools.partial(deps.blobs.open_read, chunk.payload_uri),
+    )
+    batch = provider.create_batch(payload, BatchTag(chunk.job_id, chunk.index), chunk.model)
+    log.info(
+        "submitted",
+        extra=context(chunk, batch_id=batch.batch_id, requests=chunk.request_count),
+    )
+    return batch
+
+
+def record(
+    deps: Deps, provider: ProviderClient, chunk: Chunk, batch: ProviderBatch
+) -> Chunk | None:
+    """Record the batch the provider accepted for `chunk`. A store that fails is tried
+    again (bounded, with backoff) before the holder gives up its claim (its lease then
+    runs out, and the next holder adopts the batch); if another attempt recorded the
+    chunk first, ours is withdrawn."""
+    change = Change(claims.record_batch, batch, deps.clock.now())
+    recorded = None
+    for attempt in range(RECORD_ATTEMPTS):
+        try:
+            recorded = settle(deps, chunk, change)
+            break
+        except RetryableError as exc:
+            if attempt + 1 == RECORD_ATTEMPTS:
+                log.error(
+                    "could not record an accepted batch", extra=context(chunk, error=str(exc))
+                )
+                raise
+            log.warning("recording a batch failed; retrying", extra=context(chunk, error=str(exc)))
+            time.sleep(RECORD_BACKOFF_SECONDS * 2**attempt)
+    if recorded is None:
+        withdraw(deps, provider, BatchTag(chunk.job_id, chunk.index), batch)
+    return recorded
+
+
+def refused(deps: Deps, chunk: Chunk, owner: str, exc: ProviderError) -> Chunk | None:
+    """A provider call failed: give the lease back and raise it (retryable: the next try
+    looks for the batch first, in case the provider did create it), or end the chunk
+    with the error (refused for good)."""
+    if exc.retryable:
+        settle(deps, chunk, Change(claims.release_submit, owner, deps.clock.now()))
+        raise exc
+    reason = str(exc)
+    log.error("submit failed", extra=context(chunk, error=reason))
+    return settle(deps, chunk, Change(claims.fail_submit, owner, reason, deps.clock.now()))
+
+
+def withdraw(deps: Deps, provider: ProviderClient, tag: BatchTag, batch: ProviderBatch) -> None:
+    """Our submit outlived its lease and another attempt settled the chunk first.
+
+    If that attempt adopted our batch, all is well. If it recorded a batch of its own (or
+    ended the chunk), ours is a duplicate nobody will read: cancel it, so that it neither
+    runs nor bills. A cancel that fails is logged with the batch id; it is not retried.
+    """
+    current = next((c for c in deps.store.get_chunks(tag.job_id) if c.index == tag.chunk), None)
+    if current is not None and current.batch_id == batch.batch_id:
+        return
+    about = fields(
+        job_id=tag.job_id,
+        chunk=tag.chunk,
+        batch_id=batch.batch_id,
+        recorded_batch_id=current.batch_id if current is not None else None,
+    )
+    log.warning("another attempt recorded the chunk first; cancelling our duplicate", extra=about)
+    try:
+        provider.cancel(batch.batch_id)
+    except ProviderError as exc:
+        about["fields"]["error"] = str(exc)
+        log.error("could not cancel a duplicate batch", extra=about)
+
+
+def settle(deps: Deps, chunk: Chunk, change: Change[Chunk]) -> Chunk | None:
+    """Apply a claim rule to `chunk`'s record."""
+    return deps.store.update_chunk(chunk.job_id, chunk.index, change)
+
+
+def context(chunk: Chunk, **more: object) -> dict[str, object]:
+    """Log fields naming the chunk."""
+    return fields(job_id=chunk.job_id, chunk=chunk.index, **more)
