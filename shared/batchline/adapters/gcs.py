@@ -141,66 +141,23 @@ class GcsBlobStore:
 
 
 class _TranslatedReader:
-    """A GCS reader whose own failures come out as batchline's errors, and whose lines
-    are found in a buffer of its own: GCS's `BlobReader` has no `readline` or `peek`, so
-    io's default `readline` would call `read(1)` once per byte (minutes for a large file).
-    Reads go to GCS in `READ_PIECE_BYTES` pieces (its reader fetches `READ_CHUNK_BYTES`)."""
-
-    #: How much one `readline` asks of the underlying reader at a time.
-    READ_PIECE_BYTES = 1024 * 1024
+    """A GCS reader whose own failures come out as batchline's errors."""
 
     def __init__(self, reader: BinaryIO, doing: str) -> None:
         self._reader = reader
         self._doing = doing
-        self._buffer = bytearray()
-        self._eof = False
 
-    def _fill(self, size: int) -> bool:
-        """Add up to `size` bytes to the buffer; False at the end of the object."""
-        if self._eof:
-            return False
+    def read(self, size: int = -1, /) -> bytes:
         with translated(self._doing):
-            data = self._reader.read(size)
-        if not data:
-            self._eof = True
-            return False
-        self._buffer += data
-        return True
+            return self._reader.read(size)
 
-    def read(self, size: int | None = -1, /) -> bytes:
-        if size is None or size < 0:
-            while self._fill(self.READ_PIECE_BYTES):
-                pass
-            size = len(self._buffer)
-        elif len(self._buffer) < size:
-            self._fill(size - len(self._buffer))
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
-
-    def readline(self, size: int | None = -1, /) -> bytes:
-        limit = -1 if size is None else size
-        start = 0
-        while True:
-            end = self._buffer.find(b"\n", start)
-            if end >= 0:
-                end += 1
-                break
-            if 0 <= limit <= len(self._buffer):
-                end = limit
-                break
-            start = len(self._buffer)
-            if not self._fill(self.READ_PIECE_BYTES):
-                end = len(self._buffer)
-                break
-        if 0 <= limit < end:
-            end = limit
-        line = bytes(self._buffer[:end])
-        del self._buffer[:end]
-        return line
+    def readline(self, size: int = -1, /) -> bytes:
+        with translated(self._doing):
+            return self._reader.readline(size)
 
     def readinto(self, buffer: bytearray | memoryview, /) -> int:
-        data = self.read(len(buffer))
+        with translated(self._doing):
+            data = self._reader.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
