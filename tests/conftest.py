@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -90,15 +91,19 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def require_components(*components: str) -> None:
-    """Skip (fail under CI=true) when what `components` need is not on this machine."""
-    missing = stack.missing_prerequisites(components)
-    if not missing:
-        return
-    reason = "local stack prerequisites missing: " + "; ".join(missing)
+def unavailable(reason: str) -> NoReturn:
+    """What a test needs is not on this machine: skip it, but fail under CI=true, where
+    `.ci/run` installs everything and a skip would hide a missing emulator or tool."""
     if _in_ci():
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
+
+
+def require_components(*components: str) -> None:
+    """Skip (fail under CI=true) when what `components` need is not on this machine."""
+    missing = stack.missing_prerequisites(components)
+    if missing:
+        unavailable("local stack prerequisites missing: " + "; ".join(missing))
 
 
 def _started(component: stack.Component) -> stack.Component:

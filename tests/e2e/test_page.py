@@ -26,7 +26,7 @@ import requests
 
 from batchline.domain.models import JobState
 
-from ..conftest import _in_ci
+from ..conftest import unavailable
 from .conftest import PHASE_REPORTS, Pipeline
 
 if TYPE_CHECKING:
@@ -63,9 +63,7 @@ def require_chromium() -> None:
     if not missing:
         return
     reason = f"{', '.join(missing)} missing (apt-get install chromium chromium-driver)"
-    if _in_ci():
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    unavailable(reason)
 
 
 @pytest.fixture(scope="package", autouse=True)
