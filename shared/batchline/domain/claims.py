@@ -274,10 +274,10 @@ def collect_sent(job: Job, requested_at: float | None, now: float) -> Job | Leav
     return replace(job, collect_sent_at=now)
 
 
-def reopen_for_repair(job: Job, now: float, *, chunk_count: int, new_chunks: int) -> Job | Leave:
-    """Back to running for a round of repairs: `new_chunks` chunks after the
+def reopen_for_round(job: Job, now: float, *, chunk_count: int, new_chunks: int) -> Job | Leave:
+    """Back to running for a follow-up round: `new_chunks` chunks after the
     `chunk_count` the collecting job had. A collect that saw another number of chunks
-    comes after another round started; a job being canceled repairs nothing."""
+    comes after another round started; a job being canceled sends nothing again."""
     if job.state is not JobState.COLLECTING or job.chunk_count != chunk_count:
         return Leave.DONE
     if job.cancel_requested_at is not None:
