@@ -130,7 +130,15 @@ class Hold:
             late = self.delay(start, rate, total)
             resumed = 0 if math.isinf(late) else _lines_by(t - late - start, rate)
             n = max(self.after, resumed)
-        return min(total, max(0, n))
+        n = min(total, max(0, n))
+        # The estimate may be a line off in float rounding (times near 1.8e9 s carry ~1e-7
+        # s of it): settle it on `finished_at`, so that the lines done at the instant a
+        # line finishes (an expiry right after it, say) include that line.
+        while n < total and self.finished_at(n, start, rate, total) <= t:
+            n += 1
+        while n > 0 and self.finished_at(n - 1, start, rate, total) > t:
+            n -= 1
+        return n
 
     def finished_at(self, index: int, start: float, rate: float, total: int) -> float:
         """When the line at processing position `index` finishes (inf while it is held)."""
