@@ -211,6 +211,27 @@ def _split_new_model(value: Any, field: str, enabled: frozenset[str]) -> tuple[s
     return provider, model
 
 
+def retarget(request: Request, target: str, enabled: frozenset[str] = KNOWN_PROVIDERS) -> Request:
+    """`request` for model `target` (`provider/model`) instead of its own: the same
+    messages, system prompt, `max_tokens`, sampling and schema, checked as the target's
+    parser checks a line. Raises `InvalidField` saying why the target cannot take it (a
+    native line, a content block or schema keyword the target refuses, a disabled
+    provider)."""
+    if request.native is not None or request.params is None:
+        raise InvalidField("model", "a provider-native line can only be sent to its own provider")
+    name, model = split_model(target, "fallback", enabled)
+    provider = PROVIDERS[name]
+    params = request.params
+    check_messages(params["messages"], provider.check_message)
+    if "temperature" in params:
+        provider.check_temperature(params["temperature"])
+    if "stop" in params:
+        provider.check_stop(params["stop"])
+    if request.schema is not None:
+        _check_expressible(request.schema, provider, "schema")
+    return replace(request, provider=name, model=model)
+
+
 def _native(
     number: int,
     custom_id: str | None,

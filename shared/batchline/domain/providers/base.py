@@ -70,6 +70,11 @@ class Request:
     #: the job's default), encoded for the provider; native lines' own structured-output
     #: setting, which passes untouched and is only used to validate the answer.
     schema: ResponseSchema | None = None
+    #: The models (`provider/model`) to fail over to, in order, when this one cannot
+    #: answer; empty: the job's `fallback` option applies.
+    fallback: tuple[str, ...] = ()
+    #: How the model was chosen: None (named by the line or the job), or "auto".
+    selected_by: str | None = None
 
 
 class InvalidField(Exception):

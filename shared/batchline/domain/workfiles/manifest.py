@@ -33,10 +33,14 @@ class ManifestEntry(NamedTuple):
     schema: str | None = None
     earlier: list[dict[str, Any]] | None = None
     previous: dict[str, Any] | None = None
+    #: How the line's model was chosen when not by name ("auto"), for its result line.
+    selected_by: str | None = None
 
     def encode(self) -> bytes:
         """This entry as one manifest row (with its newline)."""
-        return encode_entry(self.line, self.custom_id, self.schema, self.earlier, self.previous)
+        return encode_entry(
+            self.line, self.custom_id, self.schema, self.earlier, self.previous, self.selected_by
+        )
 
 
 def encode_entry(
@@ -45,11 +49,14 @@ def encode_entry(
     schema: str | None = None,
     earlier: list[dict[str, Any]] | None = None,
     previous: dict[str, Any] | None = None,
+    selected_by: str | None = None,
 ) -> bytes:
     """One manifest row (with its newline); the planner's per-request call, so no tuple."""
     row: dict[str, Any] = {"line": line, "custom_id": custom_id}
     if schema is not None:
         row["schema"] = schema
+    if selected_by is not None:
+        row["selected_by"] = selected_by
     if earlier is not None:
         row["attempts"] = earlier
     if previous is not None:
@@ -84,8 +91,13 @@ def iter_entries(rows: Iterable[bytes], uri: str) -> Iterator[ManifestEntry]:
             schema = digests.setdefault(schema, schema)
         earlier = row.get("attempts")
         previous = row.get("previous")
+        selected_by = row.get("selected_by")
+        if selected_by is not None and type(selected_by) is not str:
+            raise WorkFileError(
+                uri, f"row {number}.selected_by", f"expected a string, got {kind(selected_by)}"
+            )
         if earlier is None and previous is None:
-            yield ManifestEntry(line, custom_id, schema)
+            yield ManifestEntry(line, custom_id, schema, selected_by=selected_by)
             continue
         if not isinstance(earlier, list):
             raise WorkFileError(
@@ -95,7 +107,7 @@ def iter_entries(rows: Iterable[bytes], uri: str) -> Iterator[ManifestEntry]:
             raise WorkFileError(
                 uri, f"row {number}.previous", f"expected an object, got {kind(previous)}"
             )
-        yield ManifestEntry(line, custom_id, schema, earlier, previous)
+        yield ManifestEntry(line, custom_id, schema, earlier, previous, selected_by)
 
 
 def parse_manifest(
