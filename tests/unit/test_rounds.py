@@ -15,6 +15,7 @@ import pytest
 from batchline.bootstrap import Deps, Providers
 from batchline.domain.models import BatchState, JobState
 from batchline.domain.rounds import RoundReason, chain_after, next_step
+from batchline.errors import ProviderError
 from batchline.services.collect import collect
 from batchline.services.poll import poll
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
@@ -303,3 +304,39 @@ def test_a_crash_after_a_failover_batch_is_created_adopts_it_rather_than_sending
     results = drive(deps, job_id, first, second)
     assert len(second.batches) == 1, [(b.batch.tag, b.request_ids) for b in second.batches.values()]
     assert results[0]["status"] == "succeeded" and results[0]["provider"] == "vertex"
+
+
+def queued(fake: FakeProvider) -> None:
+    for batch in fake.batches.values():  # waiting for capacity: nothing has run
+        batch.batch = replace(batch.batch, state=BatchState.QUEUED)
+        batch.finished = set()
+
+
+def test_a_batch_queued_past_max_queue_hours_is_cancelled_and_its_lines_fail_over() -> None:
+    deps, first, second, clock = two_providers()
+    job_id = submit(deps, line() + b"\n" + line(), fallback=FALLBACK, max_queue_hours="2")
+    queued(first)
+    poll(deps)
+    clock.advance(3600)
+    poll(deps)  # an hour queued: left alone
+    assert all(b.batch.state is BatchState.QUEUED for b in first.batches.values())
+    clock.advance(3601)
+    dying = first.cancel
+    calls: list[str] = []
+
+    def cancel_fails_once(batch_id: str) -> None:
+        calls.append(batch_id)
+        if len(calls) == 1:
+            raise ProviderError("the process dies before the cancel reaches OpenAI", retryable=True)
+        dying(batch_id)
+
+    first.cancel = cancel_fails_once  # type: ignore[method-assign]
+    poll(deps)  # noted on the chunk, then the cancel fails
+    [chunk] = deps.store.get_chunks(job_id)
+    assert (chunk.error or "").startswith("queue_timeout")
+    poll(deps)  # the next tick cancels
+    assert calls == ["batch_0", "batch_0"]
+    results = drive(deps, job_id, first, second)
+    assert [r["provider"] for r in results] == ["vertex", "vertex"]
+    assert results[0]["attempts"][0]["error"]["type"] == "queue_timeout"
+    assert calls == ["batch_0", "batch_0"]  # asked once it was cancelling: never again

@@ -423,6 +423,25 @@ def follow_batch(chunk: Chunk, batch: ProviderBatch, now: float) -> Chunk | Leav
     )
 
 
+#: The start of a chunk's error when its batch sat queued past the job's max_queue_hours.
+QUEUE_TIMEOUT = "queue_timeout"
+
+
+def give_up_queue(chunk: Chunk, now: float, *, max_queue_hours: float) -> Chunk | Leave:
+    """The running chunk's batch has been queued at its provider longer than the job
+    allows: note it on the chunk (its batch is then cancelled, and its lines fail over
+    when collected). Once only; a chunk whose batch runs, or that is young, is left."""
+    if chunk.state is not ChunkState.RUNNING or chunk.batch_state is not BatchState.QUEUED:
+        return Leave.DONE
+    if chunk.error is not None and chunk.error.startswith(QUEUE_TIMEOUT):
+        return Leave.DONE
+    queued = now - (chunk.submit_started_at or now)
+    if queued < max_queue_hours * 3600:
+        return Leave.DONE
+    message = f"{QUEUE_TIMEOUT}: still queued at {chunk.provider} after {queued / 3600:.1f} h"
+    return replace(chunk, error=f"{message} (max_queue_hours {max_queue_hours:g})", updated_at=now)
+
+
 def resend(chunk: Chunk, wrong_batch: str, now: float) -> Chunk | Leave:
     """The chunk's recorded batch `wrong_batch` holds another chunk's requests: the chunk
     forgets it and is sent again (its own requests never ran), once."""

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from batchline.bootstrap import Deps
+from batchline.domain.claims import QUEUE_TIMEOUT
 from batchline.domain.ids import line_of
 from batchline.domain.models import BatchState, Chunk, ProviderResult, ResultStatus
 from batchline.domain.paths import WorkPaths
@@ -222,6 +223,9 @@ def _missing(
             "message": chunk.error or "the batch could not be created",
             "retryable": False,
         }
+        return ProviderResult(request_id(line), ResultStatus.FAILED, error=error)
+    if state is BatchState.CANCELED and (chunk.error or "").startswith(QUEUE_TIMEOUT):
+        error = {"type": QUEUE_TIMEOUT, "message": chunk.error, "retryable": False}
         return ProviderResult(request_id(line), ResultStatus.FAILED, error=error)
     status, kind, message, retryable = _MISSING.get(
         state or BatchState.FAILED, _MISSING[BatchState.FAILED]
