@@ -407,7 +407,9 @@ def _override(key: str, value: Any, known: Price | None) -> Price:
 
 def _capabilities(where: str, value: dict[str, Any], price: Price, known: Price | None) -> Price:
     """`price` with the override's capabilities, each one it leaves out the table's."""
-    kept = {name: getattr(known, name) if known else None for name in CAPABILITY_FIELDS}
+    kept: dict[str, Any] = {
+        name: getattr(known, name) if known else None for name in CAPABILITY_FIELDS
+    }
     checks = {
         "max_output_tokens": _max_tokens,
         "context_window": _max_tokens,
