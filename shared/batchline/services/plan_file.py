@@ -33,7 +33,7 @@ from batchline.domain.workfiles.plan import PlanRecord, write_plan
 from batchline.domain.workfiles.runs import write_invalid
 from batchline.domain.workfiles.schemas import write_schema
 from batchline.errors import NotFound
-from batchline.services.line_work import LineWork, NotTheLine, schema_context
+from batchline.services.line_work import LineWork, NotTheLine, schema_context, selector_for
 from batchline.services.staging import ChunkStager
 
 #: Lines read between two renewals of the planning lease (at most).
@@ -144,6 +144,7 @@ def _read_and_stage(
         max_line_bytes=deps.settings.max_line_bytes,
         enabled=deps.settings.enabled_providers,
         job_id=job.job_id,
+        selector=selector_for(deps, job.options),
     ).take
 
     def stage(planned: PlannedChunk) -> None:

@@ -79,6 +79,17 @@ class JobOptionsIn(_In):
     notify_url: str | None = Field(
         default=None, description="https:// URL the job's signed job.completed is POSTed to."
     )
+    candidates: list[str] | None = Field(
+        default=None,
+        description='The models (`provider/model`, at most 16) `model: "auto"` chooses '
+        "from; default: the deployment's (BATCHLINE_AUTO_CANDIDATES, else one per enabled "
+        "provider).",
+    )
+    prefer: Literal["cost", "speed"] | None = Field(
+        default=None,
+        description='What `model: "auto"` chooses for: the lowest worst-case cost '
+        "(default) or the highest output speed.",
+    )
 
 
 class JobInput(_In):
@@ -143,6 +154,8 @@ class JobOptionsView(_Out):
     max_repair_attempts: int | None = None
     max_cost_usd: float | None = None
     notify_url: str | None = None
+    candidates: list[str] | None = None
+    prefer: str | None = None
 
 
 class JobView(_Out):
@@ -176,48 +189,6 @@ class JobList(_Out):
 
     jobs: list[JobView]
     next_cursor: str | None = Field(description="For the next page; null on the last.")
-
-
-class InvalidLineView(_Out):
-    """A line that would be an `invalid` result, and why."""
-
-    line: int
-    custom_id: str | None
-    field: str
-    message: str
-
-
-class ChunkPlanView(_Out):
-    """The provider batches one provider/model would take."""
-
-    provider: str
-    model: str
-    chunks: int
-    requests: int
-    bytes: int
-
-
-class CostRange(_Out):
-    """USD at batch prices: `low` pays for the input alone, `high` for every request
-    writing its most output; null when a model has no price."""
-
-    low: float | None
-    high: float | None
-    realtime_high: float | None
-
-
-class EstimateView(_Out):
-    """What a job would be, planned without uploading anything or calling a provider."""
-
-    lines: int
-    blank_lines: int
-    requests: int
-    invalid: int
-    invalid_lines: list[InvalidLineView] = Field(description="The first 20.")
-    chunks: list[ChunkPlanView]
-    cost_usd: CostRange
-    estimate: dict[str, Any] = Field(description="Tokens and costs per provider/model.")
-    warnings: list[str]
 
 
 class WebhookReceipt(_Out):
