@@ -175,7 +175,7 @@ class Settings:
                 env, "BATCHLINE_MAX_REPAIR_ATTEMPTS", defaults.max_repair_attempts
             ),
             prices_json=prices_override(env),
-            auto_candidates=auto_candidates(env.get(AUTO_CANDIDATES_ENV)),
+            auto_candidates=auto_candidates(env.get("BATCHLINE_AUTO_CANDIDATES")),
             notify_topic=env.get("BATCHLINE_NOTIFY_TOPIC") or defaults.notify_topic,
             webhook_secret=env.get("BATCHLINE_WEBHOOK_SECRET") or None,
             webhook_allow_insecure_local=webhook_allow_insecure_local(env),
@@ -192,15 +192,19 @@ def prices_override(env: Mapping[str, str] | None = None) -> str | None:
 
 def auto_candidates(raw: str | None) -> tuple[str, ...]:
     """BATCHLINE_AUTO_CANDIDATES's value: comma-separated `provider/model` names (none:
-    the default); ConfigError naming a bad one."""
+    the default). Checked at start-up (`check_auto_candidates`), as the prices are."""
+    return tuple(name.strip() for name in (raw or "").split(",") if name.strip())
+
+
+def check_auto_candidates(names: tuple[str, ...]) -> None:
+    """ConfigError naming the first of BATCHLINE_AUTO_CANDIDATES's names that is not a
+    `provider/model` of a known provider."""
     from batchline.domain.requests import AUTO, model_problem
 
-    names = tuple(name.strip() for name in (raw or "").split(",") if name.strip())
     for name in names:
         problem = "not a model to choose" if name == AUTO else model_problem(name)
         if problem is not None:
             raise ConfigError(f"{AUTO_CANDIDATES_ENV}: {name!r}: {problem}")
-    return names
 
 
 def webhook_allow_insecure_local(env: Mapping[str, str] | None = None) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from batchline.config import Settings, check_auto_candidates
 from batchline.domain.models import JobOptions
 from batchline.domain.options import OptionError, from_api, from_metadata
 from batchline.domain.pricing import PRICES
@@ -17,6 +18,7 @@ from batchline.domain.providers.base import ChunkLimits, InvalidField
 from batchline.domain.requests import AUTO, InvalidLine, Request, parse_line
 from batchline.domain.selection import Selector, content_kinds, default_candidates
 from batchline.domain.workfiles.requests import iter_stored
+from batchline.errors import ConfigError
 from batchline.services.line_work import selector_for
 
 from .fakes import make_deps
@@ -186,6 +188,23 @@ def test_default_candidates_are_each_enabled_providers_cheapest_model() -> None:
 
 
 # ------------------------------------------------------------------------------ options
+
+
+def test_the_deployments_candidates_come_from_the_environment_and_are_checked() -> None:
+    env = {
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "BATCHLINE_INPUT_BUCKET": "i",
+        "BATCHLINE_OUTPUT_BUCKET": "o",
+        "BATCHLINE_WORK_BUCKET": "w",
+        "BATCHLINE_AUTO_CANDIDATES": f" {FLASH}, {HAIKU} ",
+    }
+    settings = Settings.from_env(env)
+    assert settings.auto_candidates == (FLASH, HAIKU)
+    check_auto_candidates(settings.auto_candidates)
+    with pytest.raises(ConfigError, match=r"BATCHLINE_AUTO_CANDIDATES: 'gpt-4\.1': expected"):
+        check_auto_candidates(("gpt-4.1",))
+    with pytest.raises(ConfigError, match="'auto': not a model to choose"):
+        check_auto_candidates((AUTO,))
 
 
 def test_candidates_and_prefer_come_from_metadata_and_the_api() -> None:
