@@ -351,7 +351,7 @@ EVENTS: dict[str, Event] = {
     ),
     "reopen for a repair round": Event(
         "reopened",
-        lambda j: claims.reopen_for_repair(j, NOW, chunk_count=2, new_chunks=1),
+        lambda j: claims.reopen_for_round(j, NOW, chunk_count=2, new_chunks=1),
         lambda j: replace(
             j, state=JobState.RUNNING, chunk_count=3, collect_requested_at=None, updated_at=NOW
         ),

@@ -182,6 +182,7 @@ class ChunkPlanner:
             request.custom_id,
             schema.digest if schema else None,
             selected_by=request.selected_by,
+            fallback=request.fallback,
         )
         if self._observe is not None:
             self._observe(request, line)

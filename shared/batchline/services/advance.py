@@ -110,6 +110,7 @@ def _advance_chunks(
             updated = dispatch.dispatch(deps, chunk, owner)
         elif chunk.state is ChunkState.RUNNING:
             updated = dispatch.refresh(deps, chunk)
+            updated = cancel.end_long_queue(deps, job, updated or chunk) or updated
         if updated is not None:
             chunks[i] = updated
     now = deps.clock.now()
