@@ -276,6 +276,10 @@ def test_planning_binds_each_auto_line_to_its_model_and_stores_its_chain() -> No
         manifest = deps.blobs.read_bytes(chunk.manifest_uri).splitlines()
         assert {orjson.loads(row).get("selected_by") for row in manifest} == {AUTO}
     assert by_line == EXPECTED
+    # plan.json's estimate (summary.json's) counts the choices per model, and why.
+    auto = {c["model"]: c for c in planned.plan.record().estimate["auto"]}  # type: ignore[index]
+    assert {model: c["requests"] for model, c in auto.items()} == {MINI: 2, FLASH: 1, HAIKU: 1}
+    assert auto[FLASH]["reasons"] == {f"cheapest of 2; ruled out: {MINI} (context window)": 1}
     assert list(planned.invalid) == [5]
     error = planned.invalid[5]["error"]
     assert isinstance(error, dict)

@@ -151,6 +151,14 @@ class Selector:
         fallback = tuple(v.target for v in ranked[1:])
         return replace(best.request, fallback=fallback, selected_by=AUTO)
 
+    def choices(self) -> list[dict[str, Any]]:
+        """The choices so far, per model: `{"model", "requests", "reasons": {why: lines}}`
+        (the estimate view's and summary.json's `auto`)."""
+        return [
+            {"model": model, "requests": sum(why.values()), "reasons": dict(why)}
+            for model, why in sorted(self.chosen.items())
+        ]
+
     def _rank(self, verdict: Verdict) -> tuple[float, float, int]:
         order = self.candidates.index(verdict.target)
         if self.prefer == "speed":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -50,8 +49,8 @@ class DryRun:
     chunks: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     estimate: Estimate = field(default_factory=Estimate)
     unread_schemas: set[str] = field(default_factory=set)
-    #: The `model: "auto"` choices: provider/model -> why (`Selector.chosen`) -> lines.
-    auto: dict[str, Counter[str]] = field(default_factory=dict)
+    #: The `model: "auto"` choices per model, with why (`Selector.choices`).
+    auto: list[dict[str, Any]] = field(default_factory=list)
 
     def add_chunk(self, planned: PlannedChunk) -> None:
         """Count a chunk the planner handed out."""
@@ -88,10 +87,7 @@ class DryRun:
                 {"provider": p, "model": m, "chunks": n, "requests": r, "bytes": b}
                 for (p, m), (n, r, b) in sorted(self.chunks.items())
             ],
-            "auto": [
-                {"model": model, "requests": sum(why.values()), "reasons": dict(why)}
-                for model, why in sorted(self.auto.items())
-            ],
+            "auto": self.auto,
             "cost_usd": {
                 "low": self.input_only_usd(deps),
                 "high": totals["batch_usd"],
@@ -169,7 +165,7 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
             found.add_chunk(full)
     for planned in planner.finish():
         found.add_chunk(planned)
-    found.auto = selector.chosen
+    found.auto = selector.choices()
     if found.lines == 0:
         raise UnreadableInput("the file has no requests (only blank lines)")
     return found
