@@ -15,8 +15,9 @@ from batchline.domain.models import JobOptions
 from batchline.domain.options import OptionError, from_api, from_metadata
 from batchline.domain.pricing import PRICES
 from batchline.domain.providers.base import ChunkLimits, InvalidField
+from batchline.domain.providers.registry import PROVIDERS
 from batchline.domain.requests import AUTO, InvalidLine, Request, parse_line
-from batchline.domain.selection import Selector, content_kinds, default_candidates
+from batchline.domain.selection import Selector, default_candidates
 from batchline.domain.workfiles.requests import iter_stored
 from batchline.errors import ConfigError
 from batchline.services.line_work import selector_for
@@ -164,18 +165,23 @@ def test_modalities_structured_output_and_batch_bytes_rule_a_candidate_out() -> 
     assert small.verdict(parsed(line()), MINI).kind == "size"
 
 
-def test_content_kinds_reads_every_providers_parts() -> None:
+def test_each_provider_reads_the_modalities_its_own_parts_ask_for() -> None:
     parts = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA"}},
         {"type": "image", "source": {}},
         {"type": "document", "source": {}},
         {"inlineData": {"mimeType": "image/png", "data": ""}},
         {"fileData": {"mimeType": "application/pdf", "fileUri": "gs://b/o"}},
         {"type": "text", "text": "hi"},
     ]
-    assert content_kinds([{"role": "user", "content": parts[:1]}]) == {"image"}
-    assert content_kinds([{"role": "user", "content": parts[1:2]}]) == {"pdf"}
-    assert content_kinds([{"role": "user", "content": parts[2:]}]) == {"image", "pdf"}
-    assert content_kinds([{"role": "user", "content": "text"}]) == frozenset()
+    messages = [{"role": "user", "content": parts}, {"role": "user", "content": "text"}]
+    found = {name: PROVIDERS[name].input_modalities(messages) for name in PROVIDERS}
+    assert found == {name: frozenset({"image", "pdf"}) for name in PROVIDERS}
+    assert PROVIDERS["openai"].input_modalities([{"content": parts[2:4]}]) == frozenset()
+    assert PROVIDERS["anthropic"].input_modalities([{"content": parts[:1]}]) == frozenset()
+    assert PROVIDERS["vertex"].input_modalities([{"content": parts[4:5]}]) == {"image"}
+    assert PROVIDERS["vertex"].input_modalities([{"content": "text"}]) == frozenset()
 
 
 def test_default_candidates_are_each_enabled_providers_cheapest_model() -> None:

@@ -10,7 +10,8 @@ candidate, in turn, is one the line must fit:
   stop, whether the provider can express the line's schema: Gemini refuses `not`,
   `propertyNames`, ...);
 - its capabilities in the price table (`pricing.Price`): the line's images and PDFs
-  among its `input_modalities`, `structured_output` for a line with a schema, and its
+  (as the provider reads its content parts: `Provider.input_modalities`) among the
+  model's `input_modalities`, `structured_output` for a line with a schema, and its
   `context_window` at least the line's input tokens plus its worst-case output (the
   line's `max_tokens` capped at the model's maximum, else what the provider's encoder
   asks for: the model's maximum, or Anthropic's default `max_tokens`), both counted by
@@ -39,10 +40,6 @@ from batchline.domain.pricing import Price, cost, price_for
 from batchline.domain.providers.base import ChunkLimits, Encoder, InvalidField, Request
 from batchline.domain.providers.registry import PROVIDERS
 from batchline.domain.requests import AUTO, retarget
-
-_IMAGE_TYPES = frozenset({"image", "image_url", "input_image"})
-_PDF_TYPES = frozenset({"document", "file", "input_file"})
-_MIME_KEYS = ("inlineData", "inline_data", "fileData", "file_data")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,39 +70,6 @@ def default_candidates(prices: Mapping[str, Price], enabled: Iterable[str]) -> t
         if priced:
             found.append(min(priced)[1])
     return tuple(found)
-
-
-def content_kinds(messages: Any) -> frozenset[str]:
-    """The modalities besides text a line's messages carry ("image", "pdf"), told from the
-    content parts' `type` or MIME type, whichever provider's form they are written in."""
-    kinds: set[str] = set()
-    for message in messages if isinstance(messages, list) else ():
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in content if isinstance(content, list) else ():
-            if not isinstance(part, dict):
-                continue
-            kind = part.get("type")
-            if kind in _IMAGE_TYPES:
-                kinds.add("image")
-            elif kind in _PDF_TYPES:
-                kinds.add("pdf")
-            else:
-                mime = _mime(part)
-                if mime.startswith("image/"):
-                    kinds.add("image")
-                elif mime == "application/pdf":
-                    kinds.add("pdf")
-    return frozenset(kinds)
-
-
-def _mime(part: dict[str, Any]) -> str:
-    for key in _MIME_KEYS:
-        data = part.get(key)
-        if isinstance(data, dict):
-            mime = data.get("mimeType") or data.get("mime_type")
-            if isinstance(mime, str):
-                return mime
-    return ""
 
 
 class Selector:
@@ -215,7 +179,8 @@ def _capability_problem(request: Request, price: Price) -> tuple[str, str] | Non
         return "structured output", "the model has no structured output for the line's schema"
     modalities = price.input_modalities
     if modalities is not None and request.params is not None:
-        missing = sorted(content_kinds(request.params.get("messages")) - modalities)
+        asked = PROVIDERS[request.provider].input_modalities(request.params.get("messages"))
+        missing = sorted(asked - modalities)
         if missing:
             return "modality", f"it takes no {' or '.join(missing)} input"
     return None
