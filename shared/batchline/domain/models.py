@@ -130,9 +130,13 @@ class Source:
         return f"gs://{self.bucket}/{self.name}"
 
 
+#: What a job's `model: "auto"` lines are chosen for (`prefer`); the first is the default.
+PREFERENCES = ("cost", "speed")
+
+
 @dataclass(frozen=True)
 class JobOptions:
-    """What the user asked of a job as a whole: default model, labels, schema, repair attempts, budget, webhook."""
+    """What the user asked of a job as a whole: default model, labels, schema, repair attempts, budget, webhook, and how `model: "auto"` chooses."""
 
     model: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -154,6 +158,10 @@ class JobOptions:
     #: A batch still queued at its provider after this long is cancelled and its lines
     #: fail over; None: no limit.
     max_queue_hours: float | None = None
+    #: The models (`provider/model`) `model: "auto"` chooses from; None: the deployment's.
+    candidates: list[str] | None = None
+    #: What "auto" chooses for: one of `PREFERENCES`; None: the first ("cost").
+    prefer: str | None = None
 
 
 @dataclass(frozen=True)

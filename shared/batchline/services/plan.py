@@ -59,7 +59,7 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
         return None
     over = over_budget(job, plan.estimate)
     if over is not None:
-        return reject(deps, job, over, estimate=plan.estimate.to_dict())
+        return reject(deps, job, over, estimate=plan.estimate_section())
     return _commit(deps, job, plan, owner)
 
 
