@@ -16,6 +16,7 @@ from typing import Any
 from batchline.domain.providers.base import ChunkLimits as ChunkLimits
 from batchline.domain.providers.base import ProviderSettings
 from batchline.domain.providers.registry import KNOWN_PROVIDERS, descriptors
+from batchline.domain.quotas import Quotas, parse_quotas
 from batchline.errors import ConfigError
 
 # The longest input line batchline reads, from the providers' own per-request limits, so
@@ -41,6 +42,16 @@ def default_provider_settings() -> dict[str, ProviderSettings]:
 def provider_settings_from_env(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
     """Every known provider's settings block, each parsed by its descriptor."""
     return {p.name: p.settings_from_env(env) for p in descriptors()}
+
+
+def quota_policies() -> dict[str, Any]:
+    """Every known provider's quota policy, by name (its descriptor states it)."""
+    return {p.name: p.quota for p in descriptors()}
+
+
+def default_quotas() -> Quotas:
+    """The quotas with no BATCHLINE_QUOTAS: every provider's lowest paid tier."""
+    return Quotas(quota_policies())
 
 
 def enabled_providers(raw: str | None) -> frozenset[str]:
@@ -104,6 +115,16 @@ class Settings:
     # The secret OpenAI signs its webhooks with (`whsec_...`), for POST
     # /v1/webhooks/openai (api only). None: that route refuses every event.
     openai_webhook_secret: str | None = field(default=None, repr=False)
+    # BATCHLINE_QUOTAS: what each provider lets the account have in flight, over the
+    # descriptors' defaults (`domain.quotas.parse_quotas`).
+    quotas: Quotas = field(default_factory=default_quotas)
+    # A chunk the provider's quota sent back waits this long before it is sent again,
+    # doubled each time it is sent back, at most quota_backoff_max_seconds.
+    quota_backoff_seconds: float = 60.0
+    quota_backoff_max_seconds: float = 1800.0
+    # A job waiting for a quota pool keeps its place while it asks again within this long
+    # (a poll tick reaches it every few minutes); after it, its place is given up.
+    quota_wait_seconds: float = 600.0
 
     def provider(self, name: str) -> Any:
         """Provider `name`'s settings block (its descriptor's settings class)."""
@@ -175,7 +196,28 @@ class Settings:
             webhook_secret=env.get("BATCHLINE_WEBHOOK_SECRET") or None,
             webhook_allow_insecure_local=webhook_allow_insecure_local(env),
             openai_webhook_secret=env.get("OPENAI_WEBHOOK_SECRET") or None,
+            **_quota_settings(env),
         )
+
+
+def _quota_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The quota settings: BATCHLINE_QUOTAS and how a chunk waits for room."""
+    found: dict[str, Any] = {
+        "quotas": parse_quotas(env.get("BATCHLINE_QUOTAS"), quota_policies()),
+    }
+    for name in ("quota_backoff_seconds", "quota_backoff_max_seconds", "quota_wait_seconds"):
+        variable = f"BATCHLINE_{name.upper()}"
+        raw = (env.get(variable) or "").strip()
+        if not raw:
+            continue
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{variable}={raw!r} is not a number") from exc
+        if value <= 0:
+            raise ConfigError(f"{variable} must be positive")
+        found[name] = value
+    return found
 
 
 def webhook_allow_insecure_local(env: Mapping[str, str] | None = None) -> bool:

@@ -50,7 +50,9 @@ class ChunkStager:
         requests stream to this stager's files; `observe` sees every request it takes."""
         deps = self._deps
         sink = self.open_sink if self._store_requests else _discard
-        return ChunkPlanner(deps.limits, deps.encoder, observe, open_sink=sink)
+        return ChunkPlanner(
+            deps.limits, deps.encoder, observe, open_sink=sink, narrow=deps.settings.quotas.narrow
+        )
 
     def open_sink(self, provider: str, model: str, first_line: int) -> StreamedFile:
         """The file a new chunk's stored requests stream to (the planner's `open_sink`)."""
@@ -79,6 +81,7 @@ class ChunkStager:
             payload_uri=payload_uri,
             manifest_uri=manifest_uri,
             requests_uri=requests_uri,
+            input_tokens=planned.input_tokens,
             updated_at=self._deps.clock.now(),
             repair_round=self._repair_round,
             repair_of=self._repair_of,
