@@ -89,6 +89,9 @@ locals {
     BATCHLINE_RETENTION_DAYS         = var.firestore.retention_days
     BATCHLINE_MAX_REPAIR_ATTEMPTS    = var.settings.max_repair_attempts
     BATCHLINE_PRICES                 = var.settings.prices
+    BATCHLINE_QUOTAS                 = var.settings.quotas
+    BATCHLINE_QUOTA_BACKOFF_SECONDS  = var.settings.quota_backoff_seconds
+    BATCHLINE_QUOTA_WAIT_SECONDS     = var.settings.quota_wait_seconds
   }
   function_environment = merge(
     { for k, v in local.environment : k => tostring(v) },
