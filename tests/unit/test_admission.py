@@ -219,3 +219,21 @@ def test_a_canceled_chunk_gives_its_room_back() -> None:
     poll(deps)  # asks the provider to cancel, follows the batch to its end
     poll(deps)
     assert in_use(deps) == 0
+
+
+def test_the_api_and_the_cli_say_why_a_job_waits(capsys: pytest.CaptureFixture[str]) -> None:
+    from batchline.services.api.models import JobView
+    from batchline.services.api.views import job_view
+    from batchline_tools.cli import _print_job
+
+    deps, _, _ = quota_deps(2 * TOKENS, max_requests=1)
+    submit(deps, 2, "a")
+    second = submit(deps, 1, "b")
+    poll(deps)
+    job = deps.store.get_job(second)
+    assert job is not None
+    reason = f"queued: 16 of 16 enqueued tokens in use for {POOL}"
+    assert job_view(job)["waiting"] == reason
+    assert JobView.model_validate(job_view(job)).waiting == reason
+    _print_job(second, job)
+    assert f"waiting  {reason}" in capsys.readouterr().out
