@@ -122,7 +122,9 @@ def test_a_create_refused_for_the_quota_waits_and_loses_nothing() -> None:
     poll(deps)
     assert provider.batches == {}  # not before its backoff
     job = deps.store.get_job(job_id)
-    assert job is not None and job.waiting is not None and "sent again in 30 s" in job.waiting
+    assert (
+        job is not None and job.waiting is not None and "was full; sent again after" in job.waiting
+    )
     clock.advance(30)
     poll(deps)
     provider.end()

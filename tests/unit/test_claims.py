@@ -221,14 +221,13 @@ EVENTS: dict[str, Event] = {
     ),
     "quota full (create refused)": Event(
         "requeued",
-        lambda c: claims.requeue_submit(c, ME, NOW, NOW + 60, "429: queue full"),
+        lambda c: claims.requeue_submit(c, ME, NOW, NOW + 60),
         lambda c: replace(
             c,
             state=ChunkState.PENDING,
             lease=None,
             not_before=NOW + 60,
             requeues=c.requeues + 1,
-            error="429: queue full",
             updated_at=NOW,
         ),
         chunk(ChunkState.SUBMITTING),
@@ -246,7 +245,6 @@ EVENTS: dict[str, Event] = {
             batch_id=None,
             batch_state=None,
             batch_counts={},
-            error="token_limit_exceeded: Enqueued token limit reached",
             updated_at=NOW,
         ),
         chunk(ChunkState.RUNNING),

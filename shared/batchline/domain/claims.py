@@ -555,25 +555,22 @@ def note_waiting(job: Job, reason: str | None) -> Job | Leave:
 # ---------------------------------------------------------------------------- quotas
 
 
-def requeue_submit(chunk: Chunk, owner: str, now: float, until: float, error: str) -> Chunk | Leave:
-    """The provider refused my create because its quota is full (`error`): the chunk goes
-    back to pending until `until`, its lines untouched; the next wait is longer."""
+def requeue_submit(chunk: Chunk, owner: str, now: float, until: float) -> Chunk | Leave:
+    """The provider refused my create because its quota is full: the chunk goes back to
+    pending until `until`, its lines untouched; the next wait is longer. (Not an error
+    of the chunk's: the job's `waiting` says why it waits.)"""
     left = _submitting_under(chunk, owner, now)
     if left is not None:
         return left
     return chunk.to(
-        ChunkState.PENDING,
-        now,
-        lease=None,
-        not_before=until,
-        requeues=chunk.requeues + 1,
-        error=error,
+        ChunkState.PENDING, now, lease=None, not_before=until, requeues=chunk.requeues + 1
     )
 
 
 def requeue_failed(chunk: Chunk, batch: ProviderBatch, now: float, until: float) -> Chunk | Leave:
     """The provider created the chunk's batch and then failed it for its quota: the
-    chunk forgets it (noted, never adopted) and goes back to pending until `until`."""
+    chunk forgets it (noted in `quota_refused`, never adopted) and goes back to pending
+    until `until`."""
     if chunk.state is not ChunkState.RUNNING or chunk.batch_id != batch.batch_id:
         return Leave.DONE
     return chunk.to(
@@ -585,7 +582,6 @@ def requeue_failed(chunk: Chunk, batch: ProviderBatch, now: float, until: float)
         batch_id=None,
         batch_state=None,
         batch_counts={},
-        error="; ".join(batch.errors) or None,
     )
 
 

@@ -11,6 +11,7 @@ winner rather than failing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from batchline.bootstrap import Deps
@@ -129,8 +130,8 @@ def _step(deps: Deps, job: Job, chunk: Chunk, owner: str, waits: dict[str, str])
         return cancel.settle(deps, chunk, owner)
     if claims.submit_due(chunk, owner, now):
         pool = admission.quota_of(deps, chunk).key
-        if pool in waits:
-            return None
+        if pool in waits and chunk.state is ChunkState.PENDING:
+            return None  # (a chunk taken over may hold its room already: it asks)
         reason = admission.admit(deps, job, chunk)
         if reason is not None:
             waits[pool] = reason
@@ -138,8 +139,9 @@ def _step(deps: Deps, job: Job, chunk: Chunk, owner: str, waits: dict[str, str])
         return dispatch.dispatch(deps, chunk, owner)
     if chunk.state is ChunkState.PENDING and chunk.not_before is not None:
         pool = admission.quota_of(deps, chunk).key
+        after = time.strftime("%H:%M:%S UTC", time.gmtime(chunk.not_before))
         waits.setdefault(
-            pool, f"queued: {pool}'s quota was full; sent again in {chunk.not_before - now:.0f} s"
+            pool, f"queued: the provider said {pool} was full; sent again after {after}"
         )
     elif chunk.state is ChunkState.RUNNING:
         return dispatch.refresh(deps, chunk)

@@ -77,7 +77,7 @@ def refused(deps: Deps, chunk: Chunk, owner: str, exc: ProviderError) -> Chunk |
     if provider_of(chunk.provider).quota.refused(exc.status):
         log.warning("provider quota full; sent again later", extra=context(chunk, error=str(exc)))
         until = backoff_until(deps, chunk, now)
-        return settle(deps, chunk, Change(claims.requeue_submit, owner, now, until, str(exc)))
+        return settle(deps, chunk, Change(claims.requeue_submit, owner, now, until))
     if exc.retryable:
         settle(deps, chunk, Change(claims.release_submit, owner, deps.clock.now()))
         raise exc
