@@ -4,6 +4,7 @@ says no, and the crash gaps of each new step."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import orjson
@@ -122,9 +123,9 @@ def test_a_create_refused_for_the_quota_waits_and_loses_nothing() -> None:
     poll(deps)
     assert provider.batches == {}  # not before its backoff
     job = deps.store.get_job(job_id)
-    assert (
-        job is not None and job.waiting is not None and "was full; sent again after" in job.waiting
-    )
+    after = time.strftime("%H:%M:%S UTC", time.gmtime(clock.now() + 30))
+    assert job is not None
+    assert job.waiting == f"queued: the provider said {POOL} was full; sent again after {after}"
     clock.advance(30)
     poll(deps)
     provider.end()
