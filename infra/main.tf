@@ -89,6 +89,7 @@ locals {
     BATCHLINE_RETENTION_DAYS         = var.firestore.retention_days
     BATCHLINE_MAX_REPAIR_ATTEMPTS    = var.settings.max_repair_attempts
     BATCHLINE_PRICES                 = var.settings.prices
+    BATCHLINE_AUTO_CANDIDATES        = var.settings.auto_candidates
     BATCHLINE_QUOTAS                 = var.settings.quotas
     BATCHLINE_QUOTA_BACKOFF_SECONDS  = var.settings.quota_backoff_seconds
     BATCHLINE_QUOTA_WAIT_SECONDS     = var.settings.quota_wait_seconds

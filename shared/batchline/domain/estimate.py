@@ -262,6 +262,19 @@ class Estimate:
         """Worst-case cost at batch prices; None when any model has no price."""
         return _total([m.batch_usd for m in self.by_model().values()])
 
+    def with_rounds(self, max_retries: int, fallback: tuple[str, ...]) -> float | None:
+        """The worst case with every follow-up round the options allow: each request
+        answered `1 + max_retries` times at its model and at every model of `fallback`
+        (its tokens priced at that model's rates); None when a model has no price."""
+        costs: list[float | None] = []
+        for key, tally in self._tallies.items():
+            for name in dict.fromkeys((key, *fallback)):
+                provider, _, model = name.partition("/")
+                price = price_for(self._prices, provider, model)
+                costs.append(None if price is None else _worst_case(price, tally)[0])
+        total = _total(costs)
+        return None if total is None else total * (1 + max_retries)
+
     @property
     def total_realtime_usd(self) -> float | None:
         """What the same requests would cost at real-time prices, worst case."""

@@ -186,7 +186,13 @@ class ChunkPlanner:
         if len(encoded) > room:
             raise _too_large(encoded, request.provider, room)
         schema = request.schema
-        entry = encode_entry(request.line, request.custom_id, schema.digest if schema else None)
+        entry = encode_entry(
+            request.line,
+            request.custom_id,
+            schema.digest if schema else None,
+            selected_by=request.selected_by,
+            fallback=request.fallback,
+        )
         tokens = self._observe(request, line) if self._observe is not None else None
         return self._place(
             request.provider, request.model, request.line, limits, encoded, entry, stored, tokens

@@ -144,7 +144,8 @@ def _step(deps: Deps, job: Job, chunk: Chunk, owner: str, waits: dict[str, str])
             pool, f"queued: the provider said {pool} was full; sent again after {after}"
         )
     elif chunk.state is ChunkState.RUNNING:
-        return dispatch.refresh(deps, chunk)
+        updated = dispatch.refresh(deps, chunk)
+        return cancel.end_long_queue(deps, job, updated or chunk) or updated
     return None
 
 
