@@ -121,3 +121,25 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 )
 def test_amounts_read_short(n: int, shown: str) -> None:
     assert amount(n) == shown
+
+
+def test_a_later_round_s_requests_are_counted_and_cut_to_the_quota_too() -> None:
+    from batchline.domain.estimate import estimate_input_tokens
+    from batchline.domain.planning import ChunkPlanner
+
+    quotas = parse_quotas('{"openai/gpt-4o-mini": {"enqueued_tokens": 20}}', quota_policies())
+    planner = ChunkPlanner(
+        lambda _: ChunkLimits(1000, 10_000_000),
+        lambda _: lambda r: {},
+        narrow=quotas.narrow,
+        count=estimate_input_tokens,
+    )
+    encoded = (
+        b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":'
+        b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}}\n'
+    )
+    full = [
+        planner.add_encoded("openai", "gpt-4o-mini", n, encoded, b"{}\n", b"") for n in range(5)
+    ]
+    cut = [c for c in full if c is not None] + planner.finish()
+    assert [(c.request_count, c.input_tokens) for c in cut] == [(2, 16), (2, 16), (1, 8)]

@@ -36,6 +36,8 @@ Observer = Callable[[Request, dict[str, Any]], int | None]
 #: Cuts a provider's limits for one model (provider, model, limits) -> limits: its quota's
 #: share (`domain.quotas.Quotas.narrow`), so that any one chunk fits in the quota.
 Narrow = Callable[[str, str, ChunkLimits], ChunkLimits]
+#: Counts one encoded request line's input tokens (provider, model, line) -> tokens.
+Count = Callable[[str, str, bytes], int]
 
 
 class Sink(Protocol):
@@ -144,13 +146,16 @@ class ChunkPlanner:
         *,
         sizes_only: bool = False,
         narrow: Narrow | None = None,
+        count: Count | None = None,
     ) -> None:
         """`open_sink` opens each new chunk's stored-requests sink (in memory by default).
         `sizes_only`: the chunks keep their sizes and counts, not their bytes, stored
         requests included (for a dry run, whose memory then stays small however large the
-        chunks). `narrow` cuts a provider's limits for each model (its quota)."""
+        chunks). `narrow` cuts a provider's limits for each model (its quota); `count`
+        counts the input tokens of a request a later round staged already."""
         self._limits = limits
         self._narrow = narrow
+        self._count = count
         self._per_model: dict[tuple[str, str], ChunkLimits] = {}
         self._encoders = encoders
         self._observe = observe
@@ -214,6 +219,11 @@ class ChunkPlanner:
         limits, _, room = self._per_provider.get(provider) or self._provider(provider)
         if len(encoded) > room:
             raise _too_large(encoded, provider, room)
+        if tokens is None and self._count is not None:
+            try:
+                tokens = self._count(provider, model, encoded)
+            except Exception:  # a line its provider would take, counted by nobody: uncounted
+                tokens = None
         return self._place(provider, model, line, limits, encoded, entry, stored, tokens)
 
     def _model_limits(self, provider: str, model: str, limits: ChunkLimits) -> ChunkLimits:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from batchline.bootstrap import Deps
+from batchline.domain.estimate import estimate_input_tokens
 from batchline.domain.models import Chunk
 from batchline.domain.paths import WorkPaths
 from batchline.domain.planning import ChunkPlanner, Observer, PlannedChunk, Sink
@@ -54,7 +55,12 @@ class ChunkStager:
         deps = self._deps
         sink = self.open_sink if self._store_requests else _discard
         return ChunkPlanner(
-            deps.limits, deps.encoder, observe, open_sink=sink, narrow=deps.settings.quotas.narrow
+            deps.limits,
+            deps.encoder,
+            observe,
+            open_sink=sink,
+            narrow=deps.settings.quotas.narrow,
+            count=estimate_input_tokens,
         )
 
     def open_sink(self, provider: str, model: str, first_line: int) -> StreamedFile:
