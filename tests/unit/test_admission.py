@@ -240,3 +240,26 @@ def test_the_api_and_the_cli_say_why_a_job_waits(capsys: pytest.CaptureFixture[s
     assert JobView.model_validate(job_view(job)).waiting == reason
     _print_job(second, job)
     assert f"waiting  {reason}" in capsys.readouterr().out
+
+
+def test_a_pool_too_busy_to_answer_leaves_the_chunk_pending_for_the_next_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deps, provider, _ = quota_deps(1000)
+    monkeypatch.setattr(MemoryJobStore, "update_pool", _always_contended)
+    job_id = submit(deps, 3, "a")
+    assert states(deps, job_id) == [ChunkState.PENDING] and provider.batches == {}
+    job = deps.store.get_job(job_id)
+    assert (
+        job is not None
+        and job.waiting == f"queued: {POOL}'s pool is busy (many at once); asked again next tick"
+    )
+    monkeypatch.undo()
+    poll(deps)
+    assert states(deps, job_id) == [ChunkState.RUNNING]
+
+
+def _always_contended(self: MemoryJobStore, key: str, change: object) -> None:
+    from batchline.errors import Contention
+
+    raise Contention(f"updating quota pool {key}: gave up")

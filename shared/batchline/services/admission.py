@@ -57,6 +57,8 @@ def admit(deps: Deps, job: Job, chunk: Chunk) -> str | None:
         pool = contended(deps.store.update_pool, quota.key, change)
         if pool is not None and ask.tag in pool.holds:
             return None
+        if pool is None and change.left is None:
+            return f"queued: {quota.key}'s pool is busy (many at once); asked again next tick"
         seen = change.seen or pool or QuotaPool(quota.key)
         fits = seen.in_use + ask.amount <= ask.limit or not seen.holds
         if fits or attempt or not sweep(deps, seen):
