@@ -41,6 +41,10 @@ LEASE_SECONDS = 15
 #: test uses it), and that quota.
 QUOTA_MODEL = "gpt-4.1-nano"
 QUOTA_TOKENS = 1500
+#: The Vertex model test_quotas runs under a quota of a few jobs at once (no other e2e
+#: test uses it); other Vertex models get 1000.
+VERTEX_QUOTA_MODEL = "gemini-2.5-flash-lite"
+VERTEX_QUOTA_JOBS = 2
 #: Bounds a wait that ends as soon as what it waits for happens: generous, since it only
 #: bounds a failure (a loaded 2-core machine is slow, not wrong).
 WAIT_SECONDS = 120.0
@@ -99,6 +103,7 @@ def local_stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
                 {
                     "vertex": {"concurrent_jobs": 1000},
                     f"openai/{QUOTA_MODEL}": {"enqueued_tokens": QUOTA_TOKENS},
+                    f"vertex/{VERTEX_QUOTA_MODEL}": {"concurrent_jobs": VERTEX_QUOTA_JOBS},
                 }
             ).decode(),
             "BATCHLINE_QUOTA_BACKOFF_SECONDS": "1",
