@@ -195,13 +195,21 @@ def test_death_after_the_reservation_the_next_submitter_takes_the_same_hold() ->
     assert len(provider.batches) == 1
 
 
-def test_death_before_the_release_the_sweep_frees_the_room() -> None:
-    """Crash gap of step 2: the batch's end recorded, the process died before release."""
+@pytest.mark.parametrize("left", ["batch ended", "sent back for the quota"])
+def test_death_before_the_release_the_sweep_frees_the_room(left: str) -> None:
+    """Crash gap of the release: the chunk's batch ended (or the provider failed it for its
+    quota and the chunk went back to pending), recorded; the process died before the
+    release."""
     deps, provider, clock = quota_deps(3 * TOKENS)
     first = submit(deps, 3, "a")
-    end_batch(provider, "batch_0")
-    ended = provider.get_batch("batch_0")
-    deps.store.update_chunk(first, 0, Change(claims.follow_batch, ended, clock.now()))
+    if left == "batch ended":
+        end_batch(provider, "batch_0")
+        change = Change(claims.follow_batch, provider.get_batch("batch_0"), clock.now())
+    else:
+        end_batch(provider, "batch_0", BatchState.FAILED, ("token_limit_exceeded: x",))
+        failed = provider.get_batch("batch_0")
+        change = Change(claims.requeue_failed, failed, clock.now(), clock.now() + 10_000)
+    deps.store.update_chunk(first, 0, change)
     assert in_use(deps) == 3 * TOKENS  # the release never ran
     second = submit(deps, 3, "b")
     assert states(deps, second) == [ChunkState.PENDING]  # the hold is too fresh to sweep
@@ -263,3 +271,30 @@ def _always_contended(self: MemoryJobStore, key: str, change: object) -> None:
     from batchline.errors import Contention
 
     raise Contention(f"updating quota pool {key}: gave up")
+
+
+def test_death_between_a_refused_create_and_its_requeue_the_next_submitter_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Crash gap of the requeue: the provider answered 429, the process died before the
+    chunk went back to pending. Its lease runs out; its next submitter takes the same hold
+    and creates the batch, once."""
+    from batchline.services import submitting
+
+    def die(*_: object) -> float:
+        raise CrashAfterSubmit
+
+    deps, provider, clock = quota_deps(1000)
+    provider.fail_create = ProviderError("HTTP 429: queue full", retryable=True, status=429)
+    monkeypatch.setattr(submitting, "backoff_until", die)
+    with pytest.raises(CrashAfterSubmit):
+        submit(deps, 3, "a")
+    monkeypatch.undo()
+    store = deps.store
+    assert isinstance(store, MemoryJobStore)
+    [job_id] = list(store.jobs)
+    assert states(deps, job_id) == [ChunkState.SUBMITTING] and in_use(deps) == 3 * TOKENS
+    clock.advance(61)
+    poll(deps)
+    assert states(deps, job_id) == [ChunkState.RUNNING] and len(provider.batches) == 1
+    assert in_use(deps) == 3 * TOKENS and len(deps.store.get_pool(POOL).holds) == 1
