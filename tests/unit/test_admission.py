@@ -298,3 +298,29 @@ def test_death_between_a_refused_create_and_its_requeue_the_next_submitter_goes_
     poll(deps)
     assert states(deps, job_id) == [ChunkState.RUNNING] and len(provider.batches) == 1
     assert in_use(deps) == 3 * TOKENS and len(deps.store.get_pool(POOL).holds) == 1
+
+
+def test_a_batch_adopted_after_a_crash_and_failed_for_the_quota_is_sent_again() -> None:
+    deps, provider, clock = quota_deps(1000)
+    provider.crash_after_submit = True  # created at the provider, never recorded
+    with pytest.raises(CrashAfterSubmit):
+        submit(deps, 3, "a")
+    store = deps.store
+    assert isinstance(store, MemoryJobStore)
+    [job_id] = list(store.jobs)
+    end_batch(provider, "batch_0", BatchState.FAILED, ("token_limit_exceeded: x",))
+    clock.advance(61)
+    poll(deps)  # the next submitter finds batch_0 by its tag: failed for the quota
+    [chunk] = deps.store.get_chunks(job_id)
+    assert (chunk.state, chunk.batch_id, chunk.quota_refused) == (
+        ChunkState.PENDING,
+        None,
+        ["batch_0"],
+    )
+    assert in_use(deps) == 0
+    clock.advance(31)
+    poll(deps)
+    end_batch(provider, "batch_1")
+    final, lines = finish(deps, job_id)
+    assert final.state is JobState.SUCCEEDED
+    assert [r["status"] for r in lines] == ["succeeded"] * 3

@@ -250,6 +250,21 @@ EVENTS: dict[str, Event] = {
         chunk(ChunkState.RUNNING),
         chunk(ChunkState.ENDED),
     ),
+    "adopted a batch failed for the quota": Event(
+        "requeued",
+        lambda c: claims.requeue_adopted(c, QUOTA_FAILED, NOW, NOW + 60),
+        lambda c: replace(
+            c,
+            state=ChunkState.PENDING,
+            lease=None,
+            not_before=NOW + 60,
+            requeues=c.requeues + 1,
+            quota_refused=["batch_1"],
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING),
+    ),
     "nothing to adopt (canceling)": Event(
         "ended unsent",
         lambda c: claims.end_unsubmitted(c, ME, NOW),
@@ -454,6 +469,7 @@ LEASES: dict[str, tuple[str, ...]] = {
     # The provider's quota was full: back to pending, to wait out a backoff.
     "quota full (create refused)":  (NOT_MINE,    "requeued",   "requeued",   NOT_MINE,     NOT_MINE,     DONE),
     "batch failed for the quota":   ("requeued",  "requeued",   "requeued",   "requeued",   "requeued",   DONE),
+    "adopted a batch failed for the quota": ("requeued", "requeued", "requeued", "requeued", "requeued", DONE),
     "nothing to adopt (canceling)": (NOT_MINE,    "ended unsent", "ended unsent", NOT_MINE, NOT_MINE,     DONE),
     # The first batch recorded wins, even from a submit that outlived its lease.
     "record the batch":             ("recorded",  "recorded",   "recorded",   "recorded",   "recorded",   DONE),

@@ -604,6 +604,22 @@ def requeue_failed(chunk: Chunk, batch: ProviderBatch, now: float, until: float)
     )
 
 
+def requeue_adopted(chunk: Chunk, batch: ProviderBatch, now: float, until: float) -> Chunk | Leave:
+    """The batch found for a submitting chunk (adopted after a crash) has already failed
+    for the provider's quota: not recorded (noted, never adopted again); the chunk goes
+    back to pending until `until`. Like `record_batch`, whoever holds the lease."""
+    if chunk.state is not ChunkState.SUBMITTING:
+        return Leave.DONE
+    return chunk.to(
+        ChunkState.PENDING,
+        now,
+        lease=None,
+        not_before=until,
+        requeues=chunk.requeues + 1,
+        quota_refused=[*chunk.quota_refused, batch.batch_id],
+    )
+
+
 @dataclass(frozen=True)
 class Ask:
     """A chunk asking for room in a quota pool: its hold's key (`models.hold_key`), its

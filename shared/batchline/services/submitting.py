@@ -48,8 +48,14 @@ def record(
     """Record the batch the provider accepted for `chunk`. A store that fails is tried
     again (bounded, with backoff) before the holder gives up its claim (its lease then
     runs out, and the next holder adopts the batch); if another attempt recorded the
-    chunk first, ours is withdrawn."""
-    change = Change(claims.record_batch, batch, deps.clock.now())
+    chunk first, ours is withdrawn. A batch already failed for the provider's quota (one
+    adopted after a crash) is not recorded: the chunk goes back to pending with a backoff."""
+    now = deps.clock.now()
+    refused_for_quota = provider_of(chunk.provider).quota.failed_for_quota(batch)
+    change = Change(claims.record_batch, batch, now)
+    if refused_for_quota:
+        log.warning("adopted a batch failed for its quota; sent again later", extra=context(chunk))
+        change = Change(claims.requeue_adopted, batch, now, backoff_until(deps, chunk, now))
     recorded = None
     for attempt in range(RECORD_ATTEMPTS):
         try:
@@ -63,7 +69,7 @@ def record(
                 raise
             log.warning("recording a batch failed; retrying", extra=context(chunk, error=str(exc)))
             time.sleep(RECORD_BACKOFF_SECONDS * 2**attempt)
-    if recorded is None:
+    if recorded is None and not refused_for_quota:
         withdraw(deps, provider, BatchTag(chunk.job_id, chunk.index), batch)
     return recorded
 
