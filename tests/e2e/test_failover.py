@@ -206,3 +206,64 @@ def test_a_failover_batch_created_by_a_process_killed_before_recording_it_is_ado
     assert [r["custom_id"] for r in results] == [f"q-{i}" for i in range(count)]
     assert {r["provider"] for r in results} == {"anthropic"}
     assert all(chain_of(r) == [("first", FIRST), ("failover", HAIKU)] for r in results)
+
+
+def test_model_auto_sends_each_line_where_batchline_estimate_says(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    words = " ".join(f"word{i}" for i in range(75_000))  # ~150k tokens: past gpt-4o-mini's
+    refused_by_gemini = {  # `if`/`then`: Gemini's responseJsonSchema has neither
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "required": ["a"],
+        "if": {"required": ["a"]},
+        "then": {"required": ["a"]},
+    }
+    lines = [
+        {
+            "custom_id": "doc",
+            "model": "auto",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": f"Summarise: {words}"}],
+        },
+        {
+            "custom_id": "schema",
+            "model": "auto",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "Give a"}],
+            "response_schema": {"name": "odd", "schema": refused_by_gemini},
+        },
+        *(
+            {
+                "custom_id": f"short-{i}",
+                "model": "auto",
+                "max_tokens": 20,
+                "messages": [{"role": "user", "content": f"Say {i}"}],
+            }
+            for i in range(5)
+        ),
+    ]
+    data = b"\n".join(orjson.dumps(line) for line in lines)
+    path = tmp_path / "auto.jsonl"
+    path.write_bytes(data)
+    env = {**os.environ, **pipeline.stack.client_env()}
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "batchline"), "estimate", str(path), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    expected = {a["model"]: a["requests"] for a in orjson.loads(shown.stdout)["auto"]}
+    job_id, _ = pipeline.upload("e2e/auto.jsonl", data)
+    job = pipeline.wait(job_id, timeout=ROUNDS_WAIT_SECONDS)
+    results = pipeline.results(job)
+    assert job.state is JobState.SUCCEEDED, [r["error"] for r in results]
+    assert {r["selected_by"] for r in results} == {"auto"}
+    chosen = Counter(f"{r['provider']}/{r['model']}" for r in results)
+    assert dict(chosen) == expected
+    by_id = {r["custom_id"]: f"{r['provider']}/{r['model']}" for r in results}
+    assert by_id["doc"] != "openai/gpt-4o-mini"  # too long for its context window
+    assert not by_id["schema"].startswith("vertex/")  # Gemini refuses `if`
+    assert pipeline.summary(job)["estimate"]["auto"]
