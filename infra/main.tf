@@ -90,6 +90,9 @@ locals {
     BATCHLINE_MAX_REPAIR_ATTEMPTS    = var.settings.max_repair_attempts
     BATCHLINE_PRICES                 = var.settings.prices
     BATCHLINE_AUTO_CANDIDATES        = var.settings.auto_candidates
+    BATCHLINE_QUOTAS                 = var.settings.quotas
+    BATCHLINE_QUOTA_BACKOFF_SECONDS  = var.settings.quota_backoff_seconds
+    BATCHLINE_QUOTA_WAIT_SECONDS     = var.settings.quota_wait_seconds
   }
   function_environment = merge(
     { for k, v in local.environment : k => tostring(v) },

@@ -9,13 +9,14 @@ STORAGE_EMULATOR_HOST) directly.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchline.domain.providers.base import ChunkLimits as ChunkLimits
 from batchline.domain.providers.base import ProviderSettings
 from batchline.domain.providers.registry import KNOWN_PROVIDERS, descriptors
+from batchline.domain.quotas import Quotas, parse_quotas
 from batchline.errors import ConfigError
 
 # The longest input line batchline reads, from the providers' own per-request limits, so
@@ -42,6 +43,16 @@ def default_provider_settings() -> dict[str, ProviderSettings]:
 def provider_settings_from_env(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
     """Every known provider's settings block, each parsed by its descriptor."""
     return {p.name: p.settings_from_env(env) for p in descriptors()}
+
+
+def quota_policies() -> dict[str, Any]:
+    """Every known provider's quota policy, by name (its descriptor states it)."""
+    return {p.name: p.quota for p in descriptors()}
+
+
+def default_quotas() -> Quotas:
+    """The quotas with no BATCHLINE_QUOTAS: every provider's lowest paid tier."""
+    return Quotas(quota_policies())
 
 
 def enabled_providers(raw: str | None) -> frozenset[str]:
@@ -108,6 +119,17 @@ class Settings:
     # The secret OpenAI signs its webhooks with (`whsec_...`), for POST
     # /v1/webhooks/openai (api only). None: that route refuses every event.
     openai_webhook_secret: str | None = field(default=None, repr=False)
+    # BATCHLINE_QUOTAS: what each provider lets the account have in flight, over the
+    # descriptors' defaults (`domain.quotas.parse_quotas`).
+    quotas: Quotas = field(default_factory=default_quotas)
+    # A chunk the provider's quota sent back waits this long before it is sent again,
+    # doubled each time it is sent back, at most quota_backoff_max_seconds (not an
+    # environment variable: tests shorten it).
+    quota_backoff_seconds: float = 60.0
+    quota_backoff_max_seconds: float = 1800.0
+    # A job waiting for a quota pool keeps its place while it asks again within this long
+    # (a poll tick reaches it every few minutes); after it, its place is given up.
+    quota_wait_seconds: float = 600.0
 
     def provider(self, name: str) -> Any:
         """Provider `name`'s settings block (its descriptor's settings class)."""
@@ -128,22 +150,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The settings from the environment; ConfigError naming a missing or bad variable."""
         env = os.environ if env is None else env
-
-        def required(name: str) -> str:
-            value = env.get(name, "").strip()
-            if not value:
-                raise ConfigError(f"environment variable {name} is required")
-            return value
-
-        def number(name: str, default: float) -> float:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                return float(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r} is not a number") from exc
-
+        required, number = _required_reader(env), _number_reader(env)
         defaults = cls(project="", input_bucket="", output_bucket="", work_bucket="")
         project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or ""
         if not project:
@@ -180,7 +187,35 @@ class Settings:
             webhook_secret=env.get("BATCHLINE_WEBHOOK_SECRET") or None,
             webhook_allow_insecure_local=webhook_allow_insecure_local(env),
             openai_webhook_secret=env.get("OPENAI_WEBHOOK_SECRET") or None,
+            quotas=parse_quotas(env.get("BATCHLINE_QUOTAS"), quota_policies()),
+            quota_backoff_seconds=number(
+                "BATCHLINE_QUOTA_BACKOFF_SECONDS", defaults.quota_backoff_seconds
+            ),
+            quota_wait_seconds=number("BATCHLINE_QUOTA_WAIT_SECONDS", defaults.quota_wait_seconds),
         )
+
+
+def _required_reader(env: Mapping[str, str]) -> Callable[[str], str]:
+    def required(name: str) -> str:
+        value = env.get(name, "").strip()
+        if not value:
+            raise ConfigError(f"environment variable {name} is required")
+        return value
+
+    return required
+
+
+def _number_reader(env: Mapping[str, str]) -> Callable[[str, float], float]:
+    def number(name: str, default: float) -> float:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r} is not a number") from exc
+
+    return number
 
 
 def prices_override(env: Mapping[str, str] | None = None) -> str | None:

@@ -401,6 +401,8 @@ def _print_job(job_id: str, job: Job | None) -> None:
         print(f"summary  {view['summary_uri']}")
     if view["error"]:
         print(f"error    {view['error']}")
+    if view["waiting"]:
+        print(f"waiting  {view['waiting']}")
 
 
 # -- schemas -----------------------------------------------------------------------------

@@ -514,3 +514,33 @@ def test_a_create_lock_never_written_is_free_and_its_race_has_one_holder(
     )
     assert declared is not None and store.get_lock("anthropic") == declared  # round trip
     assert store.get_lock("openai") == ProviderLock("openai")  # one lock per provider
+
+
+# --------------------------------------------------------------------------- quota pools
+
+
+def test_a_quota_pool_never_holds_more_than_its_limit_however_many_race(
+    store: FirestoreJobStore, new_store: Callable[[], FirestoreJobStore]
+) -> None:
+    from batchline.domain import claims
+    from batchline.domain.claims import Ask, Change
+    from batchline.domain.models import QuotaPool
+
+    key = "openai/gpt-4.1-mini"  # a `/` in the key: the document id has none
+    assert store.get_pool(key) == QuotaPool(key)
+    stores = [new_store() for _ in range(RACERS)]
+
+    def reserve(i: int) -> QuotaPool | None:
+        ask = Ask(f"job-{i}/0", f"job-{i}", NOW - i, 30, 100, 600.0)
+        return stores[i].update_pool(key, Change(claims.reserve, ask, NOW))
+
+    race(RACERS, reserve)
+    pool = store.get_pool(key)
+    assert len(pool.holds) == 3 and pool.in_use == 90  # 100 fits three of 30
+    assert set(pool.waiters) <= {f"job-{i}" for i in range(RACERS)} - {
+        t.split("/")[0] for t in pool.holds
+    }
+    tag = next(iter(pool.holds))
+    freed = store.update_pool(key, Change(claims.release_hold, tag))
+    assert freed is not None and store.get_pool(key) == freed and freed.in_use == 60
+    assert store.get_pool("openai/gpt-4o") == QuotaPool("openai/gpt-4o")  # one per quota

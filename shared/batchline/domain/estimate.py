@@ -175,8 +175,10 @@ class Estimate:
         self._model_max: dict[str, int | None] = {}
         self._long_above: dict[str, int | None] = {}
 
-    def add(self, provider: str, model: str, encoded_line: Line) -> None:
-        """Count one encoded request line (bytes as the encoder wrote it, or decoded)."""
+    def add(self, provider: str, model: str, encoded_line: Line) -> int:
+        """Count one encoded request line (bytes as the encoder wrote it, or decoded);
+        returns its input tokens (a sampled-out line's: its characters times the tokens
+        per character of the model's counted lines so far)."""
         parts = _extract(provider, _decoded(encoded_line))
         key = f"{provider}/{model}"
         counter = self._counters.get(key)
@@ -209,10 +211,15 @@ class Estimate:
                 tally.long_max_output_tokens += max_output
         if tokens is None:
             tally.scaled_chars += chars
-        else:
-            tally.counted_requests += 1
-            tally.counted_tokens += tokens
-            tally.counted_chars += chars
+            per_char = tally.counted_tokens / tally.counted_chars if tally.counted_chars else 0
+            scaled = (
+                round(chars * per_char) if per_char else math.ceil(chars / FALLBACK_CHARS_PER_TOKEN)
+            )
+            return scaled + parts.fixed_tokens
+        tally.counted_requests += 1
+        tally.counted_tokens += tokens
+        tally.counted_chars += chars
+        return tokens + parts.fixed_tokens
 
     def merge(self, other: Estimate) -> None:
         """Add another estimate's tallies to this one (e.g. a chunk's into the job's)."""

@@ -138,6 +138,7 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
         deps.encoder,
         lambda request, line: found.estimate.add(request.provider, request.model, line),
         sizes_only=True,
+        narrow=deps.settings.quotas.narrow,
     )
     explicit_ids: dict[str, int] = {}
     selector = selector_for(deps, options)

@@ -51,6 +51,7 @@ from batchline.domain.providers.tokens import (
     compact_json,
     positive_count,
 )
+from batchline.domain.quotas import QuotaPolicy, QuotaUnit
 from batchline.domain.schemas import ResponseSchema, check_expressible
 from batchline.errors import ConfigError
 
@@ -488,6 +489,12 @@ def _blocks(blocks: list[Any], texts: list[str]) -> int:
 # --------------------------------------------------------------------- descriptor
 
 
+#: Requests in the Message Batches processing queue, one queue for every model: 100,000
+#: at tier 1, the lowest paid tier (rate limits, "Message Batches API"); a create that
+#: would pass it is answered 429 `rate_limit_error`.
+QUOTA = QuotaPolicy(QuotaUnit.QUEUED_REQUESTS, per_model=False, default=100_000)
+
+
 class Anthropic:
     """Anthropic Message Batches' descriptor (see `domain.providers.base.Provider`)."""
 
@@ -497,6 +504,8 @@ class Anthropic:
     id_key: str | None = None
     #: Where a native line names its model.
     model_field = "params.model"
+    #: Requests in the processing queue, shared by its models.
+    quota = QUOTA
 
     settings_from_env = staticmethod(AnthropicSettings.from_env)
     parse_native = staticmethod(parse_native)

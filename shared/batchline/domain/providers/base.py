@@ -15,11 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchline.domain.providers.tokens import RequestParts, TokenRule
 from batchline.domain.schemas import ResponseSchema
 from batchline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from batchline.domain.quotas import QuotaPolicy
 
 MAX_CUSTOM_ID_CHARS = 512
 
@@ -44,6 +47,9 @@ class ChunkLimits:
     max_requests: int
     max_bytes: int
     envelope_bytes: int = 0
+    #: The most estimated input tokens one chunk may hold (None: no cap); set where the
+    #: provider's quota counts tokens, so that any one chunk fits in it (`domain/quotas`).
+    max_input_tokens: int | None = None
 
 
 def margin_limits(max_requests: int, max_bytes: int, margin: float = 0.95) -> ChunkLimits:
@@ -143,6 +149,8 @@ class Provider(Protocol):
     #: The field of its own that holds a native line's id when it has no `custom_id`
     #: (Vertex's `key`), or None.
     id_key: str | None
+    #: Its quota: what it counts, the lowest paid tier's numbers, how it says "full".
+    quota: QuotaPolicy
 
     def settings_from_env(self, env: Mapping[str, str], /) -> ProviderSettings:
         """Its settings block from the environment; raises ConfigError naming a bad one."""

@@ -53,6 +53,7 @@ from batchline.domain.providers.tokens import (
     either,
     positive_count,
 )
+from batchline.domain.quotas import QuotaPolicy, QuotaUnit
 from batchline.domain.schemas import (
     GEMINI_INEXPRESSIBLE,
     ResponseSchema,
@@ -682,6 +683,13 @@ def _gemini_parts(items: list[Any], texts: list[str]) -> int:
 # --------------------------------------------------------------------- descriptor
 
 
+#: Batch prediction jobs running at once, per model (Vertex limits concurrent batch jobs
+#: per region and model; past it a create is answered 429 RESOURCE_EXHAUSTED). Google
+#: publishes no one number for every project: 4 is a conservative start, raised to what
+#: the project's quota page shows.
+QUOTA = QuotaPolicy(QuotaUnit.CONCURRENT_JOBS, per_model=True, default=4)
+
+
 class Vertex:
     """Vertex AI Gemini batch prediction's descriptor (see `domain.providers.base.Provider`)."""
 
@@ -691,6 +699,8 @@ class Vertex:
     id_key: str | None = "key"
     #: Where a native line names its model.
     model_field = "request.model"
+    #: Batch jobs at once, per model.
+    quota = QUOTA
 
     settings_from_env = staticmethod(VertexSettings.from_env)
     parse_native = staticmethod(parse_native)

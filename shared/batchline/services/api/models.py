@@ -177,6 +177,14 @@ class JobView(_Out):
     results_uri: str | None
     summary_uri: str | None
     error: str | None
+    waiting: str | None = Field(
+        default=None,
+        description=(
+            "Why some of its chunks wait to be sent, e.g. 'queued: 38.2M of 40M enqueued"
+            " tokens in use for openai/gpt-4.1-mini' (a provider's quota is full); null:"
+            " nothing waits."
+        ),
+    )
     created_at: float = Field(description="Epoch seconds.")
     cancel_requested_at: float | None
     ended_at: float | None
