@@ -95,6 +95,11 @@ def full_job(job_id: str = "job-full") -> Job:
             max_repair_attempts=2,
             max_cost_usd=12.5,
             notify_url="https://hooks.example.com/batchline",
+            max_retries=3,
+            fallback=("anthropic/claude-haiku-4-5", "vertex/gemini-2.5-flash"),
+            max_queue_hours=6.5,
+            candidates=["openai/gpt-4o-mini", "vertex/gemini-2.5-flash"],
+            prefer="speed",
         ),
         output_prefix=f"gs://out-bucket/team/ünïcode input/{job_id}/",
         origin="api",
@@ -119,6 +124,7 @@ def full_job(job_id: str = "job-full") -> Job:
         notify={"published_at": NOW + 3.5, "attempts": 2, "last_status": 500},
         expire_at=EXPIRE_AT,
         version=7,
+        waiting="queued: 1.9M of 2M enqueued tokens in use for openai/gpt-4.1-mini",
     )
 
 
@@ -242,7 +248,12 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         expire_at=EXPIRE_AT,
         round=1,
         round_of=0,
+        round_reason="failover",
         orphans=["batch_dup"],
+        input_tokens=123_456,
+        not_before=NOW + 30.5,
+        requeues=2,
+        quota_refused=["batch_over"],
         requests_uri="gs://work/jobs/job-c/requests/01/0000000004.jsonl",
     )
     bare = Chunk("job-c", 3, "", "", 0, 0, "", "")
