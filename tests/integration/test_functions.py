@@ -358,18 +358,25 @@ def poll_until_collecting(fn: Functions, cloud: Cloud, job_id: str, timeout: flo
         cloud.wait_batches_ended(job_id)
 
 
-def run_to_end(fn: Functions, cloud: Cloud, job_id: str) -> tuple[Job, list[dict[str, Any]]]:
-    """Poll until collecting, deliver the one collect request poll published; returns the
-    terminal job and the events published."""
-    job = poll_until_collecting(fn, cloud, job_id)
-    assert job.state is JobState.COLLECTING
-    requested = [m for m in cloud.pull("collect") if m["json"].get("job_id") == job_id]
-    assert len(requested) == 1, requested
-    assert requested[0]["attributes"].get("job_id") == job_id
-    assert collect_fanned_out(fn, cloud, requested[0]) >= 1
-    done = cloud.job(job_id)
-    assert done is not None and done.state.terminal, done
-    return done, cloud.pull("events")
+def run_to_end(
+    fn: Functions, cloud: Cloud, job_id: str, rounds: int = 4
+) -> tuple[Job, list[dict[str, Any]]]:
+    """Poll until collecting, deliver the one collect request poll published (and the
+    chunk messages it fans out), again for each follow-up round (retries of failed lines);
+    returns the terminal job and the events published."""
+    for _ in range(rounds):
+        job = poll_until_collecting(fn, cloud, job_id)
+        assert job.state is JobState.COLLECTING
+        requested = [m for m in cloud.pull("collect") if m["json"].get("job_id") == job_id]
+        assert len(requested) == 1, requested
+        assert requested[0]["attributes"].get("job_id") == job_id
+        assert collect_fanned_out(fn, cloud, requested[0]) >= 1
+        done = cloud.job(job_id)
+        assert done is not None
+        if done.state.terminal:
+            return done, cloud.pull("events")
+        assert done.state is JobState.RUNNING, done  # a follow-up round started
+    raise AssertionError(f"job {job_id} did not end in {rounds} rounds: {cloud.job(job_id)}")
 
 
 def results_of(cloud: Cloud, job: Job) -> list[dict[str, Any]]:
