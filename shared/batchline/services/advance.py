@@ -1,7 +1,10 @@
 """Moving one active job forward: plan, submit (or cancel), follow its batches, hand over
 to collect.
 
-Used by submit (right after planning) and by every poll tick; safe to run concurrently:
+Used by submit (right after planning) and by poll, for the job a message names (a
+scheduler tick fans out one message per active job: `services/poll.py`); the running
+chunks' provider status calls run several at once (`services/follow.py`). Safe to run
+concurrently:
 one invocation at a time advances a submitting or running job, under the job's lease
 (`claims.take_for_advance`, renewed by a heartbeat). The others read the job first and,
 finding the lease live, leave it without a transaction (duplicate triggers, ticks that
@@ -18,7 +21,7 @@ from batchline.domain import claims
 from batchline.domain.claims import Change, LeaseState, LeaseTerms, Leave
 from batchline.domain.models import ChunkState, Job, JobState
 from batchline.log import fields, get_logger
-from batchline.services import cancel, dispatch, messages
+from batchline.services import cancel, dispatch, follow, messages
 from batchline.services.leases import Keeper, contended
 from batchline.services.plan import plan_job
 
@@ -100,6 +103,8 @@ def _advance_chunks(
 ) -> Job | None:
     chunks = deps.store.get_chunks(job.job_id)
     canceling = job.cancel_requested_at is not None
+    if not canceling:  # the status calls, several at once
+        chunks = follow.refresh_running(deps, chunks, deadline, keeper)
     for i, chunk in enumerate(chunks):
         if deps.clock.now() >= deadline or keeper.lost:
             break
@@ -108,8 +113,6 @@ def _advance_chunks(
             updated = cancel.settle(deps, chunk, owner)
         elif claims.submit_due(chunk, owner, deps.clock.now()):
             updated = dispatch.dispatch(deps, chunk, owner)
-        elif chunk.state is ChunkState.RUNNING:
-            updated = dispatch.refresh(deps, chunk)
         if updated is not None:
             chunks[i] = updated
     now = deps.clock.now()
