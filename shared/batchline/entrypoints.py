@@ -52,10 +52,11 @@ def submit(deps: Deps, data: Any) -> None:
 
 
 def poll(deps: Deps, message: Any) -> None:
-    from batchline.services.poll import handle, job_message
+    from batchline.services.poll import handle as run_poll
+    from batchline.services.poll import job_message
 
     job_id = job_message(message)
-    report = handle(deps, message)
+    report = run_poll(deps, message)
     what = "poll job" if job_id is not None else "poll tick"
     log.info(what, extra=fields(job_id=job_id, jobs=report.jobs, errors=len(report.errors)))
 

@@ -79,11 +79,10 @@ def fan_out(deps: Deps) -> PollReport:
 
 
 def _publisher(deps: Deps) -> Callable[[Job], str | None]:
-    topic = deps.settings.poll_topic
-
     def publish(job: Job) -> str | None:
         try:
-            deps.publisher.publish(topic, {"job_id": job.job_id}, job_id=job.job_id)
+            message = {"job_id": job.job_id}
+            deps.publisher.publish(deps.settings.poll_topic, message, job_id=job.job_id)
         except RetryableError as exc:
             log.warning("job message not published", extra=fields(job_id=job.job_id))
             return str(exc)
