@@ -366,3 +366,33 @@ def test_a_tick_publishes_many_jobs_at_once_bounded() -> None:
     assert fan_out(deps).jobs == PUBLISHES_AT_ONCE + 5
     assert gauge.peak == PUBLISHES_AT_ONCE
     assert len(published(deps, POLL)) == PUBLISHES_AT_ONCE + 5
+
+
+class StubKeeper:
+    """A job lease's keeper whose renewal found the lease taken over (`lost`)."""
+
+    def __init__(self, lost: bool) -> None:
+        self.lost = lost
+
+
+@pytest.mark.parametrize("why", ["lease lost", "budget spent"])
+def test_no_status_call_is_made_once_the_lease_is_lost_or_the_budget_spent(why: str) -> None:
+    deps, provider, clock = make_deps(max_requests=1)
+    job_id = submit(deps, "a", lines=3)
+    end_batches(provider)
+    calls: list[str] = []
+    get_batch = provider.get_batch
+
+    def counted(batch_id: str) -> ProviderBatch:
+        calls.append(batch_id)
+        return get_batch(batch_id)
+
+    provider.get_batch = counted  # type: ignore[method-assign]
+    chunks = deps.store.get_chunks(job_id)
+    lost = why == "lease lost"
+    deadline = clock.now() + (60 if lost else 0)
+
+    followed = follow.refresh_running(deps, chunks, deadline, StubKeeper(lost))  # type: ignore[arg-type]
+
+    assert calls == [] and followed == chunks
+    assert all(c.batch_state is BatchState.RUNNING for c in deps.store.get_chunks(job_id))
