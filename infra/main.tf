@@ -90,6 +90,7 @@ locals {
     BATCHLINE_RETENTION_DAYS         = var.firestore.retention_days
     BATCHLINE_MAX_REPAIR_ATTEMPTS    = var.settings.max_repair_attempts
     BATCHLINE_PRICES                 = var.settings.prices
+    BATCHLINE_AUTO_CANDIDATES        = var.settings.auto_candidates
   }
   function_environment = merge(
     { for k, v in local.environment : k => tostring(v) },

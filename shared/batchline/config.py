@@ -31,6 +31,7 @@ from batchline.errors import ConfigError
 # so the limit bounds a line's share of the submit function's memory (1 GiB by default).
 MAX_LINE_BYTES = 32 * 1024 * 1024
 ENABLED_PROVIDERS_ENV = "BATCHLINE_ENABLED_PROVIDERS"
+AUTO_CANDIDATES_ENV = "BATCHLINE_AUTO_CANDIDATES"
 
 
 def default_provider_settings() -> dict[str, ProviderSettings]:
@@ -95,6 +96,9 @@ class Settings:
     max_repair_attempts: int = 1
     # BATCHLINE_PRICES: JSON overriding the price table (`domain.pricing.load_prices`).
     prices_json: str | None = None
+    # BATCHLINE_AUTO_CANDIDATES: the models `model: "auto"` chooses from when a job names
+    # none (comma-separated provider/model); empty: `domain.selection.default_candidates`.
+    auto_candidates: tuple[str, ...] = ()
     # Jobs' webhooks (services.notify): the topic the notify function takes them from, and
     # the Standard Webhooks secret (`whsec_...`) they are signed with (notify only).
     notify_topic: str = "batchline-notify"
@@ -170,12 +174,37 @@ class Settings:
             max_repair_attempts=_whole_number(
                 env, "BATCHLINE_MAX_REPAIR_ATTEMPTS", defaults.max_repair_attempts
             ),
-            prices_json=(env.get("BATCHLINE_PRICES") or "").strip() or None,
+            prices_json=prices_override(env),
+            auto_candidates=auto_candidates(env.get("BATCHLINE_AUTO_CANDIDATES")),
             notify_topic=env.get("BATCHLINE_NOTIFY_TOPIC") or defaults.notify_topic,
             webhook_secret=env.get("BATCHLINE_WEBHOOK_SECRET") or None,
             webhook_allow_insecure_local=webhook_allow_insecure_local(env),
             openai_webhook_secret=env.get("OPENAI_WEBHOOK_SECRET") or None,
         )
+
+
+def prices_override(env: Mapping[str, str] | None = None) -> str | None:
+    """BATCHLINE_PRICES's JSON, None when unset or blank (read where job options are
+    checked, which has no Settings, too)."""
+    env = os.environ if env is None else env
+    return (env.get("BATCHLINE_PRICES") or "").strip() or None
+
+
+def auto_candidates(raw: str | None) -> tuple[str, ...]:
+    """BATCHLINE_AUTO_CANDIDATES's value: comma-separated `provider/model` names (none:
+    the default). Checked at start-up (`check_auto_candidates`), as the prices are."""
+    return tuple(name.strip() for name in (raw or "").split(",") if name.strip())
+
+
+def check_auto_candidates(names: tuple[str, ...]) -> None:
+    """ConfigError naming the first of BATCHLINE_AUTO_CANDIDATES's names that is not a
+    `provider/model` of a known provider."""
+    from batchline.domain.requests import AUTO, model_problem
+
+    for name in names:
+        problem = "not a model to choose" if name == AUTO else model_problem(name)
+        if problem is not None:
+            raise ConfigError(f"{AUTO_CANDIDATES_ENV}: {name!r}: {problem}")
 
 
 def webhook_allow_insecure_local(env: Mapping[str, str] | None = None) -> bool:

@@ -1,6 +1,7 @@
 """What the provider emulators share beyond HTTP: checked config overrides (quota limits
-per model among them), the schedule a batch's lines finish on (with a test's hold on it),
-and the deterministic hashes, fractions and token estimates their answers are made of."""
+per model among them), the schedule a batch's lines finish on (with a test's hold on it,
+and a test's early expiry of it), and the deterministic hashes, fractions and token
+estimates their answers are made of."""
 
 from __future__ import annotations
 
@@ -129,7 +130,15 @@ class Hold:
             late = self.delay(start, rate, total)
             resumed = 0 if math.isinf(late) else _lines_by(t - late - start, rate)
             n = max(self.after, resumed)
-        return min(total, max(0, n))
+        n = min(total, max(0, n))
+        # The estimate may be a line off in float rounding (times near 1.8e9 s carry ~1e-7
+        # s of it): settle it on `finished_at`, so that the lines done at the instant a
+        # line finishes (an expiry right after it, say) include that line.
+        while n < total and self.finished_at(n, start, rate, total) <= t:
+            n += 1
+        while n > 0 and self.finished_at(n - 1, start, rate, total) > t:
+            n -= 1
+        return n
 
     def finished_at(self, index: int, start: float, rate: float, total: int) -> float:
         """When the line at processing position `index` finishes (inf while it is held)."""
@@ -147,6 +156,43 @@ class Hold:
         if self.after is None or not math.isinf(self.delay(start, rate, total)):
             return False
         return t >= start + self.after / rate
+
+
+@dataclass
+class Expiry:
+    """A test's early end for one batch, exactly as if its window had passed: right after
+    its first `after_lines` lines (in processing order) finish, or at `requested_at`
+    (``POST /_emulator/expire``), whichever comes first; neither set: only the window.
+
+    A batch takes `after_lines` from the config's `expire_after_lines` when it is created
+    (see `early_expiry`). Line `after_lines` finishes on the hold's schedule, so a hold
+    short of it puts the expiry off until the release; a batch of no more lines than
+    `after_lines` runs to its end as usual.
+    """
+
+    after_lines: int | None = None
+    requested_at: float | None = None
+
+    def at(self, hold: Hold, start: float, rate: float, total: int) -> float:
+        """When the batch expires early (inf when it does not, or not yet known)."""
+        t = math.inf if self.requested_at is None else self.requested_at
+        n = self.after_lines
+        if n is not None and n < total:
+            t = min(t, start if n == 0 else hold.finished_at(n - 1, start, rate, total))
+        return t
+
+
+def early_expiry(after_lines: int | None, next_batches: int | None) -> tuple[Expiry, int | None]:
+    """The `Expiry` a batch created now takes from the config's `expire_after_lines` and
+    `expire_next_batches`, and what `expire_next_batches` becomes.
+
+    `expire_next_batches` None: every batch created while `expire_after_lines` is set
+    expires after that many lines; a number K: only the next K batches do (each takes one),
+    later ones run as usual, so a test can expire one batch among several it cannot name.
+    """
+    if after_lines is None or next_batches == 0:
+        return Expiry(), next_batches
+    return Expiry(after_lines), None if next_batches is None else next_batches - 1
 
 
 def _lines_by(elapsed: float, rate: float) -> int:

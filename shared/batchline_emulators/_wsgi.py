@@ -177,18 +177,19 @@ def admin_rules() -> list[Rule]:
         Rule("/_emulator/config", endpoint="admin_set_config", methods=["POST"]),
         Rule("/_emulator/reset", endpoint="admin_reset", methods=["POST"]),
         Rule("/_emulator/release", endpoint="admin_release", methods=["POST"]),
+        Rule("/_emulator/expire", endpoint="admin_expire", methods=["POST"]),
         Rule("/_emulator/quota", endpoint="admin_quota", methods=["GET"]),
     ]
 
 
 class AdminEndpoints:
     """The admin endpoints every emulator serves alike: health, config, reset, release,
-    quota.
+    expire, quota.
 
     No auth and never faulted. A subclass names itself (`emulator_name`), says how its
     provider shapes a 400 (`api_error`), has `lock`, `config`, `clock` and `reset()`,
-    lists its batches' holds (`holds()`) and says how much of its quotas is in use
-    (`quota()`).
+    lists its batches' holds (`holds()`), expires its batches on demand (`expire()`) and
+    says how much of its quotas is in use (`quota()`).
     """
 
     emulator_name: str
@@ -202,6 +203,13 @@ class AdminEndpoints:
 
     def holds(self) -> Iterable[tuple[str, Hold]]:
         """(batch id, its hold) for every batch (call with the lock held)."""
+        raise NotImplementedError
+
+    def expire(self, batch_id: str | None, now: float) -> list[str]:
+        """End one batch (`batch_id`: its id, or a Vertex job's name) or, with None, every
+        batch still running, at `now` exactly as if its window had passed; the ids expired
+        (call with the lock held). An unknown batch answers 404 and one that has ended, or
+        is being cancelled, 409, each in the provider's error shape."""
         raise NotImplementedError
 
     def quota(self) -> dict[str, Any]:
@@ -234,9 +242,8 @@ class AdminEndpoints:
         self.reset()
         return json_response({"ok": True, "config": self.config.to_dict()})
 
-    def h_admin_release(self, request: Request) -> Response:
-        """Let held batches go on: every one, or `{"batch": ID}` only. Answers the ids
-        released. Batches created later still take `hold_after_lines` from the config."""
+    def _wanted_batch(self, request: Request) -> str | None:
+        """The batch an admin call names (`{"batch": ID}`), or None for every one (`{}`)."""
         try:
             body = read_json(request) if request.get_data(cache=True) else {}
         except ValueError as exc:
@@ -244,6 +251,20 @@ class AdminEndpoints:
         wanted = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(body, dict) or (wanted is not None and not isinstance(wanted, str)):
             raise type(self).api_error(400, 'expected {} or {"batch": "<id>"}')
+        return wanted
+
+    def h_admin_expire(self, request: Request) -> Response:
+        """End batches now as if their window had passed: every one still running, or
+        `{"batch": ID}` only (404 unknown, 409 ended). Answers the ids expired."""
+        wanted = self._wanted_batch(request)
+        with self.lock:
+            expired = self.expire(wanted, self.clock())
+        return json_response({"expired": expired})
+
+    def h_admin_release(self, request: Request) -> Response:
+        """Let held batches go on: every one, or `{"batch": ID}` only. Answers the ids
+        released. Batches created later still take `hold_after_lines` from the config."""
+        wanted = self._wanted_batch(request)
         with self.lock:
             now = self.clock()
             released = []

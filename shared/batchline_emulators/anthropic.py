@@ -87,7 +87,7 @@ whatever the limit (``retry-after: 1`` when there was room).
 A batch keeps the config current at its creation; the API error faults apply at once.
 
 Admin endpoints (no auth, never faulted): ``GET /`` (health), ``GET|POST
-/_emulator/config``, ``POST /_emulator/reset``, ``POST /_emulator/release``,
+/_emulator/config``, ``POST /_emulator/reset``, ``POST /_emulator/release``, ``POST /_emulator/expire``,
 ``GET /_emulator/batches`` (every batch ever created, deleted ones too, newest first, each
 with an ``emulator`` object: request count, models, whether deleted, whether ``held``),
 ``GET /_emulator/batches/{id}/requests`` (the requests as received), ``GET
@@ -97,6 +97,19 @@ with an ``emulator`` object: request count, models, whether deleted, whether ``h
 Hold: with ``hold_after_lines: N``, batches created from then on answer N requests and
 stay ``in_progress`` until ``POST /_emulator/release`` (``{}`` or ``{"batch": ID}``); see
 the OpenAI emulator and ``_common.Hold``.
+
+Expire on demand (deterministic, no clock to race): ``POST /_emulator/expire``
+(``{"batch": ID}`` or ``{}`` for every batch ``in_progress``) ends the batch now exactly
+as if its 24 h had passed: ``ended``, the requests that ran keep their results, the
+others are ``expired`` (``expires_at`` still names the window). Answers ``{"expired":
+[ids]}``; an unknown (or deleted) batch 404 ``not_found_error``, one ``canceling`` or
+``ended`` 409 (``invalid_request_error``: Anthropic documents no 409). With
+``hold_after_lines: N`` that is "N requests answered, then expired".
+``expire_after_lines: N``: batches created from then on end right after their N-th request
+has run (a batch of N requests or fewer ends as usual); with ``expire_next_batches: K``
+only the next K creates do so (each takes one; null, the default: every one). See the
+OpenAI emulator and ``_common.Expiry``. Anthropic has no batch that fails as a whole after
+create (a bad batch is refused at create with a 400): there is no ``batch_fail_next``.
 
 Every response carries ``x-emulator: batchline-anthropic`` and a ``request-id``.
 
@@ -128,7 +141,9 @@ from werkzeug.wrappers import Request, Response
 from batchline_emulators._answers import InvalidAnswers, structured_answer
 from batchline_emulators._common import (
     ConfigRules,
+    Expiry,
     Hold,
+    early_expiry,
     fraction,
     hex_digest,
     merged_config,
@@ -263,6 +278,12 @@ class EmulatorConfig:
     #: Batches created from now on answer this many requests, then stay in_progress until
     #: `POST /_emulator/release` (None: never held). See `Hold`.
     hold_after_lines: int | None = None
+    #: Batches created from now on end right after this many requests have run, the rest
+    #: `expired`, as if their 24 h had passed then (None: only the window). See `Expiry`.
+    expire_after_lines: int | None = None
+    #: With `expire_after_lines`: only the next K batches created expire so (decremented
+    #: by each); later ones run as usual. None: every one.
+    expire_next_batches: int | None = None
     #: Requests that may be in the processing queue (those of every batch not yet ended,
     #: whatever its model); None: no limit. A create that would pass it answers 429.
     queued_request_limit: int | None = None
@@ -295,6 +316,8 @@ _CONFIG_RULES: ConfigRules = {
     "results_part_bytes": (int, False, 1, None),
     "invalid_answer_rate": (float, False, 0, 1),
     "hold_after_lines": (int, True, 0, None),
+    "expire_after_lines": (int, True, 0, None),
+    "expire_next_batches": (int, True, 0, None),
     "queued_request_limit": (int, True, 0, None),
     "quota_exceeded_next": (int, False, 0, None),
 }
@@ -673,6 +696,7 @@ class BatchRecord:
     requests: list[RequestPlan]  # processing (shuffled) order
     cancel_requested_at: float | None = None
     hold: Hold = field(default_factory=Hold)
+    expiry: Expiry = field(default_factory=Expiry)
     deleted: bool = False
     outcome_prefix: dict[str, list[int]] = field(default_factory=dict)
 
@@ -696,6 +720,12 @@ class BatchRecord:
         window = self.config.expire_after_seconds
         return self.created + (EXPIRY_SECONDS if window is None else window)
 
+    @property
+    def deadline(self) -> float:
+        """When it expires unless ended: its `expires_at`, or earlier as a test asked."""
+        rate, n = self.config.lines_per_second, len(self.requests)
+        return min(self.expires_at, self.expiry.at(self.hold, self.started_at, rate, n))
+
     def done(self, t: float) -> int:
         return self.hold.done(t, self.started_at, self.config.lines_per_second, len(self.requests))
 
@@ -707,7 +737,7 @@ class BatchRecord:
         return self.hold.holding(now, self.started_at, rate, len(self.requests))
 
     def phase(self, now: float) -> Phase:
-        deadline, t_end = self.expires_at, self.lines_end
+        deadline, t_end = self.deadline, self.lines_end
         tc = self.cancel_requested_at
         if tc is not None:  # cancel is accepted only before the batch ends
             ends = tc + self.config.cancel_seconds
@@ -729,7 +759,7 @@ class BatchRecord:
         """When the batch ends as things stand (a held one: at its expiry)."""
         if self.cancel_requested_at is not None:
             return self.cancel_requested_at + self.config.cancel_seconds
-        return min(self.expires_at, self.lines_end)
+        return min(self.deadline, self.lines_end)
 
     def counts(self, ph: Phase) -> dict[str, int]:
         n = len(self.requests)
@@ -943,7 +973,11 @@ class AnthropicBatchEmulator(AdminEndpoints):
             self.state.next_seq += 1
             self.state.creates += 1
             hold = Hold(config.hold_after_lines)
-            batch = BatchRecord(_batch_id(), seq, now, config, plans, hold=hold)
+            cfg = self.config
+            expiry, left = early_expiry(cfg.expire_after_lines, cfg.expire_next_batches)
+            if left != cfg.expire_next_batches:
+                self.config = dataclasses.replace(cfg, expire_next_batches=left)
+            batch = BatchRecord(_batch_id(), seq, now, config, plans, hold=hold, expiry=expiry)
             self.state.batches[batch.id] = batch
             return json_response(batch.to_api(batch.created, _root_url(request)))
 
@@ -1089,6 +1123,25 @@ class AnthropicBatchEmulator(AdminEndpoints):
             if batch.cancel_requested_at is None:
                 batch.cancel_requested_at = now
             return json_response(batch.to_api(now, _root_url(request)))
+
+    def expire(self, batch_id: str | None, now: float) -> list[str]:
+        if batch_id is not None:
+            batch = self._batch(batch_id)
+            status = batch.phase(now).status
+            if status != "in_progress":
+                # Anthropic documents no 409 error type: invalid_request_error, as for 4xx.
+                raise api_error(409, f"Message batch {batch_id!r} is {status}: it cannot expire.")
+            batches = [batch]
+        else:
+            running = (
+                b
+                for b in self.state.batches.values()
+                if not b.deleted and b.phase(now).status == "in_progress"
+            )
+            batches = sorted(running, key=lambda b: b.seq)
+        for batch in batches:
+            batch.expiry.requested_at = now
+        return [b.id for b in batches]
 
     def h_delete_batch(self, request: Request, batch_id: str) -> Response:
         with self.lock:

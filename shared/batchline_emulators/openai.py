@@ -65,6 +65,27 @@ Faults (`EmulatorConfig`, changeable at runtime with ``POST /_emulator/config``)
   not all done by then becomes ``expired``: finished lines are in the output/error files
   as usual, the unfinished ones in the error file with ``response: null`` and
   ``error: {"code": "batch_expired", ...}``; they count as failed.
+- ``POST /_emulator/expire`` (``{"batch": ID}`` for one, ``{}`` for every batch still
+  ``validating`` or ``in_progress``): the batch ends now exactly as if its completion
+  window had passed (``expired``, ``expired_at`` now; ``expires_at`` still names the
+  window); with ``hold_after_lines: N`` that is "N lines answered, then expired" without
+  racing a clock. Answers ``{"expired": [ids]}``; an unknown batch 404 (OpenAI's error
+  body), a batch ``finalizing`` (its lines all answered), ``cancelling`` or ended 409
+  ``Cannot expire a batch with status '...'``.
+- ``expire_after_lines: N``: batches created from then on expire right after their N-th
+  line is answered (in processing order), for a test that cannot know the batch id in
+  advance; a batch of N lines or fewer completes as usual. With ``expire_next_batches:
+  K`` only the next K batches that pass validation do so (each takes one; 0 then, and
+  later batches run as usual); null (the default) means every one. So
+  ``{"expire_after_lines": 3, "expire_next_batches": 1}`` expires one chunk half done
+  and leaves the others alone. A hold short of N puts the expiry off until the release.
+- ``batch_fail_next: N``: the next N creates (of an input that would pass validation) make
+  a batch that is ``validating``, then ``failed`` as a whole, with no output and
+  ``errors.data[0]`` ``{"code": "invalid_request", "message": "Cannot find file
+  <input_file_id>, or organization <org> does not have access to it. (emulated
+  batch_fail_next)", "param": null, "line": null}`` (the batch-level failure OpenAI gave
+  batches whose input it could not read; OpenAI documents no code, this one is the
+  emulator's).
 - ``api_error_rate`` / ``api_error_next`` with ``api_error_status`` (429 or 5xx): that
   fraction of ``/v1`` calls (a seeded sequence), or the next N calls, answer with that
   error. The answer carries ``retry-after: 0`` and ``retry-after-ms`` (so the SDK retries
@@ -110,6 +131,7 @@ Admin endpoints (no auth, never faulted): ``GET /`` (health check),
 ``GET|POST /_emulator/config`` (POST merges a JSON object into the config and returns
 the config), ``POST /_emulator/reset`` (drops all files and batches, restores the
 startup config), ``POST /_emulator/release`` (held batches go on, see below),
+``POST /_emulator/expire`` (batches expire now, see Faults),
 ``GET /_emulator/batches`` (every batch, newest first, with its metadata and an
 ``emulator`` object saying whether it is ``held``), ``GET /_emulator/stats`` (API calls
 seen, errors injected, counts), ``GET /_emulator/quota`` (``{"openai": {"<model>":
@@ -168,9 +190,11 @@ from batchline_emulators._answers import InvalidAnswers, structured_answer
 from batchline_emulators._common import (
     ANY_MODEL,
     ConfigRules,
+    Expiry,
     Hold,
     ModelLimit,
     PerModel,
+    early_expiry,
     fraction,
     hex_digest,
     limit_for,
@@ -217,6 +241,8 @@ CREATE_BATCH_KEYS = frozenset(
 FAIL_MARKER = re.compile(r"\[emulator:fail=(\d{3})\]")
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+#: The statuses `POST /_emulator/expire` ends a batch in (its lines not all answered).
+EXPIRABLE = frozenset({"validating", "in_progress"})
 #: The statuses whose batches hold their prompt tokens against the enqueued-token limit.
 ENQUEUED = frozenset({"validating", "in_progress", "finalizing"})
 #: The organization the emulator's quota messages name.
@@ -266,6 +292,15 @@ class EmulatorConfig:
     #: Batches created from now on answer this many lines, then stay in_progress until
     #: `POST /_emulator/release` (None: never held). See `Hold`.
     hold_after_lines: int | None = None
+    #: Batches created from now on expire right after answering this many lines, as if
+    #: their window had passed then (None: only the window). See `Expiry`.
+    expire_after_lines: int | None = None
+    #: With `expire_after_lines`: only the next K batches that pass validation expire so
+    #: (decremented by each); later ones run as usual. None: every one.
+    expire_next_batches: int | None = None
+    #: The next N batch creates make a batch that fails validation as a whole (decremented
+    #: by each), whatever its input.
+    batch_fail_next: int = 0
     #: Where `batch.*` webhook events are POSTed when a batch ends (None: nowhere), signed
     #: with `webhook_secret` (`whsec_` + base64, as OpenAI's dashboard gives it). A
     #: non-2xx answer is retried up to `webhook_max_attempts` times in all, after
@@ -320,6 +355,9 @@ _CONFIG_RULES: ConfigRules = {
     "embedding_dimensions": (int, False, 1, 65536),
     "invalid_answer_rate": (float, False, 0, 1),
     "hold_after_lines": (int, True, 0, None),
+    "expire_after_lines": (int, True, 0, None),
+    "expire_next_batches": (int, True, 0, None),
+    "batch_fail_next": (int, False, 0, None),
     "webhook_max_attempts": (int, False, 1, 100),
     "webhook_retry_seconds": (float, False, 0, None),
 }
@@ -457,6 +495,7 @@ class BatchRecord:
     out_prefix: list[int] = field(default_factory=list)
     cancel_requested_at: float | None = None
     hold: Hold = field(default_factory=Hold)
+    expiry: Expiry = field(default_factory=Expiry)
     materialized: bool = False
     output_file_id: str | None = None
     error_file_id: str | None = None
@@ -488,9 +527,16 @@ class BatchRecord:
         return self.hold.end(self.validated_at, self.config.lines_per_second, len(self.lines))
 
     @property
-    def deadline(self) -> float:
+    def window_end(self) -> float:
+        """Its `expires_at`: the end of the completion window."""
         window = self.config.expire_after_seconds
         return self.created + (COMPLETION_WINDOW_SECONDS if window is None else window)
+
+    @property
+    def deadline(self) -> float:
+        """When it expires unless done: the window's end, or earlier as a test asked."""
+        rate, n = self.config.lines_per_second, len(self.lines)
+        return min(self.window_end, self.expiry.at(self.hold, self.validated_at, rate, n))
 
     def line_done_at(self, index: int) -> float:
         """When the line at processing position `index` (0-based) finishes."""
@@ -597,7 +643,7 @@ class BatchRecord:
             "error_file_id": self.error_file_id,
             "created_at": int(self.created),
             "in_progress_at": ts(ph.in_progress_at),
-            "expires_at": int(self.deadline),
+            "expires_at": int(self.window_end),
             "finalizing_at": ts(ph.finalizing_at),
             "completed_at": ts(ph.completed_at),
             "failed_at": ts(ph.failed_at),
@@ -1522,6 +1568,11 @@ class OpenAIBatchEmulator(AdminEndpoints):
             if not errors and model is not None:
                 wanted = sum(line.enqueued_tokens for line in lines)
                 errors = self._token_limit_errors(model, wanted, now)
+            if not errors:
+                errors = self._forced_failure(input_file_id)
+            expiry = Expiry()
+            if not errors:
+                expiry = self._early_expiry()
             seq = self.state.next_seq
             self.state.next_seq += 1
             batch = BatchRecord(
@@ -1538,6 +1589,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
                 model=model,
                 lines=[] if errors else lines,
                 hold=Hold(config.hold_after_lines),
+                expiry=expiry,
             )
             self.state.batches[batch.id] = batch
             self.state.active.add(batch.id)
@@ -1594,6 +1646,50 @@ class OpenAIBatchEmulator(AdminEndpoints):
             "batches have been completed."
         )
         return [_verror("token_limit_exceeded", message)]
+
+    def _forced_failure(self, input_file_id: str) -> list[dict[str, Any]]:
+        """The `errors` of a batch that `batch_fail_next` fails at validation; else []."""
+        cfg = self.config
+        if cfg.batch_fail_next <= 0:
+            return []
+        self.config = dataclasses.replace(cfg, batch_fail_next=cfg.batch_fail_next - 1)
+        # The batch-level failure OpenAI gave batches whose input it could not read
+        # (tobert/kaibo#169: "Cannot find file file-..., or organization org-... does not
+        # have access to it."); the code is the emulator's own, as OpenAI documents none.
+        message = (
+            f"Cannot find file {input_file_id}, or organization {ORGANIZATION} does not have "
+            "access to it. (emulated batch_fail_next)"
+        )
+        return [_verror("invalid_request", message)]
+
+    def _early_expiry(self) -> Expiry:
+        """The `Expiry` a batch created now takes (`expire_after_lines`), counting it
+        against `expire_next_batches`."""
+        cfg = self.config
+        expiry, left = early_expiry(cfg.expire_after_lines, cfg.expire_next_batches)
+        if left != cfg.expire_next_batches:
+            self.config = dataclasses.replace(cfg, expire_next_batches=left)
+        return expiry
+
+    def expire(self, batch_id: str | None, now: float) -> list[str]:
+        self._advance_all(now)
+        if batch_id is not None:
+            batch = self._batch(batch_id)
+            status = batch.phase(now).status
+            if status not in EXPIRABLE:
+                raise api_error(
+                    409,
+                    f"Cannot expire a batch with status '{status}'.",
+                    headers={"x-should-retry": "false"},
+                )
+            batches = [batch]
+        else:
+            running = (b for b in self.state.batches.values() if b.phase(now).status in EXPIRABLE)
+            batches = sorted(running, key=lambda b: b.seq)
+        for batch in batches:
+            batch.expiry.requested_at = now
+            self._advance(batch, now)  # its files, and its webhook event
+        return [b.id for b in batches]
 
     def quota(self) -> dict[str, Any]:
         """Per model: the prompt tokens enqueued now and the limit; the batch creates of the

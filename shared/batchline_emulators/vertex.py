@@ -66,8 +66,15 @@ kinds of schema.
 
 Faults (`EmulatorConfig`, at runtime with ``POST /_emulator/config``): the marker
 ``[emulator:fail=NNN]`` (400..599) in the last user text fails that row with that status;
-``failed_rate`` fails that fraction of rows (500 ``INTERNAL``); ``api_error_rate`` /
-``api_error_next`` with ``api_error_status`` fail API calls (Google's error body).
+``failed_rate`` fails that fraction of rows (picked by a seeded hash of the row's position
+and request) with ``failed_status`` (default 500 ``INTERNAL``; 503 ``UNAVAILABLE`` and 429
+``RESOURCE_EXHAUSTED`` are the other transient ones, and batchline retries all three),
+written as any failed row; ``api_error_rate`` / ``api_error_next`` with
+``api_error_status`` fail API calls (Google's error body). ``job_fail_next: N``: the next N
+creates with a readable input make a job that goes ``JOB_STATE_FAILED`` when it leaves the
+queue, as a bad input does: ``error: {"code": 3, "message": "Emulated job failure
+(job_fail_next): cannot process the input gs://..."}``, nothing written
+(``completionStats.incompleteCount``: every row).
 ``invalid_answer_rate`` makes that fraction of JSON-mode *first answers* invalid for
 their schema, picked by a seeded hash of the request's ``labels.batchline_request_id``
 (else of the row's position and content); the kinds cycle, in input order, through
@@ -95,8 +102,8 @@ wait in a queue instead; the emulator refuses them, which is the harder case for
 client, and ``pending_seconds`` gives the queue.)
 
 Admin endpoints (never faulted): ``GET /`` (health), ``GET|POST /_emulator/config``,
-``POST /_emulator/reset``, ``POST /_emulator/release``, ``GET /_emulator/batches`` (every
-job, deleted ones too, newest first, each with ``id`` (its name) and an ``emulator``
+``POST /_emulator/reset``, ``POST /_emulator/release``, ``POST /_emulator/expire``,
+``GET /_emulator/batches`` (every job, deleted ones too, newest first, each with ``id`` (its name) and an ``emulator``
 object, ``held`` among its fields), ``GET /_emulator/batches/{id}/requests`` (the input
 lines as read), ``GET /_emulator/stats``, ``GET /_emulator/quota`` (``{"vertex":
 {"<model>": {"concurrent_jobs": N, "limit": L}}, "over_quota": <creates refused>}``; every
@@ -105,6 +112,17 @@ model of a job, or of the limit, is listed).
 Hold: with ``hold_after_lines: N``, jobs created from then on run N rows and stay
 ``JOB_STATE_RUNNING`` until ``POST /_emulator/release`` (``{}`` or ``{"batch": ID or
 name}``); see the OpenAI emulator and ``_common.Hold``.
+
+Expire on demand (deterministic, no clock to race): ``POST /_emulator/expire``
+(``{"batch": ID or name}``, or ``{}`` for every job queued, pending or running) ends the
+job now exactly as if its time had run out: ``JOB_STATE_EXPIRED``, the rows that ran
+written, the others not (``incompleteCount``). Answers ``{"expired": [ids]}``; an unknown
+or deleted job 404 ``NOT_FOUND``, one cancelling or ended 409 ``ABORTED``. With
+``hold_after_lines: N`` that is "N rows run, then expired". ``expire_after_lines: N``:
+jobs created from then on expire right after their N-th row has run (a job of N rows or
+fewer ends as usual); with ``expire_next_batches: K`` only the next K creates with a
+readable input do so (each takes one; null, the default: every one). See the OpenAI
+emulator and ``_common.Expiry``.
 
 Every response carries ``x-emulator: batchline-vertex``.
 
@@ -147,9 +165,11 @@ from batchline_emulators._answers import (
 from batchline_emulators._common import (
     ANY_MODEL,
     ConfigRules,
+    Expiry,
     Hold,
     ModelLimit,
     PerModel,
+    early_expiry,
     fraction,
     hex_digest,
     limit_for,
@@ -313,6 +333,15 @@ REASONS = {
 }
 
 
+#: The message of a row `failed_rate` fails, by status (Google's wording for each).
+FAILED_RATE_MESSAGES = {
+    429: "Resource exhausted. Please try again later.",
+    500: "Internal error encountered.",
+    503: "The service is currently unavailable.",
+    504: "Deadline exceeded.",
+}
+
+
 def status_name(http: int) -> str:
     if http in STATUS_CODES:
         return STATUS_CODES[http][0]
@@ -334,6 +363,9 @@ class EmulatorConfig:
     #: From create until an unfinished job expires; None means Vertex's 72 h + 24 h.
     expire_after_seconds: float | None = None
     failed_rate: float = 0.0
+    #: The HTTP status of the rows `failed_rate` fails (500 INTERNAL; 503 UNAVAILABLE and
+    #: 429 RESOURCE_EXHAUSTED are the other transient ones).
+    failed_status: int = 500
     #: Split the output into files of at most this many rows; None: one predictions.jsonl.
     rows_per_file: int | None = None
     api_error_rate: float = 0.0
@@ -347,6 +379,15 @@ class EmulatorConfig:
     #: Jobs created from now on run this many rows, then stay JOB_STATE_RUNNING until
     #: `POST /_emulator/release` (None: never held). See `Hold`.
     hold_after_lines: int | None = None
+    #: Jobs created from now on expire right after this many rows have run, as if their
+    #: time had run out then (None: only `expire_after_seconds`). See `Expiry`.
+    expire_after_lines: int | None = None
+    #: With `expire_after_lines`: only the next K jobs created (with a readable input)
+    #: expire so (decremented by each); later ones run as usual. None: every one.
+    expire_next_batches: int | None = None
+    #: The next N job creates (with a readable input) make a job that fails as a whole
+    #: when it leaves the queue, as for a bad input (decremented by each).
+    job_fail_next: int = 0
     #: Jobs each model may have queued, pending or running (`ACTIVE`): None (no limit), a
     #: number for every model, or {model: number} ("*": every model not named; without
     #: it those have no limit). A create past it answers 429 RESOURCE_EXHAUSTED.
@@ -371,6 +412,7 @@ _CONFIG_RULES: ConfigRules = {
     "cancel_seconds": (float, False, 0, None),
     "expire_after_seconds": (float, True, 0, None),
     "failed_rate": (float, False, 0, 1),
+    "failed_status": (int, False, 400, 599),
     "rows_per_file": (int, True, 1, None),
     "api_error_rate": (float, False, 0, 1),
     "api_error_status": (int, False, 400, 599),
@@ -379,6 +421,9 @@ _CONFIG_RULES: ConfigRules = {
     "max_bytes": (int, False, 1, None),
     "invalid_answer_rate": (float, False, 0, 1),
     "hold_after_lines": (int, True, 0, None),
+    "expire_after_lines": (int, True, 0, None),
+    "expire_next_batches": (int, True, 0, None),
+    "job_fail_next": (int, False, 0, None),
     "concurrent_job_limit": (PerModel, True, 0, None),
     "quota_exceeded_next": (int, False, 0, None),
 }
@@ -629,7 +674,9 @@ def plan_row(
     if config.failed_rate > 0 and fraction(config.seed, "failed", index, orjson.dumps(request)) < (
         config.failed_rate
     ):
-        return RowPlan(request, True, row_status(500, "Internal error encountered (emulated)."))
+        http = config.failed_status
+        message = FAILED_RATE_MESSAGES.get(http, f"Emulated failure with status {http}.")
+        return RowPlan(request, True, row_status(http, f"{message} (emulated failed_rate)"))
     if invalid is None:
         invalid = InvalidAnswers(config.invalid_answer_rate, config.seed)
     answer = _answer(request, model, config.seed, index, invalid)
@@ -661,6 +708,7 @@ class JobRecord:
     failure: tuple[int, str] | None = None  # (HTTP status, message): fails the job
     cancel_requested_at: float | None = None
     hold: Hold = field(default_factory=Hold)
+    expiry: Expiry = field(default_factory=Expiry)
     deleted: bool = False
     written: list[str] = field(default_factory=list)
     written_for: str | None = None  # the end state the output was written for
@@ -691,6 +739,12 @@ class JobRecord:
         return self.created + (EXPIRY_SECONDS if window is None else window)
 
     @property
+    def deadline(self) -> float:
+        """When it expires unless ended: `expires_at`, or earlier as a test asked."""
+        rate, n = self.config.lines_per_second, len(self.rows)
+        return min(self.expires_at, self.expiry.at(self.hold, self.started_at, rate, n))
+
+    @property
     def output_directory(self) -> str:
         prefix = self.body["outputConfig"]["gcsDestination"]["outputUriPrefix"].rstrip("/")
         stamp = dt.datetime.fromtimestamp(self.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -712,7 +766,7 @@ class JobRecord:
         return "JOB_STATE_PENDING"
 
     def phase(self, now: float) -> Phase:
-        start, deadline = self.started_at, self.expires_at
+        start, deadline = self.started_at, self.deadline
         tc = self.cancel_requested_at
         if tc is not None:  # accepted only before the job ended
             ran = start if tc >= start else None
@@ -1074,9 +1128,57 @@ class VertexBatchEmulator(AdminEndpoints):
             job_id = str(secrets.randbelow(9 * 10**18) + 10**18)
             name = f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}"
             hold = Hold(config.hold_after_lines)
-            job = JobRecord(job_id, name, seq, now, config, checked, rows, failure, hold=hold)
+            expiry = Expiry()
+            if failure is None:
+                failure = self._forced_failure(uris)
+            if failure is None:
+                expiry = self._early_expiry()
+            job = JobRecord(
+                job_id, name, seq, now, config, checked, rows, failure, hold=hold, expiry=expiry
+            )
             self.state.jobs[job_id] = job
             return json_response(job.to_api(job.phase(job.created), self._enum_ints(request)))
+
+    # ---- faults on demand (call with the lock held)
+    def _forced_failure(self, uris: list[str]) -> tuple[int, str] | None:
+        """The failure `job_fail_next` gives a job created now; else None."""
+        cfg = self.config
+        if cfg.job_fail_next <= 0:
+            return None
+        self.config = dataclasses.replace(cfg, job_fail_next=cfg.job_fail_next - 1)
+        return (400, f"Emulated job failure (job_fail_next): cannot process the input {uris[0]}.")
+
+    def _early_expiry(self) -> Expiry:
+        """The `Expiry` a job created now takes (`expire_after_lines`), counting it against
+        `expire_next_batches`."""
+        cfg = self.config
+        expiry, left = early_expiry(cfg.expire_after_lines, cfg.expire_next_batches)
+        if left != cfg.expire_next_batches:
+            self.config = dataclasses.replace(cfg, expire_next_batches=left)
+        return expiry
+
+    def expire(self, batch_id: str | None, now: float) -> list[str]:
+        if batch_id is not None:
+            job = self.state.jobs.get(batch_id.rsplit("/", 1)[-1])
+            if job is None or job.deleted:
+                raise api_error(404, f"The BatchPredictionJob {batch_id} does not exist.")
+            state = self._observe(job, now).state
+            if state not in ACTIVE:
+                raise api_error(
+                    409, f"The BatchPredictionJob {job.name} is in state {state}: it cannot expire."
+                )
+            jobs = [job]
+        else:
+            active = (
+                j
+                for j in self.state.jobs.values()
+                if not j.deleted and self._observe(j, now).state in ACTIVE
+            )
+            jobs = sorted(active, key=lambda j: j.seq)
+        for job in jobs:
+            job.expiry.requested_at = now
+            self._observe(job, now)  # its output, written as the job ends
+        return [j.id for j in jobs]
 
     # ---- quota (call with the lock held)
     def _active_jobs(self, model: str, now: float) -> int:

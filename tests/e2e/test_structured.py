@@ -111,7 +111,7 @@ def test_invalid_first_answers_are_repaired_and_every_line_ends_valid(pipeline: 
     summary = pipeline.summary(job)
     assert summary["counts"] == {"succeeded": LINES}
     assert summary["repaired"] == len(repaired)
-    rounds = Counter(b.get("repair_round", 0) for b in summary["provider_batches"])
+    rounds = Counter(b.get("round", 0) for b in summary["provider_batches"])
     assert rounds[0] >= 3 and rounds[1] >= 3  # a follow-up batch per provider
 
     # Typed reading of the same output.

@@ -87,7 +87,8 @@ def _http_json(method: str, url: str, payload: Any = None) -> Any:
 
 class HeldBatches:
     """The admin controls every emulator shares: holds (`hold_after_lines`,
-    /_emulator/release) and the quota view (/_emulator/quota)."""
+    /_emulator/release), expiry on demand (/_emulator/expire) and the quota view
+    (/_emulator/quota)."""
 
     root_url: str
 
@@ -107,6 +108,15 @@ class HeldBatches:
     def wait_held(self, batch_id: str) -> dict[str, Any]:
         """Wait until the batch has answered its `hold_after_lines` and waits for release."""
         return wait_held(self.root_url, batch_id)
+
+    def expire(self, batch: str | None = None) -> list[str]:
+        """End running batches (or one) now, as if their window had passed
+        (POST /_emulator/expire); the ids expired."""
+        body = {} if batch is None else {"batch": batch}
+        expired: list[str] = _http_json("POST", f"{self.root_url}/_emulator/expire", body)[
+            "expired"
+        ]
+        return expired
 
 
 @dataclass

@@ -349,6 +349,47 @@ def test_iter_results_reads_a_stream_in_many_parts(
     assert all(r.response["type"] == "message" for r in results)
 
 
+def test_a_batch_expired_half_done_keeps_what_ran(
+    provider: AnthropicProvider, anthropic_emulator: AnthropicEmulatorHandle
+) -> None:
+    # 4 requests run, then the batch waits until the test expires it: no clock to race.
+    anthropic_emulator.admin({"hold_after_lines": 4})
+    requests = simple_requests(10)
+    made = provider.create_batch(payload(requests), BatchTag("job-exp", 0), MODEL)
+    anthropic_emulator.wait_held(made.batch_id)
+    assert anthropic_emulator.expire(made.batch_id) == [made.batch_id]
+    batch = provider.get_batch(made.batch_id)
+    assert batch.state is BatchState.EXPIRED
+    assert batch.counts == {"total": 10, "completed": 4, "failed": 6}
+    results = list(provider.iter_results(batch))
+    assert Counter(r.request_id for r in results) == Counter(f"bl-{i}" for i in range(1, 11))
+    done = [r for r in results if r.status is ResultStatus.SUCCEEDED]
+    expired = [r for r in results if r.status is ResultStatus.EXPIRED]
+    assert (len(done), len(expired)) == (4, 6)
+    assert all(r.text for r in done)
+    for result in expired:
+        assert result.error is not None and result.error["retryable"] is True
+        assert result.text is None
+
+
+def test_errored_rate_gives_retryable_line_errors(
+    provider: AnthropicProvider, anthropic_emulator: AnthropicEmulatorHandle
+) -> None:
+    anthropic_emulator.admin({"errored_rate": 0.5})
+    requests = simple_requests(20)
+    made = provider.create_batch(payload(requests), BatchTag("job-err", 0), MODEL)
+    batch = wait_ended(provider, made.batch_id)
+    assert batch.state is BatchState.COMPLETED
+    results = list(provider.iter_results(batch))
+    failed = [r for r in results if r.status is ResultStatus.FAILED]
+    assert 0 < len(failed) < 20 and len(results) == 20
+    assert batch.counts == {"total": 20, "completed": 20 - len(failed), "failed": len(failed)}
+    for result in failed:
+        assert result.error is not None
+        assert (result.error["type"], result.error["retryable"]) == ("api_error", True)
+        assert result.text is None
+
+
 # --------------------------------------------------------------------------- cancel
 
 

@@ -351,6 +351,70 @@ def test_a_held_batch_stays_in_progress_until_released(
     assert (canceled.request_counts.succeeded, canceled.request_counts.canceled) == (4, 6)
 
 
+def admin_post(root: str, path: str, body: Any) -> tuple[int, Any]:
+    status, _, answer = http(
+        "POST",
+        f"{root}/_emulator/{path}",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    return status, answer
+
+
+def test_expire_on_demand_ends_a_held_batch_with_what_it_ran(
+    manual: Callable[..., tuple[anthropic.Anthropic, ManualClock, str]],
+) -> None:
+    client, clock, root = manual(start_seconds=0.0, lines_per_second=10.0, hold_after_lines=4)
+    t0 = clock.now
+    batch = client.messages.batches.create(requests=[request(f"x{i}", f"q {i}") for i in range(10)])
+    other = client.messages.batches.create(requests=[request(f"o{i}", f"q {i}") for i in range(10)])
+    clock.now = t0 + 3600
+    assert admin_post(root, "expire", {"batch": batch.id}) == (200, {"expired": [batch.id]})
+    ended = client.messages.batches.retrieve(batch.id)
+    assert ended.processing_status == "ended" and ended.results_url is not None
+    assert ended.ended_at is not None and ended.ended_at.timestamp() == pytest.approx(t0 + 3600)
+    assert ended.expires_at.timestamp() == pytest.approx(t0 + 24 * 3600)  # still the window
+    counts = ended.request_counts
+    assert (counts.processing, counts.succeeded, counts.expired, counts.errored) == (0, 4, 6, 0)
+    lines = list(client.messages.batches.results(batch.id))
+    assert Counter(line.result.type for line in lines) == {"succeeded": 4, "expired": 6}
+    assert client.messages.batches.retrieve(other.id).processing_status == "in_progress"
+
+    status, body = admin_post(root, "expire", {"batch": batch.id})
+    assert status == 409 and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error" and "ended" in body["error"]["message"]
+    status, body = admin_post(root, "expire", {"batch": "msgbatch_nope"})
+    assert (status, body["error"]["type"]) == (404, "not_found_error")
+    client.messages.batches.cancel(other.id)  # canceling: not expired by {}
+    third = client.messages.batches.create(requests=[request(f"t{i}", f"q {i}") for i in range(10)])
+    assert admin_post(root, "expire", {}) == (200, {"expired": [third.id]})
+    status, body = admin_post(root, "expire", {"batch": other.id})
+    assert status == 409 and "canceling" in body["error"]["message"]
+    clock.now += 60
+    canceled = client.messages.batches.retrieve(other.id).request_counts
+    assert (canceled.succeeded, canceled.canceled, canceled.expired) == (4, 6, 0)
+
+
+def test_expire_after_lines_expires_only_the_next_batches(
+    manual: Callable[..., tuple[anthropic.Anthropic, ManualClock, str]],
+) -> None:
+    client, clock, root = manual(start_seconds=0.0, lines_per_second=10.0)
+    status, config = admin_post(root, "config", {"expire_after_lines": 3, "expire_next_batches": 1})
+    assert status == 200 and config["expire_next_batches"] == 1
+    t0 = clock.now
+    reqs = [request(f"e{i}", f"q {i}") for i in range(10)]
+    first = client.messages.batches.create(requests=reqs)
+    second = client.messages.batches.create(requests=reqs)
+    assert admin_post(root, "config", {})[1]["expire_next_batches"] == 0
+    clock.now = t0 + 0.25
+    assert client.messages.batches.retrieve(first.id).processing_status == "in_progress"
+    clock.now = t0 + 3600
+    expired = client.messages.batches.retrieve(first.id)
+    assert expired.ended_at is not None and expired.ended_at.timestamp() == pytest.approx(t0 + 0.3)
+    assert (expired.request_counts.succeeded, expired.request_counts.expired) == (3, 7)
+    assert client.messages.batches.retrieve(second.id).request_counts.succeeded == 10
+
+
 def test_cancel_then_delete(
     client: anthropic.Anthropic, served: Served, anthropic_emulator: AnthropicEmulatorHandle
 ) -> None:

@@ -240,8 +240,8 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         updated_at=NOW + 1,
         webhook_ids=["msg_2", "msg_1"],
         expire_at=EXPIRE_AT,
-        repair_round=1,
-        repair_of=0,
+        round=1,
+        round_of=0,
         orphans=["batch_dup"],
         requests_uri="gs://work/jobs/job-c/requests/01/0000000004.jsonl",
     )

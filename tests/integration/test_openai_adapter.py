@@ -295,6 +295,57 @@ def test_expired_batch_keeps_finished_lines(provider: OpenAIProvider, openai_emu
         assert result.text is None and result.response is None
 
 
+def test_a_batch_expired_half_done_keeps_what_ran(
+    provider: OpenAIProvider, openai_emulator: Any
+) -> None:
+    # The next batch expires right after its fourth line: no clock to race.
+    openai_emulator.admin({"expire_after_lines": 4, "expire_next_batches": 1})
+    requests = simple_requests(10)
+    expiring = provider.create_batch(payload(requests), BatchTag("job-x", 0), MODEL)
+    normal = provider.create_batch(payload(requests), BatchTag("job-x", 1), MODEL)
+    batch = wait_ended(provider, expiring.batch_id)
+    assert batch.state is BatchState.EXPIRED
+    assert batch.counts == {"total": 10, "completed": 4, "failed": 6}
+    results = list(provider.iter_results(batch))
+    assert Counter(r.request_id for r in results) == Counter(f"bl-{i}" for i in range(1, 11))
+    done = [r for r in results if r.status is ResultStatus.SUCCEEDED]
+    expired = [r for r in results if r.status is ResultStatus.EXPIRED]
+    assert (len(done), len(expired)) == (4, 6)
+    assert all(r.text and r.text.startswith(CONTENT_PREFIX) for r in done)
+    for result in expired:
+        assert result.error is not None and result.error["retryable"] is True
+    assert wait_ended(provider, normal.batch_id).state is BatchState.COMPLETED
+
+
+def test_a_batch_expired_on_demand_keeps_what_ran(
+    provider: OpenAIProvider, openai_emulator: Any
+) -> None:
+    openai_emulator.admin({"hold_after_lines": 3})
+    made = provider.create_batch(payload(simple_requests(8)), BatchTag("job-x", 0), MODEL)
+    openai_emulator.wait_held(made.batch_id)
+    assert openai_emulator.expire(made.batch_id) == [made.batch_id]
+    batch = provider.get_batch(made.batch_id)
+    assert batch.state is BatchState.EXPIRED
+    assert batch.counts == {"total": 8, "completed": 3, "failed": 5}
+    statuses = Counter(r.status for r in provider.iter_results(batch))
+    assert statuses == {ResultStatus.SUCCEEDED: 3, ResultStatus.EXPIRED: 5}
+
+
+def test_a_batch_failed_at_validation_says_why(
+    provider: OpenAIProvider, openai_emulator: Any
+) -> None:
+    openai_emulator.admin({"batch_fail_next": 1})
+    made = provider.create_batch(payload(simple_requests(3)), BatchTag("job-f", 0), MODEL)
+    batch = wait_ended(provider, made.batch_id)
+    assert batch.state is BatchState.FAILED
+    [error] = batch.errors
+    assert error.startswith("invalid_request: Cannot find file ")
+    assert batch.native["input_file_id"] in error
+    assert list(provider.iter_results(batch)) == []
+    again = provider.create_batch(payload(simple_requests(3)), BatchTag("job-f", 1), MODEL)
+    assert wait_ended(provider, again.batch_id).state is BatchState.COMPLETED
+
+
 def test_cancel_keeps_lines_finished_before(provider: OpenAIProvider, openai_emulator: Any) -> None:
     # 6 lines run, then the batch is held until the cancel, however slow this machine.
     openai_emulator.admin({"hold_after_lines": 6, "cancel_seconds": 0.05})

@@ -593,6 +593,143 @@ def test_a_held_batch_cancels_with_the_answers_it_had(
     assert client.batches.retrieve(free.id).status == "completed"
 
 
+# --------------------------------------------------------------------------- expire, fail on demand
+
+
+BATCH_EXPIRED = {
+    "code": "batch_expired",
+    "message": "This request could not be executed before the completion window expired.",
+}
+
+
+def assert_expired_after(client: OpenAI, batch: Any, answered: int, total: int) -> None:
+    """`batch` expired with `answered` of its `total` lines in the output file and the
+    rest in the error file as `batch_expired`, as the completion window ends a batch."""
+    assert batch.status == "expired" and batch.expired_at is not None
+    assert batch.completed_at is batch.finalizing_at is batch.failed_at is None
+    counts = batch.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (total, answered, total - answered)
+    outputs = read_jsonl(client, batch.output_file_id)
+    errors = read_jsonl(client, batch.error_file_id)
+    assert len(outputs) == answered and all(o["response"]["status_code"] == 200 for o in outputs)
+    assert len(errors) == total - answered
+    assert all(e["response"] is None and e["error"] == BATCH_EXPIRED for e in errors)
+    assert len({r["custom_id"] for r in outputs + errors}) == total
+
+
+def test_expire_on_demand_ends_a_held_batch_with_what_it_answered(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(validating_seconds=0, lines_per_second=10.0, hold_after_lines=3)
+    lines = [chat_line(f"x{i:02d}", f"line {i}") for i in range(10)]
+    t0 = clock.now
+    batch = create(client, upload(client, lines))
+    other = create(client, upload(client, lines))
+    clock.now = t0 + 3600
+    assert client.batches.retrieve(batch.id).request_counts.completed == 3
+
+    assert admin_post(client, "expire", {"batch": batch.id}) == (200, {"expired": [batch.id]})
+    expired = client.batches.retrieve(batch.id)
+    assert_expired_after(client, expired, 3, 10)
+    assert expired.expired_at == int(t0 + 3600)
+    assert expired.expires_at == int(t0 + 24 * 3600)  # still the window's end
+    assert not admin_held(client, batch.id)
+    assert client.batches.retrieve(other.id).status == "in_progress"  # only the one named
+
+    # An ended batch cannot expire (409, not retried); an unknown one is not found (404).
+    status, body = admin_post(client, "expire", {"batch": batch.id})
+    assert status == 409
+    assert body["error"]["message"] == "Cannot expire a batch with status 'expired'."
+    status, body = admin_post(client, "expire", {"batch": "batch_nope"})
+    assert status == 404
+    assert body["error"]["message"] == "No batch found with id 'batch_nope'."
+    assert body["error"]["type"] == "invalid_request_error"
+    status, body = admin_post(client, "expire", {"batch": 7})
+    assert status == 400 and "batch" in body["error"]["message"]
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(batch.id)
+
+    # {} expires every batch still running, one still validating among them.
+    client.batches.cancel(other.id)
+    slow = admin_post(client, "config", {"validating_seconds": 5.0})
+    assert slow[0] == 200
+    running = create(client, upload(client, lines))
+    clock.now += 1
+    assert admin_post(client, "expire", {}) == (200, {"expired": [running.id]})
+    never_ran = client.batches.retrieve(running.id)
+    assert never_ran.status == "expired" and never_ran.in_progress_at is None
+    assert never_ran.request_counts.total == 0
+    assert never_ran.output_file_id is None and never_ran.error_file_id is None
+    assert admin_post(client, "expire", {}) == (200, {"expired": []})
+    assert client.batches.retrieve(other.id).status == "cancelled"  # cancelling: left alone
+
+
+def test_expire_after_lines_expires_only_the_next_batches(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(validating_seconds=0, lines_per_second=10.0, finalizing_seconds=0)
+    lines = [chat_line(f"n{i:02d}", f"line {i}") for i in range(10)]
+    status, config = admin_post(
+        client, "config", {"expire_after_lines": 4, "expire_next_batches": 1}
+    )
+    assert status == 200 and (config["expire_after_lines"], config["expire_next_batches"]) == (4, 1)
+    t0 = clock.now
+    invalid = create(client, upload(client, [b"not json"]))  # fails validation: not counted
+    first = create(client, upload(client, lines))
+    second = create(client, upload(client, lines))
+    assert admin_post(client, "config", {})[1]["expire_next_batches"] == 0
+    clock.now = t0 + 0.35
+    assert client.batches.retrieve(first.id).status == "in_progress"
+    clock.now = t0 + 3600
+    assert client.batches.retrieve(invalid.id).status == "failed"
+    expired = client.batches.retrieve(first.id)
+    assert_expired_after(client, expired, 4, 10)
+    assert expired.expired_at == int(t0 + 0.4)  # right after its fourth line
+    assert client.batches.retrieve(second.id).request_counts.completed == 10
+
+    # Null: every batch created from then on, but one of no more than N lines completes.
+    admin_post(client, "config", {"expire_next_batches": None})
+    t1 = clock.now
+    both = [create(client, upload(client, lines)) for _ in range(2)]
+    short = create(client, upload(client, lines[:4]))
+    clock.now = t1 + 3600
+    for batch in both:
+        assert_expired_after(client, client.batches.retrieve(batch.id), 4, 10)
+    assert client.batches.retrieve(short.id).status == "completed"
+    status, body = admin_post(client, "config", {"expire_after_lines": -1})
+    assert status == 400 and "expire_after_lines" in body["error"]["message"]
+
+
+def test_batch_fail_next_fails_the_next_batches_at_validation(
+    manual: Callable[..., tuple[OpenAI, ManualClock]],
+) -> None:
+    client, clock = manual(validating_seconds=1.0, finalizing_seconds=0)
+    lines = [chat_line(f"f{i:02d}", f"line {i}") for i in range(5)]
+    admin_post(client, "config", {"batch_fail_next": 1})
+    t0 = clock.now
+    file_id = upload(client, lines)
+    failing = create(client, file_id)
+    normal = create(client, upload(client, lines))
+    assert failing.status == "validating" and failing.errors is None
+    assert admin_post(client, "config", {})[1]["batch_fail_next"] == 0
+    clock.now = t0 + 2
+    failed = client.batches.retrieve(failing.id)
+    assert failed.status == "failed" and failed.failed_at == int(t0 + 1)
+    assert failed.errors is not None and failed.errors.object == "list"
+    [error] = failed.errors.data
+    assert (error.code, error.param, error.line) == ("invalid_request", None, None)
+    assert error.message is not None and file_id in error.message
+    assert failed.request_counts.total == 0 and failed.in_progress_at is None
+    assert failed.output_file_id is None and failed.error_file_id is None
+    base = str(client.base_url).rstrip("/")
+    status, _, raw = raw_request(f"{base}/batches/{failing.id}", {"Authorization": "Bearer k"})
+    assert status == 200
+    assert_valid("Batch", raw)
+    assert client.batches.retrieve(normal.id).status == "completed"
+    status, _ = admin_post(client, "expire", {"batch": failing.id})
+    assert status == 409
+
+
 # --------------------------------------------------------------------------- listing
 
 

@@ -132,6 +132,19 @@ def test_failed_cancelled_and_expired_batches_send_their_events(
     assert r.client.batches.retrieve(batch.id).status == kind
 
 
+def test_a_batch_expired_on_demand_sends_batch_expired_at_once(rig: Callable[..., Rig]) -> None:
+    r = rig(hold_after_lines=1)
+    batch = r.batch()
+    r.clock.now += 1.5  # validated, one line answered, held
+    with r.app.lock:  # as POST /_emulator/expire calls it; the clock stays put
+        assert r.app.expire(batch.id, r.clock.now) == [batch.id]
+    [delivery] = r.wait_deliveries(1)
+    event = unwrap(delivery)
+    assert (event.type, event.data.id) == ("batch.expired", batch.id)
+    expired = r.client.batches.retrieve(batch.id)
+    assert expired.status == "expired" and event.created_at == expired.expired_at
+
+
 def test_a_non_2xx_answer_is_retried_with_the_same_webhook_id(rig: Callable[..., Rig]) -> None:
     r = rig()
     r.receiver.script([500, 503])

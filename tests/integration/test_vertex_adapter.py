@@ -252,6 +252,52 @@ def test_a_failed_job_has_no_rows_and_says_why(
     assert list(provider.iter_results(batch)) == []
 
 
+def test_a_job_failed_on_demand_says_why(
+    provider: VertexProvider, vertex_emulator: VertexEmulatorHandle
+) -> None:
+    vertex_emulator.admin({"job_fail_next": 1})
+    staged = vertex_emulator.stage(simple(3))
+    batch = wait_ended(
+        provider, provider.create_batch(staged, BatchTag("job-f", 0), MODEL).batch_id
+    )
+    assert batch.state is BatchState.FAILED
+    [error] = batch.errors
+    assert error.startswith("INVALID_ARGUMENT: Emulated job failure (job_fail_next)")
+    assert staged.uri in error
+    assert list(provider.iter_results(batch)) == []
+
+
+def test_a_job_expired_half_done_keeps_the_rows_that_ran(
+    provider: VertexProvider, vertex_emulator: VertexEmulatorHandle
+) -> None:
+    # 4 rows run, then the job waits until the test expires it: no clock to race. Rows
+    # that never ran are not written; collect accounts for them as expired.
+    vertex_emulator.admin({"hold_after_lines": 4})
+    made = provider.create_batch(vertex_emulator.stage(simple(10)), BatchTag("job-e", 0), MODEL)
+    vertex_emulator.wait_held(made.batch_id)
+    assert vertex_emulator.expire(made.batch_id) == [made.batch_id.rsplit("/", 1)[-1]]
+    batch = provider.get_batch(made.batch_id)
+    assert batch.state is BatchState.EXPIRED
+    results = list(provider.iter_results(batch))
+    assert len(results) == 4 and len({r.request_id for r in results}) == 4
+    assert all(r.status is ResultStatus.SUCCEEDED and r.text for r in results)
+
+
+def test_transient_row_failures_are_retryable(
+    provider: VertexProvider, vertex_emulator: VertexEmulatorHandle
+) -> None:
+    vertex_emulator.admin({"failed_rate": 0.5, "failed_status": 503})
+    made = provider.create_batch(vertex_emulator.stage(simple(20)), BatchTag("job-r", 0), MODEL)
+    batch = wait_ended(provider, made.batch_id)
+    assert batch.state is BatchState.COMPLETED  # PARTIALLY_SUCCEEDED: the rows say which
+    results = list(provider.iter_results(batch))
+    failed = [r for r in results if r.status is ResultStatus.FAILED]
+    assert len(results) == 20 and 0 < len(failed) < 20
+    for result in failed:
+        assert result.error is not None and result.error["retryable"] is True
+        assert "UNAVAILABLE" in result.error["type"] + result.error["message"]
+
+
 def test_rows_without_the_label_come_back_without_an_id() -> None:
     blobs = MemoryBlobStore()
     directory = "gs://w/jobs/j/chunks/00000/prediction-model-x"

@@ -356,6 +356,118 @@ def test_a_job_queued_past_its_window_expires_without_output(
     assert not seen[-1].output_info.gcs_output_directory
 
 
+def admin_post(emulator: VertexEmulatorHandle, path: str, body: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"{emulator.root_url}/_emulator/{path}",
+        data=orjson.dumps(body),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def test_expire_on_demand_keeps_the_rows_that_ran(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, clock = manual(lines_per_second=10, hold_after_lines=4)
+    t0 = clock.now
+    created = create(emulator, [line(f"q {i}", i) for i in range(1, 11)])
+    other = create(emulator, [line(f"o {i}", i) for i in range(1, 11)])
+    job_id = created.name.rsplit("/", 1)[-1]
+    clock.now = t0 + 3600
+    assert emulator.expire(created.name) == [job_id]  # a name or an id
+    client = emulator.client()
+    job = client.get_batch_prediction_job(name=created.name)
+    assert job.state == JobState.JOB_STATE_EXPIRED
+    assert job.end_time.timestamp() == pytest.approx(t0 + 3600)
+    stats = job.completion_stats
+    assert (stats.successful_count, stats.failed_count, stats.incomplete_count) == (4, 0, 6)
+    files, rows = rows_of(emulator, job)
+    assert len(files) == 1 and len(rows) == 4 and all(r["status"] == "" for r in rows)
+    assert client.get_batch_prediction_job(name=other.name).state == JobState.JOB_STATE_RUNNING
+
+    status, body = admin_post(emulator, "expire", {"batch": job_id})
+    assert status == 409 and body["error"]["status"] == "ABORTED"
+    assert "JOB_STATE_EXPIRED" in body["error"]["message"]
+    status, body = admin_post(emulator, "expire", {"batch": "123"})
+    assert (status, body["error"]["status"]) == (404, "NOT_FOUND")
+    # {} expires every job not ended, a queued one among them (nothing ran: no output).
+    emulator.admin({"queued_seconds": 60})
+    queued = create(emulator, [line("late", 1)])
+    other_id, queued_id = other.name.rsplit("/", 1)[-1], queued.name.rsplit("/", 1)[-1]
+    assert emulator.expire() == [other_id, queued_id]
+    never_ran = client.get_batch_prediction_job(name=queued.name)
+    assert never_ran.state == JobState.JOB_STATE_EXPIRED
+    assert not never_ran.output_info.gcs_output_directory
+    assert never_ran.completion_stats.incomplete_count == 1
+    assert emulator.expire() == []
+
+
+def test_expire_after_lines_expires_only_the_next_jobs(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, clock = manual(lines_per_second=10)
+    config = emulator.admin({"expire_after_lines": 3, "expire_next_batches": 1})
+    assert (config["expire_after_lines"], config["expire_next_batches"]) == (3, 1)
+    t0 = clock.now
+    first = create(emulator, [line(f"q {i}", i) for i in range(1, 11)])
+    second = create(emulator, [line(f"s {i}", i) for i in range(1, 11)])
+    assert emulator.admin({})["expire_next_batches"] == 0
+    clock.now = t0 + 3600
+    client = emulator.client()
+    job = client.get_batch_prediction_job(name=first.name)
+    assert job.state == JobState.JOB_STATE_EXPIRED
+    assert (job.completion_stats.successful_count, job.completion_stats.incomplete_count) == (3, 7)
+    assert job.end_time.timestamp() == pytest.approx(job.start_time.timestamp() + 0.3)
+    assert len(rows_of(emulator, job)[1]) == 3
+    assert client.get_batch_prediction_job(name=second.name).state == JobState.JOB_STATE_SUCCEEDED
+
+
+def test_job_fail_next_fails_the_next_jobs_as_a_bad_input_does(
+    manual: Callable[..., tuple[VertexEmulatorHandle, ManualClock]],
+) -> None:
+    emulator, clock = manual()
+    emulator.admin({"job_fail_next": 1})
+    t0 = clock.now
+    failing = create(emulator, [line(f"q {i}", i) for i in range(1, 4)])
+    normal = create(emulator, [line(f"n {i}", i) for i in range(1, 4)])
+    assert failing.state == JobState.JOB_STATE_QUEUED
+    assert emulator.admin({})["job_fail_next"] == 0
+    clock.now = t0 + 60
+    client = emulator.client()
+    failed = client.get_batch_prediction_job(name=failing.name)
+    assert failed.state == JobState.JOB_STATE_FAILED
+    assert failed.error.code == 3 and "job_fail_next" in failed.error.message
+    assert failing.input_config.gcs_source.uris[0] in failed.error.message
+    assert not failed.output_info.gcs_output_directory  # nothing ran, nothing written
+    stats = failed.completion_stats
+    assert (stats.successful_count, stats.failed_count, stats.incomplete_count) == (0, 0, 3)
+    assert client.get_batch_prediction_job(name=normal.name).state == JobState.JOB_STATE_SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("status", "name"), [(500, "INTERNAL"), (503, "UNAVAILABLE"), (429, "RESOURCE_EXHAUSTED")]
+)
+def test_failed_rate_fails_rows_with_the_status_asked(
+    vertex_emulator: VertexEmulatorHandle, status: int, name: str
+) -> None:
+    vertex_emulator.admin({"failed_rate": 0.5, "failed_status": status})
+    created = create(vertex_emulator, [line(f"q {i}", i) for i in range(1, 41)])
+    done = wait_ended(vertex_emulator, created.name)[-1]
+    assert done.state == JobState.JOB_STATE_PARTIALLY_SUCCEEDED
+    _, rows = rows_of(vertex_emulator, done)
+    failed = [r for r in rows if r["status"]]
+    assert 5 < len(failed) < 35 and done.completion_stats.failed_count == len(failed)
+    for row in failed:
+        assert "response" not in row and row_problems(row) == []
+        error = orjson.loads(row["status"].split(": ", 1)[1])["error"]
+        assert (error["code"], error["status"]) == (status, name)
+
+
 # --------------------------------------------------------------------------- quota
 
 FLASH = "publishers/google/models/gemini-2.5-flash"

@@ -39,6 +39,14 @@ class FakeBatch:
     finished: set[str] = field(default_factory=set)  # for expiry: which ran
 
 
+def _id(request: dict[str, Any]) -> str:
+    if "custom_id" in request:
+        found: str = request["custom_id"]
+        return found
+    labels: dict[str, str] = request["request"]["labels"]
+    return labels["batchline_request_id"]
+
+
 class CrashAfterSubmit(BaseException):
     """Stands for the process dying: not an Exception, so nothing catches it."""
 
@@ -52,6 +60,8 @@ class FakeProvider:
     def __init__(self, clock: FakeClock, *, tags: bool = True) -> None:
         self.clock = clock
         self.tags = tags
+        self.id_prefix = "batch_"  # batch ids are unique across providers, as in life
+        self.usage = {"input_tokens": 10, "output_tokens": 5}  # of every answer
         self.batches: dict[str, FakeBatch] = {}
         self.fail_ids: set[str] = set()
         self.crash_after_submit = False
@@ -64,7 +74,8 @@ class FakeProvider:
 
     def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
         with payload.open() as stream:
-            ids = [orjson.loads(line)["custom_id"] for line in stream.read().splitlines()]
+            # OpenAI's and Anthropic's lines carry `custom_id`, Vertex's a request label.
+            ids = [_id(orjson.loads(line)) for line in stream.read().splitlines()]
         if self.fail_create is not None:
             error, self.fail_create = self.fail_create, None
             raise error
@@ -72,7 +83,7 @@ class FakeProvider:
             stall, self.stall_before_create = self.stall_before_create, None
             stall()
         batch = ProviderBatch(
-            f"batch_{len(self.batches)}",
+            f"{self.id_prefix}{len(self.batches)}",
             BatchState.RUNNING,
             {"total": len(ids)},
             tag if self.tags else None,
@@ -129,7 +140,7 @@ class FakeProvider:
                     ResultStatus.SUCCEEDED,
                     text=f"ok {rid}",
                     finish_reason="stop",
-                    usage={"input_tokens": 10, "output_tokens": 5},
+                    usage=dict(self.usage),
                     response={"id": rid},
                 )
 

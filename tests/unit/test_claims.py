@@ -351,7 +351,7 @@ EVENTS: dict[str, Event] = {
     ),
     "reopen for a repair round": Event(
         "reopened",
-        lambda j: claims.reopen_for_repair(j, NOW, chunk_count=2, new_chunks=1),
+        lambda j: claims.reopen_for_round(j, NOW, chunk_count=2, new_chunks=1),
         lambda j: replace(
             j, state=JobState.RUNNING, chunk_count=3, collect_requested_at=None, updated_at=NOW
         ),
@@ -622,6 +622,50 @@ def test_a_running_batch_keeps_the_chunk_running() -> None:
     assert followed.batch_counts == {"total": 3, "completed": 1}
     ended = claims.record_batch(chunk(ChunkState.SUBMITTING), ENDED_BATCH, NOW)
     assert isinstance(ended, Chunk) and ended.state is ChunkState.ENDED
+
+
+@pytest.mark.parametrize(
+    ("before", "noted"),
+    [
+        (
+            chunk(ChunkState.RUNNING, batch_state=BatchState.QUEUED, submit_started_at=NOW - 7201),
+            True,
+        ),
+        # queued, but not for long enough
+        (
+            chunk(ChunkState.RUNNING, batch_state=BatchState.QUEUED, submit_started_at=NOW - 7199),
+            False,
+        ),
+        # running: its queue is behind it
+        (
+            chunk(ChunkState.RUNNING, batch_state=BatchState.RUNNING, submit_started_at=NOW - 9999),
+            False,
+        ),
+        # noted once: a second tick leaves it (and only cancels again while it is queued)
+        (
+            chunk(
+                ChunkState.RUNNING,
+                batch_state=BatchState.QUEUED,
+                submit_started_at=NOW - 9999,
+                error="queue_timeout: still queued",
+            ),
+            False,
+        ),
+        (
+            chunk(ChunkState.ENDED, batch_state=BatchState.QUEUED, submit_started_at=NOW - 9999),
+            False,
+        ),
+    ],
+)
+def test_a_batch_queued_past_the_job_limit_is_noted_once(before: Chunk, noted: bool) -> None:
+    after = claims.give_up_queue(before, NOW, max_queue_hours=2)
+    if not noted:
+        assert after is Leave.DONE
+        return
+    assert isinstance(after, Chunk)
+    assert (after.error or "").startswith(claims.QUEUE_TIMEOUT)
+    assert "max_queue_hours 2" in (after.error or "")
+    assert after.state is ChunkState.RUNNING and after.batch_id == before.batch_id
 
 
 # ------------------------------------------------------------------ create locks

@@ -124,7 +124,8 @@ def test_crash_after_provider_accepted_is_adopted_not_resubmitted() -> None:
 
 def test_expired_batch_keeps_finished_lines_and_expires_the_rest() -> None:
     deps, provider, _ = make_deps()
-    event = upload(deps, b"\n".join(line(custom_id=str(i)) for i in range(4)))
+    lines = b"\n".join(line(custom_id=str(i)) for i in range(4))
+    event = upload(deps, lines, metadata={"max_retries": "0"})  # (retries: test_rounds.py)
     job = handle_object_finalized(deps, event)
     assert job is not None
     provider.end(BatchState.EXPIRED, finished=3)

@@ -307,8 +307,8 @@ def test_re_asks_keep_their_stored_requests_and_are_cut_by_the_chunk_planner() -
     job_now = deps.store.get_job(job.job_id)
     assert job_now is not None and job_now.state is JobState.RUNNING
     chunks = deps.store.get_chunks(job.job_id)
-    again = [c for c in chunks if c.repair_round == 1]
-    assert [(c.repair_of, c.request_count) for c in again] == [(0, 2), (0, 1), (1, 1)]
+    again = [c for c in chunks if c.round == 1]
+    assert [(c.round_of, c.request_count) for c in again] == [(0, 2), (0, 1), (1, 1)]
     blobs = deps.blobs
     assert isinstance(blobs, MemoryBlobStore)
     by_line = {s.line: s for stored in first.values() for s in stored}
@@ -361,7 +361,7 @@ def test_a_re_ask_that_no_longer_fits_a_batch_is_not_sent_and_its_line_stays_fai
     drive(deps, provider, job.job_id)
     done = deps.store.get_job(job.job_id)
     assert done is not None and done.state is JobState.PARTIAL
-    assert [c.repair_round for c in deps.store.get_chunks(job.job_id)] == [0]
+    assert [c.round for c in deps.store.get_chunks(job.job_id)] == [0]
     results = [orjson.loads(x) for x in blobs.read_bytes(done.results_uri).splitlines()]
     assert [r["status"] for r in results] == ["failed", "succeeded"]
     assert results[0]["error"]["type"] == "schema_validation" and len(results[0]["attempts"]) == 1

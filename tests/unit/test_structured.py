@@ -220,7 +220,7 @@ def test_a_duplicate_collect_starts_one_repair_round() -> None:
     reopened = deps.store.get_job(job.job_id)
     assert reopened is not None and reopened.state is JobState.RUNNING
     chunks = deps.store.get_chunks(job.job_id)
-    repairs = [c for c in chunks if c.repair_round == 1]
+    repairs = [c for c in chunks if c.round == 1]
     assert sum(c.request_count for c in repairs) == 2 and reopened.chunk_count == len(chunks)
     drive(deps, provider, job.job_id)
     final = deps.store.get_job(job.job_id)

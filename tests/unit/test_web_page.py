@@ -311,7 +311,7 @@ def test_progress_by_state() -> None:
     assert views.progress(planned, [ended_unsent]).done == 10
     collecting = replace(planned, state=JobState.COLLECTING)
     answered = replace(ended_unsent, batch_counts={"completed": 8, "failed": 0})
-    repair = replace(chunk, index=1, request_count=3, repair_round=1, repair_of=0)
+    repair = replace(chunk, index=1, request_count=3, round=1, round_of=0)
     assert views.progress(collecting, [answered]).note == "10 of 10 lines; collecting the results"
     assert (
         views.progress(collecting, [answered, repair]).note == "10 of 10 lines; repairing 3 lines"

@@ -18,7 +18,7 @@ from batchline.domain.workfiles import StreamedFile, WorkFileError
 from batchline.domain.workfiles import runs as runs_module
 from batchline.domain.workfiles.collected import (
     CollectedRecord,
-    Repairs,
+    FollowUp,
     read_collected,
     write_collected,
 )
@@ -212,22 +212,35 @@ def test_invalid_rows_read_back_and_a_row_without_a_line_number_is_refused() -> 
 # --- collected.json ---------------------------------------------------------------------------
 
 
-def test_a_collect_record_reads_back_as_written_with_and_without_re_asks() -> None:
+def test_a_collect_record_reads_back_as_written_with_and_without_follow_ups() -> None:
     blobs = MemoryBlobStore()
-    repairs = Repairs("gs://w/p", "gs://w/m", 3, "gs://w/s")
+    repairs = FollowUp("gs://w/p", "gs://w/m", 3, "gs://w/s", "repair", "openai", "m", 0.5)
+    failover = FollowUp("gs://w/q", "gs://w/n", 2, "gs://w/t", "failover", "vertex", "g", None)
     for index, record in enumerate(
         [
             CollectedRecord(tally(), ["gs://w/r0", "gs://w/r1"]),
-            CollectedRecord(tally(), [], repairs),
-            CollectedRecord(tally(), [], Repairs("gs://w/p", "gs://w/m", 1)),  # none stored
+            CollectedRecord(tally(), [], (repairs, failover)),
+            CollectedRecord(tally(), [], (FollowUp("gs://w/p", "gs://w/m", 1),)),  # none stored
         ]
     ):
         uri = PATHS.collected(index)
         assert write_collected(blobs, uri, record)
         assert not write_collected(blobs, uri, record)  # one attempt commits
         back = read_collected(blobs, uri)
-        assert (back.runs, back.repairs) == (record.runs, record.repairs)
+        assert (back.runs, back.follow_ups) == (record.runs, record.follow_ups)
         assert back.tally.to_dict() == record.tally.to_dict()
+
+
+def test_a_collect_record_written_before_failover_reads_its_repairs() -> None:
+    blobs = MemoryBlobStore()
+    old = {
+        "tally": tally().to_dict(),
+        "runs": [],
+        "repairs": {"payload": "gs://w/p", "manifest": "gs://w/m", "requests": 2},
+    }
+    blobs.put(PATHS.collected(0), orjson.dumps(old))
+    (group,) = read_collected(blobs, PATHS.collected(0)).follow_ups
+    assert (group.reason, group.requests, group.provider) == ("repair", 2, None)
 
 
 @pytest.mark.parametrize(

@@ -274,10 +274,10 @@ def collect_sent(job: Job, requested_at: float | None, now: float) -> Job | Leav
     return replace(job, collect_sent_at=now)
 
 
-def reopen_for_repair(job: Job, now: float, *, chunk_count: int, new_chunks: int) -> Job | Leave:
-    """Back to running for a round of repairs: `new_chunks` chunks after the
+def reopen_for_round(job: Job, now: float, *, chunk_count: int, new_chunks: int) -> Job | Leave:
+    """Back to running for a follow-up round: `new_chunks` chunks after the
     `chunk_count` the collecting job had. A collect that saw another number of chunks
-    comes after another round started; a job being canceled repairs nothing."""
+    comes after another round started; a job being canceled sends nothing again."""
     if job.state is not JobState.COLLECTING or job.chunk_count != chunk_count:
         return Leave.DONE
     if job.cancel_requested_at is not None:
@@ -421,6 +421,25 @@ def follow_batch(chunk: Chunk, batch: ProviderBatch, now: float) -> Chunk | Leav
         batch_state=batch.state,
         batch_counts=batch.counts,
     )
+
+
+#: The start of a chunk's error when its batch sat queued past the job's max_queue_hours.
+QUEUE_TIMEOUT = "queue_timeout"
+
+
+def give_up_queue(chunk: Chunk, now: float, *, max_queue_hours: float) -> Chunk | Leave:
+    """The running chunk's batch has been queued at its provider longer than the job
+    allows: note it on the chunk (its batch is then cancelled, and its lines fail over
+    when collected). Once only; a chunk whose batch runs, or that is young, is left."""
+    if chunk.state is not ChunkState.RUNNING or chunk.batch_state is not BatchState.QUEUED:
+        return Leave.DONE
+    if chunk.error is not None and chunk.error.startswith(QUEUE_TIMEOUT):
+        return Leave.DONE
+    queued = now - (chunk.submit_started_at or now)
+    if queued < max_queue_hours * 3600:
+        return Leave.DONE
+    message = f"{QUEUE_TIMEOUT}: still queued at {chunk.provider} after {queued / 3600:.1f} h"
+    return replace(chunk, error=f"{message} (max_queue_hours {max_queue_hours:g})", updated_at=now)
 
 
 def resend(chunk: Chunk, wrong_batch: str, now: float) -> Chunk | Leave:

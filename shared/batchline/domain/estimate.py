@@ -56,6 +56,10 @@ from batchline.errors import ConfigError
 
 #: Worst-case output of a request to a model with no limit in the request or the table.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
+#: The most choices (`n`, `candidateCount`) a provider answers (OpenAI's limit is 128).
+MAX_CHOICES = 128
+#: The most output tokens one request is estimated at (far past any model, within int64).
+MAX_ESTIMATED_TOKENS = 2**40
 
 #: Longer texts are tokenized a slice at a time, so that memory stays near one slice's
 #: tokens (a line may be 32 MiB); a cut adds at most a token or two per slice.
@@ -255,6 +259,19 @@ class Estimate:
         """Worst-case cost at batch prices; None when any model has no price."""
         return _total([m.batch_usd for m in self.by_model().values()])
 
+    def with_rounds(self, max_retries: int, fallback: tuple[str, ...]) -> float | None:
+        """The worst case with every follow-up round the options allow: each request
+        answered `1 + max_retries` times at its model and at every model of `fallback`
+        (its tokens priced at that model's rates); None when a model has no price."""
+        costs: list[float | None] = []
+        for key, tally in self._tallies.items():
+            for name in dict.fromkeys((key, *fallback)):
+                provider, _, model = name.partition("/")
+                price = price_for(self._prices, provider, model)
+                costs.append(None if price is None else _worst_case(price, tally)[0])
+        total = _total(costs)
+        return None if total is None else total * (1 + max_retries)
+
     @property
     def total_realtime_usd(self) -> float | None:
         """What the same requests would cost at real-time prices, worst case."""
@@ -384,7 +401,9 @@ def _max_output(parts: RequestParts, model_max: int | None) -> int:
         limit = model_max if model_max is not None else DEFAULT_MAX_OUTPUT_TOKENS
     elif model_max is not None:
         limit = min(limit, model_max)
-    return limit * parts.choices
+    # A request may ask for absurd numbers (n: 2**64-1) that its provider refuses: the
+    # estimate stays a number every JSON writer takes (plan.json holds it).
+    return min(limit * min(parts.choices, MAX_CHOICES), MAX_ESTIMATED_TOKENS)
 
 
 def _decoded(line: Line) -> Any:

@@ -130,9 +130,13 @@ class Source:
         return f"gs://{self.bucket}/{self.name}"
 
 
+#: What a job's `model: "auto"` lines are chosen for (`prefer`); the first is the default.
+PREFERENCES = ("cost", "speed")
+
+
 @dataclass(frozen=True)
 class JobOptions:
-    """What the user asked of a job as a whole: default model, labels, schema, repair attempts, budget, webhook."""
+    """What the user asked of a job as a whole: default model, labels, schema, repair attempts, budget, webhook, and how `model: "auto"` chooses."""
 
     model: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -146,6 +150,18 @@ class JobOptions:
     max_cost_usd: float | None = None
     #: Where the job's `job.completed` webhook is POSTed when it ends (services.notify).
     notify_url: str | None = None
+    #: Times a line that failed for a passing reason (a 5xx or 429 in its result, an
+    #: expired batch) is sent again to the same model; None: the default (1).
+    max_retries: int | None = None
+    #: Models (`provider/model`) a line that still fails goes to, in order.
+    fallback: tuple[str, ...] = ()
+    #: A batch still queued at its provider after this long is cancelled and its lines
+    #: fail over; None: no limit.
+    max_queue_hours: float | None = None
+    #: The models (`provider/model`) `model: "auto"` chooses from; None: the deployment's.
+    candidates: list[str] | None = None
+    #: What "auto" chooses for: one of `PREFERENCES`; None: the first ("cost").
+    prefer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +281,7 @@ class Job:
         """The record as stored in Firestore (the response schema as JSON text)."""
         data = asdict(self)
         data["state"] = str(self.state)
+        data["options"]["fallback"] = list(self.options.fallback)
         # A user's JSON Schema is stored as text: as a map it would meet Firestore's
         # limits on nesting (20 levels) and field names (`__x__` is reserved).
         if self.options.response_schema is not None:
@@ -279,6 +296,8 @@ class Job:
         options = dict(data["options"])
         if isinstance(options.get("response_schema"), str):
             options["response_schema"] = orjson.loads(options["response_schema"])
+        if "fallback" in options:
+            options["fallback"] = tuple(options["fallback"] or ())
         data["options"] = JobOptions(**options)
         data["state"] = JobState(data["state"])
         data["lease"] = Lease(**data["lease"]) if data.get("lease") else None
@@ -329,10 +348,13 @@ class Chunk:
     error: str | None = None
     updated_at: float = 0.0
     expire_at: datetime | None = None  # set with the job's, once the job has ended
-    #: 0 for the first answers; n for the n-th repair of answers that failed their schema.
-    repair_round: int = 0
-    #: A repair chunk: the chunk whose invalid answers it asks again.
-    repair_of: int | None = None
+    #: 0 for the first round; n for the n-th follow-up round (`domain/rounds.py`).
+    round: int = 0
+    #: A follow-up chunk: the chunk whose lines it sends again.
+    round_of: int | None = None
+    #: Why a follow-up chunk's lines are sent again (`RoundReason`): repair, retry or
+    #: failover; None for the first round.
+    round_reason: str | None = None
     #: Batches made with this chunk's requests that nobody reads (duplicates found and
     #: cancelled): reported in the job's summary.
     orphans: list[str] = field(default_factory=list)
@@ -362,6 +384,11 @@ class Chunk:
         data["state"] = ChunkState(data["state"])
         data["batch_state"] = BatchState(data["batch_state"]) if data.get("batch_state") else None
         data["lease"] = Lease(**data["lease"]) if data.get("lease") else None
+        # Records written before follow-up rounds had one name were repairs.
+        if "repair_round" in data:
+            data["round"] = data.pop("repair_round")
+            data["round_of"] = data.pop("repair_of", None)
+            data["round_reason"] = "repair" if data["round"] else None
         return cls(**data)
 
 

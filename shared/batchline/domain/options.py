@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from batchline.config import webhook_allow_insecure_local
-from batchline.domain.models import JobOptions
+from batchline.config import prices_override, webhook_allow_insecure_local
+from batchline.domain.models import PREFERENCES, JobOptions
 from batchline.domain.paths import SCHEMA_NAME_PATTERN
 from batchline.domain.schemas import ResponseSchema, SchemaError
 from batchline.domain.webhooks import notify_url_problem
@@ -44,20 +44,31 @@ API_OPTIONS = frozenset(
         "max_repair_attempts",
         "max_cost_usd",
         "notify_url",
+        "max_retries",
+        "fallback",
+        "max_queue_hours",
+        "candidates",
+        "prefer",
     }
 )
+#: The most models a job's `fallback` may name.
+MAX_FALLBACK_MODELS = 8
 #: A label's key: what Firestore, Cloud Logging and GCS metadata all take as a name
 #: (`__x__` is reserved by Firestore, an empty name by everyone).
 LABEL_KEY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 MAX_LABELS = 64
 MAX_LABEL_VALUE_CHARS = 256
+#: The most models `candidates` may list.
+MAX_CANDIDATES = 16
 #: A job's inline default schema is stored on the job's record (1 MiB in all).
 MAX_RESPONSE_SCHEMA_BYTES = 256 * 1024
 
 
 def from_metadata(metadata: Mapping[str, str]) -> JobOptions:
     """Options from an object's custom metadata: `model`, `schema` (a registered name),
-    `max_repair_attempts`, `max_cost_usd`, `notify_url`, and `label-<key>` labels."""
+    `max_repair_attempts`, `max_cost_usd`, `notify_url`, `max_retries`, `fallback` (models
+    separated by commas), `max_queue_hours`, `candidates` (models separated by commas),
+    `prefer`, and `label-<key>` labels."""
     labels = {k[len(LABEL_PREFIX) :]: v for k, v in metadata.items() if k.startswith(LABEL_PREFIX)}
     for key in labels:
         _label_key(key, f"{LABEL_PREFIX}{key}")
@@ -69,6 +80,11 @@ def from_metadata(metadata: Mapping[str, str]) -> JobOptions:
         max_repair_attempts=_attempts(metadata.get("max_repair_attempts")),
         max_cost_usd=_budget(metadata.get("max_cost_usd")),
         notify_url=_notify_url(metadata.get("notify_url") or None),
+        max_retries=_retries(metadata.get("max_retries")),
+        fallback=_fallback(_comma_list(metadata.get("fallback"))),
+        max_queue_hours=_queue_hours(metadata.get("max_queue_hours")),
+        candidates=_candidates(_comma_list(metadata.get("candidates"))),
+        prefer=_prefer(metadata.get("prefer") or None),
     )
 
 
@@ -112,6 +128,11 @@ def from_api(options: Mapping[str, Any]) -> JobOptions:
         max_repair_attempts=_attempts(options.get("max_repair_attempts")),
         max_cost_usd=_budget(options.get("max_cost_usd")),
         notify_url=_notify_url(options.get("notify_url")),
+        max_retries=_retries(options.get("max_retries")),
+        fallback=_fallback(options.get("fallback")),
+        max_queue_hours=_queue_hours(options.get("max_queue_hours")),
+        candidates=_candidates(options.get("candidates")),
+        prefer=_prefer(options.get("prefer")),
     )
 
 
@@ -151,6 +172,48 @@ def _model(value: str | None) -> str | None:
     if problem is not None:
         raise OptionError("model", problem)
     return value
+
+
+def _candidates(value: Any) -> list[str] | None:
+    """`provider/model` names the price table knows (their costs and limits rank them)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise OptionError("candidates", "expected a non-empty list of 'provider/model' names")
+    if len(value) > MAX_CANDIDATES:
+        raise OptionError("candidates", f"{len(value)} models; at most {MAX_CANDIDATES}")
+    # Here, not at the top: only jobs that name candidates need the parser and the table.
+    from batchline.domain.pricing import load_prices, price_for
+    from batchline.domain.providers.base import InvalidField
+    from batchline.domain.requests import AUTO, split_model
+
+    prices = load_prices(prices_override())
+    for name in value:
+        if name == AUTO:
+            raise OptionError("candidates", "'auto' is not a model to choose")
+        try:
+            provider, model = split_model(name, "candidates")
+        except InvalidField as exc:
+            raise OptionError("candidates", f"{name!r}: {exc.reason}") from None
+        if price_for(prices, provider, model) is None:
+            raise OptionError(
+                "candidates",
+                f"unknown model {name!r}: not in the price table, so its cost and limits "
+                "are unknown (add it to BATCHLINE_PRICES)",
+            )
+    if len(set(value)) < len(value):
+        raise OptionError("candidates", "a model is listed twice")
+    return list(value)
+
+
+def _prefer(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in PREFERENCES:
+        raise OptionError(
+            "prefer", f"expected one of {', '.join(map(repr, PREFERENCES))}, got {value!r}"
+        )
+    return str(value)
 
 
 def _notify_url(value: Any) -> str | None:
@@ -197,4 +260,63 @@ def _budget(value: Any) -> float | None:
         or value < 0
     ):
         raise OptionError("max_cost_usd", f"expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _retries(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 5:
+        raise OptionError("max_retries", f"expected a whole number from 0 to 5, got {value!r}")
+    return value
+
+
+def _comma_list(value: str | None) -> list[str] | None:
+    if value is None or not value.strip():
+        return None
+    return [part.strip() for part in value.split(",")]
+
+
+def _fallback(value: Any) -> tuple[str, ...]:
+    """The job's failover chain: `provider/model` names, each checked as a line's model."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise OptionError("fallback", "expected a list of models like 'anthropic/claude-haiku-4-5'")
+    if len(value) > MAX_FALLBACK_MODELS:
+        raise OptionError("fallback", f"{len(value)} models; at most {MAX_FALLBACK_MODELS}")
+    from batchline.domain.providers.base import InvalidField
+    from batchline.domain.requests import split_model
+
+    names: list[str] = []
+    for k, name in enumerate(value):
+        try:
+            provider, model = split_model(name, f"fallback[{k}]")
+        except InvalidField as exc:
+            raise OptionError(exc.field, exc.reason) from None
+        names.append(f"{provider}/{model}")
+    return tuple(dict.fromkeys(names))
+
+
+def _queue_hours(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise OptionError(
+                "max_queue_hours", f"expected a number of hours, got {value!r}"
+            ) from None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 < value <= 72
+    ):
+        raise OptionError(
+            "max_queue_hours", f"expected a number of hours above 0, at most 72, got {value!r}"
+        )
     return float(value)

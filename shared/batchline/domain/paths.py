@@ -54,17 +54,18 @@ class WorkPaths:
         """A response schema the job's requests use, by digest (manifests refer to it)."""
         return f"{self.root}schemas/{digest}.json"
 
-    def repairs(self, index: int, attempt: str) -> str:
-        """Repairs of a chunk's answers that failed their schema: staged request lines."""
-        return f"{self.chunk(index)}collect-{attempt}/repairs.jsonl"
+    def follow_ups(self, index: int, attempt: str, group: int) -> str:
+        """The request lines of a chunk's staged follow-ups, group `group` (one reason
+        and model), written by one collect attempt."""
+        return f"{self.chunk(index)}collect-{attempt}/follow-ups-{group}.jsonl"
 
-    def repairs_manifest(self, index: int, attempt: str) -> str:
-        """The manifest rows of a chunk's staged repairs."""
-        return f"{self.chunk(index)}collect-{attempt}/repairs-manifest.jsonl"
+    def follow_ups_manifest(self, index: int, attempt: str, group: int) -> str:
+        """The manifest rows of a chunk's staged follow-ups, group `group`."""
+        return f"{self.chunk(index)}collect-{attempt}/follow-ups-{group}-manifest.jsonl"
 
-    def repairs_requests(self, index: int, attempt: str) -> str:
-        """The stored requests of a chunk's staged repairs."""
-        return f"{self.chunk(index)}collect-{attempt}/repairs-requests.jsonl"
+    def follow_ups_requests(self, index: int, attempt: str, group: int) -> str:
+        """The stored requests of a chunk's staged follow-ups, group `group`."""
+        return f"{self.chunk(index)}collect-{attempt}/follow-ups-{group}-requests.jsonl"
 
     def collected(self, index: int) -> str:
         """Written last: the chunk's tally and the runs it was collected into."""

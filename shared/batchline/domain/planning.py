@@ -177,7 +177,13 @@ class ChunkPlanner:
         if len(encoded) > room:
             raise _too_large(encoded, request.provider, room)
         schema = request.schema
-        entry = encode_entry(request.line, request.custom_id, schema.digest if schema else None)
+        entry = encode_entry(
+            request.line,
+            request.custom_id,
+            schema.digest if schema else None,
+            selected_by=request.selected_by,
+            fallback=request.fallback,
+        )
         if self._observe is not None:
             self._observe(request, line)
         return self._place(

@@ -25,6 +25,9 @@ def provider_result_line(
     batch_id: str | None = None,
     check: SchemaCheck | None = None,
     earlier: list[dict[str, Any]] | None = None,
+    previous: dict[str, Any] | None = None,
+    reason: str = "first",
+    selected_by: str | None = None,
 ) -> ResultLine:
     """One line of results.jsonl for a request that went to a provider, with what its
     usage would have cost in real time (for the tally; not part of the line).
@@ -32,8 +35,10 @@ def provider_result_line(
     `check` is the answer's schema validation, when the request had a schema: a valid
     answer gives `output.parsed`; an invalid one makes the line `failed` with a
     `schema_validation` error naming the path, the raw text kept in `output.text`.
-    `earlier` are the attempts before this one (repairs): the line lists every attempt,
-    and its usage and cost are the sums over them.
+    `earlier` are the attempts before this one (follow-up rounds: `reason` says why this
+    one was sent), `previous` the line they made (`superseded`): the line lists every
+    attempt with its provider and model, and its usage and cost are the sums over them.
+    `selected_by` says how the model was chosen when not by name (`auto`).
     """
     usage = result.usage
     cost = realtime = None
@@ -41,19 +46,17 @@ def provider_result_line(
         both = line_cost(price, usage)
         cost, realtime = both.batch_usd, both.realtime_usd
     status, output, error = _outcome(result, check)
-    attempt: dict[str, Any] = {
-        "batch_id": batch_id,
-        "status": str(status),
-        "usage": usage,
-        "cost_usd": cost,
-        "error": error,
-    }
+    attempt: dict[str, Any] = {"reason": reason, "provider": provider, "model": model}
+    attempt["batch_id"] = batch_id
+    attempt.update(status=str(status), usage=usage, cost_usd=cost, error=error)
     if error is not None and output is not None:
         attempt["text"] = output["text"]  # what was wrong, kept once the line moves on
     attempts = [*(earlier or ()), attempt]
     if len(attempts) > 1:
         usage, cost = _summed(attempts)
-        realtime = line_cost(price, usage).realtime_usd if usage and price else None
+        before = (previous or {}).get("realtime_usd")
+        # Each attempt at its own model's price: what came before, then this one.
+        realtime = None if cost is None else (before or 0.0) + (realtime or 0.0)
     record = {
         "custom_id": custom_id,
         "line": line,
@@ -67,6 +70,8 @@ def provider_result_line(
         "response": result.response,
         "attempts": attempts,
     }
+    if selected_by is not None:
+        record["selected_by"] = selected_by
     return ResultLine(record, realtime if cost is not None else None)
 
 
@@ -136,7 +141,13 @@ def superseded(record: dict[str, Any], realtime_usd: float | None) -> dict[str, 
         "cost_usd": record["cost_usd"],
         "error": {"type": record["error"]["type"]} if record.get("error") else None,
         "attempts": len(record["attempts"]),
+        "route": route(record["attempts"]),
     }
+
+
+def route(attempts: list[dict[str, Any]]) -> list[list[Any]]:
+    """Each attempt's (provider, status, reason), as a tally counts them per provider."""
+    return [[a.get("provider"), a.get("status"), a.get("reason")] for a in attempts]
 
 
 def invalid_result_line(invalid: InvalidLine, custom_id: str) -> dict[str, Any]:
@@ -179,6 +190,8 @@ class Tally:
     by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # error type -> lines
     repaired: int = 0  # lines answered more than once
+    #: provider -> attempts sent, succeeded, failed, failed over from and to it.
+    providers: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, record: dict[str, Any], realtime_usd: float | None = None) -> None:
         """Count a line, and what it would have cost in real time when it has a price."""
@@ -202,6 +215,8 @@ class Tally:
         attempts = record.get("attempts")
         if (attempts if isinstance(attempts, int) else len(attempts or ())) > 1:
             self.repaired += sign
+        steps = record.get("route") if isinstance(attempts, int) else route(attempts or [])
+        self._count_route(steps or [], sign)
         usage = record.get("usage")
         if not usage:
             return
@@ -225,6 +240,20 @@ class Tally:
         entry["cost_usd"] += sign * cost
         entry["realtime_cost_usd"] += sign * realtime
 
+    def _count_route(self, steps: list[list[Any]], sign: int) -> None:
+        """Count a line's attempts per provider (`route`)."""
+        before: str | None = None
+        for provider, status, reason in steps:
+            if provider is None or status == "skipped":  # passed over, never sent
+                continue
+            mine = self.providers.setdefault(provider, _provider_entry())
+            mine["sent"] += sign
+            mine["succeeded" if status == ResultStatus.SUCCEEDED else "failed"] += sign
+            if reason == "failover" and before is not None:
+                self.providers.setdefault(before, _provider_entry())["failed_over_from"] += sign
+                mine["failed_over_to"] += sign
+            before = provider
+
     def merge(self, other: Tally) -> None:
         """Add `other`'s counts, tokens and costs to this tally."""
         for status, n in other.counts.items():
@@ -242,6 +271,10 @@ class Tally:
             mine = self.by_model.setdefault(key, _model_entry())
             for name, value in entry.items():
                 mine[name] = mine.get(name, 0) + value
+        for provider, counts in other.providers.items():
+            theirs = self.providers.setdefault(provider, _provider_entry())
+            for name, n in counts.items():
+                theirs[name] = theirs.get(name, 0) + n
 
     @property
     def total(self) -> int:
@@ -260,6 +293,7 @@ class Tally:
             "by_model": self.by_model,
             "errors": dict(sorted(self.errors.items())),
             "repaired": self.repaired,
+            "providers": dict(sorted(self.providers.items())),
         }
 
     @classmethod
@@ -276,6 +310,7 @@ class Tally:
             errors=dict(data.get("errors", {})),
             # "reasked": the name records written before repair had one name.
             repaired=int(data.get("repaired", data.get("reasked", 0))),
+            providers={k: {**_provider_entry(), **v} for k, v in data.get("providers", {}).items()},
         )
 
 
@@ -295,3 +330,7 @@ def _bump(counter: dict[str, int], key: str, by: int) -> None:
         counter[key] = value
     else:
         counter.pop(key, None)
+
+
+def _provider_entry() -> dict[str, int]:
+    return {"sent": 0, "succeeded": 0, "failed": 0, "failed_over_from": 0, "failed_over_to": 0}

@@ -113,6 +113,8 @@ def _advance_chunks(
             updated = cancel.settle(deps, chunk, owner)
         elif claims.submit_due(chunk, owner, deps.clock.now()):
             updated = dispatch.dispatch(deps, chunk, owner)
+        elif chunk.state is ChunkState.RUNNING:  # its batch's state just read (follow)
+            updated = cancel.end_long_queue(deps, job, chunk)
         if updated is not None:
             chunks[i] = updated
     now = deps.clock.now()

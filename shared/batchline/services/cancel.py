@@ -68,3 +68,25 @@ def settle(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
             )
         return dispatch.refresh(deps, chunk)
     return None
+
+
+def end_long_queue(deps: Deps, job: Job, chunk: Chunk) -> Chunk | None:
+    """Cancel `chunk`'s batch when it has sat queued at its provider past the job's
+    `max_queue_hours` (a Vertex job may wait 72 h for capacity): its lines then fail
+    over when collected. Noted on the chunk first, so a tick that dies before the cancel
+    is followed by one that cancels (cancel asks nothing twice once the batch cancels)."""
+    hours = job.options.max_queue_hours
+    if hours is None or chunk.state is not ChunkState.RUNNING or chunk.batch_id is None:
+        return None
+    rule = Change(claims.give_up_queue, deps.clock.now(), max_queue_hours=hours)
+    noted = deps.store.update_chunk(chunk.job_id, chunk.index, rule)
+    stuck = chunk.error is not None and chunk.error.startswith(claims.QUEUE_TIMEOUT)
+    if noted is None and not (stuck and chunk.batch_state is BatchState.QUEUED):
+        return None
+    chunk = noted or chunk
+    deps.providers.get(chunk.provider).cancel(chunk.batch_id or "")
+    log.warning(
+        "batch queued too long; cancelled, its lines fail over",
+        extra=fields(job_id=chunk.job_id, chunk=chunk.index, batch_id=chunk.batch_id),
+    )
+    return dispatch.refresh(deps, chunk) or chunk

@@ -7,8 +7,8 @@ stays near one run, not the chunk's parsed results. A request the provider gave 
 for gets one saying why (the batch expired, failed, was canceled, or never sent); a result
 for a request that is not the chunk's means the batch is another chunk's (`MixUp`, put
 right by `mixups.put_right`), and nothing of the chunk is committed. Answers
-that failed their schema and may be asked again are staged as the chunk's repairs
-(`repair.stage`). Each attempt writes its runs under a name of its own and
+a follow-up round may help (an answer that failed its schema, a passing failure, a line
+that fails over) are staged as the chunk's follow-ups (`follow_ups`). Each attempt writes its runs under a name of its own and
 `collected.json` (create-if-absent) commits exactly one attempt, so a collect that dies
 half-way, or two racing, can never mix their runs.
 """
@@ -21,19 +21,25 @@ from typing import Any, NamedTuple
 import orjson
 
 from batchline.bootstrap import Deps
+from batchline.domain.claims import QUEUE_TIMEOUT
 from batchline.domain.ids import line_of
 from batchline.domain.models import BatchState, Chunk, ProviderResult, ResultStatus
 from batchline.domain.paths import WorkPaths
 from batchline.domain.pricing import price_for
 from batchline.domain.results import Tally, provider_result_line
-from batchline.domain.workfiles.collected import CollectedRecord, read_collected, write_collected
+from batchline.domain.workfiles.collected import (
+    CollectedRecord,
+    FollowUp,
+    read_collected,
+    write_collected,
+)
 from batchline.domain.workfiles.manifest import ManifestEntry, read_manifest
 from batchline.domain.workfiles.runs import RunWriter
 from batchline.errors import NotFound
 from batchline.log import fields, get_logger
-from batchline.services import repair
+from batchline.services.follow_ups import FollowUps, Stager
 from batchline.services.mixups import MixUp
-from batchline.services.repair import SchemaChecks
+from batchline.services.round_rules import RoundRules
 
 log = get_logger(__name__)
 
@@ -65,14 +71,15 @@ def collect_chunk(
     paths: WorkPaths,
     chunk: Chunk,
     collisions: Mapping[int, str],
-    checks: SchemaChecks,
+    rules: RoundRules,
 ) -> CollectedRecord:
     """Normalise one chunk into sorted runs of result lines, then commit `collected.json`,
     or return what an earlier attempt committed.
 
-    Answers with a schema are validated (`checks`); invalid ones the job may ask again
-    are staged as the chunk's repairs (`repair.stage`), committed with its runs.
-    `collisions` are the plan record's ids for lines without one.
+    Answers with a schema are validated (`rules.checks`); lines a follow-up round may help
+    (repair, retry, failover: `rules`) are staged as the chunk's follow-ups
+    (`follow_ups.Stager`), committed with its runs. `collisions` are the plan record's ids
+    for lines without one.
     """
     committed = paths.collected(chunk.index)
     try:
@@ -80,16 +87,14 @@ def collect_chunk(
     except NotFound:
         pass
     manifest = read_manifest(deps.blobs, chunk.manifest_uri, collisions)
-    lines = _normaliser(deps, paths, chunk, manifest, checks)
+    lines = _normaliser(deps, paths, chunk, manifest, rules)
     _every_result(deps, chunk, manifest, lines.emit)
+    groups: list[FollowUp] = []
+    if lines.noted:
+        stager = Stager(deps, chunk, rules.checks.schema, lines.write)
+        groups = stager.stage(paths, list(manifest), lines.writer.attempt, lines.noted)
     runs = lines.writer.finish()
-    asks = lines.asks
-    repairs = (
-        repair.stage(deps, paths, chunk, list(manifest), lines.writer.attempt, asks)
-        if asks
-        else None
-    )
-    record = CollectedRecord(lines.tally, runs, repairs)
+    record = CollectedRecord(lines.tally, runs, tuple(groups))
     if not write_collected(deps.blobs, committed, record):
         # Another attempt committed first: use its runs, never a mix.
         return read_collected(deps.blobs, committed)
@@ -100,20 +105,22 @@ def collect_chunk(
             chunk=chunk.index,
             counts=lines.tally.counts,
             runs=len(runs),
-            repairs=len(asks),
+            follow_ups={f"{g.reason} {g.provider}/{g.model}": g.requests for g in groups},
         ),
     )
     return record
 
 
 class _Normaliser(NamedTuple):
-    """`emit` makes the result line of (line, provider result) and writes it (`writer`),
-    counts it (`tally`) and notes a repair (`asks`)."""
+    """`emit` makes the result line of (line, provider result), counts it (`tally`),
+    notes what a follow-up round does with it (`noted`) and writes it (`write`, to
+    `writer`), unless it may fail over: staging writes that one."""
 
     emit: Callable[[int, ProviderResult], None]
+    write: Callable[[int, dict[str, Any]], None]
     writer: RunWriter
     tally: Tally
-    asks: repair.Asks
+    noted: FollowUps
 
 
 def _normaliser(
@@ -121,19 +128,24 @@ def _normaliser(
     paths: WorkPaths,
     chunk: Chunk,
     manifest: dict[int, ManifestEntry],
-    checks: SchemaChecks,
+    rules: RoundRules,
 ) -> _Normaliser:
     """The chunk's result-line maker (a closure: it runs for every result)."""
     writer = RunWriter(deps.blobs, paths, chunk.index)
     tally = Tally()
-    asks = repair.Asks()
+    noted = FollowUps()
     price = price_for(deps.prices, chunk.provider, chunk.model)  # one model per chunk
+    reason = chunk.round_reason or "first"
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+
+    def write(line: int, record: dict[str, Any]) -> None:
+        writer.add(line, dumps(record, option=newline))
 
     def emit(line: int, result: ProviderResult) -> None:
         entry = manifest[line]
         check = None
         if entry.schema and result.status is ResultStatus.SUCCEEDED:
-            check = checks.check(entry.schema, chunk.provider, result)
+            check = rules.checks.check(entry.schema, chunk.provider, result)
         record, realtime = provider_result_line(
             custom_id=entry.custom_id or f"line-{line}",
             line=line,
@@ -144,16 +156,19 @@ def _normaliser(
             batch_id=chunk.batch_id,
             check=check,
             earlier=entry.earlier,
+            previous=entry.previous,
+            reason=reason,
+            selected_by=entry.selected_by,
         )
         if entry.previous:
             tally.remove(entry.previous)  # the line an earlier round counted
         tally.add(record, realtime)
-        violation = check.violation if check is not None else None
-        if violation is not None and len(record["attempts"]) <= checks.max_repairs:
-            asks.add(line, entry, record, realtime, violation)
-        writer.add(line, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        settled = result.status is ResultStatus.SUCCEEDED and check is None
+        if not settled and rules.note(noted, line, entry, record, realtime, check):
+            return  # held: staging writes it
+        write(line, record)
 
-    return _Normaliser(emit, writer, tally, asks)
+    return _Normaliser(emit, write, writer, tally, noted)
 
 
 def _every_result(
@@ -208,6 +223,9 @@ def _missing(
             "message": chunk.error or "the batch could not be created",
             "retryable": False,
         }
+        return ProviderResult(request_id(line), ResultStatus.FAILED, error=error)
+    if state is BatchState.CANCELED and (chunk.error or "").startswith(QUEUE_TIMEOUT):
+        error = {"type": QUEUE_TIMEOUT, "message": chunk.error, "retryable": False}
         return ProviderResult(request_id(line), ResultStatus.FAILED, error=error)
     status, kind, message, retryable = _MISSING.get(
         state or BatchState.FAILED, _MISSING[BatchState.FAILED]

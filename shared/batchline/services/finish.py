@@ -39,6 +39,7 @@ def finish_job(
         provider_batches=batches,
         estimate=plan.estimate,
         orphans=orphan_batches(deps, chunks),
+        rounds=rounds(chunks),
     )
     deps.blobs.write_bytes(
         job.summary_uri, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json"
@@ -56,7 +57,7 @@ def finish_job(
 
 
 def provider_batches(chunks: list[Chunk]) -> list[dict[str, Any]]:
-    """summary.json's `provider_batches`: each chunk's batch, repairs with their round."""
+    """summary.json's `provider_batches`: each chunk's batch, follow-ups with their round."""
     return [
         {
             "chunk": c.index,
@@ -67,11 +68,31 @@ def provider_batches(chunks: list[Chunk]) -> list[dict[str, Any]]:
             "requests": c.request_count,
             "error": c.error,
             **(
-                {"repair_round": c.repair_round, "repair_of": c.repair_of} if c.repair_round else {}
+                {"round": c.round, "round_of": c.round_of, "reason": c.round_reason}
+                if c.round
+                else {}
             ),
         }
         for c in chunks
     ]
+
+
+def rounds(chunks: list[Chunk]) -> list[dict[str, Any]]:
+    """summary.json's `rounds`: every round after the first, with why it ran, to which
+    models, and how many chunks and requests it sent."""
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    for chunk in chunks:
+        if not chunk.round:
+            continue
+        reason = chunk.round_reason or "repair"
+        entry = found.setdefault(
+            (chunk.round, reason), {"round": chunk.round, "reason": reason, "chunks": 0}
+        )
+        entry["chunks"] += 1
+        models = entry.setdefault("requests", {})
+        key = f"{chunk.provider}/{chunk.model}"
+        models[key] = models.get(key, 0) + chunk.request_count
+    return [found[key] for key in sorted(found)]
 
 
 def orphan_batches(deps: Deps, chunks: list[Chunk]) -> list[dict[str, Any]]:

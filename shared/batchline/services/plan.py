@@ -19,6 +19,7 @@ from batchline.domain.claims import Change, LeaseTerms
 from batchline.domain.estimate import Estimate
 from batchline.domain.lines import UnreadableInput
 from batchline.domain.models import Job, JobState
+from batchline.domain.rounds import DEFAULT_MAX_RETRIES
 from batchline.log import fields, get_logger
 from batchline.services import messages
 from batchline.services.leases import Keeper, LeaseLost, contended
@@ -56,22 +57,29 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
             "lost the planning lease; the new holder carries on", extra=fields(job_id=job_id)
         )
         return None
-    over = over_budget(job, plan.estimate)
+    # An auto line may fail over to any other candidate: count them all in the worst case.
+    chosen = plan.selector.candidates if plan.selector and plan.selector.chosen else ()
+    over = over_budget(job, plan.estimate, chosen)
     if over is not None:
-        return reject(deps, job, over, estimate=plan.estimate.to_dict())
+        return reject(deps, job, over, estimate=plan.estimate_section())
     return _commit(deps, job, plan, owner)
 
 
-def over_budget(job: Job, estimate: Estimate) -> str | None:
+def over_budget(job: Job, estimate: Estimate, candidates: tuple[str, ...] = ()) -> str | None:
     """Why the job's worst-case estimate breaks its `max_cost_usd`, or None.
 
+    The worst case counts every follow-up round the options allow (`Estimate.with_rounds`):
+    retries, and failover to the job's `fallback` and, for `model: "auto"` lines, to the
+    other `candidates`.
     A model without a price cannot be estimated: with a budget set, that rejects the job
     too (a guard that lets unknown costs through is no guard).
     """
-    budget = job.options.max_cost_usd
+    options = job.options
+    budget = options.max_cost_usd
     if budget is None:
         return None
-    total = estimate.total_usd
+    retries = DEFAULT_MAX_RETRIES if options.max_retries is None else options.max_retries
+    total = estimate.with_rounds(retries, (*options.fallback, *candidates))
     if total is None:
         models = ", ".join(sorted(estimate.unpriced))
         return (
@@ -80,7 +88,8 @@ def over_budget(job: Job, estimate: Estimate) -> str | None:
         )
     if total > budget:
         return (
-            f"estimated cost ${total:.4f} (worst case: every request writes its max_tokens) "
+            f"estimated cost ${total:.4f} (worst case: every request writes its max_tokens, "
+            f"and is retried {retries} time(s) at its model and at each fallback model) "
             f"exceeds max_cost_usd ${budget:g}; nothing was sent"
         )
     return None

@@ -1,5 +1,5 @@
 """Staging the chunks the chunk planner cuts: their files in the work bucket and their
-`Chunk` records, for the first round (planning) and for every round after it (repairs).
+`Chunk` records, for the first round (planning) and for every follow-up round after it.
 
 While a chunk fills, its stored requests stream to their file (`open_sink`); once the
 planner hands the chunk out, `stage` writes its payload and manifest, finishes the stored
@@ -25,7 +25,8 @@ from batchline.domain.workfiles.requests import stream_stored
 
 class ChunkStager:
     """Stages chunks as `index`, `index + 1`, ... in the order they are handed out. A
-    repair round's chunks name their round and the chunk they ask again (`repair_of`).
+    follow-up round's chunks name their round, why it runs and the chunk whose lines they
+    send again (`round_of`).
     `store_requests=False` keeps no stored requests (a repair of a chunk that has none)."""
 
     def __init__(
@@ -34,15 +35,17 @@ class ChunkStager:
         paths: WorkPaths,
         index: int = 0,
         *,
-        repair_round: int = 0,
-        repair_of: int | None = None,
+        round_number: int = 0,
+        round_of: int | None = None,
+        round_reason: str | None = None,
         store_requests: bool = True,
     ) -> None:
         self._deps = deps
         self._paths = paths
         self._next = index
-        self._repair_round = repair_round
-        self._repair_of = repair_of
+        self._round = round_number
+        self._round_of = round_of
+        self._round_reason = round_reason
         self._store_requests = store_requests
 
     def planner(self, observe: Observer | None = None) -> ChunkPlanner:
@@ -54,7 +57,7 @@ class ChunkStager:
 
     def open_sink(self, provider: str, model: str, first_line: int) -> StreamedFile:
         """The file a new chunk's stored requests stream to (the planner's `open_sink`)."""
-        return stream_stored(self._deps.blobs, self._paths.requests(self._repair_round, first_line))
+        return stream_stored(self._deps.blobs, self._paths.requests(self._round, first_line))
 
     def stage(self, planned: PlannedChunk) -> Chunk:
         """Write a cut chunk's files and return its record (not yet committed)."""
@@ -80,8 +83,9 @@ class ChunkStager:
             manifest_uri=manifest_uri,
             requests_uri=requests_uri,
             updated_at=self._deps.clock.now(),
-            repair_round=self._repair_round,
-            repair_of=self._repair_of,
+            round=self._round,
+            round_of=self._round_of,
+            round_reason=self._round_reason,
         )
 
     @contextmanager

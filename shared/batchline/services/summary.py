@@ -21,11 +21,12 @@ def summary(
     error: str | None = None,
     estimate: dict[str, Any] | None = None,
     orphans: list[dict[str, Any]] | None = None,
+    rounds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The summary.json document of `job` ending in `state` now, from the `tally` of its
     result lines (None: no line was collected), with its provider batches, the batches
-    made with its requests that nobody read (`orphans`), the error that ended it and the
-    planner's cost estimate."""
+    made with its requests that nobody read (`orphans`), its follow-up rounds, the error
+    that ended it and the planner's cost estimate."""
     now = deps.clock.now()
     tally = tally or Tally()
     counts = dict(sorted(tally.counts.items()))
@@ -43,6 +44,8 @@ def summary(
         "counts": counts,
         "errors": dict(sorted(tally.errors.items())),
         "repaired": tally.repaired,
+        "providers": dict(sorted(tally.providers.items())),
+        "rounds": rounds or [],
         "usage": {"input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens},
         "cost": {
             "batch_usd": round(tally.cost_usd, 10),

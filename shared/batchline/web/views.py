@@ -251,8 +251,8 @@ def progress(job: Job, chunks: list[Chunk]) -> Progress:
     """How many of the job's lines have their answer, from its records alone.
 
     A line is done once it is invalid (it never goes to a provider) or its provider
-    batch reports it completed or failed. Repaired lines are counted once, by their
-    first answer; the note says when a repair round runs.
+    batch reports it completed or failed. Lines sent again are counted once, by their
+    first answer; the note says when a follow-up round (repair, retry, failover) runs.
     """
     lines = int(job.counts.get("lines", 0))
     state = job.state
@@ -265,17 +265,31 @@ def progress(job: Job, chunks: list[Chunk]) -> Progress:
         return Progress(0, 0, "waiting to be planned")
     done = int(job.counts.get("invalid", 0))
     for chunk in chunks:
-        if chunk.repair_round == 0:
+        if chunk.round == 0:
             done += _answered(chunk)
     done = min(done, lines)
     note = f"{done} of {lines} lines"
-    repairs = [c for c in chunks if c.repair_round > 0 and c.state.value != "ended"]
-    if repairs:
-        asked = sum(c.request_count for c in repairs)
-        note += f"; repairing {asked} line{'s' if asked != 1 else ''}"
+    again = [c for c in chunks if c.round > 0 and c.state.value != "ended"]
+    if again:
+        note += "; " + ", ".join(_follow_ups(again))
     elif state is JobState.COLLECTING:
         note += "; collecting the results"
     return Progress(done, lines, note)
+
+
+_DOING = {"repair": "repairing", "retry": "retrying", "failover": "failing over"}
+
+
+def _follow_ups(chunks: list[Chunk]) -> list[str]:
+    """`repairing 3 lines`, `failing over 12 lines`: the follow-up rounds under way."""
+    by_reason: dict[str, int] = {}
+    for chunk in chunks:
+        reason = chunk.round_reason or "repair"
+        by_reason[reason] = by_reason.get(reason, 0) + chunk.request_count
+    return [
+        f"{_DOING.get(reason, reason)} {n} line{'s' if n != 1 else ''}"
+        for reason, n in by_reason.items()
+    ]
 
 
 def _answered(chunk: Chunk) -> int:
@@ -290,7 +304,7 @@ def _answered(chunk: Chunk) -> int:
 def running_counts(job: Job, chunks: list[Chunk]) -> list[tuple[str, int]]:
     """What is known of a running job's lines: answered so far by the providers (first
     answers), invalid, and waiting."""
-    first = [c for c in chunks if c.repair_round == 0]
+    first = [c for c in chunks if c.round == 0]
     succeeded = sum(min(int(c.batch_counts.get("completed", 0)), c.request_count) for c in first)
     failed = sum(int(c.batch_counts.get("failed", 0)) for c in first)
     invalid = int(job.counts.get("invalid", 0))

@@ -35,6 +35,7 @@ from batchline.domain.providers.base import (
     check_model_id,
     check_role,
     content_items,
+    content_modalities,
     env_limits,
     env_number,
     env_text,
@@ -405,6 +406,15 @@ def check_schema(schema: ResponseSchema) -> None:
     check_expressible(schema, NAME, root_object_in="a tool's input_schema")
 
 
+#: Content blocks that ask a model for more than text: images, and documents (PDFs).
+_BLOCK_MODALITIES = {"image": "image", "document": "pdf"}
+
+
+def input_modalities(messages: Any) -> frozenset[str]:
+    """`image` blocks ask for images, `document` blocks (PDFs) for PDFs."""
+    return content_modalities(messages, lambda block: _BLOCK_MODALITIES.get(str(block.get("type"))))
+
+
 # ------------------------------------------------------------------------- tokens
 
 
@@ -495,6 +505,7 @@ class Anthropic:
     check_temperature = staticmethod(check_temperature)
     check_stop = staticmethod(no_check)
     check_schema = staticmethod(check_schema)
+    input_modalities = staticmethod(input_modalities)
     add_repair_turn = staticmethod(add_repair_turn)
     token_parts = staticmethod(token_parts)
 

@@ -70,6 +70,11 @@ class Request:
     #: the job's default), encoded for the provider; native lines' own structured-output
     #: setting, which passes untouched and is only used to validate the answer.
     schema: ResponseSchema | None = None
+    #: The models (`provider/model`) to fail over to, in order, when this one cannot
+    #: answer; empty: the job's `fallback` option applies.
+    fallback: tuple[str, ...] = ()
+    #: How the model was chosen: None (named by the line or the job), or "auto".
+    selected_by: str | None = None
 
 
 class InvalidField(Exception):
@@ -182,6 +187,11 @@ class Provider(Protocol):
         """Raise SchemaError naming the construct if it cannot express `schema`."""
         ...
 
+    def input_modalities(self, messages: Any) -> frozenset[str]:
+        """What a batchline line's messages ask of a model besides text, as this provider
+        reads their content parts ("image", "pdf"; `pricing.MODALITIES`)."""
+        ...
+
     def strips_nulls(self, schema: ResponseSchema) -> bool:
         """Whether its answers to `schema` may hold nulls the schema does not take, to be
         removed before validation (OpenAI's strict mode for optional properties)."""
@@ -292,6 +302,21 @@ def check_model_id(model: str, field: str) -> None:
     problem = model_id_problem(model)
     if problem is not None:
         raise InvalidField(field, problem)
+
+
+def content_modalities(
+    messages: Any, modality: Callable[[dict[str, Any]], str | None]
+) -> frozenset[str]:
+    """The modalities `modality` finds in the content parts of a batchline line's
+    `messages` (each part an object; None: text, or nothing a model is chosen by)."""
+    found: set[str] = set()
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            kind = modality(part) if isinstance(part, dict) else None
+            if kind is not None:
+                found.add(kind)
+    return frozenset(found)
 
 
 def check_messages(messages: Any, check_message: Callable[[str, dict[str, Any]], None]) -> None:

@@ -26,6 +26,7 @@ from batchline.domain.providers.base import (
     check_messages_field,
     check_model_id,
     check_role,
+    content_modalities,
     env_limits,
     env_text,
     kind,
@@ -285,6 +286,15 @@ def check_schema(schema: ResponseSchema) -> None:
     check_expressible(schema, NAME, root_object_in="response_format's schema")
 
 
+#: Content parts that ask a model for more than text: images, and files (PDFs).
+_PART_MODALITIES = {"image_url": "image", "file": "pdf"}
+
+
+def input_modalities(messages: Any) -> frozenset[str]:
+    """`image_url` parts ask for images, `file` parts (OpenAI takes PDFs) for PDFs."""
+    return content_modalities(messages, lambda part: _PART_MODALITIES.get(str(part.get("type"))))
+
+
 # ------------------------------------------------------------------------- tokens
 
 
@@ -397,6 +407,7 @@ class OpenAI:
     check_temperature = staticmethod(no_check)
     check_stop = staticmethod(check_stop)
     check_schema = staticmethod(check_schema)
+    input_modalities = staticmethod(input_modalities)
     add_repair_turn = staticmethod(add_repair_turn)
     token_parts = staticmethod(token_parts)
 

@@ -36,6 +36,7 @@ from batchline.domain.providers.base import (
     check_model_id,
     check_role,
     content_items,
+    content_modalities,
     env_limits,
     env_text,
     kind,
@@ -595,6 +596,23 @@ def check_schema(schema: ResponseSchema) -> None:
     )
 
 
+def input_modalities(messages: Any) -> frozenset[str]:
+    """`inlineData`/`fileData` parts ask for what their MIME type says: `image/*` images,
+    `application/pdf` PDFs."""
+    return content_modalities(messages, _part_modality)
+
+
+def _part_modality(part: dict[str, Any]) -> str | None:
+    for key in ("inlineData", "inline_data", "fileData", "file_data"):
+        data = part.get(key)
+        mime = either(data, "mimeType", "mime_type") if isinstance(data, dict) else None
+        if isinstance(mime, str) and mime.startswith("image/"):
+            return "image"
+        if mime == "application/pdf":
+            return "pdf"
+    return None
+
+
 # ------------------------------------------------------------------------- tokens
 
 
@@ -681,6 +699,7 @@ class Vertex:
     check_temperature = staticmethod(no_check)
     check_stop = staticmethod(check_stop)
     check_schema = staticmethod(check_schema)
+    input_modalities = staticmethod(input_modalities)
     add_repair_turn = staticmethod(add_repair_turn)
     token_parts = staticmethod(token_parts)
 

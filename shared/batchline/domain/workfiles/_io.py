@@ -102,6 +102,11 @@ class Fields:
         value: float = self._get(name, (int, float), "a number", False)
         return value
 
+    def optional_number(self, name: str) -> float | None:
+        """The field `name`, a number, or None when null or absent."""
+        value: float | None = self._get(name, (int, float), "a number", True)
+        return value
+
     def text(self, name: str) -> str:
         """The field `name`, a string."""
         value: str = self._get(name, str, "a string", False)

@@ -1,7 +1,7 @@
-"""A chunk's collect record (`chunks/<n>/collected.json`), and the repairs it commits.
+"""A chunk's collect record (`chunks/<n>/collected.json`), and the follow-ups it commits.
 
 Written last by a collect attempt, create-if-absent: it commits exactly one attempt's
-runs (and repairs), so a collect that dies half-way, or two that race, never mix theirs.
+runs (and follow-ups), so a collect that dies half-way, or two that race, never mix theirs.
 A collect that finds it uses it instead of collecting the chunk again.
 """
 
@@ -17,53 +17,75 @@ from batchline.domain.workfiles._io import JSON, Fields, WorkBlobs, WorkFileErro
 
 
 @dataclass(frozen=True)
-class Repairs:
-    """A chunk's staged repairs: their request lines (`payload`), manifest rows and stored
-    requests (`requests`; None for a chunk planned before requests were stored), in the
-    same order, and how many there are."""
+class FollowUp:
+    """One group of a chunk's staged follow-ups (one reason, one target model): their
+    request lines (`payload`, encoded for the target), manifest rows and stored requests
+    (`stored`; None for a chunk planned before requests were stored), in the same order,
+    how many there are and the most they may cost (None: the model has no price).
+
+    `provider`/`model` None: the chunk's own (a record written before failover)."""
 
     payload: str
     manifest: str
     requests: int
     stored: str | None = None
+    reason: str = "repair"
+    provider: str | None = None
+    model: str | None = None
+    worst_usd: float | None = None
+
+    @property
+    def declined(self) -> str:
+        """Where the group's result lines are written again, saying why, when its round
+        is not sent (beside its manifest)."""
+        return self.manifest.removesuffix("-manifest.jsonl") + "-declined.tsv"
 
     def to_dict(self) -> dict[str, Any]:
-        """The repairs as collected.json holds them."""
+        """The group as collected.json holds it."""
         data: dict[str, Any] = {
             "payload": self.payload,
             "manifest": self.manifest,
             "requests": self.requests,
+            "reason": self.reason,
+            "provider": self.provider,
+            "model": self.model,
+            "worst_usd": self.worst_usd,
         }
         if self.stored is not None:
             data["stored"] = self.stored
         return data
 
     @classmethod
-    def from_dict(cls, data: object, uri: str) -> Repairs:
-        """The repairs in `data` (the `repairs` of collected.json at `uri`)."""
-        fields = Fields(data, uri, "repairs")
+    def from_dict(cls, data: object, uri: str, where: str) -> FollowUp:
+        """The group in `data` (`where` in collected.json at `uri`)."""
+        fields = Fields(data, uri, where)
+        worst = fields.optional_number("worst_usd")
         return cls(
             fields.text("payload"),
             fields.text("manifest"),
             fields.integer("requests"),
             fields.optional_text("stored"),
+            fields.optional_text("reason") or "repair",
+            fields.optional_text("provider"),
+            fields.optional_text("model"),
+            worst,
         )
 
 
 @dataclass(frozen=True)
 class CollectedRecord:
     """One collect attempt's outcome for a chunk: the tally of its result lines, its sorted
-    runs (to be merged, in order) and the repairs it staged, if any."""
+    runs (to be merged, in order) and the follow-ups it staged, if any."""
 
     tally: Tally
     runs: list[str]
-    repairs: Repairs | None = None
+    follow_ups: tuple[FollowUp, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The record as collected.json holds it."""
         data: dict[str, Any] = {"tally": self.tally.to_dict(), "runs": self.runs}
-        if self.repairs is not None:
-            data["repairs"] = self.repairs.to_dict()
+        if self.follow_ups:
+            data["follow_ups"] = [f.to_dict() for f in self.follow_ups]
         return data
 
     @classmethod
@@ -79,8 +101,14 @@ class CollectedRecord:
             tally = Tally.from_dict(fields.mapping("tally"))
         except (KeyError, TypeError, ValueError) as exc:
             raise fields.error("tally", f"not a tally ({exc!r})") from None
-        repairs = fields.optional_mapping("repairs")
-        return cls(tally, runs, Repairs.from_dict(repairs, uri) if repairs else None)
+        groups = [
+            FollowUp.from_dict(g, uri, f"follow_ups[{k}]")
+            for k, g in enumerate(fields.optional_array("follow_ups") or [])
+        ]
+        repairs = fields.optional_mapping("repairs")  # written before failover
+        if repairs:
+            groups.append(FollowUp.from_dict(repairs, uri, "repairs"))
+        return cls(tally, runs, tuple(groups))
 
 
 def write_collected(blobs: WorkBlobs, uri: str, record: CollectedRecord) -> bool:

@@ -33,10 +33,22 @@ class ManifestEntry(NamedTuple):
     schema: str | None = None
     earlier: list[dict[str, Any]] | None = None
     previous: dict[str, Any] | None = None
+    #: How the line's model was chosen when not by name ("auto"), for its result line.
+    selected_by: str | None = None
+    #: The line's own failover chain (`Request.fallback`); empty: the job's applies.
+    fallback: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         """This entry as one manifest row (with its newline)."""
-        return encode_entry(self.line, self.custom_id, self.schema, self.earlier, self.previous)
+        return encode_entry(
+            self.line,
+            self.custom_id,
+            self.schema,
+            self.earlier,
+            self.previous,
+            self.selected_by,
+            self.fallback,
+        )
 
 
 def encode_entry(
@@ -45,11 +57,17 @@ def encode_entry(
     schema: str | None = None,
     earlier: list[dict[str, Any]] | None = None,
     previous: dict[str, Any] | None = None,
+    selected_by: str | None = None,
+    fallback: tuple[str, ...] = (),
 ) -> bytes:
     """One manifest row (with its newline); the planner's per-request call, so no tuple."""
     row: dict[str, Any] = {"line": line, "custom_id": custom_id}
     if schema is not None:
         row["schema"] = schema
+    if selected_by is not None:
+        row["selected_by"] = selected_by
+    if fallback:
+        row["fallback"] = fallback
     if earlier is not None:
         row["attempts"] = earlier
     if previous is not None:
@@ -84,8 +102,14 @@ def iter_entries(rows: Iterable[bytes], uri: str) -> Iterator[ManifestEntry]:
             schema = digests.setdefault(schema, schema)
         earlier = row.get("attempts")
         previous = row.get("previous")
+        selected_by = row.get("selected_by")
+        if selected_by is not None and type(selected_by) is not str:
+            raise WorkFileError(
+                uri, f"row {number}.selected_by", f"expected a string, got {kind(selected_by)}"
+            )
+        fallback = _fallback(row.get("fallback"), uri, number)
         if earlier is None and previous is None:
-            yield ManifestEntry(line, custom_id, schema)
+            yield ManifestEntry(line, custom_id, schema, None, None, selected_by, fallback)
             continue
         if not isinstance(earlier, list):
             raise WorkFileError(
@@ -95,7 +119,16 @@ def iter_entries(rows: Iterable[bytes], uri: str) -> Iterator[ManifestEntry]:
             raise WorkFileError(
                 uri, f"row {number}.previous", f"expected an object, got {kind(previous)}"
             )
-        yield ManifestEntry(line, custom_id, schema, earlier, previous)
+        yield ManifestEntry(line, custom_id, schema, earlier, previous, selected_by, fallback)
+
+
+def _fallback(value: Any, uri: str, number: int) -> tuple[str, ...]:
+    """A row's `fallback`: absent, or a list of `provider/model` names."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(type(v) is str for v in value):
+        raise WorkFileError(uri, f"row {number}.fallback", "expected an array of model names")
+    return tuple(value)
 
 
 def parse_manifest(

@@ -43,12 +43,22 @@ class NeutralRequest:
     model: str
     params: dict[str, Any]
     schema: str | None = None
+    #: The line's own failover chain (`Request.fallback`: `model: auto` picks one).
+    fallback: tuple[str, ...] = ()
+    selected_by: str | None = None
 
     def to_request(self, schemas: Callable[[str], ResponseSchema]) -> Request:
         """The `Request` planning made of the line; `schemas` finds a schema by digest."""
         schema = schemas(self.schema) if self.schema is not None else None
         return Request(
-            self.line, self.custom_id, self.provider, self.model, params=self.params, schema=schema
+            self.line,
+            self.custom_id,
+            self.provider,
+            self.model,
+            params=self.params,
+            schema=schema,
+            fallback=self.fallback,
+            selected_by=self.selected_by,
         )
 
 
@@ -83,6 +93,10 @@ def encode_request(request: Request) -> bytes:
         row["kind"] = NEUTRAL
         row["schema"] = request.schema.digest if request.schema is not None else None
         row["params"] = request.params
+        if request.fallback:
+            row["fallback"] = list(request.fallback)
+        if request.selected_by is not None:
+            row["selected_by"] = request.selected_by
     return orjson.dumps(row, option=_APPEND_NEWLINE)
 
 
@@ -113,8 +127,19 @@ def decode_stored(raw: bytes, uri: str, number: int) -> StoredRequest:
         return NativeRequest(line, custom_id, provider, model)
     if which != NEUTRAL:
         raise row.error("kind", f"expected {NEUTRAL!r} or {NATIVE!r}, got {which!r}")
+    fallback = row.optional_array("fallback") or []
+    for k, name in enumerate(fallback):
+        if not isinstance(name, str):
+            raise row.error(f"fallback[{k}]", "expected a 'provider/model' name")
     return NeutralRequest(
-        line, custom_id, provider, model, row.mapping("params"), row.optional_text("schema")
+        line,
+        custom_id,
+        provider,
+        model,
+        row.mapping("params"),
+        row.optional_text("schema"),
+        tuple(fallback),
+        row.optional_text("selected_by"),
     )
 
 

@@ -21,17 +21,10 @@ JOB_ID_PATTERN = r"^job-[0-9a-f]{24}$"
 #: RFC 3339 date-time with an offset (`Z` or `+hh:mm`), as `created_after` takes it.
 RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 #: The values of `domain.models.JobState` (tests/unit checks they agree).
-JobStateName = Literal[
-    "accepted",
-    "submitting",
-    "running",
-    "collecting",
-    "succeeded",
-    "partial",
-    "failed",
-    "canceled",
-    "rejected",
-]
+# fmt: off
+JobStateName = Literal["accepted", "submitting", "running", "collecting",
+                       "succeeded", "partial", "failed", "canceled", "rejected"]
+# fmt: on
 #: The values of `domain.models.ResultStatus`.
 ResultStatusName = Literal["succeeded", "failed", "expired", "canceled", "invalid"]
 
@@ -57,11 +50,16 @@ class _Out(BaseModel):
 # ------------------------------------------------------------------------------ requests
 
 
+_RETRIES = "Resends of a line that failed for a passing reason (5xx, 429, expired); 1."
+_FALLBACK = "Models (`provider/model`) a line that still fails goes to, in order."
+_QUEUE = "Hours a batch may stay queued at its provider before its lines fail over."
+
+
 class JobOptionsIn(_In):
     """A job's options; the same as an input object's metadata gives."""
 
     model: str | None = Field(
-        default=None, description="Default model for lines without one, `provider/model`."
+        default=None, description="Default model for lines without one, `provider/model` or `auto`."
     )
     labels: dict[str, str] | None = Field(
         default=None,
@@ -78,6 +76,20 @@ class JobOptionsIn(_In):
     max_cost_usd: float | None = Field(default=None, gt=0)
     notify_url: str | None = Field(
         default=None, description="https:// URL the job's signed job.completed is POSTed to."
+    )
+    max_retries: int | None = Field(default=None, ge=0, le=5, description=_RETRIES)
+    fallback: list[str] | None = Field(default=None, max_length=8, description=_FALLBACK)
+    max_queue_hours: float | None = Field(default=None, gt=0, le=72, description=_QUEUE)
+    candidates: list[str] | None = Field(
+        default=None,
+        description='The models (`provider/model`, at most 16) `model: "auto"` chooses '
+        "from; default: the deployment's (BATCHLINE_AUTO_CANDIDATES, else one per enabled "
+        "provider).",
+    )
+    prefer: Literal["cost", "speed"] | None = Field(
+        default=None,
+        description='What `model: "auto"` chooses for: the lowest worst-case cost '
+        "(default) or the highest output speed.",
     )
 
 
@@ -143,6 +155,11 @@ class JobOptionsView(_Out):
     max_repair_attempts: int | None = None
     max_cost_usd: float | None = None
     notify_url: str | None = None
+    max_retries: int | None = None
+    fallback: list[str] | None = None
+    max_queue_hours: float | None = None
+    candidates: list[str] | None = None
+    prefer: str | None = None
 
 
 class JobView(_Out):
@@ -176,48 +193,6 @@ class JobList(_Out):
 
     jobs: list[JobView]
     next_cursor: str | None = Field(description="For the next page; null on the last.")
-
-
-class InvalidLineView(_Out):
-    """A line that would be an `invalid` result, and why."""
-
-    line: int
-    custom_id: str | None
-    field: str
-    message: str
-
-
-class ChunkPlanView(_Out):
-    """The provider batches one provider/model would take."""
-
-    provider: str
-    model: str
-    chunks: int
-    requests: int
-    bytes: int
-
-
-class CostRange(_Out):
-    """USD at batch prices: `low` pays for the input alone, `high` for every request
-    writing its most output; null when a model has no price."""
-
-    low: float | None
-    high: float | None
-    realtime_high: float | None
-
-
-class EstimateView(_Out):
-    """What a job would be, planned without uploading anything or calling a provider."""
-
-    lines: int
-    blank_lines: int
-    requests: int
-    invalid: int
-    invalid_lines: list[InvalidLineView] = Field(description="The first 20.")
-    chunks: list[ChunkPlanView]
-    cost_usd: CostRange
-    estimate: dict[str, Any] = Field(description="Tokens and costs per provider/model.")
-    warnings: list[str]
 
 
 class WebhookReceipt(_Out):

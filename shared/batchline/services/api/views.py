@@ -35,6 +35,8 @@ def job_view(job: Job) -> dict[str, Any]:
 
 def options_view(options: JobOptions) -> dict[str, Any]:
     """Model and labels always; the other options when set."""
-    view = {"model": options.model, "labels": options.labels}
-    view.update({k: v for k, v in asdict(options).items() if k not in view and v is not None})
+    view: dict[str, Any] = {"model": options.model, "labels": options.labels}
+    for name, value in asdict(options).items():
+        if name not in view and value not in (None, ()):
+            view[name] = list(value) if isinstance(value, tuple) else value
     return view
