@@ -101,6 +101,13 @@ def test_2000_lines_with_invalid_and_failing_lines_come_back_whole_and_in_order(
     data = b"\r\n".join(lines[:1000]) + b"\r\n\r\n" + b"\n".join(lines[1000:]) + b"\n\n"
     job_id, _ = pipeline.upload("e2e/two-thousand.jsonl", data)
     job = pipeline.wait(job_id)
+    # Followed as in production: the ticker's ticks fanned out, through the Pub/Sub
+    # emulator, into messages naming the job, each advancing it in its own invocation.
+    lines = pipeline.stack.log_path("poll").read_bytes().splitlines()
+    logged = [orjson.loads(x) for x in lines if x.startswith(b'{"severity"')]
+    logged = [x for x in logged if x.get("logger") == "batchline.functions"]
+    assert any(x["message"] == "poll tick" for x in logged)
+    assert any(x["message"] == "poll job" and x["job_id"] == job_id for x in logged)
     results = pipeline.results(job)
 
     assert len(results) == 2000
@@ -131,13 +138,6 @@ def test_2000_lines_with_invalid_and_failing_lines_come_back_whole_and_in_order(
     assert len(summary["provider_batches"]) == -(-valid // CHUNK_REQUESTS)
     assert len(pipeline.emulator_batches(job_id)) == len(summary["provider_batches"])
     assert summary["cost"]["realtime_usd"] == pytest.approx(2 * summary["cost"]["batch_usd"])
-    # Followed as in production: the ticker's ticks fanned out, through the Pub/Sub
-    # emulator, into messages naming the job, each advancing it in its own invocation.
-    lines = pipeline.stack.log_path("poll").read_bytes().splitlines()
-    logged = [orjson.loads(x) for x in lines if x.startswith(b'{"severity"')]
-    logged = [x for x in logged if x.get("logger") == "batchline.functions"]
-    assert any(x["message"] == "poll tick" for x in logged)
-    assert any(x["message"] == "poll job" and x["job_id"] == job_id for x in logged)
 
 
 def test_same_event_three_times_then_twice_concurrently_makes_one_batch_per_chunk(
