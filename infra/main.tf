@@ -45,7 +45,7 @@ locals {
   access = {
     submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
     poll    = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["poll", "collect", "events", "notify"], provider_keys = true, vertex = "user" }
-    collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify"], provider_keys = true, vertex = "viewer" }
+    collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "viewer" }
     notify  = { read = [], create = [], create_under = {}, names_only = [], publish = [], provider_keys = false, vertex = null }
     api     = { read = ["input", "output"], create = ["work"], create_under = { work = "inline/" }, names_only = [], publish = ["poll"], provider_keys = false, vertex = null }
   }
