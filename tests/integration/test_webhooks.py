@@ -179,9 +179,12 @@ def deliver_storage_event_to(fn: dict[str, FlaskClient], event: Mapping[str, Any
 
 
 def to_collecting(fn: dict[str, FlaskClient], cloud: Cloud, job_id: str) -> dict[str, Any]:
-    """Poll until the job is collecting; the collect message poll published."""
+    """A poll tick and the job messages it fans out (delivered from the poll topic) until
+    the job is collecting; the collect message poll published."""
     cloud.wait_batches_ended(job_id)
     assert push(fn["poll"], cloud, "pubsub_push_poll.json", cloud.topic("poll")) == 200
+    for message in cloud.pull("poll", settle=0.2):
+        assert deliver_pulled(fn["poll"], cloud, "poll", message) == 200
     job = cloud.job(job_id)
     assert job is not None and job.state is JobState.COLLECTING, job
     [requested] = [m for m in cloud.pull("collect") if m["json"]["job_id"] == job_id]
