@@ -215,8 +215,11 @@ class Tally:
         attempts = record.get("attempts")
         if (attempts if isinstance(attempts, int) else len(attempts or ())) > 1:
             self.repaired += sign
-        steps = record.get("route") if isinstance(attempts, int) else route(attempts or [])
-        self._count_route(steps or [], sign)
+        if isinstance(attempts, list) and len(attempts) == 1:  # most lines: no list built
+            self._count_sent(record["provider"], attempts[0].get("status"), sign)
+        else:
+            steps = record.get("route") if isinstance(attempts, int) else route(attempts or [])
+            self._count_route(steps or [], sign)
         usage = record.get("usage")
         if not usage:
             return
@@ -240,15 +243,22 @@ class Tally:
         entry["cost_usd"] += sign * cost
         entry["realtime_cost_usd"] += sign * realtime
 
+    def _count_sent(self, provider: str | None, status: str | None, sign: int) -> dict[str, int]:
+        """Count one attempt sent to `provider` that ended `status`."""
+        mine = self.providers.get(provider or "")
+        if mine is None:
+            mine = self.providers[provider or ""] = _provider_entry()
+        mine["sent"] += sign
+        mine["succeeded" if status == ResultStatus.SUCCEEDED else "failed"] += sign
+        return mine
+
     def _count_route(self, steps: list[list[Any]], sign: int) -> None:
         """Count a line's attempts per provider (`route`)."""
         before: str | None = None
         for provider, status, reason in steps:
             if provider is None or status == "skipped":  # passed over, never sent
                 continue
-            mine = self.providers.setdefault(provider, _provider_entry())
-            mine["sent"] += sign
-            mine["succeeded" if status == ResultStatus.SUCCEEDED else "failed"] += sign
+            mine = self._count_sent(provider, status, sign)
             if reason == "failover" and before is not None:
                 self.providers.setdefault(before, _provider_entry())["failed_over_from"] += sign
                 mine["failed_over_to"] += sign

@@ -106,8 +106,11 @@ class Stager:
         with ExitStack() as stack:
             staged = stack.enter_context(open_payload(self._deps.blobs, chunk.payload_uri))
             rows = stack.enter_context(open_rows(self._deps.blobs, chunk.requests_uri))
+            wanted = noted.repairs.keys() | noted.retries.keys() | noted.failovers.keys()
             for number, (line, raw) in enumerate(zip(order, staged, strict=False), 1):
                 row = next(rows, b"")
+                if line not in wanted:
+                    continue  # (most lines: a row is only parsed when it is sent again)
                 if chunk.requests_uri is not None and row:
                     row = checked_row(row, chunk.requests_uri, number, line)
                 self._one(line, raw, row, number, noted)
