@@ -8,8 +8,9 @@
   adapters' own `jsonl_lines`) and `normalise(orjson.loads(line))` each one.
 - `submit_phase` runs `build_plan` (parse, validate, encode, chunk, stage);
   `collect_phase` runs `collect` (every `collect_chunk`, the ordered merge, the summary);
-  `repair_phase` runs a `collect` that stages repairs of the answers that failed their
-  schema and starts the next round instead of merging.
+  `round_phase` runs a `collect` that stages follow-ups (repairs of the answers that
+  failed their schema, retries of passing failures, failovers to the job's `fallback`)
+  and starts the next round instead of merging.
 """
 
 from __future__ import annotations
@@ -339,12 +340,22 @@ def make_deps(blobs: BlobStore | None = None, provider: BenchProvider | None = N
     )
 
 
-def make_job(generation: str, size: int, max_repair_attempts: int | None = None) -> Job:
-    """The bench's job; `max_repair_attempts` 0 makes a collect with schemas one round."""
+def make_job(
+    generation: str,
+    size: int,
+    max_repair_attempts: int | None = None,
+    max_retries: int = 0,
+    fallback: tuple[str, ...] = (),
+) -> Job:
+    """The bench's job. By default no failure is sent again (`max_retries` 0, no
+    `fallback`), so collect ends the job in one round; with schemas, `max_repair_attempts`
+    0 makes it one round too. `max_retries` and `fallback` let failures start a round."""
     return Job(
         job_id=JOB_ID,
         source=Source(INPUT_BUCKET, INPUT_NAME, generation, size),
-        options=JobOptions(max_repair_attempts=max_repair_attempts),
+        options=JobOptions(
+            max_repair_attempts=max_repair_attempts, max_retries=max_retries, fallback=fallback
+        ),
         output_prefix=output_prefix(OUTPUT_BUCKET, INPUT_NAME, JOB_ID),
         created_at=1_800_000_000.0,
     )
@@ -392,14 +403,16 @@ def collect_phase(deps: Deps, job: Job) -> Job:
     return done
 
 
-def repair_phase(deps: Deps, job: Job) -> Job:
-    """A collect whose job allows repairs: every `collect_chunk` (answers validated), the
-    invalid answers' requests staged again (`repair.stage`), and the next round's chunks
-    created (`repair.plan_round`, `repair.start_round`); no merge yet. The job is back to
+def round_phase(deps: Deps, job: Job) -> Job:
+    """A collect whose job allows follow-ups (repairs, retries, failover): every
+    `collect_chunk` (answers validated; the lines a round can help noted, and staged
+    per reason and target model by `follow_ups.Stager`, a failover's stored request
+    encoded again for its target), then the next round's chunks cut and committed
+    (`rounds.plan_round`, `rounds.start_round`); no merge yet. The job is back to
     `running`."""
     done = collect(deps, job.job_id)
     if done is None or done.state is not JobState.RUNNING or done.chunk_count <= job.chunk_count:
-        raise RuntimeError(f"collect did not start a repair round: {done}")
+        raise RuntimeError(f"collect did not start a follow-up round: {done}")
     return done
 
 

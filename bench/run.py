@@ -17,6 +17,10 @@
    output checked line by line.
 4. Cold import of each Cloud Functions entry point against the bare Google clients.
 
+Every job of sections 1-3 allows no follow-up round (`max_retries` 0, no `fallback`;
+`max_repair_attempts` 0 with schemas, except the repair job shown for information):
+collect is one round, as it was before rounds existed.
+
 Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs,
 `--providers openai` for one provider, `--no-schema` without the structured-output runs.
 """
@@ -199,7 +203,7 @@ def throughput(
             job = harness.make_job(generation, len(data), 1)
             plan = harness.submit_phase(deps, job)
             job = harness.ready_for_collect(deps, job, plan.chunks, provider, provider_bytes)
-            t, done = timed(harness.repair_phase, deps, job)
+            t, done = timed(harness.round_phase, deps, job)
             times["repair"].append(t)
             new_chunks = deps.store.get_chunks(job.job_id)[len(plan.chunks) :]
             repaired = sum(c.request_count for c in new_chunks)
@@ -690,10 +694,14 @@ METHOD = """
   round: "collect with schema validation" is that collect, with the same raw-pass
   comparison and the same targets as collect. For information, a second job per
   repetition allows one repair: its collect validates the same answers, then stages the
-  repairs (`repair.stage`: the chunk's payload read once, each invalid answer's request
-  written again with a repair turn) and starts the next round (`repair.plan_round`,
-  `repair.start_round`) instead of merging; it is checked to stage exactly the invalid
-  answers.
+  repairs (`follow_ups.Stager`: the chunk's payload and stored requests read once, each
+  invalid answer's request written again with a repair turn) and starts the next round
+  (`rounds.plan_round`, `rounds.start_round`) instead of merging; it is checked to stage
+  exactly the invalid answers.
+- **One round**: every throughput and memory job sets `max_retries` 0 and no `fallback`
+  (and, with schemas, `max_repair_attempts` 0), so its failures stand and collect ends
+  the job in one collect and merge, the same work as before follow-up rounds existed;
+  the rounds figures are apart.
 - **Provider files**: generated from each staged chunk payload, the way the provider
   answers it, shuffled. OpenAI: the real output/error envelope (`chat.completion` bodies
   with usage details); 2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no
