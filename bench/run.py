@@ -22,7 +22,9 @@ Every job of sections 1-3 allows no follow-up round (`max_retries` 0, no `fallba
 collect is one round, as it was before rounds existed.
 
 Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs,
-`--providers openai` for one provider, `--no-schema` without the structured-output runs.
+`--providers openai` for one provider, `--no-schema` without the structured-output runs,
+`--sections throughput,imports` for some sections only (throughput, memory, real,
+imports; default all).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ COLLECT_RATIO_TARGET = 0.25
 RSS_TARGET = 2.5  # times the largest chunk payload
 IMPORT_TARGET = 1.2  # times importing functions-framework + the three Google clients
 PROVIDER_SDKS = ("openai", "anthropic", "google.cloud.aiplatform", "vertexai", "google.genai")
+#: The sections of the benchmark, in the order they run (`--sections`).
+SECTIONS = ("throughput", "memory", "real", "imports")
 #: The providers the throughput and memory figures are made for, with their names in tables.
 PROVIDERS = {"openai": "OpenAI", "anthropic": "Anthropic", "vertex": "Vertex AI"}
 
@@ -777,6 +781,11 @@ def main() -> int:
         help="skip the structured-output (collect with schema validation) figures",
     )
     parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=BENCH / "RESULTS.md",
@@ -794,9 +803,14 @@ def main() -> int:
     unknown = sorted(set(providers) - set(PROVIDERS))
     if unknown:
         parser.error(f"unknown providers: {', '.join(unknown)}")
+    sections = {s for s in args.sections.split(",") if s}
+    if unknown := sorted(sections - set(SECTIONS)):
+        parser.error(f"unknown sections: {', '.join(unknown)}")
     # (provider, with schemas): the plain inputs first, then the same with a schema a line.
     inputs = {}
     for schema in (False, True) if not args.no_schema else (False,):
+        if not sections & {"throughput", "memory"}:
+            break
         for provider in providers:
             kind = " with a response_schema a line" if schema else ""
             print(f"{provider} input{kind}: {args.lines:,} lines (cached in {DATA})", flush=True)
@@ -807,19 +821,23 @@ def main() -> int:
                 f"{len(meta.blank)} blank",
                 flush=True,
             )
-    for (provider, schema), (path, meta) in inputs.items():
-        print(f"\n{provider}{' structured outputs' if schema else ''} throughput:", flush=True)
-        throughput(report, provider, path, meta, args.reps)
-    baseline = baseline_rss()
-    for (provider, schema), (path, meta) in inputs.items():
-        kind = " structured outputs" if schema else ""
-        print(f"\n{provider}{kind} peak RSS (one process per phase)...", flush=True)
-        memory(report, provider, path, meta, baseline)
-    if args.real_lines:
+    if "throughput" in sections:
+        for (provider, schema), (path, meta) in inputs.items():
+            print(f"\n{provider}{' structured outputs' if schema else ''} throughput:", flush=True)
+            throughput(report, provider, path, meta, args.reps)
+    if sections & {"memory", "real"}:
+        baseline = baseline_rss()
+    if "memory" in sections:
+        for (provider, schema), (path, meta) in inputs.items():
+            kind = " structured outputs" if schema else ""
+            print(f"\n{provider}{kind} peak RSS (one process per phase)...", flush=True)
+            memory(report, provider, path, meta, baseline)
+    if "real" in sections and args.real_lines:
         print(f"\nreal-size run: {args.real_lines:,} lines...", flush=True)
         real_size(report, args.real_lines, args.seed, baseline)
-    print("\ncold imports...", flush=True)
-    cold_imports(report, args.import_runs)
+    if "imports" in sections:
+        print("\ncold imports...", flush=True)
+        cold_imports(report, args.import_runs)
     report.table("Machine", ["", ""], machine(load_at_start))
 
     elapsed = time.perf_counter() - started
