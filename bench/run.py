@@ -16,6 +16,10 @@
 3. A real-size run (120,000 lines, default limits): several OpenAI batches, one merged
    output checked line by line.
 4. Cold import of each Cloud Functions entry point against the bare Google clients.
+5. Follow-up rounds (issue 13), OpenAI: a collect that stages retries and failovers
+   (`max_retries` 1, `fallback` Anthropic) beside the same job's one-round collect, then
+   the final collect of that job once its second round is answered: the round's chunks
+   collected and the runs of both rounds merged, every line once.
 
 Every job of sections 1-3 allows no follow-up round (`max_retries` 0, no `fallback`;
 `max_repair_attempts` 0 with schemas, except the repair job shown for information):
@@ -23,7 +27,7 @@ collect is one round, as it was before rounds existed.
 
 Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs,
 `--providers openai` for one provider, `--no-schema` without the structured-output runs,
-`--sections throughput,imports` for some sections only (throughput, memory, real,
+`--sections throughput,rounds` for some sections only (throughput, rounds, memory, real,
 imports; default all).
 """
 
@@ -58,6 +62,9 @@ from generate import (
     ensure_vertex_results,
 )
 
+from batchline.domain.paths import WorkPaths
+from batchline.domain.workfiles.collected import read_collected
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 DATA = BENCH / ".data"
@@ -69,19 +76,24 @@ RSS_TARGET = 2.5  # times the largest chunk payload
 IMPORT_TARGET = 1.2  # times importing functions-framework + the three Google clients
 PROVIDER_SDKS = ("openai", "anthropic", "google.cloud.aiplatform", "vertexai", "google.genai")
 #: The sections of the benchmark, in the order they run (`--sections`).
-SECTIONS = ("throughput", "memory", "real", "imports")
+SECTIONS = ("throughput", "rounds", "memory", "real", "imports")
 #: The providers the throughput and memory figures are made for, with their names in tables.
 PROVIDERS = {"openai": "OpenAI", "anthropic": "Anthropic", "vertex": "Vertex AI"}
 
 
-def provider_files(provider: str, payload: bytes) -> tuple[tuple[Path, ...], ProviderCounts]:
-    """The provider's result files for one chunk payload (generated once, cached)."""
+def provider_files(
+    provider: str, payload: bytes, failures: bool = True
+) -> tuple[tuple[Path, ...], ProviderCounts]:
+    """The provider's result files for one chunk payload (generated once, cached);
+    `failures=False`: every request answered (OpenAI and Anthropic)."""
     if provider == "anthropic":
-        results, counts = ensure_anthropic_results(DATA, payload)
+        results, counts = ensure_anthropic_results(DATA, payload, failures=failures)
         return (results,), counts
     if provider == "vertex":
+        if not failures:
+            raise ValueError("the Vertex AI files always carry failures")
         return ensure_vertex_results(DATA, payload)
-    out, err, counts = ensure_provider_files(DATA, payload)
+    out, err, counts = ensure_provider_files(DATA, payload, failures=failures)
     return (out, err), counts
 
 
@@ -597,6 +609,179 @@ def cold_imports(report: Report, runs: int) -> None:
     )
 
 
+# --- 5. follow-up rounds -------------------------------------------------------------------
+
+#: The model the OpenAI lines fail over to in the rounds figures.
+FALLBACK = "anthropic/claude-haiku-4-5"
+
+
+def _submitted(data: bytes, **options: Any) -> tuple[Any, dict[str, harness.BenchProvider], Any]:
+    """Fresh stores with a bench OpenAI and Anthropic, the input placed and submitted."""
+    providers: dict[str, harness.BenchProvider] = {
+        "openai": harness.BenchOpenAI(),
+        "anthropic": harness.BenchAnthropic(),
+    }
+    deps = harness.make_deps(None, *providers.values())
+    generation = deps.blobs.put(harness.input_uri(), data)  # type: ignore[attr-defined]
+    job = harness.make_job(generation, len(data), **options)
+    return deps, providers, (job, harness.submit_phase(deps, job))
+
+
+def rounds(report: Report, input_path: Path, meta: Any, reps: int) -> None:
+    """A collect whose lines went through two rounds, on the OpenAI input and its result
+    files (the throughput figures' failures: HTTP 400/429/500, expired, missing).
+
+    Each repetition runs three collects, on fresh stores each time for the job:
+    `collect`, the job with no follow-ups (max_retries 0, no fallback: one round, the
+    failures stand), for reference; `stage`, the same job allowing one retry with
+    FALLBACK as its fallback: its collect notes each failure's follow-up, stages the
+    retries (same model, the payload line again) and the failovers (the stored request
+    encoded for Anthropic), cuts the round's chunks and starts it, no merge; then the
+    round's batches end with every line answered, and `final` is that job's last collect:
+    the round's chunks collected and the runs of both rounds merged, every line once.
+    """
+    data = input_path.read_bytes()
+    times: dict[str, list[Timing]] = {k: [] for k in ("collect", "stage", "final")}
+    first_files: list[tuple[bytes, ...]] = []
+    second_files: dict[int, tuple[bytes, ...]] = {}
+    counts = ProviderCounts()
+    sent: dict[str, int] = {}
+    shape: list[str] = []
+    runs = 0
+    final: dict[str, int] = {}
+    for rep in range(reps):
+        deps, providers, (job, plan) = _submitted(data)
+        if rep == 0:
+            for chunk in plan.chunks:
+                files, c = provider_files("openai", deps.blobs.read_bytes(chunk.payload_uri))
+                counts.add(c)
+                first_files.append(tuple(f.read_bytes() for f in files))
+        job = harness.ready_for_collect(deps, job, plan.chunks, providers["openai"], first_files)
+        t, _ = timed(harness.collect_phase, deps, job)
+        times["collect"].append(t)
+        del deps, providers, job, plan
+
+        deps, providers, (job, plan) = _submitted(data, max_retries=1, fallback=(FALLBACK,))
+        job = harness.ready_for_collect(deps, job, plan.chunks, providers["openai"], first_files)
+        t, running = timed(harness.round_phase, deps, job)
+        times["stage"].append(t)
+        chunks = deps.store.get_chunks(job.job_id)
+        new = chunks[len(plan.chunks) :]
+        got: dict[str, int] = {}
+        for chunk in new:
+            key = f"{chunk.round_reason} {chunk.provider}/{chunk.model}"
+            got[key] = got.get(key, 0) + chunk.request_count
+            if rep == 0:
+                payload = deps.blobs.read_bytes(chunk.payload_uri)
+                files, _ = provider_files(chunk.provider, payload, failures=False)
+                second_files[chunk.index] = tuple(f.read_bytes() for f in files)
+        if rep == 0:
+            sent = got
+            shape = [f"{len(plan.chunks)} first-round", f"{len(new)} follow-up"]
+        elif got != sent:
+            raise AssertionError(f"repetition {rep + 1} sent {got}, the first {sent}")
+        job = harness.ready_for_round(
+            deps, running, new, providers, [second_files[c.index] for c in new]
+        )
+        t, done = timed(harness.collect_phase, deps, job)
+        times["final"].append(t)
+        if rep == 0:
+            paths = WorkPaths(harness.WORK_BUCKET, job.job_id)
+            runs = 1 + sum(
+                len(read_collected(deps.blobs, paths.collected(c.index)).runs) for c in chunks
+            )
+            results = deps.blobs.read_bytes(done.results_uri)
+            final = harness.verify_rounds(iter(results.splitlines()), meta, counts, sent)
+            del results
+        del deps, providers, job, plan, running, done, chunks, new
+        print(
+            f"  rep {rep + 1}/{reps} (CPU s / wall s): "
+            + "  ".join(f"{k} {v[-1].cpu:.2f}/{v[-1].wall:.2f}" for k, v in times.items()),
+            flush=True,
+        )
+
+    def best(key: str) -> float:
+        return min(t.cpu for t in times[key])
+
+    def med(key: str, kind: str = "cpu") -> float:
+        return statistics.median(getattr(t, kind) for t in times[key])
+
+    def vs_one_round(key: str) -> str:
+        """CPU against the one-round collect of the same repetition, median of pairs."""
+        pairs = [k.cpu / c.cpu for k, c in zip(times[key], times["collect"], strict=True)]
+        return f"{statistics.median(pairs):.2f}x"
+
+    results = meta.lines - len(meta.blank)
+    staged = sum(sent.values())
+    extra = [s.cpu - c.cpu for s, c in zip(times["stage"], times["collect"], strict=True)]
+    per_line = statistics.median(extra) / staged if staged else 0.0
+    what = ", ".join(f"{n:,} {k}" for k, n in sorted(sent.items()))
+
+    def row(name: str, key: str, cost: str = "") -> list[str]:
+        return [
+            name,
+            f"{results:,}",
+            f"{best(key):.3f}",
+            f"{med(key):.3f}",
+            f"{med(key, 'wall'):.3f}",
+            fmt_rate(results, best(key)),
+            vs_one_round(key),
+            cost,
+        ]
+
+    report.table(
+        f"Follow-up rounds, OpenAI with fallback {FALLBACK} ({meta.lines:,}-line input, "
+        f"{reps} repetitions, same process, in-memory stores)",
+        [
+            "pass",
+            "result lines",
+            "best CPU s",
+            "median CPU s",
+            "median wall s",
+            "lines/s (best CPU)",
+            "CPU vs one-round collect (median of pairs)",
+            "staging, CPU per staged line (median)",
+        ],
+        [
+            row("collect, one round (max_retries 0, no fallback: failures stand)", "collect"),
+            row(
+                f"first collect staging {staged:,} follow-ups ({what}; max_retries 1; "
+                "no merge: the job runs again)",
+                "stage",
+                f"{per_line * 1e3:.2f} ms ({statistics.median(extra):.3f} s over the one-round collect)",
+            ),
+            row(
+                f"final collect: the follow-up chunks' results, then the merge of {runs} runs "
+                "over both rounds (every line once, checked)",
+                "final",
+            ),
+        ],
+    )
+    report.targets.append(
+        Target(
+            f"OpenAI two-round collect ({meta.lines:,} lines)",
+            f"{staged:,} lines answered by a second round, 1 merged ordered output",
+            "every line once, in order",
+            True,
+            "checked line by line",
+        )
+    )
+    report.notes.append(
+        "Rounds: chunks "
+        + " + ".join(shape)
+        + f"; first-round answers {counts.ok:,} succeeded, {counts.http_error:,} HTTP errors, "
+        f"{counts.expired:,} expired, {counts.missing:,} missing; the follow-up round answers "
+        "every line it sends; final output: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(final.items()))
+        + " (a line still failed is a lasting failure Anthropic could not take, its error "
+        "says why: at seed 42, lines with a `temperature`). CPU seconds min-max: "
+        + ", ".join(
+            f"{k} {min(t.cpu for t in v):.2f}-{max(t.cpu for t in v):.2f}" for k, v in times.items()
+        )
+        + "."
+    )
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -706,6 +891,21 @@ METHOD = """
   (and, with schemas, `max_repair_attempts` 0), so its failures stand and collect ends
   the job in one collect and merge, the same work as before follow-up rounds existed;
   the rounds figures are apart.
+- **Rounds**: the OpenAI input and its result files (the failures above), three
+  collects a repetition on fresh stores: the job with no follow-ups (one round, for
+  reference); the same job with `max_retries` 1 and `fallback`
+  `anthropic/claude-haiku-4-5`, whose first collect notes each failure's follow-up
+  (`round_rules.RoundRules`), stages the retries (a 429, 500, expired or missing result:
+  the payload line again, same model) and the failovers (a 400: the stored neutral
+  request re-encoded for Anthropic by `requests.retarget`; a line Anthropic refuses keeps
+  its failure, with why) and starts the round (`rounds.plan_round`,
+  `rounds.start_round`); then the round's batches end with every line answered (the
+  bench providers' files generated with no failures) and the job's final collect
+  collects the round's chunks and merges the runs of both rounds. Staging CPU per
+  staged line = (first collect - one-round collect of the same repetition) / lines
+  staged, median over the repetitions. The final output is checked line by line: every
+  line once, in order, each line sent again with two attempts and succeeded, the others'
+  failures standing.
 - **Provider files**: generated from each staged chunk payload, the way the provider
   answers it, shuffled. OpenAI: the real output/error envelope (`chat.completion` bodies
   with usage details); 2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no
@@ -825,6 +1025,10 @@ def main() -> int:
         for (provider, schema), (path, meta) in inputs.items():
             print(f"\n{provider}{' structured outputs' if schema else ''} throughput:", flush=True)
             throughput(report, provider, path, meta, args.reps)
+    if "rounds" in sections:
+        path, meta = ensure_input(DATA, args.lines, args.seed, "openai", False)
+        print(f"\nfollow-up rounds (OpenAI, fallback {FALLBACK}):", flush=True)
+        rounds(report, path, meta, args.reps)
     if sections & {"memory", "real"}:
         baseline = baseline_rss()
     if "memory" in sections:
