@@ -44,7 +44,7 @@ locals {
   access = {
     submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
     poll    = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
-    collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify"], provider_keys = true, vertex = "viewer" }
+    collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "viewer" }
     notify  = { read = [], create = [], create_under = {}, names_only = [], publish = [], provider_keys = false, vertex = null }
     api     = { read = ["input", "output"], create = ["work"], create_under = { work = "inline/" }, names_only = [], publish = ["poll"], provider_keys = false, vertex = null }
   }
@@ -89,6 +89,10 @@ locals {
     BATCHLINE_RETENTION_DAYS         = var.firestore.retention_days
     BATCHLINE_MAX_REPAIR_ATTEMPTS    = var.settings.max_repair_attempts
     BATCHLINE_PRICES                 = var.settings.prices
+    BATCHLINE_AUTO_CANDIDATES        = var.settings.auto_candidates
+    BATCHLINE_QUOTAS                 = var.settings.quotas
+    BATCHLINE_QUOTA_BACKOFF_SECONDS  = var.settings.quota_backoff_seconds
+    BATCHLINE_QUOTA_WAIT_SECONDS     = var.settings.quota_wait_seconds
   }
   function_environment = merge(
     { for k, v in local.environment : k => tostring(v) },

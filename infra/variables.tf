@@ -265,7 +265,7 @@ variable "settings" {
   description = <<-EOT
     The functions' settings, passed as the environment variables `shared/batchline/config.py` reads. Null leaves a
     setting to the code's default (see the README's Configuration table).
-    - default_model (BATCHLINE_DEFAULT_MODEL): model for lines and jobs without one, "provider/model"; its provider must be in enabled_providers.
+    - default_model (BATCHLINE_DEFAULT_MODEL): model for lines and jobs without one, "provider/model" (its provider must be in enabled_providers), or "auto".
     - openai_base_url (BATCHLINE_OPENAI_BASE_URL): another OpenAI-compatible endpoint.
     - openai_max_requests, openai_max_bytes: OpenAI chunk limits.
     - anthropic_base_url (BATCHLINE_ANTHROPIC_BASE_URL): another Anthropic endpoint.
@@ -281,7 +281,11 @@ variable "settings" {
     - work_budget_seconds: time submit, poll and api spend planning and submitting before leaving work to the next tick; at least 60 s under their timeouts.
     - collect_retry_seconds: re-request a collect that has not finished after this long.
     - max_repair_attempts (BATCHLINE_MAX_REPAIR_ATTEMPTS): times an answer that fails its schema is asked again (0-5); a job's own option overrides it.
-    - prices (BATCHLINE_PRICES): price table overrides, a JSON object {"provider/model": {"input": .., "output": .., ...}} per 1M tokens (see the README's Cost section).
+    - prices (BATCHLINE_PRICES): price table overrides, a JSON object {"provider/model": {"input": .., "output": .., ...}} per 1M tokens, and model capabilities (see the README's Cost section).
+    - auto_candidates (BATCHLINE_AUTO_CANDIDATES): the models `model: "auto"` chooses from when a job names none, comma-separated "provider/model"; default one per enabled provider (its cheapest in the price table).
+    - quotas (BATCHLINE_QUOTAS): what each provider lets your account have in flight, a JSON object {"provider/model" or "provider": {"<unit>": n}}, e.g. {"openai/gpt-4.1-mini": {"enqueued_tokens": 20000000}, "anthropic": {"queued_requests": 200000}, "vertex/gemini-2.5-flash": {"concurrent_jobs": 8}}; unset: the lowest paid tier's (see the README's Provider quotas section).
+    - quota_backoff_seconds (BATCHLINE_QUOTA_BACKOFF_SECONDS): first wait of a chunk a provider's quota sent back (doubled each time, at most 30 minutes).
+    - quota_wait_seconds (BATCHLINE_QUOTA_WAIT_SECONDS): how long a job waiting for a quota keeps its place without asking again (more than a poll tick).
   EOT
   type = object({
     default_model          = optional(string)
@@ -305,6 +309,10 @@ variable "settings" {
     collect_retry_seconds  = optional(number, 600)
     max_repair_attempts    = optional(number)
     prices                 = optional(string)
+    auto_candidates        = optional(string)
+    quotas                 = optional(string)
+    quota_backoff_seconds  = optional(number)
+    quota_wait_seconds     = optional(number)
   })
   default  = {}
   nullable = false
@@ -317,11 +325,19 @@ variable "settings" {
     error_message = "settings.prices must be a JSON object of price overrides."
   }
   validation {
-    condition     = var.settings.default_model == null || can(regex("^[a-z]+/.+$", var.settings.default_model))
-    error_message = "settings.default_model must look like provider/model, e.g. openai/gpt-4.1-mini."
+    condition     = var.settings.quotas == null || can(keys(jsondecode(var.settings.quotas)))
+    error_message = "settings.quotas must be a JSON object of provider or provider/model quotas."
   }
   validation {
-    condition = var.settings.default_model == null || try(
+    condition     = alltrue([for v in [var.settings.quota_backoff_seconds, var.settings.quota_wait_seconds] : v == null || try(v > 0, false)])
+    error_message = "settings.quota_backoff_seconds and quota_wait_seconds must be positive."
+  }
+  validation {
+    condition     = var.settings.default_model == null || var.settings.default_model == "auto" || can(regex("^[a-z]+/.+$", var.settings.default_model))
+    error_message = "settings.default_model must look like provider/model, e.g. openai/gpt-4.1-mini, or be auto."
+  }
+  validation {
+    condition = var.settings.default_model == null || var.settings.default_model == "auto" || try(
       contains(var.enabled_providers, split("/", var.settings.default_model)[0]), false
     )
     error_message = "settings.default_model names a provider that is not in enabled_providers (it would not be set up)."

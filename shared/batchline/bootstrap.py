@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchline.config import ChunkLimits, Settings
+from batchline.config import ChunkLimits, Settings, check_auto_candidates
 from batchline.domain.pricing import PRICES, Price, load_prices
 from batchline.domain.providers.base import Encoder, RepairTurn
 from batchline.domain.providers.registry import KNOWN_PROVIDERS, provider
@@ -97,6 +97,7 @@ def build(settings: Settings | None = None) -> Deps:
 
     settings = settings or Settings.from_env()
     prices = load_prices(settings.prices_json)  # a bad override fails here, at start-up
+    check_auto_candidates(settings.auto_candidates)
     blobs = gcs.GcsBlobStore(gcs.make_client(settings.project))
     return Deps(
         settings=settings,

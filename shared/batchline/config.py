@@ -9,13 +9,14 @@ STORAGE_EMULATOR_HOST) directly.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchline.domain.providers.base import ChunkLimits as ChunkLimits
 from batchline.domain.providers.base import ProviderSettings
 from batchline.domain.providers.registry import KNOWN_PROVIDERS, descriptors
+from batchline.domain.quotas import Quotas, parse_quotas
 from batchline.errors import ConfigError
 
 # The longest input line batchline reads, from the providers' own per-request limits, so
@@ -31,6 +32,7 @@ from batchline.errors import ConfigError
 # so the limit bounds a line's share of the submit function's memory (1 GiB by default).
 MAX_LINE_BYTES = 32 * 1024 * 1024
 ENABLED_PROVIDERS_ENV = "BATCHLINE_ENABLED_PROVIDERS"
+AUTO_CANDIDATES_ENV = "BATCHLINE_AUTO_CANDIDATES"
 
 
 def default_provider_settings() -> dict[str, ProviderSettings]:
@@ -41,6 +43,16 @@ def default_provider_settings() -> dict[str, ProviderSettings]:
 def provider_settings_from_env(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
     """Every known provider's settings block, each parsed by its descriptor."""
     return {p.name: p.settings_from_env(env) for p in descriptors()}
+
+
+def quota_policies() -> dict[str, Any]:
+    """Every known provider's quota policy, by name (its descriptor states it)."""
+    return {p.name: p.quota for p in descriptors()}
+
+
+def default_quotas() -> Quotas:
+    """The quotas with no BATCHLINE_QUOTAS: every provider's lowest paid tier."""
+    return Quotas(quota_policies())
 
 
 def enabled_providers(raw: str | None) -> frozenset[str]:
@@ -95,6 +107,9 @@ class Settings:
     max_repair_attempts: int = 1
     # BATCHLINE_PRICES: JSON overriding the price table (`domain.pricing.load_prices`).
     prices_json: str | None = None
+    # BATCHLINE_AUTO_CANDIDATES: the models `model: "auto"` chooses from when a job names
+    # none (comma-separated provider/model); empty: `domain.selection.default_candidates`.
+    auto_candidates: tuple[str, ...] = ()
     # Jobs' webhooks (services.notify): the topic the notify function takes them from, and
     # the Standard Webhooks secret (`whsec_...`) they are signed with (notify only).
     notify_topic: str = "batchline-notify"
@@ -104,6 +119,17 @@ class Settings:
     # The secret OpenAI signs its webhooks with (`whsec_...`), for POST
     # /v1/webhooks/openai (api only). None: that route refuses every event.
     openai_webhook_secret: str | None = field(default=None, repr=False)
+    # BATCHLINE_QUOTAS: what each provider lets the account have in flight, over the
+    # descriptors' defaults (`domain.quotas.parse_quotas`).
+    quotas: Quotas = field(default_factory=default_quotas)
+    # A chunk the provider's quota sent back waits this long before it is sent again,
+    # doubled each time it is sent back, at most quota_backoff_max_seconds (not an
+    # environment variable: tests shorten it).
+    quota_backoff_seconds: float = 60.0
+    quota_backoff_max_seconds: float = 1800.0
+    # A job waiting for a quota pool keeps its place while it asks again within this long
+    # (a poll tick reaches it every few minutes); after it, its place is given up.
+    quota_wait_seconds: float = 600.0
 
     def provider(self, name: str) -> Any:
         """Provider `name`'s settings block (its descriptor's settings class)."""
@@ -124,22 +150,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The settings from the environment; ConfigError naming a missing or bad variable."""
         env = os.environ if env is None else env
-
-        def required(name: str) -> str:
-            value = env.get(name, "").strip()
-            if not value:
-                raise ConfigError(f"environment variable {name} is required")
-            return value
-
-        def number(name: str, default: float) -> float:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                return float(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r} is not a number") from exc
-
+        required, number = _required_reader(env), _number_reader(env)
         defaults = cls(project="", input_bucket="", output_bucket="", work_bucket="")
         project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or ""
         if not project:
@@ -170,12 +181,65 @@ class Settings:
             max_repair_attempts=_whole_number(
                 env, "BATCHLINE_MAX_REPAIR_ATTEMPTS", defaults.max_repair_attempts
             ),
-            prices_json=(env.get("BATCHLINE_PRICES") or "").strip() or None,
+            prices_json=prices_override(env),
+            auto_candidates=auto_candidates(env.get("BATCHLINE_AUTO_CANDIDATES")),
             notify_topic=env.get("BATCHLINE_NOTIFY_TOPIC") or defaults.notify_topic,
             webhook_secret=env.get("BATCHLINE_WEBHOOK_SECRET") or None,
             webhook_allow_insecure_local=webhook_allow_insecure_local(env),
             openai_webhook_secret=env.get("OPENAI_WEBHOOK_SECRET") or None,
+            quotas=parse_quotas(env.get("BATCHLINE_QUOTAS"), quota_policies()),
+            quota_backoff_seconds=number(
+                "BATCHLINE_QUOTA_BACKOFF_SECONDS", defaults.quota_backoff_seconds
+            ),
+            quota_wait_seconds=number("BATCHLINE_QUOTA_WAIT_SECONDS", defaults.quota_wait_seconds),
         )
+
+
+def _required_reader(env: Mapping[str, str]) -> Callable[[str], str]:
+    def required(name: str) -> str:
+        value = env.get(name, "").strip()
+        if not value:
+            raise ConfigError(f"environment variable {name} is required")
+        return value
+
+    return required
+
+
+def _number_reader(env: Mapping[str, str]) -> Callable[[str, float], float]:
+    def number(name: str, default: float) -> float:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r} is not a number") from exc
+
+    return number
+
+
+def prices_override(env: Mapping[str, str] | None = None) -> str | None:
+    """BATCHLINE_PRICES's JSON, None when unset or blank (read where job options are
+    checked, which has no Settings, too)."""
+    env = os.environ if env is None else env
+    return (env.get("BATCHLINE_PRICES") or "").strip() or None
+
+
+def auto_candidates(raw: str | None) -> tuple[str, ...]:
+    """BATCHLINE_AUTO_CANDIDATES's value: comma-separated `provider/model` names (none:
+    the default). Checked at start-up (`check_auto_candidates`), as the prices are."""
+    return tuple(name.strip() for name in (raw or "").split(",") if name.strip())
+
+
+def check_auto_candidates(names: tuple[str, ...]) -> None:
+    """ConfigError naming the first of BATCHLINE_AUTO_CANDIDATES's names that is not a
+    `provider/model` of a known provider."""
+    from batchline.domain.requests import AUTO, model_problem
+
+    for name in names:
+        problem = "not a model to choose" if name == AUTO else model_problem(name)
+        if problem is not None:
+            raise ConfigError(f"{AUTO_CANDIDATES_ENV}: {name!r}: {problem}")
 
 
 def webhook_allow_insecure_local(env: Mapping[str, str] | None = None) -> bool:

@@ -59,13 +59,19 @@ def poll(deps: Deps) -> None:
 
 
 def collect(deps: Deps, message: Any) -> None:
-    from batchline.services.collect import collect as run_collect
+    from batchline.services.collect_fanout import collect_one, fan_out
 
     job_id = message.get("job_id") if isinstance(message, dict) else None
     if not isinstance(job_id, str):
         log.error("collect: message without job_id, acknowledged")
         return
-    run_collect(deps, job_id)
+    chunk = message.get("chunk")
+    if chunk is None:
+        fan_out(deps, job_id)  # one message per chunk, then the job's merge
+    elif isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0:
+        collect_one(deps, job_id, chunk)
+    else:
+        log.error("collect: chunk is not a chunk index, acknowledged", extra=fields(job_id=job_id))
 
 
 def notify(deps: Deps, message: Any) -> None:

@@ -22,6 +22,7 @@ from batchline.domain.models import (
     ProviderBatch,
     ProviderLock,
     ProviderResult,
+    QuotaPool,
 )
 
 
@@ -147,6 +148,7 @@ class JobPage:
 JobChange = Callable[[Job], Job | None]
 ChunkChange = Callable[[Chunk], Chunk | None]
 LockChange = Callable[[ProviderLock], ProviderLock | None]
+PoolChange = Callable[[QuotaPool], QuotaPool | None]
 
 
 class JobStore(Protocol):
@@ -193,6 +195,14 @@ class JobStore(Protocol):
 
     def update_lock(self, provider: str, change: LockChange) -> ProviderLock | None:
         """Apply `change` to `provider`'s create lock (a free one if never written)."""
+        ...
+
+    def get_pool(self, key: str) -> QuotaPool:
+        """Quota pool `key` as it is now (a plain read; empty if never written)."""
+        ...
+
+    def update_pool(self, key: str, change: PoolChange) -> QuotaPool | None:
+        """Apply `change` to quota pool `key` (an empty one if never written)."""
         ...
 
     def list_jobs(self, query: JobQuery) -> JobPage:

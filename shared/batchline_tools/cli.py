@@ -43,12 +43,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from batchline_tools import estimate
     from batchline_tools.local import cli as local_cli
 
     parser = argparse.ArgumentParser(prog="batchline", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     local_cli.register(commands)
     _add_submit(commands)
+    estimate.register(commands)
     _add_job_commands(commands)
     _add_schema_commands(commands)
     demo = commands.add_parser(
@@ -79,8 +81,13 @@ def _add_submit(commands: Commands) -> None:
     submit = commands.add_parser("submit", help="upload a JSONL file to the input bucket")
     submit.add_argument("file", type=Path)
     submit.add_argument(
-        "--model", help="default model for lines without one, e.g. openai/gpt-4.1-mini"
+        "--model",
+        help="default model for lines without one, e.g. openai/gpt-4.1-mini, or auto",
     )
+    submit.add_argument(
+        "--candidates", metavar="A,B", help="the provider/model names model auto chooses from"
+    )
+    submit.add_argument("--prefer", choices=("cost", "speed"), help="what auto chooses for")
     submit.add_argument("--name", help="object name in the input bucket (default: the file name)")
     submit.add_argument(
         "--schema", help="registered schema (`batchline schema push`) the answers must follow"
@@ -262,6 +269,10 @@ def _job_options(args: argparse.Namespace) -> dict[str, str]:
         if not args.max_cost_usd > 0 or args.max_cost_usd == float("inf"):
             raise CliError("--max-cost-usd must be a positive number")
         options["max_cost_usd"] = repr(args.max_cost_usd)
+    if args.candidates:
+        options["candidates"] = args.candidates  # checked by the pipeline, naming it
+    if args.prefer:
+        options["prefer"] = args.prefer
     if args.notify_url:
         # Checked by the pipeline, against the deployment's rules (a bad one rejects the
         # job, naming notify_url).
@@ -390,6 +401,8 @@ def _print_job(job_id: str, job: Job | None) -> None:
         print(f"summary  {view['summary_uri']}")
     if view["error"]:
         print(f"error    {view['error']}")
+    if view["waiting"]:
+        print(f"waiting  {view['waiting']}")
 
 
 # -- schemas -----------------------------------------------------------------------------

@@ -16,9 +16,17 @@ from dataclasses import replace
 from typing import Any, BinaryIO
 
 from batchline.adapters import _listing
-from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, ProviderLock
+from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, ProviderLock, QuotaPool
 from batchline.errors import NotFound, PreconditionFailed
-from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery, LockChange, ObjectInfo
+from batchline.ports import (
+    ChunkChange,
+    JobChange,
+    JobPage,
+    JobQuery,
+    LockChange,
+    ObjectInfo,
+    PoolChange,
+)
 
 
 class MemoryJobStore:
@@ -28,6 +36,7 @@ class MemoryJobStore:
         self.chunks: dict[str, dict[int, Chunk]] = {}
         self.keys: dict[str, IdempotencyKey] = {}
         self.locks: dict[str, ProviderLock] = {}
+        self.pools: dict[str, QuotaPool] = {}
 
         self._cursor_key = _listing.store_key("memory", os.urandom(16).hex())
 
@@ -112,6 +121,17 @@ class MemoryJobStore:
             updated = change(self.locks.get(provider, ProviderLock(provider)))
             if updated is not None:
                 self.locks[provider] = updated
+            return updated
+
+    def get_pool(self, key: str) -> QuotaPool:
+        with self._lock:
+            return self.pools.get(key, QuotaPool(key))
+
+    def update_pool(self, key: str, change: PoolChange) -> QuotaPool | None:
+        with self._lock:
+            updated = change(self.pools.get(key, QuotaPool(key)))
+            if updated is not None:
+                self.pools[key] = updated
             return updated
 
     def list_jobs(self, query: JobQuery) -> JobPage:

@@ -37,6 +37,14 @@ VERTEX_ROWS_PER_FILE = 90
 # its leases every 5 s (a third of a lease) however long its calls take (production: 60 s
 # leases, 10 s heartbeats).
 LEASE_SECONDS = 15
+#: The OpenAI model test_quotas runs under a small enqueued-token quota (no other e2e
+#: test uses it), and that quota.
+QUOTA_MODEL = "gpt-4.1-nano"
+QUOTA_TOKENS = 1500
+#: The Vertex model test_quotas runs under a quota of a few jobs at once (no other e2e
+#: test uses it); other Vertex models get 1000.
+VERTEX_QUOTA_MODEL = "gemini-2.5-flash-lite"
+VERTEX_QUOTA_JOBS = 2
 #: Bounds a wait that ends as soon as what it waits for happens: generous, since it only
 #: bounds a failure (a loaded 2-core machine is slow, not wrong).
 WAIT_SECONDS = 120.0
@@ -88,6 +96,17 @@ def local_stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
             "BATCHLINE_COLLECT_RETRY_SECONDS": "20",
             # Small, so that test_pipeline's over-limit line is 1 MiB, not 32.
             "BATCHLINE_MAX_LINE_BYTES": str(1024 * 1024),
+            # Quotas: Vertex's default of 4 jobs at once would make a test that holds every
+            # chunk of a many-chunk Vertex job wait forever; QUOTA_MODEL's quota is small
+            # for test_quotas; a chunk a quota sends back waits 1 s, not 60.
+            "BATCHLINE_QUOTAS": orjson.dumps(
+                {
+                    "vertex": {"concurrent_jobs": 1000},
+                    f"openai/{QUOTA_MODEL}": {"enqueued_tokens": QUOTA_TOKENS},
+                    f"vertex/{VERTEX_QUOTA_MODEL}": {"concurrent_jobs": VERTEX_QUOTA_JOBS},
+                }
+            ).decode(),
+            "BATCHLINE_QUOTA_BACKOFF_SECONDS": "1",
         },
         vertex_emulator_config={"rows_per_file": VERTEX_ROWS_PER_FILE},
     )

@@ -120,7 +120,7 @@ def test_a_batch_that_fails_validation_fails_its_lines_over_or_names_the_error(
 
 
 CRASHING_FAILOVER = """
-import os, sys, time
+import json, os, sys, time
 from batchline.bootstrap import build
 from batchline.adapters.providers.anthropic import AnthropicProvider
 from batchline.domain.models import JobState
@@ -136,24 +136,30 @@ def create_then_die(self, payload, tag, model):
     os._exit(137)  # killed before Firestore records the failover batch
 AnthropicProvider.create_batch = create_then_die
 
-bucket, name, generation, size = sys.argv[1:5]
+bucket, name, generation, size, metadata = sys.argv[1:6]
 deps = build()
-job = handle_object_finalized(deps, ObjectFinalized(bucket, name, generation, int(size)))
+event = ObjectFinalized(bucket, name, generation, int(size), metadata=json.loads(metadata))
+job = handle_object_finalized(deps, event)
 owner = new_owner()
 deadline = time.monotonic() + 100
 while time.monotonic() < deadline:
     job = deps.store.get_job(job.job_id)
+    if job.state.terminal:
+        break
     if job.state is JobState.COLLECTING:
         collect(deps, job.job_id)
     elif job.state in (JobState.SUBMITTING, JobState.RUNNING):
         advance_job(deps, job, owner, deps.clock.now() + 30)
     time.sleep(0.2)
-print("never reached the failover create", job, flush=True)
+chunks = deps.store.get_chunks(job.job_id)
+print("never reached the failover create:", job.state, job.error, flush=True)
+for c in chunks:
+    print("chunk", c.index, c.provider, c.state, c.round_reason, c.error, flush=True)
 """
 
 
 def test_a_failover_batch_created_by_a_process_killed_before_recording_it_is_adopted(
-    pipeline: Pipeline, tmp_path: Path
+    pipeline: Pipeline, tmp_path: Path, emulator_defaults: Callable[..., None]
 ) -> None:
     # An input bucket of its own: the stack's submit function ignores the upload, and
     # only the crashing process submits (the ticker is paused while it runs).
@@ -161,10 +167,12 @@ def test_a_failover_batch_created_by_a_process_killed_before_recording_it_is_ado
     if pipeline.gcs.lookup_bucket(bucket) is None:
         pipeline.gcs.create_bucket(bucket)
     count = 20
-    # Every line fails at OpenAI for good (400), so every line fails over to Anthropic.
-    data = b"\n".join(neutral(i, f"q {i} [emulator:fail=400]") for i in range(count))
+    # Every line fails at OpenAI (500), and with no retries fails over to Anthropic.
+    emulator_defaults(line_fail_rate=1.0)
+    metadata = {"fallback": HAIKU, "max_retries": "0"}
+    data = b"\n".join(neutral(i) for i in range(count))
     job_id, resource = pipeline.upload(
-        "crash/failover.jsonl", data, metadata={"fallback": HAIKU}, bucket=bucket
+        "crash/failover.jsonl", data, metadata=metadata, bucket=bucket
     )
     before = {b["id"] for b in pipeline.anthropic_batches()}
     env = {**os.environ, **pipeline.stack.client_env(), "BATCHLINE_INPUT_BUCKET": bucket}
@@ -177,6 +185,7 @@ def test_a_failover_batch_created_by_a_process_killed_before_recording_it_is_ado
                 str(script),
                 bucket,
                 *(resource[k] for k in ("name", "generation", "size")),
+                orjson.dumps(metadata).decode(),  # as the object's event carries it
             ],
             env=env,
             capture_output=True,
@@ -197,3 +206,64 @@ def test_a_failover_batch_created_by_a_process_killed_before_recording_it_is_ado
     assert [r["custom_id"] for r in results] == [f"q-{i}" for i in range(count)]
     assert {r["provider"] for r in results} == {"anthropic"}
     assert all(chain_of(r) == [("first", FIRST), ("failover", HAIKU)] for r in results)
+
+
+def test_model_auto_sends_each_line_where_batchline_estimate_says(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    words = " ".join(f"word{i}" for i in range(75_000))  # ~150k tokens: past gpt-4o-mini's
+    refused_by_gemini = {  # `if`/`then`: Gemini's responseJsonSchema has neither
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "required": ["a"],
+        "if": {"required": ["a"]},
+        "then": {"required": ["a"]},
+    }
+    lines = [
+        {
+            "custom_id": "doc",
+            "model": "auto",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": f"Summarise: {words}"}],
+        },
+        {
+            "custom_id": "schema",
+            "model": "auto",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "Give a"}],
+            "response_schema": {"name": "odd", "schema": refused_by_gemini},
+        },
+        *(
+            {
+                "custom_id": f"short-{i}",
+                "model": "auto",
+                "max_tokens": 20,
+                "messages": [{"role": "user", "content": f"Say {i}"}],
+            }
+            for i in range(5)
+        ),
+    ]
+    data = b"\n".join(orjson.dumps(line) for line in lines)
+    path = tmp_path / "auto.jsonl"
+    path.write_bytes(data)
+    env = {**os.environ, **pipeline.stack.client_env()}
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "batchline"), "estimate", str(path), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    expected = {a["model"]: a["requests"] for a in orjson.loads(shown.stdout)["auto"]}
+    job_id, _ = pipeline.upload("e2e/auto.jsonl", data)
+    job = pipeline.wait(job_id, timeout=ROUNDS_WAIT_SECONDS)
+    results = pipeline.results(job)
+    assert job.state is JobState.SUCCEEDED, [r["error"] for r in results]
+    assert {r["selected_by"] for r in results} == {"auto"}
+    chosen = Counter(f"{r['provider']}/{r['model']}" for r in results)
+    assert dict(chosen) == expected
+    by_id = {r["custom_id"]: f"{r['provider']}/{r['model']}" for r in results}
+    assert by_id["doc"] != "openai/gpt-4o-mini"  # too long for its context window
+    assert not by_id["schema"].startswith("vertex/")  # Gemini refuses `if`
+    assert pipeline.summary(job)["estimate"]["auto"]

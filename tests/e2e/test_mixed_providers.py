@@ -126,7 +126,11 @@ def test_1500_lines_mixing_providers_and_formats_come_back_in_order(pipeline: Pi
                 "model": model,
             }
         )
-    job_id, _ = pipeline.upload("e2e/mixed-providers.jsonl", b"\n".join(lines) + b"\n")
+    # No retries: each failing line fails once, in the first round (retries and failover:
+    # test_failover.py).
+    job_id, _ = pipeline.upload(
+        "e2e/mixed-providers.jsonl", b"\n".join(lines) + b"\n", metadata={"max_retries": "0"}
+    )
     job = pipeline.wait(job_id, timeout=120)
     results = pipeline.results(job)
 

@@ -1741,6 +1741,10 @@ def check(infra: InfraFacts, code: CodeFacts) -> list[str]:
     return [problem for run in CHECKS for problem in run(infra, code)]
 
 
+#: Environment variables Settings.from_env parses as JSON objects.
+JSON_SETTINGS = frozenset({"BATCHLINE_QUOTAS"})
+
+
 def sample_environment(infra: InfraFacts, numeric: Iterable[str]) -> dict[str, str]:
     """What the functions' environment looks like, with made-up values of the right kind."""
     numbers = set(numeric)
@@ -1754,4 +1758,6 @@ def sample_environment(infra: InfraFacts, numeric: Iterable[str]) -> dict[str, s
         if "var.enabled_providers" in _ref(value):
             env[name] = providers
     env.update({name: "sk-sample" for name in _secret_env(infra).values()})
+    # Settings parsed as JSON at start-up: an empty object (every default).
+    env.update({name: "{}" for name in JSON_SETTINGS if name in env})
     return env

@@ -78,7 +78,8 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
     } <= code.env_read
     assert frozenset({"BATCHLINE_WORK_BUCKET"}) in code.required_env
     assert {"BATCHLINE_RETENTION_DAYS", "BATCHLINE_ANTHROPIC_MAX_TOKENS"} <= code.numeric_env
-    assert code.uses["collect"].published == {"events_topic", "notify_topic"}
+    # collect fans out: one message per chunk on its own topic
+    assert code.uses["collect"].published == {"collect_topic", "events_topic", "notify_topic"}
     assert code.uses["poll"].published == {"collect_topic", "events_topic", "notify_topic"}
     assert code.uses["notify"].published == frozenset()
     assert all(
@@ -359,8 +360,8 @@ def test_keys_not_mounted_where_the_code_calls_a_provider_is_reported(
     files = changed(
         infra_files,
         "main.tf",
-        'publish = ["events", "notify"], provider_keys = true',
-        'publish = ["events", "notify"], provider_keys = false',
+        'publish = ["collect", "events", "notify"], provider_keys = true',
+        'publish = ["collect", "events", "notify"], provider_keys = false',
     )
     assert_reported(
         problems_with_infra(files, code),
@@ -660,8 +661,8 @@ def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.C
     narrower = changed(
         infra_files,
         "main.tf",
-        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify"]',
-        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["notify"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "notify"]',
     )
     assert_reported(
         problems_with_infra(narrower, code),
@@ -670,10 +671,10 @@ def test_publisher_grants_follow_the_code(infra_files: dict[str, str], code: c.C
     wider = changed(
         infra_files,
         "main.tf",
-        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify"]',
-        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["events", "notify", "collect"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"]',
+        'collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify", "poll"]',
     )
-    assert_reported(problems_with_infra(wider, code), "infra lets it publish to the collect topic")
+    assert_reported(problems_with_infra(wider, code), "infra lets it publish to the poll topic")
 
 
 def test_blob_operation_the_roles_do_not_allow_is_reported(
@@ -1142,7 +1143,10 @@ def test_a_function_publishing_to_notify_without_the_grant_is_reported(
     infra_files: dict[str, str], code: c.CodeFacts
 ) -> None:
     files = changed(
-        infra_files, "main.tf", 'publish = ["events", "notify"]', 'publish = ["events"]'
+        infra_files,
+        "main.tf",
+        'publish = ["collect", "events", "notify"], provider_keys = true, vertex = "viewer"',
+        'publish = ["collect", "events"], provider_keys = true, vertex = "viewer"',
     )
     assert_reported(
         problems_with_infra(files, code),

@@ -95,6 +95,11 @@ def full_job(job_id: str = "job-full") -> Job:
             max_repair_attempts=2,
             max_cost_usd=12.5,
             notify_url="https://hooks.example.com/batchline",
+            max_retries=3,
+            fallback=("anthropic/claude-haiku-4-5", "vertex/gemini-2.5-flash"),
+            max_queue_hours=6.5,
+            candidates=["openai/gpt-4o-mini", "vertex/gemini-2.5-flash"],
+            prefer="speed",
         ),
         output_prefix=f"gs://out-bucket/team/ünïcode input/{job_id}/",
         origin="api",
@@ -119,6 +124,7 @@ def full_job(job_id: str = "job-full") -> Job:
         notify={"published_at": NOW + 3.5, "attempts": 2, "last_status": 500},
         expire_at=EXPIRE_AT,
         version=7,
+        waiting="queued: 1.9M of 2M enqueued tokens in use for openai/gpt-4.1-mini",
     )
 
 
@@ -242,7 +248,12 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         expire_at=EXPIRE_AT,
         round=1,
         round_of=0,
+        round_reason="failover",
         orphans=["batch_dup"],
+        input_tokens=123_456,
+        not_before=NOW + 30.5,
+        requeues=2,
+        quota_refused=["batch_over"],
         requests_uri="gs://work/jobs/job-c/requests/01/0000000004.jsonl",
     )
     bare = Chunk("job-c", 3, "", "", 0, 0, "", "")
@@ -514,3 +525,33 @@ def test_a_create_lock_never_written_is_free_and_its_race_has_one_holder(
     )
     assert declared is not None and store.get_lock("anthropic") == declared  # round trip
     assert store.get_lock("openai") == ProviderLock("openai")  # one lock per provider
+
+
+# --------------------------------------------------------------------------- quota pools
+
+
+def test_a_quota_pool_never_holds_more_than_its_limit_however_many_race(
+    store: FirestoreJobStore, new_store: Callable[[], FirestoreJobStore]
+) -> None:
+    from batchline.domain import claims
+    from batchline.domain.claims import Ask, Change
+    from batchline.domain.models import QuotaPool
+
+    key = "openai/gpt-4.1-mini"  # a `/` in the key: the document id has none
+    assert store.get_pool(key) == QuotaPool(key)
+    stores = [new_store() for _ in range(RACERS)]
+
+    def reserve(i: int) -> QuotaPool | None:
+        ask = Ask(f"job-{i}/0", f"job-{i}", NOW - i, 30, 100, 600.0)
+        return stores[i].update_pool(key, Change(claims.reserve, ask, NOW))
+
+    race(RACERS, reserve)
+    pool = store.get_pool(key)
+    assert len(pool.holds) == 3 and pool.in_use == 90  # 100 fits three of 30
+    assert set(pool.waiters) <= {f"job-{i}" for i in range(RACERS)} - {
+        t.split("/")[0] for t in pool.holds
+    }
+    tag = next(iter(pool.holds))
+    freed = store.update_pool(key, Change(claims.release_hold, tag))
+    assert freed is not None and store.get_pool(key) == freed and freed.in_use == 60
+    assert store.get_pool("openai/gpt-4o") == QuotaPool("openai/gpt-4o")  # one per quota

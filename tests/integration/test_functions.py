@@ -325,6 +325,20 @@ def collect_push(fn: Functions, cloud: Cloud, pulled: Mapping[str, Any]) -> int:
     return push(fn.collect, cloud, "pubsub_push_collect.json", cloud.topic("collect"), fields)
 
 
+def collect_fanned_out(fn: Functions, cloud: Cloud, pulled: Mapping[str, Any]) -> int:
+    """Deliver a job's collect request, then every chunk message it fans out (pulled from
+    the collect topic and pushed, as Pub/Sub would), until none is left; the number of
+    chunk messages."""
+    assert collect_push(fn, cloud, pulled) == 200
+    chunks = 0
+    while more := cloud.pull("collect", settle=0.3):
+        for message in more:
+            assert "chunk" in message["json"], message["json"]
+            assert collect_push(fn, cloud, message) == 200
+            chunks += 1
+    return chunks
+
+
 def b64json(value: Any) -> str:
     return base64.b64encode(json.dumps(value).encode()).decode()
 
@@ -344,18 +358,25 @@ def poll_until_collecting(fn: Functions, cloud: Cloud, job_id: str, timeout: flo
         cloud.wait_batches_ended(job_id)
 
 
-def run_to_end(fn: Functions, cloud: Cloud, job_id: str) -> tuple[Job, list[dict[str, Any]]]:
-    """Poll until collecting, deliver the one collect request poll published; returns the
-    terminal job and the events published."""
-    job = poll_until_collecting(fn, cloud, job_id)
-    assert job.state is JobState.COLLECTING
-    requested = [m for m in cloud.pull("collect") if m["json"].get("job_id") == job_id]
-    assert len(requested) == 1, requested
-    assert requested[0]["attributes"].get("job_id") == job_id
-    assert collect_push(fn, cloud, requested[0]) == 200
-    done = cloud.job(job_id)
-    assert done is not None and done.state.terminal, done
-    return done, cloud.pull("events")
+def run_to_end(
+    fn: Functions, cloud: Cloud, job_id: str, rounds: int = 4
+) -> tuple[Job, list[dict[str, Any]]]:
+    """Poll until collecting, deliver the one collect request poll published (and the
+    chunk messages it fans out), again for each follow-up round (retries of failed lines);
+    returns the terminal job and the events published."""
+    for _ in range(rounds):
+        job = poll_until_collecting(fn, cloud, job_id)
+        assert job.state is JobState.COLLECTING
+        requested = [m for m in cloud.pull("collect") if m["json"].get("job_id") == job_id]
+        assert len(requested) == 1, requested
+        assert requested[0]["attributes"].get("job_id") == job_id
+        assert collect_fanned_out(fn, cloud, requested[0]) >= 1
+        done = cloud.job(job_id)
+        assert done is not None
+        if done.state.terminal:
+            return done, cloud.pull("events")
+        assert done.state is JobState.RUNNING, done  # a follow-up round started
+    raise AssertionError(f"job {job_id} did not end in {rounds} rounds: {cloud.job(job_id)}")
 
 
 def results_of(cloud: Cloud, job: Job) -> list[dict[str, Any]]:
@@ -535,7 +556,8 @@ def test_poll_then_collect_finishes_the_job_and_publishes_job_completed_once(
     assert job is not None and job.state is JobState.COLLECTING
     requested = cloud.pull("collect")
     assert [m["json"] for m in requested] == [{"job_id": job_id}]
-    assert collect_push(functions, cloud, requested[0]) == 200
+    # One message per chunk (three), then the merge by the last of them.
+    assert collect_fanned_out(functions, cloud, requested[0]) == 3
 
     job = cloud.job(job_id)
     assert job is not None
@@ -699,14 +721,16 @@ def test_a_retryable_provider_failure_in_collect_answers_5xx_and_a_later_deliver
     requested = cloud.pull("collect")
     assert len(requested) == 1
 
+    assert collect_push(functions, cloud, requested[0]) == 200  # fans out: no provider call
+    [chunk] = cloud.pull("collect")
     cloud.openai.admin({"api_error_rate": 1.0, "api_error_status": 503})
-    assert 500 <= collect_push(functions, cloud, requested[0]) < 600
+    assert 500 <= collect_push(functions, cloud, chunk) < 600
     job = cloud.job(job_id)
     assert job is not None and job.state is JobState.COLLECTING
     assert cloud.pull("events", settle=0.3) == []
 
     cloud.openai.admin({"api_error_rate": 0.0})
-    assert collect_push(functions, cloud, requested[0]) == 200
+    assert collect_push(functions, cloud, chunk) == 200
     job = cloud.job(job_id)
     assert job is not None and job.state is JobState.SUCCEEDED
     assert len(results_of(cloud, job)) == 2

@@ -16,7 +16,7 @@ import pytest
 from batchline.domain.models import Job, JobOptions, JobState, ResultStatus, Source
 from batchline.ports import InvalidCursor, JobQuery
 from batchline.services import estimate
-from batchline.services.api import models
+from batchline.services.api import estimates, models
 from batchline.services.api.errors import BadRequest, TooLarge
 from batchline.services.api.openapi import CHECKED_IN, document_bytes
 from batchline.services.api.routes import find, routes
@@ -92,6 +92,14 @@ def test_the_checked_in_openapi_document_is_the_generated_one() -> None:
         ({}, None, 400),
         ({"requests": [{}], "input_uri": "gs://in/x.jsonl"}, None, 400),
         ("text", "body", 400),
+        ({"requests": [{}], "options": {"prefer": "fast"}}, "options.prefer", 400),
+        ({"requests": [{}], "options": {"candidates": ["a/b"]}}, "options.candidates", 400),
+        ({"requests": [{}], "options": {"candidates": "a/b"}}, "options.candidates", 400),
+        (
+            {"requests": [{}], "options": {"candidates": ["openai/gpt-9"]}},
+            "options.candidates",
+            400,
+        ),
     ],
 )
 def test_a_bad_job_body_names_the_field(body: object, field: str | None, status: int) -> None:
@@ -108,6 +116,17 @@ def test_a_good_job_body_keeps_its_values() -> None:
     )
     assert job.requests == [{"a": 1}]
     assert job.options.schema == "invoice" and job.options.labels == {"t": "x"}
+
+
+def test_the_estimate_view_of_auto_lines_is_the_apis_model() -> None:
+    deps = make_deps()[0]
+    line = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9}
+    options = JobOptions(candidates=["vertex/gemini-2.5-flash", "openai/gpt-4o-mini"])
+    found = estimate.dry_run(deps, estimate.inline_source([line, line]), options)
+    view = estimates.EstimateView.model_validate(found.view(deps))
+    assert [(c.model, c.requests) for c in view.auto] == [("openai/gpt-4o-mini", 2)]
+    assert view.auto[0].reasons == {"cheapest of 2": 2}
+    assert [(c.provider, c.model) for c in view.chunks] == [("openai", "gpt-4o-mini")]
 
 
 def test_dotted_paths() -> None:

@@ -33,13 +33,16 @@ from batchline.domain.models import (
     Chunk,
     ChunkState,
     CreateIntent,
+    Hold,
     Job,
     JobOptions,
     JobState,
     Lease,
     ProviderBatch,
     ProviderLock,
+    QuotaPool,
     Source,
+    Waiter,
 )
 from batchline.domain.results import Tally
 
@@ -51,6 +54,12 @@ COUNTS = {"lines": 3, "blank_lines": 0, "invalid": 0, "requests": 3}
 TALLY = Tally(counts={"succeeded": 3}, input_tokens=30, output_tokens=15, cost_usd=0.123456789012)
 BATCH = ProviderBatch("batch_1", BatchState.RUNNING, {"total": 3})
 ENDED_BATCH = ProviderBatch("batch_1", BatchState.COMPLETED, {"total": 3, "completed": 3})
+QUOTA_FAILED = ProviderBatch(
+    "batch_1",
+    BatchState.FAILED,
+    {"total": 3},
+    errors=("token_limit_exceeded: Enqueued token limit reached",),
+)
 ENDED_OTHER = ProviderBatch("batch_2", BatchState.COMPLETED, {"total": 3, "completed": 3})
 
 LEASE_COLUMNS: dict[str, Lease | None] = {
@@ -206,6 +215,52 @@ EVENTS: dict[str, Event] = {
         lambda c: claims.fail_submit(c, ME, "400: bad model", NOW),
         lambda c: replace(
             c, state=ChunkState.ENDED, lease=None, error="400: bad model", updated_at=NOW
+        ),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING),
+    ),
+    "quota full (create refused)": Event(
+        "requeued",
+        lambda c: claims.requeue_submit(c, ME, NOW, NOW + 60),
+        lambda c: replace(
+            c,
+            state=ChunkState.PENDING,
+            lease=None,
+            not_before=NOW + 60,
+            requeues=c.requeues + 1,
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.SUBMITTING),
+        chunk(ChunkState.RUNNING),
+    ),
+    "batch failed for the quota": Event(
+        "requeued",
+        lambda c: claims.requeue_failed(c, QUOTA_FAILED, NOW, NOW + 60),
+        lambda c: replace(
+            c,
+            state=ChunkState.PENDING,
+            not_before=NOW + 60,
+            requeues=c.requeues + 1,
+            quota_refused=["batch_1"],
+            batch_id=None,
+            batch_state=None,
+            batch_counts={},
+            updated_at=NOW,
+        ),
+        chunk(ChunkState.RUNNING),
+        chunk(ChunkState.ENDED),
+    ),
+    "adopted a batch failed for the quota": Event(
+        "requeued",
+        lambda c: claims.requeue_adopted(c, QUOTA_FAILED, NOW, NOW + 60),
+        lambda c: replace(
+            c,
+            state=ChunkState.PENDING,
+            lease=None,
+            not_before=NOW + 60,
+            requeues=c.requeues + 1,
+            quota_refused=["batch_1"],
+            updated_at=NOW,
         ),
         chunk(ChunkState.SUBMITTING),
         chunk(ChunkState.RUNNING),
@@ -411,6 +466,10 @@ LEASES: dict[str, tuple[str, ...]] = {
     "renew the submit lease":       (NOT_MINE,    "renewed",    "renewed",    NOT_MINE,     NOT_MINE,     DONE),
     "release (a retryable error)":  (NOT_MINE,    "released",   "released",   NOT_MINE,     NOT_MINE,     DONE),
     "fail (refused for good)":      (NOT_MINE,    "failed",     "failed",     NOT_MINE,     NOT_MINE,     DONE),
+    # The provider's quota was full: back to pending, to wait out a backoff.
+    "quota full (create refused)":  (NOT_MINE,    "requeued",   "requeued",   NOT_MINE,     NOT_MINE,     DONE),
+    "batch failed for the quota":   ("requeued",  "requeued",   "requeued",   "requeued",   "requeued",   DONE),
+    "adopted a batch failed for the quota": ("requeued", "requeued", "requeued", "requeued", "requeued", DONE),
     "nothing to adopt (canceling)": (NOT_MINE,    "ended unsent", "ended unsent", NOT_MINE, NOT_MINE,     DONE),
     # The first batch recorded wins, even from a submit that outlived its lease.
     "record the batch":             ("recorded",  "recorded",   "recorded",   "recorded",   "recorded",   DONE),
@@ -597,6 +656,12 @@ STATES = [
     pytest.param(
         "record the batch", chunk(ChunkState.PENDING), DONE, id="no record without a lease taken"
     ),
+    pytest.param(
+        "batch failed for the quota",
+        chunk(ChunkState.RUNNING, batch_id="batch_0"),
+        DONE,
+        id="news of a batch the chunk no longer records",
+    ),
 ]
 
 
@@ -622,6 +687,50 @@ def test_a_running_batch_keeps_the_chunk_running() -> None:
     assert followed.batch_counts == {"total": 3, "completed": 1}
     ended = claims.record_batch(chunk(ChunkState.SUBMITTING), ENDED_BATCH, NOW)
     assert isinstance(ended, Chunk) and ended.state is ChunkState.ENDED
+
+
+@pytest.mark.parametrize(
+    ("before", "noted"),
+    [
+        (
+            chunk(ChunkState.RUNNING, batch_state=BatchState.QUEUED, submit_started_at=NOW - 7201),
+            True,
+        ),
+        # queued, but not for long enough
+        (
+            chunk(ChunkState.RUNNING, batch_state=BatchState.QUEUED, submit_started_at=NOW - 7199),
+            False,
+        ),
+        # running: its queue is behind it
+        (
+            chunk(ChunkState.RUNNING, batch_state=BatchState.RUNNING, submit_started_at=NOW - 9999),
+            False,
+        ),
+        # noted once: a second tick leaves it (and only cancels again while it is queued)
+        (
+            chunk(
+                ChunkState.RUNNING,
+                batch_state=BatchState.QUEUED,
+                submit_started_at=NOW - 9999,
+                error="queue_timeout: still queued",
+            ),
+            False,
+        ),
+        (
+            chunk(ChunkState.ENDED, batch_state=BatchState.QUEUED, submit_started_at=NOW - 9999),
+            False,
+        ),
+    ],
+)
+def test_a_batch_queued_past_the_job_limit_is_noted_once(before: Chunk, noted: bool) -> None:
+    after = claims.give_up_queue(before, NOW, max_queue_hours=2)
+    if not noted:
+        assert after is Leave.DONE
+        return
+    assert isinstance(after, Chunk)
+    assert (after.error or "").startswith(claims.QUEUE_TIMEOUT)
+    assert "max_queue_hours 2" in (after.error or "")
+    assert after.state is ChunkState.RUNNING and after.batch_id == before.batch_id
 
 
 # ------------------------------------------------------------------ create locks
@@ -811,3 +920,102 @@ def test_change_hands_the_store_a_new_record_or_none_and_remembers_why() -> None
     taken = take(free)
     assert taken is not None and taken.lease == Lease(ME, NOW + 60)
     assert (take.seen, take.left) == (free, None)
+
+
+# ---------------------------------------------------------------------------- quota pools
+#
+# One pool per quota, across every job: a chunk's hold (`job/index`) is reserved before its
+# batch is created and released when the batch ends. Limit 1000 below; job "j" asks.
+
+LIMIT, WAIT = 1000, 600.0
+
+
+def ask(amount: int = 100, tag: str = "j/0", created_at: float = NOW - 1000) -> claims.Ask:
+    return claims.Ask(tag, "j", created_at, amount, LIMIT, WAIT)
+
+
+def pool(holds: dict[str, int] | None = None, **waiters: Waiter) -> QuotaPool:
+    return QuotaPool(
+        "openai/gpt-4o-mini",
+        {tag: Hold(amount, NOW - 500) for tag, amount in (holds or {}).items()},
+        dict(waiters),
+    )
+
+
+ADMITTED, WAITS = "admitted", "noted waiting"
+OLDER, YOUNGER = NOW - 5000, NOW - 10
+
+
+# fmt: off
+RESERVE = [
+    # (pool before,                                    ask,             outcome)
+    pytest.param(pool(),                               ask(),           ADMITTED, id="room: admitted"),
+    pytest.param(pool({"x/0": 950}),                   ask(),           WAITS, id="no room: the job is noted waiting"),
+    pytest.param(pool({"x/0": 950}, j=Waiter(NOW - 1000, 100, NOW - 5)), ask(), Leave.FULL,
+                 id="no room, and noted already: nothing written"),
+    pytest.param(pool({"x/0": 900}),                   ask(),           ADMITTED, id="exactly full after: admitted"),
+    pytest.param(pool(),                               ask(5000),       ADMITTED, id="larger than the quota: alone in an empty pool"),
+    pytest.param(pool({"x/0": 1}),                     ask(5000),       WAITS, id="larger than the quota: not beside another"),
+    pytest.param(pool({}, x=Waiter(OLDER, 100, NOW - 5)), ask(),        WAITS, id="an older job waits first"),
+    pytest.param(pool({}, x=Waiter(YOUNGER, 100, NOW - 5)), ask(),      ADMITTED, id="a younger job waits after"),
+    pytest.param(pool({"x/0": 100}, x=Waiter(OLDER, 100, NOW - 5)), ask(), ADMITTED,
+                 id="an older job with more in flight goes after"),
+    pytest.param(pool({"j/1": 100}, x=Waiter(YOUNGER, 100, NOW - 5)), ask(), WAITS,
+                 id="a younger job with less in flight goes first"),
+    pytest.param(pool({}, x=Waiter(OLDER, 100, NOW - WAIT)), ask(),     ADMITTED,
+                 id="a job that stopped asking lost its place"),
+    pytest.param(pool({}, x=Waiter(OLDER, 100, NOW - 5), j=Waiter(NOW - 1000, 100, NOW - 5)), ask(),
+                 Leave.QUEUED, id="room, but behind another job, noted already"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("before", "request_", "outcome"), RESERVE)
+def test_reserve(before: QuotaPool, request_: claims.Ask, outcome: str) -> None:
+    after = claims.reserve(before, request_, NOW)
+    if isinstance(outcome, Leave):
+        assert after is outcome
+        return
+    assert isinstance(after, QuotaPool)
+    if outcome == ADMITTED:
+        assert after.holds == {**before.holds, "j/0": Hold(request_.amount, NOW)}
+        assert "j" not in after.waiters  # its wait is over
+    else:
+        assert after.holds == before.holds
+        assert after.waiters["j"] == Waiter(request_.created_at, request_.amount, NOW)
+    stale = [k for k, w in before.waiters.items() if w.seen_at + WAIT <= NOW]
+    assert not set(stale) & set(after.waiters)  # a job that stopped asking is dropped
+
+
+def test_a_chunk_s_next_submitter_takes_its_hold_again_never_a_second() -> None:
+    held = pool({"j/0": 100, "x/0": 900})  # full, but the room is the chunk's own
+    after = claims.reserve(held, ask(), NOW)
+    assert isinstance(after, QuotaPool)
+    assert after.in_use == 1000
+    assert after.holds["j/0"] == Hold(100, NOW)  # taken again now: a sweep leaves it
+
+
+def test_release_frees_the_hold_once_and_only_the_one_seen() -> None:
+    held = pool({"j/0": 100, "x/0": 200})
+    freed = claims.release_hold(held, "j/0")
+    assert isinstance(freed, QuotaPool) and freed.holds == {"x/0": Hold(200, NOW - 500)}
+    assert claims.release_hold(freed, "j/0") is Leave.DONE
+    assert claims.release_hold(held, "j/0", NOW - 1) is Leave.DONE  # taken again since
+    assert isinstance(claims.release_hold(held, "j/0", NOW - 500), QuotaPool)
+
+
+def test_a_chunk_backing_off_is_not_due_until_its_time() -> None:
+    waiting = chunk(ChunkState.PENDING, not_before=NOW + 1)
+    assert not claims.submit_due(waiting, ME, NOW)
+    assert claims.take_for_submit(waiting, ME, NOW, TERMS) is Leave.HELD
+    assert claims.submit_due(replace(waiting, not_before=NOW), ME, NOW)
+
+
+def test_the_job_notes_why_it_waits_once() -> None:
+    running = job(JobState.RUNNING)
+    noted = claims.note_waiting(running, "queued: 1M of 2M")
+    assert isinstance(noted, Job) and noted.waiting == "queued: 1M of 2M"
+    assert claims.note_waiting(noted, "queued: 1M of 2M") is Leave.DONE
+    assert claims.note_waiting(job(JobState.COLLECTING), "queued") is Leave.DONE
+    collecting = claims.start_collecting(noted, NOW)
+    assert isinstance(collecting, Job) and collecting.waiting is None

@@ -665,3 +665,16 @@ def test_a_long_prompt_is_tokenized_a_slice_at_a_time(monkeypatch: pytest.Monkey
     counted = counter.count([text, "short"])
     assert max(seen) == 1000 and len(seen) == math.ceil(len(text) / 1000) + 1
     assert exact <= counted - 1 <= exact * 1.01
+
+
+def test_an_absurd_choice_count_keeps_the_estimate_a_64_bit_number() -> None:
+    # Found by test_plan_fuzz: plan.json could not be written (orjson refuses integers
+    # past 64 bits) when a native line asked for n = 2**64 - 1 choices.
+    from batchline.domain.estimate import MAX_ESTIMATED_TOKENS, estimate_line
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}
+    huge = estimate_line("openai", "gpt-4o-mini", {**line, "body": {**body, "n": 2**64 - 1}})
+    assert 0 < huge.max_output_tokens <= MAX_ESTIMATED_TOKENS < 2**63
+    one = estimate_line("openai", "gpt-4o-mini", {**line, "body": body})
+    assert huge.max_output_tokens == 128 * one.max_output_tokens

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from batchline.config import Settings
 from batchline.domain.pricing import (
+    MODALITIES,
     PRICES,
     PRICES_AS_OF,
     LineCost,
@@ -273,7 +276,11 @@ def test_an_override_replaces_an_entry_and_fills_in_real_time_at_twice_batch() -
         realtime_input=1.8,
         realtime_output=7.2,
         realtime_cached_input=0.4,
-        max_output_tokens=32_768,  # the table's: a model property, not a price
+        # the table's capabilities: model properties, not prices
+        max_output_tokens=32_768,
+        context_window=1_047_576,
+        input_modalities=MODALITIES,
+        structured_output=True,
     )
     gpt5 = prices["openai/gpt-5"]
     assert (gpt5.realtime_input, gpt5.realtime_output) == (1.25, 9.5)
@@ -288,7 +295,13 @@ def test_an_override_sets_every_rate() -> None:
         ' "realtime_input": 0.3, "realtime_output": 2.5, "realtime_cached_input": 0.03,'
         ' "max_output_tokens": null}}'
     )
-    assert prices["vertex/gemini-2.5-flash"] == Price(0.1, 1.0, 0.02, 0.3, 2.5, 0.03, None)
+    assert prices["vertex/gemini-2.5-flash"] == replace(
+        Price(0.1, 1.0, 0.02, 0.3, 2.5, 0.03, None),
+        context_window=1_048_576,
+        input_modalities=MODALITIES,
+        structured_output=True,
+        tokens_per_second=221,
+    )
     prices = load_prices(
         '{"anthropic/claude-opus-4-1": {"input": 7.5, "output": 37.5, "cache_write_input":'
         ' 9.375}, "anthropic/claude-haiku-4-5": {"input": 0.5, "output": 2.5,'
@@ -309,8 +322,40 @@ def test_an_override_sets_every_rate() -> None:
 
 def test_the_older_input_output_pair_still_works() -> None:
     prices = load_prices('{"anthropic/claude-haiku-4-5": [0.4, 2], "openai/gpt-x": [1, 2]}')
-    assert prices["anthropic/claude-haiku-4-5"] == Price(0.4, 2.0, None, 0.8, 4.0, None, 64_000)
+    assert prices["anthropic/claude-haiku-4-5"] == replace(
+        Price(0.4, 2.0, None, 0.8, 4.0, None, 64_000),
+        context_window=200_000,
+        input_modalities=MODALITIES,
+        structured_output=True,
+        tokens_per_second=90,
+    )
     assert prices["openai/gpt-x"] == Price(1.0, 2.0, None, 2.0, 4.0, None, None)
+
+
+def test_every_model_in_the_table_has_its_capabilities() -> None:
+    for key, price in PRICES.items():
+        assert price.context_window and price.context_window > price.max_output_tokens, key
+        assert price.input_modalities == MODALITIES, key
+        assert price.structured_output is True, key
+    assert PRICES["openai/gpt-4o-mini"].context_window == 128_000
+    assert PRICES["anthropic/claude-haiku-4-5"].context_window == 200_000
+    assert PRICES["vertex/gemini-2.5-flash"].context_window == 1_048_576
+
+
+def test_an_override_sets_capabilities_and_keeps_the_ones_it_leaves_out() -> None:
+    prices = load_prices(
+        '{"openai/gpt-4o-mini": {"input": 0.1, "output": 0.4, "context_window": 64000,'
+        ' "input_modalities": ["image"]},'
+        ' "openai/gpt-5-nano": {"input": 0.025, "output": 0.2, "structured_output": false,'
+        ' "tokens_per_second": 150}}'
+    )
+    mini = prices["openai/gpt-4o-mini"]
+    assert (mini.input, mini.context_window) == (0.1, 64_000)
+    assert mini.input_modalities == frozenset({"text", "image"})  # text always
+    assert (mini.max_output_tokens, mini.structured_output) == (16_384, True)  # the table's
+    nano = prices["openai/gpt-5-nano"]
+    assert (nano.structured_output, nano.tokens_per_second) == (False, 150.0)
+    assert nano.context_window is None and nano.input_modalities is None  # unknown
 
 
 @pytest.mark.parametrize(
@@ -348,6 +393,22 @@ def test_the_older_input_output_pair_still_works() -> None:
         (
             '{"openai/gpt-4.1": {"input": 1, "output": 2, "max_output_tokens": 1.5}}',
             "['openai/gpt-4.1'].max_output_tokens: expected a whole number",
+        ),
+        (
+            '{"openai/gpt-4.1": {"input": 1, "output": 2, "context_window": "1M"}}',
+            "['openai/gpt-4.1'].context_window: expected a whole number",
+        ),
+        (
+            '{"openai/gpt-4.1": {"input": 1, "output": 2, "input_modalities": ["audio"]}}',
+            "['openai/gpt-4.1'].input_modalities: unknown modality 'audio'",
+        ),
+        (
+            '{"openai/gpt-4.1": {"input": 1, "output": 2, "structured_output": "yes"}}',
+            "['openai/gpt-4.1'].structured_output: expected true or false",
+        ),
+        (
+            '{"openai/gpt-4.1": {"input": 1, "output": 2, "tokens_per_second": 0}}',
+            "['openai/gpt-4.1'].tokens_per_second: expected tokens per second",
         ),
     ],
 )

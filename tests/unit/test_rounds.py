@@ -340,3 +340,38 @@ def test_a_batch_queued_past_max_queue_hours_is_cancelled_and_its_lines_fail_ove
     assert [r["provider"] for r in results] == ["vertex", "vertex"]
     assert results[0]["attempts"][0]["error"]["type"] == "queue_timeout"
     assert calls == ["batch_0", "batch_0"]  # asked once it was cancelling: never again
+
+
+def test_a_fallback_that_cannot_take_the_line_is_passed_over_and_the_attempts_say_why() -> None:
+    deps, first, second, _ = two_providers()
+    # Anthropic takes temperatures up to 1 only: this line skips it for Vertex.
+    job_id = submit(
+        deps,
+        line(temperature=1.5),
+        fallback=f"anthropic/claude-haiku-4-5,{FALLBACK}",
+        max_retries="0",
+    )
+    first.fail_ids = {"bl-1"}
+    [result] = drive(deps, job_id, first, second)
+    assert (result["status"], result["provider"]) == ("succeeded", "vertex")
+    assert [(a["provider"], a["status"]) for a in result["attempts"]] == [
+        ("openai", "failed"),
+        ("anthropic", "skipped"),
+        ("vertex", "succeeded"),
+    ]
+    assert "temperature" in result["attempts"][1]["error"]["message"]
+    providers = summary_of(deps, job_id)["providers"]
+    assert "anthropic" not in providers  # nothing was sent there
+    assert providers["vertex"]["failed_over_to"] == 1
+
+
+def test_a_line_no_fallback_can_take_keeps_its_failure_saying_why_per_model() -> None:
+    deps, first, second, _ = two_providers()
+    job_id = submit(
+        deps, line(temperature=1.5), fallback="anthropic/claude-haiku-4-5", max_retries="0"
+    )
+    first.fail_ids = {"bl-1"}
+    [result] = drive(deps, job_id, first, second)
+    assert result["status"] == "failed" and result["error"]["type"] == "server_error"
+    assert "not failed over: anthropic/claude-haiku-4-5: temperature" in result["error"]["message"]
+    assert len(first.batches) == 1 and second.batches == {}

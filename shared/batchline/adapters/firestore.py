@@ -2,7 +2,8 @@
 
 `jobs/{job_id}` holds the job; `jobs/{job_id}/chunks/{nnnnn}` its chunks;
 `idempotency_keys/{key_id}` the API keys claimed for jobs; `provider_locks/{provider}`
-the create lock of a provider whose batches carry no tag. Every update is a transaction,
+the create lock of a provider whose batches carry no tag; `quota_pools/{provider~model}`
+what is in flight against a provider's quota. Every update is a transaction,
 so two invocations racing on one record see one winner. Every call translates the
 client's errors the same way (`adapters._google.translated`).
 
@@ -21,10 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 from batchline.adapters import _listing
 from batchline.adapters._google import translated
-from batchline.domain.models import BatchTag, Chunk, IdempotencyKey, Job, JobState, ProviderLock
+from batchline.domain.models import (
+    BatchTag,
+    Chunk,
+    IdempotencyKey,
+    Job,
+    JobState,
+    ProviderLock,
+    QuotaPool,
+)
 from batchline.errors import Contention, RetryableError
 from batchline.log import fields, get_logger
-from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery, LockChange
+from batchline.ports import ChunkChange, JobChange, JobPage, JobQuery, LockChange, PoolChange
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -41,6 +50,7 @@ LABEL_PAIRS = "label_pairs"
 #: itself (a second label) skip some: a sparse match returns a short page and a cursor.
 LIST_SCAN_LIMIT = 1000
 LOCKS = "provider_locks"
+POOLS = "quota_pools"
 #: Attempts of one update whose reads are aborted by concurrent transactions (an aborted
 #: commit is retried by the client itself).
 UPDATE_ATTEMPTS = 3
@@ -79,6 +89,11 @@ def make_client(project: str, database: str | None = None) -> firestore.Client:
     from google.cloud import firestore
 
     return firestore.Client(project=project, database=database or "(default)")
+
+
+def pool_doc_id(key: str) -> str:
+    """A quota pool's document id: its key (`provider/model`) with no `/` in it."""
+    return key.replace("/", "~")
 
 
 def chunk_doc_id(index: int) -> str:
@@ -228,6 +243,29 @@ class FirestoreJobStore:
             return updated
 
         result: ProviderLock | None = _transact(self._db, run, f"updating the {provider} lock")
+        return result
+
+    def get_pool(self, key: str) -> QuotaPool:
+        with translated(f"reading quota pool {key}"):
+            snapshot = self._db.collection(POOLS).document(pool_doc_id(key)).get()
+        if not snapshot.exists:
+            return QuotaPool(key)
+        return QuotaPool.from_dict(snapshot.to_dict() or {})
+
+    def update_pool(self, key: str, change: PoolChange) -> QuotaPool | None:
+        ref = self._db.collection(POOLS).document(pool_doc_id(key))
+
+        def run(transaction: Any) -> QuotaPool | None:
+            snapshot = ref.get(transaction=transaction)
+            current = (
+                QuotaPool.from_dict(snapshot.to_dict() or {}) if snapshot.exists else QuotaPool(key)
+            )
+            updated = change(current)
+            if updated is not None:
+                transaction.set(ref, updated.to_dict())
+            return updated
+
+        result: QuotaPool | None = _transact(self._db, run, f"updating quota pool {key}")
         return result
 
     def active_jobs(self) -> list[Job]:

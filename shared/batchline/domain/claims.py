@@ -28,11 +28,14 @@ from batchline.domain.models import (
     Chunk,
     ChunkState,
     CreateIntent,
+    Hold,
     Job,
     JobState,
     Lease,
     ProviderBatch,
     ProviderLock,
+    QuotaPool,
+    Waiter,
 )
 from batchline.domain.results import Tally
 
@@ -106,9 +109,11 @@ class Leave(StrEnum):
     NOT_DUE = "not due"  # too early to do it again
     CANCELED = "canceled"  # a cancel was asked for: nothing new starts
     UNSETTLED = "unsettled"  # a create lock's intent is open: settle it first
+    FULL = "full"  # a quota pool has no room for it (its wait is noted already)
+    QUEUED = "queued"  # another job waits for the pool first (its wait is noted already)
 
 
-R = TypeVar("R", Job, Chunk, ProviderLock)
+R = TypeVar("R", Job, Chunk, ProviderLock, QuotaPool)
 P = ParamSpec("P")
 
 
@@ -244,6 +249,7 @@ def start_collecting(job: Job, now: float) -> Job | Leave:
         lease=None,
         submitted_at=job.submitted_at or now,
         collect_requested_at=now,
+        waiting=None,
     )
 
 
@@ -325,11 +331,11 @@ def mark_published(job: Job) -> Job | Leave:
 
 
 def submit_due(chunk: Chunk, owner: str, now: float) -> bool:
-    """Whether `owner` is to send `chunk` to its provider now: it is pending, or
-    submitting under no live lease (its holder is taken for dead; while my own lease is
-    live, I am at it already)."""
+    """Whether `owner` is to send `chunk` to its provider now: it is pending (and not
+    waiting out a quota's backoff), or submitting under no live lease (its holder is
+    taken for dead; while my own lease is live, I am at it already)."""
     if chunk.state is ChunkState.PENDING:
-        return True
+        return chunk.not_before is None or chunk.not_before <= now
     return chunk.state is ChunkState.SUBMITTING and not lease_state(chunk.lease, owner, now).live
 
 
@@ -556,3 +562,121 @@ def release_lock(
     if lock.intent is not None and lock.intent.tag != settled:
         return Leave.UNSETTLED
     return replace(lock, lease=None, intent=None)
+
+
+def note_waiting(job: Job, reason: str | None) -> Job | Leave:
+    """Record why the job's chunks wait (None: none does), when it changed."""
+    if job.state not in (JobState.SUBMITTING, JobState.RUNNING) or job.waiting == reason:
+        return Leave.DONE
+    return replace(job, waiting=reason)
+
+
+# ---------------------------------------------------------------------------- quotas
+
+
+def requeue_submit(chunk: Chunk, owner: str, now: float, until: float) -> Chunk | Leave:
+    """The provider refused my create because its quota is full: the chunk goes back to
+    pending until `until`, its lines untouched; the next wait is longer. (Not an error
+    of the chunk's: the job's `waiting` says why it waits.)"""
+    left = _submitting_under(chunk, owner, now)
+    if left is not None:
+        return left
+    return chunk.to(
+        ChunkState.PENDING, now, lease=None, not_before=until, requeues=chunk.requeues + 1
+    )
+
+
+def requeue_failed(chunk: Chunk, batch: ProviderBatch, now: float, until: float) -> Chunk | Leave:
+    """The provider created the chunk's batch and then failed it for its quota: the
+    chunk forgets it (noted in `quota_refused`, never adopted) and goes back to pending
+    until `until`."""
+    if chunk.state is not ChunkState.RUNNING or chunk.batch_id != batch.batch_id:
+        return Leave.DONE
+    return chunk.to(
+        ChunkState.PENDING,
+        now,
+        not_before=until,
+        requeues=chunk.requeues + 1,
+        quota_refused=[*chunk.quota_refused, batch.batch_id],
+        batch_id=None,
+        batch_state=None,
+        batch_counts={},
+    )
+
+
+def requeue_adopted(chunk: Chunk, batch: ProviderBatch, now: float, until: float) -> Chunk | Leave:
+    """The batch found for a submitting chunk (adopted after a crash) has already failed
+    for the provider's quota: not recorded (noted, never adopted again); the chunk goes
+    back to pending until `until`. Like `record_batch`, whoever holds the lease."""
+    if chunk.state is not ChunkState.SUBMITTING:
+        return Leave.DONE
+    return chunk.to(
+        ChunkState.PENDING,
+        now,
+        lease=None,
+        not_before=until,
+        requeues=chunk.requeues + 1,
+        quota_refused=[*chunk.quota_refused, batch.batch_id],
+    )
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A chunk asking for room in a quota pool: its hold's key (`models.hold_key`), its
+    job and the job's `created_at`, the room it needs, the quota's `limit`, and how long
+    a job's wait counts without being asked again (`wait_seconds`)."""
+
+    tag: str
+    job_id: str
+    created_at: float
+    amount: int
+    limit: int
+    wait_seconds: float
+
+
+def _rank(pool: QuotaPool, job_id: str, created_at: float) -> tuple[int, float, str]:
+    """Who goes first for a pool's room: the job with fewest chunks in it, then the
+    oldest job (then the smaller id: never a tie)."""
+    return (pool.held_by(job_id), created_at, job_id)
+
+
+def reserve(pool: QuotaPool, ask: Ask, now: float) -> QuotaPool | Leave:
+    """Hold room for a chunk before its batch is created.
+
+    A chunk that holds room already (its earlier submitter died) takes it again. Else it
+    is admitted when its room fits under the limit (a chunk larger than the whole quota:
+    when the pool is empty) and no other waiting job goes first (`_rank`): the job's
+    wait ends. Otherwise the job is noted as waiting (its place kept while it asks again
+    within `wait_seconds`); the pool comes back without the chunk's hold, or with
+    `Leave.FULL`/`Leave.QUEUED` when that was noted already."""
+    mine = {j: w for j, w in pool.waiters.items() if j != ask.job_id}
+    if ask.tag in pool.holds:
+        held = pool.holds[ask.tag]
+        return replace(pool, holds={**pool.holds, ask.tag: Hold(held.amount, now)}, waiters=mine)
+    live = {j: w for j, w in mine.items() if w.seen_at + ask.wait_seconds > now}
+    me = _rank(pool, ask.job_id, ask.created_at)
+    ahead = any(_rank(pool, j, w.created_at) < me for j, w in live.items())
+    fits = pool.in_use + ask.amount <= ask.limit or not pool.holds
+    if fits and not ahead:
+        holds = {**pool.holds, ask.tag: Hold(ask.amount, now)}
+        return replace(pool, holds=holds, waiters=live)
+    noted = pool.waiters.get(ask.job_id)
+    if (
+        noted is not None
+        and len(live) == len(mine)
+        and noted.amount == ask.amount
+        and now - noted.seen_at < ask.wait_seconds / 3
+    ):
+        return Leave.QUEUED if fits else Leave.FULL
+    waiter = Waiter(ask.created_at, ask.amount, now)
+    return replace(pool, waiters={**live, ask.job_id: waiter})
+
+
+def release_hold(pool: QuotaPool, tag: str, taken_at: float | None = None) -> QuotaPool | Leave:
+    """The chunk `tag`'s batch ended, or it will not be created: its room is free. With
+    `taken_at`, only the hold taken then (a sweep that found the chunk not in flight
+    leaves one its next submitter has taken again since)."""
+    held = pool.holds.get(tag)
+    if held is None or (taken_at is not None and held.taken_at != taken_at):
+        return Leave.DONE
+    return replace(pool, holds={k: v for k, v in pool.holds.items() if k != tag})

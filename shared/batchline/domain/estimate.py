@@ -56,6 +56,10 @@ from batchline.errors import ConfigError
 
 #: Worst-case output of a request to a model with no limit in the request or the table.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
+#: The most choices (`n`, `candidateCount`) a provider answers (OpenAI's limit is 128).
+MAX_CHOICES = 128
+#: The most output tokens one request is estimated at (far past any model, within int64).
+MAX_ESTIMATED_TOKENS = 2**40
 
 #: Longer texts are tokenized a slice at a time, so that memory stays near one slice's
 #: tokens (a line may be 32 MiB); a cut adds at most a token or two per slice.
@@ -171,8 +175,10 @@ class Estimate:
         self._model_max: dict[str, int | None] = {}
         self._long_above: dict[str, int | None] = {}
 
-    def add(self, provider: str, model: str, encoded_line: Line) -> None:
-        """Count one encoded request line (bytes as the encoder wrote it, or decoded)."""
+    def add(self, provider: str, model: str, encoded_line: Line) -> int:
+        """Count one encoded request line (bytes as the encoder wrote it, or decoded);
+        returns its input tokens (a sampled-out line's: its characters times the tokens
+        per character of the model's counted lines so far)."""
         parts = _extract(provider, _decoded(encoded_line))
         key = f"{provider}/{model}"
         counter = self._counters.get(key)
@@ -205,10 +211,15 @@ class Estimate:
                 tally.long_max_output_tokens += max_output
         if tokens is None:
             tally.scaled_chars += chars
-        else:
-            tally.counted_requests += 1
-            tally.counted_tokens += tokens
-            tally.counted_chars += chars
+            per_char = tally.counted_tokens / tally.counted_chars if tally.counted_chars else 0
+            scaled = (
+                round(chars * per_char) if per_char else math.ceil(chars / FALLBACK_CHARS_PER_TOKEN)
+            )
+            return scaled + parts.fixed_tokens
+        tally.counted_requests += 1
+        tally.counted_tokens += tokens
+        tally.counted_chars += chars
+        return tokens + parts.fixed_tokens
 
     def merge(self, other: Estimate) -> None:
         """Add another estimate's tallies to this one (e.g. a chunk's into the job's)."""
@@ -397,7 +408,9 @@ def _max_output(parts: RequestParts, model_max: int | None) -> int:
         limit = model_max if model_max is not None else DEFAULT_MAX_OUTPUT_TOKENS
     elif model_max is not None:
         limit = min(limit, model_max)
-    return limit * parts.choices
+    # A request may ask for absurd numbers (n: 2**64-1) that its provider refuses: the
+    # estimate stays a number every JSON writer takes (plan.json holds it).
+    return min(limit * min(parts.choices, MAX_CHOICES), MAX_ESTIMATED_TOKENS)
 
 
 def _decoded(line: Line) -> Any:

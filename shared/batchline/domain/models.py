@@ -68,8 +68,12 @@ class ChunkState(StrEnum):
 
 CHUNK_TRANSITIONS: dict[ChunkState, frozenset[ChunkState]] = {
     ChunkState.PENDING: frozenset({ChunkState.SUBMITTING, ChunkState.ENDED}),
-    ChunkState.SUBMITTING: frozenset({ChunkState.SUBMITTING, ChunkState.RUNNING, ChunkState.ENDED}),
-    ChunkState.RUNNING: frozenset({ChunkState.RUNNING, ChunkState.ENDED}),
+    # Back to pending: the provider's quota was full (a create refused, or a batch failed
+    # for it); the chunk waits and is sent again, its lines untouched.
+    ChunkState.SUBMITTING: frozenset(
+        {ChunkState.SUBMITTING, ChunkState.RUNNING, ChunkState.ENDED, ChunkState.PENDING}
+    ),
+    ChunkState.RUNNING: frozenset({ChunkState.RUNNING, ChunkState.ENDED, ChunkState.PENDING}),
     # Sent again: its recorded batch turned out to hold another chunk's requests.
     ChunkState.ENDED: frozenset({ChunkState.PENDING}),
 }
@@ -130,9 +134,13 @@ class Source:
         return f"gs://{self.bucket}/{self.name}"
 
 
+#: What a job's `model: "auto"` lines are chosen for (`prefer`); the first is the default.
+PREFERENCES = ("cost", "speed")
+
+
 @dataclass(frozen=True)
 class JobOptions:
-    """What the user asked of a job as a whole: default model, labels, schema, repair attempts, budget, webhook."""
+    """What the user asked of a job as a whole: default model, labels, schema, repair attempts, budget, webhook, and how `model: "auto"` chooses."""
 
     model: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -154,6 +162,10 @@ class JobOptions:
     #: A batch still queued at its provider after this long is cancelled and its lines
     #: fail over; None: no limit.
     max_queue_hours: float | None = None
+    #: The models (`provider/model`) `model: "auto"` chooses from; None: the deployment's.
+    candidates: list[str] | None = None
+    #: What "auto" chooses for: one of `PREFERENCES`; None: the first ("cost").
+    prefer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +226,64 @@ class ProviderLock:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Room one chunk holds in a quota pool: `amount` of the quota's unit, taken (or
+    taken again by the chunk's next submitter) at `taken_at`."""
+
+    amount: int
+    taken_at: float
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A job with a chunk waiting for room in a quota pool: the job's `created_at` (its
+    place in the queue), what its next chunk needs, and when it last asked."""
+
+    created_at: float
+    amount: int
+    seen_at: float
+
+
+@dataclass(frozen=True)
+class QuotaPool:
+    """What is in flight against one quota, across every job of the deployment:
+    `quota_pools/{key}` in Firestore (a pool never written is empty). `holds` by chunk
+    (`job_id/index`), `waiters` by job."""
+
+    key: str
+    holds: dict[str, Hold] = field(default_factory=dict)
+    waiters: dict[str, Waiter] = field(default_factory=dict)
+
+    @property
+    def in_use(self) -> int:
+        """The room its holds take."""
+        return sum(h.amount for h in self.holds.values())
+
+    def held_by(self, job_id: str) -> int:
+        """How many chunks of `job_id` hold room in it."""
+        prefix = f"{job_id}/"
+        return sum(1 for tag in self.holds if tag.startswith(prefix))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pool as its Firestore document."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuotaPool:
+        """The pool its Firestore document holds."""
+        return cls(
+            key=data["key"],
+            holds={k: Hold(**v) for k, v in (data.get("holds") or {}).items()},
+            waiters={k: Waiter(**v) for k, v in (data.get("waiters") or {}).items()},
+        )
+
+
+def hold_key(job_id: str, index: int) -> str:
+    """The key a chunk's hold has in its pool."""
+    return f"{job_id}/{index}"
+
+
+@dataclass(frozen=True)
 class Job:
     """A job's record in Firestore: one input file (or API request) on its way to one results file."""
 
@@ -248,6 +318,9 @@ class Job:
     #: How the webhook's delivery went: published_at, attempts, delivered_at, last_error.
     notify: dict[str, Any] = field(default_factory=dict)
     expire_at: datetime | None = None  # for a Firestore TTL policy, once the job has ended
+    #: Why some of its chunks wait to be sent (a provider's quota is full, or older jobs
+    #: go first), as the last advance found; None: nothing waits.
+    waiting: str | None = None
     version: int = 0
 
     @property
@@ -356,6 +429,16 @@ class Chunk:
     #: Each request as planning accepted it, in payload order (`domain/workfiles/requests`):
     #: what a later round encodes again. None: planned before batchline kept them.
     requests_uri: str | None = None
+    #: The input tokens planning estimated for its requests (None: not counted, e.g. a
+    #: repair round's): what it holds of a quota that counts tokens (`domain/quotas`).
+    input_tokens: int | None = None
+    #: Not to be submitted before this time (epoch seconds): the provider said its quota
+    #: was full, and the chunk was put back to wait (`claims.requeue_*`).
+    not_before: float | None = None
+    #: Times the provider's quota sent it back: the next wait doubles with each.
+    requeues: int = 0
+    #: Batches the provider created for it and then failed for its quota: never adopted.
+    quota_refused: list[str] = field(default_factory=list)
 
     def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
         """A copy moved to `target` at `now` with `changes`; InvalidTransition if the move is not allowed."""

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from batchline.config import webhook_allow_insecure_local
-from batchline.domain.models import JobOptions
+from batchline.config import prices_override, webhook_allow_insecure_local
+from batchline.domain.models import PREFERENCES, JobOptions
 from batchline.domain.paths import SCHEMA_NAME_PATTERN
 from batchline.domain.schemas import ResponseSchema, SchemaError
 from batchline.domain.webhooks import notify_url_problem
@@ -47,6 +47,8 @@ API_OPTIONS = frozenset(
         "max_retries",
         "fallback",
         "max_queue_hours",
+        "candidates",
+        "prefer",
     }
 )
 #: The most models a job's `fallback` may name.
@@ -56,6 +58,8 @@ MAX_FALLBACK_MODELS = 8
 LABEL_KEY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 MAX_LABELS = 64
 MAX_LABEL_VALUE_CHARS = 256
+#: The most models `candidates` may list.
+MAX_CANDIDATES = 16
 #: A job's inline default schema is stored on the job's record (1 MiB in all).
 MAX_RESPONSE_SCHEMA_BYTES = 256 * 1024
 
@@ -63,7 +67,8 @@ MAX_RESPONSE_SCHEMA_BYTES = 256 * 1024
 def from_metadata(metadata: Mapping[str, str]) -> JobOptions:
     """Options from an object's custom metadata: `model`, `schema` (a registered name),
     `max_repair_attempts`, `max_cost_usd`, `notify_url`, `max_retries`, `fallback` (models
-    separated by commas), `max_queue_hours`, and `label-<key>` labels."""
+    separated by commas), `max_queue_hours`, `candidates` (models separated by commas),
+    `prefer`, and `label-<key>` labels."""
     labels = {k[len(LABEL_PREFIX) :]: v for k, v in metadata.items() if k.startswith(LABEL_PREFIX)}
     for key in labels:
         _label_key(key, f"{LABEL_PREFIX}{key}")
@@ -78,6 +83,8 @@ def from_metadata(metadata: Mapping[str, str]) -> JobOptions:
         max_retries=_retries(metadata.get("max_retries")),
         fallback=_fallback(_comma_list(metadata.get("fallback"))),
         max_queue_hours=_queue_hours(metadata.get("max_queue_hours")),
+        candidates=_candidates(_comma_list(metadata.get("candidates"))),
+        prefer=_prefer(metadata.get("prefer") or None),
     )
 
 
@@ -124,6 +131,8 @@ def from_api(options: Mapping[str, Any]) -> JobOptions:
         max_retries=_retries(options.get("max_retries")),
         fallback=_fallback(options.get("fallback")),
         max_queue_hours=_queue_hours(options.get("max_queue_hours")),
+        candidates=_candidates(options.get("candidates")),
+        prefer=_prefer(options.get("prefer")),
     )
 
 
@@ -163,6 +172,48 @@ def _model(value: str | None) -> str | None:
     if problem is not None:
         raise OptionError("model", problem)
     return value
+
+
+def _candidates(value: Any) -> list[str] | None:
+    """`provider/model` names the price table knows (their costs and limits rank them)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise OptionError("candidates", "expected a non-empty list of 'provider/model' names")
+    if len(value) > MAX_CANDIDATES:
+        raise OptionError("candidates", f"{len(value)} models; at most {MAX_CANDIDATES}")
+    # Here, not at the top: only jobs that name candidates need the parser and the table.
+    from batchline.domain.pricing import load_prices, price_for
+    from batchline.domain.providers.base import InvalidField
+    from batchline.domain.requests import AUTO, split_model
+
+    prices = load_prices(prices_override())
+    for name in value:
+        if name == AUTO:
+            raise OptionError("candidates", "'auto' is not a model to choose")
+        try:
+            provider, model = split_model(name, "candidates")
+        except InvalidField as exc:
+            raise OptionError("candidates", f"{name!r}: {exc.reason}") from None
+        if price_for(prices, provider, model) is None:
+            raise OptionError(
+                "candidates",
+                f"unknown model {name!r}: not in the price table, so its cost and limits "
+                "are unknown (add it to BATCHLINE_PRICES)",
+            )
+    if len(set(value)) < len(value):
+        raise OptionError("candidates", "a model is listed twice")
+    return list(value)
+
+
+def _prefer(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in PREFERENCES:
+        raise OptionError(
+            "prefer", f"expected one of {', '.join(map(repr, PREFERENCES))}, got {value!r}"
+        )
+    return str(value)
 
 
 def _notify_url(value: Any) -> str | None:

@@ -30,8 +30,14 @@ from batchline.domain.workfiles.requests import encode_request
 
 #: A request as one line of its provider's batch input, as an object (dumped here).
 Encoder = Callable[[Request], dict[str, Any]]
-#: Sees each request with its encoded line (the pre-submit estimate counts them).
-Observer = Callable[[Request, dict[str, Any]], None]
+#: Sees each request with its encoded line (the pre-submit estimate counts them); returns
+#: the request's input tokens (None: not counted), which a chunk's `input_tokens` sums.
+Observer = Callable[[Request, dict[str, Any]], int | None]
+#: Cuts a provider's limits for one model (provider, model, limits) -> limits: its quota's
+#: share (`domain.quotas.Quotas.narrow`), so that any one chunk fits in the quota.
+Narrow = Callable[[str, str, ChunkLimits], ChunkLimits]
+#: Counts one encoded request line's input tokens (provider, model, line) -> tokens.
+Count = Callable[[str, str, bytes], int]
 
 
 class Sink(Protocol):
@@ -66,6 +72,8 @@ class PlannedChunk:
     payload: io.BytesIO = field(default_factory=io.BytesIO)
     manifest: io.BytesIO = field(default_factory=io.BytesIO)
     request_count: int = 0
+    #: The estimated input tokens of its requests (None: they were not counted).
+    input_tokens: int | None = None
 
     @property
     def payload_bytes(self) -> int:
@@ -137,12 +145,18 @@ class ChunkPlanner:
         open_sink: OpenSink = _memory_sink,
         *,
         sizes_only: bool = False,
+        narrow: Narrow | None = None,
+        count: Count | None = None,
     ) -> None:
         """`open_sink` opens each new chunk's stored-requests sink (in memory by default).
         `sizes_only`: the chunks keep their sizes and counts, not their bytes, stored
         requests included (for a dry run, whose memory then stays small however large the
-        chunks)."""
+        chunks). `narrow` cuts a provider's limits for each model (its quota); `count`
+        counts the input tokens of a request a later round staged already."""
         self._limits = limits
+        self._narrow = narrow
+        self._count = count
+        self._per_model: dict[tuple[str, str], ChunkLimits] = {}
         self._encoders = encoders
         self._observe = observe
         self._open_sink: OpenSink = _discarding_sink if sizes_only else open_sink
@@ -184,22 +198,43 @@ class ChunkPlanner:
             selected_by=request.selected_by,
             fallback=request.fallback,
         )
-        if self._observe is not None:
-            self._observe(request, line)
+        tokens = self._observe(request, line) if self._observe is not None else None
         return self._place(
-            request.provider, request.model, request.line, limits, encoded, entry, stored
+            request.provider, request.model, request.line, limits, encoded, entry, stored, tokens
         )
 
     def add_encoded(
-        self, provider: str, model: str, line: int, encoded: bytes, entry: bytes, stored: bytes
+        self,
+        provider: str,
+        model: str,
+        line: int,
+        encoded: bytes,
+        entry: bytes,
+        stored: bytes,
+        tokens: int | None = None,
     ) -> PlannedChunk | None:
         """Buffer a request a later round staged already: its payload line (`encoded`), its
         manifest row and its stored request row (empty: none), each with its newline, for
-        input line `line`. Returns and raises as `add`."""
+        input line `line`, and its input tokens if counted. Returns and raises as `add`."""
         limits, _, room = self._per_provider.get(provider) or self._provider(provider)
         if len(encoded) > room:
             raise _too_large(encoded, provider, room)
-        return self._place(provider, model, line, limits, encoded, entry, stored)
+        if tokens is None and self._count is not None:
+            try:
+                tokens = self._count(provider, model, encoded)
+            except Exception:  # a line its provider would take, counted by nobody: uncounted
+                tokens = None
+        return self._place(provider, model, line, limits, encoded, entry, stored, tokens)
+
+    def _model_limits(self, provider: str, model: str, limits: ChunkLimits) -> ChunkLimits:
+        """The provider's limits as `narrow` cuts them for `model` (looked up once)."""
+        if self._narrow is None:
+            return limits
+        key = (provider, model)
+        found = self._per_model.get(key)
+        if found is None:
+            found = self._per_model[key] = self._narrow(provider, model, limits)
+        return found
 
     def _place(
         self,
@@ -210,14 +245,17 @@ class ChunkPlanner:
         encoded: bytes,
         entry: bytes,
         stored: bytes,
+        tokens: int | None = None,
     ) -> PlannedChunk | None:
         """Add a checked request to its group's chunk, opening a new one when it is full."""
         key = (provider, model)
+        limits = self._model_limits(provider, model, limits)
         full: PlannedChunk | None = None
         current = self._open.get(key)
         if current is not None and (
             current.request_count + 1 > limits.max_requests
             or current.payload_bytes + len(encoded) > limits.max_bytes - limits.envelope_bytes
+            or _over_tokens(current, tokens, limits)
         ):
             full, current = current, None
         try:
@@ -234,6 +272,8 @@ class ChunkPlanner:
         current.payload.write(encoded)
         current.manifest.write(entry)
         current.request_count += 1
+        if tokens is not None:
+            current.input_tokens = (current.input_tokens or 0) + tokens
         return full
 
     def finish(self) -> list[PlannedChunk]:
@@ -245,6 +285,15 @@ class ChunkPlanner:
     def open_chunks(self) -> list[PlannedChunk]:
         """The chunks still filling (to give up their sinks when planning fails)."""
         return list(self._open.values())
+
+
+def _over_tokens(current: PlannedChunk, tokens: int | None, limits: ChunkLimits) -> bool:
+    """Whether `tokens` more would put a chunk that holds some over its token cap (a
+    request over the cap on its own still goes, alone)."""
+    cap = limits.max_input_tokens
+    if cap is None or tokens is None or current.input_tokens is None:
+        return False
+    return current.input_tokens + tokens > cap
 
 
 def _too_large(encoded: bytes, provider: str, room: int) -> RequestTooLarge:

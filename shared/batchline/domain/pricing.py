@@ -22,7 +22,23 @@ its tokens (input, cached input and output): $2.50 and $15 real time instead of 
 $10, from Google's Vertex AI pricing page; PROVIDERS.md lists the lower tier. The table
 carries it as the model's `long_context` price.
 
-Override per deployment with BATCHLINE_PRICES (see `load_prices`).
+Model capabilities live in the same entries, dated with the prices (checked against the
+providers' model pages, December 2026; the models here are the 2025 ones the price table
+lists): `context_window` (input and output tokens of one request together: gpt-4.1 and
+gpt-4.1-mini 1,047,576, gpt-4o-mini 128,000, Claude Haiku 4.5 and Sonnet 4.5 200,000,
+Gemini 2.5 Flash and Pro 1,048,576), `max_output_tokens` (above), `input_modalities` (what
+a request may carry: text, image, pdf; all of these models take images and PDFs: OpenAI's
+`file` parts, Anthropic's `document` blocks, Gemini's `application/pdf` parts),
+`structured_output` (answers to a JSON Schema: all of them) and `tokens_per_second` (the
+median output speed public benchmarks report, April 2026: Gemini 2.5 Flash ~221 tokens/s
+from Artificial Analysis via benchlm.ai, gpt-4o-mini ~115 and Gemini 2.5 Pro ~82 from
+kickllm.com, Claude Haiku 4.5 ~90 and Sonnet ~65 from getapipulse.com; unknown for the
+gpt-4.1 family), which ranks models for `prefer: speed` (`domain/selection.py`). A
+capability that is None is unknown, and not checked.
+
+Override per deployment with BATCHLINE_PRICES (see `load_prices`): one variable for a
+model's prices and capabilities, as one table holds both (a model a deployment adds needs
+both to be chosen by `model: "auto"`).
 """
 
 from __future__ import annotations
@@ -70,6 +86,14 @@ class Price:
     realtime_cache_write_1h_input: float | None = None
     #: Where requests with a long prompt cost more (Gemini 2.5 Pro), that price.
     long_context: LongContext | None = None
+    #: The most tokens one request may hold, input and output together; None when unknown.
+    context_window: int | None = None
+    #: What a request may carry (`MODALITIES`: text, image, pdf); None when unknown.
+    input_modalities: frozenset[str] | None = None
+    #: Whether it answers to a JSON Schema (structured output); None when unknown.
+    structured_output: bool | None = None
+    #: Median output tokens per second (public benchmarks), for `prefer: speed`.
+    tokens_per_second: float | None = None
 
     def for_input(self, input_tokens: int) -> Price:
         """The price a request with `input_tokens` of prompt pays."""
@@ -152,30 +176,76 @@ def _published(
     return replace(price, realtime_cached_input=realtime_cached)
 
 
+#: What a request may carry, as `Price.input_modalities` names it.
+MODALITIES = frozenset({"text", "image", "pdf"})
+
+
+def _capable(price: Price, context_window: int, tokens_per_second: float | None) -> Price:
+    """`price` with the capabilities every model in the table shares (text, images and
+    PDFs in, structured output) and its own context window and speed."""
+    return replace(
+        price,
+        context_window=context_window,
+        input_modalities=MODALITIES,
+        structured_output=True,
+        tokens_per_second=tokens_per_second,
+    )
+
+
 #: Keyed "provider/model"; dated model ids (snapshots) find their base entry (`price_for`).
 PRICES: dict[str, Price] = {
-    "openai/gpt-4.1": _published(1.00, 4.00, cached_share=0.25, max_output_tokens=32_768),
-    "openai/gpt-4.1-mini": _published(0.20, 0.80, cached_share=0.25, max_output_tokens=32_768),
-    "openai/gpt-4o-mini": _published(0.075, 0.30, cached_share=0.50, max_output_tokens=16_384),
-    "anthropic/claude-sonnet-4-5": _published(
-        1.50, 7.50, cached_share=0.10, cache_write_shares=(1.25, 2.0), max_output_tokens=64_000
+    "openai/gpt-4.1": _capable(
+        _published(1.00, 4.00, cached_share=0.25, max_output_tokens=32_768), 1_047_576, None
     ),
-    "anthropic/claude-haiku-4-5": _published(
-        0.50, 2.50, cached_share=0.10, cache_write_shares=(1.25, 2.0), max_output_tokens=64_000
+    "openai/gpt-4.1-mini": _capable(
+        _published(0.20, 0.80, cached_share=0.25, max_output_tokens=32_768), 1_047_576, None
     ),
-    "vertex/gemini-2.5-flash": _published(
-        0.15, 1.25, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+    "openai/gpt-4o-mini": _capable(
+        _published(0.075, 0.30, cached_share=0.50, max_output_tokens=16_384), 128_000, 115
     ),
-    "vertex/gemini-2.5-pro": replace(
+    "anthropic/claude-sonnet-4-5": _capable(
         _published(
-            0.625, 5.00, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+            1.50, 7.50, cached_share=0.10, cache_write_shares=(1.25, 2.0), max_output_tokens=64_000
         ),
-        long_context=LongContext(
-            200_000,
+        200_000,
+        65,
+    ),
+    "anthropic/claude-haiku-4-5": _capable(
+        _published(
+            0.50, 2.50, cached_share=0.10, cache_write_shares=(1.25, 2.0), max_output_tokens=64_000
+        ),
+        200_000,
+        90,
+    ),
+    "vertex/gemini-2.5-flash": _capable(
+        _published(
+            0.15, 1.25, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+        ),
+        1_048_576,
+        221,
+    ),
+    "vertex/gemini-2.5-pro": _capable(
+        replace(
             _published(
-                1.25, 7.50, cached_share=0.10, max_output_tokens=65_536, batch_discounts_cache=False
+                0.625,
+                5.00,
+                cached_share=0.10,
+                max_output_tokens=65_536,
+                batch_discounts_cache=False,
+            ),
+            long_context=LongContext(
+                200_000,
+                _published(
+                    1.25,
+                    7.50,
+                    cached_share=0.10,
+                    max_output_tokens=65_536,
+                    batch_discounts_cache=False,
+                ),
             ),
         ),
+        1_048_576,
+        82,
     ),
 }
 
@@ -256,7 +326,15 @@ _RATE_FIELDS = (
     "realtime_cache_write_input",
     "realtime_cache_write_1h_input",
 )
-_FIELDS = (*_RATE_FIELDS, "max_output_tokens")
+#: A model's properties, not prices: an override that leaves one out keeps the table's.
+CAPABILITY_FIELDS = (
+    "max_output_tokens",
+    "context_window",
+    "input_modalities",
+    "structured_output",
+    "tokens_per_second",
+)
+_FIELDS = (*_RATE_FIELDS, *CAPABILITY_FIELDS)
 
 
 def load_prices(
@@ -266,13 +344,14 @@ def load_prices(
 
     `override_json` is BATCHLINE_PRICES: a JSON object keyed "provider/model" whose
     values are either `{"input": .., "output": .., "cached_input": ..,
-    "cache_write_input": .., "cache_write_1h_input": .., "max_output_tokens": .., and the
-    "realtime_" rates of each}` (USD per 1M tokens; `input` and `output` are the batch
-    rates and required; a missing real-time rate is twice its batch rate; no
-    `cached_input` (`cache_write_input`, `cache_write_1h_input`) means no rate of its own;
-    a missing `max_output_tokens` keeps the table's) or the older `[input, output]`. An
-    override replaces the model's whole entry. Raises ConfigError naming the model and
-    the field for anything else.
+    "cache_write_input": .., "cache_write_1h_input": .., the "realtime_" rates of each, and
+    the capabilities "max_output_tokens", "context_window" (tokens), "input_modalities"
+    (a list of text, image, pdf), "structured_output" (true/false), "tokens_per_second"}`
+    (USD per 1M tokens; `input` and `output` are the batch rates and required; a missing
+    real-time rate is twice its batch rate; no `cached_input` (`cache_write_input`,
+    `cache_write_1h_input`) means no rate of its own; a missing capability keeps the
+    table's) or the older `[input, output]`. An override replaces the model's prices.
+    Raises ConfigError naming the model and the field for anything else.
     """
     table = PRICES if base is None else base
     prices = dict(table)
@@ -294,21 +373,23 @@ def load_prices(
                 f"{PRICES_ENV}: {key!r} is not provider/model with a provider among "
                 f"{', '.join(sorted(KNOWN_PROVIDERS))}"
             )
-        known = table.get(key)
-        prices[key] = _override(key, value, known.max_output_tokens if known else None)
+        prices[key] = _override(key, value, table.get(key))
     return prices
 
 
-def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
+def _override(key: str, value: Any, known: Price | None) -> Price:
     """One BATCHLINE_PRICES entry as a price; ConfigError naming the model and field."""
     where = f"{PRICES_ENV}[{key!r}]"
     if isinstance(value, list):
         if len(value) != 2:
             raise ConfigError(f"{where}: expected [input, output], got {len(value)} items")
-        return Price.from_batch(
-            _rate(f"{where}[0] (input)", value[0]),
-            _rate(f"{where}[1] (output)", value[1]),
-            max_output_tokens=max_output_tokens,
+        return _capabilities(
+            where,
+            {},
+            Price.from_batch(
+                _rate(f"{where}[0] (input)", value[0]), _rate(f"{where}[1] (output)", value[1])
+            ),
+            known,
         )
     if not isinstance(value, dict):
         raise ConfigError(
@@ -321,12 +402,30 @@ def _override(key: str, value: Any, max_output_tokens: int | None) -> Price:
     for required in ("input", "output"):
         if required not in value:
             raise ConfigError(f"{where}: {required} is required")
-    return _price_of(where, value, max_output_tokens)
+    return _capabilities(where, value, _price_of(where, value), known)
 
 
-def _price_of(where: str, value: dict[str, Any], max_output_tokens: int | None) -> Price:
+def _capabilities(where: str, value: dict[str, Any], price: Price, known: Price | None) -> Price:
+    """`price` with the override's capabilities, each one it leaves out the table's."""
+    kept: dict[str, Any] = {
+        name: getattr(known, name) if known else None for name in CAPABILITY_FIELDS
+    }
+    checks = {
+        "max_output_tokens": _max_tokens,
+        "context_window": _max_tokens,
+        "input_modalities": _modalities,
+        "structured_output": _flag,
+        "tokens_per_second": _speed,
+    }
+    for name, check in checks.items():
+        if name in value:
+            kept[name] = check(f"{where}.{name}", value[name])
+    return replace(price, **kept)
+
+
+def _price_of(where: str, value: dict[str, Any]) -> Price:
     """An override object's price: batch rates as given, a missing real-time rate twice
-    its batch rate, a missing `max_output_tokens` the table's."""
+    its batch rate."""
 
     def rate(name: str) -> float | None:
         given = value.get(name)
@@ -343,14 +442,11 @@ def _price_of(where: str, value: dict[str, Any], max_output_tokens: int | None) 
     realtime_cached = rate("realtime_cached_input")
     realtime_write = rate("realtime_cache_write_input")
     realtime_write_1h = rate("realtime_cache_write_1h_input")
-    if "max_output_tokens" in value:
-        max_output_tokens = _max_tokens(f"{where}.max_output_tokens", value["max_output_tokens"])
     return replace(
         batch,
         realtime_input=_given(realtime_input, batch.realtime_input),
         realtime_output=_given(realtime_output, batch.realtime_output),
         realtime_cached_input=_given(realtime_cached, batch.realtime_cached_input),
-        max_output_tokens=max_output_tokens,
         realtime_cache_write_input=_given(realtime_write, batch.realtime_cache_write_input),
         realtime_cache_write_1h_input=_given(
             realtime_write_1h, batch.realtime_cache_write_1h_input
@@ -380,3 +476,30 @@ def _max_tokens(where: str, value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}: expected a whole number of tokens >= 1, got {value!r}")
     return value
+
+
+def _modalities(where: str, value: Any) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of {', '.join(sorted(MODALITIES))}")
+    unknown = sorted(set(value) - MODALITIES)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown modality {unknown[0]!r} (known: {', '.join(sorted(MODALITIES))})"
+        )
+    return frozenset(value) | {"text"}
+
+
+def _flag(where: str, value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _speed(where: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{where}: expected tokens per second (a number > 0), got {value!r}")
+    return float(value)

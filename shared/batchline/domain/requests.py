@@ -35,6 +35,11 @@ from batchline.domain.providers.base import model_id_problem as model_id_problem
 from batchline.domain.providers.registry import KNOWN_PROVIDERS, PROVIDERS
 from batchline.domain.schemas import ResponseSchema, SchemaError
 
+#: A batchline line's model (or the job's default) that asks batchline to choose one
+#: (`domain/selection.py`); the parser returns such a line's request unbound, with this
+#: as its provider and model, checked for what every provider checks.
+AUTO = "auto"
+
 # orjson reads an integer beyond 64 bits as a float at least this large.
 _BEYOND_64_BITS = 2.0**63
 
@@ -161,8 +166,10 @@ def model_problem(value: object, enabled: frozenset[str] = KNOWN_PROVIDERS) -> s
 
     The one check of a job's default model (object metadata `model`, the API's
     `options.model`) and of a batchline line's `model`: the form, a known provider (one of
-    `enabled`), and the model id's charset (`MODEL_ID_PATTERN`).
+    `enabled`), and the model id's charset (`MODEL_ID_PATTERN`); or `AUTO`.
     """
+    if value == AUTO:
+        return None
     try:
         split_model(value, enabled=enabled)
     except InvalidField as exc:
@@ -189,6 +196,8 @@ def _split_new_model(value: Any, field: str, enabled: frozenset[str]) -> tuple[s
         raise InvalidField(
             field, f"expected a string like 'openai/gpt-4.1-mini', got {kind(value)}"
         )
+    if value == AUTO:
+        raise InvalidField(field, "'auto' chooses the model of batchline lines only; name one here")
     provider, sep, model = value.partition("/")
     if not sep or not provider or not model:
         raise InvalidField(
@@ -266,29 +275,48 @@ def _batchline(
     for key in obj:
         if key not in _BATCHLINE_FIELDS:
             raise InvalidField(key, "unknown field")
-    if "model" in obj:
-        name, model = split_model(obj["model"], enabled=enabled)
-    elif default_model:
-        name, model = split_model(default_model, "model (job default)", enabled)
-    else:
-        raise InvalidField("model", "missing, and the job has no default model")
-    provider = PROVIDERS[name]
+    named = _line_model(obj, default_model, enabled)
+    provider = PROVIDERS[named[0]] if named is not None else None
     messages = obj.get("messages")
     if messages is None:
         raise InvalidField("messages", "missing")
-    check_messages(messages, provider.check_message)
+    check_messages(messages, provider.check_message if provider else _any_message)
     params = _batchline_params(obj, messages, provider)
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidField("metadata", f"expected an object, got {kind(metadata)}")
     schema, field = _line_schema(obj, schemas)
+    if named is None or provider is None:  # "auto": the chosen model's checks come then
+        return Request(
+            number, custom_id, AUTO, AUTO, params=params, schema=schema, selected_by=AUTO
+        )
     if schema is not None:
         _check_expressible(schema, provider, field)
-    return Request(number, custom_id, name, model, params=params, schema=schema)
+    return Request(number, custom_id, named[0], named[1], params=params, schema=schema)
 
 
-def _batchline_params(obj: dict[str, Any], messages: Any, provider: Provider) -> dict[str, Any]:
-    """The provider-neutral request of a batchline line, each field checked."""
+def _line_model(
+    obj: dict[str, Any], default_model: str | None, enabled: frozenset[str]
+) -> tuple[str, str] | None:
+    """(provider, model id) a batchline line names, or the job's default; None: "auto"."""
+    if "model" in obj:
+        return None if obj["model"] == AUTO else split_model(obj["model"], enabled=enabled)
+    if default_model == AUTO:
+        return None
+    if default_model:
+        return split_model(default_model, "model (job default)", enabled)
+    raise InvalidField("model", "missing, and the job has no default model")
+
+
+def _any_message(_where: str, _message: dict[str, Any]) -> None:
+    """A message of a line whose provider is not chosen yet: its own checks come then."""
+
+
+def _batchline_params(
+    obj: dict[str, Any], messages: Any, provider: Provider | None
+) -> dict[str, Any]:
+    """The provider-neutral request of a batchline line, each field checked (against
+    `provider`'s rules too, unless it is None: not chosen yet)."""
     params: dict[str, Any] = {"messages": messages}
     system = obj.get("system")
     if system is not None:
@@ -307,7 +335,8 @@ def _batchline_params(obj: dict[str, Any], messages: Any, provider: Provider) ->
         params["max_tokens"] = max_tokens
     temperature = obj.get("temperature")
     if temperature is not None:
-        provider.check_temperature(temperature)
+        if provider is not None:
+            provider.check_temperature(temperature)
         if (
             not isinstance(temperature, int | float)
             or isinstance(temperature, bool)
@@ -320,7 +349,8 @@ def _batchline_params(obj: dict[str, Any], messages: Any, provider: Provider) ->
     if stop is not None:
         if not (isinstance(stop, list) and stop and all(isinstance(s, str) for s in stop)):
             raise InvalidField("stop", "expected a non-empty list of strings")
-        provider.check_stop(stop)
+        if provider is not None:
+            provider.check_stop(stop)
         params["stop"] = stop
     return params
 

@@ -244,7 +244,7 @@ class Tally:
         """Count a line's attempts per provider (`route`)."""
         before: str | None = None
         for provider, status, reason in steps:
-            if provider is None:
+            if provider is None or status == "skipped":  # passed over, never sent
                 continue
             mine = self.providers.setdefault(provider, _provider_entry())
             mine["sent"] += sign

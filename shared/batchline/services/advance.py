@@ -11,14 +11,15 @@ winner rather than failing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from batchline.bootstrap import Deps
 from batchline.domain import claims
 from batchline.domain.claims import Change, LeaseState, LeaseTerms, Leave
-from batchline.domain.models import ChunkState, Job, JobState
+from batchline.domain.models import Chunk, ChunkState, Job, JobState
 from batchline.log import fields, get_logger
-from batchline.services import cancel, dispatch, messages
+from batchline.services import admission, cancel, dispatch, messages
 from batchline.services.leases import Keeper, contended
 from batchline.services.plan import plan_job
 
@@ -99,20 +100,14 @@ def _advance_chunks(
     deps: Deps, job: Job, owner: str, deadline: float, keeper: Keeper
 ) -> Job | None:
     chunks = deps.store.get_chunks(job.job_id)
-    canceling = job.cancel_requested_at is not None
+    waits: dict[str, str] = {}  # quota pool -> why this job's chunks wait for it
     for i, chunk in enumerate(chunks):
         if deps.clock.now() >= deadline or keeper.lost:
             break
-        updated = None
-        if canceling:
-            updated = cancel.settle(deps, chunk, owner)
-        elif claims.submit_due(chunk, owner, deps.clock.now()):
-            updated = dispatch.dispatch(deps, chunk, owner)
-        elif chunk.state is ChunkState.RUNNING:
-            updated = dispatch.refresh(deps, chunk)
-            updated = cancel.end_long_queue(deps, job, updated or chunk) or updated
+        updated = _step(deps, job, chunk, owner, waits)
         if updated is not None:
             chunks[i] = updated
+    job = _note_waiting(deps, job, waits)
     now = deps.clock.now()
     if all(c.state is ChunkState.ENDED for c in chunks):
         collecting = deps.store.update_job(job.job_id, Change(claims.start_collecting, now))
@@ -125,3 +120,39 @@ def _advance_chunks(
     ):
         return deps.store.update_job(job.job_id, Change(claims.start_running, now))
     return job
+
+
+def _step(deps: Deps, job: Job, chunk: Chunk, owner: str, waits: dict[str, str]) -> Chunk | None:
+    """One chunk's part in this advance: cancel, submit once its quota admits it (a pool
+    found full is not asked again for the job's later chunks), or follow its batch."""
+    now = deps.clock.now()
+    if job.cancel_requested_at is not None:
+        return cancel.settle(deps, chunk, owner)
+    if claims.submit_due(chunk, owner, now):
+        pool = admission.quota_of(deps, chunk).key
+        if pool in waits and chunk.state is ChunkState.PENDING:
+            return None  # (a chunk taken over may hold its room already: it asks)
+        reason = admission.admit(deps, job, chunk)
+        if reason is not None:
+            waits[pool] = reason
+            return None
+        return dispatch.dispatch(deps, chunk, owner)
+    if chunk.state is ChunkState.PENDING and chunk.not_before is not None:
+        pool = admission.quota_of(deps, chunk).key
+        after = time.strftime("%H:%M:%S UTC", time.gmtime(chunk.not_before))
+        waits.setdefault(
+            pool, f"queued: the provider said {pool} was full; sent again after {after}"
+        )
+    elif chunk.state is ChunkState.RUNNING:
+        updated = dispatch.refresh(deps, chunk)
+        return cancel.end_long_queue(deps, job, updated or chunk) or updated
+    return None
+
+
+def _note_waiting(deps: Deps, job: Job, waits: dict[str, str]) -> Job:
+    """Record on the job why its chunks wait (once it changed)."""
+    reason = "; ".join(waits[k] for k in sorted(waits)) or None
+    if reason == job.waiting:
+        return job
+    noted = contended(deps.store.update_job, job.job_id, Change(claims.note_waiting, reason))
+    return noted or job

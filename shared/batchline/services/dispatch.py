@@ -27,12 +27,21 @@ from batchline.bootstrap import Deps
 from batchline.domain import claims
 from batchline.domain.claims import Change, LeaseTerms
 from batchline.domain.models import BatchTag, Chunk, ChunkState, ProviderBatch
+from batchline.domain.providers.registry import provider as provider_of
 from batchline.errors import ProviderError
 from batchline.log import get_logger
 from batchline.ports import ProviderClient
+from batchline.services import admission
 from batchline.services.create_lock import CreateLock
 from batchline.services.leases import Keeper, LeaseLost
-from batchline.services.submitting import context, create, record, refused, settle
+from batchline.services.submitting import (
+    backoff_until,
+    context,
+    create,
+    record,
+    refused,
+    settle,
+)
 
 log = get_logger(__name__)
 
@@ -62,9 +71,13 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str, *, send_new: bool = True) -> 
         with Keeper(deps, what, [_renewal(deps, leased, owner)]) as keeper:
             if lock is None:
                 ended = _lease_ended(take.seen, now)
-                return _send_tagged(deps, provider, leased, owner, ended, send_new, keeper)
-            keeper.add(lock.renew)
-            return _send_locked(deps, provider, leased, owner, lock, send_new, keeper)
+                sent = _send_tagged(deps, provider, leased, owner, ended, send_new, keeper)
+            else:
+                keeper.add(lock.renew)
+                sent = _send_locked(deps, provider, leased, owner, lock, send_new, keeper)
+        if sent is not None and sent.state in (ChunkState.ENDED, ChunkState.PENDING):
+            admission.release(deps, sent)  # no batch of its holds room (a crash: `sweep`)
+        return sent
     except LeaseLost:
         # Nothing was created since the lease was lost: give back what is still mine.
         log.warning("lost a lease; stopped before creating", extra=context(leased))
@@ -177,7 +190,12 @@ def reconcile(
     since = (chunk.submit_started_at or lease_ended) - CLOCK_SKEW_SECONDS
     until = lease_ended + CLOCK_SKEW_SECONDS
     candidates = provider.find_batches(tag, since, until, chunk.request_count)
-    ours = [b for b in candidates if deps.store.batch_recorded_by(b.batch_id) in (None, tag)]
+    ours = [
+        b
+        for b in candidates
+        if b.batch_id not in chunk.quota_refused
+        and deps.store.batch_recorded_by(b.batch_id) in (None, tag)
+    ]
     if len(ours) == 1:
         log.info("adopted batch", extra=context(chunk, batch_id=ours[0].batch_id))
         return ours[0]
@@ -196,4 +214,14 @@ def refresh(deps: Deps, chunk: Chunk) -> Chunk | None:
     batch = deps.providers.get(chunk.provider).get_batch(chunk.batch_id)
     if batch.state == chunk.batch_state and batch.counts == chunk.batch_counts:
         return chunk
-    return settle(deps, chunk, Change(claims.follow_batch, batch, deps.clock.now()))
+    now = deps.clock.now()
+    if provider_of(chunk.provider).quota.failed_for_quota(batch):
+        # Created, then refused for the quota: nothing ran; the chunk waits and goes again.
+        log.warning("batch failed for its quota; sent again later", extra=context(chunk))
+        change = Change(claims.requeue_failed, batch, now, backoff_until(deps, chunk, now))
+    else:
+        change = Change(claims.follow_batch, batch, now)
+    updated = settle(deps, chunk, change)
+    if updated is not None and updated.state is not ChunkState.RUNNING:
+        admission.release(deps, updated)  # its batch has ended (a crash here: `sweep`)
+    return updated

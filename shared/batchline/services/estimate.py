@@ -28,7 +28,7 @@ from batchline.domain.pricing import price_for
 from batchline.domain.requests import InvalidLine, Request, SchemaContext
 from batchline.domain.schemas import ResponseSchema
 from batchline.errors import NotFound
-from batchline.services.line_work import LineWork
+from batchline.services.line_work import LineWork, selector_for
 
 #: Invalid lines a dry run lists (it counts them all).
 LISTED_INVALID = 20
@@ -49,6 +49,8 @@ class DryRun:
     chunks: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     estimate: Estimate = field(default_factory=Estimate)
     unread_schemas: set[str] = field(default_factory=set)
+    #: The `model: "auto"` choices per model, with why (`Selector.choices`).
+    auto: list[dict[str, Any]] = field(default_factory=list)
 
     def add_chunk(self, planned: PlannedChunk) -> None:
         """Count a chunk the planner handed out."""
@@ -67,6 +69,33 @@ class DryRun:
                 return None
             total += entry.input_tokens * price.input / 1e6
         return round(total, 10)
+
+    def view(self, deps: Deps) -> dict[str, Any]:
+        """What the dry run found, as `POST /v1/jobs:estimate` and `batchline estimate
+        --json` show it (the API's `EstimateView`)."""
+        totals = self.estimate.to_dict()
+        return {
+            "lines": self.lines,
+            "blank_lines": self.blank_lines,
+            "requests": self.requests,
+            "invalid": self.invalid,
+            "invalid_lines": [
+                {"line": i.line, "custom_id": i.custom_id, "field": i.field, "message": i.reason}
+                for i in self.invalid_lines
+            ],
+            "chunks": [
+                {"provider": p, "model": m, "chunks": n, "requests": r, "bytes": b}
+                for (p, m), (n, r, b) in sorted(self.chunks.items())
+            ],
+            "auto": self.auto,
+            "cost_usd": {
+                "low": self.input_only_usd(deps),
+                "high": totals["batch_usd"],
+                "realtime_high": totals["realtime_usd"],
+            },
+            "estimate": totals,
+            "warnings": self.warnings(),
+        }
 
     def warnings(self) -> list[str]:
         """What the dry run could not check, for the caller."""
@@ -109,8 +138,10 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
         deps.encoder,
         lambda request, line: found.estimate.add(request.provider, request.model, line),
         sizes_only=True,
+        narrow=deps.settings.quotas.narrow,
     )
     explicit_ids: dict[str, int] = {}
+    selector = selector_for(deps, options)
     take = LineWork(
         planner,
         explicit_ids,
@@ -119,6 +150,7 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
         max_line_bytes=deps.settings.max_line_bytes,
         enabled=deps.settings.enabled_providers,
         job_id="dry-run",
+        selector=selector,
     ).take
     for number, line in _lines(stream, deps.settings.max_line_bytes, found):
         outcome, full = take(number, line)
@@ -134,6 +166,7 @@ def dry_run(deps: Deps, stream: BinaryIO | gzip.GzipFile, options: JobOptions) -
             found.add_chunk(full)
     for planned in planner.finish():
         found.add_chunk(planned)
+    found.auto = selector.choices()
     if found.lines == 0:
         raise UnreadableInput("the file has no requests (only blank lines)")
     return found

@@ -31,7 +31,7 @@ from batchline.domain.paths import WorkPaths
 from batchline.domain.pricing import cost, price_for
 from batchline.domain.providers.base import InvalidField
 from batchline.domain.requests import retarget
-from batchline.domain.rounds import NextStep, RoundReason, not_moved_note
+from batchline.domain.rounds import SKIPPED, NextStep, RoundReason, not_moved_note
 from batchline.domain.schemas import ResponseSchema
 from batchline.domain.workfiles.collected import FollowUp
 from batchline.domain.workfiles.manifest import ManifestEntry, write_manifest
@@ -152,6 +152,7 @@ class Stager:
             return
         request = stored.to_request(self._schema)
         refused: list[str] = []
+        skipped: list[dict[str, Any]] = []
         for target in step.chain:
             try:
                 moved = retarget(request, target, self._deps.settings.enabled_providers)
@@ -160,7 +161,10 @@ class Stager:
                 )
             except InvalidField as exc:
                 refused.append(f"{target}: {exc.field}: {exc.reason}")
+                skipped.append(skipped_attempt(target, f"{exc.field}: {exc.reason}"))
                 continue
+            if skipped:  # the line's attempts say which models it passed over, and why
+                entry = entry._replace(earlier=[*(entry.earlier or ()), *skipped])
             self._add(
                 RoundReason.FAILOVER,
                 moved.provider,
@@ -217,6 +221,21 @@ class Stager:
         if follow_up.stored is not None:
             write_stored(blobs, follow_up.stored, group.stored.getvalue())
         return follow_up
+
+
+def skipped_attempt(target: str, why: str) -> dict[str, Any]:
+    """An attempt that was never sent: model `target` cannot take the line (`why`)."""
+    provider, _, model = target.partition("/")
+    return {
+        "reason": str(RoundReason.FAILOVER),
+        "provider": provider,
+        "model": model,
+        "batch_id": None,
+        "status": SKIPPED,
+        "usage": None,
+        "cost_usd": None,
+        "error": {"type": "unsupported", "message": why, "retryable": False},
+    }
 
 
 def _noted(record: dict[str, Any], reasons: list[str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import orjson
 from batchline.bootstrap import Deps
 from batchline.domain.jsonscan import TopLevelIdScanner
 from batchline.domain.lines import LineTooLong, UnreadableInput
-from batchline.domain.models import Job
+from batchline.domain.models import PREFERENCES, Job, JobOptions
 from batchline.domain.options import default_schema_of
 from batchline.domain.paths import registered_schema_uri
 from batchline.domain.planning import (
@@ -24,8 +24,10 @@ from batchline.domain.planning import (
     SinkFailed,
     describe_error,
 )
-from batchline.domain.requests import InvalidLine, Request, SchemaContext, parse_line
+from batchline.domain.providers.base import InvalidField
+from batchline.domain.requests import AUTO, InvalidLine, Request, SchemaContext, parse_line
 from batchline.domain.schemas import ResponseSchema, SchemaError
+from batchline.domain.selection import Selector, default_candidates
 from batchline.errors import NotFound
 from batchline.log import fields, get_logger
 
@@ -79,11 +81,31 @@ def schema_context(deps: Deps, job: Job) -> SchemaContext:
     return SchemaContext(lookup=lookup, default=default)
 
 
+def selector_for(deps: Deps, options: JobOptions) -> Selector:
+    """How the job's `model: "auto"` lines choose: its `candidates` (else the deployment's
+    BATCHLINE_AUTO_CANDIDATES, else one per enabled provider) and `prefer`."""
+    settings = deps.settings
+    candidates = (
+        options.candidates
+        or settings.auto_candidates
+        or default_candidates(deps.prices, settings.enabled_providers)
+    )
+    return Selector(
+        candidates,
+        prefer=options.prefer or PREFERENCES[0],
+        prices=deps.prices,
+        encoders=deps.encoder,
+        limits=deps.limits,
+        enabled=settings.enabled_providers,
+    )
+
+
 class LineWork:
     """One line's work: parse it, check its id, add it to its chunk.
 
     `take` each line: it returns the planned request and the chunk it displaced, or
-    the line's `InvalidLine`. No exception from the line's own work stops planning:
+    the line's `InvalidLine`. A line whose model is "auto" is bound to the model
+    `selector` chooses first. No exception from the line's own work stops planning:
     whatever parsing, encoding or estimating it raises makes this line `invalid` and the
     next line is read. Failures that are not the line's (reading a registered schema,
     writing stored requests) propagate. (A class, not a function taking the job's settings, because it runs for
@@ -98,6 +120,7 @@ class LineWork:
         "_max_line_bytes",
         "_planner",
         "_schemas",
+        "_selector",
     )
 
     def __init__(
@@ -110,6 +133,7 @@ class LineWork:
         max_line_bytes: int,
         enabled: frozenset[str],
         job_id: str,
+        selector: Selector,
     ) -> None:
         self._planner = planner
         self._explicit_ids = explicit_ids
@@ -118,6 +142,7 @@ class LineWork:
         self._max_line_bytes = max_line_bytes
         self._enabled = enabled
         self._job_id = job_id
+        self._selector = selector
 
     def take(
         self, number: int, line: bytes | LineTooLong
@@ -136,6 +161,8 @@ class LineWork:
             if not isinstance(parsed, Request):  # (isinstance is cheapest when it holds)
                 return parsed, None
             request = parsed
+            if request.provider == AUTO:
+                request = self._selector.select(request)
             if request.custom_id is not None:
                 first = self._explicit_ids.get(request.custom_id)
                 if first is not None:
@@ -144,7 +171,7 @@ class LineWork:
             return request, self._planner.add(request, line)
         except (NotTheLine, SinkFailed):
             raise
-        except RequestRefused as exc:
+        except (RequestRefused, InvalidField) as exc:
             assert request is not None
             return InvalidLine(number, request.custom_id, exc.field, exc.reason), None
         except Exception as exc:

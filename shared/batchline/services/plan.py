@@ -57,16 +57,20 @@ def plan_job(deps: Deps, job_id: str, owner: str) -> Job | None:
             "lost the planning lease; the new holder carries on", extra=fields(job_id=job_id)
         )
         return None
-    over = over_budget(job, plan.estimate)
+    # An auto line may fail over to any other candidate: count them all in the worst case.
+    chosen = plan.selector.candidates if plan.selector and plan.selector.chosen else ()
+    over = over_budget(job, plan.estimate, chosen)
     if over is not None:
-        return reject(deps, job, over, estimate=plan.estimate.to_dict())
+        return reject(deps, job, over, estimate=plan.estimate_section())
     return _commit(deps, job, plan, owner)
 
 
-def over_budget(job: Job, estimate: Estimate) -> str | None:
+def over_budget(job: Job, estimate: Estimate, candidates: tuple[str, ...] = ()) -> str | None:
     """Why the job's worst-case estimate breaks its `max_cost_usd`, or None.
 
-    The worst case counts every follow-up round the options allow (`Estimate.with_rounds`).
+    The worst case counts every follow-up round the options allow (`Estimate.with_rounds`):
+    retries, and failover to the job's `fallback` and, for `model: "auto"` lines, to the
+    other `candidates`.
     A model without a price cannot be estimated: with a budget set, that rejects the job
     too (a guard that lets unknown costs through is no guard).
     """
@@ -75,7 +79,7 @@ def over_budget(job: Job, estimate: Estimate) -> str | None:
     if budget is None:
         return None
     retries = DEFAULT_MAX_RETRIES if options.max_retries is None else options.max_retries
-    total = estimate.with_rounds(retries, options.fallback)
+    total = estimate.with_rounds(retries, (*options.fallback, *candidates))
     if total is None:
         models = ", ".join(sorted(estimate.unpriced))
         return (

@@ -29,11 +29,12 @@ from batchline.domain.planning import PlannedChunk, SinkFailed
 from batchline.domain.requests import InvalidLine, Request, SchemaContext
 from batchline.domain.results import Tally, invalid_result_line
 from batchline.domain.schemas import ResponseSchema
+from batchline.domain.selection import Selector
 from batchline.domain.workfiles.plan import PlanRecord, write_plan
 from batchline.domain.workfiles.runs import write_invalid
 from batchline.domain.workfiles.schemas import write_schema
 from batchline.errors import NotFound
-from batchline.services.line_work import LineWork, NotTheLine, schema_context
+from batchline.services.line_work import LineWork, NotTheLine, schema_context, selector_for
 from batchline.services.staging import ChunkStager
 
 #: Lines read between two renewals of the planning lease (at most).
@@ -44,7 +45,7 @@ HEARTBEAT_LINES = 2000
 class Plan:
     """What planning made of a file: its chunks (staged, committed later with the job), its
     line counts, the ids generated for lines without one that had to change, the invalid
-    lines' tally and the pre-submit estimate."""
+    lines' tally, the pre-submit estimate and what `model: "auto"` chose."""
 
     chunks: list[Chunk]
     lines: int = 0
@@ -54,6 +55,14 @@ class Plan:
     id_collisions: dict[int, str] = field(default_factory=dict)
     invalid_tally: Tally = field(default_factory=Tally)
     estimate: Estimate = field(default_factory=Estimate)
+    #: Chooses the `model: "auto"` lines' models, and counts its choices.
+    selector: Selector | None = None
+
+    def estimate_section(self) -> dict[str, Any]:
+        """summary.json's `estimate`: the estimate, and the models "auto" chose, with the
+        lines each took and why (`auto`: `Selector.choices`)."""
+        auto = self.selector.choices() if self.selector is not None else []
+        return {**self.estimate.to_dict(), "auto": auto}
 
     def record(self) -> PlanRecord:
         """The plan record (`plan.json`) collect reads."""
@@ -65,7 +74,7 @@ class Plan:
             chunks=len(self.chunks),
             id_collisions=self.id_collisions,
             invalid_tally=self.invalid_tally,
-            estimate=self.estimate.to_dict(),
+            estimate=self.estimate_section(),
         )
 
 
@@ -102,7 +111,7 @@ def build_plan(deps: Deps, job: Job, heartbeat: Callable[[], None] = _no_heartbe
         raise UnreadableInput("the file is empty")
     paths = WorkPaths(settings.work_bucket, job.job_id)
     schemas = schema_context(deps, job)
-    plan = Plan(chunks=[], estimate=Estimate(deps.prices))
+    plan = Plan(chunks=[], estimate=Estimate(deps.prices), selector=selector_for(deps, job.options))
     found = _Found()
     try:
         _read_and_stage(deps, job, paths, schemas, plan, found, heartbeat)
@@ -144,6 +153,7 @@ def _read_and_stage(
         max_line_bytes=deps.settings.max_line_bytes,
         enabled=deps.settings.enabled_providers,
         job_id=job.job_id,
+        selector=plan.selector or selector_for(deps, job.options),
     ).take
 
     def stage(planned: PlannedChunk) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from batchline.bootstrap import Deps
+from batchline.domain.estimate import estimate_input_tokens
 from batchline.domain.models import Chunk
 from batchline.domain.paths import WorkPaths
 from batchline.domain.planning import ChunkPlanner, Observer, PlannedChunk, Sink
@@ -53,7 +54,14 @@ class ChunkStager:
         requests stream to this stager's files; `observe` sees every request it takes."""
         deps = self._deps
         sink = self.open_sink if self._store_requests else _discard
-        return ChunkPlanner(deps.limits, deps.encoder, observe, open_sink=sink)
+        return ChunkPlanner(
+            deps.limits,
+            deps.encoder,
+            observe,
+            open_sink=sink,
+            narrow=deps.settings.quotas.narrow,
+            count=estimate_input_tokens,
+        )
 
     def open_sink(self, provider: str, model: str, first_line: int) -> StreamedFile:
         """The file a new chunk's stored requests stream to (the planner's `open_sink`)."""
@@ -82,6 +90,7 @@ class ChunkStager:
             payload_uri=payload_uri,
             manifest_uri=manifest_uri,
             requests_uri=requests_uri,
+            input_tokens=planned.input_tokens,
             updated_at=self._deps.clock.now(),
             round=self._round,
             round_of=self._round_of,

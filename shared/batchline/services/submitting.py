@@ -13,6 +13,8 @@ from batchline.bootstrap import Deps
 from batchline.domain import claims
 from batchline.domain.claims import Change
 from batchline.domain.models import BatchTag, Chunk, ProviderBatch
+from batchline.domain.providers.registry import provider as provider_of
+from batchline.domain.quotas import backoff
 from batchline.errors import ProviderError, RetryableError
 from batchline.log import fields, get_logger
 from batchline.ports import ProviderClient, StagedPayload
@@ -46,8 +48,14 @@ def record(
     """Record the batch the provider accepted for `chunk`. A store that fails is tried
     again (bounded, with backoff) before the holder gives up its claim (its lease then
     runs out, and the next holder adopts the batch); if another attempt recorded the
-    chunk first, ours is withdrawn."""
-    change = Change(claims.record_batch, batch, deps.clock.now())
+    chunk first, ours is withdrawn. A batch already failed for the provider's quota (one
+    adopted after a crash) is not recorded: the chunk goes back to pending with a backoff."""
+    now = deps.clock.now()
+    refused_for_quota = provider_of(chunk.provider).quota.failed_for_quota(batch)
+    change = Change(claims.record_batch, batch, now)
+    if refused_for_quota:
+        log.warning("adopted a batch failed for its quota; sent again later", extra=context(chunk))
+        change = Change(claims.requeue_adopted, batch, now, backoff_until(deps, chunk, now))
     recorded = None
     for attempt in range(RECORD_ATTEMPTS):
         try:
@@ -61,15 +69,21 @@ def record(
                 raise
             log.warning("recording a batch failed; retrying", extra=context(chunk, error=str(exc)))
             time.sleep(RECORD_BACKOFF_SECONDS * 2**attempt)
-    if recorded is None:
+    if recorded is None and not refused_for_quota:
         withdraw(deps, provider, BatchTag(chunk.job_id, chunk.index), batch)
     return recorded
 
 
 def refused(deps: Deps, chunk: Chunk, owner: str, exc: ProviderError) -> Chunk | None:
-    """A provider call failed: give the lease back and raise it (retryable: the next try
-    looks for the batch first, in case the provider did create it), or end the chunk
-    with the error (refused for good)."""
+    """A provider call failed. Its quota is full (`QuotaPolicy.refused`: a 429): the
+    chunk goes back to pending with a backoff, its lines untouched. Retryable: give the
+    lease back and raise it (the next try looks for the batch first, in case the
+    provider did create it). Otherwise end the chunk with the error (refused for good)."""
+    now = deps.clock.now()
+    if provider_of(chunk.provider).quota.refused(exc.status):
+        log.warning("provider quota full; sent again later", extra=context(chunk, error=str(exc)))
+        until = backoff_until(deps, chunk, now)
+        return settle(deps, chunk, Change(claims.requeue_submit, owner, now, until))
     if exc.retryable:
         settle(deps, chunk, Change(claims.release_submit, owner, deps.clock.now()))
         raise exc
@@ -100,6 +114,15 @@ def withdraw(deps: Deps, provider: ProviderClient, tag: BatchTag, batch: Provide
     except ProviderError as exc:
         about["fields"]["error"] = str(exc)
         log.error("could not cancel a duplicate batch", extra=about)
+
+
+def backoff_until(deps: Deps, chunk: Chunk, now: float) -> float:
+    """When a chunk the provider's quota sends back now may go again (`quotas.backoff`)."""
+    settings = deps.settings
+    wait = backoff(
+        chunk.requeues + 1, settings.quota_backoff_seconds, settings.quota_backoff_max_seconds
+    )
+    return now + wait
 
 
 def settle(deps: Deps, chunk: Chunk, change: Change[Chunk]) -> Chunk | None:

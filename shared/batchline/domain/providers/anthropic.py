@@ -35,6 +35,7 @@ from batchline.domain.providers.base import (
     check_model_id,
     check_role,
     content_items,
+    content_modalities,
     env_limits,
     env_number,
     env_text,
@@ -50,6 +51,7 @@ from batchline.domain.providers.tokens import (
     compact_json,
     positive_count,
 )
+from batchline.domain.quotas import QuotaPolicy, QuotaUnit
 from batchline.domain.schemas import ResponseSchema, check_expressible
 from batchline.errors import ConfigError
 
@@ -405,6 +407,15 @@ def check_schema(schema: ResponseSchema) -> None:
     check_expressible(schema, NAME, root_object_in="a tool's input_schema")
 
 
+#: Content blocks that ask a model for more than text: images, and documents (PDFs).
+_BLOCK_MODALITIES = {"image": "image", "document": "pdf"}
+
+
+def input_modalities(messages: Any) -> frozenset[str]:
+    """`image` blocks ask for images, `document` blocks (PDFs) for PDFs."""
+    return content_modalities(messages, lambda block: _BLOCK_MODALITIES.get(str(block.get("type"))))
+
+
 # ------------------------------------------------------------------------- tokens
 
 
@@ -478,6 +489,12 @@ def _blocks(blocks: list[Any], texts: list[str]) -> int:
 # --------------------------------------------------------------------- descriptor
 
 
+#: Requests in the Message Batches processing queue, one queue for every model: 100,000
+#: at tier 1, the lowest paid tier (rate limits, "Message Batches API"); a create that
+#: would pass it is answered 429 `rate_limit_error`.
+QUOTA = QuotaPolicy(QuotaUnit.QUEUED_REQUESTS, per_model=False, default=100_000)
+
+
 class Anthropic:
     """Anthropic Message Batches' descriptor (see `domain.providers.base.Provider`)."""
 
@@ -487,6 +504,8 @@ class Anthropic:
     id_key: str | None = None
     #: Where a native line names its model.
     model_field = "params.model"
+    #: Requests in the processing queue, shared by its models.
+    quota = QUOTA
 
     settings_from_env = staticmethod(AnthropicSettings.from_env)
     parse_native = staticmethod(parse_native)
@@ -495,6 +514,7 @@ class Anthropic:
     check_temperature = staticmethod(check_temperature)
     check_stop = staticmethod(no_check)
     check_schema = staticmethod(check_schema)
+    input_modalities = staticmethod(input_modalities)
     add_repair_turn = staticmethod(add_repair_turn)
     token_parts = staticmethod(token_parts)
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchline.domain.providers.tokens import RequestParts, TokenRule
 from batchline.domain.schemas import ResponseSchema
 from batchline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from batchline.domain.quotas import QuotaPolicy
 
 MAX_CUSTOM_ID_CHARS = 512
 
@@ -44,6 +47,9 @@ class ChunkLimits:
     max_requests: int
     max_bytes: int
     envelope_bytes: int = 0
+    #: The most estimated input tokens one chunk may hold (None: no cap); set where the
+    #: provider's quota counts tokens, so that any one chunk fits in it (`domain/quotas`).
+    max_input_tokens: int | None = None
 
 
 def margin_limits(max_requests: int, max_bytes: int, margin: float = 0.95) -> ChunkLimits:
@@ -143,6 +149,8 @@ class Provider(Protocol):
     #: The field of its own that holds a native line's id when it has no `custom_id`
     #: (Vertex's `key`), or None.
     id_key: str | None
+    #: Its quota: what it counts, the lowest paid tier's numbers, how it says "full".
+    quota: QuotaPolicy
 
     def settings_from_env(self, env: Mapping[str, str], /) -> ProviderSettings:
         """Its settings block from the environment; raises ConfigError naming a bad one."""
@@ -185,6 +193,11 @@ class Provider(Protocol):
 
     def check_schema(self, schema: ResponseSchema) -> None:
         """Raise SchemaError naming the construct if it cannot express `schema`."""
+        ...
+
+    def input_modalities(self, messages: Any) -> frozenset[str]:
+        """What a batchline line's messages ask of a model besides text, as this provider
+        reads their content parts ("image", "pdf"; `pricing.MODALITIES`)."""
         ...
 
     def strips_nulls(self, schema: ResponseSchema) -> bool:
@@ -297,6 +310,21 @@ def check_model_id(model: str, field: str) -> None:
     problem = model_id_problem(model)
     if problem is not None:
         raise InvalidField(field, problem)
+
+
+def content_modalities(
+    messages: Any, modality: Callable[[dict[str, Any]], str | None]
+) -> frozenset[str]:
+    """The modalities `modality` finds in the content parts of a batchline line's
+    `messages` (each part an object; None: text, or nothing a model is chosen by)."""
+    found: set[str] = set()
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            kind = modality(part) if isinstance(part, dict) else None
+            if kind is not None:
+                found.add(kind)
+    return frozenset(found)
 
 
 def check_messages(messages: Any, check_message: Callable[[str, dict[str, Any]], None]) -> None:

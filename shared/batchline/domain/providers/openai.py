@@ -26,6 +26,7 @@ from batchline.domain.providers.base import (
     check_messages_field,
     check_model_id,
     check_role,
+    content_modalities,
     env_limits,
     env_text,
     kind,
@@ -41,6 +42,7 @@ from batchline.domain.providers.tokens import (
     compact_json,
     positive_count,
 )
+from batchline.domain.quotas import QuotaPolicy, QuotaUnit
 from batchline.domain.schemas import ResponseSchema, check_expressible, openai_strict
 
 NAME = "openai"
@@ -285,6 +287,15 @@ def check_schema(schema: ResponseSchema) -> None:
     check_expressible(schema, NAME, root_object_in="response_format's schema")
 
 
+#: Content parts that ask a model for more than text: images, and files (PDFs).
+_PART_MODALITIES = {"image_url": "image", "file": "pdf"}
+
+
+def input_modalities(messages: Any) -> frozenset[str]:
+    """`image_url` parts ask for images, `file` parts (OpenAI takes PDFs) for PDFs."""
+    return content_modalities(messages, lambda part: _PART_MODALITIES.get(str(part.get("type"))))
+
+
 # ------------------------------------------------------------------------- tokens
 
 
@@ -380,6 +391,32 @@ def _content_parts(content: list[Any], texts: list[str]) -> int:
 # --------------------------------------------------------------------- descriptor
 
 
+#: The batch queue limits (enqueued input tokens per model) of OpenAI's tier 1, the
+#: lowest paid tier (rate-limits guide, "Usage tiers"); a model not listed gets the
+#: lowest of them. A batch over the limit is created, then fails with
+#: `token_limit_exceeded`; batch creates past 2,000 an hour are answered 429.
+TIER_1_QUEUE_LIMITS = {
+    "gpt-4o": 90_000,
+    "gpt-4o-mini": 2_000_000,
+    "gpt-4.1": 900_000,
+    "gpt-4.1-mini": 2_000_000,
+    "gpt-4.1-nano": 2_000_000,
+    "gpt-5": 900_000,
+    "gpt-5-mini": 2_000_000,
+    "gpt-5-nano": 2_000_000,
+    "o3": 90_000,
+    "o4-mini": 2_000_000,
+}
+QUOTA = QuotaPolicy(
+    QuotaUnit.ENQUEUED_TOKENS,
+    per_model=True,
+    default=90_000,
+    defaults=TIER_1_QUEUE_LIMITS,
+    refusal_statuses=frozenset({429}),
+    failure_codes=frozenset({"token_limit_exceeded"}),
+)
+
+
 class OpenAI:
     """The OpenAI Batch API's descriptor (see `domain.providers.base.Provider`)."""
 
@@ -389,6 +426,8 @@ class OpenAI:
     id_key: str | None = None
     #: Where a native line names its model.
     model_field = "body.model"
+    #: Enqueued input tokens, per model.
+    quota = QUOTA
 
     settings_from_env = staticmethod(OpenAISettings.from_env)
     parse_native = staticmethod(parse_native)
@@ -397,6 +436,7 @@ class OpenAI:
     check_temperature = staticmethod(no_check)
     check_stop = staticmethod(check_stop)
     check_schema = staticmethod(check_schema)
+    input_modalities = staticmethod(input_modalities)
     add_repair_turn = staticmethod(add_repair_turn)
     token_parts = staticmethod(token_parts)
 

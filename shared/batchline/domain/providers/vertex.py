@@ -36,6 +36,7 @@ from batchline.domain.providers.base import (
     check_model_id,
     check_role,
     content_items,
+    content_modalities,
     env_limits,
     env_text,
     kind,
@@ -52,6 +53,7 @@ from batchline.domain.providers.tokens import (
     either,
     positive_count,
 )
+from batchline.domain.quotas import QuotaPolicy, QuotaUnit
 from batchline.domain.schemas import (
     GEMINI_INEXPRESSIBLE,
     ResponseSchema,
@@ -595,6 +597,23 @@ def check_schema(schema: ResponseSchema) -> None:
     )
 
 
+def input_modalities(messages: Any) -> frozenset[str]:
+    """`inlineData`/`fileData` parts ask for what their MIME type says: `image/*` images,
+    `application/pdf` PDFs."""
+    return content_modalities(messages, _part_modality)
+
+
+def _part_modality(part: dict[str, Any]) -> str | None:
+    for key in ("inlineData", "inline_data", "fileData", "file_data"):
+        data = part.get(key)
+        mime = either(data, "mimeType", "mime_type") if isinstance(data, dict) else None
+        if isinstance(mime, str) and mime.startswith("image/"):
+            return "image"
+        if mime == "application/pdf":
+            return "pdf"
+    return None
+
+
 # ------------------------------------------------------------------------- tokens
 
 
@@ -664,6 +683,13 @@ def _gemini_parts(items: list[Any], texts: list[str]) -> int:
 # --------------------------------------------------------------------- descriptor
 
 
+#: Batch prediction jobs running at once, per model (Vertex limits concurrent batch jobs
+#: per region and model; past it a create is answered 429 RESOURCE_EXHAUSTED). Google
+#: publishes no one number for every project: 4 is a conservative start, raised to what
+#: the project's quota page shows.
+QUOTA = QuotaPolicy(QuotaUnit.CONCURRENT_JOBS, per_model=True, default=4)
+
+
 class Vertex:
     """Vertex AI Gemini batch prediction's descriptor (see `domain.providers.base.Provider`)."""
 
@@ -673,6 +699,8 @@ class Vertex:
     id_key: str | None = "key"
     #: Where a native line names its model.
     model_field = "request.model"
+    #: Batch jobs at once, per model.
+    quota = QUOTA
 
     settings_from_env = staticmethod(VertexSettings.from_env)
     parse_native = staticmethod(parse_native)
@@ -681,6 +709,7 @@ class Vertex:
     check_temperature = staticmethod(no_check)
     check_stop = staticmethod(check_stop)
     check_schema = staticmethod(check_schema)
+    input_modalities = staticmethod(input_modalities)
     add_repair_turn = staticmethod(add_repair_turn)
     token_parts = staticmethod(token_parts)
 

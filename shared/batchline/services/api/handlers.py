@@ -16,11 +16,8 @@ from batchline.ports import InvalidCursor, JobQuery
 from batchline.services.api import outputs
 from batchline.services.api.call import Answer, Call, Raw, Stream
 from batchline.services.api.errors import BadRequest, Conflict, Missing
+from batchline.services.api.estimates import EstimateView
 from batchline.services.api.models import (
-    ChunkPlanView,
-    CostRange,
-    EstimateView,
-    InvalidLineView,
     JobList,
     JobView,
     ListQuery,
@@ -157,28 +154,7 @@ def estimate_job(call: Call) -> Answer:
         raise BadRequest(
             str(exc), "requests" if job.requests is not None else "input_uri"
         ) from None
-    totals = found.estimate.to_dict()
-    return 200, EstimateView(
-        lines=found.lines,
-        blank_lines=found.blank_lines,
-        requests=found.requests,
-        invalid=found.invalid,
-        invalid_lines=[
-            InvalidLineView(line=i.line, custom_id=i.custom_id, field=i.field, message=i.reason)
-            for i in found.invalid_lines
-        ],
-        chunks=[
-            ChunkPlanView(provider=p, model=m, chunks=n, requests=r, bytes=b)
-            for (p, m), (n, r, b) in sorted(found.chunks.items())
-        ],
-        cost_usd=CostRange(
-            low=found.input_only_usd(wired),
-            high=totals["batch_usd"],
-            realtime_high=totals["realtime_usd"],
-        ),
-        estimate=totals,
-        warnings=found.warnings(),
-    )
+    return 200, EstimateView.model_validate(found.view(wired))
 
 
 def openai_webhook(call: Call) -> Answer:

@@ -59,7 +59,7 @@ class JobOptionsIn(_In):
     """A job's options; the same as an input object's metadata gives."""
 
     model: str | None = Field(
-        default=None, description="Default model for lines without one, `provider/model`."
+        default=None, description="Default model for lines without one, `provider/model` or `auto`."
     )
     labels: dict[str, str] | None = Field(
         default=None,
@@ -80,6 +80,17 @@ class JobOptionsIn(_In):
     max_retries: int | None = Field(default=None, ge=0, le=5, description=_RETRIES)
     fallback: list[str] | None = Field(default=None, max_length=8, description=_FALLBACK)
     max_queue_hours: float | None = Field(default=None, gt=0, le=72, description=_QUEUE)
+    candidates: list[str] | None = Field(
+        default=None,
+        description='The models (`provider/model`, at most 16) `model: "auto"` chooses '
+        "from; default: the deployment's (BATCHLINE_AUTO_CANDIDATES, else one per enabled "
+        "provider).",
+    )
+    prefer: Literal["cost", "speed"] | None = Field(
+        default=None,
+        description='What `model: "auto"` chooses for: the lowest worst-case cost '
+        "(default) or the highest output speed.",
+    )
 
 
 class JobInput(_In):
@@ -147,6 +158,8 @@ class JobOptionsView(_Out):
     max_retries: int | None = None
     fallback: list[str] | None = None
     max_queue_hours: float | None = None
+    candidates: list[str] | None = None
+    prefer: str | None = None
 
 
 class JobView(_Out):
@@ -164,6 +177,14 @@ class JobView(_Out):
     results_uri: str | None
     summary_uri: str | None
     error: str | None
+    waiting: str | None = Field(
+        default=None,
+        description=(
+            "Why some of its chunks wait to be sent, e.g. 'queued: 38.2M of 40M enqueued"
+            " tokens in use for openai/gpt-4.1-mini' (a provider's quota is full); null:"
+            " nothing waits."
+        ),
+    )
     created_at: float = Field(description="Epoch seconds.")
     cancel_requested_at: float | None
     ended_at: float | None
@@ -180,48 +201,6 @@ class JobList(_Out):
 
     jobs: list[JobView]
     next_cursor: str | None = Field(description="For the next page; null on the last.")
-
-
-class InvalidLineView(_Out):
-    """A line that would be an `invalid` result, and why."""
-
-    line: int
-    custom_id: str | None
-    field: str
-    message: str
-
-
-class ChunkPlanView(_Out):
-    """The provider batches one provider/model would take."""
-
-    provider: str
-    model: str
-    chunks: int
-    requests: int
-    bytes: int
-
-
-class CostRange(_Out):
-    """USD at batch prices: `low` pays for the input alone, `high` for every request
-    writing its most output; null when a model has no price."""
-
-    low: float | None
-    high: float | None
-    realtime_high: float | None
-
-
-class EstimateView(_Out):
-    """What a job would be, planned without uploading anything or calling a provider."""
-
-    lines: int
-    blank_lines: int
-    requests: int
-    invalid: int
-    invalid_lines: list[InvalidLineView] = Field(description="The first 20.")
-    chunks: list[ChunkPlanView]
-    cost_usd: CostRange
-    estimate: dict[str, Any] = Field(description="Tokens and costs per provider/model.")
-    warnings: list[str]
 
 
 class WebhookReceipt(_Out):

@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from batchline.services.api import handlers
 from batchline.services.api.call import Handler
+from batchline.services.api.estimates import EstimateView
 from batchline.services.api.models import (
-    EstimateView,
     JobInput,
     JobList,
     JobView,

@@ -27,6 +27,7 @@ def job_view(job: Job) -> dict[str, Any]:
         else None,
         "summary_uri": job.summary_uri if job.state.terminal else None,
         "error": job.error,
+        "waiting": job.waiting if job.state.value in ("submitting", "running") else None,
         "created_at": job.created_at,
         "cancel_requested_at": job.cancel_requested_at,
         "ended_at": job.ended_at,
