@@ -65,7 +65,8 @@ DOWNLOAD_PART = 64 * 1024
 
 def settings() -> Settings:
     """Default limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 / 243.2 MB,
-    Vertex 190,000 / 950 MB."""
+    Vertex 190,000 / 950 MB; and the default quotas (each provider's lowest paid tier),
+    which cut the OpenAI input into quota-sized chunks (about 9.5 MB)."""
     return Settings(
         project="bench",
         input_bucket=INPUT_BUCKET,

@@ -918,8 +918,10 @@ METHOD = """
   left out of the output (an ended job writes only the rows that ran).
 - **Submit** = `services.plan.build_plan` on a `Deps` of the memory adapters and default
   `Settings` (chunk limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 requests /
-  243.2 MB of request body, Vertex 190,000 requests / 950 MB): read, parse, validate, encode, chunk, stage payload +
-  manifest + invalid lines + plan.
+  243.2 MB of request body, Vertex 190,000 requests / 950 MB; default quotas, each
+  provider's lowest paid tier, which cut the OpenAI input into quota-sized chunks of about
+  9.5 MB): read, parse, validate, encode, chunk, stage payload + manifest + invalid lines
+  + plan.
 - **Collect** = `services.collect.collect` for the job in `collecting` with every batch
   completed: per chunk `collect_chunk` (manifest, the bench provider's `iter_results` =
   the real adapters' line splitting (`jsonl_lines`) of a download streamed in 64 KiB
