@@ -20,6 +20,9 @@
    (`max_retries` 1, `fallback` Anthropic) beside the same job's one-round collect, then
    the final collect of that job once its second round is answered: the round's chunks
    collected and the runs of both rounds merged, every line once.
+6. Poll's fan-out (`bench/fanout.py`): 300 running jobs of 5 running chunks, a 50 ms
+   provider status call: the tick's fan-out, then every job message advanced.
+   `--only poll-fanout` runs this section alone and puts it into the RESULTS.md there is.
 
 Every job of sections 1-3 allows no follow-up round (`max_retries` 0, no `fallback`;
 `max_repair_attempts` 0 with schemas, except the repair job shown for information):
@@ -28,7 +31,7 @@ collect is one round, as it was before rounds existed.
 Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs,
 `--providers openai` for one provider, `--no-schema` without the structured-output runs,
 `--sections throughput,rounds` for some sections only (throughput, rounds, memory, real,
-imports; default all).
+imports, poll-fanout; default all).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fanout
 import harness
 import orjson
 from generate import (
@@ -76,7 +80,7 @@ RSS_TARGET = 2.5  # times the largest chunk payload
 IMPORT_TARGET = 1.2  # times importing functions-framework + the three Google clients
 PROVIDER_SDKS = ("openai", "anthropic", "google.cloud.aiplatform", "vertexai", "google.genai")
 #: The sections of the benchmark, in the order they run (`--sections`).
-SECTIONS = ("throughput", "rounds", "memory", "real", "imports")
+SECTIONS = ("throughput", "rounds", "memory", "real", "imports", "poll-fanout")
 #: The providers the throughput and memory figures are made for, with their names in tables.
 PROVIDERS = {"openai": "OpenAI", "anthropic": "Anthropic", "vertex": "Vertex AI"}
 
@@ -785,6 +789,132 @@ def rounds(report: Report, input_path: Path, meta: Any, reps: int) -> None:
 # --- report ---------------------------------------------------------------------------------
 
 
+# --- 6. poll fan-out -------------------------------------------------------------------------
+
+FANOUT_SECTION = "Poll fan-out"
+FANOUT_JOBS, FANOUT_CHUNKS = 300, 5
+FANOUT_LATENCY, FANOUT_PUBLISH_LATENCY = 0.05, 0.02
+#: poll's max_instances in infra (variables.tf), and one invocation at a time.
+FANOUT_INSTANCES = (20, 1)
+FANOUT_TARGET_SECONDS = 5.0  # the tick's fan-out: "in seconds"
+ADVANCE_TARGET_SECONDS = 10.0  # every job advanced, with poll's default max_instances
+
+
+FANOUT_METHOD = (
+    "`bench/fanout.py`: the jobs' and chunks' records in the in-memory store, a provider "
+    "fake that answers each status call after 50 ms (every batch has ended), a publisher "
+    "that acknowledges each message after 20 ms; the tick is `services.poll.fan_out`, each "
+    "job message goes to `services.poll.handle` as a function invocation would, the "
+    "invocations played by threads of one process (the status calls and publishes wait, "
+    "holding no CPU). The old tick's figure is computed: one call after another."
+)
+
+
+def poll_fanout(report: Report) -> None:
+    jobs, chunks = FANOUT_JOBS, FANOUT_CHUNKS
+    figures = fanout.measure(jobs, chunks, FANOUT_LATENCY, FANOUT_PUBLISH_LATENCY, FANOUT_INSTANCES)
+    calls = jobs * chunks
+    rows = [
+        [
+            "tick: fan-out (`fan_out`)",
+            f"{figures.messages} messages published",
+            f"{figures.fan_out_seconds:.2f}",
+            f"{fanout.PUBLISHES_AT_ONCE} publishes at once, {FANOUT_PUBLISH_LATENCY * 1000:.0f} ms each",
+        ]
+    ]
+    for n in FANOUT_INSTANCES:
+        ok = "every job collecting, every chunk ended" if figures.advanced[n] else "**NOT ALL**"
+        rows.append(
+            [
+                f"advance: {n} invocation{'s' if n > 1 else ''} at a time",
+                f"{jobs} jobs, {figures.status_calls[n]:,} status calls; {ok}",
+                f"{figures.advance_seconds[n]:.2f}",
+                f"{fanout.STATUS_CALLS_AT_ONCE} status calls at once a job",
+            ]
+        )
+    serial = calls * FANOUT_LATENCY
+    rows.append(
+        [
+            "(one invocation, one call at a time: the old tick)",
+            f"{calls:,} calls",
+            f"{serial:.0f} (computed)",
+            "",
+        ]
+    )
+    title = (
+        f"{FANOUT_SECTION} ({jobs} running jobs x {chunks} running chunks, "
+        f"{FANOUT_LATENCY * 1000:.0f} ms a status call, in-memory stores)"
+    )
+    report.table(title, ["step", "what", "wall s", "concurrency"], rows)
+    top = FANOUT_INSTANCES[0]
+    report.targets += [
+        Target(
+            f"poll fan-out: a tick publishes one message per job ({jobs} jobs)",
+            f"{figures.messages} in {figures.fan_out_seconds:.2f} s",
+            f"<= {FANOUT_TARGET_SECONDS:.0f} s",
+            figures.messages == jobs and figures.fan_out_seconds <= FANOUT_TARGET_SECONDS,
+            f"{FANOUT_TARGET_SECONDS / max(figures.fan_out_seconds, 1e-9):.1f}x under",
+        ),
+        Target(
+            f"poll fan-out: every job advanced ({top} invocations at a time)",
+            f"{figures.advance_seconds[top]:.2f} s",
+            f"all advanced, <= {ADVANCE_TARGET_SECONDS:.0f} s",
+            figures.advanced[top] and figures.advance_seconds[top] <= ADVANCE_TARGET_SECONDS,
+            f"{serial / figures.advance_seconds[top]:.0f}x faster than one call at a time",
+        ),
+    ]
+
+
+def section_lines(title: str, table: list[list[str]]) -> list[str]:
+    header, *rows = table
+    lines = ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def splice_results(report: Report, path: Path, command: str) -> None:
+    """Put `report`'s targets and sections into the RESULTS.md at `path`, in place of
+    those of the same names (or before the Machine section), leaving the rest as the last
+    full run wrote it; the section says how and when it was measured."""
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# batchline benchmark results\n\n## Targets\n\n| target | figure | goal | result | margin |\n|---|---|---|---|---|\n"
+    )
+    lines = text.splitlines()
+    for t in report.targets:
+        row = (
+            f"| {t.name} | {t.figure} | {t.goal} | {'PASS' if t.ok else '**FAIL**'} | {t.margin} |"
+        )
+        found = [i for i, x in enumerate(lines) if x.startswith(f"| {t.name} |")]
+        if found:
+            lines[found[0]] = row
+        else:
+            start = lines.index("## Targets")
+            end = start + 4
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            lines.insert(end, row)
+    for title, table in report.sections:
+        name = title.split(" (")[0]
+        measured = (
+            f"Measured on its own with `{command}` on {report.started:%Y-%m-%d %H:%M} UTC "
+            f"(load average {load_average()})."
+        )
+        block = [*section_lines(title, table)[1:], "", FANOUT_METHOD, "", measured]
+        starts = [
+            i for i, x in enumerate(lines) if x == f"## {name}" or x.startswith(f"## {name} (")
+        ]
+        if starts:
+            end = starts[0] + 1
+            while end < len(lines) and not lines[end].startswith("## "):
+                end += 1
+            lines[starts[0] : end] = [*block, ""]
+        else:
+            at = lines.index("## Machine") if "## Machine" in lines else len(lines)
+            lines[at:at] = [*block, ""]
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
 def load_average() -> str:
     try:
         return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -843,22 +973,17 @@ def write_results(report: Report, path: Path, elapsed: float) -> None:
         lines.append(
             f"| {t.name} | {t.figure} | {t.goal} | {'PASS' if t.ok else '**FAIL**'} | {t.margin} |"
         )
-    for title, (header, *rows) in report.sections:
-        lines += [
-            "",
-            f"## {title}",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    for title, table in report.sections:
+        lines += section_lines(title, table)
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     lines += ["", METHOD.strip(), ""]
     path.write_text("\n".join(lines))
 
 
-METHOD = """
-## Method
+METHOD = (
+    "\n## Method\n\n- **Poll fan-out**: "
+    + FANOUT_METHOD
+    + """
 
 - **Input**: `bench/generate.py`, seeded, one file per provider: batchline-format lines
   (`custom_id`, `model` `openai/gpt-4.1-mini`, `anthropic/claude-haiku-4-5` or
@@ -957,6 +1082,7 @@ METHOD = """
   `google.cloud.firestore` and `google.cloud.pubsub` alone. "process wall" is the whole
   child, interpreter start-up included.
 """
+)
 
 
 def main() -> int:
@@ -988,6 +1114,11 @@ def main() -> int:
         help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
     )
     parser.add_argument(
+        "--only",
+        choices=["poll-fanout"],
+        help="run one section alone and put it into the results file there is",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=BENCH / "RESULTS.md",
@@ -1001,6 +1132,8 @@ def main() -> int:
     load_at_start = load_average()
     started = time.perf_counter()
 
+    if args.only == "poll-fanout":
+        return only_poll_fanout(report, args)
     providers = [p for p in args.providers.split(",") if p]
     unknown = sorted(set(providers) - set(PROVIDERS))
     if unknown:
@@ -1044,6 +1177,9 @@ def main() -> int:
     if "imports" in sections:
         print("\ncold imports...", flush=True)
         cold_imports(report, args.import_runs)
+    if "poll-fanout" in sections:
+        print("\npoll fan-out...", flush=True)
+        poll_fanout(report)
     report.table("Machine", ["", ""], machine(load_at_start))
 
     elapsed = time.perf_counter() - started
@@ -1056,6 +1192,18 @@ def main() -> int:
         print(f"\nwrote {args.output}")
     print(f"took {elapsed:.0f} s; {len(failed)} of {len(report.targets)} targets missed")
     return 1 if failed else 0
+
+
+def only_poll_fanout(report: Report, args: argparse.Namespace) -> int:
+    print("poll fan-out...", flush=True)
+    poll_fanout(report)
+    for t in report.targets:
+        print(f"  {'PASS' if t.ok else 'FAIL'}  {t.name}: {t.figure} (goal {t.goal}; {t.margin})")
+    if str(args.output) != "-":
+        command = ".venv/bin/python bench/run.py" + "".join(f" {a}" for a in args.argv)
+        splice_results(report, args.output, command)
+        print(f"\nput into {args.output}")
+    return 0 if all(t.ok for t in report.targets) else 1
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ def submit(event: CloudEvent) -> None:
 
 @functions_framework.cloud_event
 def poll(event: CloudEvent) -> None:
-    """Pub/Sub message from Cloud Scheduler on the poll topic."""
-    entrypoints.run_event("poll", entrypoints.poll)
+    """Pub/Sub message on the poll topic: Cloud Scheduler's tick (fanned out as one
+    message per active job) or `{"job_id": ...}` (advance that job)."""
+    message = _pubsub_json(event.data)
+    entrypoints.run_event("poll", lambda deps: entrypoints.poll(deps, message))
 
 
 @functions_framework.cloud_event

@@ -25,7 +25,8 @@ locals {
 
   # What each function's code reads, creates and publishes to, and nothing more. Every
   # write is create-only (if_generation_match=0), so no function can overwrite or delete.
-  # submit and poll plan jobs (read input, stage in work, may reject into output);
+  # submit and poll plan jobs (read input, stage in work, may reject into output); poll
+  # publishes to its own topic (a tick fans out one message per active job);
   # collect merges chunk results from work into output (and lists a Vertex AI job's
   # prediction files there: objectViewer covers list); those three reach a provider client.
   # notify only POSTs the webhooks it is handed (and notes the outcome on the job).
@@ -43,7 +44,7 @@ locals {
   # work or output beyond a prefix.
   access = {
     submit  = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
-    poll    = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "user" }
+    poll    = { read = ["input", "work"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["poll", "collect", "events", "notify"], provider_keys = true, vertex = "user" }
     collect = { read = ["work", "output"], create = ["work", "output"], create_under = {}, names_only = [], publish = ["collect", "events", "notify"], provider_keys = true, vertex = "viewer" }
     notify  = { read = [], create = [], create_under = {}, names_only = [], publish = [], provider_keys = false, vertex = null }
     api     = { read = ["input", "output"], create = ["work"], create_under = { work = "inline/" }, names_only = [], publish = ["poll"], provider_keys = false, vertex = null }

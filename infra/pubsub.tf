@@ -1,4 +1,5 @@
-# Topics: poll (scheduler ticks), collect (a job whose batches all ended), events
+# Topics: poll (scheduler ticks, and one message per job: a tick's fan-out, the api's and
+# OpenAI webhooks' asks), collect (a job whose batches all ended), events
 # (job.completed for other services), notify (jobs' webhooks) and dead-letter. Eventarc owns the subscriptions that
 # deliver poll, collect and notify to their functions (their retry policy is set on the function);
 # the subscriptions below are the ones batchline owns.

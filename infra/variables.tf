@@ -186,7 +186,8 @@ variable "functions" {
     Runtime and per-function sizing. For each function:
     - memory: "512M", "1Gi", ...; cpu: "0.583", "1", "2", ... (concurrency above 1 needs cpu of at least 1).
     - timeout: seconds; at most 540 for the event functions (submit, poll, collect, notify), 3600 for api.
-    - max_instances, min_instances, concurrency (requests per instance).
+    - max_instances, min_instances, concurrency (requests per instance). poll's max_instances is how many jobs are
+      advanced at once: a tick publishes one message per active job, each its own invocation.
     - retry: event functions only; true retries a failed invocation (the code raises only for retryable failures).
   EOT
   type = object({
@@ -204,7 +205,7 @@ variable "functions" {
       memory        = optional(string, "1Gi")
       cpu           = optional(string, "1")
       timeout       = optional(number, 540)
-      max_instances = optional(number, 1)
+      max_instances = optional(number, 20)
       min_instances = optional(number, 0)
       concurrency   = optional(number, 1)
       retry         = optional(bool, false)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,14 +36,16 @@ class Providers:
     def __init__(self, factories: dict[str, Callable[[], ProviderClient]]) -> None:
         self._factories = factories
         self._clients: dict[str, ProviderClient] = {}
+        self._lock = threading.Lock()  # poll's status calls ask from several threads
 
     def get(self, name: str) -> ProviderClient:
         """The client of provider `name`; ConfigError when none is configured."""
-        if name not in self._clients:
-            if name not in self._factories:
-                raise ConfigError(f"provider {name!r} is not configured")
-            self._clients[name] = self._factories[name]()
-        return self._clients[name]
+        with self._lock:
+            if name not in self._clients:
+                if name not in self._factories:
+                    raise ConfigError(f"provider {name!r} is not configured")
+                self._clients[name] = self._factories[name]()
+            return self._clients[name]
 
 
 def make_client(name: str, settings: Settings, blobs: BlobStore) -> ProviderClient:

@@ -51,11 +51,14 @@ def submit(deps: Deps, data: Any) -> None:
     handle_object_finalized(deps, event)
 
 
-def poll(deps: Deps) -> None:
-    from batchline.services.poll import poll as run_poll
+def poll(deps: Deps, message: Any) -> None:
+    from batchline.services.poll import handle as run_poll
+    from batchline.services.poll import job_message
 
-    report = run_poll(deps)
-    log.info("poll tick", extra=fields(jobs=report.jobs, errors=len(report.errors)))
+    job_id = job_message(message)
+    report = run_poll(deps, message)
+    what = "poll job" if job_id is not None else "poll tick"
+    log.info(what, extra=fields(job_id=job_id, jobs=report.jobs, errors=len(report.errors)))
 
 
 def collect(deps: Deps, message: Any) -> None:

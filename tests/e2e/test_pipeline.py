@@ -102,6 +102,13 @@ def test_2000_lines_with_invalid_and_failing_lines_come_back_whole_and_in_order(
     # No retries: the failing lines fail once, in the first round (test_failover.py).
     job_id, _ = pipeline.upload("e2e/two-thousand.jsonl", data, metadata={"max_retries": "0"})
     job = pipeline.wait(job_id)
+    # Followed as in production: the ticker's ticks fanned out, through the Pub/Sub
+    # emulator, into messages naming the job, each advancing it in its own invocation.
+    lines = pipeline.stack.log_path("poll").read_bytes().splitlines()
+    logged = [orjson.loads(x) for x in lines if x.startswith(b'{"severity"')]
+    logged = [x for x in logged if x.get("logger") == "batchline.functions"]
+    assert any(x["message"] == "poll tick" for x in logged)
+    assert any(x["message"] == "poll job" and x["job_id"] == job_id for x in logged)
     results = pipeline.results(job)
 
     assert len(results) == 2000

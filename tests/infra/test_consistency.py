@@ -80,7 +80,12 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
     assert {"BATCHLINE_RETENTION_DAYS", "BATCHLINE_ANTHROPIC_MAX_TOKENS"} <= code.numeric_env
     # collect fans out: one message per chunk on its own topic
     assert code.uses["collect"].published == {"collect_topic", "events_topic", "notify_topic"}
-    assert code.uses["poll"].published == {"collect_topic", "events_topic", "notify_topic"}
+    assert code.uses["poll"].published == {
+        "poll_topic",  # a tick fans out one message per job to the poll function itself
+        "collect_topic",
+        "events_topic",
+        "notify_topic",
+    }
     assert code.uses["notify"].published == frozenset()
     assert all(
         use.uses_providers for name, use in code.uses.items() if name not in ("api", "notify")
@@ -975,8 +980,12 @@ def test_event_timeout_over_the_limit_is_reported(
     files = changed(
         infra_files,
         "variables.tf",
-        "      timeout       = optional(number, 540)\n      max_instances = optional(number, 1)",
-        "      timeout       = optional(number, 600)\n      max_instances = optional(number, 1)",
+        "      timeout       = optional(number, 540)\n      max_instances = optional(number, 20)\n"
+        "      min_instances = optional(number, 0)\n      concurrency   = optional(number, 1)\n"
+        "      retry         = optional(bool, false)",
+        "      timeout       = optional(number, 600)\n      max_instances = optional(number, 20)\n"
+        "      min_instances = optional(number, 0)\n      concurrency   = optional(number, 1)\n"
+        "      retry         = optional(bool, false)",
     )
     assert_reported(
         problems_with_infra(files, code),

@@ -75,8 +75,9 @@ def run_all(
             break
         assert time.monotonic() < deadline, f"not all collecting after {timeout} s: {jobs}"
         time.sleep(0.2)
-    for message in cloud.pull("collect"):
-        assert collect_push(functions, cloud, message) == 200
+    while messages := cloud.pull("collect", settle=0.3):  # job messages, then their chunks'
+        for message in messages:
+            assert collect_push(functions, cloud, message) == 200
     return samples
 
 

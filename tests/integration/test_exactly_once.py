@@ -528,11 +528,14 @@ def run_delivered(stack: Stack, apps: Functions, copies: int) -> Delivered:
     job_id = job_id_for_object(resource["bucket"], resource["name"], resource["generation"])
     subscription = f"collect-{uuid.uuid4().hex[:8]}"
     create_subscription(stack.pubsub_host, stack.project, subscription, "batchline-collect")
+    # The tick's fan-out: the job messages it publishes, delivered back to poll.
+    polls = f"poll-{uuid.uuid4().hex[:8]}"
+    create_subscription(stack.pubsub_host, stack.project, polls, "batchline-poll")
     statuses: list[int] = []
     aborted = firestore.CONTENTION.aborted
     stop = threading.Event()
     ticker = threading.Thread(
-        target=tick_and_collect, args=(stack, apps, subscription, stop, statuses)
+        target=tick_and_collect, args=(stack, apps, (polls, subscription), stop, statuses)
     )
     start = threading.Barrier(copies + 1)
 
@@ -560,14 +563,25 @@ def run_delivered(stack: Stack, apps: Functions, copies: int) -> Delivered:
 
 
 def tick_and_collect(
-    stack: Stack, apps: Functions, subscription: str, stop: threading.Event, statuses: list[int]
+    stack: Stack,
+    apps: Functions,
+    subscriptions: tuple[str, str],
+    stop: threading.Event,
+    statuses: list[int],
 ) -> None:
-    """Cloud Scheduler's tick every second, and the collect subscription pushed on."""
+    """Cloud Scheduler's tick every second; the job messages it fans out to the poll
+    topic, and the collect requests, pushed on from their subscriptions (poll, collect)."""
     poll_client = apps.poll.application.test_client()
     collect_client = apps.collect.application.test_client()
+    polls, collects = subscriptions
     while not stop.wait(1.0):
         statuses.append(push_to(poll_client, stack, "pubsub_push_poll.json", "batchline-poll"))
-        for message in pull(stack, subscription):
+        for message in pull(stack, polls):
+            fields = {k: message[k] for k in ("data", "attributes", "messageId", "publishTime")}
+            statuses.append(
+                push_to(poll_client, stack, "pubsub_push_poll.json", "batchline-poll", fields)
+            )
+        for message in pull(stack, collects):
             fields = {k: message[k] for k in ("data", "attributes", "messageId", "publishTime")}
             statuses.append(
                 push_to(

@@ -314,8 +314,30 @@ def push(
     return reply.status_code
 
 
-def poll_tick(fn: Functions, cloud: Cloud) -> int:
+def tick(fn: Functions, cloud: Cloud) -> int:
+    """Deliver Cloud Scheduler's tick to poll (it fans out: one message per active job)."""
     return push(fn.poll, cloud, "pubsub_push_poll.json", cloud.topic("poll"))
+
+
+def poll_push(fn: Functions, cloud: Cloud, pulled: Mapping[str, Any]) -> int:
+    """Deliver a message pulled from the poll topic to poll, as push would."""
+    fields = {k: pulled[k] for k in ("data", "attributes", "messageId", "publishTime")}
+    fields.update(message_id=pulled["messageId"], publish_time=pulled["publishTime"])
+    return push(fn.poll, cloud, "pubsub_push_poll.json", cloud.topic("poll"), fields)
+
+
+def poll_tick(fn: Functions, cloud: Cloud) -> int:
+    """A tick, then every message then on the poll topic (the job messages the tick
+    published, and any the api asked for), each delivered to poll in turn as the push
+    subscription would; the first status that is not 200, else 200."""
+    status = tick(fn, cloud)
+    if status != 200:
+        return status
+    for pulled in cloud.pull("poll", settle=0.2):
+        status = poll_push(fn, cloud, pulled)
+        if status != 200:
+            return status
+    return 200
 
 
 def collect_push(fn: Functions, cloud: Cloud, pulled: Mapping[str, Any]) -> int:
@@ -634,8 +656,81 @@ def test_lines_for_a_provider_the_deployment_does_not_enable_are_invalid(
 
 def test_poll_with_nothing_to_do_is_acknowledged(functions: Functions, cloud: Cloud) -> None:
     assert poll_tick(functions, cloud) == 200
-    # Cloud Scheduler's message body is not read: any payload is a tick.
+    # Any payload without a job_id is a tick: Cloud Scheduler's, an empty one.
     assert push(functions.poll, cloud, "pubsub_push_poll.json", "x", {"data": ""}) == 200
+    assert cloud.pull("poll", settle=0.3) == []  # no active job: nothing fanned out
+
+
+def test_a_tick_fans_out_one_message_per_active_job_and_each_advances_its_job(
+    functions: Functions, cloud: Cloud
+) -> None:
+    jobs = []
+    for name in ("a", "b", "c"):
+        resource = cloud.upload(unique(f"in/{name}.jsonl"), jsonl(3))
+        job_id = job_id_for_object(cloud.input_bucket, resource["name"], resource["generation"])
+        assert deliver_storage_event(functions, storage_event(resource)) == 200
+        cloud.wait_batches_ended(job_id)
+        jobs.append(job_id)
+
+    assert tick(functions, cloud) == 200
+    fanned = cloud.pull("poll", settle=0.3)
+    assert sorted(m["json"]["job_id"] for m in fanned) == sorted(jobs)
+    assert all(m["attributes"] == {"job_id": m["json"]["job_id"]} for m in fanned)
+    # The tick itself advanced nothing.
+    assert all(cloud.job(j).state is JobState.RUNNING for j in jobs)  # type: ignore[union-attr]
+
+    first, *others = sorted(fanned, key=lambda m: m["json"]["job_id"])
+    first_id = first["json"]["job_id"]
+    assert poll_push(functions, cloud, first) == 200
+    assert cloud.job(first_id).state is JobState.COLLECTING  # type: ignore[union-attr]
+    rest = [m["json"]["job_id"] for m in others]
+    assert all(cloud.job(j).state is JobState.RUNNING for j in rest)  # type: ignore[union-attr]
+    assert [m["json"]["job_id"] for m in cloud.pull("collect")] == [first_id]
+
+    # Delivered again (a redelivery, or the next tick's), and late: nothing twice.
+    assert poll_push(functions, cloud, first) == 200
+    assert cloud.pull("collect", settle=0.3) == []
+    for message in others:
+        assert poll_push(functions, cloud, message) == 200
+    assert all(cloud.job(j).state is JobState.COLLECTING for j in jobs)  # type: ignore[union-attr]
+    assert sorted(m["json"]["job_id"] for m in cloud.pull("collect")) == sorted(rest)
+    assert sum(len(cloud.emulator_batches(j)) for j in jobs) == 6  # 2 chunks a job, sent once
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param({"job_id": "job-000000000000000000000000"}, id="unknown job"),
+        pytest.param({"job_id": 42}, id="job_id not a string: a tick"),
+    ],
+)
+def test_poll_acknowledges_a_message_for_no_job_it_can_advance(
+    functions: Functions, cloud: Cloud, message: Any
+) -> None:
+    status = push(
+        functions.poll,
+        cloud,
+        "pubsub_push_poll.json",
+        cloud.topic("poll"),
+        {"data": b64json(message), "attributes": {}},
+    )
+    assert status == 200
+    assert cloud.pull("collect", settle=0.3) == []
+    assert cloud.pull("poll", settle=0.3) == []
+
+
+def test_a_job_message_for_an_ended_job_changes_nothing(functions: Functions, cloud: Cloud) -> None:
+    resource = cloud.upload(unique("in/ended.jsonl"), jsonl(2))
+    job_id = job_id_for_object(cloud.input_bucket, resource["name"], resource["generation"])
+    assert deliver_storage_event(functions, storage_event(resource)) == 200
+    done, _ = run_to_end(functions, cloud, job_id)
+    message = {"data": b64json({"job_id": job_id}), "attributes": {"job_id": job_id}}
+
+    status = push(functions.poll, cloud, "pubsub_push_poll.json", cloud.topic("poll"), message)
+
+    assert status == 200
+    assert cloud.job(job_id) == done
+    assert cloud.pull("collect", settle=0.3) == [] and cloud.pull("events", settle=0.3) == []
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
 """Moving one active job forward: plan, submit (or cancel), follow its batches, hand over
 to collect.
 
-Used by submit (right after planning) and by every poll tick; safe to run concurrently:
+Used by submit (right after planning) and by poll, for the job a message names (a
+scheduler tick fans out one message per active job: `services/poll.py`); the running
+chunks' provider status calls run several at once (`services/follow.py`). Safe to run
+concurrently:
 one invocation at a time advances a submitting or running job, under the job's lease
 (`claims.take_for_advance`, renewed by a heartbeat). The others read the job first and,
 finding the lease live, leave it without a transaction (duplicate triggers, ticks that
@@ -19,7 +22,7 @@ from batchline.domain import claims
 from batchline.domain.claims import Change, LeaseState, LeaseTerms, Leave
 from batchline.domain.models import Chunk, ChunkState, Job, JobState
 from batchline.log import fields, get_logger
-from batchline.services import admission, cancel, dispatch, messages
+from batchline.services import admission, cancel, dispatch, follow, messages
 from batchline.services.leases import Keeper, contended
 from batchline.services.plan import plan_job
 
@@ -101,6 +104,8 @@ def _advance_chunks(
 ) -> Job | None:
     chunks = deps.store.get_chunks(job.job_id)
     waits: dict[str, str] = {}  # quota pool -> why this job's chunks wait for it
+    if job.cancel_requested_at is None:  # the status calls, several at once
+        chunks = follow.refresh_running(deps, chunks, deadline, keeper)
     for i, chunk in enumerate(chunks):
         if deps.clock.now() >= deadline or keeper.lost:
             break
@@ -124,7 +129,8 @@ def _advance_chunks(
 
 def _step(deps: Deps, job: Job, chunk: Chunk, owner: str, waits: dict[str, str]) -> Chunk | None:
     """One chunk's part in this advance: cancel, submit once its quota admits it (a pool
-    found full is not asked again for the job's later chunks), or follow its batch."""
+    found full is not asked again for the job's later chunks), or give up a batch queued
+    too long (its state was just read, `follow.refresh_running`)."""
     now = deps.clock.now()
     if job.cancel_requested_at is not None:
         return cancel.settle(deps, chunk, owner)
@@ -143,9 +149,8 @@ def _step(deps: Deps, job: Job, chunk: Chunk, owner: str, waits: dict[str, str])
         waits.setdefault(
             pool, f"queued: the provider said {pool} was full; sent again after {after}"
         )
-    elif chunk.state is ChunkState.RUNNING:
-        updated = dispatch.refresh(deps, chunk)
-        return cancel.end_long_queue(deps, job, updated or chunk) or updated
+    elif chunk.state is ChunkState.RUNNING:  # its batch's state just read (follow)
+        return cancel.end_long_queue(deps, job, chunk)
     return None
 
 

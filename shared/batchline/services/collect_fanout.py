@@ -52,6 +52,10 @@ def fan_out(deps: Deps, job_id: str) -> Job | None:
 def collect_one(deps: Deps, job_id: str, index: int) -> Job | None:
     """Collect chunk `index` of `job_id`; the job's step when it was the last one."""
     job = deps.store.get_job(job_id)
+    if job is not None and job.state.terminal:
+        # The invocation that ended the job may have died before its event and webhook
+        # went out: a redelivered chunk message publishes them (collect does, once).
+        return collect(deps, job_id)
     if job is None or job.state is not JobState.COLLECTING:
         log.info("chunk collect for a job not collecting; ignored", extra=fields(job_id=job_id))
         return job

@@ -2,6 +2,8 @@
 
 In production Cloud Scheduler publishes this message; locally this loop does, through the
 official Pub/Sub client (which talks to the emulator when PUBSUB_EMULATOR_HOST is set).
+The poll function fans each tick out as it does in production: one `{"job_id": ...}`
+message per active job on the same topic, pushed back to it by the emulator.
 
     python -m batchline_tools.local.ticker --project P --topic T --every S
 """

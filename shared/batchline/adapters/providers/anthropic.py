@@ -19,6 +19,7 @@ OpenAI shape this adapter:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -63,9 +64,15 @@ class AnthropicProvider:
         self._max_retries = max_retries
         self._timeout = timeout_seconds
         self._sdk_client: anthropic.Anthropic | None = None
+        # Poll follows a job's batches from several threads: the client is built once.
+        self._client_lock = threading.Lock()
 
     @property
     def _client(self) -> anthropic.Anthropic:
+        with self._client_lock:
+            return self._build_client()
+
+    def _build_client(self) -> anthropic.Anthropic:
         if self._sdk_client is None:
             import anthropic
 

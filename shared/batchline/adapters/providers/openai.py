@@ -8,6 +8,7 @@ job and chunk in `metadata`, and `find_batches` looks for it before a second sub
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +47,15 @@ class OpenAIProvider:
         self._base_url = base_url
         self._max_retries = max_retries
         self._sdk_client: openai.OpenAI | None = None
+        # Poll follows a job's batches from several threads: the client is built once.
+        self._client_lock = threading.Lock()
 
     @property
     def _client(self) -> openai.OpenAI:
+        with self._client_lock:
+            return self._build_client()
+
+    def _build_client(self) -> openai.OpenAI:
         if self._sdk_client is None:
             import openai
 

@@ -19,6 +19,7 @@ What shapes this adapter:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ class VertexProvider:
         self._api_endpoint = api_endpoint
         self._timeout = timeout_seconds
         self._sdk_client: JobServiceClient | None = None
+        # Poll follows a job's batches from several threads: the client is built once.
+        self._client_lock = threading.Lock()
         self._retry: Retry | None = None
 
     @property
@@ -83,6 +86,10 @@ class VertexProvider:
 
     @property
     def _client(self) -> JobServiceClient:
+        with self._client_lock:
+            return self._build_client()
+
+    def _build_client(self) -> JobServiceClient:
         if self._sdk_client is None:
             from google.api_core.client_options import ClientOptions
             from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
