@@ -8,7 +8,8 @@ the merged output).
 `provider_files` plays OpenAI: given one staged chunk payload (the `input.jsonl` batchline
 uploads), it returns the output file and the error file the Batch API would produce for
 it — the real envelope, lines in shuffled order, a few per cent HTTP errors, a few
-expired requests and a few requests with no result at all. `anthropic_results` plays
+expired requests and a few requests with no result at all (`failures=False`: every
+request answered, as a follow-up round that goes well). `anthropic_results` plays
 Anthropic the same way: one results file of `{"custom_id", "result"}` lines (succeeded
 messages, errored, expired), shuffled, with the same shares. `vertex_results` plays Vertex
 AI batch prediction: prediction rows (`status`, `processed_time`, the echoed request, the
@@ -554,8 +555,11 @@ def _expired(rng: random.Random, rid: str) -> dict[str, Any]:
     }
 
 
-def provider_files(payload: bytes, seed: int) -> tuple[bytes, bytes, ProviderCounts]:
-    """(output file, error file, counts) that OpenAI would return for this payload."""
+def provider_files(
+    payload: bytes, seed: int, failures: bool = True
+) -> tuple[bytes, bytes, ProviderCounts]:
+    """(output file, error file, counts) that OpenAI would return for this payload;
+    `failures=False`: every request answered (a follow-up round that all goes well)."""
     rng = random.Random(f"{seed}:{hashlib.sha256(payload).hexdigest()}")
     corpus = _corpus(rng, 1_000_000)
     ok: list[bytes] = []
@@ -564,7 +568,7 @@ def provider_files(payload: bytes, seed: int) -> tuple[bytes, bytes, ProviderCou
     for raw in payload.splitlines():
         request = orjson.loads(raw)
         rid = request["custom_id"]
-        r = rng.random()
+        r = rng.random() if failures else 1.0
         if r < MISSING_SHARE:
             counts.missing += 1
         elif r < MISSING_SHARE + EXPIRED_SHARE:
@@ -592,16 +596,16 @@ def provider_files(payload: bytes, seed: int) -> tuple[bytes, bytes, ProviderCou
 
 
 def ensure_provider_files(
-    data_dir: Path, payload: bytes, seed: int = 42
+    data_dir: Path, payload: bytes, seed: int = 42, failures: bool = True
 ) -> tuple[Path, Path, ProviderCounts]:
     """The cached (output file, error file, counts) for one chunk payload."""
-    key = hashlib.sha256(payload).hexdigest()[:20]
+    key = hashlib.sha256(payload).hexdigest()[:20] + ("" if failures else "-ok")
     out, err, meta = (
         data_dir / f"provider-{key}-s{seed}.{ext}" for ext in ("out.jsonl", "err.jsonl", "json")
     )
     if not (out.exists() and err.exists() and meta.exists()):
         data_dir.mkdir(parents=True, exist_ok=True)
-        output, errors, counts = provider_files(payload, seed)
+        output, errors, counts = provider_files(payload, seed, failures)
         out.write_bytes(output)
         err.write_bytes(errors)
         meta.write_bytes(orjson.dumps(counts.__dict__))
@@ -665,8 +669,11 @@ def _anthropic_success(
     }
 
 
-def anthropic_results(payload: bytes, seed: int) -> tuple[bytes, ProviderCounts]:
-    """(results file, counts) that Anthropic would return for this payload."""
+def anthropic_results(
+    payload: bytes, seed: int, failures: bool = True
+) -> tuple[bytes, ProviderCounts]:
+    """(results file, counts) that Anthropic would return for this payload;
+    `failures=False`: every request answered."""
     rng = random.Random(f"anthropic:{seed}:{hashlib.sha256(payload).hexdigest()}")
     corpus = _corpus(rng, 1_000_000)
     out: list[bytes] = []
@@ -674,7 +681,7 @@ def anthropic_results(payload: bytes, seed: int) -> tuple[bytes, ProviderCounts]
     for raw in payload.splitlines():
         request = orjson.loads(raw)
         rid = request["custom_id"]
-        r = rng.random()
+        r = rng.random() if failures else 1.0
         if r < MISSING_SHARE:
             counts.missing += 1
             continue
@@ -711,15 +718,15 @@ def anthropic_results(payload: bytes, seed: int) -> tuple[bytes, ProviderCounts]
 
 
 def ensure_anthropic_results(
-    data_dir: Path, payload: bytes, seed: int = 42
+    data_dir: Path, payload: bytes, seed: int = 42, failures: bool = True
 ) -> tuple[Path, ProviderCounts]:
     """The cached (results file, counts) for one Anthropic chunk payload."""
-    key = hashlib.sha256(payload).hexdigest()[:20]
+    key = hashlib.sha256(payload).hexdigest()[:20] + ("" if failures else "-ok")
     path = data_dir / f"anthropic-{key}-s{seed}.results.jsonl"
     meta = data_dir / f"anthropic-{key}-s{seed}.json"
     if not (path.exists() and meta.exists()):
         data_dir.mkdir(parents=True, exist_ok=True)
-        results, counts = anthropic_results(payload, seed)
+        results, counts = anthropic_results(payload, seed, failures)
         path.write_bytes(results)
         meta.write_bytes(orjson.dumps(counts.__dict__))
     return path, ProviderCounts(**orjson.loads(meta.read_bytes()))

@@ -8,8 +8,11 @@
   adapters' own `jsonl_lines`) and `normalise(orjson.loads(line))` each one.
 - `submit_phase` runs `build_plan` (parse, validate, encode, chunk, stage);
   `collect_phase` runs `collect` (every `collect_chunk`, the ordered merge, the summary);
-  `repair_phase` runs a `collect` that stages repairs of the answers that failed their
-  schema and starts the next round instead of merging.
+  `round_phase` runs a `collect` that stages follow-ups (repairs of the answers that
+  failed their schema, retries of passing failures, failovers to the job's `fallback`)
+  and starts the next round instead of merging; `ready_for_round` then ends that round's
+  batches at the bench providers, so that a last `collect_phase` merges runs of both
+  rounds.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import io
 import itertools
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 from generate import InputMeta, ProviderCounts
@@ -62,7 +65,8 @@ DOWNLOAD_PART = 64 * 1024
 
 def settings() -> Settings:
     """Default limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 / 243.2 MB,
-    Vertex 190,000 / 950 MB."""
+    Vertex 190,000 / 950 MB; and the default quotas (each provider's lowest paid tier),
+    which cut the OpenAI input into quota-sized chunks (about 9.5 MB)."""
     return Settings(
         project="bench",
         input_bucket=INPUT_BUCKET,
@@ -324,27 +328,47 @@ def _download(source: bytes | Path) -> Iterator[bytes]:
 # --- jobs and phases -----------------------------------------------------------------------
 
 
-def make_deps(blobs: BlobStore | None = None, provider: BenchProvider | None = None) -> Deps:
-    bench_provider = provider or BenchOpenAI()
+def make_deps(
+    blobs: BlobStore | None = None,
+    provider: BenchProvider | None = None,
+    *more: BenchProvider,
+) -> Deps:
+    """Memory stores and the bench providers (`more`: a failover round's targets)."""
+    bench_providers = (provider or BenchOpenAI(), *more)
     blobs = blobs if blobs is not None else MemoryBlobStore()
-    if isinstance(bench_provider, BenchVertex):
-        bench_provider.bind(blobs)
+    for bench_provider in bench_providers:
+        if isinstance(bench_provider, BenchVertex):
+            bench_provider.bind(blobs)
     return Deps(
         settings=settings(),
         store=MemoryJobStore(),
         blobs=blobs,
         publisher=RecordingPublisher(),
-        providers=Providers({bench_provider.name: lambda: bench_provider}),
+        providers=Providers({p.name: _serving(p) for p in bench_providers}),
         clock=FixedClock(),
     )
 
 
-def make_job(generation: str, size: int, max_repair_attempts: int | None = None) -> Job:
-    """The bench's job; `max_repair_attempts` 0 makes a collect with schemas one round."""
+def _serving(provider: BenchProvider) -> Callable[[], BenchProvider]:
+    return lambda: provider
+
+
+def make_job(
+    generation: str,
+    size: int,
+    max_repair_attempts: int | None = None,
+    max_retries: int = 0,
+    fallback: tuple[str, ...] = (),
+) -> Job:
+    """The bench's job. By default no failure is sent again (`max_retries` 0, no
+    `fallback`), so collect ends the job in one round; with schemas, `max_repair_attempts`
+    0 makes it one round too. `max_retries` and `fallback` let failures start a round."""
     return Job(
         job_id=JOB_ID,
         source=Source(INPUT_BUCKET, INPUT_NAME, generation, size),
-        options=JobOptions(max_repair_attempts=max_repair_attempts),
+        options=JobOptions(
+            max_repair_attempts=max_repair_attempts, max_retries=max_retries, fallback=fallback
+        ),
         output_prefix=output_prefix(OUTPUT_BUCKET, INPUT_NAME, JOB_ID),
         created_at=1_800_000_000.0,
     )
@@ -392,31 +416,56 @@ def collect_phase(deps: Deps, job: Job) -> Job:
     return done
 
 
-def repair_phase(deps: Deps, job: Job) -> Job:
-    """A collect whose job allows repairs: every `collect_chunk` (answers validated), the
-    invalid answers' requests staged again (`repair.stage`), and the next round's chunks
-    created (`repair.plan_round`, `repair.start_round`); no merge yet. The job is back to
+def round_phase(deps: Deps, job: Job) -> Job:
+    """A collect whose job allows follow-ups (repairs, retries, failover): every
+    `collect_chunk` (answers validated; the lines a round can help noted, and staged
+    per reason and target model by `follow_ups.Stager`, a failover's stored request
+    encoded again for its target), then the next round's chunks cut and committed
+    (`rounds.plan_round`, `rounds.start_round`); no merge yet. The job is back to
     `running`."""
     done = collect(deps, job.job_id)
     if done is None or done.state is not JobState.RUNNING or done.chunk_count <= job.chunk_count:
-        raise RuntimeError(f"collect did not start a repair round: {done}")
+        raise RuntimeError(f"collect did not start a follow-up round: {done}")
     return done
+
+
+def ready_for_round(
+    deps: Deps,
+    job: Job,
+    chunks: Sequence[Chunk],
+    providers: Mapping[str, BenchProvider],
+    files: Sequence[tuple[bytes | Path, ...]],
+) -> Job:
+    """After `round_phase`: end the new round's `chunks` (each at its provider in
+    `providers`, with its `files`) and put the job back in `collecting`."""
+    ended = []
+    for chunk, chunk_files in zip(chunks, files, strict=True):
+        batch_id = f"batch_bench_{chunk.index:05d}"
+        tag = BatchTag(job.job_id, chunk.index)
+        providers[chunk.provider].add(batch_id, tag, *chunk_files)  # type: ignore[arg-type]
+        ended.append(
+            replace(
+                chunk, state=ChunkState.ENDED, batch_id=batch_id, batch_state=BatchState.COMPLETED
+            )
+        )
+    collecting = deps.store.update_job(
+        job.job_id, lambda j: replace(j, state=JobState.COLLECTING), new_chunks=ended
+    )
+    if collecting is None:
+        raise RuntimeError("the job is gone")
+    return collecting
 
 
 # --- checking the output -------------------------------------------------------------------
 
 
-def verify_results(
-    lines: Iterator[bytes], meta: InputMeta, counts: ProviderCounts
-) -> dict[str, int]:
-    """Every non-blank input line once, in order, with its custom_id and the right status;
-    with schemas, `output.parsed` on every success and a `schema_validation` error on
-    every answer that broke its schema."""
+def in_order(lines: Iterator[bytes], meta: InputMeta) -> Iterator[dict[str, Any]]:
+    """Each result line of `lines`, checked to be the next non-blank input line (so every
+    line comes back once, in order) with its custom_id, `invalid` exactly for the input's
+    invalid lines."""
     blank = set(meta.blank)
     expected = (n for n in range(1, meta.lines + 1) if n not in blank)
-    seen: dict[str, int] = {}
     n_out = 0
-    schema_failures = 0
     for raw in lines:
         if not raw.strip():
             continue
@@ -431,6 +480,22 @@ def verify_results(
         status = record["status"]
         if (status == "invalid") != (want in meta.invalid):
             raise AssertionError(f"line {want}: status {status}, invalid={want in meta.invalid}")
+        n_out += 1
+        yield record
+    if (left := next(expected, None)) is not None:
+        raise AssertionError(f"the output stops before line {left}")
+
+
+def verify_results(
+    lines: Iterator[bytes], meta: InputMeta, counts: ProviderCounts
+) -> dict[str, int]:
+    """Every non-blank input line once, in order, with its custom_id and the right status;
+    with schemas, `output.parsed` on every success and a `schema_validation` error on
+    every answer that broke its schema."""
+    seen: dict[str, int] = {}
+    schema_failures = 0
+    for record in in_order(lines, meta):
+        status = record["status"]
         error = record.get("error") or {}
         if error.get("type") == "schema_validation":
             schema_failures += 1
@@ -439,11 +504,8 @@ def verify_results(
             and status == "succeeded"
             and not isinstance(record["output"]["parsed"], dict)
         ):
-            raise AssertionError(f"line {want}: succeeded with no parsed answer")
+            raise AssertionError(f"line {record['line']}: succeeded with no parsed answer")
         seen[status] = seen.get(status, 0) + 1
-        n_out += 1
-    if (left := next(expected, None)) is not None:
-        raise AssertionError(f"the output stops before line {left}")
     if schema_failures != counts.schema_invalid:
         raise AssertionError(
             f"{schema_failures} schema_validation failures, expected {counts.schema_invalid}"
@@ -456,4 +518,39 @@ def verify_results(
     }
     if {k: v for k, v in seen.items() if v} != {k: v for k, v in want_counts.items() if v}:
         raise AssertionError(f"status counts {seen}, expected {want_counts}")
+    return seen
+
+
+def verify_rounds(
+    lines: Iterator[bytes], meta: InputMeta, counts: ProviderCounts, sent: Mapping[str, int]
+) -> dict[str, int]:
+    """The output of a job whose failures went through a second round that answered every
+    line it sent (`sent`: lines per `reason provider/model`): every non-blank input line
+    once, in order; each line sent again has two attempts, the first round's and the one
+    it was sent for, and succeeded; the lines that could go to no model keep their
+    failure. Returns the statuses counted."""
+    seen: dict[str, int] = {}
+    again: dict[str, int] = {}
+    for record in in_order(lines, meta):
+        status = record["status"]
+        seen[status] = seen.get(status, 0) + 1
+        attempts = record.get("attempts") or []
+        if len(attempts) < 2:
+            continue
+        last = attempts[-1]
+        key = f"{last['reason']} {last['provider']}/{last['model']}"
+        again[key] = again.get(key, 0) + 1
+        if len(attempts) != 2 or status != "succeeded":
+            raise AssertionError(f"line {record['line']}: {status} after {len(attempts)} attempts")
+    if again != {k: v for k, v in sent.items() if v}:
+        raise AssertionError(f"lines answered by a second round {again}, sent again {dict(sent)}")
+    failures = counts.http_error + counts.expired + counts.missing
+    stand = seen.get("failed", 0) + seen.get("expired", 0)
+    if stand + sum(again.values()) != failures:
+        raise AssertionError(
+            f"{stand} failures stand and {sum(again.values())} were answered by a second "
+            f"round, of {failures} first-round failures"
+        )
+    if seen.get("succeeded", 0) != counts.ok + sum(again.values()):
+        raise AssertionError(f"status counts {seen}, {counts.ok} answered in the first round")
     return seen

@@ -16,12 +16,22 @@
 3. A real-size run (120,000 lines, default limits): several OpenAI batches, one merged
    output checked line by line.
 4. Cold import of each Cloud Functions entry point against the bare Google clients.
-5. Poll's fan-out (`bench/fanout.py`): 300 running jobs of 5 running chunks, a 50 ms
+5. Follow-up rounds (issue 13), OpenAI: a collect that stages retries and failovers
+   (`max_retries` 1, `fallback` Anthropic) beside the same job's one-round collect, then
+   the final collect of that job once its second round is answered: the round's chunks
+   collected and the runs of both rounds merged, every line once.
+6. Poll's fan-out (`bench/fanout.py`): 300 running jobs of 5 running chunks, a 50 ms
    provider status call: the tick's fan-out, then every job message advanced.
    `--only poll-fanout` runs this section alone and puts it into the RESULTS.md there is.
 
+Every job of sections 1-3 allows no follow-up round (`max_retries` 0, no `fallback`;
+`max_repair_attempts` 0 with schemas, except the repair job shown for information):
+collect is one round, as it was before rounds existed.
+
 Writes bench/RESULTS.md; exits 1 when a target is missed. `--lines N` for quick runs,
-`--providers openai` for one provider, `--no-schema` without the structured-output runs.
+`--providers openai` for one provider, `--no-schema` without the structured-output runs,
+`--sections throughput,rounds` for some sections only (throughput, rounds, memory, real,
+imports, poll-fanout; default all).
 """
 
 from __future__ import annotations
@@ -56,6 +66,9 @@ from generate import (
     ensure_vertex_results,
 )
 
+from batchline.domain.paths import WorkPaths
+from batchline.domain.workfiles.collected import read_collected
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 DATA = BENCH / ".data"
@@ -66,18 +79,25 @@ COLLECT_RATIO_TARGET = 0.25
 RSS_TARGET = 2.5  # times the largest chunk payload
 IMPORT_TARGET = 1.2  # times importing functions-framework + the three Google clients
 PROVIDER_SDKS = ("openai", "anthropic", "google.cloud.aiplatform", "vertexai", "google.genai")
+#: The sections of the benchmark, in the order they run (`--sections`).
+SECTIONS = ("throughput", "rounds", "memory", "real", "imports", "poll-fanout")
 #: The providers the throughput and memory figures are made for, with their names in tables.
 PROVIDERS = {"openai": "OpenAI", "anthropic": "Anthropic", "vertex": "Vertex AI"}
 
 
-def provider_files(provider: str, payload: bytes) -> tuple[tuple[Path, ...], ProviderCounts]:
-    """The provider's result files for one chunk payload (generated once, cached)."""
+def provider_files(
+    provider: str, payload: bytes, failures: bool = True
+) -> tuple[tuple[Path, ...], ProviderCounts]:
+    """The provider's result files for one chunk payload (generated once, cached);
+    `failures=False`: every request answered (OpenAI and Anthropic)."""
     if provider == "anthropic":
-        results, counts = ensure_anthropic_results(DATA, payload)
+        results, counts = ensure_anthropic_results(DATA, payload, failures=failures)
         return (results,), counts
     if provider == "vertex":
+        if not failures:
+            raise ValueError("the Vertex AI files always carry failures")
         return ensure_vertex_results(DATA, payload)
-    out, err, counts = ensure_provider_files(DATA, payload)
+    out, err, counts = ensure_provider_files(DATA, payload, failures=failures)
     return (out, err), counts
 
 
@@ -203,7 +223,7 @@ def throughput(
             job = harness.make_job(generation, len(data), 1)
             plan = harness.submit_phase(deps, job)
             job = harness.ready_for_collect(deps, job, plan.chunks, provider, provider_bytes)
-            t, done = timed(harness.repair_phase, deps, job)
+            t, done = timed(harness.round_phase, deps, job)
             times["repair"].append(t)
             new_chunks = deps.store.get_chunks(job.job_id)[len(plan.chunks) :]
             repaired = sum(c.request_count for c in new_chunks)
@@ -593,10 +613,183 @@ def cold_imports(report: Report, runs: int) -> None:
     )
 
 
+# --- 5. follow-up rounds -------------------------------------------------------------------
+
+#: The model the OpenAI lines fail over to in the rounds figures.
+FALLBACK = "anthropic/claude-haiku-4-5"
+
+
+def _submitted(data: bytes, **options: Any) -> tuple[Any, dict[str, harness.BenchProvider], Any]:
+    """Fresh stores with a bench OpenAI and Anthropic, the input placed and submitted."""
+    providers: dict[str, harness.BenchProvider] = {
+        "openai": harness.BenchOpenAI(),
+        "anthropic": harness.BenchAnthropic(),
+    }
+    deps = harness.make_deps(None, *providers.values())
+    generation = deps.blobs.put(harness.input_uri(), data)  # type: ignore[attr-defined]
+    job = harness.make_job(generation, len(data), **options)
+    return deps, providers, (job, harness.submit_phase(deps, job))
+
+
+def rounds(report: Report, input_path: Path, meta: Any, reps: int) -> None:
+    """A collect whose lines went through two rounds, on the OpenAI input and its result
+    files (the throughput figures' failures: HTTP 400/429/500, expired, missing).
+
+    Each repetition runs three collects, on fresh stores each time for the job:
+    `collect`, the job with no follow-ups (max_retries 0, no fallback: one round, the
+    failures stand), for reference; `stage`, the same job allowing one retry with
+    FALLBACK as its fallback: its collect notes each failure's follow-up, stages the
+    retries (same model, the payload line again) and the failovers (the stored request
+    encoded for Anthropic), cuts the round's chunks and starts it, no merge; then the
+    round's batches end with every line answered, and `final` is that job's last collect:
+    the round's chunks collected and the runs of both rounds merged, every line once.
+    """
+    data = input_path.read_bytes()
+    times: dict[str, list[Timing]] = {k: [] for k in ("collect", "stage", "final")}
+    first_files: list[tuple[bytes, ...]] = []
+    second_files: dict[int, tuple[bytes, ...]] = {}
+    counts = ProviderCounts()
+    sent: dict[str, int] = {}
+    shape: list[str] = []
+    runs = 0
+    final: dict[str, int] = {}
+    for rep in range(reps):
+        deps, providers, (job, plan) = _submitted(data)
+        if rep == 0:
+            for chunk in plan.chunks:
+                files, c = provider_files("openai", deps.blobs.read_bytes(chunk.payload_uri))
+                counts.add(c)
+                first_files.append(tuple(f.read_bytes() for f in files))
+        job = harness.ready_for_collect(deps, job, plan.chunks, providers["openai"], first_files)
+        t, _ = timed(harness.collect_phase, deps, job)
+        times["collect"].append(t)
+        del deps, providers, job, plan
+
+        deps, providers, (job, plan) = _submitted(data, max_retries=1, fallback=(FALLBACK,))
+        job = harness.ready_for_collect(deps, job, plan.chunks, providers["openai"], first_files)
+        t, running = timed(harness.round_phase, deps, job)
+        times["stage"].append(t)
+        chunks = deps.store.get_chunks(job.job_id)
+        new = chunks[len(plan.chunks) :]
+        got: dict[str, int] = {}
+        for chunk in new:
+            key = f"{chunk.round_reason} {chunk.provider}/{chunk.model}"
+            got[key] = got.get(key, 0) + chunk.request_count
+            if rep == 0:
+                payload = deps.blobs.read_bytes(chunk.payload_uri)
+                files, _ = provider_files(chunk.provider, payload, failures=False)
+                second_files[chunk.index] = tuple(f.read_bytes() for f in files)
+        if rep == 0:
+            sent = got
+            shape = [f"{len(plan.chunks)} first-round", f"{len(new)} follow-up"]
+        elif got != sent:
+            raise AssertionError(f"repetition {rep + 1} sent {got}, the first {sent}")
+        job = harness.ready_for_round(
+            deps, running, new, providers, [second_files[c.index] for c in new]
+        )
+        t, done = timed(harness.collect_phase, deps, job)
+        times["final"].append(t)
+        if rep == 0:
+            paths = WorkPaths(harness.WORK_BUCKET, job.job_id)
+            runs = 1 + sum(
+                len(read_collected(deps.blobs, paths.collected(c.index)).runs) for c in chunks
+            )
+            results = deps.blobs.read_bytes(done.results_uri)
+            final = harness.verify_rounds(iter(results.splitlines()), meta, counts, sent)
+            del results
+        del deps, providers, job, plan, running, done, chunks, new
+        print(
+            f"  rep {rep + 1}/{reps} (CPU s / wall s): "
+            + "  ".join(f"{k} {v[-1].cpu:.2f}/{v[-1].wall:.2f}" for k, v in times.items()),
+            flush=True,
+        )
+
+    def best(key: str) -> float:
+        return min(t.cpu for t in times[key])
+
+    def med(key: str, kind: str = "cpu") -> float:
+        return statistics.median(getattr(t, kind) for t in times[key])
+
+    def vs_one_round(key: str) -> str:
+        """CPU against the one-round collect of the same repetition, median of pairs."""
+        pairs = [k.cpu / c.cpu for k, c in zip(times[key], times["collect"], strict=True)]
+        return f"{statistics.median(pairs):.2f}x"
+
+    results = meta.lines - len(meta.blank)
+    staged = sum(sent.values())
+    extra = [s.cpu - c.cpu for s, c in zip(times["stage"], times["collect"], strict=True)]
+    per_line = statistics.median(extra) / staged if staged else 0.0
+    what = ", ".join(f"{n:,} {k}" for k, n in sorted(sent.items()))
+
+    def row(name: str, key: str, cost: str = "") -> list[str]:
+        return [
+            name,
+            f"{results:,}",
+            f"{best(key):.3f}",
+            f"{med(key):.3f}",
+            f"{med(key, 'wall'):.3f}",
+            fmt_rate(results, best(key)),
+            vs_one_round(key),
+            cost,
+        ]
+
+    report.table(
+        f"Follow-up rounds, OpenAI with fallback {FALLBACK} ({meta.lines:,}-line input, "
+        f"{reps} repetitions, same process, in-memory stores)",
+        [
+            "pass",
+            "result lines",
+            "best CPU s",
+            "median CPU s",
+            "median wall s",
+            "lines/s (best CPU)",
+            "CPU vs one-round collect (median of pairs)",
+            "staging, CPU per staged line (median)",
+        ],
+        [
+            row("collect, one round (max_retries 0, no fallback: failures stand)", "collect"),
+            row(
+                f"first collect staging {staged:,} follow-ups ({what}; max_retries 1; "
+                "no merge: the job runs again)",
+                "stage",
+                f"{per_line * 1e3:.2f} ms ({statistics.median(extra):.3f} s over the one-round collect)",
+            ),
+            row(
+                f"final collect: the follow-up chunks' results, then the merge of {runs} runs "
+                "over both rounds (every line once, checked)",
+                "final",
+            ),
+        ],
+    )
+    report.targets.append(
+        Target(
+            f"OpenAI two-round collect ({meta.lines:,} lines)",
+            f"{staged:,} lines answered by a second round, 1 merged ordered output",
+            "every line once, in order",
+            True,
+            "checked line by line",
+        )
+    )
+    report.notes.append(
+        "Rounds: chunks "
+        + " + ".join(shape)
+        + f"; first-round answers {counts.ok:,} succeeded, {counts.http_error:,} HTTP errors, "
+        f"{counts.expired:,} expired, {counts.missing:,} missing; the follow-up round answers "
+        "every line it sends; final output: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(final.items()))
+        + " (a line still failed is a lasting failure Anthropic could not take, its error "
+        "says why: at seed 42, lines with a `temperature`). CPU seconds min-max: "
+        + ", ".join(
+            f"{k} {min(t.cpu for t in v):.2f}-{max(t.cpu for t in v):.2f}" for k, v in times.items()
+        )
+        + "."
+    )
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
-# --- 5. poll fan-out -------------------------------------------------------------------------
+# --- 6. poll fan-out -------------------------------------------------------------------------
 
 FANOUT_SECTION = "Poll fan-out"
 FANOUT_JOBS, FANOUT_CHUNKS = 300, 5
@@ -815,10 +1008,29 @@ METHOD = (
   round: "collect with schema validation" is that collect, with the same raw-pass
   comparison and the same targets as collect. For information, a second job per
   repetition allows one repair: its collect validates the same answers, then stages the
-  repairs (`repair.stage`: the chunk's payload read once, each invalid answer's request
-  written again with a repair turn) and starts the next round (`repair.plan_round`,
-  `repair.start_round`) instead of merging; it is checked to stage exactly the invalid
-  answers.
+  repairs (`follow_ups.Stager`: the chunk's payload and stored requests read once, each
+  invalid answer's request written again with a repair turn) and starts the next round
+  (`rounds.plan_round`, `rounds.start_round`) instead of merging; it is checked to stage
+  exactly the invalid answers.
+- **One round**: every throughput and memory job sets `max_retries` 0 and no `fallback`
+  (and, with schemas, `max_repair_attempts` 0), so its failures stand and collect ends
+  the job in one collect and merge, the same work as before follow-up rounds existed;
+  the rounds figures are apart.
+- **Rounds**: the OpenAI input and its result files (the failures above), three
+  collects a repetition on fresh stores: the job with no follow-ups (one round, for
+  reference); the same job with `max_retries` 1 and `fallback`
+  `anthropic/claude-haiku-4-5`, whose first collect notes each failure's follow-up
+  (`round_rules.RoundRules`), stages the retries (a 429, 500, expired or missing result:
+  the payload line again, same model) and the failovers (a 400: the stored neutral
+  request re-encoded for Anthropic by `requests.retarget`; a line Anthropic refuses keeps
+  its failure, with why) and starts the round (`rounds.plan_round`,
+  `rounds.start_round`); then the round's batches end with every line answered (the
+  bench providers' files generated with no failures) and the job's final collect
+  collects the round's chunks and merges the runs of both rounds. Staging CPU per
+  staged line = (first collect - one-round collect of the same repetition) / lines
+  staged, median over the repetitions. The final output is checked line by line: every
+  line once, in order, each line sent again with two attempts and succeeded, the others'
+  failures standing.
 - **Provider files**: generated from each staged chunk payload, the way the provider
   answers it, shuffled. OpenAI: the real output/error envelope (`chat.completion` bodies
   with usage details); 2.5% HTTP errors (400/429/500), 0.4% `batch_expired`, 0.1% with no
@@ -831,8 +1043,10 @@ METHOD = (
   left out of the output (an ended job writes only the rows that ran).
 - **Submit** = `services.plan.build_plan` on a `Deps` of the memory adapters and default
   `Settings` (chunk limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 requests /
-  243.2 MB of request body, Vertex 190,000 requests / 950 MB): read, parse, validate, encode, chunk, stage payload +
-  manifest + invalid lines + plan.
+  243.2 MB of request body, Vertex 190,000 requests / 950 MB; default quotas, each
+  provider's lowest paid tier, which cut the OpenAI input into quota-sized chunks of about
+  9.5 MB): read, parse, validate, encode, chunk, stage payload + manifest + invalid lines
+  + plan.
 - **Collect** = `services.collect.collect` for the job in `collecting` with every batch
   completed: per chunk `collect_chunk` (manifest, the bench provider's `iter_results` =
   the real adapters' line splitting (`jsonl_lines`) of a download streamed in 64 KiB
@@ -895,6 +1109,11 @@ def main() -> int:
         help="skip the structured-output (collect with schema validation) figures",
     )
     parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
         "--only",
         choices=["poll-fanout"],
         help="run one section alone and put it into the results file there is",
@@ -919,9 +1138,14 @@ def main() -> int:
     unknown = sorted(set(providers) - set(PROVIDERS))
     if unknown:
         parser.error(f"unknown providers: {', '.join(unknown)}")
+    sections = {s for s in args.sections.split(",") if s}
+    if unknown := sorted(sections - set(SECTIONS)):
+        parser.error(f"unknown sections: {', '.join(unknown)}")
     # (provider, with schemas): the plain inputs first, then the same with a schema a line.
     inputs = {}
     for schema in (False, True) if not args.no_schema else (False,):
+        if not sections & {"throughput", "memory"}:
+            break
         for provider in providers:
             kind = " with a response_schema a line" if schema else ""
             print(f"{provider} input{kind}: {args.lines:,} lines (cached in {DATA})", flush=True)
@@ -932,21 +1156,30 @@ def main() -> int:
                 f"{len(meta.blank)} blank",
                 flush=True,
             )
-    for (provider, schema), (path, meta) in inputs.items():
-        print(f"\n{provider}{' structured outputs' if schema else ''} throughput:", flush=True)
-        throughput(report, provider, path, meta, args.reps)
-    baseline = baseline_rss()
-    for (provider, schema), (path, meta) in inputs.items():
-        kind = " structured outputs" if schema else ""
-        print(f"\n{provider}{kind} peak RSS (one process per phase)...", flush=True)
-        memory(report, provider, path, meta, baseline)
-    if args.real_lines:
+    if "throughput" in sections:
+        for (provider, schema), (path, meta) in inputs.items():
+            print(f"\n{provider}{' structured outputs' if schema else ''} throughput:", flush=True)
+            throughput(report, provider, path, meta, args.reps)
+    if "rounds" in sections:
+        path, meta = ensure_input(DATA, args.lines, args.seed, "openai", False)
+        print(f"\nfollow-up rounds (OpenAI, fallback {FALLBACK}):", flush=True)
+        rounds(report, path, meta, args.reps)
+    if sections & {"memory", "real"}:
+        baseline = baseline_rss()
+    if "memory" in sections:
+        for (provider, schema), (path, meta) in inputs.items():
+            kind = " structured outputs" if schema else ""
+            print(f"\n{provider}{kind} peak RSS (one process per phase)...", flush=True)
+            memory(report, provider, path, meta, baseline)
+    if "real" in sections and args.real_lines:
         print(f"\nreal-size run: {args.real_lines:,} lines...", flush=True)
         real_size(report, args.real_lines, args.seed, baseline)
-    print("\ncold imports...", flush=True)
-    cold_imports(report, args.import_runs)
-    print("\npoll fan-out...", flush=True)
-    poll_fanout(report)
+    if "imports" in sections:
+        print("\ncold imports...", flush=True)
+        cold_imports(report, args.import_runs)
+    if "poll-fanout" in sections:
+        print("\npoll fan-out...", flush=True)
+        poll_fanout(report)
     report.table("Machine", ["", ""], machine(load_at_start))
 
     elapsed = time.perf_counter() - started
