@@ -102,6 +102,24 @@ def _add_submit(commands: Commands) -> None:
         "--max-cost-usd", type=float, metavar="X", help="the job's spending limit in USD"
     )
     submit.add_argument(
+        "--max-retries",
+        type=int,
+        metavar="N",
+        help="times a line that failed for a passing reason (5xx, 429, expired) is sent again "
+        "to its model (default 1)",
+    )
+    submit.add_argument(
+        "--fallback",
+        metavar="A,B",
+        help="models (provider/model) a line that still fails goes to, in order",
+    )
+    submit.add_argument(
+        "--max-queue-hours",
+        type=float,
+        metavar="H",
+        help="a batch still queued at its provider after H hours is cancelled; its lines fail over",
+    )
+    submit.add_argument(
         "--notify-url",
         metavar="URL",
         help="POST the job's signed job.completed webhook here when it ends (https://)",
@@ -269,6 +287,12 @@ def _job_options(args: argparse.Namespace) -> dict[str, str]:
         if not args.max_cost_usd > 0 or args.max_cost_usd == float("inf"):
             raise CliError("--max-cost-usd must be a positive number")
         options["max_cost_usd"] = repr(args.max_cost_usd)
+    if args.max_retries is not None:
+        options["max_retries"] = str(args.max_retries)  # checked by the pipeline, naming it
+    if args.fallback:
+        options["fallback"] = args.fallback
+    if args.max_queue_hours is not None:
+        options["max_queue_hours"] = repr(args.max_queue_hours)
     if args.candidates:
         options["candidates"] = args.candidates  # checked by the pipeline, naming it
     if args.prefer:

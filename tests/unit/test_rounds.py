@@ -375,3 +375,57 @@ def test_a_line_no_fallback_can_take_keeps_its_failure_saying_why_per_model() ->
     assert result["status"] == "failed" and result["error"]["type"] == "server_error"
     assert "not failed over: anthropic/claude-haiku-4-5: temperature" in result["error"]["message"]
     assert len(first.batches) == 1 and second.batches == {}
+
+
+def test_the_cli_passes_retries_fallback_and_queue_hours_as_the_options_the_pipeline_reads() -> (
+    None
+):
+    from batchline.domain import options
+    from batchline_tools import cli
+
+    argv = [
+        "submit",
+        "in.jsonl",
+        "--max-retries",
+        "2",
+        "--fallback",
+        f"{FALLBACK},anthropic/claude-haiku-4-5",
+        "--max-queue-hours",
+        "6",
+    ]
+    metadata = cli._job_options(cli._parser().parse_args(argv))
+    parsed = options.from_metadata(metadata)
+    assert parsed.max_retries == 2 and parsed.max_queue_hours == 6.0
+    assert parsed.fallback == (FALLBACK, "anthropic/claude-haiku-4-5")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "option"),
+    [
+        ({"max_retries": "9"}, "max_retries"),
+        ({"max_retries": "-1"}, "max_retries"),
+        ({"fallback": "openai/gpt-4o-mini,mistral/large"}, "fallback[1]"),
+        ({"fallback": "gpt-4o-mini"}, "fallback[0]"),
+        ({"max_queue_hours": "0"}, "max_queue_hours"),
+        ({"max_queue_hours": "200"}, "max_queue_hours"),
+        ({"max_queue_hours": "soon"}, "max_queue_hours"),
+    ],
+)
+def test_bad_round_options_name_the_option(metadata: dict[str, str], option: str) -> None:
+    from batchline.domain import options
+
+    with pytest.raises(options.OptionError) as caught:
+        options.from_metadata(metadata)
+    assert caught.value.option == option
+
+
+def test_the_api_takes_the_round_options_as_json_and_refuses_a_fallback_that_is_not_a_list() -> (
+    None
+):
+    from batchline.domain import options
+
+    parsed = options.from_api({"max_retries": 0, "fallback": [FALLBACK], "max_queue_hours": 1.5})
+    assert (parsed.max_retries, parsed.fallback, parsed.max_queue_hours) == (0, (FALLBACK,), 1.5)
+    with pytest.raises(options.OptionError) as caught:
+        options.from_api({"fallback": FALLBACK})
+    assert caught.value.option == "fallback"
