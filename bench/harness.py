@@ -33,7 +33,7 @@ from generate import InputMeta, ProviderCounts
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.adapters.providers.vertex import VertexProvider
 from batchline.bootstrap import Deps, Providers
-from batchline.config import Settings
+from batchline.config import Settings, quota_policies
 from batchline.domain.ids import output_prefix
 from batchline.domain.models import (
     BatchState,
@@ -50,6 +50,7 @@ from batchline.domain.models import (
 from batchline.domain.paths import WorkPaths
 from batchline.domain.providers import anthropic as anthropic_wire
 from batchline.domain.providers import openai as wire
+from batchline.domain.quotas import parse_quotas
 from batchline.errors import NotFound, PreconditionFailed
 from batchline.ports import BlobStore, StagedPayload
 from batchline.services.collect import collect
@@ -63,15 +64,28 @@ JOB_ID = "job-bench"
 DOWNLOAD_PART = 64 * 1024
 
 
+#: Quotas no bench input reaches: the chunks are the providers' own limits (the memory
+#: targets are measured against the largest chunk, which a quota would shrink).
+UNBOUNDED_QUOTAS = (
+    '{"openai": {"enqueued_tokens": 1000000000000}, "anthropic": {"queued_requests": 100000000}}'
+)
+#: The environment variable a phase process reads its quotas from (unset: the defaults).
+QUOTAS_ENV = "BATCHLINE_QUOTAS"
+
+
 def settings() -> Settings:
     """Default limits: OpenAI 47,500 requests / 190 MB, Anthropic 95,000 / 243.2 MB,
     Vertex 190,000 / 950 MB; and the default quotas (each provider's lowest paid tier),
-    which cut the OpenAI input into quota-sized chunks (about 9.5 MB)."""
+    which cut the OpenAI input into quota-sized chunks (about 9.5 MB), unless
+    BATCHLINE_QUOTAS says otherwise (the memory phases run with `UNBOUNDED_QUOTAS`)."""
+    raw = os.environ.get(QUOTAS_ENV)
+    extra = {} if raw is None else {"quotas": parse_quotas(raw, quota_policies())}
     return Settings(
         project="bench",
         input_bucket=INPUT_BUCKET,
         output_bucket=OUTPUT_BUCKET,
         work_bucket=WORK_BUCKET,
+        **extra,
     )
 
 
