@@ -46,9 +46,7 @@ def provider_result_line(
         both = line_cost(price, usage)
         cost, realtime = both.batch_usd, both.realtime_usd
     status, output, error = _outcome(result, check)
-    attempt: dict[str, Any] = {"reason": reason, "provider": provider, "model": model}
-    attempt["batch_id"] = batch_id
-    attempt.update(status=str(status), usage=usage, cost_usd=cost, error=error)
+    attempt = _attempt(reason, provider, model, batch_id, str(status), usage, cost, error)
     if error is not None and output is not None:
         attempt["text"] = output["text"]  # what was wrong, kept once the line moves on
     attempts = [*(earlier or ()), attempt]
@@ -73,6 +71,29 @@ def provider_result_line(
     if selected_by is not None:
         record["selected_by"] = selected_by
     return ResultLine(record, realtime if cost is not None else None)
+
+
+def _attempt(
+    reason: str,
+    provider: str,
+    model: str,
+    batch_id: str | None,
+    status: str,
+    usage: dict[str, int] | None,
+    cost: float | None,
+    error: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One entry of a result line's `attempts`."""
+    return {
+        "reason": reason,
+        "provider": provider,
+        "model": model,
+        "batch_id": batch_id,
+        "status": status,
+        "usage": usage,
+        "cost_usd": cost,
+        "error": error,
+    }
 
 
 def _outcome(
@@ -213,11 +234,15 @@ class Tally:
         if error:
             _bump(self.errors, str(error["type"]), sign)
         attempts = record.get("attempts")
-        if (attempts if isinstance(attempts, int) else len(attempts or ())) > 1:
-            self.repaired += sign
-        if isinstance(attempts, list) and len(attempts) == 1:  # most lines: no list built
-            self._count_sent(record["provider"], attempts[0].get("status"), sign)
+        if type(attempts) is list and len(attempts) == 1:  # most lines: one attempt
+            mine = self.providers.get(record["provider"])
+            if mine is None:
+                mine = self.providers[record["provider"]] = _provider_entry()
+            mine["sent"] += sign
+            mine["succeeded" if status == "succeeded" else "failed"] += sign
         else:
+            if (attempts if isinstance(attempts, int) else len(attempts or ())) > 1:
+                self.repaired += sign
             steps = record.get("route") if isinstance(attempts, int) else route(attempts or [])
             self._count_route(steps or [], sign)
         usage = record.get("usage")
