@@ -302,6 +302,10 @@ class Figures:
     utilisation: float | None
     pool_utilisation: float | None
     waiting_samples: int
+    #: Of the waiting samples below FULL at the emulator, why: a chunk admitted and being
+    #: sent (`submitting`), the pool still full by batchline's count (a batch ended at the
+    #: provider whose hold poll has not released yet), or neither.
+    short: Counter[str]
     samples: int
     over_quota: int
     sampler_errors: Counter[str]
@@ -437,7 +441,28 @@ def scale_run(args: argparse.Namespace) -> Figures:
     waiting = [s for s in samples if s.chunks.get(ChunkState.PENDING.value, 0) > 0]
     full = [s for s in waiting if s.enqueued is not None and s.enqueued >= FULL * emulator_quota]
     pool_full = [s for s in waiting if s.pool_in_use is not None and s.pool_in_use >= FULL * quota]
+    short: Counter[str] = Counter()
+    full_ids, pool_full_ids = {id(s) for s in full}, {id(s) for s in pool_full}
+    for s in waiting:
+        if id(s) in full_ids or s.enqueued is None:
+            continue
+        if s.chunks.get(ChunkState.SUBMITTING.value, 0):
+            short["a chunk admitted, being sent (submitting)"] += 1
+        elif id(s) in pool_full_ids:
+            short["pool full, provider not: an ended batch's hold not yet released"] += 1
+        else:
+            short["neither (room free, no chunk admitted yet)"] += 1
     phases = phase_times(samples, started)
+    (run_dir / "samples.json").write_bytes(
+        orjson.dumps(
+            {
+                "started": started,
+                "quota": quota,
+                "emulator_quota": emulator_quota,
+                "samples": [{**s.__dict__, "chunks": dict(s.chunks)} for s in samples],
+            }
+        )
+    )
     return Figures(
         lines=args.lines,
         input_bytes=size,
@@ -459,6 +484,7 @@ def scale_run(args: argparse.Namespace) -> Figures:
         utilisation=len(full) / len(waiting) if waiting else None,
         pool_utilisation=len(pool_full) / len(waiting) if waiting else None,
         waiting_samples=len(waiting),
+        short=short,
         samples=len(samples),
         over_quota=max((s.over_quota or 0 for s in samples), default=0),
         sampler_errors=sampler.errors,
@@ -539,6 +565,7 @@ def put_in_report(report: Report, f: Figures, args: argparse.Namespace) -> None:
         ],
         ["emulator refusals (token_limit_exceeded)", str(f.over_quota)],
     ]
+    rows += [[f"  below {FULL:.0%}: {why}", f"{n} samples"] for why, n in f.short.most_common()]
     if f.sampler_errors:
         rows.append(["sampler errors", str(dict(f.sampler_errors))])
     report.table(f"{SECTION} ({f.lines:,} lines, local stack)", ["", ""], rows)
