@@ -365,6 +365,12 @@ def scale_run(args: argparse.Namespace) -> Figures:
             ).decode(),
             "BATCHLINE_BENCH_FIRESTORE_COUNTS": str(counts_dir),
             "PYTHONPATH": os.pathsep.join([str(HOOK), shared]),
+            # functions-framework's gunicorn: WORKERS processes of THREADS threads. Infra
+            # runs submit, poll, collect and notify one request an instance (concurrency
+            # 1), so one request a process makes a process's peak one instance's; the
+            # local stack's default (one process, 4 threads a core) adds the requests a
+            # process serves at once (collect's fan-out) into one peak.
+            **({"WORKERS": str(args.instances), "THREADS": "1"} if args.instances else {}),
         },
         openai_emulator_config={
             "lines_per_second": args.lines_per_second,
@@ -535,6 +541,12 @@ def put_in_report(report: Report, f: Figures, args: argparse.Namespace) -> None:
             "emulator",
             f"{args.lines_per_second:,.0f} lines/s a batch; tick every {args.tick_seconds:g} s",
         ],
+        [
+            "functions",
+            f"{args.instances} one-request worker processes each (WORKERS, THREADS=1)"
+            if args.instances
+            else "one worker process each, 4 threads a core (functions-framework's default)",
+        ],
         ["job", f"{f.job.state.value}; {f.checked}; {dict(f.statuses)}"],
         ["wall time", f"{f.wall:,.1f} s (upload {f.upload:.1f} s)"],
     ]
@@ -603,6 +615,13 @@ def main() -> int:
     parser.add_argument("--lines-per-second", type=float, default=2_500.0)
     parser.add_argument("--tick-seconds", type=float, default=2.0)
     parser.add_argument("--sample-seconds", type=float, default=0.5)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=2,
+        help="each function as this many one-request processes (infra's concurrency 1); "
+        "0: the local stack's default, one process of 4 threads a core",
+    )
     parser.add_argument("--timeout", type=float, default=3 * 3600.0)
     parser.add_argument("--run-dir", help="the local stack's run dir (default: a new temp dir)")
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
