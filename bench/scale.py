@@ -567,7 +567,7 @@ def put_in_report(report: Report, f: Figures, args: argparse.Namespace) -> None:
         rows.append(
             [
                 f"peak RSS: {fn}",
-                f"{mib(worker + master)} (worker {mib(worker)}, master {mib(master)})",
+                f"{mib(worker + master)} (its largest worker {mib(worker)}, master {mib(master)})",
             ]
         )
     rows.append(
