@@ -109,8 +109,9 @@ default `memory` is 1Gi for submit, poll, collect and api, 256Mi for notify). Fi
 reads and writes: counted in the function processes by wrapping the Firestore GAPIC
 client's RPCs (`bench/scale_hook/sitecustomize.py`: a document a get, batch get, query or
 listing returns is a read, an empty query or a missing document one; each write of a
-commit a write), from upload to the end, idle ticks included. Utilisation: sampled every
-0.5 s; of the samples in which a chunk of the job was `pending` (planned, not admitted),
+commit a write), from upload to the end, idle ticks included (poll's reads grow with the
+run's length: each tick reads the job's chunks). Utilisation: sampled every 0.5 s at most
+(under load one every ~0.9 s: the sampler reads the pool, job and chunks); of the samples in which a chunk of the job was `pending` (planned, not admitted),
 the share in which the emulator's enqueued tokens were at least 90% of the quota (in the
 emulator's count); the pool's holds (batchline's own count) alongside."""
 
