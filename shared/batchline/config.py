@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from batchline.domain.providers.base import ChunkLimits as ChunkLimits
-from batchline.domain.providers.base import ProviderSettings, env_number
+from batchline.domain.providers.base import ProviderSettings
 from batchline.domain.providers.registry import KNOWN_PROVIDERS, descriptors
 from batchline.domain.quotas import Quotas, parse_quotas
 from batchline.errors import ConfigError
@@ -207,7 +206,16 @@ def _required_reader(env: Mapping[str, str]) -> Callable[[str], str]:
 
 
 def _number_reader(env: Mapping[str, str]) -> Callable[[str, float], float]:
-    return partial(env_number, env)
+    def number(name: str, default: float) -> float:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r} is not a number") from exc
+
+    return number
 
 
 def prices_override(env: Mapping[str, str] | None = None) -> str | None:
