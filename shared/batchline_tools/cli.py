@@ -322,13 +322,17 @@ def _check_schema_registered(settings: Settings, name: str) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    job = _store(settings).get_job(args.job_id)
+    store = _store(settings)
+    job = store.get_job(args.job_id)
     if job is None:
         raise CliError(f"no job {args.job_id}")
+    from batchline.services.api.views import finish_estimate
+
+    finish = finish_estimate(job, store.get_chunks(job.job_id), time.time())
     if args.json:
-        print(orjson.dumps(_job_json(args.job_id, job)).decode())
+        print(orjson.dumps(_job_json(args.job_id, job, finish)).decode())
     else:
-        _print_job(args.job_id, job)
+        _print_job(args.job_id, job, finish)
     return 0
 
 
@@ -400,19 +404,19 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_json(job_id: str, job: Job | None) -> dict[str, Any]:
+def _job_json(job_id: str, job: Job | None, finish: float | None = None) -> dict[str, Any]:
     if job is None:
         return {"job_id": job_id, "state": None, "counts": {}}
     from batchline.services.api.views import job_view
 
-    return job_view(job)
+    return job_view(job, finish)
 
 
-def _print_job(job_id: str, job: Job | None) -> None:
+def _print_job(job_id: str, job: Job | None, finish: float | None = None) -> None:
     if job is None:
         print(f"{job_id}: not found yet")
         return
-    view = _job_json(job_id, job)
+    view = _job_json(job_id, job, finish)
     canceling = view["cancel_requested_at"] and not job.state.terminal
     print(f"job      {job_id}  {view['state']}" + (" (cancel requested)" if canceling else ""))
     print(f"source   {view['source']}")
@@ -427,6 +431,9 @@ def _print_job(job_id: str, job: Job | None) -> None:
         print(f"error    {view['error']}")
     if view["waiting"]:
         print(f"waiting  {view['waiting']}")
+    if view.get("estimated_finish_at"):
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view["estimated_finish_at"]))
+        print(f"finish   about {at} (first answers, at its pace so far)")
 
 
 # -- schemas -----------------------------------------------------------------------------

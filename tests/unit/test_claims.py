@@ -957,7 +957,12 @@ RESERVE = [
     pytest.param(pool(),                               ask(5000),       ADMITTED, id="larger than the quota: alone in an empty pool"),
     pytest.param(pool({"x/0": 1}),                     ask(5000),       WAITS, id="larger than the quota: not beside another"),
     pytest.param(pool({}, x=Waiter(OLDER, 100, NOW - 5)), ask(),        WAITS, id="an older job waits first"),
-    pytest.param(pool({}, x=Waiter(YOUNGER, 100, NOW - 5)), ask(),      ADMITTED, id="a younger job waits after"),
+    pytest.param(pool({}, x=Waiter(YOUNGER, 100, NOW - 5)), ask(),      WAITS,
+                 id="a younger job already waiting goes before a job asking afresh"),
+    pytest.param(pool({}, x=Waiter(YOUNGER, 100, NOW - 5, NOW - 50), j=Waiter(NOW - 1000, 100, NOW - 5, NOW - 50)),
+                 ask(), ADMITTED, id="of two waiting as long, the older job goes first"),
+    pytest.param(pool({}, x=Waiter(YOUNGER, 100, NOW - 5, NOW - 60), j=Waiter(NOW - 1000, 100, NOW - 5, NOW - 50)),
+                 ask(), Leave.QUEUED, id="a younger job that has waited longer goes first"),
     pytest.param(pool({"x/0": 100}, x=Waiter(OLDER, 100, NOW - 5)), ask(), ADMITTED,
                  id="an older job with more in flight goes after"),
     pytest.param(pool({"j/1": 100}, x=Waiter(YOUNGER, 100, NOW - 5)), ask(), WAITS,
@@ -982,7 +987,9 @@ def test_reserve(before: QuotaPool, request_: claims.Ask, outcome: str) -> None:
         assert "j" not in after.waiters  # its wait is over
     else:
         assert after.holds == before.holds
-        assert after.waiters["j"] == Waiter(request_.created_at, request_.amount, NOW)
+        noted = before.waiters.get("j")
+        since = noted.waiting_since if noted is not None else NOW  # its place is kept
+        assert after.waiters["j"] == Waiter(request_.created_at, request_.amount, NOW, since)
     stale = [k for k, w in before.waiters.items() if w.seen_at + WAIT <= NOW]
     assert not set(stale) & set(after.waiters)  # a job that stopped asking is dropped
 

@@ -634,10 +634,14 @@ class Ask:
     wait_seconds: float
 
 
-def _rank(pool: QuotaPool, job_id: str, created_at: float) -> tuple[int, float, str]:
-    """Who goes first for a pool's room: the job with fewest chunks in it, then the
-    oldest job (then the smaller id: never a tie)."""
-    return (pool.held_by(job_id), created_at, job_id)
+def _rank(
+    pool: QuotaPool, job_id: str, since: float, created_at: float
+) -> tuple[int, float, float, str]:
+    """Who goes first for a pool's room: the job with fewest chunks in it, then the one
+    that has waited longest (a job asking afresh, its last batch just ended, queues
+    behind those already waiting: a big job cannot take every room that its own batches
+    free), then the oldest job (then the smaller id: never a tie)."""
+    return (pool.held_by(job_id), since, created_at, job_id)
 
 
 def reserve(pool: QuotaPool, ask: Ask, now: float) -> QuotaPool | Leave:
@@ -654,13 +658,14 @@ def reserve(pool: QuotaPool, ask: Ask, now: float) -> QuotaPool | Leave:
         held = pool.holds[ask.tag]
         return replace(pool, holds={**pool.holds, ask.tag: Hold(held.amount, now)}, waiters=mine)
     live = {j: w for j, w in mine.items() if w.seen_at + ask.wait_seconds > now}
-    me = _rank(pool, ask.job_id, ask.created_at)
-    ahead = any(_rank(pool, j, w.created_at) < me for j, w in live.items())
+    noted = pool.waiters.get(ask.job_id)
+    since = noted.waiting_since if noted is not None else now
+    me = _rank(pool, ask.job_id, since, ask.created_at)
+    ahead = any(_rank(pool, j, w.waiting_since, w.created_at) < me for j, w in live.items())
     fits = pool.in_use + ask.amount <= ask.limit or not pool.holds
     if fits and not ahead:
         holds = {**pool.holds, ask.tag: Hold(ask.amount, now)}
         return replace(pool, holds=holds, waiters=live)
-    noted = pool.waiters.get(ask.job_id)
     if (
         noted is not None
         and len(live) == len(mine)
@@ -668,7 +673,7 @@ def reserve(pool: QuotaPool, ask: Ask, now: float) -> QuotaPool | Leave:
         and now - noted.seen_at < ask.wait_seconds / 3
     ):
         return Leave.QUEUED if fits else Leave.FULL
-    waiter = Waiter(ask.created_at, ask.amount, now)
+    waiter = Waiter(ask.created_at, ask.amount, now, since)
     return replace(pool, waiters={**live, ask.job_id: waiter})
 
 

@@ -236,12 +236,19 @@ class Hold:
 
 @dataclass(frozen=True)
 class Waiter:
-    """A job with a chunk waiting for room in a quota pool: the job's `created_at` (its
-    place in the queue), what its next chunk needs, and when it last asked."""
+    """A job with a chunk waiting for room in a quota pool: the job's `created_at`, what
+    its next chunk needs, when it last asked, and since when it has been waiting (its
+    place in the queue; 0: noted before that was kept, its last ask stands for it)."""
 
     created_at: float
     amount: int
     seen_at: float
+    since: float = 0.0
+
+    @property
+    def waiting_since(self) -> float:
+        """Since when the job has waited for room."""
+        return self.since or self.seen_at
 
 
 @dataclass(frozen=True)

@@ -244,22 +244,23 @@ def _attempts(value: Any) -> int | None:
 
 
 def _budget(value: Any) -> float | None:
+    number = _number(value, "max_cost_usd", "a number of dollars")
+    if number is not None and number < 0:
+        raise OptionError("max_cost_usd", f"expected a non-negative number, got {value!r}")
+    return number
+
+
+def _number(value: Any, option: str, what: str) -> float | None:
+    """A finite number option (a string of one, from metadata); None when unset."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
-            raise OptionError(
-                "max_cost_usd", f"expected a number of dollars, got {value!r}"
-            ) from None
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise OptionError("max_cost_usd", f"expected a non-negative number, got {value!r}")
+            raise OptionError(option, f"expected {what}, got {value!r}") from None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise OptionError(option, f"expected {what}, got {value!r}")
     return float(value)
 
 
@@ -301,22 +302,9 @@ def _fallback(value: Any) -> tuple[str, ...]:
 
 
 def _queue_hours(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise OptionError(
-                "max_queue_hours", f"expected a number of hours, got {value!r}"
-            ) from None
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not 0 < value <= 72
-    ):
+    hours = _number(value, "max_queue_hours", "a number of hours")
+    if hours is not None and not 0 < hours <= 72:
         raise OptionError(
             "max_queue_hours", f"expected a number of hours above 0, at most 72, got {value!r}"
         )
-    return float(value)
+    return hours

@@ -14,10 +14,10 @@ document changed only in transactions by the rules `claims.reserve` and
    pending without one (`dispatch`, `submitting.refused`). Dying before it leaves a hold
    whose chunk is not in flight: `sweep` frees it the next time the pool is found full.
 
-Who goes first: the waiting job with the fewest chunks in the pool, then the oldest
-(`claims.reserve`). A job with nothing in flight therefore gets the next room that frees,
-whatever runs before it: a big job cannot hold a small one back for longer than its
-running batches take to end. A job keeps its place while it asks again within
+Who goes first: the waiting job with the fewest chunks in the pool, then the one that
+has waited longest, then the oldest (`claims.reserve`). A job asking afresh (its last
+batch just ended) queues behind those already waiting, so a big job cannot take every
+room its own batches free: a small job behind it waits for one of its batches at most. A job keeps its place while it asks again within
 `quota_wait_seconds` (every poll tick that advances it asks).
 """
 

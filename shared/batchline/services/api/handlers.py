@@ -26,7 +26,7 @@ from batchline.services.api.models import (
     WebhookReceipt,
 )
 from batchline.services.api.validation import validated
-from batchline.services.api.views import job_view
+from batchline.services.api.views import finish_estimate, job_view
 
 LABEL_PARAMETER = "label."
 
@@ -92,10 +92,14 @@ def _epoch(text: str | None, name: str) -> float | None:
 
 def get_job(call: Call) -> Answer:
     """GET /v1/jobs/{job_id}."""
-    found = deps().store.get_job(call.job_id)
+    wired = deps()
+    found = wired.store.get_job(call.job_id)
     if found is None:
         raise Missing(f"no job {call.job_id}", "job_id")
-    return 200, JobView.model_validate(job_view(found))
+    estimate = None
+    if found.state.value in ("submitting", "running"):  # its chunks say how far it is
+        estimate = finish_estimate(found, wired.store.get_chunks(found.job_id), wired.clock.now())
+    return 200, JobView.model_validate(job_view(found, estimate))
 
 
 def cancel_job(call: Call) -> Answer:

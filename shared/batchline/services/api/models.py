@@ -53,6 +53,7 @@ class _Out(BaseModel):
 _RETRIES = "Resends of a line that failed for a passing reason (5xx, 429, expired); 1."
 _FALLBACK = "Models (`provider/model`) a line that still fails goes to, in order."
 _QUEUE = "Hours a batch may stay queued at its provider before its lines fail over."
+_FINISH = "GET of one running job: when its first answers should all be in (epoch s), at its pace."
 
 
 class JobOptionsIn(_In):
@@ -185,6 +186,7 @@ class JobView(_Out):
             " nothing waits."
         ),
     )
+    estimated_finish_at: float | None = Field(default=None, description=_FINISH)
     created_at: float = Field(description="Epoch seconds.")
     cancel_requested_at: float | None
     ended_at: float | None

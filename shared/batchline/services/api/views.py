@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from batchline.domain.models import Job, JobOptions
+from batchline.domain.models import Chunk, Job, JobOptions, JobState
 
 
-def job_view(job: Job) -> dict[str, Any]:
-    """The public shape of a job (no leases, no internals)."""
+def job_view(job: Job, estimated_finish_at: float | None = None) -> dict[str, Any]:
+    """The public shape of a job (no leases, no internals); `estimated_finish_at` when
+    one was worked out (`finish_estimate`: a view of one job reads its chunks)."""
     return {
         "job_id": job.job_id,
         "state": str(job.state),
@@ -28,6 +29,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "summary_uri": job.summary_uri if job.state.terminal else None,
         "error": job.error,
         "waiting": job.waiting if job.state.value in ("submitting", "running") else None,
+        "estimated_finish_at": estimated_finish_at,
         "created_at": job.created_at,
         "cancel_requested_at": job.cancel_requested_at,
         "ended_at": job.ended_at,
@@ -41,3 +43,25 @@ def options_view(options: JobOptions) -> dict[str, Any]:
         if name not in view and value not in (None, ()):
             view[name] = list(value) if isinstance(value, tuple) else value
     return view
+
+
+def finish_estimate(job: Job, chunks: list[Chunk], now: float) -> float | None:
+    """When `job` should have every first answer, extrapolating its pace so far: the
+    lines its first-round batches answered since it was submitted, the same pace for the
+    rest (quota waits included, as they happened). None until a line is answered, and
+    for a job not submitting or running. Follow-up rounds and collect come after it."""
+    if job.state not in (JobState.SUBMITTING, JobState.RUNNING) or job.submitted_at is None:
+        return None
+    first = [c for c in chunks if not c.round]
+    total = sum(c.request_count for c in first)
+    answered = sum(
+        min(
+            int(c.batch_counts.get("completed", 0)) + int(c.batch_counts.get("failed", 0)),
+            c.request_count,
+        )
+        for c in first
+    )
+    elapsed = now - job.submitted_at
+    if answered <= 0 or elapsed <= 0:
+        return None
+    return now + (total - answered) * elapsed / answered
