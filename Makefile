@@ -56,9 +56,11 @@ openapi: setup
 	$(PY) -m batchline.services.api.openapi shared/batchline/services/api/openapi.json
 
 ## bench: submit/collect throughput, peak RSS and cold import; writes bench/RESULTS.md;
-## then the heavy tests (fuzzing, scale runs) with their long budget
+## then the scale run (1,000,000 lines through the local stack, its section put into
+## RESULTS.md) and the heavy tests (fuzzing, scale runs) with their long budget
 bench: setup schemathesis
 	$(PY) bench/run.py
+	$(PY) bench/scale.py
 	BATCHLINE_TEST_BUDGET=bench $(PY) -m pytest $(PYTEST_FLAGS) -m heavy || [ $$? -eq 5 ]
 
 clean:

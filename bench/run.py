@@ -874,10 +874,11 @@ def section_lines(title: str, table: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def splice_results(report: Report, path: Path, command: str) -> None:
+def splice_results(report: Report, path: Path, command: str, method: str | None = None) -> None:
     """Put `report`'s targets and sections into the RESULTS.md at `path`, in place of
     those of the same names (or before the Machine section), leaving the rest as the last
-    full run wrote it; the section says how and when it was measured."""
+    full run wrote it; the section says how (`method`, the poll fan-out's by default) and
+    when it was measured."""
     text = (
         path.read_text()
         if path.exists()
@@ -903,7 +904,7 @@ def splice_results(report: Report, path: Path, command: str) -> None:
             f"Measured on its own with `{command}` on {report.started:%Y-%m-%d %H:%M} UTC "
             f"(load average {load_average()})."
         )
-        block = [*section_lines(title, table)[1:], "", FANOUT_METHOD, "", measured]
+        block = [*section_lines(title, table)[1:], "", method or FANOUT_METHOD, "", measured]
         starts = [
             i for i, x in enumerate(lines) if x == f"## {name}" or x.startswith(f"## {name} (")
         ]
