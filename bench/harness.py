@@ -123,7 +123,9 @@ class DiskBlobStore:
         return self._generation(target)
 
     @contextmanager
-    def open_read(self, uri: str, generation: str | None = None) -> Iterator[BinaryIO]:
+    def open_read(
+        self, uri: str, generation: str | None = None, *, buffer_bytes: int | None = None
+    ) -> Iterator[BinaryIO]:
         path = self.path(uri)
         try:
             f = path.open("rb")

@@ -50,9 +50,11 @@ class BlobStore(Protocol):
     """Objects addressed by `gs://bucket/name` URIs."""
 
     def open_read(
-        self, uri: str, generation: str | None = None
+        self, uri: str, generation: str | None = None, *, buffer_bytes: int | None = None
     ) -> AbstractContextManager[BinaryIO]:
-        """A streaming reader; `generation` pins the version. Raises NotFound."""
+        """A streaming reader; `generation` pins the version. Raises NotFound.
+        `buffer_bytes`: the most one fetch holds (None: the store's default); a caller
+        with many readers open at once (the merge) asks for less."""
         ...
 
     def read_bytes(self, uri: str) -> bytes: ...

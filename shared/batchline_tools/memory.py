@@ -185,7 +185,9 @@ class MemoryBlobStore:
         return found[1]
 
     @contextmanager
-    def open_read(self, uri: str, generation: str | None = None) -> Iterator[BinaryIO]:
+    def open_read(
+        self, uri: str, generation: str | None = None, *, buffer_bytes: int | None = None
+    ) -> Iterator[BinaryIO]:
         yield io.BytesIO(self._get(uri, generation))
 
     def read_bytes(self, uri: str) -> bytes:

@@ -260,3 +260,13 @@ def test_open_read_of_a_dropped_generation_raises_not_found(gcs: Gcs) -> None:
     gcs.raw.bucket(gcs.bucket).blob("in/gone.jsonl").upload_from_string(b"two\n")
     with pytest.raises(NotFound), gcs.store.open_read(uri, old_generation) as reader:
         reader.read()
+
+
+def test_a_reader_with_a_small_fetch_buffer_reads_every_line_whole(gcs: Gcs) -> None:
+    # The merge shares a bounded buffer between its runs: each reader fetches 256 KiB at
+    # a time, and lines that straddle fetches must come back whole.
+    lines = [b"%d\t%s\n" % (i, b"x" * (i * 7919 % 90_000)) for i in range(200)]
+    uri = gcs.uri("work/run.tsv")
+    assert gcs.store.write_bytes(uri, b"".join(lines), "text/tab-separated-values")
+    with gcs.store.open_read(uri, buffer_bytes=256 * 1024) as reader:
+        assert list(reader) == lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -140,3 +142,28 @@ def test_a_chunk_collect_killed_mid_way_and_redelivered_gives_the_same_bytes(
     blobs.write_bytes = real  # type: ignore[method-assign]
     entrypoints.collect(deps, dead)
     assert results_of(deps, job_id) == reference()
+
+
+def test_the_merge_shares_a_bounded_read_buffer_between_its_runs() -> None:
+    # 85 runs at the store's 8 MiB a fetch held 680 MiB in the scale run's collect.
+    from batchline.services import merge
+
+    asked: list[int | None] = []
+    deps, _, job_id = job_of()
+    blobs = deps.blobs
+    assert isinstance(blobs, MemoryBlobStore)
+    real = blobs.open_read
+
+    def recording(
+        uri: str, generation: str | None = None, *, buffer_bytes: int | None = None
+    ) -> Any:
+        if uri.endswith(".tsv"):
+            asked.append(buffer_bytes)
+        return real(uri, generation, buffer_bytes=buffer_bytes)
+
+    blobs.open_read = recording  # type: ignore[method-assign]
+    collect(deps, job_id)
+    assert len(asked) == CHUNKS + 1  # every chunk's run and the invalid lines'
+    assert set(asked) == {merge.run_read_bytes(CHUNKS + 1)}
+    assert CHUNKS * merge.run_read_bytes(CHUNKS + 1) <= merge.MERGE_READ_BYTES
+    assert merge.run_read_bytes(10_000) == merge.MIN_RUN_READ_BYTES  # never starved to 0

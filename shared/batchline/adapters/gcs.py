@@ -54,13 +54,16 @@ class GcsBlobStore:
         return self._client.bucket(bucket).blob(name, generation=gen)
 
     @contextmanager
-    def open_read(self, uri: str, generation: str | None = None) -> Iterator[BinaryIO]:
+    def open_read(
+        self, uri: str, generation: str | None = None, *, buffer_bytes: int | None = None
+    ) -> Iterator[BinaryIO]:
         blob = self._blob(uri, generation)
         doing = f"reading {uri} (generation {generation})"
         # Opening fetches nothing: a missing object shows on the first read, so every
         # read is translated; what the caller's own code raises (a gzip error) is not.
         with translated(doing):
-            reader = blob.open("rb", chunk_size=READ_CHUNK_BYTES, raw_download=True)
+            chunk = READ_CHUNK_BYTES if buffer_bytes is None else max(buffer_bytes, 64 * 1024)
+            reader = blob.open("rb", chunk_size=chunk, raw_download=True)
         try:
             yield _TranslatedReader(reader, doing)  # type: ignore[misc]
         finally:

@@ -19,9 +19,9 @@ class WorkBlobs(Protocol):
     """The part of `ports.BlobStore` the work files use (any BlobStore is one)."""
 
     def open_read(
-        self, uri: str, generation: str | None = None
+        self, uri: str, generation: str | None = None, *, buffer_bytes: int | None = None
     ) -> AbstractContextManager[BinaryIO]:
-        """A streaming reader (raises NotFound)."""
+        """A streaming reader (raises NotFound); `buffer_bytes` bounds one fetch."""
         ...
 
     def read_bytes(self, uri: str) -> bytes:

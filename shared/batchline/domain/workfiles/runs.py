@@ -84,7 +84,10 @@ def iter_rows(rows: Iterable[bytes], uri: str, run: int) -> Iterator[tuple[int, 
 
 
 @contextmanager
-def open_rows(blobs: WorkBlobs, uri: str, run: int) -> Iterator[Iterator[tuple[int, int, bytes]]]:
-    """The rows of the run at `uri`, streamed (see `iter_rows`)."""
-    with blobs.open_read(uri) as stream:
+def open_rows(
+    blobs: WorkBlobs, uri: str, run: int, buffer_bytes: int | None = None
+) -> Iterator[Iterator[tuple[int, int, bytes]]]:
+    """The rows of the run at `uri`, streamed (see `iter_rows`); `buffer_bytes` bounds
+    each fetch (a merge holds every run open at once)."""
+    with blobs.open_read(uri, buffer_bytes=buffer_bytes) as stream:
         yield iter_rows(stream, uri, run)
