@@ -136,6 +136,9 @@ class ResultLine(NamedTuple):
 
 
 SCHEMA_VALIDATION = "schema_validation"
+#: The status of an attempt never sent: its model cannot take the line (a failover
+#: passed it over, saying why; `follow_ups.skipped_attempt`).
+SKIPPED = "skipped"
 
 
 def _summed(attempts: list[dict[str, Any]]) -> tuple[dict[str, int] | None, float | None]:
@@ -281,7 +284,7 @@ class Tally:
         """Count a line's attempts per provider (`route`)."""
         before: str | None = None
         for provider, status, reason in steps:
-            if provider is None or status == "skipped":  # passed over, never sent
+            if provider is None or status == SKIPPED:  # passed over, never sent
                 continue
             mine = self._count_sent(provider, status, sign)
             if reason == "failover" and before is not None:

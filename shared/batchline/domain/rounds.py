@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from batchline.domain.models import ResultStatus
+from batchline.domain.results import SCHEMA_VALIDATION
 
 
 class RoundReason(StrEnum):
@@ -39,10 +40,6 @@ class RoundReason(StrEnum):
 WHOLE_BATCH_ERRORS = frozenset({"batch_failed", "batch_canceled", "submit_failed", "queue_timeout"})
 #: Errors no other round can help: the job was canceled.
 FINAL_ERRORS = frozenset({"job_canceled"})
-SCHEMA_VALIDATION = "schema_validation"
-#: The status of an attempt never sent: its model cannot take the line (a failover
-#: passed it over, saying why).
-SKIPPED = "skipped"
 #: The default of the `max_retries` option.
 DEFAULT_MAX_RETRIES = 1
 

@@ -31,7 +31,8 @@ from batchline.domain.paths import WorkPaths
 from batchline.domain.pricing import cost, price_for
 from batchline.domain.providers.base import InvalidField
 from batchline.domain.requests import retarget
-from batchline.domain.rounds import SKIPPED, NextStep, RoundReason, not_moved_note
+from batchline.domain.results import SKIPPED
+from batchline.domain.rounds import NextStep, RoundReason, not_moved_note
 from batchline.domain.schemas import ResponseSchema
 from batchline.domain.workfiles.collected import FollowUp
 from batchline.domain.workfiles.manifest import ManifestEntry, write_manifest
