@@ -1178,13 +1178,10 @@ def plan_batch(
     return [], model, lines
 
 
-#: Config fields counted down by creates and calls: no part of a file's plan.
-_COUNTDOWNS = {"api_error_next": 0, "quota_exceeded_next": 0, "batch_fail_next": 0}
-
-
 def _plan_config(config: EmulatorConfig) -> EmulatorConfig:
-    """`config` as far as a file's plan depends on it (its countdowns left out)."""
-    return dataclasses.replace(config, **_COUNTDOWNS)
+    """`config` as far as a file's plan depends on it: its countdowns (taken down by
+    calls and creates) left out."""
+    return dataclasses.replace(config, api_error_next=0, quota_exceeded_next=0, batch_fail_next=0)
 
 
 def _plan_upload(content: bytes, config: EmulatorConfig) -> FilePlan | None:
