@@ -239,3 +239,22 @@ def test_a_chunk_sent_back_by_the_quota_keeps_its_upload() -> None:
     poll(deps)
     [_, again] = batches_of(provider, job_id, 1)
     assert provider.created_from[again] == "file-1" and len(provider.uploads) == 2
+
+
+def test_death_after_a_create_from_the_upload_the_batch_is_adopted_not_made_again() -> None:
+    """Reconcile is unchanged: a chunk created from its upload, whose submitter died
+    before recording the batch, has that batch adopted by its tag; nothing is uploaded
+    or created again."""
+    deps, provider, clock = quota_deps(TOKENS, max_requests=1)
+    job_id = submit(deps, 2, "a")
+    end_batch(provider, "batch_0")
+    provider.crash_after_submit = True
+    with pytest.raises(CrashAfterSubmit):
+        poll(deps)
+    assert provider.created_from["batch_1"] == "file-1"
+    assert chunks(deps, job_id)[1].state is ChunkState.SUBMITTING
+    clock.advance(61)  # the dead submitter's lease runs out
+    poll(deps)
+    second = chunks(deps, job_id)[1]
+    assert (second.state, second.batch_id) == (ChunkState.RUNNING, "batch_1")
+    assert batches_of(provider, job_id, 1) == ["batch_1"] and len(provider.uploads) == 2
