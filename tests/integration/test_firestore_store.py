@@ -125,6 +125,7 @@ def full_job(job_id: str = "job-full") -> Job:
         expire_at=EXPIRE_AT,
         version=7,
         waiting="queued: 1.9M of 2M enqueued tokens in use for openai/gpt-4.1-mini",
+        advance_asked_at=NOW - 3,
     )
 
 

@@ -139,7 +139,7 @@ EVENTS: dict[str, Event] = {
     "take for advance": Event(
         "taken",
         lambda j: claims.take_for_advance(j, ME, NOW, TERMS),
-        lambda j: replace(j, lease=Lease(ME, NOW + 60), updated_at=NOW),
+        lambda j: replace(j, lease=Lease(ME, NOW + 60), advance_asked_at=None, updated_at=NOW),
         job(JobState.RUNNING),
         job(JobState.COLLECTING),
     ),
@@ -156,6 +156,27 @@ EVENTS: dict[str, Event] = {
         lambda j: replace(j, lease=None, updated_at=NOW),
         job(JobState.RUNNING),
         job(JobState.SUCCEEDED),
+    ),
+    "ask the holder to go round again": Event(
+        "asked",
+        lambda j: claims.ask_advance(j, ME, NOW),
+        lambda j: replace(j, advance_asked_at=NOW, updated_at=NOW),
+        job(JobState.RUNNING),
+        job(JobState.COLLECTING),
+    ),
+    "end my advance (nobody asked)": Event(
+        "released",
+        lambda j: claims.release_unless_asked(j, ME, NOW),
+        lambda j: replace(j, lease=None, updated_at=NOW),
+        job(JobState.SUBMITTING),
+        job(JobState.SUCCEEDED),
+    ),
+    "end my advance (asked meanwhile)": Event(
+        "kept, ask cleared",
+        lambda j: claims.release_unless_asked(j, ME, NOW),
+        lambda j: replace(j, advance_asked_at=None, updated_at=NOW),
+        job(JobState.RUNNING, advance_asked_at=NOW - 5),
+        job(JobState.COLLECTING, advance_asked_at=NOW - 5),
     ),
     "commit the plan": Event(
         "committed",
@@ -452,7 +473,7 @@ EVENTS: dict[str, Event] = {
     ),
 }
 
-DONE, HELD, NOT_MINE = Leave.DONE, Leave.HELD, Leave.NOT_MINE
+DONE, HELD, NOT_MINE, FREE = Leave.DONE, Leave.HELD, Leave.NOT_MINE, Leave.FREE
 
 # fmt: off
 LEASES: dict[str, tuple[str, ...]] = {
@@ -463,6 +484,11 @@ LEASES: dict[str, tuple[str, ...]] = {
     "take for advance":             ("taken",     "taken",      "taken",      HELD,         "taken",      DONE),
     "renew the advancing lease":    (NOT_MINE,    "renewed",    "renewed",    NOT_MINE,     NOT_MINE,     DONE),
     "release the advancing lease":  (NOT_MINE,    "released",   "released",   NOT_MINE,     NOT_MINE,     DONE),
+    # Asked while another holds it: its holder goes round once more (free: take it).
+    "ask the holder to go round again": (FREE,    FREE,         FREE,         "asked",      FREE,         DONE),
+    # The holder gives the lease back in the same write that finds nobody asked.
+    "end my advance (nobody asked)": (NOT_MINE,   "released",   "released",   NOT_MINE,     NOT_MINE,     DONE),
+    "end my advance (asked meanwhile)": (NOT_MINE, "kept, ask cleared", "kept, ask cleared", NOT_MINE, NOT_MINE, DONE),
     "renew the planning lease":     (NOT_MINE,    "renewed",    "renewed",    NOT_MINE,     NOT_MINE,     DONE),
     "commit the plan":              (NOT_MINE,    "committed",  "committed",  NOT_MINE,     NOT_MINE,     DONE),
     # An unreadable file is unreadable for every planner.
@@ -544,6 +570,18 @@ STATES = [
         "take for submit", chunk(ChunkState.ENDED), DONE, id="an ended chunk is not taken"
     ),
     pytest.param("take for plan", job(JobState.REJECTED), DONE, id="a rejected job is not planned"),
+    pytest.param(
+        "ask the holder to go round again",
+        job(JobState.RUNNING, lease=Lease(OTHER, NOW + 30), advance_asked_at=NOW - 1),
+        DONE,
+        id="a holder asked already is not asked twice",
+    ),
+    pytest.param(
+        "take for advance",
+        job(JobState.RUNNING, lease=Lease(OTHER, NOW), advance_asked_at=NOW - 1),
+        "taken",
+        id="taking over clears an ask its dead holder never saw (the taker goes round)",
+    ),
     pytest.param("reject", job(JobState.REJECTED), DONE, id="a job is rejected once"),
     pytest.param("cancel asked", job(JobState.ACCEPTED), "asked", id="cancel while planning"),
     pytest.param("cancel asked", job(JobState.COLLECTING), "asked", id="cancel while collecting"),

@@ -25,6 +25,8 @@ from batchline.services.submit import ObjectFinalized, handle_object_finalized
 from batchline_tools.memory import MemoryBlobStore, RecordingPublisher
 
 from .fakes import CrashAfterSubmit, FakeProvider, make_deps
+from .test_admission import POOL, TOKENS, quota_deps, states
+from .test_admission import submit as submit_waiting
 
 POLL = "batchline-poll"
 COLLECT = "batchline-collect"
@@ -162,9 +164,10 @@ def test_duplicate_job_messages_do_nothing_twice() -> None:
     assert [m["job_id"] for m, _ in published(deps, COLLECT)] == [job_id]  # asked once
 
 
-def test_a_job_message_delivered_while_another_advances_the_job_leaves_it() -> None:
-    """Two deliveries of the same message at once: the second finds the job's lease live
-    and returns without a provider call."""
+def test_a_job_message_delivered_while_another_advances_the_job_asks_it_to_go_round_again() -> None:
+    """Two deliveries of the same message at once: the second finds the job's lease live,
+    makes no provider call itself and notes the ask; the first goes round once more
+    before it gives the lease back (what changed meanwhile is not left for a tick)."""
     deps, provider, _ = make_deps(max_requests=1)
     job_id = submit(deps, "a", lines=2)
     inside, release = threading.Event(), threading.Event()
@@ -181,13 +184,67 @@ def test_a_job_message_delivered_while_another_advances_the_job_leaves_it() -> N
     first = threading.Thread(target=handle, args=(deps, {"job_id": job_id}))
     first.start()
     assert inside.wait(10)
+    seen = sum(calls.values())
     report = handle(deps, {"job_id": job_id})  # the duplicate, while the first holds it
+    assert sum(calls.values()) == seen  # the duplicate asked nothing of the provider
+    asked = deps.store.get_job(job_id)
+    assert asked is not None and asked.advance_asked_at is not None
     release.set()
     first.join(10)
 
     assert report.errors == []
-    assert sum(calls.values()) == 2  # the first delivery's two status calls only
-    assert deps.store.get_job(job_id).lease is None  # type: ignore[union-attr]
+    assert sum(calls.values()) == 4  # the first delivery's two status calls, twice
+    done = deps.store.get_job(job_id)
+    assert done is not None and done.lease is None and done.advance_asked_at is None
+
+
+def test_a_batch_that_ends_while_its_job_is_at_work_frees_its_quota_for_the_next_chunk_at_once() -> (
+    None
+):
+    """OpenAI's webhook for an ended batch comes while another invocation advances the
+    job: the webhook's job message asks the holder, which sees the batch ended, releases
+    its quota and sends the waiting chunk before it lets go, not a tick later."""
+    deps, provider, _ = quota_deps(TOKENS, max_requests=1)
+    job_id = submit_waiting(deps, 2, "a")
+    assert states(deps, job_id) == [ChunkState.RUNNING, ChunkState.PENDING]
+    get_batch = provider.get_batch
+    webhook_sent: list[bool] = []
+
+    def ends_after_this_read(batch_id: str) -> ProviderBatch:
+        read = get_batch(batch_id)  # still running, as the holder reads it
+        if not webhook_sent:
+            end_batches(provider, batch_id)  # ...and ends right after
+            webhook_sent.append(handle(deps, {"job_id": job_id}).errors == [])
+        return read
+
+    provider.get_batch = ends_after_this_read  # type: ignore[method-assign]
+    handle(deps, {"job_id": job_id})
+
+    assert webhook_sent == [True]
+    assert states(deps, job_id) == [ChunkState.ENDED, ChunkState.RUNNING]
+    assert len(provider.batches) == 2
+    assert deps.store.get_pool(POOL).in_use == TOKENS
+    job = deps.store.get_job(job_id)
+    assert job is not None and job.lease is None and job.advance_asked_at is None
+
+
+def test_without_an_ask_the_holder_lets_go_after_one_round() -> None:
+    """The control: the same batch ending unseen waits for the next message."""
+    deps, provider, _ = quota_deps(TOKENS, max_requests=1)
+    job_id = submit_waiting(deps, 2, "a")
+    get_batch = provider.get_batch
+
+    def ends_after_this_read(batch_id: str) -> ProviderBatch:
+        read = get_batch(batch_id)
+        end_batches(provider, batch_id)
+        return read
+
+    provider.get_batch = ends_after_this_read  # type: ignore[method-assign]
+    handle(deps, {"job_id": job_id})
+    assert states(deps, job_id) == [ChunkState.RUNNING, ChunkState.PENDING]
+    provider.get_batch = get_batch  # type: ignore[method-assign]
+    handle(deps, {"job_id": job_id})  # the next tick
+    assert states(deps, job_id) == [ChunkState.ENDED, ChunkState.RUNNING]
 
 
 def test_a_job_message_for_an_unknown_or_ended_job_does_nothing() -> None:

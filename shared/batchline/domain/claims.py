@@ -109,6 +109,7 @@ class Leave(StrEnum):
     NOT_DUE = "not due"  # too early to do it again
     CANCELED = "canceled"  # a cancel was asked for: nothing new starts
     UNSETTLED = "unsettled"  # a create lock's intent is open: settle it first
+    FREE = "free"  # no live lease holds it: the caller may take it
     FULL = "full"  # a quota pool has no room for it (its wait is noted already)
     QUEUED = "queued"  # another job waits for the pool first (its wait is noted already)
 
@@ -217,7 +218,36 @@ def take_for_advance(job: Job, owner: str, now: float, terms: LeaseTerms) -> Job
         return Leave.DONE
     if lease_state(job.lease, owner, now) is LeaseState.HELD:
         return Leave.HELD
-    return replace(job, lease=terms.lease(owner, now), updated_at=now)
+    return replace(job, lease=terms.lease(owner, now), advance_asked_at=None, updated_at=now)
+
+
+def ask_advance(job: Job, owner: str, now: float) -> Job | Leave:
+    """An advance is asked for (a poll message, a webhook) while another invocation holds
+    the job's lease: note it, so that the holder goes round once more before it gives the
+    lease back (`release_unless_asked`) and what changed since its last look (a batch
+    that just ended, a quota freed) is not left for the next tick. A lease found free is
+    the caller's to take (`FREE`); one asked of already is left (`DONE`)."""
+    if job.state not in (JobState.SUBMITTING, JobState.RUNNING):
+        return Leave.DONE
+    if lease_state(job.lease, owner, now) is not LeaseState.HELD:
+        return Leave.FREE
+    if job.advance_asked_at is not None:
+        return Leave.DONE
+    return replace(job, advance_asked_at=now, updated_at=now)
+
+
+def release_unless_asked(job: Job, owner: str, now: float) -> Job | Leave:
+    """At the end of my advance: give my lease back, or, when an advance was asked for
+    while I held it (`ask_advance`), keep it and clear the ask: I go round once more (the
+    record comes back with its lease). Either way in one transaction, so an ask is never
+    lost between my last look and the release."""
+    if job.state not in (JobState.SUBMITTING, JobState.RUNNING):
+        return Leave.DONE
+    if job.lease is None or not lease_state(job.lease, owner, now).mine:
+        return Leave.NOT_MINE
+    if job.advance_asked_at is not None:
+        return replace(job, advance_asked_at=None, updated_at=now)
+    return replace(job, lease=None, updated_at=now)
 
 
 def renew_advance(job: Job, owner: str, now: float, terms: LeaseTerms) -> Job | Leave:
@@ -247,6 +277,7 @@ def start_collecting(job: Job, now: float) -> Job | Leave:
         JobState.COLLECTING,
         now,
         lease=None,
+        advance_asked_at=None,
         submitted_at=job.submitted_at or now,
         collect_requested_at=now,
         waiting=None,

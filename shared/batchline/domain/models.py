@@ -328,6 +328,10 @@ class Job:
     #: Why some of its chunks wait to be sent (a provider's quota is full, or older jobs
     #: go first), as the last advance found; None: nothing waits.
     waiting: str | None = None
+    #: An advance was asked for (a poll message, an OpenAI webhook) while another
+    #: invocation held the job's lease: its holder goes round once more before it gives
+    #: the lease back (`claims.release_unless_asked`).
+    advance_asked_at: float | None = None
     version: int = 0
 
     @property

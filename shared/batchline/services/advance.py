@@ -7,9 +7,12 @@ chunks' provider status calls run several at once (`services/follow.py`). Safe t
 concurrently:
 one invocation at a time advances a submitting or running job, under the job's lease
 (`claims.take_for_advance`, renewed by a heartbeat). The others read the job first and,
-finding the lease live, leave it without a transaction (duplicate triggers, ticks that
-come while the job is at work); one that loses the race for the lease leaves it to the
-winner rather than failing.
+finding the lease live, ask its holder to go round once more (`claims.ask_advance`, one
+write, none when it was asked already) and leave: the holder gives the lease back only
+when nobody asked meanwhile (`claims.release_unless_asked`, in the same transaction), so
+a batch that ends while the job is at work (an OpenAI webhook, a tick) is acted on at
+once rather than at the next tick. One that loses the race for the lease leaves it to
+the winner rather than failing.
 """
 
 from __future__ import annotations
@@ -70,10 +73,13 @@ def _ask_collect_again(deps: Deps, job: Job) -> Job:
 
 
 def _advance_held(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None:
-    """Advance the job's chunks under the job's lease, if it is free (or mine)."""
+    """Advance the job's chunks under the job's lease, if it is free (or mine). Held by
+    another invocation: ask its holder to go round once more (`_ask_holder`)."""
     now = deps.clock.now()
-    if claims.lease_state(job.lease, owner, now) is LeaseState.HELD:
-        return job  # another invocation advances it: nothing to add
+    if claims.lease_state(job.lease, owner, now) is LeaseState.HELD and not _ask_holder(
+        deps, job, owner
+    ):
+        return job
     terms = LeaseTerms(deps.settings.lease_seconds)
     take = Change(claims.take_for_advance, owner, now, terms)
     taken = contended(deps.store.update_job, job.job_id, take)
@@ -82,12 +88,36 @@ def _advance_held(deps: Deps, job: Job, owner: str, deadline: float) -> Job | No
             log.info("job not advanced", extra=fields(job_id=job.job_id, left=str(take.left)))
         return take.seen or job
     what = f"advancing {job.job_id}"
+    released = False
     try:
         with Keeper(deps, what, [_renewal(deps, job.job_id, owner)]) as keeper:
-            return _advance_chunks(deps, taken, owner, deadline, keeper)
+            while True:
+                advanced = _advance_chunks(deps, taken, owner, deadline, keeper)
+                if deps.clock.now() >= deadline or keeper.lost:
+                    return advanced
+                end = Change(claims.release_unless_asked, owner, deps.clock.now())
+                again = contended(deps.store.update_job, job.job_id, end)
+                if again is None or again.lease is None:
+                    released = again is not None or end.left is not None
+                    return advanced
+                log.info("advancing again: asked while held", extra=fields(job_id=job.job_id))
+                taken = again
     finally:
-        release = Change(claims.release_advance, owner, deps.clock.now())
-        contended(deps.store.update_job, job.job_id, release)
+        if not released:
+            release = Change(claims.release_advance, owner, deps.clock.now())
+            contended(deps.store.update_job, job.job_id, release)
+
+
+def _ask_holder(deps: Deps, job: Job, owner: str) -> bool:
+    """Another invocation holds the job's lease: note that an advance was asked for, so
+    that its holder goes round once more before giving the lease back (a batch that just
+    ended, say an OpenAI webhook, is acted on now rather than at the next tick). True when
+    the lease turned out to be free: the caller takes it."""
+    if job.advance_asked_at is not None:
+        return False  # asked already (read before transact): the holder goes round again
+    ask = Change(claims.ask_advance, owner, deps.clock.now())
+    contended(deps.store.update_job, job.job_id, ask)
+    return ask.left is Leave.FREE
 
 
 def _renewal(deps: Deps, job_id: str, owner: str) -> Callable[[], bool]:
