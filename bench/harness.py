@@ -213,8 +213,16 @@ class BenchOpenAI:
             batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
         )
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
+        return None  # the benchmark serves ended batches only: nothing waits to go
+
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
+
+    def discard_input(self, file_id: str) -> None:
+        return None
 
     def find_batches(
         self, tag: BatchTag, created_after: float, created_before: float, request_count: int
@@ -257,8 +265,16 @@ class BenchAnthropic:
             batch_id, BatchState.COMPLETED, {}, tag=None, created_at=0.0, native=native
         )
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
+        return None  # the benchmark serves ended batches only: nothing waits to go
+
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
+
+    def discard_input(self, file_id: str) -> None:
+        return None
 
     def find_batches(
         self, tag: BatchTag, created_after: float, created_before: float, request_count: int
@@ -307,8 +323,16 @@ class BenchVertex:
             batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
         )
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
+        return None  # the benchmark serves ended batches only: nothing waits to go
+
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
+
+    def discard_input(self, file_id: str) -> None:
+        return None
 
     def find_batches(
         self, tag: BatchTag, created_after: float, created_before: float, request_count: int

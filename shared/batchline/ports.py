@@ -242,8 +242,23 @@ class ProviderClient(Protocol):
 
     name: str
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
-        """Create a batch from a staged payload, tagged so it can be found again."""
+    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
+        """Upload a chunk's input ahead of its batch, where the provider takes it as a
+        separate upload (OpenAI's files): the provider's id of the upload, which expires
+        by itself. None where it takes none (Anthropic: requests inline; Vertex AI reads
+        the staged payload itself)."""
+        ...
+
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
+        """Create a batch from a staged payload, tagged so it can be found again. With
+        `uploaded` (an `upload_input` id), from that upload, without uploading again; an
+        upload the provider no longer has (expired, deleted) is made afresh."""
+        ...
+
+    def discard_input(self, file_id: str) -> None:
+        """Delete an upload nobody will use (best effort: one already gone is fine)."""
         ...
 
     def find_batches(

@@ -29,6 +29,11 @@ batch endpoint), ``duplicate_custom_id``, ``mismatched_model``. OpenAI does not 
 these codes: ``invalid_json_line`` and ``duplicate_custom_id`` follow payloads seen from
 the real API, the other names are the emulator's own.
 
+Like OpenAI, a create answers at once: a ``batch`` file is planned (validated, each line's
+outcome decided) when it is uploaded, for the endpoint its first line names, and a create
+from it reuses that plan unless the endpoint or the config (but for its countdowns) has
+changed since; then it is planned again, so a fault configured after the upload applies.
+
 Results are processed, and written, in a shuffled order (seeded by ``seed`` and the
 custom_ids, so reproducible). Output and error files share the envelope
 ``{"id","custom_id","response":{"status_code","request_id","body"}|null,"error":...}``;
@@ -408,6 +413,19 @@ def _http_error_type(status: int) -> tuple[str, str | None]:
 # --------------------------------------------------------------------------- state
 
 
+@dataclass(frozen=True)
+class FilePlan:
+    """A batch input file as `plan_batch` planned it at upload, for `endpoint` (the url
+    of its first line) under `config`: a create from the file with the same endpoint,
+    under a config the same but for its countdowns (`_plan_config`), reuses it."""
+
+    endpoint: str
+    config: EmulatorConfig
+    errors: list[dict[str, Any]]
+    model: str | None
+    lines: list[LinePlan]  # never changed: each batch takes a copy of the list
+
+
 @dataclass
 class StoredFile:
     id: str
@@ -416,6 +434,8 @@ class StoredFile:
     content: bytes
     created_at: int
     expires_at: int | None
+    #: A `batch` file's plan, made at upload (None: its first line names no endpoint).
+    plan: FilePlan | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -1158,6 +1178,27 @@ def plan_batch(
     return [], model, lines
 
 
+def _plan_config(config: EmulatorConfig) -> EmulatorConfig:
+    """`config` as far as a file's plan depends on it: its countdowns (taken down by
+    calls and creates) left out."""
+    return dataclasses.replace(config, api_error_next=0, quota_exceeded_next=0, batch_fail_next=0)
+
+
+def _plan_upload(content: bytes, config: EmulatorConfig) -> FilePlan | None:
+    """Plan an uploaded batch file for the endpoint its first line names (None: it names
+    none the emulator supports; a create then plans it)."""
+    first = content.split(b"\n", 1)[0]
+    try:
+        head = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    endpoint = head.get("url") if isinstance(head, dict) else None
+    if endpoint not in SUPPORTED_ENDPOINTS:
+        return None
+    errors, model, lines = plan_batch(content, endpoint, config)
+    return FilePlan(endpoint, config, errors, model, lines)
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -1429,6 +1470,9 @@ class OpenAIBatchEmulator(AdminEndpoints):
         seconds = request.form.get("expires_after[seconds]")
         if anchor is not None or seconds is not None:
             ttl = _expires_after_seconds(anchor, seconds, "expires_after")
+        # Planned now, not at create (as OpenAI answers a create at once): the file is
+        # immutable and the config a frozen snapshot, so without the lock.
+        plan = _plan_upload(content, self.config) if purpose == "batch" else None
         with self.lock:
             now = int(self.clock())
             stored = StoredFile(
@@ -1438,6 +1482,7 @@ class OpenAIBatchEmulator(AdminEndpoints):
                 content=content,
                 created_at=now,
                 expires_at=None if ttl is None else now + ttl,
+                plan=plan,
             )
             self.state.files[stored.id] = stored
             return json_response(stored.to_api())
@@ -1559,9 +1604,15 @@ class OpenAIBatchEmulator(AdminEndpoints):
                     param="input_file_id",
                     code="invalid_value",
                 )
-            content, config = stored.content, self.config
-        # The file is immutable and the config a frozen snapshot: plan without the lock.
-        errors, model, lines = plan_batch(content, endpoint, config)
+            content, config, planned = stored.content, self.config, stored.plan
+        if (
+            planned is not None
+            and planned.endpoint == endpoint
+            and _plan_config(planned.config) == _plan_config(config)
+        ):
+            errors, model, lines = list(planned.errors), planned.model, list(planned.lines)
+        else:  # not planned at upload, or a fault configured since: plan without the lock
+            errors, model, lines = plan_batch(content, endpoint, config)
         with self.lock:
             now = self.clock()
             self._check_create_rate(now)

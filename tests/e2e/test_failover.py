@@ -130,8 +130,8 @@ from batchline.services.plan import new_owner
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
 
 real_create = AnthropicProvider.create_batch
-def create_then_die(self, payload, tag, model):
-    batch = real_create(self, payload, tag, model)
+def create_then_die(self, payload, tag, model, uploaded=None):
+    batch = real_create(self, payload, tag, model, uploaded)
     print("provider accepted", batch.batch_id, "for chunk", tag.chunk, flush=True)
     os._exit(137)  # killed before Firestore records the failover batch
 AnthropicProvider.create_batch = create_then_die

@@ -214,8 +214,8 @@ from batchline.adapters.providers.anthropic import AnthropicProvider
 from batchline.services.submit import ObjectFinalized, handle_object_finalized
 
 real_submit = AnthropicProvider.create_batch
-def submit_then_die(self, payload, tag, model):
-    batch = real_submit(self, payload, tag, model)
+def submit_then_die(self, payload, tag, model, uploaded=None):
+    batch = real_submit(self, payload, tag, model, uploaded)
     print("provider accepted", batch.batch_id, flush=True)
     os._exit(137)  # killed before Firestore records the batch
 AnthropicProvider.create_batch = submit_then_die

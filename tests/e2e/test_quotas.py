@@ -82,6 +82,18 @@ def test_three_jobs_over_the_limit_finish_whole_and_the_small_one_is_not_starved
         assert [r["custom_id"] for r in results] == [f"{name}-{i}" for i in range(count)]
         assert {r["status"] for r in results} == {"succeeded"}
     assert len(pipeline.store.get_chunks(big)) >= 8  # cut to fit the quota
+    # Chunks that waited for their quota had their input uploaded ahead, and their
+    # batches were made from those uploads (services/upload_ahead.py).
+    ahead = [c for c in pipeline.store.get_chunks(big) if c.uploaded_input]
+    assert ahead, "no chunk of the big job was uploaded ahead"
+    for chunk in ahead:
+        reply = requests.get(
+            f"{pipeline.emulator_url('openai')}/v1/batches/{chunk.batch_id}",
+            headers={"Authorization": "Bearer sk-e2e"},
+            timeout=10,
+        )
+        reply.raise_for_status()
+        assert reply.json()["input_file_id"] == chunk.uploaded_input, chunk
     assert uses and 0 < max(uses) <= QUOTA_TOKENS, max(uses, default=None)
     assert quota(pipeline)["over_quota"] == failed_before  # none failed for the quota
     # Not starved: the small job's chunk went out while the big one still had chunks

@@ -116,12 +116,15 @@ def test_the_code_facts_are_what_the_checks_rely_on(code: c.CodeFacts) -> None:
     assert facts["vertex"].google_api == "aiplatform.googleapis.com" and facts["vertex"].agent_io
     assert facts["vertex"].methods["create_batch"][1] == {"create_batch_prediction_job"}
     assert facts["vertex"].methods["iter_results"][0] == {"list_prefix", "open_read"}
-    # cancel: a job canceled while it is planned, or a duplicate batch of a stalled submit.
+    # cancel: a job canceled while it is planned, or a duplicate batch of a stalled submit;
+    # upload_input/discard_input: a chunk waiting for its quota has its input uploaded ahead.
     assert code.uses["submit"].provider_methods == {
         "create_batch",
         "find_batches",
         "get_batch",
         "cancel",
+        "upload_input",
+        "discard_input",
     }
     assert code.uses["collect"].provider_methods == {"get_batch", "iter_results"}
     assert "list_prefix" in code.uses["collect"].blob_operations

@@ -58,10 +58,10 @@ def die_at(hook):
     def killer(cls):
         real = cls.create_batch
 
-        def create_batch(self, payload, tag, model):
+        def create_batch(self, payload, tag, model, uploaded=None):
             if hook == "before_create":
                 os.kill(os.getpid(), signal.SIGKILL)
-            batch = real(self, payload, tag, model)
+            batch = real(self, payload, tag, model, uploaded)
             if hook == "after_create":
                 os.kill(os.getpid(), signal.SIGKILL)
             return batch

@@ -430,10 +430,10 @@ def test_a_live_submitter_whose_create_takes_five_minutes_is_never_taken_over(
     real_create = provider.create_batch
     started, gate = threading.Event(), threading.Event()
 
-    def five_minutes(payload: StagedPayload, tag: Any, model: str) -> Any:
+    def five_minutes(payload: StagedPayload, tag: Any, model: str, uploaded: Any = None) -> Any:
         started.set()
         assert gate.wait(WAIT), "the test never let the create finish"
-        return real_create(payload, tag, model)
+        return real_create(payload, tag, model, uploaded)
 
     monkeypatch.setattr(provider, "create_batch", five_minutes)
     job = deps.store.get_job(job_id)

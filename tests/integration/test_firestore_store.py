@@ -255,6 +255,7 @@ def test_chunk_round_trip_keeps_every_field(store: FirestoreJobStore) -> None:
         not_before=NOW + 30.5,
         requeues=2,
         quota_refused=["batch_over"],
+        uploaded_input="file-abc",
         requests_uri="gs://work/jobs/job-c/requests/01/0000000004.jsonl",
     )
     bare = Chunk("job-c", 3, "", "", 0, 0, "", "")

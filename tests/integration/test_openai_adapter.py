@@ -21,7 +21,7 @@ from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from batchline.adapters.providers.openai import OpenAIProvider
+from batchline.adapters.providers.openai import UPLOAD_TTL_SECONDS, OpenAIProvider
 from batchline.domain.models import BatchState, BatchTag, ProviderBatch, ResultStatus
 from batchline.domain.providers.openai import encode
 from batchline.domain.requests import InvalidLine, Request, parse_line
@@ -198,6 +198,72 @@ def test_iter_results_of_a_batch_that_never_ran(
     assert batch.state is BatchState.FAILED
     assert batch.errors and all("(line 1)" in e for e in batch.errors)
     assert list(provider.iter_results(batch)) == []
+
+
+# --------------------------------------------------------------------------- uploads ahead
+
+
+def unopenable() -> StagedPayload:
+    """A payload that must not be read: the batch is made from an upload."""
+
+    def refuse() -> Any:
+        raise AssertionError("the payload was read again")
+
+    return StagedPayload("gs://work/jobs/j/chunks/0/input.jsonl", 1, refuse)
+
+
+def batch_files(openai_emulator: Any) -> list[Any]:
+    return list(openai_emulator.client().files.list(purpose="batch"))
+
+
+def test_an_upload_ahead_expires_and_its_batch_is_made_without_a_second_upload(
+    provider: OpenAIProvider, openai_emulator: Any
+) -> None:
+    tag = BatchTag("job-0123456789abcdef", 7)
+    file_id = provider.upload_input(payload(simple_requests(3)), tag)
+    [stored] = batch_files(openai_emulator)
+    assert stored.id == file_id and stored.filename == "job-0123456789abcdef-00007.jsonl"
+    assert stored.expires_at == stored.created_at + UPLOAD_TTL_SECONDS == stored.created_at + 604800
+    batch = provider.create_batch(unopenable(), tag, MODEL, uploaded=file_id)
+    assert batch.native["input_file_id"] == file_id and batch.tag == tag
+    assert [f.id for f in batch_files(openai_emulator)] == [file_id]  # no second upload
+    ended = wait_ended(provider, batch.batch_id)
+    results = list(provider.iter_results(ended))
+    assert sorted(r.request_id for r in results) == ["bl-1", "bl-2", "bl-3"]
+    assert {r.status for r in results} == {ResultStatus.SUCCEEDED}
+    # One file feeds several batches (a chunk sent again after its quota refused it).
+    again = provider.create_batch(unopenable(), tag, MODEL, uploaded=file_id)
+    assert again.native["input_file_id"] == file_id and again.batch_id != batch.batch_id
+
+
+def test_a_batch_from_a_deleted_upload_is_made_from_a_fresh_one(
+    provider: OpenAIProvider, openai_emulator: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    tag = BatchTag("job-gone", 0)
+    staged = payload(simple_requests(2))
+    file_id = provider.upload_input(staged, tag)
+    provider.discard_input(file_id)
+    assert batch_files(openai_emulator) == []
+    provider.discard_input(file_id)  # gone already: fine
+    batch = provider.create_batch(staged, tag, MODEL, uploaded=file_id)
+    [fresh] = batch_files(openai_emulator)
+    assert batch.native["input_file_id"] == fresh.id != file_id
+    assert fresh.expires_at == fresh.created_at + UPLOAD_TTL_SECONDS
+    assert "the input uploaded ahead is gone; uploading it again" in caplog.messages
+    ended = wait_ended(provider, batch.batch_id)
+    assert len(list(provider.iter_results(ended))) == 2
+
+
+def test_a_create_refused_otherwise_is_not_uploaded_again(
+    provider: OpenAIProvider, openai_emulator: Any
+) -> None:
+    tag = BatchTag("job-refused", 0)
+    file_id = provider.upload_input(payload(simple_requests(2)), tag)
+    openai_emulator.admin({"api_error_next": 1, "api_error_status": 400})
+    with pytest.raises(ProviderError) as info:
+        provider.create_batch(unopenable(), tag, MODEL, uploaded=file_id)
+    assert info.value.status == 400 and not info.value.retryable
+    assert [f.id for f in batch_files(openai_emulator)] == [file_id]
 
 
 # --------------------------------------------------------------------------- find_batches

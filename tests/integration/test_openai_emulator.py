@@ -24,6 +24,7 @@ from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from batchline_emulators import openai as emulator_module
 from batchline_emulators._wsgi import start_in_thread
 from batchline_emulators.openai import CONTENT_PREFIX, EmulatorConfig, make_app
 
@@ -403,6 +404,63 @@ def test_line_faults_go_to_the_error_file(client: OpenAI, openai_emulator: Any) 
     openai_emulator.admin({"seed": 8})
     other_seed, _ = wait(client, create(client, file_id).id)
     assert {e["custom_id"] for e in read_jsonl(client, other_seed.error_file_id)} != set(by_id)
+
+
+def line_answers(client: OpenAI, batch: Any) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Each line's status and body, but for when it was answered (`created`)."""
+    found = {}
+    for entry in read_jsonl(client, batch.output_file_id) + read_jsonl(client, batch.error_file_id):
+        body = dict(entry["response"]["body"])
+        body.pop("created", None)
+        found[entry["custom_id"]] = (entry["response"]["status_code"], body)
+    return found
+
+
+def test_a_batch_file_is_planned_at_upload_and_its_creates_reuse_the_plan(
+    client: OpenAI, openai_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create answers at once: the file was planned when it was uploaded. A config
+    changed since (a fault configured after the upload) is planned again, and applies."""
+    plans: list[str] = []
+    real_plan = emulator_module.plan_batch
+
+    def counted(content: bytes, endpoint: str, config: EmulatorConfig) -> Any:
+        plans.append(endpoint)
+        return real_plan(content, endpoint, config)
+
+    monkeypatch.setattr(emulator_module, "plan_batch", counted)
+    lines = [chat_line(f"p{i:02d}", f"line {i}") for i in range(40)]
+    lines[3]["body"]["messages"][0]["content"] += " [emulator:fail=500]"
+    file_id = upload(client, lines)
+    assert plans == [CHAT]  # planned at upload
+    first, _ = wait(client, create(client, file_id, metadata={"n": "1"}).id)
+    second, _ = wait(client, create(client, file_id).id)
+    assert plans == [CHAT]  # both creates reused it
+    assert first.request_counts.model_dump() == second.request_counts.model_dump()
+    assert (first.request_counts.completed, first.request_counts.failed) == (39, 1)
+    assert len(line_answers(client, first)) == 40
+    assert line_answers(client, first) == line_answers(client, second)
+
+    openai_emulator.admin({"cancel_seconds": 0.25})  # a config that plans the same
+    replanned, _ = wait(client, create(client, file_id).id)
+    assert plans == [CHAT, CHAT]  # another config: planned again, the same batch
+    assert line_answers(client, replanned) == line_answers(client, first)
+    assert replanned.request_counts.model_dump() == first.request_counts.model_dump()
+
+    openai_emulator.admin({"line_fail_rate": 0.5, "seed": 7})  # a fault after the upload
+    faulty, _ = wait(client, create(client, file_id).id)
+    assert len(plans) == 3
+    assert faulty.request_counts.failed > 1  # it applies
+    assert faulty.request_counts.completed + faulty.request_counts.failed == 40
+
+
+def test_a_file_of_another_endpoint_is_planned_again_at_create(client: OpenAI) -> None:
+    """Planned at upload for its first line's url (chat); a create for embeddings plans
+    it again, and every line is wrong for that endpoint."""
+    file_id = upload(client, [chat_line("e0", "hi"), chat_line("e1", "there")])
+    batch, _ = wait(client, create(client, file_id, endpoint="/v1/embeddings").id)
+    assert batch.status == "failed"
+    assert {e.code for e in batch.errors.data} >= {"invalid_url"}
 
 
 def test_all_lines_failed_means_no_output_file(client: OpenAI) -> None:

@@ -314,8 +314,10 @@ class CrashingOnce:
         self.name = inner.name
         self.crashed = False
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
-        batch = self.inner.create_batch(payload, tag, model)
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
+        batch = self.inner.create_batch(payload, tag, model, uploaded)
         if not self.crashed:
             self.crashed = True
             raise CrashAfterSubmit

@@ -60,6 +60,16 @@ class FakeProvider:
     def __init__(self, clock: FakeClock, *, tags: bool = True) -> None:
         self.clock = clock
         self.tags = tags
+        # Inputs go up as files first, as at OpenAI (`upload_input`); a provider without
+        # tags (Anthropic) takes its requests inline and uploads nothing.
+        self.takes_uploads = tags
+        self.files: dict[str, bytes] = {}  # uploaded inputs, by id
+        self.uploads: list[BatchTag] = []  # every upload, ahead or inside a create
+        self.discarded: list[str] = []
+        self.created_from: dict[str, str | None] = {}  # batch id -> its input file
+        # Called once, right after the next upload (before its id is returned).
+        self.stall_after_upload: Callable[[], object] | None = None
+        self.crash_after_upload = False
         self.id_prefix = "batch_"  # batch ids are unique across providers, as in life
         self.usage = {"input_tokens": 10, "output_tokens": 5}  # of every answer
         self.batches: dict[str, FakeBatch] = {}
@@ -72,10 +82,47 @@ class FakeProvider:
         # Raised by the next submit, once, before anything is created.
         self.fail_create: Exception | None = None
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
+        if not self.takes_uploads:
+            return None
         with payload.open() as stream:
-            # OpenAI's and Anthropic's lines carry `custom_id`, Vertex's a request label.
-            ids = [_id(orjson.loads(line)) for line in stream.read().splitlines()]
+            data = stream.read()
+        file_id = f"file-{len(self.uploads)}"
+        self.files[file_id] = data
+        self.uploads.append(tag)
+        if self.stall_after_upload is not None:
+            stall, self.stall_after_upload = self.stall_after_upload, None
+            stall()
+        if self.crash_after_upload:
+            self.crash_after_upload = False
+            raise CrashAfterSubmit
+        return file_id
+
+    def discard_input(self, file_id: str) -> None:
+        self.discarded.append(file_id)
+        self.files.pop(file_id, None)
+
+    def _input(
+        self, payload: StagedPayload, tag: BatchTag, uploaded: str | None
+    ) -> tuple[str | None, bytes]:
+        """The batch's input file and content: the upload named (if the provider still
+        has it), else a fresh upload (as OpenAI's adapter does), else the payload itself
+        (inline)."""
+        if uploaded is not None and uploaded in self.files:
+            return uploaded, self.files[uploaded]
+        if self.takes_uploads:
+            fresh = self.upload_input(payload, tag)
+            assert fresh is not None
+            return fresh, self.files[fresh]
+        with payload.open() as stream:
+            return None, stream.read()
+
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
+        file_id, data = self._input(payload, tag, uploaded)
+        # OpenAI's and Anthropic's lines carry `custom_id`, Vertex's a request label.
+        ids = [_id(orjson.loads(line)) for line in data.splitlines()]
         if self.fail_create is not None:
             error, self.fail_create = self.fail_create, None
             raise error
@@ -90,6 +137,7 @@ class FakeProvider:
             self.clock.now(),
         )
         self.batches[batch.batch_id] = FakeBatch(batch, ids, set(ids))
+        self.created_from[batch.batch_id] = file_id
         if self.stall_after_create is not None:
             stall, self.stall_after_create = self.stall_after_create, None
             stall()

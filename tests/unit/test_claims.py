@@ -286,6 +286,13 @@ EVENTS: dict[str, Event] = {
         chunk(ChunkState.SUBMITTING),
         chunk(ChunkState.RUNNING),
     ),
+    "input uploaded ahead": Event(
+        "noted",
+        lambda c: claims.note_upload(c, "file-up", NOW),
+        lambda c: replace(c, uploaded_input="file-up", updated_at=NOW),
+        chunk(ChunkState.PENDING),
+        chunk(ChunkState.SUBMITTING),
+    ),
     "nothing to adopt (canceling)": Event(
         "ended unsent",
         lambda c: claims.end_unsubmitted(c, ME, NOW),
@@ -496,6 +503,8 @@ LEASES: dict[str, tuple[str, ...]] = {
     "quota full (create refused)":  (NOT_MINE,    "requeued",   "requeued",   NOT_MINE,     NOT_MINE,     DONE),
     "batch failed for the quota":   ("requeued",  "requeued",   "requeued",   "requeued",   "requeued",   DONE),
     "adopted a batch failed for the quota": ("requeued", "requeued", "requeued", "requeued", "requeued", DONE),
+    # Uploaded while it waits for its quota: a pending chunk notes the first upload.
+    "input uploaded ahead":         ("noted",     "noted",      "noted",      "noted",      "noted",      DONE),
     "nothing to adopt (canceling)": (NOT_MINE,    "ended unsent", "ended unsent", NOT_MINE, NOT_MINE,     DONE),
     # The first batch recorded wins, even from a submit that outlived its lease.
     "record the batch":             ("recorded",  "recorded",   "recorded",   "recorded",   "recorded",   DONE),
@@ -651,6 +660,42 @@ STATES = [
         chunk(ChunkState.ENDED, batch_id=None),
         DONE,
         id="a chunk that recorded no batch is not given one (its lines are collected)",
+    ),
+    pytest.param(
+        "input uploaded ahead",
+        chunk(ChunkState.PENDING, uploaded_input="file-first"),
+        DONE,
+        id="a second upload of the same chunk loses (its uploader discards it)",
+    ),
+    pytest.param(
+        "input uploaded ahead",
+        chunk(ChunkState.PENDING, not_before=NOW + 30, requeues=1),
+        "noted",
+        id="a chunk waiting out a quota backoff notes its upload",
+    ),
+    pytest.param(
+        "input uploaded ahead",
+        chunk(ChunkState.RUNNING),
+        DONE,
+        id="a chunk whose batch runs does not note a late upload",
+    ),
+    pytest.param(
+        "batch failed for the quota",
+        chunk(ChunkState.RUNNING, uploaded_input="file-up"),
+        "requeued",
+        id="a chunk sent back by the quota keeps its uploaded input (it feeds the next batch)",
+    ),
+    pytest.param(
+        "quota full (create refused)",
+        chunk(ChunkState.SUBMITTING, lease=Lease(ME, NOW + 30), uploaded_input="file-up"),
+        "requeued",
+        id="a create refused for the quota keeps the uploaded input",
+    ),
+    pytest.param(
+        "input uploaded ahead",
+        chunk(ChunkState.ENDED),
+        DONE,
+        id="an ended chunk does not note an upload",
     ),
     pytest.param(
         "orphans found",

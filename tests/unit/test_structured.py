@@ -43,8 +43,8 @@ class SchemaProvider(FakeProvider):
         self.turns: dict[tuple[str, str], int] = {}
         self.sent: list[dict[str, object]] = []
 
-    def create_batch(self, payload: StagedPayload, tag, model):  # type: ignore[no-untyped-def]
-        batch = super().create_batch(payload, tag, model)
+    def create_batch(self, payload: StagedPayload, tag, model, uploaded=None):  # type: ignore[no-untyped-def]
+        batch = super().create_batch(payload, tag, model, uploaded)
         with payload.open() as stream:
             for raw in stream.read().splitlines():
                 request = orjson.loads(raw)

@@ -651,6 +651,15 @@ def requeue_adopted(chunk: Chunk, batch: ProviderBatch, now: float, until: float
     )
 
 
+def note_upload(chunk: Chunk, file_id: str, now: float) -> Chunk | Leave:
+    """The chunk's input was uploaded to its provider ahead of its quota (`file_id`):
+    noted while the chunk is pending and has none. Otherwise another invocation uploaded
+    it first, or the chunk moved on: the uploader discards its own file."""
+    if chunk.state is not ChunkState.PENDING or chunk.uploaded_input is not None:
+        return Leave.DONE
+    return replace(chunk, uploaded_input=file_id, updated_at=now)
+
+
 @dataclass(frozen=True)
 class Ask:
     """A chunk asking for room in a quota pool: its hold's key (`models.hold_key`), its

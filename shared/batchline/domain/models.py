@@ -450,6 +450,10 @@ class Chunk:
     requeues: int = 0
     #: Batches the provider created for it and then failed for its quota: never adopted.
     quota_refused: list[str] = field(default_factory=list)
+    #: The provider's id of the chunk's input, uploaded while the chunk waited for its
+    #: quota (`services/upload_ahead.py`): its batch is created from it, with no upload
+    #: inside the hold. Kept when the chunk is sent again (one file feeds several batches).
+    uploaded_input: str | None = None
 
     def to(self, target: ChunkState, now: float, **changes: Any) -> Chunk:
         """A copy moved to `target` at `now` with `changes`; InvalidTransition if the move is not allowed."""

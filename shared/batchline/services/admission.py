@@ -10,6 +10,8 @@ document changed only in transactions by the rules `claims.reserve` and
    first; else the job is noted as waiting, and the reason comes back. Dying after it
    leaves the hold with the chunk still pending or submitting: the chunk's next
    submitter takes the same hold again (`reserve` keys it by chunk), never a second one.
+   A chunk told to wait has its input uploaded meanwhile (`upload_ahead`), so that only
+   the batch's create runs inside its hold.
 2. `release`, once the chunk's batch has ended, or the chunk ends or goes back to
    pending without one (`dispatch`, `submitting.refused`). Dying before it leaves a hold
    whose chunk is not in flight: `sweep` frees it the next time the pool is found full.

@@ -25,7 +25,7 @@ from batchline.domain import claims
 from batchline.domain.claims import Change, LeaseState, LeaseTerms, Leave
 from batchline.domain.models import Chunk, ChunkState, Job, JobState
 from batchline.log import fields, get_logger
-from batchline.services import admission, cancel, dispatch, follow, messages
+from batchline.services import admission, cancel, dispatch, follow, messages, upload_ahead
 from batchline.services.leases import Keeper, contended
 from batchline.services.plan import plan_job
 
@@ -142,6 +142,7 @@ def _advance_chunks(
         updated = _step(deps, job, chunk, owner, waits)
         if updated is not None:
             chunks[i] = updated
+    upload_ahead.upload_waiting(deps, chunks, waits, deadline, keeper)  # while they wait
     job = _note_waiting(deps, job, waits)
     now = deps.clock.now()
     if all(c.state is ChunkState.ENDED for c in chunks):

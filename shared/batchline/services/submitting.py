@@ -28,18 +28,31 @@ RECORD_BACKOFF_SECONDS = 1.0
 
 
 def create(deps: Deps, provider: ProviderClient, chunk: Chunk) -> ProviderBatch:
-    """Create `chunk`'s batch from its staged payload."""
-    payload = StagedPayload(
+    """Create `chunk`'s batch from its input uploaded while it waited for its quota
+    (`upload_ahead`), if it has one, else from its staged payload."""
+    tag = BatchTag(chunk.job_id, chunk.index)
+    batch = provider.create_batch(
+        staged(deps, chunk), tag, chunk.model, uploaded=chunk.uploaded_input
+    )
+    log.info(
+        "submitted",
+        extra=context(
+            chunk,
+            batch_id=batch.batch_id,
+            requests=chunk.request_count,
+            uploaded_input=chunk.uploaded_input,
+        ),
+    )
+    return batch
+
+
+def staged(deps: Deps, chunk: Chunk) -> StagedPayload:
+    """`chunk`'s payload as staged in the work bucket (read only when opened)."""
+    return StagedPayload(
         chunk.payload_uri,
         chunk.payload_bytes,
         functools.partial(deps.blobs.open_read, chunk.payload_uri),
     )
-    batch = provider.create_batch(payload, BatchTag(chunk.job_id, chunk.index), chunk.model)
-    log.info(
-        "submitted",
-        extra=context(chunk, batch_id=batch.batch_id, requests=chunk.request_count),
-    )
-    return batch
 
 
 def record(

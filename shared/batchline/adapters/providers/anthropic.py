@@ -86,7 +86,16 @@ class AnthropicProvider:
             )
         return self._sdk_client
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> None:
+        """Anthropic takes the requests inline, in the create: nothing to upload ahead."""
+        return None
+
+    def discard_input(self, file_id: str) -> None:
+        return None
+
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
         """Create the batch. Retried only while Anthropic answers that it made none (429,
         529); any other failure may have made one, and is raised for the caller to settle
         (`services/create_lock.py`): a second create could make a second batch."""

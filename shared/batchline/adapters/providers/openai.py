@@ -3,6 +3,9 @@
 The SDK is imported on first use, not at module load: cold start matters more than the
 first call's latency. Creation is not idempotent at OpenAI, so every batch carries its
 job and chunk in `metadata`, and `find_batches` looks for it before a second submit.
+
+A batch's input is a file uploaded first: `upload_input` uploads it while the chunk
+waits for its quota, so that `create_batch(uploaded=...)` only creates the batch.
 """
 
 from __future__ import annotations
@@ -20,16 +23,23 @@ from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import openai as wire
 from batchline.domain.providers.openai import OpenAISettings
 from batchline.errors import ProviderError
+from batchline.log import fields, get_logger
 from batchline.ports import BlobStore, StagedPayload
 
 if TYPE_CHECKING:
     import openai
+
+log = get_logger(__name__)
 
 JOB_KEY = "batchline_job"
 CHUNK_KEY = "batchline_chunk"
 LIST_PAGE = 100
 # Per HTTP request; with the SDK's retries a call stays well inside a chunk's lease.
 REQUEST_TIMEOUT_SECONDS = 120.0
+#: How long an uploaded input file lives at OpenAI: a chunk waits for its quota at most
+#: `max_queue_hours` (72 h) and its batch runs in a 24 h window; an upload whose uploader
+#: died before noting it goes away by itself.
+UPLOAD_TTL_SECONDS = 7 * 24 * 3600
 
 
 class OpenAIProvider:
@@ -69,19 +79,50 @@ class OpenAIProvider:
             )
         return self._sdk_client
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
-        with _errors("submitting"), payload.open() as stream:
+    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str:
+        """Upload the chunk's input file; it expires by itself after `UPLOAD_TTL_SECONDS`
+        (an upload whose uploader died before noting it is never deleted otherwise)."""
+        with _errors("uploading the input"), payload.open() as stream:
             file = self._client.files.create(
                 file=(f"{tag.job_id}-{tag.chunk:05d}.jsonl", stream, "application/jsonl"),
                 purpose="batch",
+                expires_after={"anchor": "created_at", "seconds": UPLOAD_TTL_SECONDS},
             )
+        return file.id
+
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
+        if uploaded is not None:
+            try:
+                return self._create(uploaded, tag)
+            except ProviderError as exc:
+                if not _input_gone(exc):
+                    raise
+                log.warning(
+                    "the input uploaded ahead is gone; uploading it again",
+                    extra=fields(job_id=tag.job_id, chunk=tag.chunk, file_id=uploaded),
+                )
+        return self._create(self.upload_input(payload, tag), tag)
+
+    def _create(self, file_id: str, tag: BatchTag) -> ProviderBatch:
+        with _errors("submitting"):
             batch = self._client.batches.create(
-                input_file_id=file.id,
+                input_file_id=file_id,
                 endpoint="/v1/chat/completions",
                 completion_window="24h",
                 metadata={JOB_KEY: tag.job_id, CHUNK_KEY: str(tag.chunk)},
             )
         return _to_batch(batch)
+
+    def discard_input(self, file_id: str) -> None:
+        try:
+            with _errors(f"deleting file {file_id}"):
+                self._client.files.delete(file_id)
+        except ProviderError as exc:
+            if exc.status == 404:  # expired, or deleted already
+                return
+            raise
 
     def find_batches(
         self, tag: BatchTag, created_after: float, created_before: float, request_count: int
@@ -127,6 +168,21 @@ class OpenAIProvider:
             if exc.status == 409:  # already ended: nothing left to cancel
                 return
             raise
+
+
+def _input_gone(exc: ProviderError) -> bool:
+    """Whether OpenAI refused a create because its input file is gone (expired or
+    deleted): a 404, or a 400 about `input_file_id`."""
+    import openai
+
+    cause = exc.__cause__
+    if exc.status == 404:
+        return True
+    return (
+        exc.status == 400
+        and isinstance(cause, openai.APIStatusError)
+        and getattr(cause, "param", None) == "input_file_id"
+    )
 
 
 def _to_batch(batch: Any) -> ProviderBatch:

@@ -127,7 +127,16 @@ class VertexProvider:
             )
         return self._retry
 
-    def create_batch(self, payload: StagedPayload, tag: BatchTag, model: str) -> ProviderBatch:
+    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> None:
+        """Vertex AI reads the staged payload from GCS itself: nothing to upload ahead."""
+        return None
+
+    def discard_input(self, file_id: str) -> None:
+        return None
+
+    def create_batch(
+        self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
+    ) -> ProviderBatch:
         """Create the job over the staged payload (Vertex reads it from GCS: no upload).
 
         Not retried here: a create that failed on the way back may have created the job,
