@@ -65,7 +65,7 @@ def test_waiting_chunks_are_uploaded_ahead_and_created_from_their_upload() -> No
     assert [r["status"] for r in lines] == ["succeeded"] * 3
 
 
-def test_at_most_two_uploads_per_job_and_advance_in_chunk_order() -> None:
+def test_a_job_keeps_at_most_two_chunks_uploaded_ahead_in_chunk_order() -> None:
     deps, provider, _ = quota_deps(TOKENS, max_requests=1)
     job_id = submit(deps, 6, "a")
     assert [c.uploaded_input is not None for c in chunks(deps, job_id)] == [
@@ -76,12 +76,15 @@ def test_at_most_two_uploads_per_job_and_advance_in_chunk_order() -> None:
         False,
         False,
     ]
-    poll(deps)  # chunk 0 still runs: the next two go up
-    assert [c.index for c in chunks(deps, job_id) if c.uploaded_input] == [1, 2, 3, 4]
     poll(deps)
-    poll(deps)  # every waiting chunk has its upload: nothing more goes up
-    assert [c.index for c in chunks(deps, job_id) if c.uploaded_input] == [1, 2, 3, 4, 5]
-    assert len(provider.uploads) == 6
+    poll(deps)  # chunk 0 still runs: two are up already, nothing more goes up
+    assert [c.index for c in chunks(deps, job_id) if c.uploaded_input] == [1, 2]
+    assert len(provider.uploads) == 3
+    end_batch(provider, "batch_0")
+    poll(deps)  # chunk 1 goes from its upload; chunk 3 goes up in its place
+    assert provider.created_from["batch_1"] == "file-1"
+    assert [c.index for c in chunks(deps, job_id) if c.uploaded_input] == [1, 2, 3]
+    assert len(provider.uploads) == 4
 
 
 def test_no_upload_ahead_past_the_deadline_once_the_lease_is_lost_or_for_a_full_pool() -> None:

@@ -38,8 +38,9 @@ from batchline.services.submitting import context, staged
 
 log = get_logger(__name__)
 
-#: At most this many uploads per job and advance: a waiting chunk needs its input only
-#: when its turn comes, and an advance has other jobs' work behind it.
+#: A job keeps at most this many chunks uploaded and waiting: enough for the next
+#: batches that end (they end one at a time), while the provider's file storage and the
+#: advancing invocation's time (an ended batch waits while an upload runs) stay small.
 UPLOAD_AHEAD = 2
 
 
@@ -47,13 +48,14 @@ def upload_waiting(
     deps: Deps, chunks: list[Chunk], waits: dict[str, str], deadline: float, keeper: Keeper
 ) -> int:
     """Upload the inputs of `chunks` that wait for their quota (pending, in a pool that
-    `waits` names) and have none uploaded yet: at most `UPLOAD_AHEAD`, in chunk order,
-    while the `deadline` and the job's lease (`keeper`) allow. Returns how many it
-    uploaded. A provider that fails an upload is not asked again in this advance (the
-    chunk is uploaded in its create if its turn comes first)."""
+    `waits` names) and have none uploaded yet, in chunk order, until `UPLOAD_AHEAD` of the
+    job's pending chunks have one, while the `deadline` and the job's lease (`keeper`)
+    allow. Returns how many it uploaded. A provider that fails an upload is not asked
+    again in this advance (the chunk is uploaded in its create if its turn comes first)."""
+    ahead = sum(1 for c in chunks if c.state is ChunkState.PENDING and c.uploaded_input)
     done = 0
     for chunk in chunks:
-        if done >= UPLOAD_AHEAD or deps.clock.now() >= deadline or keeper.lost:
+        if ahead >= UPLOAD_AHEAD or deps.clock.now() >= deadline or keeper.lost:
             break
         if not _waiting(deps, chunk, waits):
             continue
@@ -64,6 +66,7 @@ def upload_waiting(
             break
         if file_id is not None:
             done += 1
+            ahead += 1
             _note(deps, chunk, file_id)
     return done
 
