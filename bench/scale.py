@@ -80,6 +80,13 @@ FULL = 0.90  # "the queue held at least 90% of its quota"
 #: being in the same ratio in every chunk (a refusal costs a 60 s backoff).
 EMULATOR_MARGIN = 1.05
 SECTION = "Scale run"
+#: The emulator's pace, lines a second a batch: a full chunk's batch (47,500 requests)
+#: lasts ~190 s. Real batches take minutes to hours (OpenAI's window is 24 h), and what a
+#: turnover costs (the webhook, poll's round, the create: ~1-2 s here) is about the same
+#: whatever the batch's length, so the shorter the batch, the more that cost weighs; at
+#: 2,500 lines/s (19 s batches) it weighs ~10x what it does here, and ~100x what it does
+#: against a real batch of half an hour.
+LINES_PER_SECOND = 250.0
 GENERATOR_VERSION = 1
 
 _WORD_TEXT = (
@@ -102,7 +109,10 @@ every `--tick-seconds`), default chunk limits (OpenAI 47,500 requests / 190 MB a
 input of small OpenAI lines (one user message of 8-40 words, `max_tokens` 16) uploaded to
 the input bucket. Quota: `BATCHLINE_QUOTAS` gives `openai/gpt-4.1-mini` an enqueued-token
 quota of a quarter of the file's estimated input tokens; the OpenAI emulator enforces the
-same quota in its own token count (plus 5%), so admission paces the job. Wall time: upload
+same quota in its own token count (plus 5%), so admission paces the job, and answers
+`--lines-per-second` (250) lines a second a batch: a full chunk's batch lasts ~190 s,
+still far shorter than a real one (a turnover's fixed cost, ~1-2 s here from the batch's
+end to the next batch in the queue, weighs more the shorter the batch). Wall time: upload
 start to the job's end state. Peak RSS: `VmHWM` of each function's largest gunicorn worker
 plus its master (the processes of one instance), against the issue's 512 MiB (infra's
 default `memory` is 1Gi for submit, poll, collect and api, 256Mi for notify). Firestore
@@ -633,7 +643,12 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--quota-share", type=float, default=0.25)
-    parser.add_argument("--lines-per-second", type=float, default=2_500.0)
+    parser.add_argument(
+        "--lines-per-second",
+        type=float,
+        default=LINES_PER_SECOND,
+        help="the OpenAI emulator's pace, a batch (default: a full chunk's batch ~3 min)",
+    )
     parser.add_argument("--tick-seconds", type=float, default=2.0)
     parser.add_argument("--sample-seconds", type=float, default=0.5)
     parser.add_argument(
