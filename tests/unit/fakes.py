@@ -66,6 +66,7 @@ class FakeProvider:
         self.files: dict[str, bytes] = {}  # uploaded inputs, by id
         self.uploads: list[BatchTag] = []  # every upload, ahead or inside a create
         self.discarded: list[str] = []
+        self.fail_discard: Exception | None = None  # raised by the next discard, once
         self.created_from: dict[str, str | None] = {}  # batch id -> its input file
         # Called once, right after the next upload (before its id is returned).
         self.stall_after_upload: Callable[[], object] | None = None
@@ -99,6 +100,9 @@ class FakeProvider:
         return file_id
 
     def discard_input(self, file_id: str) -> None:
+        if self.fail_discard is not None:
+            error, self.fail_discard = self.fail_discard, None
+            raise error
         self.discarded.append(file_id)
         self.files.pop(file_id, None)
 

@@ -14,6 +14,7 @@ from batchline.bootstrap import Deps
 from batchline.domain.models import BatchState, BatchTag, Chunk, ChunkState, JobState, hold_key
 from batchline.errors import ProviderError
 from batchline.services import upload_ahead
+from batchline.services.cancel import request_cancel
 from batchline.services.poll import poll
 
 from .fakes import CrashAfterSubmit, FakeProvider
@@ -261,3 +262,15 @@ def test_death_after_a_create_from_the_upload_the_batch_is_adopted_not_made_agai
     second = chunks(deps, job_id)[1]
     assert (second.state, second.batch_id) == (ChunkState.RUNNING, "batch_1")
     assert batches_of(provider, job_id, 1) == ["batch_1"] and len(provider.uploads) == 2
+
+
+def test_a_canceled_job_s_uploads_ahead_are_deleted() -> None:
+    deps, provider, clock = quota_deps(TOKENS, max_requests=1)
+    job_id = submit(deps, 3, "a")
+    assert [c.uploaded_input for c in chunks(deps, job_id)] == [None, "file-1", "file-2"]
+    provider.fail_discard = ProviderError("HTTP 500: try later", retryable=True, status=500)
+    assert request_cancel(deps.store, job_id, clock.now()) is not None
+    poll(deps)  # the pending chunks end canceled; their uploads are deleted (one fails)
+    assert [c.state for c in chunks(deps, job_id)][1:] == [ChunkState.ENDED] * 2
+    assert provider.discarded == ["file-2"]  # file-1's delete failed: it expires
+    assert set(provider.files) == {"file-0", "file-1"}

@@ -15,6 +15,7 @@ from batchline.bootstrap import Deps
 from batchline.domain import claims
 from batchline.domain.claims import Change
 from batchline.domain.models import BatchState, Chunk, ChunkState, Job
+from batchline.errors import ProviderError
 from batchline.log import fields, get_logger
 from batchline.ports import JobStore
 from batchline.services import dispatch
@@ -50,9 +51,12 @@ def settle(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
     """One poll tick's part in canceling `chunk`'s job; the updated chunk, if it changed."""
     now = deps.clock.now()
     if chunk.state is ChunkState.PENDING:
-        return deps.store.update_chunk(
+        ended = deps.store.update_chunk(
             chunk.job_id, chunk.index, Change(claims.cancel_pending, now)
         )
+        if ended is not None and ended.uploaded_input is not None:
+            _discard_upload(deps, ended, ended.uploaded_input)
+        return ended
     if chunk.state is ChunkState.SUBMITTING:
         # A live lease: its holder records the batch, which the next tick cancels. An
         # expired one: the batch its holder may have created is adopted, never a new one.
@@ -68,6 +72,18 @@ def settle(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
             )
         return dispatch.refresh(deps, chunk)
     return None
+
+
+def _discard_upload(deps: Deps, chunk: Chunk, file_id: str) -> None:
+    """A canceled chunk's input uploaded ahead will feed no batch: delete it (best
+    effort: one left, by a failure or a crash right before, expires by itself)."""
+    try:
+        deps.providers.get(chunk.provider).discard_input(file_id)
+    except ProviderError as exc:
+        log.warning(
+            "could not discard a canceled chunk's upload",
+            extra=fields(job_id=chunk.job_id, chunk=chunk.index, error=str(exc)),
+        )
 
 
 def end_long_queue(deps: Deps, job: Job, chunk: Chunk) -> Chunk | None:
