@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import orjson
 
 from batchline.adapters.providers._errors import TranslateErrors, http_retryable
+from batchline.adapters.providers._inline import NoUploads
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import anthropic as wire
@@ -49,7 +50,7 @@ CREATE_BACKOFF_SECONDS = 0.5
 CREATE_BACKOFF_MAX_SECONDS = 8.0
 
 
-class AnthropicProvider:
+class AnthropicProvider(NoUploads):
     name = wire.NAME
 
     def __init__(
@@ -85,13 +86,6 @@ class AnthropicProvider:
                 timeout=self._timeout,
             )
         return self._sdk_client
-
-    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> None:
-        """Anthropic takes the requests inline, in the create: nothing to upload ahead."""
-        return None
-
-    def discard_input(self, file_id: str) -> None:
-        return None
 
     def create_batch(
         self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from batchline.adapters.providers._errors import TranslateErrors
+from batchline.adapters.providers._inline import NoUploads
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import vertex as wire
@@ -55,7 +56,7 @@ def output_prefix(payload_uri: str) -> str:
     return payload_uri.rsplit("/", 1)[0] + "/"
 
 
-class VertexProvider:
+class VertexProvider(NoUploads):
     name = wire.NAME
 
     def __init__(
@@ -126,13 +127,6 @@ class VertexProvider:
                 timeout=self._timeout,
             )
         return self._retry
-
-    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> None:
-        """Vertex AI reads the staged payload from GCS itself: nothing to upload ahead."""
-        return None
-
-    def discard_input(self, file_id: str) -> None:
-        return None
 
     def create_batch(
         self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
