@@ -213,7 +213,8 @@ def start_running(job: Job, now: float) -> Job | Leave:
 def take_for_advance(job: Job, owner: str, now: float, terms: LeaseTerms) -> Job | Leave:
     """Take the lease that lets one invocation at a time move a submitting or running job
     forward (submit, follow or cancel its chunks). Another's live lease is left alone:
-    its holder is at it, and a duplicate trigger or a tick has nothing to add."""
+    its holder is at it (the caller asks it to go round once more: `ask_advance`). Taking
+    clears an ask: the taker goes round anyway, and a dead holder's ask is void."""
     if job.state not in (JobState.SUBMITTING, JobState.RUNNING):
         return Leave.DONE
     if lease_state(job.lease, owner, now) is LeaseState.HELD:
