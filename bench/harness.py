@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import orjson
 from generate import InputMeta, ProviderCounts
 
+from batchline.adapters.providers._inline import NoUploads
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.adapters.providers.vertex import VertexProvider
 from batchline.bootstrap import Deps, Providers
@@ -191,7 +192,7 @@ class DiskBlobStore:
 # --- the provider ---------------------------------------------------------------------------
 
 
-class BenchOpenAI:
+class BenchOpenAI(NoUploads):
     """ProviderClient over pre-generated OpenAI files (bytes in memory, or paths on disk)."""
 
     name = wire.NAME
@@ -213,16 +214,10 @@ class BenchOpenAI:
             batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
         )
 
-    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
-        return None  # the benchmark serves ended batches only: nothing waits to go
-
     def create_batch(
         self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
     ) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
-
-    def discard_input(self, file_id: str) -> None:
-        return None
 
     def find_batches(
         self, tag: BatchTag, created_after: float, created_before: float, request_count: int
@@ -249,7 +244,7 @@ class BenchOpenAI:
         raise NotImplementedError
 
 
-class BenchAnthropic:
+class BenchAnthropic(NoUploads):
     """ProviderClient over pre-generated Anthropic results files (bytes, or paths)."""
 
     name = anthropic_wire.NAME
@@ -265,16 +260,10 @@ class BenchAnthropic:
             batch_id, BatchState.COMPLETED, {}, tag=None, created_at=0.0, native=native
         )
 
-    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
-        return None  # the benchmark serves ended batches only: nothing waits to go
-
     def create_batch(
         self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
     ) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
-
-    def discard_input(self, file_id: str) -> None:
-        return None
 
     def find_batches(
         self, tag: BatchTag, created_after: float, created_before: float, request_count: int
@@ -293,7 +282,7 @@ class BenchAnthropic:
         raise NotImplementedError
 
 
-class BenchVertex:
+class BenchVertex(NoUploads):
     """ProviderClient over pre-generated Vertex prediction files, placed in the BlobStore
     where a job writes them; results are read by the real adapter's `iter_results` (list
     the output directory, stream each `predictions*.jsonl`, split lines, normalise)."""
@@ -323,16 +312,10 @@ class BenchVertex:
             batch_id, BatchState.COMPLETED, {}, tag=tag, created_at=0.0, native=native
         )
 
-    def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
-        return None  # the benchmark serves ended batches only: nothing waits to go
-
     def create_batch(
         self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
     ) -> ProviderBatch:
         raise NotImplementedError("the benchmark serves ended batches only")
-
-    def discard_input(self, file_id: str) -> None:
-        return None
 
     def find_batches(
         self, tag: BatchTag, created_after: float, created_before: float, request_count: int

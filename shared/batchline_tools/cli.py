@@ -326,9 +326,9 @@ def _status(args: argparse.Namespace) -> int:
     job = store.get_job(args.job_id)
     if job is None:
         raise CliError(f"no job {args.job_id}")
-    from batchline.services.api.views import finish_estimate
+    from batchline.services.api.views import job_finish
 
-    finish = finish_estimate(job, store.get_chunks(job.job_id), time.time())
+    finish = job_finish(store, job, time.time())
     if args.json:
         print(orjson.dumps(_job_json(args.job_id, job, finish)).decode())
     else:

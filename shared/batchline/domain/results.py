@@ -238,11 +238,7 @@ class Tally:
             _bump(self.errors, str(error["type"]), sign)
         attempts = record.get("attempts")
         if type(attempts) is list and len(attempts) == 1:  # most lines: one attempt
-            mine = self.providers.get(record["provider"])
-            if mine is None:
-                mine = self.providers[record["provider"]] = _provider_entry()
-            mine["sent"] += sign
-            mine["succeeded" if status == "succeeded" else "failed"] += sign
+            self._count_sent(record["provider"], status, sign)
         else:
             if (attempts if isinstance(attempts, int) else len(attempts or ())) > 1:
                 self.repaired += sign

@@ -26,7 +26,7 @@ from batchline.services.api.models import (
     WebhookReceipt,
 )
 from batchline.services.api.validation import validated
-from batchline.services.api.views import finish_estimate, job_view
+from batchline.services.api.views import job_finish, job_view
 
 LABEL_PARAMETER = "label."
 
@@ -96,9 +96,7 @@ def get_job(call: Call) -> Answer:
     found = wired.store.get_job(call.job_id)
     if found is None:
         raise Missing(f"no job {call.job_id}", "job_id")
-    estimate = None
-    if found.state.value in ("submitting", "running"):  # its chunks say how far it is
-        estimate = finish_estimate(found, wired.store.get_chunks(found.job_id), wired.clock.now())
+    estimate = job_finish(wired.store, found, wired.clock.now())
     return 200, JobView.model_validate(job_view(found, estimate))
 
 

@@ -8,6 +8,10 @@ from dataclasses import asdict
 from typing import Any
 
 from batchline.domain.models import Chunk, Job, JobOptions, JobState
+from batchline.ports import JobStore
+
+#: The states in which a job's chunks are at its providers: it may wait, and has a pace.
+_UNDER_WAY = (JobState.SUBMITTING, JobState.RUNNING)
 
 
 def job_view(job: Job, estimated_finish_at: float | None = None) -> dict[str, Any]:
@@ -28,7 +32,7 @@ def job_view(job: Job, estimated_finish_at: float | None = None) -> dict[str, An
         else None,
         "summary_uri": job.summary_uri if job.state.terminal else None,
         "error": job.error,
-        "waiting": job.waiting if job.state.value in ("submitting", "running") else None,
+        "waiting": job.waiting if job.state in _UNDER_WAY else None,
         "estimated_finish_at": estimated_finish_at,
         "created_at": job.created_at,
         "cancel_requested_at": job.cancel_requested_at,
@@ -45,12 +49,19 @@ def options_view(options: JobOptions) -> dict[str, Any]:
     return view
 
 
+def job_finish(store: JobStore, job: Job, now: float) -> float | None:
+    """`finish_estimate` of `job`, its chunks read only while it is under way."""
+    if job.state not in _UNDER_WAY:
+        return None
+    return finish_estimate(job, store.get_chunks(job.job_id), now)
+
+
 def finish_estimate(job: Job, chunks: list[Chunk], now: float) -> float | None:
     """When `job` should have every first answer, extrapolating its pace so far: the
     lines its first-round batches answered since it was submitted, the same pace for the
     rest (quota waits included, as they happened). None until a line is answered, and
     for a job not submitting or running. Follow-up rounds and collect come after it."""
-    if job.state not in (JobState.SUBMITTING, JobState.RUNNING) or job.submitted_at is None:
+    if job.state not in _UNDER_WAY or job.submitted_at is None:
         return None
     first = [c for c in chunks if not c.round]
     total = sum(c.request_count for c in first)
