@@ -164,10 +164,19 @@ def test_duplicate_job_messages_do_nothing_twice() -> None:
     assert [m["job_id"] for m, _ in published(deps, COLLECT)] == [job_id]  # asked once
 
 
-def test_a_job_message_delivered_while_another_advances_the_job_asks_it_to_go_round_again() -> None:
-    """Two deliveries of the same message at once: the second finds the job's lease live,
-    makes no provider call itself and notes the ask; the first goes round once more
-    before it gives the lease back (what changed meanwhile is not left for a tick)."""
+@pytest.mark.parametrize(
+    ("message", "rounds"),
+    [
+        pytest.param({}, 1, id="a duplicate or a tick: read, left, no write"),
+        pytest.param({"source": "openai-webhook"}, 2, id="news: the holder goes round again"),
+    ],
+)
+def test_a_job_message_delivered_while_another_advances_the_job(
+    message: dict[str, str], rounds: int
+) -> None:
+    """Two deliveries at once: the second finds the job's lease live and makes no
+    provider call itself. Without news it leaves the job as it is; with news (OpenAI's
+    webhook) it notes an ask, and the first goes round once more before letting go."""
     deps, provider, _ = make_deps(max_requests=1)
     job_id = submit(deps, "a", lines=2)
     inside, release = threading.Event(), threading.Event()
@@ -184,16 +193,18 @@ def test_a_job_message_delivered_while_another_advances_the_job_asks_it_to_go_ro
     first = threading.Thread(target=handle, args=(deps, {"job_id": job_id}))
     first.start()
     assert inside.wait(10)
-    seen = sum(calls.values())
-    report = handle(deps, {"job_id": job_id})  # the duplicate, while the first holds it
-    assert sum(calls.values()) == seen  # the duplicate asked nothing of the provider
-    asked = deps.store.get_job(job_id)
-    assert asked is not None and asked.advance_asked_at is not None
+    seen, version = sum(calls.values()), deps.store.get_job(job_id).version  # type: ignore[union-attr]
+    report = handle(deps, {"job_id": job_id, **message})  # while the first holds it
+    assert sum(calls.values()) == seen  # the second asked nothing of the provider
+    after = deps.store.get_job(job_id)
+    assert after is not None
+    assert (after.advance_asked_at is not None) == (rounds == 2)
+    assert after.version == version + (rounds == 2)  # one write for news, none otherwise
     release.set()
     first.join(10)
 
     assert report.errors == []
-    assert sum(calls.values()) == 4  # the first delivery's two status calls, twice
+    assert sum(calls.values()) == 2 * rounds  # the first delivery's two status calls a round
     done = deps.store.get_job(job_id)
     assert done is not None and done.lease is None and done.advance_asked_at is None
 
@@ -214,7 +225,8 @@ def test_a_batch_that_ends_while_its_job_is_at_work_frees_its_quota_for_the_next
         read = get_batch(batch_id)  # still running, as the holder reads it
         if not webhook_sent:
             end_batches(provider, batch_id)  # ...and ends right after
-            webhook_sent.append(handle(deps, {"job_id": job_id}).errors == [])
+            news = {"job_id": job_id, "source": "openai-webhook"}  # as the webhook sends
+            webhook_sent.append(handle(deps, news).errors == [])
         return read
 
     provider.get_batch = ends_after_this_read  # type: ignore[method-assign]

@@ -7,11 +7,11 @@ chunks' provider status calls run several at once (`services/follow.py`). Safe t
 concurrently:
 one invocation at a time advances a submitting or running job, under the job's lease
 (`claims.take_for_advance`, renewed by a heartbeat). The others read the job first and,
-finding the lease live, ask its holder to go round once more (`claims.ask_advance`, one
-write, none when it was asked already) and leave: the holder gives the lease back only
-when nobody asked meanwhile (`claims.release_unless_asked`, in the same transaction), so
-a batch that ends while the job is at work (an OpenAI webhook, a tick) is acted on at
-once rather than at the next tick. One that loses the race for the lease leaves it to
+finding the lease live, leave it without a transaction (duplicate triggers, ticks); a
+message with news (OpenAI's webhook: a batch ended) first asks its holder to go round
+once more (`claims.ask_advance`, one write, none when it was asked already): the holder
+gives the lease back only when nobody asked meanwhile (`claims.release_unless_asked`, in
+the same transaction), so the ended batch is acted on at once, not at the next tick. One that loses the race for the lease leaves it to
 the winner rather than failing.
 """
 
@@ -32,10 +32,14 @@ from batchline.services.plan import plan_job
 log = get_logger(__name__)
 
 
-def advance_job(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None:
+def advance_job(
+    deps: Deps, job: Job, owner: str, deadline: float, *, ask_holder: bool = False
+) -> Job | None:
     """Take `job` one step further as `owner` until `deadline`: plan it (unless a live
     planner holds it), submit, follow or cancel its chunks, or ask for its collect again.
-    Returns the job as this step left it, None when planning found nothing to do."""
+    With `ask_holder` (the message brings news: a batch ended), a job found at work is
+    asked to go round once more. Returns the job as this step left it, None when
+    planning found nothing to do."""
     now = deps.clock.now()
     if job.state is JobState.ACCEPTED:
         if claims.lease_state(job.lease, owner, now).live:
@@ -46,7 +50,7 @@ def advance_job(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None
             return None
         job = planned  # and go on submitting in this same tick
     if job.state in (JobState.SUBMITTING, JobState.RUNNING):
-        return _advance_held(deps, job, owner, deadline)
+        return _advance_held(deps, job, owner, deadline, ask_holder)
     if job.state is JobState.COLLECTING:
         return _ask_collect_again(deps, job)
     return job
@@ -72,12 +76,15 @@ def _ask_collect_again(deps: Deps, job: Job) -> Job:
     return updated
 
 
-def _advance_held(deps: Deps, job: Job, owner: str, deadline: float) -> Job | None:
+def _advance_held(
+    deps: Deps, job: Job, owner: str, deadline: float, ask_holder: bool
+) -> Job | None:
     """Advance the job's chunks under the job's lease, if it is free (or mine). Held by
-    another invocation: ask its holder to go round once more (`_ask_holder`)."""
+    another invocation: leave it, after asking its holder to go round once more when
+    there is news (`_ask_holder`)."""
     now = deps.clock.now()
-    if claims.lease_state(job.lease, owner, now) is LeaseState.HELD and not _ask_holder(
-        deps, job, owner
+    if claims.lease_state(job.lease, owner, now) is LeaseState.HELD and not (
+        ask_holder and _ask_holder(deps, job, owner)
     ):
         return job
     terms = LeaseTerms(deps.settings.lease_seconds)

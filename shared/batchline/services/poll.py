@@ -37,6 +37,11 @@ log = get_logger(__name__)
 
 #: Publishes a tick makes at once (each waits for the server's acknowledgement).
 PUBLISHES_AT_ONCE = 16
+#: Job messages that bring news (`services/openai_webhooks.py`: a batch just ended): one
+#: that finds the job at work asks its holder to go round once more. Ticks, the api's
+#: and duplicates bring none: they read the job and leave it, with no write (a write on
+#: the job while its holder writes it is contention, seconds on the emulator).
+NEWS_SOURCES = frozenset({"openai-webhook"})
 
 
 @dataclass
@@ -57,7 +62,9 @@ def job_message(message: Any) -> str | None:
 def handle(deps: Deps, message: Any) -> PollReport:
     """One delivery on the poll topic: advance the job it names, or fan a tick out."""
     job_id = job_message(message)
-    return advance_one(deps, job_id) if job_id is not None else fan_out(deps)
+    if job_id is None:
+        return fan_out(deps)
+    return advance_one(deps, job_id, news=message.get("source") in NEWS_SOURCES)
 
 
 def fan_out(deps: Deps) -> PollReport:
@@ -91,7 +98,7 @@ def _publisher(deps: Deps) -> Callable[[Job], str | None]:
     return publish
 
 
-def advance_one(deps: Deps, job_id: str) -> PollReport:
+def advance_one(deps: Deps, job_id: str, *, news: bool = False) -> PollReport:
     """A job message: advance that job, unless it is unknown or ended (a late or repeated
     message). Its failure is logged and acknowledged: the next tick asks again."""
     report = PollReport()
@@ -101,7 +108,7 @@ def advance_one(deps: Deps, job_id: str) -> PollReport:
         return report
     deadline = deps.clock.now() + deps.settings.work_budget_seconds
     report.jobs = 1
-    _advance(deps, job, new_owner(), deadline, report)
+    _advance(deps, job, new_owner(), deadline, report, news)
     return report
 
 
@@ -121,9 +128,11 @@ def poll(deps: Deps) -> PollReport:
     return report
 
 
-def _advance(deps: Deps, job: Job, owner: str, deadline: float, report: PollReport) -> None:
+def _advance(
+    deps: Deps, job: Job, owner: str, deadline: float, report: PollReport, news: bool = False
+) -> None:
     try:
-        advance_job(deps, job, owner, deadline)
+        advance_job(deps, job, owner, deadline, ask_holder=news)
     except (RetryableError, PermanentError) as exc:
         log.warning("job not advanced this time", extra=fields(job_id=job.job_id, error=str(exc)))
         report.errors.append(f"{job.job_id}: {exc}")
