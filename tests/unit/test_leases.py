@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from batchline.bootstrap import Deps
 from batchline.domain import claims
 from batchline.domain.claims import Change, LeaseTerms
 from batchline.domain.models import Chunk, ChunkState, Job, JobOptions, JobState, Lease, Source
-from batchline.errors import Contention, RetryableError
+from batchline.errors import Contention, ProviderError, RetryableError
 from batchline.services import advance, submitting
 from batchline.services.leases import Keeper, LeaseLost, contended
 from batchline.services.poll import poll
@@ -240,6 +241,41 @@ def test_a_record_that_keeps_failing_keeps_the_claim_for_the_next_holder(
     [chunk] = deps.store.get_chunks(job.job_id)
     assert (chunk.state, chunk.batch_id) == (ChunkState.RUNNING, "batch_0")
     assert len(provider.batches) == 1
+
+
+def test_a_submit_lease_given_back_after_a_retryable_failure_is_not_renewed_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The holder gives its lease back (it ends now) so that the next try need not wait
+    for it; the heartbeat must have stopped first, or a renewal landing after the release
+    holds the chunk for another whole lease."""
+    base, provider, clock = make_deps()
+    deps = with_heartbeat(base)
+    assert isinstance(deps.store, MemoryJobStore)
+    real = deps.store.update_chunk
+    given_back: list[float] = []
+
+    def update_chunk(job_id: str, index: int, change: Callable[[Chunk], Chunk | None]) -> Any:
+        updated = real(job_id, index, change)
+        in_submit = updated is not None and updated.state is ChunkState.SUBMITTING
+        lease = updated.lease if updated is not None else None
+        if in_submit and lease is not None and lease.until == clock.now():
+            given_back.append(clock.now())
+            clock.advance(10)  # a heartbeat is due now: a keeper still running renews
+            time.sleep(0.5)  # (one that stopped has had time to, and must not)
+        return updated
+
+    monkeypatch.setattr(deps.store, "update_chunk", update_chunk)
+    provider.fail_create = ProviderError("HTTP 503", retryable=True, status=503)
+    with pytest.raises(ProviderError):
+        handle_object_finalized(deps, upload(deps, line() + b"\n"))
+    [job] = deps.store.active_jobs()
+    [chunk] = deps.store.get_chunks(job.job_id)
+    assert len(given_back) == 1 and chunk.state is ChunkState.SUBMITTING
+    assert chunk.lease is not None and chunk.lease.until == given_back[0]
+    poll(deps)  # so the next tick sends it, without waiting for a lease to run out
+    [chunk] = deps.store.get_chunks(job.job_id)
+    assert (chunk.state, chunk.batch_id) == (ChunkState.RUNNING, "batch_0")
 
 
 def test_a_poll_that_dies_before_asking_for_collect_is_noticed_within_a_lease() -> None:

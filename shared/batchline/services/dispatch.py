@@ -35,6 +35,7 @@ from batchline.services import admission
 from batchline.services.create_lock import CreateLock
 from batchline.services.leases import Keeper, LeaseLost
 from batchline.services.submitting import (
+    GiveBack,
     backoff_until,
     context,
     create,
@@ -81,8 +82,19 @@ def dispatch(deps: Deps, chunk: Chunk, owner: str, *, send_new: bool = True) -> 
     except LeaseLost:
         # Nothing was created since the lease was lost: give back what is still mine.
         log.warning("lost a lease; stopped before creating", extra=context(leased))
-        settle(deps, leased, Change(claims.release_submit, owner, deps.clock.now()))
+        _give_back(deps, leased, owner)
         return None
+    except GiveBack as back:  # the heartbeat has stopped: no renewal lands after this
+        _give_back(deps, leased, owner)
+        if back.error is not None:
+            raise back.error from None
+        return None
+
+
+def _give_back(deps: Deps, chunk: Chunk, owner: str) -> None:
+    """End my submit lease now, so that the next attempt (which reconciles first) need
+    not wait for it to run out; called only once the heartbeat has stopped."""
+    settle(deps, chunk, Change(claims.release_submit, owner, deps.clock.now()))
 
 
 def _renewal(deps: Deps, chunk: Chunk, owner: str) -> Callable[[], bool]:
@@ -129,8 +141,7 @@ def _send_locked(
     """Under the provider's create lock: settle what a dead holder left, then create.
     The lock is given back at the end unless an intent is left open (`CreateLock`)."""
     if not lock.take():
-        settle(deps, leased, Change(claims.release_submit, owner, deps.clock.now()))
-        return None  # another create is in flight: this chunk waits its turn
+        raise GiveBack()  # another create is in flight: this chunk waits its turn
     try:
         return _create_locked(deps, provider, leased, owner, lock, send_new, keeper)
     except ProviderError as exc:

@@ -27,6 +27,16 @@ RECORD_ATTEMPTS = 5
 RECORD_BACKOFF_SECONDS = 1.0
 
 
+class GiveBack(Exception):
+    """Raised inside a submit's heartbeat block: give the submit lease back, but only once
+    the heartbeat has stopped (`dispatch`): a renewal landing after the release would
+    hold the chunk for another whole lease. Then `error`, if any, is raised again."""
+
+    def __init__(self, error: ProviderError | None = None) -> None:
+        super().__init__(str(error) if error is not None else "give the lease back")
+        self.error = error
+
+
 def create(deps: Deps, provider: ProviderClient, chunk: Chunk) -> ProviderBatch:
     """Create `chunk`'s batch from its input uploaded while it waited for its quota
     (`upload_ahead`), if it has one, else from its staged payload."""
@@ -89,17 +99,17 @@ def record(
 
 def refused(deps: Deps, chunk: Chunk, owner: str, exc: ProviderError) -> Chunk | None:
     """A provider call failed. Its quota is full (`QuotaPolicy.refused`: a 429): the
-    chunk goes back to pending with a backoff, its lines untouched. Retryable: give the
-    lease back and raise it (the next try looks for the batch first, in case the
-    provider did create it). Otherwise end the chunk with the error (refused for good)."""
+    chunk goes back to pending with a backoff, its lines untouched. Retryable: the lease
+    is given back and the error raised (`GiveBack`; the next try looks for the batch
+    first, in case the provider did create it). Otherwise end the chunk with the error
+    (refused for good)."""
     now = deps.clock.now()
     if provider_of(chunk.provider).quota.refused(exc.status):
         log.warning("provider quota full; sent again later", extra=context(chunk, error=str(exc)))
         until = backoff_until(deps, chunk, now)
         return settle(deps, chunk, Change(claims.requeue_submit, owner, now, until))
     if exc.retryable:
-        settle(deps, chunk, Change(claims.release_submit, owner, deps.clock.now()))
-        raise exc
+        raise GiveBack(exc) from exc
     reason = str(exc)
     log.error("submit failed", extra=context(chunk, error=reason))
     return settle(deps, chunk, Change(claims.fail_submit, owner, reason, deps.clock.now()))
