@@ -17,6 +17,7 @@ from batchline.domain.claims import Change
 from batchline.domain.models import BatchState, ChunkState, JobState, hold_key
 from batchline.domain.quotas import parse_quotas
 from batchline.errors import ProviderError
+from batchline.services import advance, cancel
 from batchline.services.poll import poll
 from batchline.services.submit import handle_object_finalized
 from batchline_tools.memory import MemoryJobStore
@@ -230,6 +231,41 @@ def test_a_canceled_chunk_gives_its_room_back() -> None:
     poll(deps)  # asks the provider to cancel, follows the batch to its end
     poll(deps)
     assert in_use(deps) == 0
+
+
+@pytest.mark.parametrize("died_after_leaving", [False, True])
+def test_a_canceled_job_gives_its_place_in_the_queue_to_the_jobs_behind_it_at_once(
+    died_after_leaving: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job waiting for room ranks first (it holds none and has waited longest); once
+    it is canceled the room goes to the others now, not when its wait runs out
+    (`quota_wait_seconds`, 10 minutes)."""
+    deps, provider, clock = quota_deps(2 * TOKENS, max_requests=1)
+    big = submit(deps, 4, "big")  # two running, two waiting
+    queued = submit(deps, 2, "queued")
+    poll(deps)
+    assert set(deps.store.get_pool(POOL).waiters) == {big, queued}
+    deps.store.update_job(queued, Change(claims.ask_cancel, clock.now()))
+    if died_after_leaving:  # its place given up, then the tick died before the chunks ended
+        real = cancel.settle
+
+        def dies(*args: object, **kwargs: object) -> None:
+            raise CrashAfterSubmit
+
+        monkeypatch.setattr(cancel, "settle", dies)
+        with pytest.raises(CrashAfterSubmit):
+            advance.advance_job(deps, deps.store.get_job(queued), "t", clock.now() + 60)
+        monkeypatch.setattr(cancel, "settle", real)
+        assert states(deps, queued) == [ChunkState.PENDING, ChunkState.PENDING]
+    else:
+        poll(deps)  # the tick that carries the cancel out
+        assert states(deps, queued) == [ChunkState.ENDED, ChunkState.ENDED]
+    assert queued not in deps.store.get_pool(POOL).waiters
+    provider.end()  # big's two batches end
+    poll(deps)
+    assert states(deps, queued) == [ChunkState.ENDED, ChunkState.ENDED]
+    assert states(deps, big).count(ChunkState.PENDING) == 0  # admitted at once
+    assert queued not in deps.store.get_pool(POOL).waiters and in_use(deps) == 2 * TOKENS
 
 
 def test_the_api_and_the_cli_say_why_a_job_waits(capsys: pytest.CaptureFixture[str]) -> None:

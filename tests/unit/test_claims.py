@@ -1094,6 +1094,14 @@ def test_release_frees_the_hold_once_and_only_the_one_seen() -> None:
     assert isinstance(claims.release_hold(held, "j/0", NOW - 500), QuotaPool)
 
 
+def test_a_job_leaving_the_queue_gives_its_place_up_and_nothing_else() -> None:
+    queued = pool({"x/0": 900}, j=Waiter(OLDER, 100, NOW - 5), y=Waiter(YOUNGER, 50, NOW - 5))
+    left = claims.leave_queue(queued, "j")
+    assert isinstance(left, QuotaPool)
+    assert (left.holds, set(left.waiters)) == (queued.holds, {"y"})
+    assert claims.leave_queue(left, "j") is Leave.DONE  # not queued (again): no write
+
+
 def test_a_chunk_backing_off_is_not_due_until_its_time() -> None:
     waiting = chunk(ChunkState.PENDING, not_before=NOW + 1)
     assert not claims.submit_due(waiting, ME, NOW)

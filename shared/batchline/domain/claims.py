@@ -718,6 +718,14 @@ def reserve(pool: QuotaPool, ask: Ask, now: float) -> QuotaPool | Leave:
     return replace(pool, waiters={**live, ask.job_id: waiter})
 
 
+def leave_queue(pool: QuotaPool, job_id: str) -> QuotaPool | Leave:
+    """`job_id` no longer waits for room in `pool` (it is being canceled): its place in
+    the queue goes to the jobs behind it at once, not once its wait runs out."""
+    if job_id not in pool.waiters:
+        return Leave.DONE
+    return replace(pool, waiters={j: w for j, w in pool.waiters.items() if j != job_id})
+
+
 def release_hold(pool: QuotaPool, tag: str, taken_at: float | None = None) -> QuotaPool | Leave:
     """The chunk `tag`'s batch ended, or it will not be created: its room is free. With
     `taken_at`, only the hold taken then (a sweep that found the chunk not in flight

@@ -20,7 +20,8 @@ Who goes first: the waiting job with the fewest chunks in the pool, then the one
 has waited longest, then the oldest (`claims.reserve`). A job asking afresh (its last
 batch just ended) queues behind those already waiting, so a big job cannot take every
 room its own batches free: a small job behind it waits for one of its batches at most. A job keeps its place while it asks again within
-`quota_wait_seconds` (every poll tick that advances it asks).
+`quota_wait_seconds` (every poll tick that advances it asks); a job being canceled
+gives its place up at once (`leave_queues`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def release(deps: Deps, chunk: Chunk) -> None:
     change = Change(claims.release_hold, hold_key(chunk.job_id, chunk.index))
     if contended(deps.store.update_pool, key, change) is not None:
         log.info("quota released", extra=_context(chunk, pool=key))
+
+
+def leave_queues(deps: Deps, job_id: str, chunks: list[Chunk]) -> None:
+    """A job being canceled gives up its place in the queues of the pools its pending
+    chunks wait for, so that the jobs behind it go first now rather than once its wait
+    runs out (`quota_wait_seconds`). Read before transact: only a pool that lists the job
+    is written. Called before its pending chunks end: a crash in between leaves them
+    pending, and the next tick does both again."""
+    keys = sorted({quota_of(deps, c).key for c in chunks if c.state is ChunkState.PENDING})
+    for key in keys:
+        if job_id not in deps.store.get_pool(key).waiters:
+            continue
+        if contended(deps.store.update_pool, key, Change(claims.leave_queue, job_id)) is not None:
+            log.info("left the quota queue: canceled", extra=fields(job_id=job_id, pool=key))
 
 
 def sweep(deps: Deps, pool: QuotaPool) -> bool:

@@ -143,6 +143,8 @@ def _advance_chunks(
     waits: dict[str, str] = {}  # quota pool -> why this job's chunks wait for it
     if job.cancel_requested_at is None:  # the status calls, several at once
         chunks = follow.refresh_running(deps, chunks, deadline, keeper)
+    else:  # the jobs queued behind it for room go first now
+        admission.leave_queues(deps, job.job_id, chunks)
     for i, chunk in enumerate(chunks):
         if deps.clock.now() >= deadline or keeper.lost:
             break
