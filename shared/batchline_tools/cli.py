@@ -434,6 +434,8 @@ def _print_job(job_id: str, job: Job | None, finish: float | None = None) -> Non
     if view.get("estimated_finish_at"):
         at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view["estimated_finish_at"]))
         print(f"finish   about {at} (first answers, at its pace so far)")
+    elif view["state"] in ("submitting", "running") and not canceling:
+        print("finish   not known yet: no line answered so far (worked out from its pace)")
 
 
 # -- schemas -----------------------------------------------------------------------------
