@@ -74,6 +74,30 @@ def test_chunks_are_cut_to_fit_the_quota_alone() -> None:
     assert [c.input_tokens for c in chunks] == [2 * TOKENS, 2 * TOKENS, TOKENS]
 
 
+def test_a_request_over_the_whole_quota_alone_is_invalid_not_sent_forever() -> None:
+    """No chunk could hold it: sent, its batch would fail for the quota every time, and
+    hold the pool empty for itself each time it was admitted."""
+    deps, provider, _ = quota_deps(3 * TOKENS)
+    long = [{"role": "user", "content": "many words " * 40}]
+    data = b"\n".join([line(custom_id="a"), line(custom_id="b", messages=long), line()])
+    job = handle_object_finalized(deps, upload(deps, data, name="over.jsonl"))
+    assert job is not None
+    chunks = deps.store.get_chunks(job.job_id)
+    assert [c.request_count for c in chunks] == [2]
+    assert all(c.input_tokens is not None and c.input_tokens <= 3 * TOKENS for c in chunks)
+    provider.end()
+    final, lines = finish(deps, job.job_id)
+    assert [x["status"] for x in lines] == ["succeeded", "invalid", "succeeded"]
+    error = lines[1]["error"]
+    assert isinstance(error, dict)
+    message = str(error["message"])
+    assert message.startswith("line 2: line: estimated ")
+    assert (
+        f"one {POOL} batch may hold at most {3 * TOKENS} (its quota, BATCHLINE_QUOTAS)" in message
+    )
+    assert final.counts["invalid"] == 1
+
+
 def test_never_more_in_flight_than_the_quota_across_jobs() -> None:
     deps, provider, _ = quota_deps(2 * TOKENS, max_requests=1)
     first, second = submit(deps, 2, "a"), submit(deps, 2, "b")

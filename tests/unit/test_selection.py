@@ -10,12 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from batchline.config import Settings, check_auto_candidates
+from batchline.config import Settings, check_auto_candidates, quota_policies
 from batchline.domain.models import JobOptions
 from batchline.domain.options import OptionError, from_api, from_metadata
 from batchline.domain.pricing import PRICES
 from batchline.domain.providers.base import ChunkLimits, InvalidField
 from batchline.domain.providers.registry import PROVIDERS
+from batchline.domain.quotas import parse_quotas
 from batchline.domain.requests import AUTO, InvalidLine, Request, parse_line
 from batchline.domain.selection import Selector, default_candidates
 from batchline.domain.workfiles.requests import iter_stored
@@ -116,6 +117,23 @@ def test_a_long_document_goes_where_it_fits_its_context_window() -> None:
     verdict = pick.verdict(parsed(line(document(), max_tokens=1000)), MINI)
     assert verdict.kind == "context window"
     assert "over its context window of 128000" in verdict.reason
+
+
+def test_a_line_over_a_model_s_whole_quota_goes_to_a_model_that_can_take_it() -> None:
+    # No chunk of gpt-4o-mini could hold it under a 1,000-token quota: sent there, its
+    # batch would fail for the quota every time.
+    deps = make_deps()[0]
+    quotas = parse_quotas(
+        orjson.dumps({MINI: {"enqueued_tokens": 1000}}).decode(), quota_policies()
+    )
+    pick = selector(settings=replace(deps.settings, quotas=quotas))
+    long = parsed(line("many words " * 1000, max_tokens=200))
+    assert chosen(pick.select(long)) == (FLASH, (HAIKU,))
+    verdict = pick.verdict(long, MINI)
+    assert verdict.kind == "quota" and verdict.reason.endswith(
+        "input tokens over its quota of 1000"
+    )
+    assert chosen(pick.select(parsed(line(max_tokens=200))))[0] == MINI  # a short one fits
 
 
 def test_a_schema_gemini_refuses_leaves_gemini_out_of_the_chain() -> None:

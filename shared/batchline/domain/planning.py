@@ -24,6 +24,7 @@ import orjson
 
 from batchline.domain.jsonscan import integer_out_of_range
 from batchline.domain.providers.base import ChunkLimits
+from batchline.domain.quotas import QUOTAS_ENV
 from batchline.domain.requests import Request
 from batchline.domain.workfiles.manifest import encode_entry
 from batchline.domain.workfiles.requests import encode_request
@@ -110,6 +111,11 @@ class RequestTooLarge(RequestRefused):
     """One request's encoding alone exceeds the provider's per-batch byte limit."""
 
 
+class RequestOverQuota(RequestTooLarge):
+    """One request's estimated input tokens alone exceed what one chunk of its model may
+    hold (its quota, `Quotas.narrow`): no batch could ever take it."""
+
+
 class UnencodableRequest(RequestRefused):
     """A request that cannot be sent as its line wrote it."""
 
@@ -176,7 +182,8 @@ class ChunkPlanner:
 
         `source` is the input line (bytes) the request was read from: with it, an integer
         orjson had to read as a float is told from a float written as one. Raises
-        `RequestTooLarge` or `UnencodableRequest`, leaving the planner unchanged.
+        `RequestTooLarge` (`RequestOverQuota`: over its model's quota on its own) or
+        `UnencodableRequest`, leaving the planner unchanged.
         """
         known = self._per_provider.get(request.provider) or self._provider(request.provider)
         limits, encode, room = known
@@ -250,6 +257,12 @@ class ChunkPlanner:
         """Add a checked request to its group's chunk, opening a new one when it is full."""
         key = (provider, model)
         limits = self._model_limits(provider, model, limits)
+        cap = limits.max_input_tokens
+        if cap is not None and tokens is not None and tokens > cap:
+            raise RequestOverQuota(
+                f"estimated {tokens:,} input tokens; one {provider}/{model} batch may hold "
+                f"at most {cap:,} (its quota, {QUOTAS_ENV}): it could never be sent"
+            )
         full: PlannedChunk | None = None
         current = self._open.get(key)
         if current is not None and (
@@ -289,7 +302,7 @@ class ChunkPlanner:
 
 def _over_tokens(current: PlannedChunk, tokens: int | None, limits: ChunkLimits) -> bool:
     """Whether `tokens` more would put a chunk that holds some over its token cap (a
-    request over the cap on its own still goes, alone)."""
+    request over the cap on its own is refused before: `RequestOverQuota`)."""
     cap = limits.max_input_tokens
     if cap is None or tokens is None or current.input_tokens is None:
         return False

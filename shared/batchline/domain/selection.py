@@ -16,7 +16,9 @@ candidate, in turn, is one the line must fit:
   line's `max_tokens` capped at the model's maximum, else what the provider's encoder
   asks for: the model's maximum, or Anthropic's default `max_tokens`), both counted by
   `estimate.estimate_line` on the request as encoded for that provider;
-- the provider's per-request limit: the encoded request within one batch's bytes.
+- the provider's per-request limit: the encoded request within one batch's bytes;
+- the model's quota: the line's estimated input tokens within what one chunk of that
+  model may hold (`narrow`, from `Quotas.narrow`), else no batch could ever take it.
 
 The suitable candidates are ranked: `prefer: cost` by worst-case cost at the model's
 batch price (`pricing.cost` of those input and output tokens), `speed` by the model's
@@ -36,6 +38,7 @@ import orjson
 
 from batchline.domain.estimate import estimate_line
 from batchline.domain.models import PREFERENCES
+from batchline.domain.planning import Narrow
 from batchline.domain.pricing import Price, cost, price_for
 from batchline.domain.providers.base import ChunkLimits, Encoder, InvalidField, Request
 from batchline.domain.providers.registry import PROVIDERS
@@ -85,7 +88,10 @@ class Selector:
         encoders: Callable[[str], Encoder],
         limits: Callable[[str], ChunkLimits],
         enabled: frozenset[str],
+        narrow: Narrow | None = None,
     ) -> None:
+        """`narrow` cuts a provider's limits for one model (its quota: a line estimated
+        over it could never be sent to that model)."""
         if prefer not in PREFERENCES:
             raise ValueError(f"prefer must be one of {PREFERENCES}, not {prefer!r}")
         self.candidates = tuple(candidates)
@@ -93,6 +99,7 @@ class Selector:
         self._prices = prices
         self._encoders = encoders
         self._limits = limits
+        self._narrow = narrow
         self._enabled = enabled
         self.chosen: dict[str, Counter[str]] = {}
 
@@ -160,6 +167,11 @@ class Selector:
         if size > room:
             return Verdict(target, kind="size", reason=f"{size} bytes; one batch takes {room}")
         tokens = estimate_line(bound.provider, bound.model, line, self._prices)
+        if self._narrow is not None:
+            cap = self._narrow(bound.provider, bound.model, limits).max_input_tokens
+            if cap is not None and tokens.input_tokens > cap:
+                reason = f"{tokens.input_tokens} input tokens over its quota of {cap}"
+                return Verdict(target, kind="quota", reason=reason)
         needed = tokens.input_tokens + tokens.max_output_tokens
         window = price.context_window
         if window is not None and needed > window:

@@ -97,6 +97,7 @@ def selector_for(deps: Deps, options: JobOptions) -> Selector:
         encoders=deps.encoder,
         limits=deps.limits,
         enabled=settings.enabled_providers,
+        narrow=settings.quotas.narrow,
     )
 
 
