@@ -51,7 +51,8 @@ class AccessDenied(PermanentError):
 
 
 class ProviderError(BatchlineError):
-    """A provider call failed; `retryable` says whether to try again.
+    """A provider call failed; `retryable` says whether to try again, and `retry_after`
+    (seconds) when the provider said when (its `Retry-After`).
 
     `ProviderError(message, retryable=...)` builds a `RetryableProviderError` or a
     `PermanentProviderError`, so that every provider failure is also exactly one of
@@ -60,18 +61,33 @@ class ProviderError(BatchlineError):
 
     retryable: bool
 
-    def __new__(cls, message: str, *, retryable: bool, status: int | None = None) -> Any:
+    def __new__(
+        cls,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> Any:
         if cls is ProviderError:
             cls = RetryableProviderError if retryable else PermanentProviderError
         return super().__new__(cls, message)
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after
 
     def __reduce__(self) -> Any:
-        return (_provider_error, (str(self), self.retryable, self.status))
+        return (_provider_error, (str(self), self.retryable, self.status, self.retry_after))
 
 
 class RetryableProviderError(ProviderError, RetryableError):
@@ -82,6 +98,10 @@ class PermanentProviderError(ProviderError, PermanentError):
     """A provider refusal that the same call cannot get past (400, 401, 404)."""
 
 
-def _provider_error(message: str, retryable: bool, status: int | None) -> ProviderError:
-    error: ProviderError = ProviderError(message, retryable=retryable, status=status)
+def _provider_error(
+    message: str, retryable: bool, status: int | None, retry_after: float | None = None
+) -> ProviderError:
+    error: ProviderError = ProviderError(
+        message, retryable=retryable, status=status, retry_after=retry_after
+    )
     return error

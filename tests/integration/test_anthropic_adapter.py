@@ -28,7 +28,7 @@ from batchline_emulators.anthropic import EmulatorConfig, make_app
 from batchline_tools.local.processes import free_port
 
 from .anthropic_types import params_problems
-from .conftest import WAIT_SECONDS, AnthropicEmulatorHandle
+from .conftest import WAIT_SECONDS, AnthropicEmulatorHandle, _http_json
 
 pytestmark = pytest.mark.integration
 
@@ -455,6 +455,22 @@ def test_persistent_server_errors_are_retryable(
             call()
         assert (info.value.retryable, info.value.status) == (True, status)
     assert anthropic_emulator.stats()["creates"] == 0
+
+
+def test_a_create_past_the_queue_limit_is_raised_at_once_with_its_retry_after(
+    provider: AnthropicProvider, anthropic_emulator: AnthropicEmulatorHandle
+) -> None:
+    """Not retried here: the caller holds the deployment's create lock, and the queue frees
+    in minutes, not seconds; the chunk waits for room outside it, as long as Anthropic
+    said (`retry-after`)."""
+    anthropic_emulator.admin({"quota_exceeded_next": 1})  # refused however much room
+    with pytest.raises(ProviderError) as info:
+        provider.create_batch(payload(simple_requests(1)), BatchTag("j", 0), MODEL)
+    assert (info.value.retryable, info.value.status, info.value.retry_after) == (True, 429, 1.0)
+    assert "HTTP 429" in str(info.value) and "processing queue" in str(info.value)
+    quota = _http_json("GET", f"{anthropic_emulator.root_url}/_emulator/quota")
+    assert quota["over_quota"] == 1 and anthropic_emulator.stats()["creates"] == 0
+    provider.create_batch(payload(simple_requests(1)), BatchTag("j", 0), MODEL)  # room now
 
 
 def test_client_errors_are_permanent(

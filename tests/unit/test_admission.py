@@ -159,6 +159,27 @@ def test_a_create_refused_for_the_quota_waits_and_loses_nothing() -> None:
     assert [r["status"] for r in lines] == ["succeeded"] * 3
 
 
+@pytest.mark.parametrize(("retry_after", "waits"), [(5.0, 5), (0.0, 1), (10**6, 100), (None, 30)])
+def test_a_create_refused_with_a_retry_after_goes_again_when_the_provider_said(
+    retry_after: float | None, waits: float
+) -> None:
+    """At least a second, at most the longest backoff (100 s here); none said: our own
+    backoff (30 s here)."""
+    deps, provider, clock = quota_deps(1000)
+    provider.fail_create = ProviderError(
+        "HTTP 429: queue full", retryable=True, status=429, retry_after=retry_after
+    )
+    job_id = submit(deps, 1, "a")
+    [chunk] = deps.store.get_chunks(job_id)
+    assert (chunk.state, chunk.not_before) == (ChunkState.PENDING, clock.now() + waits)
+    clock.advance(waits - 0.5)
+    poll(deps)
+    assert provider.batches == {}
+    clock.advance(0.5)
+    poll(deps)
+    assert states(deps, job_id) == [ChunkState.RUNNING]
+
+
 def test_a_batch_failed_for_the_quota_is_sent_again_never_adopted() -> None:
     deps, provider, clock = quota_deps(1000)
     job_id = submit(deps, 3, "a")

@@ -229,3 +229,24 @@ def test_canceled_and_expired_results() -> None:
     got = wire.normalise({"custom_id": "bl-5", "result": {"type": "expired"}})
     assert got.status is ResultStatus.EXPIRED and got.error is not None
     assert (got.error["type"], got.error["retryable"]) == ("batch_expired", True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "4"}, 4.0),
+        ({"retry-after": "2.5"}, 2.5),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),  # the finer one first
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),  # a date: not read
+        ({"retry-after": "-1"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "1e9"}, None),
+        ({}, None),
+    ],
+)
+def test_a_retry_after_is_read_in_seconds_or_not_at_all(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    from batchline.adapters.providers._errors import retry_after
+
+    assert retry_after(headers) == seconds

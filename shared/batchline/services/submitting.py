@@ -106,7 +106,7 @@ def refused(deps: Deps, chunk: Chunk, owner: str, exc: ProviderError) -> Chunk |
     now = deps.clock.now()
     if provider_of(chunk.provider).quota.refused(exc.status):
         log.warning("provider quota full; sent again later", extra=context(chunk, error=str(exc)))
-        until = backoff_until(deps, chunk, now)
+        until = backoff_until(deps, chunk, now, exc.retry_after)
         return settle(deps, chunk, Change(claims.requeue_submit, owner, now, until))
     if exc.retryable:
         raise GiveBack(exc) from exc
@@ -139,9 +139,13 @@ def withdraw(deps: Deps, provider: ProviderClient, tag: BatchTag, batch: Provide
         log.error("could not cancel a duplicate batch", extra=about)
 
 
-def backoff_until(deps: Deps, chunk: Chunk, now: float) -> float:
-    """When a chunk the provider's quota sends back now may go again (`quotas.backoff`)."""
+def backoff_until(deps: Deps, chunk: Chunk, now: float, retry_after: float | None = None) -> float:
+    """When a chunk the provider's quota sends back now may go again: when the provider
+    said (`retry_after`, its Retry-After: at least a second, at most the longest
+    backoff), else after our own backoff (`quotas.backoff`)."""
     settings = deps.settings
+    if retry_after is not None:
+        return now + min(max(retry_after, 1.0), settings.quota_backoff_max_seconds)
     wait = backoff(
         chunk.requeues + 1, settings.quota_backoff_seconds, settings.quota_backoff_max_seconds
     )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
-from batchline.adapters.providers._errors import TranslateErrors, http_retryable
+from batchline.adapters.providers._errors import TranslateErrors, http_retryable, retry_after
 from batchline.adapters.providers._inline import NoUploads
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
@@ -43,9 +43,12 @@ LIST_PAGE = 1000  # the most Anthropic returns per page
 READ_PART = 1024 * 1024
 # Per HTTP request; a live create keeps its leases by heartbeat however long it takes.
 REQUEST_TIMEOUT_SECONDS = 120.0
-#: Answers to a create that say no batch was made (rate limited, overloaded): retried.
-NOT_CREATED = frozenset({429, 529})
-#: Pause before the n-th retry of a create refused with NOT_CREATED (then doubled, capped).
+#: Answers to a create that say no batch was made and are retried here: overloaded, which
+#: passes in seconds. A 429 (the processing queue is full, or a rate limit) is raised at
+#: once, with its Retry-After: its chunk waits for room outside the deployment's create
+#: lock (`submitting.refused`), not inside it, holding up every other create.
+RETRIED_CREATES = frozenset({529})
+#: Pause before the n-th retry of a create refused with RETRIED_CREATES (doubled, capped).
 CREATE_BACKOFF_SECONDS = 0.5
 CREATE_BACKOFF_MAX_SECONDS = 8.0
 
@@ -90,16 +93,18 @@ class AnthropicProvider(NoUploads):
     def create_batch(
         self, payload: StagedPayload, tag: BatchTag, model: str, uploaded: str | None = None
     ) -> ProviderBatch:
-        """Create the batch. Retried only while Anthropic answers that it made none (429,
-        529); any other failure may have made one, and is raised for the caller to settle
-        (`services/create_lock.py`): a second create could make a second batch."""
+        """Create the batch. Retried only while Anthropic answers that it is overloaded
+        (529: it made none); a 429 is raised at once (the caller's quota backoff honours
+        its Retry-After), and any other failure may have made one, and is raised for the
+        caller to settle (`services/create_lock.py`): a second create could make a
+        second batch."""
         with payload.open() as stream:
             body = RequestBody(_read_all(stream))
         for attempt in range(self._max_retries + 1):
             try:
                 return self._create(body)
             except ProviderError as exc:
-                if exc.status not in NOT_CREATED or attempt == self._max_retries:
+                if exc.status not in RETRIED_CREATES or attempt == self._max_retries:
                     raise
             pause = CREATE_BACKOFF_SECONDS * 2**attempt
             time.sleep(min(pause, CREATE_BACKOFF_MAX_SECONDS))
@@ -226,6 +231,7 @@ class _errors(TranslateErrors):
                 f"Anthropic {self._doing}: HTTP {status}: {exc.message}",
                 retryable=retryable,
                 status=status,
+                retry_after=retry_after(exc.response.headers),
             )
         if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
             return ProviderError(f"Anthropic {self._doing}: {exc}", retryable=True)

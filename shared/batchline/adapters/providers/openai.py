@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchline.adapters.providers._errors import TranslateErrors, http_retryable
+from batchline.adapters.providers._errors import TranslateErrors, http_retryable, retry_after
 from batchline.adapters.providers._jsonl import jsonl_lines
 from batchline.domain.models import BatchTag, ProviderBatch, ProviderResult
 from batchline.domain.providers import openai as wire
@@ -223,6 +223,7 @@ class _errors(TranslateErrors):
                 f"OpenAI {self._doing}: HTTP {status}: {exc.message}",
                 retryable=retryable,
                 status=status,
+                retry_after=retry_after(exc.response.headers),
             )
         if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError):
             return ProviderError(f"OpenAI {self._doing}: {exc}", retryable=True)
