@@ -16,6 +16,7 @@ import requests
 from batchline.domain.models import JobState
 
 from .conftest import (
+    ANTHROPIC_CHUNK_REQUESTS,
     QUOTA_MODEL,
     QUOTA_TOKENS,
     VERTEX_CHUNK_REQUESTS,
@@ -106,15 +107,17 @@ def test_three_jobs_over_the_limit_finish_whole_and_the_small_one_is_not_starved
 
 
 class Sampler:
-    """Samples a provider emulator's quota use of one model while the block runs."""
+    """Samples a provider emulator's quota use of one model (None: the provider's one
+    pool, Anthropic's) while the block runs."""
 
-    def __init__(self, pipeline: Pipeline, provider: str, model: str, unit: str) -> None:
+    def __init__(self, pipeline: Pipeline, provider: str, model: str | None, unit: str) -> None:
         self.uses: list[int] = []
         self._stop = threading.Event()
 
         def sample() -> None:
             while not self._stop.is_set():
-                used = quota(pipeline, provider)[provider].get(model, {})
+                pools = quota(pipeline, provider)[provider]
+                used = pools if model is None else pools.get(model, {})
                 self.uses.append(int(used.get(unit, 0)))
                 time.sleep(0.1)
 
@@ -165,4 +168,30 @@ def test_vertex_jobs_stay_under_the_concurrent_job_limit_or_back_off_when_refuse
     check_whole(pipeline, refused, "r", count)
     assert quota(pipeline, "vertex")["over_quota"] > refused_before  # it was refused, and waited
     chunks = pipeline.store.get_chunks(refused)
+    assert sum(c.requeues for c in chunks) >= 1
+
+
+def test_anthropic_creates_refused_for_a_full_queue_wait_and_lose_nothing(
+    pipeline: Pipeline, anthropic_defaults: Callable[..., None]
+) -> None:
+    """The deployment's Anthropic quota (100,000 requests by default) is higher than the
+    account's (the emulator's queue: two chunks' worth): creates are answered 429
+    `rate_limit_error` with a `retry-after`, and the chunks wait that long and go again,
+    outside the create lock, until every line is back once."""
+    limit = 2 * ANTHROPIC_CHUNK_REQUESTS
+    # Batches of a chunk last ~2 s, so that the queue is full while the later ones ask.
+    anthropic_defaults(queued_request_limit=limit, start_seconds=0.5, lines_per_second=200)
+    refused_before = quota(pipeline, "anthropic")["over_quota"]
+    model = "anthropic/claude-haiku-4-5"
+    jobs = [("a-big", 5 * ANTHROPIC_CHUNK_REQUESTS), ("a-medium", 600), ("a-small", 20)]
+    with Sampler(pipeline, "anthropic", None, "queued_requests") as sampler:
+        uploaded = {
+            name: pipeline.upload(f"e2e/quota-{name}.jsonl", lines(name, count, model))[0]
+            for name, count in jobs
+        }
+        for name, count in jobs:
+            check_whole(pipeline, uploaded[name], name, count)
+    assert 0 < max(sampler.uses) <= limit, sampler.uses
+    assert quota(pipeline, "anthropic")["over_quota"] > refused_before  # it did say no
+    chunks = [c for job_id in uploaded.values() for c in pipeline.store.get_chunks(job_id)]
     assert sum(c.requeues for c in chunks) >= 1
