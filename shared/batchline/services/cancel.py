@@ -15,10 +15,9 @@ from batchline.bootstrap import Deps
 from batchline.domain import claims
 from batchline.domain.claims import Change
 from batchline.domain.models import BatchState, Chunk, ChunkState, Job
-from batchline.errors import ProviderError
 from batchline.log import fields, get_logger
 from batchline.ports import JobStore
-from batchline.services import dispatch
+from batchline.services import dispatch, upload_ahead
 
 log = get_logger(__name__)
 
@@ -55,7 +54,7 @@ def settle(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
             chunk.job_id, chunk.index, Change(claims.cancel_pending, now)
         )
         if ended is not None and ended.uploaded_input is not None:
-            _discard_upload(deps, ended, ended.uploaded_input)
+            upload_ahead.discard(deps, ended, ended.uploaded_input)  # it feeds no batch now
         return ended
     if chunk.state is ChunkState.SUBMITTING:
         # A live lease: its holder records the batch, which the next tick cancels. An
@@ -72,18 +71,6 @@ def settle(deps: Deps, chunk: Chunk, owner: str) -> Chunk | None:
             )
         return dispatch.refresh(deps, chunk)
     return None
-
-
-def _discard_upload(deps: Deps, chunk: Chunk, file_id: str) -> None:
-    """A canceled chunk's input uploaded ahead will feed no batch: delete it (best
-    effort: one left, by a failure or a crash right before, expires by itself)."""
-    try:
-        deps.providers.get(chunk.provider).discard_input(file_id)
-    except ProviderError as exc:
-        log.warning(
-            "could not discard a canceled chunk's upload",
-            extra=fields(job_id=chunk.job_id, chunk=chunk.index, error=str(exc)),
-        )
 
 
 def end_long_queue(deps: Deps, job: Job, chunk: Chunk) -> Chunk | None:

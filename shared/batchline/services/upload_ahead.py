@@ -101,6 +101,12 @@ def _note(deps: Deps, chunk: Chunk, file_id: str) -> None:
         "input uploaded twice; discarding ours",
         extra=context(chunk, file_id=file_id, left=str(change.left)),
     )
+    discard(deps, chunk, file_id)
+
+
+def discard(deps: Deps, chunk: Chunk, file_id: str) -> None:
+    """Delete an upload of `chunk`'s input that will feed no batch, best effort: one left
+    behind (by a failure, or a crash right before) expires by itself."""
     try:
         deps.providers.get(chunk.provider).discard_input(file_id)
     except ProviderError as exc:

@@ -173,16 +173,14 @@ class OpenAIProvider:
 def _input_gone(exc: ProviderError) -> bool:
     """Whether OpenAI refused a create because its input file is gone (expired or
     deleted): a 404, or a 400 about `input_file_id`."""
+    if exc.status == 404:
+        return True
+    if exc.status != 400:
+        return False
     import openai
 
     cause = exc.__cause__
-    if exc.status == 404:
-        return True
-    return (
-        exc.status == 400
-        and isinstance(cause, openai.APIStatusError)
-        and getattr(cause, "param", None) == "input_file_id"
-    )
+    return isinstance(cause, openai.APIStatusError) and cause.param == "input_file_id"
 
 
 def _to_batch(batch: Any) -> ProviderBatch:
