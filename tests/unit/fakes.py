@@ -83,6 +83,17 @@ class FakeProvider:
         # Raised by the next submit, once, before anything is created.
         self.fail_create: Exception | None = None
 
+    def _fire(self, fault: str) -> None:
+        """Take the one-shot fault named `fault`, if one is set: an error is raised, a
+        stall called; either way it is cleared first (it happens once)."""
+        taken = getattr(self, fault)
+        if taken is None:
+            return
+        setattr(self, fault, None)
+        if isinstance(taken, BaseException):
+            raise taken
+        taken()
+
     def upload_input(self, payload: StagedPayload, tag: BatchTag) -> str | None:
         if not self.takes_uploads:
             return None
@@ -91,18 +102,14 @@ class FakeProvider:
         file_id = f"file-{len(self.uploads)}"
         self.files[file_id] = data
         self.uploads.append(tag)
-        if self.stall_after_upload is not None:
-            stall, self.stall_after_upload = self.stall_after_upload, None
-            stall()
+        self._fire("stall_after_upload")
         if self.crash_after_upload:
             self.crash_after_upload = False
             raise CrashAfterSubmit
         return file_id
 
     def discard_input(self, file_id: str) -> None:
-        if self.fail_discard is not None:
-            error, self.fail_discard = self.fail_discard, None
-            raise error
+        self._fire("fail_discard")
         self.discarded.append(file_id)
         self.files.pop(file_id, None)
 
@@ -127,12 +134,8 @@ class FakeProvider:
         file_id, data = self._input(payload, tag, uploaded)
         # OpenAI's and Anthropic's lines carry `custom_id`, Vertex's a request label.
         ids = [_id(orjson.loads(line)) for line in data.splitlines()]
-        if self.fail_create is not None:
-            error, self.fail_create = self.fail_create, None
-            raise error
-        if self.stall_before_create is not None:
-            stall, self.stall_before_create = self.stall_before_create, None
-            stall()
+        self._fire("fail_create")
+        self._fire("stall_before_create")
         batch = ProviderBatch(
             f"{self.id_prefix}{len(self.batches)}",
             BatchState.RUNNING,
@@ -142,9 +145,7 @@ class FakeProvider:
         )
         self.batches[batch.batch_id] = FakeBatch(batch, ids, set(ids))
         self.created_from[batch.batch_id] = file_id
-        if self.stall_after_create is not None:
-            stall, self.stall_after_create = self.stall_after_create, None
-            stall()
+        self._fire("stall_after_create")
         if self.crash_after_submit:
             self.crash_after_submit = False
             raise CrashAfterSubmit
